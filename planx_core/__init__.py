@@ -1,0 +1,8 @@
+"""planx_core: Plan-X and SemanticGen as a plain PyTorch library (no ComfyUI import anywhere).
+
+Modules: `configs` (DiT presets), `dit` (Wan 2.1/2.2 WanModel), `rope` (3D RoPE with explicit
+positions), `attention` (one entry point, several backends), `semantic_branch` (plan tokens into
+the DiT), `sampling` (flow matching, Euler/UniPC, text+plan guidance), `checkpoint` (safetensors
+loading of official, ComfyUI and diffusers layouts).
+"""
+__version__ = "0.1.0"
