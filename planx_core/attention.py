@@ -68,8 +68,10 @@ def _fallback(backend: str, reason: str) -> str:
 
 
 def _resolve(backend: str, q: torch.Tensor, attn_mask, block_mask) -> str:
+    if block_mask is not None:
+        return "flex"  # only flex_attention understands a BlockMask
     if backend == "flex":
-        return backend if block_mask is not None else "sdpa"
+        return "sdpa"  # flex without a block mask is plain attention
     if backend in ("flash", "sage"):
         package = "flash_attn" if backend == "flash" else "sageattention"
         if importlib.util.find_spec(package) is None:

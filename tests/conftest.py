@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random configs, deterministic seeds, and the ComfyUI checkout finder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from planx_core.configs import get_preset
+
+
+def comfyui_path() -> Path | None:
+    """A ComfyUI checkout: $COMFYUI_PATH, else ~/ComfyUI; None when neither holds `comfy/`."""
+    for candidate in (os.environ.get("COMFYUI_PATH"), str(Path.home() / "ComfyUI")):
+        if candidate and (Path(candidate) / "comfy").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_config():
+    return get_preset("tiny")
+
+
+def randomize(module: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter random values (zero-initialised layers too) so tests see real signal."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return module.eval()
+
+
+def diffusers_wan_kwargs(config) -> dict:
+    """Constructor arguments of diffusers' WanTransformer3DModel for one of our DiTConfigs."""
+    return dict(patch_size=config.patch_size, num_attention_heads=config.num_heads,
+                attention_head_dim=config.head_dim, in_channels=config.in_dim, out_channels=config.out_dim,
+                text_dim=config.text_dim, freq_dim=config.freq_dim, ffn_dim=config.ffn_dim,
+                num_layers=config.num_layers, cross_attn_norm=config.cross_attn_norm,
+                qk_norm="rms_norm_across_heads" if config.qk_norm else None, eps=config.eps)
