@@ -36,13 +36,17 @@ def interleaved_times(candidates: dict[str, Callable[[], object]], repeats: int,
 
 
 def report(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
-    """Print median time of each candidate and its ratio to `baseline`; return the ratios."""
-    base = statistics.median(times[baseline])
+    """Print each candidate's median time and its paired ratio to `baseline`; return the ratios.
+
+    The paired ratio is the median over rounds of (candidate / baseline) within the same round,
+    which cancels slow drifts of the machine better than a ratio of medians.
+    """
     ratios = {}
     for name, samples in times.items():
-        med = statistics.median(samples)
-        ratios[name] = med / base
-        print(f"  {name:<28} median {med * 1000:9.1f} ms  (min {min(samples) * 1000:9.1f})  ratio {ratios[name]:.3f}")
+        paired = statistics.median(a / b for a, b in zip(samples, times[baseline]))
+        ratios[name] = paired
+        print(f"  {name:<28} median {statistics.median(samples) * 1000:9.1f} ms  "
+              f"(min {min(samples) * 1000:9.1f})  paired ratio {paired:.3f}")
     return ratios
 
 

@@ -50,24 +50,24 @@ class TokenLayout:
     def then(self, rows: int, per_row: int) -> "TokenLayout":
         return TokenLayout(self.groups + ((rows, per_row),))
 
-    def broadcast(self, x: torch.Tensor, rows: torch.Tensor, fn) -> torch.Tensor:
-        """`fn(x_group [B, n, m, C], *row_group [B, n, 1, C])` over groups; `rows` is a tuple of `[B, S, C]`."""
+    def broadcast(self, fn, tokens: tuple[torch.Tensor, ...], rows: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """`fn(*tokens, *rows)` group by group: tokens `[B, L, C]` as `[B, n, m, C]`, rows `[B, S, C]` as `[B, n, 1, C]`."""
         if len(self.groups) == 1 and self.groups[0][0] == 1:
-            return fn(x, *rows)  # uniform timestep: [B, 1, C] broadcasts over [B, L, C]
+            return fn(*tokens, *rows)  # uniform timestep: [B, 1, C] broadcasts over [B, L, C]
         out, tok, row = [], 0, 0
         for n, m in self.groups:
-            xg = x[:, tok:tok + n * m].unflatten(1, (n, m))  # [B, n, m, C]
-            out.append(fn(xg, *(r[:, row:row + n, None] for r in rows)).flatten(1, 2))
+            parts = [t[:, tok:tok + n * m].unflatten(1, (n, m)) for t in tokens]  # [B, n, m, C]
+            out.append(fn(*parts, *(r[:, row:row + n, None] for r in rows)).flatten(1, 2))
             tok, row = tok + n * m, row + n
         return torch.cat(out, dim=1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift
 
 
-def gate(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return y * g
+def gated_add(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return torch.addcmul(x, y, g)  # x + y * g
 
 
 class WanSelfAttention(nn.Module):
@@ -118,13 +118,13 @@ class WanAttentionBlock(nn.Module):
         """x `[B, L, C]` float32 residual stream; e0 `[B, S, 6, C]` timestep rows; context `[B, Lt, C]`."""
         dtype = context.dtype
         mod = (self.modulation.float().unsqueeze(0) + e0).unbind(2)  # 6 x [B, S, C]
-        h = layout.broadcast(self.norm1(x), mod[0:2], modulate)
+        h = layout.broadcast(modulate, (self.norm1(x),), mod[0:2])
         y = self.self_attn(h.to(dtype), rope, attn_mask)
-        x = x + layout.broadcast(y.float(), mod[2:3], gate)
+        x = layout.broadcast(gated_add, (x, y.float()), mod[2:3])
         x = x + self.cross_attn(self.norm3(x).to(dtype), context, plan_attn).float()
-        h = layout.broadcast(self.norm2(x), mod[3:5], modulate)
+        h = layout.broadcast(modulate, (self.norm2(x),), mod[3:5])
         y = self.ffn(h.to(dtype))
-        return x + layout.broadcast(y.float(), mod[5:6], gate)
+        return layout.broadcast(gated_add, (x, y.float()), mod[5:6])
 
 
 class Head(nn.Module):
@@ -136,7 +136,7 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, layout: TokenLayout, dtype: torch.dtype) -> torch.Tensor:
         shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # [B, S, C] each
-        h = layout.broadcast(self.norm(x), (shift, scale), modulate)
+        h = layout.broadcast(modulate, (self.norm(x),), (shift, scale))
         return self.head(h.to(dtype))  # [B, L, prod(patch) * out_dim]
 
 

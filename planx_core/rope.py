@@ -14,16 +14,23 @@ import torch
 
 
 class Rope(NamedTuple):
-    """Per-token rotation: cos and sin of the angles, each `[..., L, head_dim // 2]`."""
+    """Per-token rotation `[..., L, head_dim // 2]`: cos and sin of the angles, and cos + i sin."""
 
     cos: torch.Tensor
     sin: torch.Tensor
+    polar: torch.Tensor  # complex64, used for float32 inputs: one fused multiply
+
+    @classmethod
+    def from_angles(cls, angle: torch.Tensor) -> "Rope":
+        cos, sin = angle.cos().float(), angle.sin().float()
+        return cls(cos, sin, torch.complex(cos, sin))
+
+    @classmethod
+    def identity(cls, tokens: int, half_dim: int, device=None) -> "Rope":
+        return cls.from_angles(torch.zeros(tokens, half_dim, device=device))
 
     def cat(self, other: "Rope") -> "Rope":
-        return Rope(torch.cat([self.cos, other.cos], dim=-2), torch.cat([self.sin, other.sin], dim=-2))
-
-    def to(self, dtype: torch.dtype) -> "Rope":
-        return Rope(self.cos.to(dtype), self.sin.to(dtype))
+        return Rope(*(torch.cat([a, b], dim=-2) for a, b in zip(self, other)))
 
 
 def rope_axes_dims(head_dim: int) -> tuple[int, int, int]:
@@ -39,12 +46,14 @@ def rope_frequencies(positions: torch.Tensor, head_dim: int, theta: float = 1000
     for axis, axis_dim in enumerate(rope_axes_dims(head_dim)):
         inv_freq = theta ** (-torch.arange(0, axis_dim, 2, dtype=torch.float64, device=positions.device) / axis_dim)
         angles.append(positions[..., axis, None] * inv_freq)  # [..., L, axis_dim // 2]
-    angle = torch.cat(angles, dim=-1)  # [..., L, head_dim // 2]
-    return Rope(angle.cos().float(), angle.sin().float())
+    return Rope.from_angles(torch.cat(angles, dim=-1))  # [..., L, head_dim // 2]
 
 
 def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     """Rotate adjacent channel pairs of `x` `[B, L, H, D]` by `rope` (`[L, D/2]` or `[B, L, D/2]`)."""
+    if x.dtype == torch.float32:
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # [B, L, H, D/2] complex
+        return torch.view_as_real(pairs * rope.polar.unsqueeze(-2)).flatten(-2)
     cos = rope.cos.unsqueeze(-2).to(x.dtype)  # [(B,) L, 1, D/2]
     sin = rope.sin.unsqueeze(-2).to(x.dtype)
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, L, H, D/2] each

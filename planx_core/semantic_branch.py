@@ -212,7 +212,7 @@ class BoundPlan:
         """In-context mode: video tokens `[B, Lv, C]` + plan tokens at timestep 0 -> `[B, Lv + P, C]`."""
         plan = self.tokens_for(tokens.shape[0])  # [B, P, C]
         count = plan.shape[1]
-        plan_rope = self.rope or Rope(torch.ones(count, rope.cos.shape[-1]), torch.zeros(count, rope.cos.shape[-1]))
+        plan_rope = self.rope or Rope.identity(count, rope.cos.shape[-1], tokens.device)
         tokens = torch.cat([tokens, plan.to(tokens.dtype)], dim=1)
         rows = torch.cat([rows, rows.new_zeros(rows.shape[0], 1)], dim=1)  # [B, S + 1]
         mask = None
@@ -220,4 +220,4 @@ class BoundPlan:
             bias = math.log(self.plan.strength) if self.plan.strength > 0 else float("-inf")
             mask = torch.zeros(1, 1, 1, tokens.shape[1], dtype=dtype, device=tokens.device)
             mask[..., -count:] = bias
-        return tokens, rows, layout.then(1, count), rope.cat(plan_rope.to(rope.cos.dtype)), mask
+        return tokens, rows, layout.then(1, count), rope.cat(plan_rope), mask

@@ -5,6 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
+bash scripts/setup_comfyui.sh || exit 1
 VENV=${VENV:-.venv}
 "$VENV/bin/python" -m pytest "$@"
 rc=$?

@@ -44,3 +44,27 @@ def diffusers_wan_kwargs(config) -> dict:
                 text_dim=config.text_dim, freq_dim=config.freq_dim, ffn_dim=config.ffn_dim,
                 num_layers=config.num_layers, cross_attn_norm=config.cross_attn_norm,
                 qk_norm="rms_norm_across_heads" if config.qk_norm else None, eps=config.eps)
+
+
+_COMFY_SKIP = "SKIPPED: ComfyUI layers (2 and 3): no checkout found; set COMFYUI_PATH or put one at ~/ComfyUI"
+
+
+@pytest.fixture(scope="session")
+def comfy_modules():
+    """Put the ComfyUI checkout on sys.path in CPU mode, or skip loudly."""
+    path = comfyui_path()
+    if path is None:
+        pytest.skip(_COMFY_SKIP)
+    import sys
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    from comfy.cli_args import args
+    args.cpu = True
+    import comfy.model_management  # noqa: F401  (must come after args.cpu)
+    return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    if comfyui_path() is None:
+        bar = "!" * len(_COMFY_SKIP)
+        terminalreporter.write_line(f"{bar}\n{_COMFY_SKIP}\n{bar}", yellow=True, bold=True)
