@@ -19,6 +19,7 @@ Decisions where the papers are silent (see README, "Design notes"):
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from .attention import attention
+from .checkpoint import CheckpointError, check_safetensors_header, read_safetensors, save_safetensors
 from .layers import CastLinear, WanRMSNorm
 from .rope import Rope, apply_rope, rope_frequencies
 from .sampling import shift_sigma
@@ -221,3 +223,29 @@ class BoundPlan:
             mask = torch.zeros(1, 1, 1, tokens.shape[1], dtype=dtype, device=tokens.device)
             mask[..., -count:] = bias
         return tokens, rows, layout.then(1, count), rope.cat(plan_rope), mask
+
+
+_CONFIG_KEY = "planx_semantic_branch"
+
+
+def save_branch(branch: SemanticBranch, path) -> None:
+    """Write the branch weights as safetensors with its BranchConfig in the metadata."""
+    save_safetensors(branch.state_dict(), path, metadata={_CONFIG_KEY: json.dumps(branch.config.to_dict())})
+
+
+def load_branch(path, dtype: torch.dtype | None = None) -> SemanticBranch:
+    """Read a branch file written by `save_branch`, refusing files that are not one, or are incomplete."""
+    meta = check_safetensors_header(path).get("__metadata__") or {}
+    if _CONFIG_KEY not in meta:
+        raise CheckpointError(f"{path}: not a Plan-X semantic-branch file (no '{_CONFIG_KEY}' metadata); "
+                              f"choose the branch file that was saved with the model, not a DiT or tokenizer")
+    raw = json.loads(meta[_CONFIG_KEY])
+    branch = SemanticBranch(BranchConfig(**{**raw, "blocks": tuple(raw["blocks"]) if raw.get("blocks") else None}))
+    state = read_safetensors(path, dtype=dtype)
+    missing, unexpected = branch.state_dict().keys() - state.keys(), state.keys() - branch.state_dict().keys()
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: semantic-branch weights do not fit its own config; missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; the file is damaged, "
+                              f"re-export it")
+    branch.load_state_dict(state)
+    return branch.eval()

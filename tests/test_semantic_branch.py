@@ -128,3 +128,16 @@ def test_schedule_window_uses_unshifted_fractions():
     sigma_at_half = 5.0 * 0.5 / (1 + 4.0 * 0.5)  # 50% of the timeline under shift 5
     assert window_active(sigma_at_half, 0.0, 0.5, shift=5.0)
     assert not window_active(sigma_at_half - 0.01, 0.0, 0.5, shift=5.0)
+
+
+def test_branch_file_round_trip_and_refusals(tmp_path):
+    from planx_core.checkpoint import CheckpointError, save_safetensors
+    from planx_core.semantic_branch import load_branch, save_branch
+    branch = randomize(SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2, blocks=(1,))))
+    save_branch(branch, tmp_path / "branch.safetensors")
+    loaded = load_branch(tmp_path / "branch.safetensors")
+    assert loaded.config == branch.config
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in branch.state_dict().items())
+    save_safetensors(branch.state_dict(), tmp_path / "bare.safetensors")
+    with pytest.raises(CheckpointError, match="not a Plan-X semantic-branch file"):
+        load_branch(tmp_path / "bare.safetensors")
