@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .configs import PRESETS, DiTConfig, get_preset
+from .dit import WanModel
 
 PathLike = str | os.PathLike
 FLOAT8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
@@ -472,8 +473,6 @@ def infer_config(sd: Mapping[str, torch.Tensor], num_heads: int | None = None,
 @lru_cache(maxsize=16)
 def expected_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of `WanModel(config).state_dict()`, built on the meta device (no memory used)."""
-    from .dit import WanModel
-
     with torch.device("meta"):
         model = WanModel(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -530,8 +529,6 @@ def load_dit(path: PathLike | Sequence[PathLike], *, config: DiTConfig | str | N
     time); otherwise each tensor is converted while it is read (see `cast_tensor`).
     The model is built on the meta device and takes the loaded tensors (`assign=True`).
     """
-    from .dit import WanModel
-
     sd = read_safetensors(path, dtype=dtype, device=device)
     sd = fold_fp8_scales(to_official(sd, source=path), dtype)
     cfg = resolve_config(config, sd, path)

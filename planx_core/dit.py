@@ -11,6 +11,7 @@ appends clean (timestep 0) plan tokens to the self-attention sequence.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,6 +31,15 @@ def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
     sinusoid = torch.outer(position, torch.pow(10000, -torch.arange(half, dtype=torch.float64,
                                                                     device=position.device) / half))
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1).float()  # [N, dim]
+
+
+@functools.lru_cache(maxsize=8)
+def grid_rope(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> Rope:
+    """RoPE of a latent token grid; cached, since every sampling step and guidance pass reuses it.
+
+    Built outside inference mode so the cached tables also serve a later training forward."""
+    with torch.inference_mode(False):
+        return rope_frequencies(grid_positions(*grid, device=device), head_dim)  # [F*H*W, D/2]
 
 
 @dataclass(frozen=True)
@@ -197,7 +207,7 @@ class WanModel(nn.Module):
         dtype, grid = x.dtype, self.token_grid(x.shape)
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # [B, Lv, C]
         rows, layout = self.timestep_rows(t.to(x.device), grid, x.shape[0])
-        rope = rope_frequencies(grid_positions(*grid, device=x.device), self.config.head_dim)  # [Lv, D/2]
+        rope = grid_rope(grid, self.config.head_dim, x.device)  # [Lv, D/2]
         video_rope, attn_mask = rope, None
         if plan is not None:
             plan = plan.bind(grid, self.config.dim, self.config.num_layers)

@@ -240,7 +240,7 @@ def load_branch(path, dtype: torch.dtype | None = None) -> SemanticBranch:
         raise CheckpointError(f"{path}: not a Plan-X semantic-branch file (no '{_CONFIG_KEY}' metadata); "
                               f"choose the branch file that was saved with the model, not a DiT or tokenizer")
     raw = json.loads(meta[_CONFIG_KEY])
-    branch = SemanticBranch(BranchConfig(**{**raw, "blocks": tuple(raw["blocks"]) if raw.get("blocks") else None}))
+    branch = SemanticBranch(BranchConfig(**{**raw, "blocks": None if raw.get("blocks") is None else tuple(raw["blocks"])}))
     state = read_safetensors(path, dtype=dtype)
     missing, unexpected = branch.state_dict().keys() - state.keys(), state.keys() - branch.state_dict().keys()
     if missing or unexpected:

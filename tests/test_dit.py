@@ -72,3 +72,13 @@ def test_bad_shapes_are_refused_with_the_fix(tiny_config):
         model(torch.randn(1, 48, 2, 5, 4), torch.tensor([1.0]), torch.randn(1, 3, 32))
     with pytest.raises(ValueError, match="timestep of shape"):
         model(torch.randn(1, 48, 2, 4, 4), torch.ones(1, 5), torch.randn(1, 3, 32))
+
+
+def test_training_forward_after_inference_on_the_same_grid(tiny_config):
+    """The cached RoPE tables of a grid first seen under inference_mode must still allow backward."""
+    model = randomize(WanModel(tiny_config)).train()
+    x, t, context = torch.randn(1, 48, 2, 6, 10), torch.tensor([500.0]), torch.randn(1, 4, 32)
+    with torch.inference_mode():
+        model(x, t, context)
+    model(x, t, context).square().mean().backward()
+    assert model.blocks[0].self_attn.q.weight.grad is not None

@@ -141,3 +141,10 @@ def test_branch_file_round_trip_and_refusals(tmp_path):
     save_safetensors(branch.state_dict(), tmp_path / "bare.safetensors")
     with pytest.raises(CheckpointError, match="not a Plan-X semantic-branch file"):
         load_branch(tmp_path / "bare.safetensors")
+
+
+def test_branch_file_keeps_an_empty_block_list(tmp_path):
+    from planx_core.semantic_branch import load_branch, save_branch
+    branch = SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2, blocks=()))
+    save_branch(branch, tmp_path / "no_blocks.safetensors")
+    assert load_branch(tmp_path / "no_blocks.safetensors").config.blocks == ()
