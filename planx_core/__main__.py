@@ -1,8 +1,10 @@
-"""Command line of planx_core: `python -m planx_core info` and `python -m planx_core inspect FILE`.
+"""Command line of planx_core: `info`, `inspect FILE`, `check-plan FILE`, `convert-tatok SRC DST`.
 
 `info` lists the DiT presets and the attention backends this machine can use. `inspect` reads a
 checkpoint's header and shapes (safetensors only; nothing is unpickled) and says what it is:
-layout, the preset it matches, storage dtypes and parameter count.
+layout, the preset it matches, storage dtypes and parameter count. `check-plan` validates a plan
+JSON file (any schema version) and summarises it, optionally after applying an edit list.
+`convert-tatok` turns the released `ta_tok.pth` into a safetensors file for the models folder.
 """
 from __future__ import annotations
 
@@ -43,6 +45,36 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_check_plan(args) -> int:
+    from .plan import Plan, PlanError
+    from .plan_edits import apply_edits
+    try:
+        with open(args.path, "rb") as handle:
+            plan = Plan.from_json(handle.read())
+        if args.edits:
+            with open(args.edits, encoding="utf-8") as handle:
+                plan = apply_edits(plan, handle.read())
+    except (OSError, PlanError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"plan:       {args.path} (valid)")
+    print(f"video:      {plan.num_frames} frames at {plan.fps:g} fps, {plan.width}x{plan.height}, "
+          f"{plan.duration:g} s")
+    print(f"grid:       {plan.grid[0]}x{plan.grid[1]}, codebook {plan.codebook.describe()}")
+    locked = plan.locked_tokens()
+    print(f"keyframes:  {len(plan.keyframes)} at {', '.join(f'{t:g}' for t in plan.times)} s"
+          + (f"; locked {sorted(locked)}" if locked else ""))
+    if plan.provenance.scene or plan.provenance.motion:
+        print(f"prompt:     {plan.provenance.scene!r} / {plan.provenance.motion!r} "
+              f"(seed {plan.provenance.seed}, planner {plan.provenance.planner or '?'})")
+    return 0
+
+
+def cmd_convert_tatok(args) -> int:
+    from .tokenizer import convert_main
+    return convert_main([args.src, args.dst])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m planx_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="what a DiT checkpoint file is")
     inspect.add_argument("path", help="a .safetensors file, a folder of shards or an index json")
     inspect.set_defaults(fn=cmd_inspect)
+    check = sub.add_parser("check-plan", help="validate and summarise a plan JSON file")
+    check.add_argument("path", help="a plan .json file")
+    check.add_argument("--edits", help="a JSON edit list to apply first")
+    check.set_defaults(fn=cmd_check_plan)
+    convert = sub.add_parser("convert-tatok", help="released ta_tok.pth -> safetensors")
+    convert.add_argument("src", help="ta_tok.pth (read with torch.load(weights_only=True))")
+    convert.add_argument("dst", help="output .safetensors file")
+    convert.set_defaults(fn=cmd_convert_tatok)
     args = parser.parse_args(argv)
     return args.fn(args)
 

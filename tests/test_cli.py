@@ -26,3 +26,18 @@ def test_inspect_refuses_a_pickle_with_the_fix(tmp_path, capsys):
     torch.save({"a": torch.zeros(1)}, path)
     assert main(["inspect", str(path)]) == 2
     assert "safetensors" in capsys.readouterr().err
+
+
+def test_check_plan_summarises_and_applies_edits(tmp_path, capsys):
+    from planx_core.plan import CodebookId, keyframe_times, make_plan
+    times = keyframe_times(17, 8.0)
+    plan = make_plan([[1] * 81] * len(times), times=times, fps=8.0, num_frames=17, width=64, height=64,
+                     codebook=CodebookId("tiny", 100, "abc"))
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    (tmp_path / "edits.json").write_text('[{"op": "lock", "keyframe": 1}]')
+    assert main(["check-plan", str(tmp_path / "plan.json"), "--edits", str(tmp_path / "edits.json")]) == 0
+    out = capsys.readouterr().out
+    assert "(valid)" in out and "5 at 0, 0.5, 1, 1.5, 2 s; locked [1]" in out
+    (tmp_path / "bad.json").write_text(plan.to_json().replace('"tokens": [1,', '"tokens": [500,', 1))
+    assert main(["check-plan", str(tmp_path / "bad.json")]) == 2
+    assert "keyframe 0, cell (row 0, col 0): token 500" in capsys.readouterr().err
