@@ -29,6 +29,7 @@ from torch import nn
 from .attention import attention
 from .checkpoint import CheckpointError, check_safetensors_header, read_safetensors, save_safetensors
 from .layers import CastLinear, WanRMSNorm
+from .plan import Plan, PlanError
 from .rope import Rope, apply_rope, rope_frequencies
 from .sampling import shift_sigma
 
@@ -130,6 +131,19 @@ class SemanticBranch(nn.Module):
                              f"{grid_hw[0]}x{grid_hw[1]} cells need {len(latent_frames) * cells}")
         return PlanConditioning(self, self.embed(vectors), list(latent_frames), tuple(grid_hw), strength,
                                 use_rope, start, end)
+
+    def condition_plan(self, plan: Plan, codebook: torch.Tensor, *, num_frames: int, fps: float,
+                       **options) -> "PlanConditioning":
+        """A `Plan` for a video of num_frames at fps: refuses a plan that does not fit the video or
+        indexes another codebook size; options as in `condition` (strength, use_rope, start, end)."""
+        plan.validate()
+        plan.check_video(num_frames, fps)
+        if plan.codebook.size != codebook.shape[0]:
+            raise PlanError(f"the plan indexes {plan.codebook.describe()}, but the codebook given has "
+                            f"{codebook.shape[0]} codes; load the tokenizer the plan was made with")
+        ids = plan.token_tensor().reshape(1, -1)  # [1, K * gh * gw]
+        frames = [keyframe_latent_frame(t, fps) for t in plan.times]
+        return self.condition(codebook_vectors(ids, codebook), frames, plan.grid, **options)
 
 
 def codebook_vectors(token_ids: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

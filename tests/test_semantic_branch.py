@@ -114,6 +114,22 @@ def test_token_count_must_match_keyframes_and_grid():
         branch.condition(torch.randn(1, 26, 16), [0.0, 1.0, 2.0], (3, 3))
 
 
+def test_condition_plan_uses_times_grid_and_codebook_and_refuses_misfits():
+    from planx_core.plan import CodebookId, PlanError, keyframe_times, make_plan
+    branch = SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2))
+    codebook = torch.randn(10, 16)
+    times = keyframe_times(17, 8.0)  # 0, .5, 1, 1.5, 2 s -> latent frames 0..4
+    plan = make_plan([[k] * 9 for k in range(5)], times=times, fps=8.0, num_frames=17, width=64, height=64,
+                     codebook=CodebookId("tiny", 10, ""), grid=(3, 3))
+    cond = branch.condition_plan(plan, codebook, num_frames=17, fps=8.0, strength=0.5)
+    assert cond.latent_frames == [0.0, 1.0, 2.0, 3.0, 4.0] and cond.grid_hw == (3, 3) and cond.strength == 0.5
+    torch.testing.assert_close(cond.tokens, branch.embed(codebook[plan.token_tensor().reshape(1, -1)]))
+    with pytest.raises(PlanError, match="does not fit the video"):
+        branch.condition_plan(plan, codebook, num_frames=9, fps=8.0)
+    with pytest.raises(PlanError, match="codebook given has 12 codes"):
+        branch.condition_plan(plan, torch.randn(12, 16), num_frames=17, fps=8.0)
+
+
 def test_codebook_lookup_refuses_out_of_range_tokens():
     codebook = torch.randn(10, 4)
     torch.testing.assert_close(codebook_vectors(torch.tensor([[1, 9]]), codebook), codebook[[1, 9]][None])
