@@ -71,7 +71,7 @@ def cmd_check_plan(args) -> int:
 
 
 def cmd_convert_tatok(args) -> int:
-    from .tokenizer import convert_main
+    from .tokenizer_files import convert_main
     return convert_main([args.src, args.dst])
 
 

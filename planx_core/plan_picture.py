@@ -1,0 +1,197 @@
+"""A picture of a plan: each keyframe's token grid as coloured cells, side by side, with times and locks.
+
+This project's own visualisation (Plan-X shows plans as grids of TA-Tok codes, Fig. 2, but gives
+no colouring). Colours come from a fixed projection of the codebook: the top three principal
+components of an evenly spaced subsample of its rows, with eigenvector signs fixed, squashed
+into [0, 1] by tanh. The map is linear then smooth, so similar code vectors get similar colours,
+and it is deterministic for a given codebook. Optional words (e.g. the nearest vocabulary word of
+each code) are drawn inside the cells with OpenCV.
+
+Images are float32 torch tensors `[H, W, 3]` in [0, 1], the layout of a ComfyUI IMAGE without its
+batch axis.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import cv2
+import numpy as np
+import torch
+
+BACKGROUND = (30, 30, 30)  # uint8 RGB behind labels and between keyframes
+LOCK_COLOUR = (240, 190, 40)
+TEXT_COLOUR = (235, 235, 235)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+WORD_CELL = 64  # minimum cell size in pixels when words are drawn
+_CACHE: OrderedDict[str, torch.Tensor] = OrderedDict()
+_CACHE_SIZE = 4
+
+
+# --------------------------------------------------------------------------- colours
+
+def tensor_key(codebook: torch.Tensor) -> str:
+    """sha256 of a tensor's shape and float32 bytes, first 16 hex digits (a cache key)."""
+    arr = codebook.detach().to("cpu", torch.float32).contiguous().numpy()
+    h = hashlib.sha256(repr(tuple(arr.shape)).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def principal_axes(codebook: torch.Tensor, sample: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean `[D]`, top-3 principal axes `[D, 3]`) of an evenly spaced subsample of the rows, float64.
+
+    Each axis is signed so that its largest-magnitude entry is positive; a codebook narrower than
+    3 gets zero axes for the missing components.
+    """
+    n, d = codebook.shape
+    rows = torch.linspace(0, n - 1, min(n, sample)).round().long()
+    x = codebook[rows].detach().to("cpu", torch.float64)  # [S, D]
+    mean = x.mean(0)  # [D]
+    centred = x - mean  # [S, D]
+    cov = centred.T @ centred / max(len(rows) - 1, 1)  # [D, D]
+    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    axes = vecs[:, -3:].flip(1)  # [D, min(D, 3)]
+    pick = axes.abs().argmax(0)  # [3]
+    axes = axes * torch.sign(axes[pick, torch.arange(axes.shape[1])])  # [D, 3]
+    if axes.shape[1] < 3:
+        axes = torch.cat([axes, axes.new_zeros(d, 3 - axes.shape[1])], 1)  # [D, 3]
+    return mean, axes
+
+
+def code_colours(codebook: torch.Tensor, key: str | None = None, sample: int = 8192) -> torch.Tensor:
+    """An RGB colour per code, `[N, 3]` float32 in [0, 1], from the codebook's top-3 principal components.
+
+    `key` identifies the codebook for the cache (e.g. `CodebookId.digest`); without it the
+    codebook's bytes are hashed. Component k maps to channel k by 0.5 + 0.5 tanh(p / 2 sigma_k).
+    """
+    if codebook.ndim != 2 or codebook.shape[0] < 1:
+        raise ValueError(f"code_colours needs a codebook [N, D], got {list(codebook.shape)}")
+    key = key or tensor_key(codebook)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    mean, axes = principal_axes(codebook, sample)
+    flat = codebook.detach().to("cpu", torch.float32)  # [N, D]
+    proj = flat @ axes.float() - (mean @ axes).float()  # [N, 3]
+    rows = torch.linspace(0, len(flat) - 1, min(len(flat), sample)).round().long()
+    spread = proj[rows].std(0, unbiased=False).clamp_min(1e-12)  # [3]
+    colours = 0.5 + 0.5 * torch.tanh(proj / (2 * spread))  # [N, 3]
+    _CACHE[key] = colours
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return colours
+
+
+# --------------------------------------------------------------------------- drawing
+
+def _fit_scale(text: str, width: int, height: int, thickness: int = 1) -> float:
+    """The largest Hershey font scale (<= 1) at which `text` fits in width x height pixels."""
+    (w, h), base = cv2.getTextSize(text, FONT, 1.0, thickness)
+    return max(0.2, min(1.0, (width - 2) / max(w, 1), (height - 2) / max(h + base, 1)))
+
+
+def _put_centred(img: np.ndarray, text: str, box: tuple[int, int, int, int], colour, max_scale: float) -> None:
+    x0, y0, w, h = box
+    scale = min(max_scale, _fit_scale(text, w, h))
+    (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
+    org = (x0 + max((w - tw) // 2, 0), y0 + (h + th) // 2 - base // 2)
+    cv2.putText(img, text, org, FONT, scale, colour, 1, cv2.LINE_AA)
+
+
+def _shorten(word: str, width: int, scale: float) -> str:
+    """Cut a word (adding '.') until it fits `width` pixels at `scale`."""
+    while len(word) > 1 and cv2.getTextSize(word, FONT, scale, 1)[0][0] > width - 2:
+        word = word[:-2] + "."
+    return word
+
+
+def _draw_lock(img: np.ndarray, x: int, y: int, size: int) -> None:
+    """A small padlock with its top-left corner at (x, y)."""
+    body_top = y + size // 2
+    cv2.rectangle(img, (x, body_top), (x + size, y + size), LOCK_COLOUR, -1)
+    radius = max(size // 3, 2)
+    cv2.ellipse(img, (x + size // 2, body_top), (radius, radius), 0, 180, 360, LOCK_COLOUR, max(size // 8, 1))
+
+
+def _draw_words(img: np.ndarray, cells: np.ndarray, words: list[str], top: int, cell: int) -> None:
+    gh, gw = cells.shape[:2]
+    scale = 0.35 * cell / 32
+    for i in range(gh):
+        for j in range(gw):
+            luma = float(cells[i, j] @ np.array([0.299, 0.587, 0.114]))
+            ink = (0, 0, 0) if luma > 140 else (255, 255, 255)
+            word = _shorten(str(words[i * gw + j]), cell, scale)
+            _put_centred(img, word, (j * cell, top + i * cell, cell, cell), ink, scale)
+
+
+def _label_height(cell: int) -> int:
+    return max(18, int(round(cell * 0.75)))
+
+
+def _panel(plan, index: int, colours: np.ndarray, cell: int, words) -> np.ndarray:
+    """One keyframe: a label strip (time, lock) over its gh x gw colour grid; uint8 `[H, gw*cell, 3]`."""
+    gh, gw = plan.grid
+    keyframe = plan.keyframes[index]
+    label = _label_height(cell)
+    img = np.empty((label + gh * cell, gw * cell, 3), np.uint8)
+    img[:] = BACKGROUND
+    cells = colours[np.asarray(keyframe.tokens)].reshape(gh, gw, 3)  # [gh, gw, 3]
+    img[label:] = cells.repeat(cell, axis=0).repeat(cell, axis=1)  # [gh*cell, gw*cell, 3]
+    lock = label - 6 if keyframe.locked else 0
+    _put_centred(img, f"{keyframe.time:.2f} s", (lock, 0, gw * cell - 2 * lock, label), TEXT_COLOUR,
+                 max(0.45, label / 40))
+    if keyframe.locked:
+        _draw_lock(img, 3, 3, label - 6)
+        cv2.rectangle(img, (0, label), (gw * cell - 1, img.shape[0] - 1), LOCK_COLOUR, 2)
+    if words is not None:
+        _draw_words(img, cells, words[index], label, cell)
+    return img
+
+
+def _prepare(plan, colours: torch.Tensor, cell: int, words) -> tuple[np.ndarray, int]:
+    if not plan.keyframes:
+        raise ValueError("the plan has no keyframes to draw")
+    if colours.ndim != 2 or colours.shape[1] != 3:
+        raise ValueError(f"colours must be [N, 3], got {list(colours.shape)}")
+    tokens = plan.token_tensor()  # [K, gh*gw]
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= colours.shape[0]):
+        raise ValueError(f"plan token {int(tokens.max())} has no colour: the colours cover {colours.shape[0]} codes "
+                         f"but the plan indexes {plan.codebook.describe()}; compute the colours from the codebook "
+                         f"of the tokenizer the plan was made with")
+    if words is not None:
+        cells = plan.grid[0] * plan.grid[1]
+        if len(words) != len(plan.keyframes) or any(len(w) != cells for w in words):
+            raise ValueError(f"words must hold one list of {cells} strings per keyframe "
+                             f"({len(plan.keyframes)} keyframes)")
+        cell = max(cell, WORD_CELL)
+    table = (colours.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # [N, 3]
+    return table, cell
+
+
+def _to_image(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img).float() / 255.0  # [..., H, W, 3]
+
+
+def plan_picture(plan, colours: torch.Tensor, *, cell: int = 24, words=None, gap: int = 6) -> torch.Tensor:
+    """All keyframes side by side, `gap` pixels apart: float `[H, W, 3]` in [0, 1].
+
+    `words`: optional list per keyframe of gh*gw strings, drawn in the cells (cells grow to 64 px).
+    """
+    table, cell = _prepare(plan, colours, cell, words)
+    panels = [_panel(plan, k, table, cell, words) for k in range(len(plan.keyframes))]
+    height, width = panels[0].shape[0], panels[0].shape[1]
+    img = np.empty((height, len(panels) * width + (len(panels) - 1) * gap, 3), np.uint8)
+    img[:] = BACKGROUND
+    for k, panel in enumerate(panels):
+        img[:, k * (width + gap):k * (width + gap) + width] = panel
+    return _to_image(img)  # [H, W, 3]
+
+
+def plan_picture_frames(plan, colours: torch.Tensor, *, cell: int = 24, words=None) -> torch.Tensor:
+    """One picture per keyframe, float `[K, H, W, 3]` in [0, 1] (a ComfyUI IMAGE batch)."""
+    table, cell = _prepare(plan, colours, cell, words)
+    return _to_image(np.stack([_panel(plan, k, table, cell, words) for k in range(len(plan.keyframes))]))
+
+
+__all__ = ["code_colours", "plan_picture", "plan_picture_frames", "principal_axes", "tensor_key"]
