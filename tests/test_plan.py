@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planx_core.plan import (CodebookId, Keyframe, Plan, PlanError, Provenance, keyframe_times, make_plan,
+from planx_core.plan import (CodebookId, Plan, PlanError, Provenance, keyframe_times, make_plan,
                              parse_token_text)
 
 CODEBOOK = CodebookId("ta-tok", 65536, "0123456789abcdef")

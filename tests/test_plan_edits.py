@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planx_core.plan import CodebookId, Plan, PlanError, keyframe_times, make_plan
+from planx_core.plan import CodebookId, Plan, keyframe_times, make_plan
 from planx_core.plan_edits import OPS, EditError, apply_edits, parse_edits
 
 CODEBOOK = CodebookId("tiny", 100, "abc")
