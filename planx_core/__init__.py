@@ -3,6 +3,9 @@
 Modules: `configs` (DiT presets), `dit` (Wan 2.1/2.2 WanModel), `rope` (3D RoPE with explicit
 positions), `attention` (one entry point, several backends), `semantic_branch` (plan tokens into
 the DiT), `sampling` (flow matching, Euler/UniPC, text+plan guidance), `checkpoint` (safetensors
-loading of official, ComfyUI and diffusers layouts).
+loading of official, ComfyUI and diffusers layouts), `plan` / `plan_schema` / `plan_edits` /
+`plan_picture` (the keyframe plan, its JSON, edits and picture), `tokenizer` / `tokenizer_files`
+(TA-Tok), `planner*` (the semantic planner and its constrained decoding), `world` /
+`world_score` (the synthetic world and its scorer).
 """
 __version__ = "0.1.0"
