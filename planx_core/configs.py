@@ -57,6 +57,11 @@ PRESETS: dict[str, DiTConfig] = {
                       freq_dim=32, text_len=16, name="tiny"),
     "tiny-wan21": DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, out_dim=16, text_dim=32,
                             freq_dim=32, text_len=16, name="tiny-wan21"),
+    # The embedded model's renderer: 16 latent channels (the tiny Wan-architecture VAE), a 16x16
+    # latent of a 64x64 frame -> 8x8 tokens per latent frame; patch dim 64 is below the width 128,
+    # so velocity prediction is safe (planshapes.md 4.1), text from the tiny umT5 (64 wide).
+    "planx-tiny": DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=16, out_dim=16, text_dim=64,
+                            freq_dim=64, text_len=32, name="planx-tiny"),
 }
 
 
