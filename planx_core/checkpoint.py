@@ -488,23 +488,31 @@ def _listing(title: str, items: list[str]) -> str:
     return f"  {len(items)} {title}: " + ", ".join(items[:5]) + more
 
 
-def check_state_dict(sd: Mapping[str, torch.Tensor], config: DiTConfig, path: PathLike | None = None) -> None:
-    """Raise a CheckpointError naming missing, unexpected and mis-shaped keys for `WanModel(config)`."""
-    expected = expected_shapes(config)
+def check_keys(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], header: str,
+               fix: str, details: list[str] = ()) -> None:
+    """Raise a CheckpointError listing missing, unexpected and mis-shaped keys of `sd` against
+    `expected` (key -> shape): `header`, any `details` lines, the key lists, then `fix`."""
     missing = sorted((k for k in expected if k not in sd), key=_natural)
     unexpected = sorted((k for k in sd if k not in expected), key=_natural)
     wrong = [f"{k} (expected {list(expected[k])}, found {list(sd[k].shape)})" for k in sorted(sd, key=_natural)
-             if k in expected and tuple(sd[k].shape) != expected[k]]
+             if k in expected and tuple(sd[k].shape) != tuple(expected[k])]
     if not (missing or unexpected or wrong):
         return
-    lines = [f"{path or 'checkpoint'}: does not fit the DiT config {config.name!r} (dim {config.dim}, "
-             f"{config.num_layers} layers, in_dim {config.in_dim}):"]
-    lines.append(f"  The file's {describe_shapes(sd)}.")
+    lines = [header, *(f"  {d}" for d in details)]
     lines += [_listing(t, items) for t, items in (("missing keys", missing), ("unexpected keys", unexpected),
                                                    ("mis-shaped keys", wrong)) if items]
-    lines.append("  Pick the preset that matches the file (or leave the config on auto), or pick the DiT file that "
-                 "matches the preset; VAE, text-encoder and LoRA files do not go in the DiT loader.")
+    lines.append(f"  {fix}")
     raise CheckpointError("\n".join(lines))
+
+
+def check_state_dict(sd: Mapping[str, torch.Tensor], config: DiTConfig, path: PathLike | None = None) -> None:
+    """Raise a CheckpointError naming missing, unexpected and mis-shaped keys for `WanModel(config)`."""
+    check_keys(sd, expected_shapes(config),
+               f"{path or 'checkpoint'}: does not fit the DiT config {config.name!r} (dim {config.dim}, "
+               f"{config.num_layers} layers, in_dim {config.in_dim}):",
+               "Pick the preset that matches the file (or leave the config on auto), or pick the DiT file that "
+               "matches the preset; VAE, text-encoder and LoRA files do not go in the DiT loader.",
+               details=[f"The file's {describe_shapes(sd)}."])
 
 
 def resolve_config(config: DiTConfig | str | None, sd: Mapping[str, torch.Tensor],

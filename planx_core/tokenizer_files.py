@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, check_safetensors_header, read_safetensors, save_safetensors
+from .checkpoint import CheckpointError, check_keys, check_safetensors_header, read_safetensors, save_safetensors
 from .tokenizer import PathLike, TATok, TATokConfig
 
 CONFIG_KEY = "planx_tatok"  # safetensors metadata: the TATokConfig as JSON
@@ -89,30 +89,15 @@ def infer_config(sd: Mapping[str, torch.Tensor], source: PathLike | None = None,
     return TATokConfig(**{**values, "name": name, **overrides})
 
 
-def _listing(title: str, items: list[str]) -> str:
-    more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-    return f"  {len(items)} {title}: " + ", ".join(items[:5]) + more
-
-
 def check_tatok_state_dict(sd: Mapping[str, torch.Tensor], config: TATokConfig, source: PathLike | None = None
                            ) -> None:
     """Raise a CheckpointError naming the missing, unexpected and mis-shaped keys for `TATok(config)`."""
-    expected = expected_shapes(config)
-    natural = lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)]  # noqa: E731
-    missing = sorted((k for k in expected if k not in sd), key=natural)
-    unexpected = sorted((k for k in sd if k not in expected), key=natural)
-    wrong = [f"{k} (expected {list(expected[k])}, found {list(sd[k].shape)})" for k in sorted(sd, key=natural)
-             if k in expected and tuple(sd[k].shape) != expected[k]]
-    if not (missing or unexpected or wrong):
-        return
-    lines = [f"{source or 'checkpoint'}: does not fit the TA-Tok config {config.name!r} (hidden {config.hidden_size}, "
-             f"{config.num_hidden_layers} layers, {config.patch_grid}x{config.patch_grid} patches, codebook "
-             f"{config.codebook_size}x{config.bottleneck_dim}):"]
-    lines += [_listing(t, items) for t, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                                   ("mis-shaped keys", wrong)) if items]
-    lines.append(f"  The file is damaged or is not a TA-Tok tokenizer; re-convert Tar's ta_tok.pth with "
-                 f"`{_CONVERT_CMD}`, or pick the tokenizer file that belongs to this model.")
-    raise CheckpointError("\n".join(lines))
+    check_keys(sd, expected_shapes(config),
+               f"{source or 'checkpoint'}: does not fit the TA-Tok config {config.name!r} (hidden {config.hidden_size}, "
+               f"{config.num_hidden_layers} layers, {config.patch_grid}x{config.patch_grid} patches, codebook "
+               f"{config.codebook_size}x{config.bottleneck_dim}):",
+               f"The file is damaged or is not a TA-Tok tokenizer; re-convert Tar's ta_tok.pth with "
+               f"`{_CONVERT_CMD}`, or pick the tokenizer file that belongs to this model.")
 
 
 _LORA = re.compile(r"lora_(a|b|up|down)\b|^lora_(unet|te)|\.alpha$", re.IGNORECASE)
