@@ -61,7 +61,7 @@ PRESETS: dict[str, DiTConfig] = {
     # latent of a 64x64 frame -> 8x8 tokens per latent frame; patch dim 64 is below the width 128,
     # so velocity prediction is safe (planshapes.md 4.1), text from the tiny umT5 (64 wide).
     "planx-tiny": DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=16, out_dim=16, text_dim=64,
-                            freq_dim=64, text_len=32, name="planx-tiny"),
+                            freq_dim=64, text_len=64, name="planx-tiny"),
 }
 
 

@@ -19,6 +19,12 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 from .checkpoint import CheckpointError, check_safetensors_header
 
 
+def join_prompt(scene: str, motion: str) -> str:
+    """The DiT's prompt for a scene text and a motion text: "scene. motion." (either may be empty)."""
+    parts = [p.strip().rstrip(".").strip() for p in (scene, motion)]
+    return " ".join(f"{p}." for p in parts if p)
+
+
 class TextEncoder(torch.nn.Module):
     """Prompts -> token features `[B, text_len, dim]`, zero after each prompt's last token."""
 

@@ -40,3 +40,10 @@ def test_folder_round_trip_and_refusal(encoder, tmp_path):
     torch.testing.assert_close(loaded(text), encoder(text))
     with pytest.raises(CheckpointError, match="text-encoder folder holds config.json"):
         load_text_encoder(tmp_path)
+
+
+def test_join_prompt():
+    from planx_core.text_encoder import join_prompt
+    assert join_prompt("a red circle on a dark background", "the red circle moves up.") == \
+        "a red circle on a dark background. the red circle moves up."
+    assert join_prompt("", "moves up") == "moves up." and join_prompt("", "") == ""
