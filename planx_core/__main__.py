@@ -1,4 +1,7 @@
-"""Command line of planx_core: `info`, `inspect FILE`, `check-plan FILE`, `convert-tatok SRC DST`.
+"""Command line of planx_core: `generate`, `info`, `inspect FILE`, `check-plan FILE`, `convert-tatok SRC DST`.
+
+`generate --prompt "scene. motion." --out clip.mp4` plans and renders a clip with the embedded
+model (or `--bundle DIR`) and writes clip.mp4, clip.plan.json and clip.plan.png; see `pipeline`.
 
 `info` lists the DiT presets and the attention backends this machine can use. `inspect` reads a
 checkpoint's header and shapes (safetensors only; nothing is unpickled) and says what it is:
@@ -75,6 +78,30 @@ def cmd_convert_tatok(args) -> int:
     return convert_main([args.src, args.dst])
 
 
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `generate`, declared here so that the other commands do not import the pipeline."""
+    parser.add_argument("--prompt", required=True,
+                        help='"scene. motion." (split at the first sentence boundary unless --motion is given)')
+    parser.add_argument("--motion", help="the motion text; then --prompt is the scene alone")
+    parser.add_argument("--out", required=True, help="video file to write (.mp4, or .avi); the plan goes next to it")
+    parser.add_argument("--plan", help="render this plan JSON file instead of planning (e.g. an edited plan)")
+    parser.add_argument("--no-plan", action="store_true", help="render from the text alone, without a plan")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the planner and of the DiT noise (default 0)")
+    parser.add_argument("--steps", type=int, help="DiT sampling steps (default: the bundle's)")
+    parser.add_argument("--bundle", help="bundle folder (default: planx_core/embedded, the embedded model)")
+    parser.add_argument("--scale", type=int, default=4,
+                        help="enlarge the video by this integer factor, nearest-neighbour (default 4; 1 = as rendered)")
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
+                                                    "fastest for the tiny model, and much faster on a busy machine)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_generate(args) -> int:
+    from .pipeline import generate_command
+    return generate_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m planx_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("src", help="ta_tok.pth (read with torch.load(weights_only=True))")
     convert.add_argument("dst", help="output .safetensors file")
     convert.set_defaults(fn=cmd_convert_tatok)
+    generate = sub.add_parser("generate", help="plan and render a clip from a prompt (the embedded model)")
+    add_generate_arguments(generate)
+    generate.set_defaults(fn=cmd_generate)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -41,7 +41,11 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------- reading files
 
 def _sniff_format(head: bytes) -> str | None:
-    """Name a known non-safetensors format from a file's first bytes."""
+    """Name a known non-safetensors format from a file's first 9 bytes. A safetensors file is an
+    8-byte length and then its JSON header, so byte 8 is "{"; its length can start with 0x80 0x02
+    (a 640-byte header) like a pickle does, so the "{" decides."""
+    if head[8:9] == b"{":
+        return None
     if head.startswith(b"PK\x03\x04"):
         return "a PyTorch zip/pickle checkpoint (torch.save)"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -56,8 +60,9 @@ def check_safetensors_header(path: PathLike) -> dict:
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
         kind = _sniff_format(head)
+        head = head[:8]
         if kind:
             raise CheckpointError(f"{path}: this is {kind}, not safetensors; {_CONVERT_HINT}")
         if len(head) < 8:
@@ -71,6 +76,7 @@ def check_safetensors_header(path: PathLike) -> dict:
         if 8 + n > size:
             raise CheckpointError(f"{path}: safetensors header wants {n} bytes but the file has only {size}; it looks "
                                   f"truncated (incomplete download or copy), re-download or re-copy it")
+        f.seek(8)
         raw = f.read(n)
     try:
         header = json.loads(raw)

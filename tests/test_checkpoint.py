@@ -219,6 +219,18 @@ def test_pickle_refused(tmp_path, tiny):
     assert "wan_dit.pth" in str(e.value) and "convert" in str(e.value)
 
 
+@pytest.mark.parametrize("length", [640, 896, 1152, 1408])
+def test_header_lengths_that_start_like_a_pickle_still_load(tmp_path, length):
+    """A header of 640 bytes makes the file start 0x80 0x02, like a pickle; the JSON "{" decides."""
+    import json
+    import struct
+    body = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", length) + body.ljust(length) + struct.pack("<2f", 1.0, 2.0))
+    assert path.read_bytes()[:2] == bytes([0x80, length // 256])
+    assert read_safetensors(path)["w"].tolist() == [1.0, 2.0]
+
+
 def test_garbage_refused(tmp_path):
     path = tmp_path / "page.safetensors"
     path.write_text("<!DOCTYPE html><html>not found</html>")
