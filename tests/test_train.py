@@ -1,0 +1,147 @@
+"""Training entry point of the tiny Plan-X: DDP under torchrun, resume, and the planner <-> TA-Tok tie.
+
+Covers: two training steps of each stage under `torchrun --nproc_per_node 2` with gloo on CPU
+(exit 0, checkpoint and export written, both ranks end with identical parameters after drawing
+different clips); resuming 2 -> 4 steps equals 4 straight steps (loss trace and weights); the tie
+(planner word rows and `<I*>` rows unchanged by planner training, `<I*>` rows == the TA-Tok
+codebook); the cell-label rule; refusing to resume with other settings; a fresh TA-Tok's codes
+sitting on their words.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from planx_core import tiny, train
+from planx_core.cell_labels import BACKGROUND_CODE, COLOUR_CODES, WALL_CODE, cell_cover, labels_from_cover
+from planx_core.checkpoint import read_safetensors
+from planx_core.planner import load_planner
+from planx_core.tokenizer_files import load_tatok
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--steps", "2", "--batch", "1", "--log-every", "1", "--eval-clips", "1", "--eval-decode", "0",
+        "--lr", "1e-2", "--warmup", "1"]
+
+
+def events(out: Path, kind: str) -> list[dict]:
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == kind]
+
+
+def torchrun(stage: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "planx_core.train", "--stage", stage, "--out", str(out), "--threads", "1", *FAST, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def check_ddp_run(result: subprocess.CompletedProcess, out: Path) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "checkpoint" / "model.safetensors").is_file() and (out / "checkpoint" / "state.json").is_file()
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
+    start, end = events(out, "start")[0], events(out, "end")[0]
+    assert start["world"] == 2
+    seeds = start["rank_seeds"]
+    assert len(seeds) == 2 and seeds[0] != seeds[1], "the two ranks must draw different clips"
+    assert len(end["param_sha"]) == 2 and end["param_sha"][0] == end["param_sha"][1], "DDP ranks diverged"
+    assert end["param_sha"][0] != start["param_sha"][0], "training did not change the parameters"
+    assert [r["step"] for r in events(out, "step")] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def tatok_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tatok"
+    check_ddp_run(torchrun("tatok", out), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def planner_run(tmp_path_factory, tatok_run) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "planner"
+    check_ddp_run(torchrun("planner", out, "--tatok", str(tatok_run), "--codes", "tatok"), out)
+    return out
+
+
+def test_tatok_stage_under_torchrun(tatok_run):
+    tatok = load_tatok(tatok_run / "ta_tok.safetensors")
+    model, tokenizer, _ = tiny.build_planner(0)
+    assert torch.equal(tatok.bottleneck.regularizer.embedding.weight, tiny.anchor_rows(model, tokenizer))
+    proj = tatok.bottleneck.regularizer.embedding_proj.weight
+    assert not torch.equal(proj, torch.eye(proj.shape[0])), "W was not trained"
+
+
+def test_planner_stage_under_torchrun_keeps_the_tie(planner_run, tatok_run):
+    planner = load_planner(planner_run / "planner")
+    tatok = load_tatok(tatok_run / "ta_tok.safetensors")
+    assert load_tatok(planner_run / "ta_tok.safetensors").digest() == tatok.digest(), "not exported with its TA-Tok"
+    weight = planner.model.get_input_embeddings().weight  # [V, hidden]
+    v = planner.vocab
+    assert torch.equal(weight[v.image_start:v.image_end], tatok.codebook()), "<I*> rows left the codebook"
+    assert torch.equal(weight[tiny.anchor_ids(planner.tokenizer)], tatok.bottleneck.regularizer.embedding.weight)
+    fresh, _, _ = tiny.build_planner(0)
+    assert not torch.equal(weight[v.im_start], fresh.get_input_embeddings().weight[v.im_start]), "trainable rows moved"
+
+
+def run_in_process(stage: str, out: Path, steps: int) -> None:
+    args = ["--stage", stage, "--out", str(out), *FAST, "--steps", str(steps), "--eval-clips", "0"]
+    assert train.main(args) == 0
+
+
+@pytest.mark.parametrize("stage", ["tatok", "planner"])
+def test_resume_equals_a_straight_run(tmp_path, stage):
+    run_in_process(stage, tmp_path / "split", 2)
+    run_in_process(stage, tmp_path / "split", 4)
+    run_in_process(stage, tmp_path / "straight", 4)
+    trace = {name: [(r["step"], r["last_loss"]) for r in events(tmp_path / name, "step")]
+             for name in ("split", "straight")}
+    assert [s for s, _ in trace["split"]] == [1, 2, 3, 4]
+    assert np.allclose([x for _, x in trace["split"]], [x for _, x in trace["straight"]], rtol=1e-6, atol=0)
+    a, b = (read_safetensors(tmp_path / name / "checkpoint" / "model.safetensors") for name in ("split", "straight"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
+
+
+def test_resume_refuses_other_settings(tmp_path, capsys):
+    run_in_process("planner", tmp_path, 1)
+    code = train.main(["--stage", "planner", "--out", str(tmp_path), *FAST, "--seed", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "seed: checkpoint 0 vs now 1" in err and "--out" in err
+
+
+def test_cell_labels_rule():
+    ids = np.full((1, 18, 18), -1, dtype=np.int8)  # [K, H, W]: with grid 9 each cell is 2x2 pixels
+    ids[0, 0:2, 0:2] = 0  # cell (0, 0): object 0 covers all of it
+    ids[0, 0:1, 2:3] = 1  # cell (0, 1): object 1 covers 1 of 4 pixels = 25 %
+    ids[0, 2:3, 0:1] = 1  # cell (1, 0): 25 % object 1 ...
+    ids[0, 2:4, 1:2] = 0  # ... and 50 % object 0: the largest wins
+    ids[0, :, 16:18] = -2  # column 8: the wall
+    cover = cell_cover(ids, 2, grid=9)  # [1, 3, 9, 9]
+    labels = labels_from_cover(cover, ("red", "blue")).reshape(9, 9)
+    assert labels[0, 0] == COLOUR_CODES["red"] and labels[0, 1] == COLOUR_CODES["blue"]
+    assert labels[1, 0] == COLOUR_CODES["red"] and labels[0, 8] == WALL_CODE and labels[5, 5] == BACKGROUND_CODE
+    assert labels_from_cover(cover, ("red", "blue"), threshold=0.3).reshape(9, 9)[0, 1] == BACKGROUND_CODE
+
+
+def test_fresh_codebook_sits_on_the_words():
+    model, tokenizer, vocab, tatok = tiny.build_pair(0)
+    check = tiny.code_word_check(tatok.codebook(), tiny.anchor_rows(model, tokenizer), range(tiny.NUM_CODES))
+    assert all(r["nearest"] == r["word"] and r["cos"] > 0.9999 for r in check)
+    rows = model.get_input_embeddings().weight[vocab.image_start:vocab.image_end]
+    assert torch.equal(rows, tatok.codebook())
+
+
+def test_a_stop_request_ends_the_step_with_a_checkpoint(tmp_path):
+    args = train.parse_args(["--stage", "planner", "--out", str(tmp_path), *FAST, "--steps", "5", "--eval-clips", "0"])
+    trainer = train.Trainer(args, train.setup(args))
+    trainer.request_stop(2, None)  # what SIGINT does
+    trainer.run()
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 1
+    end = events(tmp_path, "end")[0]
+    assert end["stopped"] is True and end["step"] == 1
