@@ -1,4 +1,4 @@
-"""Training entry point of the tiny Plan-X: `python -m planx_core.train --stage {tatok,planner} ...`.
+"""Training entry point of the tiny Plan-X: `python -m planx_core.train --stage {vae,tatok,planner,dit} ...`.
 
 This project's own loop (stages after Plan-X, arXiv 2511.17986; costs after docs planshapes.md
 section 4). Runs as one process, or under `torchrun --nproc_per_node N` with DDP (gloo on CPU,
@@ -44,10 +44,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import CheckpointError
 from .train_checkpoint import check_fingerprint, checkpoint_dir, load_checkpoint, restore_optimizer, save_checkpoint
+from .train_dit import DiTStage
 from .train_planner import PlannerStage
 from .train_stages import Stage, StageContext, StageError, TATokStage, clip_seeds
+from .train_vae import VAEStage
 
-STAGES: dict[str, type[Stage]] = {"tatok": TATokStage, "planner": PlannerStage}  # add vae, dit, e2e here
+STAGES: dict[str, type[Stage]] = {"vae": VAEStage, "tatok": TATokStage, "planner": PlannerStage, "dit": DiTStage}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -167,7 +169,9 @@ class Trainer:
         self.stop_requested = self.stopping = False
         module = self.stage.module
         ids = [ranks.device] if ranks.device.type == "cuda" else None
-        self.model = DistributedDataParallel(module, device_ids=ids) if ranks.active else module
+        unused = getattr(self.stage, "find_unused_parameters", False)  # e.g. a step trained without the plan
+        self.model = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused) \
+            if ranks.active else module
         self.optimizer = torch.optim.AdamW(self.stage.param_groups(), lr=args.lr, weight_decay=args.weight_decay)
         self.names = {id(p): n for g in self.optimizer.param_groups for n, p in zip(g["names"], g["params"])}
         if self._resume_optim is not None:

@@ -69,6 +69,33 @@ def planner_run(tmp_path_factory, tatok_run) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    check_ddp_run(torchrun("vae", out, "--vae-frames", "5", "--vae-crop", "16", "--stats-clips", "2"), out)
+    return out
+
+
+def test_vae_stage_under_torchrun(vae_run):
+    from planx_core.vae_files import load_vae
+    vae = load_vae(vae_run / "vae.safetensors")
+    assert vae.config.latents_mean is not None and len(vae.config.latents_std) == vae.config.z_dim
+    assert "psnr" in events(vae_run, "end")[0]
+
+
+def test_dit_stage_under_torchrun(tmp_path_factory, vae_run, tatok_run):
+    from planx_core.checkpoint import load_dit
+    from planx_core.semantic_branch import load_branch
+    from planx_core.text_encoder import load_text_encoder
+    out = tmp_path_factory.mktemp("runs") / "dit"
+    check_ddp_run(torchrun("dit", out, "--vae", str(vae_run), "--tatok", str(tatok_run), "--pool", "4",
+                           "--plan-dropout", "0.5"), out)
+    assert load_dit(out / "dit.safetensors").config.name == "planx-tiny"
+    assert load_branch(out / "branch.safetensors").config.code_dim == 128
+    assert load_text_encoder(out / "text_encoder").text_len == 64
+    assert {"plan_accuracy", "text_accuracy"} <= set(events(out, "end")[0])
+
+
 def test_tatok_stage_under_torchrun(tatok_run):
     tatok = load_tatok(tatok_run / "ta_tok.safetensors")
     model, tokenizer, _ = tiny.build_planner(0)
