@@ -263,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # "Writing model shards" bars on every export
     ranks = setup(args)
+    code = run(args, ranks)
+    if ranks.active:
+        leave(code)
+    return code
+
+
+def run(args, ranks: Ranks) -> int:
+    """Train; 0 when done, 130 when stopped by a signal, 2 on a refused input."""
     previous = {}
     try:
         trainer = Trainer(args, ranks)
@@ -275,9 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if ranks.active:
-            dist.destroy_process_group()
     return 130 if trainer.stopping else 0
+
+
+def leave(code: int) -> None:
+    """End a DDP rank without tearing down the gloo process group, which can deadlock (torch 2.13:
+    the main thread joins gloo's run-loop thread while holding the GIL that thread waits for; seen
+    as a rank hanging after its last log line). Logs and checkpoints are already written and
+    flushed; torchrun gets the exit code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
