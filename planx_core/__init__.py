@@ -6,6 +6,8 @@ the DiT), `sampling` (flow matching, Euler/UniPC, text+plan guidance), `checkpoi
 loading of official, ComfyUI and diffusers layouts), `plan` / `plan_schema` / `plan_edits` /
 `plan_picture` (the keyframe plan, its JSON, edits and picture), `tokenizer` / `tokenizer_files`
 (TA-Tok), `planner*` (the semantic planner and its constrained decoding), `world` /
-`world_score` (the synthetic world and its scorer).
+`world_score` (the synthetic world and its scorer), `vae` / `vae_files` (the Wan 2.1 video VAE),
+`text_encoder` (umT5 features), `tiny` / `cell_labels` / `flow_training` / `train*` (the embedded
+model and its training entry point), `bundle` / `pipeline` / `video_io` (the generate job).
 """
 __version__ = "0.1.0"
