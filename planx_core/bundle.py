@@ -32,6 +32,7 @@ from .dit import WanModel
 from .planner import SemanticPlanner, load_planner, save_planner
 from .semantic_branch import BranchConfig, SemanticBranch, load_branch, save_branch
 from .text_encoder import TextEncoder, load_text_encoder, save_text_encoder, tiny_text_encoder
+from .tiny import VIDEO
 from .tokenizer import TATok
 from .tokenizer_files import load_tatok, save_tatok
 from .vae import VAEConfig, WanVAE
@@ -70,12 +71,12 @@ def _fix(folder: Path) -> str:
 class VideoDefaults:
     """The video the bundle renders: 17 frames of 64x64 at 8 fps, keyframes at 2 fps on a 9x9 grid."""
 
-    fps: float = 8.0
-    num_frames: int = 17
-    width: int = 64
-    height: int = 64
-    keyframe_rate: float = 2.0
-    grid: int = 9
+    fps: float = VIDEO.fps
+    num_frames: int = VIDEO.num_frames
+    width: int = VIDEO.size
+    height: int = VIDEO.size
+    keyframe_rate: float = VIDEO.keyframe_rate
+    grid: int = VIDEO.grid
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ _OFFICIAL = re.compile(r"^(text_embedding|time_embedding|time_projection|head)\.
                        r"^blocks\.\d+\.(self_attn|cross_attn|norm3|modulation$|ffn\.\d)")
 _DIFFUSERS = re.compile(r"^(condition_embedder|proj_out)\.|^scale_shift_table$|"
                         r"^blocks\.\d+\.(attn1|attn2|scale_shift_table$|ffn\.net)")
-_LORA = re.compile(r"lora_(a|b|up|down)\b|^lora_(unet|te)|\.alpha$|\.diff(_b)?$", re.IGNORECASE)
+LORA_KEY = re.compile(r"lora_(a|b|up|down)\b|^lora_(unet|te)|\.alpha$|\.diff(_b)?$", re.IGNORECASE)
 
 
 def _rename(name: str, table: Iterable[tuple[str, str]]) -> str | None:
@@ -300,7 +300,7 @@ def describe_non_dit(keys: Iterable[str]) -> str | None:
     """If the keys are clearly another model (VAE, text encoder, CLIP vision, LoRA), say which and where it goes."""
     keys = list(keys)
     has = lambda pat: any(re.search(pat, k) for k in keys)  # noqa: E731
-    if any(_LORA.search(k) for k in keys):
+    if any(LORA_KEY.search(k) for k in keys):
         return "a LoRA (low-rank adapter), not a full DiT; put it in models/loras and apply it with a LoRA loader"
     if has(r"^(encoder\.)?block\.\d+\.layer\.") or has(r"^shared\.weight$") or has(r"^token_embedding\.weight$"):
         return "a text encoder (umT5); put it in models/text_encoders and load it with the text-encoder loader"
@@ -317,7 +317,7 @@ def detect_layout(keys: Iterable[str], source: PathLike | None = None) -> str:
     where = f"{source}: " if source else ""
     if not keys:
         raise CheckpointError(f"{where}the checkpoint holds no tensors")
-    if any(_LORA.search(k) for k in keys):
+    if any(LORA_KEY.search(k) for k in keys):
         raise CheckpointError(f"{where}this looks like {describe_non_dit(keys)}")
     if _comfy_prefix(keys):
         return "comfyui"

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, check_keys, check_safetensors_header, read_safetensors, save_safetensors
+from .checkpoint import (LORA_KEY, CheckpointError, check_keys, check_safetensors_header, read_safetensors,
+                         save_safetensors)
 from .tokenizer import PathLike, TATok, TATokConfig
 
 CONFIG_KEY = "planx_tatok"  # safetensors metadata: the TATokConfig as JSON
@@ -100,7 +101,6 @@ def check_tatok_state_dict(sd: Mapping[str, torch.Tensor], config: TATokConfig, 
                f"`{_CONVERT_CMD}`, or pick the tokenizer file that belongs to this model.")
 
 
-_LORA = re.compile(r"lora_(a|b|up|down)\b|^lora_(unet|te)|\.alpha$", re.IGNORECASE)
 _DIT = re.compile(r"^(model\.diffusion_model\.|diffusion_model\.)?(blocks\.\d+\.(self_attn|cross_attn|attn1|ffn)|"
                   r"head\.modulation|time_embedding\.|condition_embedder\.)")
 
@@ -110,7 +110,7 @@ def describe_foreign(keys, metadata: Mapping[str, str]) -> str | None:
     keys = list(keys)
     if "planx_semantic_branch" in metadata:
         return "a Plan-X semantic-branch file; load it with the semantic-branch loader"
-    if any(_LORA.search(k) for k in keys):
+    if any(LORA_KEY.search(k) for k in keys):
         return "a LoRA (low-rank adapter); put it in models/loras and apply it with a LoRA loader"
     if any(_DIT.match(k) for k in keys):
         return "a Wan DiT (diffusion model); put it in models/diffusion_models and load it with the DiT loader"

@@ -50,11 +50,16 @@ class DiTObjective(nn.Module):
         self.register_buffer("codebook", codebook.float().clone())  # [N, D], frozen
         self.latent_frames = [tiny.VIDEO.keyframes[k] / 4 for k in range(len(tiny.VIDEO.keyframes))]
 
-    def forward(self, x0, ids, mask, codes, seed, text_p, plan_p, first_p):
-        gen = torch.Generator().manual_seed(int(seed))
+    def conditions(self, ids: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor):
+        """Text features `[B, L, Dt]` (zero past each prompt) and the plan conditioning of codes `[B, K, g*g]`."""
         context = self.text(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]  # [B, L, Dt]
         plan = self.branch.condition(self.codebook[codes.flatten(1)], self.latent_frames,
                                      (tiny.VIDEO.grid, tiny.VIDEO.grid))  # tokens [B, K*81, dim]
+        return context, plan
+
+    def forward(self, x0, ids, mask, codes, seed, text_p, plan_p, first_p):
+        gen = torch.Generator().manual_seed(int(seed))
+        context, plan = self.conditions(ids, mask, codes)
         return flow_loss(self.dit, x0, context, torch.zeros_like(context[:1]), plan, gen,
                          dropout=Dropout(float(text_p), float(plan_p), float(first_p)))
 
@@ -146,11 +151,8 @@ class DiTStage(Stage):
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], plan: bool, steps: int = 20) -> np.ndarray:
         """Render clips from their prompts (and ground-truth plans): uint8 frames `[B, T, H, W, 3]`."""
-        m = self.module
-        context = m.text(input_ids=batch["ids"], attention_mask=batch["mask"]).last_hidden_state
-        context = context * batch["mask"][..., None]  # [B, L, Dt]
-        cond = m.branch.condition(m.codebook[batch["codes"].flatten(1)], m.latent_frames,
-                                  (tiny.VIDEO.grid, tiny.VIDEO.grid)) if plan else None
+        context, cond = self.module.conditions(batch["ids"], batch["mask"], batch["codes"])  # [B, L, Dt], plan
+        cond = cond if plan else None
         noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(0)).to(context)
         latent = render(self.dit, noise, context, torch.zeros_like(context), plan=cond, steps=steps,
                         shift=self.args.shift, solver="euler", guidance=Guidance(text_scale=1.0, plan_scale=1.0))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import FLOAT8_DTYPES, CheckpointError, PathLike, check_keys, check_safetensors_header, read_safetensors, \
-    save_safetensors
+from .checkpoint import (FLOAT8_DTYPES, LORA_KEY, CheckpointError, PathLike, check_keys, check_safetensors_header,
+                         read_safetensors, save_safetensors)
 from .vae import VAE_PRESETS, VAEConfig, WanVAE, get_vae_preset
 
 PREFIXES = ("vae.", "first_stage_model.")
@@ -102,7 +102,7 @@ def describe_non_vae(keys: Iterable[str]) -> str | None:
     """If the keys are clearly something other than a Wan 2.1 VAE, say what and where it goes."""
     keys = list(keys)
     has = lambda pat: any(re.search(pat, k) for k in keys)  # noqa: E731
-    if has(r"lora_(a|b|up|down)\b|\.alpha$"):
+    if any(LORA_KEY.search(k) for k in keys):
         return "a LoRA (low-rank adapter); it goes in models/loras and is applied to the DiT with a LoRA loader"
     if has(r"(^|\.)patch_embedding\.weight$|(^|\.)blocks\.\d+\.(self_attn|cross_attn|modulation)|head\.modulation$"):
         return ("a Wan DiT (diffusion model), not a VAE; load it with the DiT loader (models/diffusion_models, "

@@ -28,6 +28,16 @@ def tiny_config():
     return get_preset("tiny")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny, latency-bound models: on a shared 2-core machine,
+    intra-op thread hand-offs cost more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomize(module: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
     """Give every parameter random values (zero-initialised layers too) so tests see real signal."""
     gen = torch.Generator().manual_seed(seed)

@@ -45,13 +45,7 @@ def randomize(model, std: float = 0.4, seed: int = 0):
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """A tiny model is latency-bound: one thread avoids thread hand-offs on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

