@@ -45,11 +45,13 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import CheckpointError
 from .train_checkpoint import check_fingerprint, checkpoint_dir, load_checkpoint, restore_optimizer, save_checkpoint
 from .train_dit import DiTStage
+from .train_e2e import E2EStage
 from .train_planner import PlannerStage
 from .train_stages import Stage, StageContext, StageError, TATokStage, clip_seeds
 from .train_vae import VAEStage
 
-STAGES: dict[str, type[Stage]] = {"vae": VAEStage, "tatok": TATokStage, "planner": PlannerStage, "dit": DiTStage}
+STAGES: dict[str, type[Stage]] = {"vae": VAEStage, "tatok": TATokStage, "planner": PlannerStage, "dit": DiTStage,
+                                  "e2e": E2EStage}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,7 +8,10 @@ standard deviation of the latents of fresh clips are written into the config (`l
 Frames go in whole (`chunked=False`: gradients through one pass; the same result as chunks).
 The network is convolutional and causal, so it trains on random windows of `--vae-frames`
 frames (1 + 4n) and `--vae-crop` pixels of each clip, several times cheaper than whole clips,
-and is evaluated and exported on whole 17 x 64 x 64 clips.
+and is evaluated and exported on whole 17 x 64 x 64 clips. Windows need at least 9 frames
+(three latent frames): with 5, the third latent frame onwards (whose causal context is an
+earlier 4-frame group, not the lone first frame) is never trained, and measured reconstructions
+lose colour and shape from frame 8 on.
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ class VAEStage(Stage):
     @classmethod
     def add_arguments(cls, parser):
         parser.add_argument("--kl-weight", type=float, default=1e-4, help="vae: weight of the KL term")
-        parser.add_argument("--vae-frames", type=int, default=5, help="vae: frames per training window (1 + 4n)")
+        parser.add_argument("--vae-frames", type=int, default=9, help="vae: frames per training window (1 + 4n)")
         parser.add_argument("--vae-crop", type=int, default=32, help="vae: square crop side in pixels (multiple of 4)")
         parser.add_argument("--stats-clips", type=int, default=64, help="vae: clips measured for the latent statistics")
 

@@ -83,17 +83,43 @@ def test_vae_stage_under_torchrun(vae_run):
     assert "psnr" in events(vae_run, "end")[0]
 
 
-def test_dit_stage_under_torchrun(tmp_path_factory, vae_run, tatok_run):
-    from planx_core.checkpoint import load_dit
-    from planx_core.semantic_branch import load_branch
-    from planx_core.text_encoder import load_text_encoder
+@pytest.fixture(scope="module")
+def dit_run(tmp_path_factory, vae_run, tatok_run) -> Path:
     out = tmp_path_factory.mktemp("runs") / "dit"
     check_ddp_run(torchrun("dit", out, "--vae", str(vae_run), "--tatok", str(tatok_run), "--pool", "4",
                            "--plan-dropout", "0.5"), out)
+    return out
+
+
+def test_dit_stage_under_torchrun(dit_run):
+    from planx_core.checkpoint import load_dit
+    from planx_core.semantic_branch import load_branch
+    from planx_core.text_encoder import load_text_encoder
+    out = dit_run
     assert load_dit(out / "dit.safetensors").config.name == "planx-tiny"
     assert load_branch(out / "branch.safetensors").config.code_dim == 128
     assert load_text_encoder(out / "text_encoder").text_len == 64
     assert {"plan_accuracy", "text_accuracy"} <= set(events(out, "end")[0])
+
+
+def test_e2e_stage_under_torchrun(tmp_path_factory, dit_run, vae_run, tatok_run, planner_run):
+    out = tmp_path_factory.mktemp("runs") / "e2e"
+    check_ddp_run(torchrun("e2e", out, "--vae", str(vae_run), "--tatok", str(tatok_run), "--pool", "2",
+                           "--init-from", str(dit_run), "--planner", str(planner_run), "--planned-share", "1"), out)
+    pool = read_safetensors(out / "pool.safetensors")
+    assert pool["planned"].shape == pool["codes"].shape == (2, len(tiny.VIDEO.keyframes), tiny.VIDEO.grid ** 2)
+    assert torch.equal(pool["planned"][:, 0], pool["codes"][:, 0]), "keyframe 0 must be the clip's own (locked)"
+    start = read_safetensors(dit_run / "dit.safetensors")
+    tuned = read_safetensors(out / "dit.safetensors")
+    assert any(not torch.equal(start[k], tuned[k]) for k in start), "e2e did not start from --init-from and train"
+
+
+def test_e2e_stage_needs_a_dit_run_and_a_planner(tmp_path, capsys, vae_run, tatok_run):
+    args = ["--stage", "e2e", "--out", str(tmp_path / "e2e"), *FAST, "--vae", str(vae_run), "--tatok", str(tatok_run)]
+    assert train.main(args) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert train.main([*args, "--init-from", str(tmp_path)]) == 2
+    assert "--planner" in capsys.readouterr().err
 
 
 def test_tatok_stage_under_torchrun(tatok_run):
