@@ -38,7 +38,7 @@ from .sampling import Guidance, initial_noise
 from .text_encoder import join_prompt
 from .video_io import write_png, write_video
 
-__all__ = ["Generation", "PlanXPipeline", "generate_command", "load_plan_file", "output_paths", "prompt_text",
+__all__ = ["FirstFrame", "Generation", "PlanXPipeline", "generate_command", "load_plan_file", "output_paths", "prompt_text",
            "split_prompt"]
 
 _BOUNDARY = re.compile(r"[.!?](\s+|$)")
@@ -72,6 +72,15 @@ def prompt_text(scene: str, motion: str) -> str:
 
 
 # ----------------------------------------------------------------------------- results
+
+@dataclass
+class FirstFrame:
+    """Image-to-video inputs of one image (`PlanXPipeline.first_frame`): TA-Tok codes `[g*g]` for the
+    planner and the VAE latent `[1, C, 1, h, w]` pinned as latent frame 0 while sampling."""
+
+    codes: torch.Tensor
+    latent: torch.Tensor
+
 
 @dataclass
 class Generation:
@@ -115,8 +124,10 @@ class PlanXPipeline:
     # -- planning --------------------------------------------------------------------
     def plan(self, scene: str, motion: str, *, seed: int = 0, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, guidance_scale: float | None = None,
-             lock_from: Plan | None = None, progress: bool = True) -> Plan:
-        """A keyframe plan for the bundle's video, drawn by the planner with a tqdm bar over plan tokens."""
+             lock_from: Plan | None = None, first_frame: FirstFrame | None = None, progress: bool = True) -> Plan:
+        """A keyframe plan for the bundle's video, drawn by the planner with a tqdm bar over plan tokens.
+
+        With `first_frame` (image-to-video) the planner reads its codes and keyframe 0 is them, locked."""
         v, p = self.spec.video, self.spec.planning
         bar = _bar(0, "plan", progress)
 
@@ -129,7 +140,8 @@ class PlanXPipeline:
                 codebook=self.codebook_id, keyframe_rate=v.keyframe_rate, grid=(v.grid, v.grid), seed=seed,
                 temperature=_pick(temperature, p.temperature), top_k=_pick(top_k, p.top_k),
                 top_p=_pick(top_p, p.top_p), guidance_scale=_pick(guidance_scale, p.guidance_scale),
-                lock_from=lock_from, progress=step)
+                lock_from=lock_from, progress=step,
+                first_frame_codes=None if first_frame is None else first_frame.codes)
         finally:
             bar.close()
 
@@ -139,6 +151,21 @@ class PlanXPipeline:
         plan.check_codebook(self.codebook_id)
         plan.check_video(self.spec.video.num_frames, self.spec.video.fps)
         return plan
+
+    # -- image-to-video --------------------------------------------------------------
+    @torch.inference_mode()
+    def first_frame(self, image) -> FirstFrame:
+        """An image `[H, W, 3]` (uint8, or float in [0, 1]) at the bundle's video size, as TI2V inputs."""
+        v = self.spec.video
+        unit = torch.as_tensor(np.asarray(image)).to(self.device)
+        unit = unit.float() / 255 if unit.dtype == torch.uint8 else unit.float()  # [H, W, 3] in [0, 1]
+        if tuple(unit.shape) != (v.height, v.width, 3):
+            raise ValueError(f"the first frame is {tuple(unit.shape)} but bundle {self.spec.name!r} renders "
+                             f"{v.height}x{v.width} RGB frames; resize the image to {v.width}x{v.height}")
+        nchw = unit.permute(2, 0, 1)[None]  # [1, 3, H, W]
+        codes = self.bundle.tatok.encode(nchw, grid=v.grid)[0].cpu()  # [g*g]
+        latent = self.bundle.vae.encode(nchw[:, :, None] * 2 - 1)  # [1, C, 1, h, w]
+        return FirstFrame(codes=codes, latent=latent)
 
     # -- rendering -------------------------------------------------------------------
     @torch.inference_mode()
@@ -153,22 +180,25 @@ class PlanXPipeline:
         return latent_shape(v.width, v.height, v.num_frames, channels=vae.z_dim, spatial=vae.spatial_factor,
                             temporal=vae.temporal_factor, patch=self.bundle.dit.config.patch_size[1])
 
-    def condition(self, plan: Plan, strength: float | None = None):
-        """The plan as DiT conditioning (codebook vectors through the semantic branch)."""
+    def condition(self, plan: Plan, strength: float | None = None, rope: bool | None = None):
+        """The plan as DiT conditioning (codebook vectors through the semantic branch); `rope=False`
+        drops the plan tokens' 3D RoPE positions (the ablation)."""
         s, v = self.spec.sampling, self.spec.video
         codebook = self.bundle.tatok.codebook().to(self.device)  # [N, D]
         return self.bundle.branch.condition_plan(self.check_plan(plan), codebook, num_frames=v.num_frames,
                                                  fps=v.fps, strength=_pick(strength, s.plan_strength),
-                                                 use_rope=s.plan_rope)
+                                                 use_rope=_pick(rope, s.plan_rope))
 
     @torch.inference_mode()
     def render(self, plan: Plan | None, scene: str, motion: str, *, seed: int = 0, steps: int | None = None,
                shift: float | None = None, solver: str | None = None, text_scale: float | None = None,
-               plan_scale: float | None = None, strength: float | None = None, progress: bool = True) -> np.ndarray:
-        """Frames `[T, H, W, 3]` uint8 of the video for `plan` (None renders from the text alone)."""
+               plan_scale: float | None = None, strength: float | None = None, rope: bool | None = None,
+               first_frame: FirstFrame | None = None, progress: bool = True) -> np.ndarray:
+        """Frames `[T, H, W, 3]` uint8 of the video for `plan` (None renders from the text alone);
+        `first_frame` pins latent frame 0 to the image (Wan 2.2 TI2V)."""
         s = self.spec.sampling
         positive, negative = self.text_features(scene, motion)  # [1, L, D] each
-        conditioning = None if plan is None else self.condition(plan, strength)
+        conditioning = None if plan is None else self.condition(plan, strength, rope)
         noise = initial_noise(self.latent_shape(), seed).to(self.device)  # [1, C, F, H, W]
         steps = _pick(steps, s.steps)
         guidance = Guidance(text_scale=_pick(text_scale, s.text_scale), plan_scale=_pick(plan_scale, s.plan_scale))
@@ -176,6 +206,7 @@ class PlanXPipeline:
         try:
             latent = render(self.bundle.dit, noise, positive, negative, plan=conditioning, steps=steps,
                             shift=_pick(shift, s.shift), solver=_pick(solver, s.solver), guidance=guidance,
+                            first_frame_latent=None if first_frame is None else first_frame.latent,
                             callback=lambda i, n, x, x0: bar.update(1))  # [1, C, F, H, W]
         finally:
             bar.close()
@@ -187,7 +218,8 @@ class PlanXPipeline:
         return self.bundle.vae.decode(latent, chunked=latent[0, 0].numel() > _ONE_PASS_LATENT)
 
     def generate(self, scene: str, motion: str, *, plan: Plan | None = None, use_plan: bool = True, seed: int = 0,
-                 progress: bool = True, planning: dict | None = None, **render_options) -> Generation:
+                 progress: bool = True, planning: dict | None = None, first_frame: FirstFrame | None = None,
+                 **render_options) -> Generation:
         """Plan (unless a plan is given, or `use_plan` is False) then render.
 
         `planning`: keyword arguments of `plan` (temperature, top_k, ...); `render_options`: those of
@@ -200,10 +232,11 @@ class PlanXPipeline:
         if plan is not None:
             self.check_plan(plan)
         elif use_plan:
-            plan = self.plan(scene, motion, seed=seed, progress=progress, **(planning or {}))
+            plan = self.plan(scene, motion, seed=seed, progress=progress, first_frame=first_frame, **(planning or {}))
         seconds["plan"] = time.perf_counter() - start
         start = time.perf_counter()
-        frames = self.render(plan, scene, motion, seed=seed, progress=progress, **render_options)
+        frames = self.render(plan, scene, motion, seed=seed, progress=progress, first_frame=first_frame,
+                             **render_options)
         seconds["render"] = time.perf_counter() - start
         return Generation(frames, plan, seconds)
 

@@ -126,6 +126,8 @@ class SemanticPlanner:
         """A Plan for a video of `num_frames` at `fps`, keyframes every 1/keyframe_rate s (`keyframe_times`).
 
         Keyframes of `lock_from` marked locked are kept (matched by video frame) and stay locked.
+        With `first_frame_codes` (image-to-video) keyframe 0 is those codes, locked, unless
+        `lock_from` locks it otherwise.
         """
         if codebook.size != self.num_image_tokens:
             raise PlanError(f"codebook {codebook.name} has {codebook.size} codes but planner {self.name!r} writes "
@@ -133,6 +135,8 @@ class SemanticPlanner:
         grid = tuple(grid)
         times = keyframe_times(num_frames, fps, keyframe_rate)
         locked = _locks_from(lock_from, times, fps, grid, codebook)
+        if first_frame_codes is not None:
+            locked.setdefault(0, flat_codes(first_frame_codes))
         tokens = self.generate(scene, motion, num_keyframes=len(times), fps=fps, keyframe_rate=keyframe_rate,
                                grid=grid, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
                                guidance_scale=guidance_scale, first_frame_codes=first_frame_codes,

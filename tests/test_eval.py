@@ -1,0 +1,84 @@
+"""Image-to-video inputs of the pipeline and `python -m planx_core.eval` on an untrained bundle."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from planx_core import eval as planx_eval
+from planx_core import world
+from planx_core.bundle import BundleSpec, SamplingDefaults, load_bundle, random_bundle, save_bundle
+from planx_core.pipeline import PlanXPipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    spec = BundleSpec(dit=random_bundle().dit.config, name="eval-test", sampling=SamplingDefaults(steps=1))
+    folder = save_bundle(random_bundle(seed=5, spec=spec), tmp_path_factory.mktemp("bundle") / "b")
+    no_e2e = folder / "no_e2e"
+    no_e2e.mkdir()
+    for name in ("dit.safetensors", "branch.safetensors"):
+        (no_e2e / name).write_bytes((folder / name).read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipe(bundle_dir):
+    return PlanXPipeline(load_bundle(bundle_dir))
+
+
+def test_first_frame_locks_keyframe_zero_and_pins_the_latent(pipe):
+    clip = world.make_clip(11)
+    first = pipe.first_frame(clip.frames[0])
+    plan = pipe.plan(clip.scene, clip.motion, first_frame=first, progress=False)
+    assert plan.keyframes[0].tokens == first.codes.tolist() and plan.keyframes[0].locked
+    assert not plan.keyframes[1].locked
+    frames = pipe.render(plan, clip.scene, clip.motion, steps=1, first_frame=first, progress=False)
+    alone = pipe.decode(first.latent)  # [1, 3, 1, H, W]: the causal VAE's frame 0 depends on latent frame 0 only
+    expected = ((alone[0, :, 0].clamp(-1, 1) + 1) / 2 * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.abs(frames[0].astype(int) - expected.astype(int)).max() <= 1
+    free = pipe.render(plan, clip.scene, clip.motion, steps=1, progress=False)
+    assert not np.array_equal(free[0], frames[0])
+
+
+def test_first_frame_of_the_wrong_size_is_refused(pipe):
+    with pytest.raises(ValueError, match="resize the image to 64x64"):
+        pipe.first_frame(np.zeros((32, 48, 3), np.uint8))
+
+
+def test_plan_accuracy_counts_keyframes_after_the_first(pipe):
+    clip = world.make_clip(12)
+    truth = planx_eval.Evaluator(pipe, None, "i2v", 0).inputs(clip).truth
+    assert planx_eval.plan_accuracy([truth], [truth], 0) == {"plan_cells": 1.0, "plan_objects": 1.0}
+    data, size = truth.to_dict(), truth.codebook.size
+    data["keyframes"][1]["tokens"] = [(t + 1) % size for t in data["keyframes"][1]["tokens"]]
+    wrong = type(truth).from_dict(data)
+    scores = planx_eval.plan_accuracy([wrong], [truth], planx_eval.background_code([truth]))
+    assert scores["plan_cells"] == pytest.approx(3 / 4)
+
+
+def test_eval_command_writes_the_report(bundle_dir, tmp_path):
+    out = tmp_path / "report"
+    code = planx_eval.main(["--bundle", str(bundle_dir), "--clips", "1", "--pairs", "1", "--steps", "1",
+                            "--figure-clips", "1", "--out", str(out)])
+    assert code == 0
+    text = (out / "report.md").read_text()
+    for label in planx_eval.ROWS.values():
+        assert f"| {label} |" in text
+    assert "Semantic transfer" in text and "Planner plan accuracy" in text
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(planx_eval.ROWS) <= set(scores["rows"]) and scores["rows"]["full"]["count"] == 1
+    assert (out / "figure.png").stat().st_size > 1000
+
+
+def test_eval_skips_no_e2e_without_a_folder_and_refuses_unknown_rows(bundle_dir, tmp_path, capsys):
+    assert planx_eval.main(["--bundle", str(bundle_dir), "--rows", "full,nonsense", "--out", str(tmp_path)]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    code = planx_eval.main(["--bundle", str(bundle_dir), "--no-e2e", str(tmp_path / "none"), "--rows", "no_e2e,text_only",
+                            "--clips", "1", "--pairs", "0", "--steps", "1", "--figure-clips", "0", "--out", str(tmp_path)])
+    assert code == 0 and "skipping the no_e2e row" in capsys.readouterr().err
+    assert "no_e2e" not in json.loads((tmp_path / "scores.json").read_text())["rows"]
