@@ -198,3 +198,25 @@ def test_a_stop_request_ends_the_step_with_a_checkpoint(tmp_path):
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 1
     end = events(tmp_path, "end")[0]
     assert end["stopped"] is True and end["step"] == 1
+
+
+def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit_run):
+    import shutil
+    from planx_core.assemble import main as assemble_main
+    from planx_core.bundle import load_bundle
+    from planx_core.pipeline import PlanXPipeline
+    out = tmp_path / "bundle"
+    args = ["--planner", str(planner_run), "--vae", str(vae_run), "--dit", str(dit_run), "--no-e2e", str(dit_run),
+            "--out", str(out), "--steps", "1"]
+    assert assemble_main(args) == 0
+    assert (out / "no_e2e" / "dit.safetensors").is_file()
+    pipe = PlanXPipeline(load_bundle(out))
+    assert pipe.spec.sampling.steps == 1
+    clip = pipe.generate("a red circle", "the red circle moves right", progress=False)
+    assert clip.frames.shape == (tiny.VIDEO.num_frames, 64, 64, 3)
+    other = tmp_path / "other_dit"
+    shutil.copytree(dit_run, other)
+    state = json.loads((other / "checkpoint" / "state.json").read_text())
+    state["fingerprint"]["tatok"] = "0" * 64
+    (other / "checkpoint" / "state.json").write_text(json.dumps(state))
+    assert assemble_main([*args[:4], "--dit", str(other), "--out", str(tmp_path / "refused")]) == 2

@@ -1,0 +1,97 @@
+"""`python -m planx_core.assemble`: a bundle folder from the exports of the training stages.
+
+This project's own glue. The stages export their runtime files into their run folders
+(`train.py`); a bundle (`bundle.py`) is those files side by side plus bundle.json. This command
+copies them, with the DiT before end-to-end training under `no_e2e/` (the evaluation's
+ablation row), writes bundle.json with the given sampling defaults, then loads the result to
+check that the parts fit together. It refuses a planner run and a DiT run that used different
+TA-Tok codebooks (their digests are compared), since the plans would mean other things.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from .bundle import EMBEDDED, BundleSpec, PlanningDefaults, SamplingDefaults, load_bundle, write_spec
+from .checkpoint import CheckpointError, load_dit
+from .tokenizer_files import load_tatok
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing ({what}); finish that training stage or pass the right run folder")
+    return path
+
+
+def _dit_tatok_digest(run: Path) -> str | None:
+    """The TA-Tok digest a dit / e2e run recorded in its checkpoint fingerprint (None if it has no checkpoint)."""
+    state = run / "checkpoint" / "state.json"
+    return json.loads(state.read_text()).get("fingerprint", {}).get("tatok") if state.is_file() else None
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    shutil.copytree(src, dst) if src.is_dir() else shutil.copyfile(src, dst)
+
+
+def assemble(planner_run: Path, vae_run: Path, dit_run: Path, out: Path, *, no_e2e_run: Path | None = None,
+             sampling: SamplingDefaults = SamplingDefaults(), planning: PlanningDefaults = PlanningDefaults(),
+             notes: str = "") -> Path:
+    """Copy the stages' exports into `out` and write bundle.json; returns `out` (checked by loading it)."""
+    tatok_file = _need(planner_run / "ta_tok.safetensors", "the TA-Tok exported with the planner")
+    tatok = load_tatok(tatok_file)
+    trained_with = _dit_tatok_digest(dit_run)
+    if trained_with is not None and trained_with != tatok.digest():
+        raise CheckpointError(f"{planner_run} and {dit_run} used different TA-Tok codebooks ({tatok.digest()[:12]} vs "
+                              f"{trained_with[:12]}); train the DiT with --tatok pointing at the planner's TA-Tok")
+    out.mkdir(parents=True, exist_ok=True)
+    parts = {"planner": planner_run / "planner", "ta_tok.safetensors": tatok_file,
+             "vae.safetensors": vae_run / "vae.safetensors", "dit.safetensors": dit_run / "dit.safetensors",
+             "branch.safetensors": dit_run / "branch.safetensors", "text_encoder": dit_run / "text_encoder"}
+    for name, src in parts.items():
+        _copy(_need(src, name), out / name)
+    if no_e2e_run is not None:
+        (out / "no_e2e").mkdir(exist_ok=True)
+        for name in ("dit.safetensors", "branch.safetensors"):
+            _copy(_need(no_e2e_run / name, name), out / "no_e2e" / name)
+    dit = load_dit(out / "dit.safetensors")
+    write_spec(BundleSpec(dit=dit.config, sampling=sampling, planning=planning, notes=notes), out)
+    load_bundle(out)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m planx_core.assemble", description=__doc__.split("\n")[0])
+    p.add_argument("--planner", required=True, help="`--stage planner` run folder (planner/ and ta_tok.safetensors)")
+    p.add_argument("--vae", required=True, help="`--stage vae` run folder")
+    p.add_argument("--dit", required=True, help="`--stage e2e` (or dit) run folder: DiT, branch, text encoder")
+    p.add_argument("--no-e2e", help="`--stage dit` run folder before end-to-end training (the ablation)")
+    p.add_argument("--out", default=str(EMBEDDED), help="bundle folder to write (default: the embedded model)")
+    p.add_argument("--steps", type=int, default=SamplingDefaults.steps)
+    p.add_argument("--solver", default=SamplingDefaults.solver)
+    p.add_argument("--shift", type=float, default=SamplingDefaults.shift)
+    p.add_argument("--text-scale", type=float, default=SamplingDefaults.text_scale)
+    p.add_argument("--plan-scale", type=float, default=SamplingDefaults.plan_scale)
+    p.add_argument("--temperature", type=float, default=PlanningDefaults.temperature, help="planner sampling")
+    p.add_argument("--notes", default="")
+    a = p.parse_args(argv)
+    sampling = SamplingDefaults(steps=a.steps, shift=a.shift, solver=a.solver, text_scale=a.text_scale,
+                                plan_scale=a.plan_scale)
+    try:
+        out = assemble(Path(a.planner), Path(a.vae), Path(a.dit), Path(a.out),
+                       no_e2e_run=Path(a.no_e2e) if a.no_e2e else None, sampling=sampling,
+                       planning=PlanningDefaults(temperature=a.temperature), notes=a.notes)
+    except (CheckpointError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote bundle {out} ({size / 2 ** 20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
