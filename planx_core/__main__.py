@@ -86,6 +86,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="video file to write (.mp4, or .avi); the plan goes next to it")
     parser.add_argument("--plan", help="render this plan JSON file instead of planning (e.g. an edited plan)")
     parser.add_argument("--no-plan", action="store_true", help="render from the text alone, without a plan")
+    parser.add_argument("--image", help="first frame (PNG/JPEG at the video's size): image-to-video; the planner "
+                                        "reads it and the video starts from it")
     parser.add_argument("--seed", type=int, default=0, help="seed of the planner and of the DiT noise (default 0)")
     parser.add_argument("--steps", type=int, help="DiT sampling steps (default: the bundle's)")
     parser.add_argument("--bundle", help="bundle folder (default: planx_core/embedded, the embedded model)")

@@ -36,7 +36,7 @@ from .plan_picture import code_colours, plan_picture
 from .render import latent_shape, render
 from .sampling import Guidance, initial_noise
 from .text_encoder import join_prompt
-from .video_io import write_png, write_video
+from .video_io import read_image, write_png, write_video
 
 __all__ = ["FirstFrame", "Generation", "PlanXPipeline", "generate_command", "load_plan_file", "output_paths", "prompt_text",
            "split_prompt"]
@@ -333,8 +333,9 @@ def generate_command(args) -> int:
         loaded = time.perf_counter()
         if plan is not None:
             _check_given_plan(pipe, plan, args.plan)
+        first = pipe.first_frame(read_image(args.image)) if getattr(args, "image", None) else None
         result = pipe.generate(scene, motion, plan=plan, use_plan=not args.no_plan, seed=args.seed,
-                               steps=args.steps, progress=not args.quiet)
+                               steps=args.steps, progress=not args.quiet, first_frame=first)
         written = _write_outputs(pipe, result, args, plan_bytes)
     except (CheckpointError, PlanError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

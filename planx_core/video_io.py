@@ -109,6 +109,16 @@ def write_png(image, path) -> Path:
     return path
 
 
+def read_image(path) -> np.ndarray:
+    """An image file as RGB uint8 `[H, W, 3]`; ValueError naming the file when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))  # [H, W, 3]
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err}); pass a PNG or JPEG file") from None
+
+
 def read_video(path) -> tuple[np.ndarray, float]:
     """Frames `[T, H, W, 3]` uint8 RGB and the frame rate of a video file."""
     path = Path(path)

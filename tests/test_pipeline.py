@@ -108,6 +108,27 @@ def test_no_plan_renders_from_text_alone(bundle_dir, tmp_path):
     assert not video.with_suffix(".plan.json").exists() and "none (--no-plan)" in out
 
 
+def test_image_to_video_starts_from_the_image(bundle_dir, tmp_path):
+    from PIL import Image
+    from planx_core import world
+    clip = world.make_clip(4)
+    Image.fromarray(clip.frames[0]).save(tmp_path / "first.png")
+    video = tmp_path / "i2v.mp4"
+    code, out, err = run("generate", "--prompt", f"{clip.scene}. {clip.motion}.", "--image", str(tmp_path / "first.png"),
+                         "--out", str(video), "--bundle", str(bundle_dir), "--scale", "1", "--quiet")
+    assert code == 0, err
+    plan = Plan.from_json(video.with_suffix(".plan.json").read_text())
+    assert plan.keyframes[0].locked and not plan.keyframes[1].locked
+    Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
+    code, _, err = run("generate", "--prompt", PROMPT, "--image", str(tmp_path / "small.png"),
+                       "--out", str(tmp_path / "x.mp4"), "--bundle", str(bundle_dir), "--quiet")
+    assert code == 2 and "resize the image to 64x64" in err
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    code, _, err = run("generate", "--prompt", PROMPT, "--image", str(tmp_path / "bad.png"),
+                       "--out", str(tmp_path / "x.mp4"), "--bundle", str(bundle_dir), "--quiet")
+    assert code == 2 and "bad.png: cannot read the image" in err
+
+
 def _bundle_plan(pipe, num_frames: int = 17, **codebook) -> Plan:
     ident = pipe.codebook_id
     times = keyframe_times(num_frames, 8.0)
