@@ -8,6 +8,7 @@ loading of official, ComfyUI and diffusers layouts), `plan` / `plan_schema` / `p
 (TA-Tok), `planner*` (the semantic planner and its constrained decoding), `world` /
 `world_score` (the synthetic world and its scorer), `vae` / `vae_files` (the Wan 2.1 video VAE),
 `text_encoder` (umT5 features), `tiny` / `cell_labels` / `flow_training` / `train*` (the embedded
-model and its training entry point), `bundle` / `pipeline` / `video_io` (the generate job).
+model and its training entry point, `train_e2e` the end-to-end stage), `assemble` (a bundle from
+the training runs), `bundle` / `pipeline` / `video_io` (the generate job), `eval` (the ablations).
 """
 __version__ = "0.1.0"

@@ -18,8 +18,8 @@ checkpoint resumes from it (unless `--no-resume`); its settings must match (seed
 run may be extended with a larger `--steps` and follow the same trajectory.
 
 Logging: a JSON line per event in `<out>/log.jsonl` (rank 0) and a short line on stdout:
-"start" (settings, clip seeds and a parameter sha256 of each rank), "step" every `--log-every` steps
-(loss averaged over ranks, s/step, lr), "eval" every `--eval-every` steps and at the end (the
+"start" (settings, the command line, clip seeds and a parameter sha256 of each rank), "step"
+every `--log-every` steps (loss averaged over ranks, s/step, lr), "eval" every `--eval-every` steps and at the end (the
 stage's metrics), "checkpoint", "end" (each rank's parameter sha256: equal under DDP). Ctrl-C or
 SIGTERM stops after the current step with a checkpoint (exit code 130); run again to go on.
 
@@ -232,7 +232,7 @@ class Trainer:
         self.log("start", stage=a.stage, step=self.step, steps=a.steps, world=self.ranks.world,
                  threads=torch.get_num_threads(), device=str(self.ranks.device),
                  rank_seeds=gather(seeds[:2], self.ranks), param_sha=gather(params_sha(self.stage.module), self.ranks),
-                 fingerprint=self.stage.fingerprint())
+                 fingerprint=self.stage.fingerprint(), argv=sys.argv[1:])
         saved, tick, losses = time.monotonic(), time.monotonic(), []
         while self.step < a.steps and not self.stopping:
             losses.append(self.train_step(self.step))
