@@ -11,7 +11,8 @@ frames (1 + 4n) and `--vae-crop` pixels of each clip, several times cheaper than
 and is evaluated and exported on whole 17 x 64 x 64 clips. Windows need at least 9 frames
 (three latent frames): with 5, the third latent frame onwards (whose causal context is an
 earlier 4-frame group, not the lone first frame) is never trained, and measured reconstructions
-lose colour and shape from frame 8 on.
+lose colour and shape from frame 8 on. `--vae-decoder-only` (with `--init-from`) trains the
+decoder alone, e.g. on whole 17-frame windows, so the latents a DiT was trained on do not change.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import world, world_score
-from .train_stages import Stage, StageContext, clip_seeds, eval_clips
+from .train_stages import Stage, StageContext, StageError, clip_seeds, eval_clips
 from .vae import WanVAE, get_vae_preset
 from .vae_files import load_vae, save_vae
 
@@ -75,13 +76,25 @@ class VAEStage(Stage):
         parser.add_argument("--vae-frames", type=int, default=9, help="vae: frames per training window (1 + 4n)")
         parser.add_argument("--vae-crop", type=int, default=32, help="vae: square crop side in pixels (multiple of 4)")
         parser.add_argument("--stats-clips", type=int, default=64, help="vae: clips measured for the latent statistics")
+        parser.add_argument("--vae-decoder-only", action="store_true",
+                            help="vae: train the decoder alone (with --init-from): the latents, and so a DiT "
+                                 "trained on them, stay valid")
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
         torch.manual_seed(self.args.seed)
         self.vae = WanVAE(get_vae_preset("tiny"))
         self.module = VAEObjective(self.vae, self.args.kl_weight).to(ctx.device)
+        if self.args.vae_decoder_only:
+            if not self.args.init_from:
+                raise StageError("--vae-decoder-only fine-tunes a trained VAE's decoder: pass --init-from runs/<vae run>")
+            self.vae.encoder.requires_grad_(False)
+            self.vae.conv1.requires_grad_(False)
         self._eval: list[world.Clip] | None = None
+
+    def fingerprint(self) -> dict:
+        extra = {"decoder_only": True} if self.args.vae_decoder_only else {}  # runs without it keep resuming
+        return {**super().fingerprint(), **extra}
 
     def init_from(self, path: Path) -> None:
         path = Path(path)

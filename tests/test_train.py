@@ -220,3 +220,17 @@ def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit
     state["fingerprint"]["tatok"] = "0" * 64
     (other / "checkpoint" / "state.json").write_text(json.dumps(state))
     assert assemble_main([*args[:4], "--dit", str(other), "--out", str(tmp_path / "refused")]) == 2
+
+
+def test_vae_decoder_only_keeps_the_encoder(tmp_path, vae_run):
+    from planx_core.vae_files import load_vae
+    out = tmp_path / "dec"
+    args = ["--stage", "vae", "--out", str(out), *FAST, "--eval-clips", "0", "--vae-frames", "5", "--vae-crop", "16",
+            "--stats-clips", "2", "--vae-decoder-only", "--init-from", str(vae_run)]
+    assert train.main(args) == 0
+    before, after = load_vae(vae_run / "vae.safetensors"), load_vae(out / "vae.safetensors")
+    a, b = before.state_dict(), after.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "conv1.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert np.allclose(after.config.latents_mean, before.config.latents_mean, rtol=1e-5)
+    assert train.main([a for a in args if a not in ("--init-from", str(vae_run))]) == 2
