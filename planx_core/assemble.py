@@ -64,6 +64,42 @@ def assemble(planner_run: Path, vae_run: Path, dit_run: Path, out: Path, *, no_e
     return out
 
 
+# ----------------------------------------------------------------------------- the model card
+
+def run_history(run: Path) -> dict:
+    """From a run's log.jsonl: its segments (first step, command line when logged), final step,
+    compute seconds (sum of steps x s/step) and the last evaluation."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    segments = [(r["step"], r.get("argv"), r.get("device"), r.get("world")) for r in records if r["event"] == "start"]
+    seconds, last = 0.0, 0
+    for r in records:
+        if r["event"] == "start":
+            last = r["step"]
+        elif r["event"] == "step":
+            seconds += (r["step"] - last) * r["s_per_step"]
+            last = r["step"]
+    bookkeeping = {"event", "time", "step", "stopped", "param_sha"}
+    evals = [r for r in records if r["event"] in ("eval", "end") and set(r) - bookkeeping]
+    return {"segments": segments, "steps": last, "seconds": seconds, "eval": evals[-1] if evals else {}}
+
+
+def model_card(runs: dict[str, Path], intro: str = "", report: str = "") -> str:
+    """MODEL_CARD.md: `intro`, then per training run its commands (as logged), steps and compute time,
+    then the evaluation `report`."""
+    lines = [intro.rstrip(), "", "## Training runs (from each run's log.jsonl)", ""]
+    for name, run in runs.items():
+        h = run_history(run)
+        lines.append(f"### {name}: `{run}`, {h['steps']} steps, {h['seconds'] / 3600:.2f} h of compute")
+        for step, argv, device, world in h["segments"]:
+            command = "python -m planx_core.train " + " ".join(argv) if argv else "(command not logged)"
+            lines.append(f"- from step {step} on {device} x{world}: `{command}`")
+        metrics = {k: v for k, v in h["eval"].items() if k not in ("event", "time", "param_sha", "stopped")}
+        lines += [f"- last evaluation: {json.dumps(metrics)}", ""]
+    if report:
+        lines += ["## Evaluation", "", report.strip().replace("# Plan-X evaluation", "### Plan-X evaluation", 1), ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m planx_core.assemble", description=__doc__.split("\n")[0])
     p.add_argument("--planner", required=True, help="`--stage planner` run folder (planner/ and ta_tok.safetensors)")
@@ -78,6 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--plan-scale", type=float, default=SamplingDefaults.plan_scale)
     p.add_argument("--temperature", type=float, default=PlanningDefaults.temperature, help="planner sampling")
     p.add_argument("--notes", default="")
+    p.add_argument("--card-intro", help="Markdown file: the hand-written top of MODEL_CARD.md")
+    p.add_argument("--report", help="report.md of `python -m planx_core.eval` to put in MODEL_CARD.md")
+    p.add_argument("--runs", nargs="*", default=[], help="more run folders to list in the card (e.g. runs/tatok)")
     a = p.parse_args(argv)
     sampling = SamplingDefaults(steps=a.steps, shift=a.shift, solver=a.solver, text_scale=a.text_scale,
                                 plan_scale=a.plan_scale)
@@ -88,6 +127,11 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if a.card_intro:
+        runs = {Path(r).name: Path(r) for r in [*a.runs, a.vae, a.planner, a.no_e2e, a.dit] if r}
+        intro = Path(a.card_intro).read_text(encoding="utf-8")
+        report = Path(a.report).read_text(encoding="utf-8") if a.report else ""
+        (out / "MODEL_CARD.md").write_text(model_card(runs, intro, report), encoding="utf-8")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote bundle {out} ({size / 2 ** 20:.1f} MiB)")
     return 0

@@ -234,3 +234,13 @@ def test_vae_decoder_only_keeps_the_encoder(tmp_path, vae_run):
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
     assert np.allclose(after.config.latents_mean, before.config.latents_mean, rtol=1e-5)
     assert train.main([a for a in args if a not in ("--init-from", str(vae_run))]) == 2
+
+
+def test_model_card_lists_the_runs_commands_and_time(dit_run, tmp_path):
+    from planx_core.assemble import model_card, run_history
+    history = run_history(dit_run)
+    assert history["steps"] == 2 and history["seconds"] > 0
+    card = model_card({"dit": dit_run}, "# Card", "# Plan-X evaluation: x\n| row |")
+    assert card.startswith("# Card") and "python -m planx_core.train --stage dit" in card
+    assert "--nproc_per_node" not in card and "from step 0 on cpu x2" in card
+    assert "### Plan-X evaluation: x" in card and '"plan_accuracy"' in card
