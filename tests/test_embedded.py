@@ -42,3 +42,10 @@ def test_the_embedded_model_renders_a_ground_truth_plan_where_it_says(pipe):
     assert frames.shape == clip.frames.shape and frames.dtype == np.uint8
     found = world_score.detect(frames).found
     assert found[:, world_score.detect(clip.frames).found.any(0)].mean() > 0.5, "objects vanished"
+
+
+def test_the_readme_example_first_frame_fits_the_model(pipe):
+    from planx_core.video_io import read_image
+    first = pipe.first_frame(read_image(EMBEDDED / "examples" / "red_circle.png"))
+    red = pipe.bundle.planner.word_to_code("red")
+    assert red in first.codes.tolist(), "the example frame's red circle is not in its plan codes"
