@@ -157,7 +157,7 @@ class PlanXPipeline:
     def first_frame(self, image) -> FirstFrame:
         """An image `[H, W, 3]` (uint8, or float in [0, 1]) at the bundle's video size, as TI2V inputs."""
         v = self.spec.video
-        unit = torch.as_tensor(np.asarray(image)).to(self.device)
+        unit = torch.from_numpy(np.array(image)).to(self.device)  # a copy: read-only arrays are fine
         unit = unit.float() / 255 if unit.dtype == torch.uint8 else unit.float()  # [H, W, 3] in [0, 1]
         if tuple(unit.shape) != (v.height, v.width, 3):
             raise ValueError(f"the first frame is {tuple(unit.shape)} but bundle {self.spec.name!r} renders "
