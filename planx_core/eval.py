@@ -44,7 +44,7 @@ from . import world, world_score
 from .bundle import EMBEDDED, load_bundle
 from .checkpoint import load_dit
 from .pipeline import FirstFrame, PlanXPipeline
-from .plan import Plan, make_plan
+from .plan import Plan
 from .semantic_branch import load_branch
 from .tokenizer import plan_from_video
 
@@ -104,7 +104,8 @@ class Evaluator:
 
 
 def plan_accuracy(planned: list[Plan], truth: list[Plan], background: int) -> dict[str, float]:
-    """Cell accuracy of plans against the truth over keyframes 1.. (all cells; cells where the truth is not background)."""
+    """Cell accuracy of plans against the truth over keyframes 1..: over all cells, and over the
+    cells where the truth is not `background`."""
     pred = torch.stack([p.token_tensor()[1:] for p in planned])  # [N, K-1, g*g]
     gold = torch.stack([t.token_tensor()[1:] for t in truth])  # [N, K-1, g*g]
     hit = pred == gold

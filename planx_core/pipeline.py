@@ -38,8 +38,8 @@ from .sampling import Guidance, initial_noise
 from .text_encoder import join_prompt
 from .video_io import read_image, write_png, write_video
 
-__all__ = ["FirstFrame", "Generation", "PlanXPipeline", "generate_command", "load_plan_file", "output_paths", "prompt_text",
-           "split_prompt"]
+__all__ = ["FirstFrame", "Generation", "PlanXPipeline", "generate_command", "load_plan_file", "output_paths",
+           "prompt_text", "split_prompt"]
 
 _BOUNDARY = re.compile(r"[.!?](\s+|$)")
 _TRAILING = ".!?;, \t\n"
