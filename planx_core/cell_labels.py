@@ -18,6 +18,7 @@ import torch
 
 from . import world
 from .tiny import ANCHOR_WORDS
+from .tokenizer import frames_to_nchw
 
 BACKGROUND_CODE = ANCHOR_WORDS.index("background")
 WALL_CODE = ANCHOR_WORDS.index("wall")
@@ -56,5 +57,4 @@ def clip_labels(clip: world.Clip, frames: tuple[int, ...], grid: int = 9, thresh
 
 def clip_images(clip: world.Clip, frames: tuple[int, ...]) -> torch.Tensor:
     """The given frames as float images in [0, 1]: `[K, 3, H, W]`."""
-    rgb = torch.from_numpy(np.ascontiguousarray(clip.frames[list(frames)]))  # [K, H, W, 3] uint8
-    return rgb.permute(0, 3, 1, 2).float() / 255.0  # [K, 3, H, W]
+    return frames_to_nchw(clip.frames[list(frames)])  # [K, 3, H, W]

@@ -36,7 +36,7 @@ from .plan_picture import code_colours, plan_picture
 from .render import latent_shape, render
 from .sampling import Guidance, initial_noise
 from .text_encoder import join_prompt
-from .video_io import read_image, write_png, write_video
+from .video_io import read_image, video_to_frames, write_png, write_video
 
 __all__ = ["FirstFrame", "Generation", "PlanXPipeline", "generate_command", "load_plan_file", "output_paths",
            "prompt_text", "split_prompt"]
@@ -95,12 +95,6 @@ class Generation:
 def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="tok" if desc == "plan" else "step", disable=not enabled,
                 file=sys.stderr, leave=False, dynamic_ncols=True)
-
-
-def _to_frames(video: torch.Tensor) -> np.ndarray:
-    """VAE output `[1, 3, T, H, W]` in [-1, 1] -> uint8 frames `[T, H, W, 3]`."""
-    unit = (video[0].float().clamp(-1, 1) + 1) / 2  # [3, T, H, W]
-    return (unit.permute(1, 2, 3, 0) * 255 + 0.5).to(torch.uint8).cpu().numpy()  # [T, H, W, 3]
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -210,7 +204,7 @@ class PlanXPipeline:
                             callback=lambda i, n, x, x0: bar.update(1))  # [1, C, F, H, W]
         finally:
             bar.close()
-        return _to_frames(self.decode(latent))  # [T, H, W, 3]
+        return video_to_frames(self.decode(latent))[0]  # [T, H, W, 3]
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent `[1, C, F, H, W]` -> video `[1, 3, T, H', W']` in [-1, 1]; small clips in one pass

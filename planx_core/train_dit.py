@@ -34,8 +34,9 @@ from .sampling import Guidance
 from .semantic_branch import BranchConfig, SemanticBranch, load_branch, save_branch
 from .text_encoder import TextEncoder, join_prompt, load_text_encoder, save_text_encoder, tiny_text_encoder
 from .tokenizer_files import load_tatok
-from .train_stages import Stage, StageContext, eval_clips, resolve_tatok_file
-from .train_vae import clip_video, to_frames
+from .train_stages import Stage, StageContext, eval_clips, resolve_tatok_file, run_file
+from .train_vae import clip_video
+from .video_io import video_to_frames
 from .vae_files import load_vae
 
 POOL_STREAM = 200  # world.clip_seed stream of the pool's clips (training streams are 101, 102, ...)
@@ -96,7 +97,7 @@ class DiTStage(Stage):
         a = self.args
         if not a.vae or not a.tatok:
             raise ValueError("--stage dit needs --vae and --tatok (files or run folders of the vae and tatok stages)")
-        self.vae = load_vae(_file(a.vae, "vae.safetensors")).to(ctx.device).eval()
+        self.vae = load_vae(run_file(a.vae, "vae.safetensors")).to(ctx.device).eval()
         self.tatok = load_tatok(resolve_tatok_file(a.tatok)).to(ctx.device).eval()
         self.dit, self.branch, self.text = build_models(a.seed, self.tatok.config.bottleneck_dim)
         self.module = DiTObjective(self.dit, self.branch, self.text, self.tatok.codebook()).to(ctx.device)
@@ -105,7 +106,7 @@ class DiTStage(Stage):
     def fingerprint(self) -> dict:
         a = self.args
         return {**super().fingerprint(), "pool": a.pool, "switch": a.switch, "tatok": self.tatok.digest(),
-                "vae": _file(a.vae, "vae.safetensors").stat().st_size}
+                "vae": run_file(a.vae, "vae.safetensors").stat().st_size}
 
     def init_from(self, path: Path) -> None:
         path = Path(path)
@@ -125,11 +126,21 @@ class DiTStage(Stage):
         ids, mask = self.text.tokenize([join_prompt(c.scene, c.motion) for c in clips])  # [B, L]
         return {"x0": latents.cpu(), "ids": ids, "mask": mask, "codes": codes.cpu()}
 
+    pool_stream = POOL_STREAM
+
+    def pool_part(self, clips: list[world.Clip], seeds: list[int]) -> dict[str, torch.Tensor]:
+        """The pool's tensors of some clips (subclasses add their own)."""
+        return self.encode_clips(clips)
+
     def _pool(self) -> dict[str, torch.Tensor]:
+        """The fixed pool, built once by rank 0 (32 clips at a time) into the run folder, then read by every rank."""
         path = Path(self.args.out) / "pool.safetensors"
         if self.ctx.rank == 0 and not path.is_file():
-            seeds = [world.clip_seed(self.args.seed, POOL_STREAM, i) for i in range(self.args.pool)]
-            parts = [self.encode_clips([world.make_clip(s) for s in seeds[i:i + 32]]) for i in range(0, len(seeds), 32)]
+            seeds = [world.clip_seed(self.args.seed, self.pool_stream, i) for i in range(self.args.pool)]
+            parts = []
+            for i in range(0, len(seeds), 32):
+                parts.append(self.pool_part([world.make_clip(s) for s in seeds[i:i + 32]], seeds[i:i + 32]))
+                print(f"[pool] {i + len(parts[-1]['x0'])}/{len(seeds)} clips encoded", flush=True)
             pool = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             path.parent.mkdir(parents=True, exist_ok=True)
             save_safetensors(pool, path, metadata={"clips": json.dumps(len(seeds))})
@@ -156,7 +167,7 @@ class DiTStage(Stage):
         noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(0)).to(context)
         latent = render(self.dit, noise, context, torch.zeros_like(context), plan=cond, steps=steps,
                         shift=self.args.shift, solver="euler", guidance=Guidance(text_scale=1.0, plan_scale=1.0))
-        return to_frames(self.vae.decode(latent))
+        return video_to_frames(self.vae.decode(latent))
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -177,10 +188,3 @@ class DiTStage(Stage):
         save_branch(self.branch, out / "branch.safetensors")
         save_text_encoder(self.text, out / "text_encoder")
 
-
-def _file(path: str, name: str) -> Path:
-    path = Path(path)
-    found = path / name if path.is_dir() else path
-    if not found.is_file():
-        raise FileNotFoundError(f"{path}: no {name}; pass the file or the --out folder of the run that exported it")
-    return found

@@ -13,14 +13,11 @@ The video target stays the real clip. Everything else (dropouts, shift, TI2V pin
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from . import tiny, world
-from .checkpoint import read_safetensors, save_safetensors
 from .planner import load_planner
 from .train_dit import DiTStage
 from .train_stages import StageError
@@ -68,24 +65,14 @@ class E2EStage(DiTStage):
                                      seed=seed, temperature=self.args.plan_temperature, first_frame_codes=first,
                                      locked={0: first.tolist()})
 
-    def _pool(self) -> dict[str, torch.Tensor]:
-        path = Path(self.args.out) / "pool.safetensors"
-        if self.ctx.rank == 0 and not path.is_file():
-            seeds = [world.clip_seed(self.args.seed, POOL_STREAM, i) for i in range(self.args.pool)]
-            parts = []
-            for i in range(0, len(seeds), 32):
-                clips = [world.make_clip(s) for s in seeds[i:i + 32]]
-                part = self.encode_clips(clips)
-                part["planned"] = torch.stack([self.plan_clip(c, part["codes"][b, 0], seeds[i + b])
-                                               for b, c in enumerate(clips)])  # [b, K, g*g]
-                parts.append(part)
-                print(f"[e2e pool] planned {i + len(clips)}/{len(seeds)} clips", flush=True)
-            pool = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_safetensors(pool, path, metadata={"clips": json.dumps(len(seeds)), "planner": str(self.args.planner)})
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        return read_safetensors(path)
+    pool_stream = POOL_STREAM
+
+    def pool_part(self, clips: list[world.Clip], seeds: list[int]) -> dict[str, torch.Tensor]:
+        """The dit stage's tensors plus "planned": the planner's plan of each clip `[b, K, g*g]`."""
+        part = self.encode_clips(clips)
+        part["planned"] = torch.stack([self.plan_clip(c, part["codes"][b, 0], s)
+                                       for b, (c, s) in enumerate(zip(clips, seeds))])  # [b, K, g*g]
+        return part
 
     def batch(self, step: int):
         inputs, rows = super().batch(step)

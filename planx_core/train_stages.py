@@ -79,14 +79,18 @@ def decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
             for g, wd in ((decay, weight_decay), (rest, 0.0)) if g]
 
 
-def resolve_tatok_file(path: str | Path) -> Path:
-    """A TA-Tok .safetensors file, or a run folder holding `ta_tok.safetensors`."""
+def run_file(path: str | Path, name: str) -> Path:
+    """A file given directly, or the run folder that exported it as `name`."""
     path = Path(path)
-    found = path / "ta_tok.safetensors" if path.is_dir() else path
+    found = path / name if path.is_dir() else path
     if not found.is_file():
-        raise StageError(f"{path}: no TA-Tok file; pass a ta_tok.safetensors file or the --out folder of a "
-                         f"finished `--stage tatok` run")
+        raise StageError(f"{path}: no {name}; pass the file or the --out folder of the run that exported it")
     return found
+
+
+def resolve_tatok_file(path: str | Path) -> Path:
+    """A TA-Tok .safetensors file, or a run folder (tatok or planner stage) holding `ta_tok.safetensors`."""
+    return run_file(path, "ta_tok.safetensors")
 
 
 class Stage:

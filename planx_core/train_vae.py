@@ -27,17 +27,13 @@ from . import world, world_score
 from .train_stages import Stage, StageContext, StageError, clip_seeds, eval_clips
 from .vae import WanVAE, get_vae_preset
 from .vae_files import load_vae, save_vae
+from .video_io import video_to_frames
 
 
 def clip_video(clips: list[world.Clip]) -> torch.Tensor:
     """Clips -> video `[B, 3, T, H, W]` float in [-1, 1]."""
     frames = torch.from_numpy(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
     return frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [B, 3, T, H, W]
-
-
-def to_frames(video: torch.Tensor) -> np.ndarray:
-    """Video `[B, 3, T, H, W]` in [-1, 1] -> uint8 frames `[B, T, H, W, 3]`."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def random_windows(video: torch.Tensor, frames: int, crop: int, gen: torch.Generator) -> torch.Tensor:
@@ -118,7 +114,7 @@ class VAEStage(Stage):
         video = clip_video(self._eval).to(self.ctx.device)  # [B, 3, T, H, W]
         recon = torch.cat([self.vae.decode(self.vae.encode(video[i:i + 4])) for i in range(0, len(video), 4)])
         mse = float(F.mse_loss(recon, video)) / 4.0  # in [0, 1] pixel units
-        scores = world_score.score_many(list(to_frames(recon)), self._eval)
+        scores = world_score.score_many(list(video_to_frames(recon)), self._eval)
         self.vae.train()
         return {"psnr": round(10 * np.log10(1.0 / max(mse, 1e-12)), 2),
                 **{k: round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")}}

@@ -31,6 +31,11 @@ def to_uint8(frames) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def video_to_frames(video: torch.Tensor) -> np.ndarray:
+    """A VAE's video `[B, 3, T, H, W]` in [-1, 1] -> uint8 frames `[B, T, H, W, 3]` (clamped, rounded)."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
 def _check_frames(frames: np.ndarray) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise ValueError(f"a video must be frames [T, H, W, 3] (RGB, channels last) with T >= 1, got shape "
