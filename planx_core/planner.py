@@ -301,8 +301,11 @@ def _load_tokenizer(folder: Path):
 
 
 def load_planner(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 name: str | None = None) -> SemanticPlanner:
-    """Load a local Hugging Face / Tar planner folder, checking it before the weights are read."""
+                 name: str | None = None, attn_implementation: str | None = None) -> SemanticPlanner:
+    """Load a local Hugging Face / Tar planner folder, checking it before the weights are read.
+
+    `attn_implementation`: transformers' attention backend ("sdpa", "eager", "flash_attention_2");
+    None keeps transformers' default."""
     from transformers import AutoModelForCausalLM
     folder = Path(folder)
     if not folder.is_dir():
@@ -319,7 +322,9 @@ def load_planner(folder, dtype: torch.dtype = torch.float32, device: str | torch
     if recorded is not None and recorded != vocab.image_start:
         raise CheckpointError(f"{folder}: config.json says <I0> is id {recorded} but the tokenizer has it at "
                               f"{vocab.image_start}; the tokenizer files belong to another planner")
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype)
+    backend = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype,
+                                                 **backend)
     return SemanticPlanner(model.to(device), tokenizer, vocab, name=name or folder.name)
 
 

@@ -1,0 +1,276 @@
+"""Planning nodes: Load Planner, Generate Semantic Plan, Edit Plan Tokens, and the plan companions
+(Plan Preview, Save Plan, Load Plan, Encode Video To Plan). Each execute is a short recipe over
+`planner_handle` and planx_core.
+
+Node ids and input names are a promise to every shared workflow: never rename or reorder them;
+new inputs go last, optional, with defaults that keep old behaviour.
+"""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from planx_core.plan import Plan, PlanError
+from planx_core.plan_edits import parse_edits
+from planx_core.plan_picture import code_colours, plan_picture
+from planx_core.pipeline import load_plan_file
+
+from .model_files import codebook_for, planner_choices
+from .planner_handle import ATTENTION, DTYPES, load_planner_handle
+
+CATEGORY = "Plan-X"
+PLAN = io.Custom("PLANX_PLAN")
+PLANNER = io.Custom("PLANX_PLANNER")
+PLAN_SUFFIX = ".plan.json"
+
+
+def _plan_in(optional: bool = False, tooltip: str = "A keyframe plan (from Generate Semantic Plan, Load Plan, ...).",
+             id: str = "plan"):
+    return PLAN.Input(id, optional=optional, tooltip=tooltip)
+
+
+def _planner_in(optional: bool = False, tooltip: str = "The planner from Load Planner."):
+    return PLANNER.Input("planner", optional=optional, tooltip=tooltip)
+
+
+def _preview_out():
+    return io.Image.Output(display_name="preview", tooltip="Every keyframe's 9x9 grid in the plan's colours, "
+                                                            "with the nearest word in each cell.")
+
+
+class LoadPlanner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PlanX_LoadPlanner", display_name="Load Planner", category=CATEGORY,
+            description="Loads a Plan-X semantic planner (a language model that writes keyframe plans) and its "
+                        "TA-Tok tokenizer from models/planx, or the embedded tiny model that runs on a CPU.",
+            inputs=[
+                io.Combo.Input("planner", options=planner_choices(), tooltip="A folder in models/planx holding "
+                               "planner/ and ta_tok.safetensors, or the embedded tiny model."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="Weight dtype; auto keeps fp32 (use bf16 on a GPU for the real planner)."),
+                io.Combo.Input("attention", options=list(ATTENTION), default="sdpa",
+                               tooltip="Attention backend of the language model (flash_attention_2 needs flash-attn)."),
+                io.Boolean.Input("keep_loaded", default=False,
+                                 tooltip="Keep the planner on the GPU after planning; off frees it for the renderer."),
+            ],
+            outputs=[PLANNER.Output(display_name="planner", tooltip="Planner and TA-Tok, for the plan nodes.")])
+
+    @classmethod
+    def execute(cls, planner, dtype, attention, keep_loaded) -> io.NodeOutput:
+        return io.NodeOutput(load_planner_handle(planner, dtype, attention, keep_loaded))
+
+
+class GenerateSemanticPlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PlanX_GenerateSemanticPlan", display_name="Generate Semantic Plan", category=CATEGORY,
+            description="The planner writes a keyframe plan: every 1/keyframe_rate seconds a 9x9 grid of "
+                        "text-aligned visual tokens saying what is where. Re-runs only when an input changes.",
+            inputs=[
+                _planner_in(),
+                io.String.Input("scene", multiline=True, default="a red circle on a dark background",
+                                tooltip="What is in the video (the first sentence of a Plan-X prompt)."),
+                io.String.Input("motion", multiline=True, default="the red circle moves right, then up",
+                                tooltip="What happens, in order (the rest of the prompt)."),
+                io.Int.Input("width", default=64, min=16, max=4096, step=16, tooltip="Video width in pixels."),
+                io.Int.Input("height", default=64, min=16, max=4096, step=16, tooltip="Video height in pixels."),
+                io.Int.Input("length", default=17, min=1, max=4097, step=4,
+                             tooltip="Video frames (4n+1 for Wan's VAE); the plan covers them all."),
+                io.Float.Input("fps", default=8.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second."),
+                io.Float.Input("keyframe_rate", default=2.0, min=0.1, max=30.0, step=0.5,
+                               tooltip="Keyframes per second (Plan-X uses 2)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the planner's sampling."),
+                io.Float.Input("temperature", default=1.0, min=0.0, max=5.0, step=0.05,
+                               tooltip="Sampling temperature; 0 is greedy."),
+                io.Int.Input("top_k", default=0, min=0, max=65536, tooltip="Keep the k most likely tokens; 0 is off."),
+                io.Float.Input("top_p", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Nucleus sampling; 1 is off."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=20.0, step=0.1,
+                               tooltip="Planner text guidance (1 is off; higher follows the text more)."),
+                io.Image.Input("first_frame", optional=True,
+                               tooltip="Image-to-video: keyframe 0 becomes this image's tokens, locked."),
+                io.Image.Input("context_frames", optional=True,
+                               tooltip="Frames the planner reads as visual context before planning."),
+                _plan_in(True, "A plan whose locked keyframes the planner must keep.", "locked_plan"),
+            ],
+            outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()])
+
+    @classmethod
+    def execute(cls, planner, scene, motion, width, height, length, fps, keyframe_rate, seed, temperature, top_k,
+                top_p, cfg, first_frame=None, context_frames=None, locked_plan=None) -> io.NodeOutput:
+        plan = planner.plan(scene, motion, fps=fps, num_frames=length, width=width, height=height,
+                            keyframe_rate=keyframe_rate, seed=seed, temperature=temperature, top_k=top_k,
+                            top_p=top_p, guidance_scale=cfg, lock_from=locked_plan, first_frame=first_frame,
+                            context_frames=context_frames)
+        picture = planner.picture(plan)
+        return io.NodeOutput(plan, picture, ui=ui.PreviewImage(picture, cls=cls))
+
+
+class EditPlanTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PlanX_EditPlanTokens", display_name="Edit Plan Tokens", category=CATEGORY,
+            description="Edits a plan with the editor drawn on this node: paint cells, retime, duplicate, delete "
+                        "and lock keyframes. The edits are kept as a list in the 'edits' text, saved with the "
+                        "workflow and re-applied whenever the plan above changes.",
+            inputs=[
+                _plan_in(tooltip="The plan to edit."),
+                io.String.Input("edits", multiline=True, default="",
+                                tooltip="The edit list (JSON steps) the editor writes; empty means no edits."),
+                _planner_in(True, "The planner: needed to paint words and to label cells with words."),
+            ],
+            outputs=[PLAN.Output(display_name="plan", tooltip="The edited plan."), _preview_out()])
+
+    @classmethod
+    def validate_inputs(cls, edits):
+        try:
+            parse_edits(edits)
+        except PlanError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, plan, edits, planner=None) -> io.NodeOutput:
+        edited = planner.edit(plan, edits) if planner is not None else _edit_without_planner(plan, edits)
+        picture = _picture(edited, planner)
+        view = {**ui.PreviewImage(picture, cls=cls).as_dict(), "planx_editor": [editor_view(plan, edited, planner)]}
+        return io.NodeOutput(edited, picture, ui=view)
+
+
+def _edit_without_planner(plan: Plan, edits: str) -> Plan:
+    from planx_core.plan_edits import apply_edits
+    return apply_edits(plan, edits)
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(round(float(v) * 255)):02x}" for v in rgb)
+
+
+def editor_view(base: Plan, edited: Plan, planner) -> dict:
+    """What the web editor draws: both plans, colours and words of every code it may show, the palette."""
+    palette = planner.palette() if planner is not None else []
+    codes = {int(c) for p in (base, edited) for k in p.keyframes for c in k.tokens} | {e["code"] for e in palette}
+    colours = planner.colours() if planner is not None else code_colours(codebook_for(base), key=base.codebook.digest)
+    words = planner.words(codes) if planner is not None else {}
+    return {"base": base.to_dict(), "plan": edited.to_dict(), "error": None,
+            "colours": {str(c): _hex(colours[c]) for c in sorted(codes)},
+            "words": {str(c): w for c, w in words.items()}, "palette": palette}
+
+
+def _picture(plan: Plan, planner):
+    if planner is not None:
+        return planner.picture(plan)
+    colours = code_colours(codebook_for(plan), key=plan.codebook.digest)
+    return plan_picture(plan, colours)[None]  # [1, H, W, 3]
+
+
+class PlanPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PlanX_PlanPreview", display_name="Plan Preview", category=CATEGORY, is_output_node=True,
+            description="A picture of a plan: each keyframe's grid in the plan's colours (words with a planner).",
+            inputs=[_plan_in(), _planner_in(True, "Optional: labels each cell with its nearest word.")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The plan picture.")])
+
+    @classmethod
+    def execute(cls, plan, planner=None) -> io.NodeOutput:
+        picture = _picture(plan, planner)
+        return io.NodeOutput(picture, ui=ui.PreviewImage(picture, cls=cls))
+
+
+class SavePlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PlanX_SavePlan", display_name="Save Plan", category=CATEGORY, is_output_node=True,
+            description="Writes the plan as JSON into ComfyUI's output folder (prefix_00001_.plan.json).",
+            inputs=[_plan_in(), io.String.Input("filename_prefix", default="planx/plan",
+                                                tooltip="Path under the output folder, without extension.")],
+            outputs=[])
+
+    @classmethod
+    def execute(cls, plan, filename_prefix) -> io.NodeOutput:
+        output = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output)
+        filename = f"{name}_{counter:05}_{PLAN_SUFFIX}"
+        path = os.path.join(folder, filename)
+        if os.path.commonpath([os.path.abspath(path), os.path.abspath(output)]) != os.path.abspath(output):
+            raise ValueError(f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative path")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(plan.to_json(indent=1))
+        return io.NodeOutput(ui={"planx_plans": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
+
+
+def _input_plans() -> list[str]:
+    root = folder_paths.get_input_directory()
+    found = []
+    for folder, _, files in os.walk(root):
+        found += [os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith(PLAN_SUFFIX)
+                  or f.endswith(".json") and "plan" in f]
+    return sorted(found) or ["(put .plan.json files in ComfyUI's input folder)"]
+
+
+class LoadPlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PlanX_LoadPlan", display_name="Load Plan", category=CATEGORY,
+            description="Reads a plan JSON file from ComfyUI's input folder (older plan versions are migrated).",
+            inputs=[io.Combo.Input("plan_file", options=_input_plans(),
+                                   tooltip="A .plan.json file in the input folder (Save Plan writes them to output).")],
+            outputs=[PLAN.Output(display_name="plan", tooltip="The plan read from the file.")])
+
+    @classmethod
+    def fingerprint_inputs(cls, plan_file):
+        path = _input_path(plan_file)
+        return os.path.getmtime(path) if path else plan_file
+
+    @classmethod
+    def validate_inputs(cls, plan_file):
+        return True if _input_path(plan_file) else (f"plan file {plan_file!r} is not in ComfyUI's input folder; "
+                                                    f"copy it there or pick another")
+
+    @classmethod
+    def execute(cls, plan_file) -> io.NodeOutput:
+        return io.NodeOutput(load_plan_file(_input_path(plan_file)))
+
+
+def _input_path(name: str) -> str | None:
+    root = os.path.abspath(folder_paths.get_input_directory())
+    path = os.path.abspath(os.path.join(root, name))
+    inside = os.path.commonpath([path, root]) == root
+    return path if inside and os.path.isfile(path) else None
+
+
+class EncodeVideoToPlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PlanX_EncodeVideoToPlan", display_name="Encode Video To Plan", category=CATEGORY,
+            description="Turns video frames into a plan with TA-Tok (semantic transfer: render another prompt "
+                        "with this clip's layout and motion).",
+            inputs=[
+                io.Image.Input("images", tooltip="The video frames (a batch of images)."),
+                _planner_in(tooltip="The planner whose TA-Tok encodes the frames."),
+                io.Float.Input("fps", default=8.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the frames."),
+                io.Float.Input("keyframe_rate", default=2.0, min=0.1, max=30.0, step=0.5,
+                               tooltip="Keyframes per second."),
+            ],
+            outputs=[PLAN.Output(display_name="plan", tooltip="The clip's plan."), _preview_out()])
+
+    @classmethod
+    def execute(cls, images, planner, fps, keyframe_rate) -> io.NodeOutput:
+        plan = planner.plan_from_frames(images, fps, keyframe_rate, grid=9)
+        picture = planner.picture(plan)
+        return io.NodeOutput(plan, picture, ui=ui.PreviewImage(picture, cls=cls))
+
+
+NODES = [LoadPlanner, GenerateSemanticPlan, EditPlanTokens, PlanPreview, SavePlan, LoadPlan, EncodeVideoToPlan]
+__all__ = ["NODES", "PLAN", "PLANNER", "editor_view"]

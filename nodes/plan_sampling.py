@@ -1,0 +1,117 @@
+"""The Plan-X Sampler's recipe on ComfyUI's sampler stack: shift, latent, start image, plan guidance.
+
+Guidance (design.md): v = v(-,-) + s_plan (v(-,plan) - v(-,-)) + s_text (v(text,plan) - v(-,plan)).
+With s_plan = 1 that is ordinary text CFG with the plan on in both branches, what the stock
+KSampler does with a patched MODEL; s_plan != 1 adds a pass with the plan off (`PLAN_OFF_KEY`).
+ComfyUI guides denoised predictions, which are affine in v with weights summing to one, so the
+same combination holds for them.
+
+Image-to-video follows Wan 2.2 TI2V as ComfyUI runs it (comfyui-host.md 5b, 5c): the start image's
+latent is written into latent frame 0 and a noise mask keeps it, so that frame gets timestep 0.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from .wan_plan_patch import PLAN_OFF_KEY
+
+SOLVERS = {"unipc": "uni_pc", "euler": "euler", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
+_SPATIAL_BY_CHANNELS = {48: 16, 16: 8}
+
+
+class PlanGuider(comfy.samplers.CFGGuider):
+    """CFG with separate text and plan scales."""
+
+    def __init__(self, model_patcher, text_cfg: float, plan_cfg: float):
+        super().__init__(model_patcher)
+        self.set_cfg(text_cfg)
+        self.plan_cfg = plan_cfg
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        if math.isclose(self.plan_cfg, 1.0):
+            return super().predict_noise(x, timestep, model_options, seed)
+        positive, negative = self.conds.get("positive"), self.conds.get("negative")
+        text_plan, plan = comfy.samplers.calc_cond_batch(self.inner_model, [positive, negative], x, timestep,
+                                                         model_options)
+        options = {**model_options,
+                   "transformer_options": {**model_options.get("transformer_options", {}), PLAN_OFF_KEY: True}}
+        (bare,) = comfy.samplers.calc_cond_batch(self.inner_model, [negative], x, timestep, options)
+        return bare + self.plan_cfg * (plan - bare) + self.cfg * (text_plan - plan)
+
+
+class _FlowShift(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+    pass
+
+
+def with_shift(model, shift: float):
+    """A clone of the MODEL sampling with this flow shift (0: the model's own)."""
+    if shift <= 0:
+        return model
+    sampling = _FlowShift(model.model.model_config)
+    sampling.set_parameters(shift=shift, multiplier=1000)
+    shifted = model.clone()
+    shifted.add_object_patch("model_sampling", sampling)
+    return shifted
+
+
+def empty_latent(model, size: tuple[int, int, int], vae=None) -> dict:
+    """A zero latent `[1, C, 1 + (length - 1) / 4, H / s, W / s]` for the MODEL's latent format."""
+    width, height, length = size
+    fmt = model.get_model_object("latent_format")
+    channels = fmt.latent_channels
+    spatial = vae.spacial_compression_encode() if vae is not None else getattr(
+        fmt, "spatial_factor", _SPATIAL_BY_CHANNELS.get(channels, 8))
+    if width % spatial or height % spatial:
+        raise ValueError(f"{width}x{height} is not a multiple of the VAE's {spatial}x{spatial} pixels per latent "
+                         f"cell; use {width // spatial * spatial}x{height // spatial * spatial}")
+    shape = (1, channels, (length - 1) // 4 + 1, height // spatial, width // spatial)
+    return {"samples": torch.zeros(shape)}
+
+
+def add_start_image(latent: dict, model, start_image: torch.Tensor, vae) -> dict:
+    """Latent frame 0 = the encoded start image, kept by a noise mask (TI2V); other frames the format's zero."""
+    if vae is None:
+        raise ValueError("a start_image needs the VAE that matches the MODEL (connect the vae input)")
+    samples = latent["samples"]
+    height, width = samples.shape[-2:]
+    spatial = vae.spacial_compression_encode()
+    image = comfy.utils.common_upscale(start_image[:1, :, :, :3].movedim(-1, 1), width * spatial, height * spatial,
+                                       "bilinear", "center").movedim(1, -1)  # [1, H, W, 3]
+    encoded = vae.encode(image)[:, :, :1]  # [1, C, 1, h, w]
+    fmt = model.get_model_object("latent_format")
+    out = fmt.process_out(torch.zeros_like(samples))  # [1, C, F, h, w]
+    out[:, :, :1] = encoded.to(out)
+    mask = torch.ones(1, 1, samples.shape[2], height, width)
+    mask[:, :, :1] = 0.0
+    return {**latent, "samples": out, "noise_mask": mask}
+
+
+def sample_with_plan(model, positive, negative, *, seed: int, steps: int, text_cfg: float, plan_cfg: float,
+                     shift: float, solver: str, size: tuple[int, int, int], latent=None, start_image=None,
+                     vae=None) -> dict:
+    """Sample a video latent; progress, latent previews and ComfyUI's cancel come from the callback."""
+    model = with_shift(model, shift)
+    latent = dict(latent) if latent is not None else empty_latent(model, size, vae)
+    if start_image is not None:
+        latent = add_start_image(latent, model, start_image, vae)
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    guider = PlanGuider(model, text_cfg, plan_cfg)
+    guider.set_conds(positive, negative)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
+    callback = latent_preview.prepare_callback(model, steps)
+    samples = guider.sample(noise, latent_image, comfy.samplers.sampler_object(SOLVERS[solver]), sigmas,
+                            denoise_mask=latent.get("noise_mask"), callback=callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = {k: v for k, v in latent.items() if k != "noise_mask"}
+    out["samples"] = samples.to(comfy.model_management.intermediate_device())
+    return out
