@@ -197,12 +197,13 @@ class SavePlan(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan, filename_prefix) -> io.NodeOutput:
-        output = folder_paths.get_output_directory()
+        output = os.path.abspath(folder_paths.get_output_directory())
+        if os.path.commonpath([os.path.abspath(os.path.join(output, filename_prefix)), output]) != output:
+            raise ValueError(f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative path "
+                             f"such as planx/plan")
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output)
         filename = f"{name}_{counter:05}_{PLAN_SUFFIX}"
         path = os.path.join(folder, filename)
-        if os.path.commonpath([os.path.abspath(path), os.path.abspath(output)]) != os.path.abspath(output):
-            raise ValueError(f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative path")
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(plan.to_json(indent=1))
         return io.NodeOutput(ui={"planx_plans": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})

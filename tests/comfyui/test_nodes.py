@@ -1,0 +1,293 @@
+"""Layer 2: the pack's nodes in-process with a real ComfyUI checkout (CPU), no server.
+
+The plan patch on ComfyUI's native WanModel must compute what planx_core's DiT computes with the
+same weights; the nodes must keep their ids and input order (shared workflows); the planner must
+leave the accelerator after use unless told to stay; the tiny model's stand-ins must match planx_core.
+"""
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import randomize
+from planx_core.bundle import load_bundle
+from planx_core.configs import DiTConfig
+from planx_core.plan import CodebookId, PlanError
+from planx_core.pipeline import PlanXPipeline
+from planx_core.semantic_branch import BranchConfig, SemanticBranch
+
+pytestmark = pytest.mark.comfyui
+ROOT = Path(__file__).resolve().parents[2]
+
+# Every node's inputs, in order: shared workflows depend on these names and this order. Add new
+# inputs at the end (optional); never rename, remove or reorder.
+NODE_INPUTS = {
+    "PlanX_LoadPlanner": ["planner", "dtype", "attention", "keep_loaded"],
+    "PlanX_GenerateSemanticPlan": ["planner", "scene", "motion", "width", "height", "length", "fps", "keyframe_rate",
+                                   "seed", "temperature", "top_k", "top_p", "cfg", "first_frame", "context_frames",
+                                   "locked_plan"],
+    "PlanX_EditPlanTokens": ["plan", "edits", "planner"],
+    "PlanX_InjectRoPEGuidance": ["model", "plan", "branch", "strength", "start", "end", "mode", "rope"],
+    "PlanX_Sampler": ["model", "positive", "negative", "seed", "steps", "text_cfg", "plan_cfg", "shift", "solver",
+                      "width", "height", "length", "latent", "start_image", "vae"],
+    "PlanX_PlanPreview": ["plan", "planner"],
+    "PlanX_SavePlan": ["plan", "filename_prefix"],
+    "PlanX_LoadPlan": ["plan_file"],
+    "PlanX_EncodeVideoToPlan": ["images", "planner", "fps", "keyframe_rate"],
+    "PlanX_LoadTinyModel": ["model"],
+}
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_modules):
+    """The pack imported as ComfyUI imports a custom node folder (a package under another name)."""
+    if "planx_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("planx_pack", ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["planx_pack"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["planx_pack"]
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    bundle = load_bundle()
+    pipe = PlanXPipeline(bundle)
+    plan = pipe.plan("a red circle on a dark background", "the red circle moves right", seed=0, progress=False)
+    return bundle, pipe, plan
+
+
+def _velocity(patcher, x, sigma, context, **kwargs):
+    """The MODEL's velocity for latent x at sigma, through BaseModel.apply_model and its wrappers."""
+    options = {**patcher.model_options["transformer_options"], "wrappers": patcher.wrappers}
+    with torch.no_grad():
+        denoised = patcher.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options, **kwargs)
+    return (x - denoised) / sigma
+
+
+# ----------------------------------------------------------------------------- schemas
+
+def test_node_ids_and_input_order_are_stable(nodes):
+    assert sorted(nodes) == sorted(NODE_INPUTS)
+    for node_id, names in NODE_INPUTS.items():
+        types = nodes[node_id].INPUT_TYPES()
+        got = list(types.get("required", {})) + list(types.get("optional", {}))
+        assert got == names, node_id
+
+
+def test_every_input_has_a_tooltip_and_every_node_a_description(nodes):
+    for node_id, node in nodes.items():
+        schema = node.define_schema()
+        assert schema.description and schema.category == "Plan-X", node_id
+        for item in schema.inputs + schema.outputs:
+            assert item.tooltip, f"{node_id}.{item.id} has no tooltip"
+
+
+# ----------------------------------------------------------------------------- the plan patch
+
+def _branch_for(config: DiTConfig, code_dim: int, seed: int = 1) -> SemanticBranch:
+    branch = SemanticBranch(BranchConfig(code_dim=code_dim, dim=config.dim, num_heads=config.num_heads,
+                                         num_layers=config.num_layers))
+    return randomize(branch, std=0.2, seed=seed)
+
+
+@pytest.mark.parametrize("rope,strength", [(True, 1.0), (False, 1.0), (True, 0.5)], ids=["rope", "no_rope", "half"])
+def test_patch_matches_planx_dit(pack, embedded, rope, strength):
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PlanPatch
+    bundle, pipe, plan = embedded
+    model = tiny_model(bundle, TinyLatent())
+    conditioning = pipe.condition(plan, strength=strength, rope=rope)
+    patched = PlanPatch(conditioning).apply_to(model)
+    x, sigma, context = torch.randn(1, 16, 5, 16, 16), torch.tensor([0.6]), torch.randn(1, 64, 64)
+    got = _velocity(patched, x, sigma, context)
+    want = bundle.dit(x, sigma * 1000, context, plan=conditioning)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    plain = _velocity(model, x, sigma, context)
+    assert (plain - got).abs().max() > 1e-2  # the plan changes the output
+    assert not model.wrappers  # the input MODEL is untouched
+
+
+def test_patch_matches_with_per_frame_timesteps(pack, embedded):
+    """TI2V: a noise mask keeps latent frame 0, so frame 0 runs at timestep 0 (WAN22.process_timestep)."""
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PlanPatch
+    bundle, pipe, plan = embedded
+    conditioning = pipe.condition(plan)
+    patched = PlanPatch(conditioning).apply_to(tiny_model(bundle, TinyLatent()))
+    x, sigma, context = torch.randn(1, 16, 5, 16, 16), torch.tensor([0.8]), torch.randn(1, 64, 64)
+    mask = torch.ones(1, 1, 5, 16, 16)
+    mask[:, :, 0] = 0
+    got = _velocity(patched, x, sigma, context, denoise_mask=mask)
+    t = torch.tensor([[0.0] + [800.0] * 4])
+    torch.testing.assert_close(got, bundle.dit(x, t, context, plan=conditioning), atol=1e-4, rtol=1e-4)
+
+
+def test_stock_loader_and_patch_on_a_wan_shaped_dit(pack, comfy_modules):
+    """A DiT with Wan's sizes per head (128) loads through ComfyUI's stock detection as WAN22 and the
+    patch on it matches planx_core: the path of the real Wan 2.2 5B weights."""
+    import comfy.sd
+    from planx_core.dit import WanModel
+    from planx_pack.nodes.wan_plan_patch import PlanPatch
+    cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48, name="wan-shaped")
+    ours = randomize(WanModel(cfg), std=0.05)
+    sd = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
+    model = comfy.sd.load_diffusion_model_state_dict(sd)
+    assert type(model.model).__name__ == "WAN22" and model.model.diffusion_model.num_heads == 2
+    branch = _branch_for(cfg, code_dim=32)
+    codebook = torch.nn.functional.normalize(torch.randn(100, 32), dim=1)
+    ids = torch.randint(0, 100, (1, 2 * 81))
+    conditioning = branch.condition(codebook[ids], [0.0, 2.0], (9, 9))
+    patched = PlanPatch(conditioning).apply_to(model)
+    x, sigma, context = torch.randn(1, 48, 3, 8, 12), torch.tensor([0.5]), torch.randn(1, 16, 4096)
+    got = _velocity(patched, x, sigma, context)
+    torch.testing.assert_close(got, ours(x, sigma * 1000, context, plan=conditioning), atol=2e-4, rtol=1e-3)
+
+
+def test_embedded_dit_needs_the_pack_loader(pack, comfy_modules):
+    """ComfyUI's detection takes heads = dim // 128 and a 256-wide time embedding; the tiny DiT has 4
+    heads of 32 and a 64-wide one, so the stock loader cannot build it (why Load Plan-X Tiny Model exists)."""
+    import comfy.sd
+    from planx_core.checkpoint import read_safetensors
+    sd = read_safetensors(Path(pack.nodes.model_files.EMBEDDED) / "dit.safetensors")
+    with pytest.raises(Exception):
+        model = comfy.sd.load_diffusion_model_state_dict(dict(sd))
+        assert model.model.diffusion_model.num_heads == 4
+
+
+def test_plan_window_and_plan_off(pack, embedded):
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PLAN_OFF_KEY, PlanPatch
+    bundle, pipe, plan = embedded
+    model = tiny_model(bundle, TinyLatent())
+    late = PlanPatch(replace(pipe.condition(plan), start=0.5)).apply_to(model)
+    x, context = torch.randn(1, 16, 5, 16, 16), torch.randn(1, 64, 64)
+    early_sigma, late_sigma = torch.tensor([1.0]), torch.tensor([0.05])
+    torch.testing.assert_close(_velocity(late, x, early_sigma, context), _velocity(model, x, early_sigma, context))
+    assert (_velocity(late, x, late_sigma, context) - _velocity(model, x, late_sigma, context)).abs().max() > 1e-2
+    late.model_options["transformer_options"][PLAN_OFF_KEY] = True
+    torch.testing.assert_close(_velocity(late, x, late_sigma, context), _velocity(model, x, late_sigma, context))
+
+
+def test_plan_longer_than_the_video_is_refused(pack, embedded):
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PlanPatch
+    bundle, pipe, plan = embedded
+    patched = PlanPatch(pipe.condition(plan)).apply_to(tiny_model(bundle, TinyLatent()))
+    short = torch.randn(1, 16, 2, 16, 16)  # 5 frames; the plan's last keyframe is at frame 16
+    with pytest.raises(ValueError, match="longer than the video"):
+        _velocity(patched, short, torch.tensor([0.5]), torch.randn(1, 64, 64))
+
+
+def test_foreign_codebook_is_refused_with_a_fix(pack, embedded):
+    from planx_pack.nodes.model_files import codebook_for
+    _, _, plan = embedded
+    foreign = plan.copy()
+    foreign.codebook = CodebookId("other-tok", plan.codebook.size, "0123456789abcdef")
+    with pytest.raises(PlanError, match="another tokenizer"):
+        codebook_for(foreign)
+    assert codebook_for(plan).shape[0] == plan.codebook.size
+
+
+# ----------------------------------------------------------------------------- the nodes
+
+def test_sampler_renders_the_plan_and_keeps_the_start_image(nodes, embedded):
+    import nodes as comfy_nodes
+    bundle, pipe, plan = embedded
+    model, clip, vae = nodes["PlanX_LoadTinyModel"].execute("embedded: planx-tiny").args
+    patched = nodes["PlanX_InjectRoPEGuidance"].execute(model, plan, "embedded: planx-tiny", 1.0, 0.0, 1.0,
+                                                       "from branch file", True).args[0]
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, "a red circle on a dark background. the red circle moves right.")[0]
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    image = torch.from_numpy(pipe.render(plan, "a red circle on a dark background", "the red circle moves right",
+                                         steps=4, progress=False)[0]).float()[None] / 255  # [1, H, W, 3]
+    sampler = nodes["PlanX_Sampler"]
+    latent = sampler.execute(patched, positive, negative, 0, 6, 1.0, 2.0, 0.0, "euler", 64, 64, 17,
+                             start_image=image, vae=vae).args[0]["samples"]
+    assert latent.shape == (1, 16, 5, 16, 16) and torch.isfinite(latent).all()
+    torch.testing.assert_close(latent[:, :, :1], vae.encode(image)[:, :, :1], atol=1e-4, rtol=0)
+    plain = sampler.execute(model, positive, negative, 0, 6, 1.0, 1.0, 0.0, "euler", 64, 64, 17).args[0]["samples"]
+    assert (plain - latent).abs().mean() > 1e-3
+
+
+def test_tiny_clip_and_vae_match_planx_core(nodes, embedded):
+    bundle, pipe, _ = embedded
+    _, clip, vae = nodes["PlanX_LoadTinyModel"].execute("embedded: planx-tiny").args
+    prompt = "a red circle on a dark background. the red circle moves right."
+    positive, _ = pipe.text_features("a red circle on a dark background", "the red circle moves right")
+    torch.testing.assert_close(clip.encode_from_tokens(clip.tokenize(prompt)), positive)
+    latent = torch.randn(1, 16, 2, 16, 16)
+    with torch.no_grad():
+        want = (bundle.vae.decode(latent) + 1) / 2
+    torch.testing.assert_close(vae.decode(latent)[0], want[0].permute(1, 2, 3, 0).clamp(0, 1))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_planner_leaves_the_device_unless_kept(nodes, keep):
+    import comfy.model_management as mm
+    planner = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", keep).args[0]
+    plan, picture = nodes["PlanX_GenerateSemanticPlan"].execute(
+        planner, "a red circle on a dark background", "the red circle moves right", 64, 64, 17, 8.0, 2.0, 0,
+        1.0, 0, 1.0, 1.0).args
+    assert len(plan.keyframes) == 5 and picture.ndim == 4
+    loaded = any(m.model is planner.patcher for m in mm.current_loaded_models)
+    assert loaded == keep
+
+
+def test_edit_node_applies_edits_and_sends_the_editor_view(nodes, embedded):
+    _, _, plan = embedded
+    planner = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
+    edits = '[{"op": "fill_word", "keyframe": 1, "rect": [0, 0, 1, 1], "word": "red"}, {"op": "lock", "keyframe": 1}]'
+    out = nodes["PlanX_EditPlanTokens"].execute(plan, edits, planner)
+    edited, view = out.args[0], out.ui["planx_editor"][0]
+    code = planner.planner.word_to_code("red")
+    assert edited.keyframes[1].tokens[0] == code and edited.keyframes[1].locked
+    assert view["base"] == plan.to_dict() and view["plan"] == edited.to_dict()
+    assert str(code) in view["colours"] and view["colours"][str(code)].startswith("#")
+    assert any(entry["word"] == "red" for entry in view["palette"])
+    assert nodes["PlanX_EditPlanTokens"].validate_inputs("[{") != True  # noqa: E712  (an error string)
+
+
+def test_save_and_load_plan_stay_inside_comfyui_folders(nodes, embedded, tmp_path, monkeypatch):
+    import folder_paths
+    _, _, plan = embedded
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
+    (tmp_path / "input").mkdir()
+    saved = nodes["PlanX_SavePlan"].execute(plan, "planx/test").ui["planx_plans"][0]
+    path = tmp_path / "output" / saved["subfolder"] / saved["filename"]
+    (tmp_path / "input" / "mine.plan.json").write_bytes(path.read_bytes())
+    assert nodes["PlanX_LoadPlan"].execute("mine.plan.json").args[0].to_dict() == plan.to_dict()
+    assert nodes["PlanX_LoadPlan"].validate_inputs("../output/planx/" + saved["filename"]) != True  # noqa: E712
+    with pytest.raises(ValueError, match="output folder"):
+        nodes["PlanX_SavePlan"].execute(plan, "../../escape")
+
+
+def test_encode_video_to_plan_reads_the_frames(nodes, embedded):
+    _, pipe, plan = embedded
+    frames = pipe.render(plan, "a red circle on a dark background", "the red circle moves right", steps=4,
+                         progress=False)
+    planner = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
+    encoded = nodes["PlanX_EncodeVideoToPlan"].execute(torch.from_numpy(frames).float() / 255, planner, 8.0,
+                                                       2.0).args[0]
+    assert encoded.times == plan.times and encoded.codebook == plan.codebook
+
+
+def test_a_branch_for_another_model_is_refused(pack, embedded):
+    from planx_core.configs import get_preset
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PlanPatch
+    bundle = embedded[0]
+    branch = _branch_for(get_preset("tiny"), code_dim=32)  # a 64-wide, 2-block DiT's branch
+    conditioning = branch.condition(torch.randn(1, 81, 32), [0.0], (9, 9))
+    with pytest.raises(ValueError, match="Pick the branch file"):
+        PlanPatch(conditioning).apply_to(tiny_model(bundle, TinyLatent()))
