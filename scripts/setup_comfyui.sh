@@ -11,7 +11,7 @@ if [ ! -d "$COMFY/comfy" ]; then
   echo "no ComfyUI checkout at $COMFY (set COMFYUI_PATH); ComfyUI layers will be SKIPPED" >&2
   exit 0
 fi
-stamp="$VENV/.comfyui-requirements"
+stamp="$VENV/.comfyui-requirements-2"  # bump the suffix when this script installs more
 if [ -f "$stamp" ] && cmp -s "$stamp" "$COMFY/requirements.txt"; then
   exit 0
 fi
@@ -22,5 +22,10 @@ echo "torch==$torch_version" > "$VENV/comfy-constraints.txt"
 "$VENV/bin/pip" uninstall -q -y torchvision 2>/dev/null || true
 "$VENV/bin/pip" install -q --no-deps torchvision==0.16.2
 "$VENV/bin/pip" install -q requests
+# Layer 3: the server is driven over its websocket; the plan editor through Playwright (its Python
+# package only: the browser is Debian's chromium, `apt-get install chromium`; without it the browser
+# test is SKIPPED loudly).
+"$VENV/bin/pip" install -q "websocket-client>=1.6" "playwright==1.65.2" \
+  || echo "warning: websocket-client / playwright not installed; server and browser tests will be skipped" >&2
 cp "$COMFY/requirements.txt" "$stamp"
 echo "ComfyUI requirements installed from $COMFY"
