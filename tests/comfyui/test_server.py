@@ -1,0 +1,182 @@
+"""Layer 3: the pack inside a real ComfyUI server (the `comfy_server` fixture), driven over HTTP and /ws.
+
+Loading and schema hygiene, every shipped workflow run to the end on the embedded tiny model,
+errors a user can act on (a plan longer than the video, a plan from another tokenizer), and an
+interrupt mid-sampling; after each failure the server must still run the next prompt.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planx_core.plan import CodebookId, keyframe_times, make_plan
+from workflow_api import to_api
+
+pytestmark = pytest.mark.comfyui
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+PLANX_NODES = {"PlanX_LoadPlanner", "PlanX_GenerateSemanticPlan", "PlanX_EditPlanTokens", "PlanX_InjectRoPEGuidance",
+               "PlanX_Sampler", "PlanX_PlanPreview", "PlanX_SavePlan", "PlanX_LoadPlan", "PlanX_EncodeVideoToPlan",
+               "PlanX_LoadTinyModel"}
+
+
+def load_api(server, name: str) -> dict:
+    workflow = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
+    return to_api(workflow, server.object_info)
+
+
+def node_of(prompt: dict, class_type: str) -> str:
+    (node_id,) = [k for k, v in prompt.items() if v["class_type"] == class_type]
+    return node_id
+
+
+def last(events: list[dict]) -> dict:
+    return events[-1]
+
+
+def assert_success(events: list[dict]) -> None:
+    end = last(events)
+    assert end["type"] == "execution_success", json.dumps(end["data"], indent=1)[:4000]
+
+
+def fresh_text_to_video(server, seed: int) -> dict:
+    """The text-to-video prompt with another sampler seed, so the sampler and below really run again."""
+    prompt = load_api(server, "planx_text_to_video.json")
+    prompt[node_of(prompt, "PlanX_Sampler")]["inputs"]["seed"] = seed
+    return prompt
+
+
+# ----------------------------------------------------------------------------- loading and schemas
+
+def test_pack_loads_without_import_errors(comfy_server):
+    failed = [line for line in comfy_server.log().splitlines() if "IMPORT FAILED" in line and "planx" in line]
+    assert not failed, "\n".join(failed)
+    missing = PLANX_NODES - set(comfy_server.object_info)
+    assert not missing, f"not in /object_info: {sorted(missing)}"
+    assert {k for k in comfy_server.object_info if k.startswith("PlanX_")} == PLANX_NODES
+    modules = {comfy_server.object_info[k]["python_module"] for k in PLANX_NODES}
+    assert modules == {"custom_nodes.planx"}
+
+
+def test_every_node_and_input_is_documented(comfy_server):
+    problems = []
+    for node_id in sorted(PLANX_NODES):
+        info = comfy_server.object_info[node_id]
+        for key in ("description", "category", "display_name"):
+            if not info.get(key):
+                problems.append(f"{node_id}: no {key}")
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                if not (len(spec) > 1 and spec[1].get("tooltip")):
+                    problems.append(f"{node_id}.{name}: no tooltip")
+        tooltips = info.get("output_tooltips") or []
+        for index, name in enumerate(info.get("output_name", [])):
+            if index >= len(tooltips) or not tooltips[index]:
+                problems.append(f"{node_id} output {name}: no tooltip")
+    assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------- the shipped workflows
+
+def test_workflows_are_what_the_build_script_writes():
+    """workflows/*.json follow the nodes' current schemas (widget order): regenerate them when a node changes."""
+    from conftest import _COMFY_SKIP, comfyui_path
+    comfy = comfyui_path()
+    if comfy is None:
+        pytest.skip(_COMFY_SKIP)
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_workflows.py"), "--check"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "COMFYUI_PATH": str(comfy)})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs(comfy_server, path):
+    prompt = load_api(comfy_server, path.name)
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            image = node["inputs"]["image"]
+            assert (comfy_server.dirs["input"] / image).is_file(), (
+                f"{image} is not in ComfyUI's input folder: the pack installs it at load time "
+                f"(nodes/example_inputs.install_example_inputs, called from nodes/__init__.py)")
+    events = comfy_server.run(prompt, timeout=240)
+    assert_success(events)
+    prompt_id = last(events)["data"]["prompt_id"]
+    outputs = comfy_server.history(prompt_id)["outputs"]
+    saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
+    assert saves
+    for node_id in saves:
+        images = outputs[node_id]["images"]
+        assert len(images) == 17, images  # every shipped workflow renders 17 frames
+        for image in images:
+            file = comfy_server.dirs["output"] / image["subfolder"] / image["filename"]
+            assert file.is_file() and file.stat().st_size > 0, file
+    for node_id in (k for k, v in prompt.items() if v["class_type"] == "PlanX_SavePlan"):
+        (saved,) = outputs[node_id]["planx_plans"]
+        plan = json.loads((comfy_server.dirs["output"] / saved["subfolder"] / saved["filename"]).read_text())
+        assert plan["keyframes"][2]["locked"], "the edit list locks keyframe 2"
+
+
+# ----------------------------------------------------------------------------- errors a user can act on
+
+def test_plan_longer_than_video_is_reported_then_server_recovers(comfy_server):
+    prompt = fresh_text_to_video(comfy_server, seed=11)
+    prompt[node_of(prompt, "PlanX_GenerateSemanticPlan")]["inputs"]["length"] = 33
+    end = last(comfy_server.run(prompt, timeout=240))
+    assert end["type"] == "execution_error", end
+    assert end["data"]["node_type"] == "PlanX_Sampler", end["data"]
+    message = end["data"]["exception_message"]
+    assert "longer than the video" in message and "render more frames" in message, message
+    assert_success(comfy_server.run(fresh_text_to_video(comfy_server, seed=12), timeout=240))
+
+
+def test_plan_from_another_tokenizer_is_reported_then_server_recovers(comfy_server):
+    foreign = CodebookId("some-other-ta-tok", 64, digest="0123456789abcdef" * 4)
+    times = keyframe_times(17, 8.0)
+    plan = make_plan([[0] * 81 for _ in times], times=times, fps=8.0, num_frames=17, width=64, height=64,
+                     codebook=foreign)
+    (comfy_server.dirs["input"] / "foreign.plan.json").write_text(plan.to_json(indent=1), encoding="utf-8")
+    prompt = fresh_text_to_video(comfy_server, seed=21)
+    prompt["900"] = {"class_type": "PlanX_LoadPlan", "inputs": {"plan_file": "foreign.plan.json"}}
+    prompt[node_of(prompt, "PlanX_InjectRoPEGuidance")]["inputs"]["plan"] = ["900", 0]
+    end = last(comfy_server.run(prompt, timeout=240))
+    assert end["type"] == "execution_error", end
+    assert end["data"]["node_type"] == "PlanX_InjectRoPEGuidance", end["data"]
+    message = end["data"]["exception_message"]
+    assert "codebook" in message and "tokenizer" in message and "ta_tok.safetensors" in message, message
+    assert_success(comfy_server.run(fresh_text_to_video(comfy_server, seed=22), timeout=240))
+
+
+def test_interrupt_mid_sampling_then_server_recovers(comfy_server):
+    prompt = fresh_text_to_video(comfy_server, seed=31)
+    sampler = node_of(prompt, "PlanX_Sampler")
+    prompt[sampler]["inputs"]["steps"] = 200
+    sent = []
+
+    def interrupt_on_progress(event):
+        if event["type"] == "progress" and event["data"].get("node") == sampler and not sent:
+            sent.append(event["data"]["value"])
+            comfy_server.interrupt()
+    events = comfy_server.run(prompt, timeout=240, on_event=interrupt_on_progress)
+    assert sent, "no progress event from the Plan-X Sampler"
+    assert last(events)["type"] == "execution_interrupted", [e["type"] for e in events]
+    assert last(events)["data"]["node_type"] == "PlanX_Sampler"
+    steps = [e["data"]["value"] for e in events if e["type"] == "progress" and e["data"].get("node") == sampler]
+    assert max(steps) < 200, "the sampler ran to the end despite the interrupt"
+    assert_success(comfy_server.run(fresh_text_to_video(comfy_server, seed=32), timeout=240))
+
+
+def test_api_conversion_matches_schema_order(comfy_server):
+    """Widgets land on the right inputs: spot-check a node with a seed's extra control value."""
+    prompt = load_api(comfy_server, "planx_text_to_video.json")
+    plan_inputs = prompt[node_of(prompt, "PlanX_GenerateSemanticPlan")]["inputs"]
+    assert (plan_inputs["seed"], plan_inputs["temperature"], plan_inputs["top_k"]) == (0, 1.0, 0)
+    sampler = copy.deepcopy(prompt[node_of(prompt, "PlanX_Sampler")]["inputs"])
+    assert {k: sampler[k] for k in ("seed", "steps", "text_cfg", "plan_cfg", "shift", "solver", "length")} == {
+        "seed": 0, "steps": 20, "text_cfg": 1.0, "plan_cfg": 1.0, "shift": 0.0, "solver": "unipc", "length": 17}

@@ -1,0 +1,110 @@
+"""The shipped workflows (workflows/*.json) as files: no server and no ComfyUI needed.
+
+Each is a frontend workflow (version 0.4) using only Plan-X and stock node types, whose links agree
+from both ends, and which says in `extra.planx.real_weights` how to run it on Wan 2.2 TI2V 5B.
+That they also run is checked against a real server in test_server.py.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+WORKFLOW_DIR = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
+PLANX = {"PlanX_LoadPlanner", "PlanX_GenerateSemanticPlan", "PlanX_EditPlanTokens", "PlanX_InjectRoPEGuidance",
+         "PlanX_Sampler", "PlanX_PlanPreview", "PlanX_SavePlan", "PlanX_LoadPlan", "PlanX_EncodeVideoToPlan",
+         "PlanX_LoadTinyModel"}
+STOCK = {"CLIPTextEncode", "VAEDecode", "SaveImage", "LoadImage"}
+REAL_LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
+EXPECTED = {"planx_text_to_video.json", "planx_image_to_video.json", "planx_edit_plan.json",
+            "planx_semantic_transfer.json"}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_the_four_workflows_are_shipped():
+    assert EXPECTED <= {p.name for p in WORKFLOWS}
+
+
+@pytest.fixture(params=WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def workflow(request) -> dict:
+    return load(request.param)
+
+
+def test_format_and_node_types(workflow):
+    assert workflow["version"] == 0.4
+    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
+        assert key in workflow, key
+    ids = [n["id"] for n in workflow["nodes"]]
+    assert len(ids) == len(set(ids)) and max(ids) <= workflow["last_node_id"]
+    for node in workflow["nodes"]:
+        assert node["type"] in PLANX | STOCK, f"node {node['id']}: unexpected type {node['type']}"
+        for key in ("pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"):
+            assert key in node, f"node {node['id']} ({node['type']}) has no {key}"
+        assert node["mode"] == 0, f"node {node['id']} is muted or bypassed in a shipped workflow"
+    orders = sorted(n["order"] for n in workflow["nodes"])
+    assert orders == list(range(len(orders)))
+    assert any(n["type"] == "SaveImage" for n in workflow["nodes"])
+
+
+def test_links_agree_from_both_ends(workflow):
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    link_ids = [link[0] for link in workflow["links"]]
+    assert len(link_ids) == len(set(link_ids)) and max(link_ids) <= workflow["last_link_id"]
+    for link_id, source, slot, target, target_slot, type_ in workflow["links"]:
+        out = nodes[source]["outputs"][slot]
+        socket = nodes[target]["inputs"][target_slot]
+        assert link_id in (out["links"] or []), f"link {link_id} missing from node {source} output {slot}"
+        assert socket["link"] == link_id, f"link {link_id} missing from node {target} input {socket['name']}"
+        assert out["type"] == socket["type"] == type_, f"link {link_id}: {out['type']} -> {socket['type']} ({type_})"
+    known = set(link_ids)
+    for node in nodes.values():
+        for socket in node["inputs"]:
+            if socket["link"] is None:
+                assert socket.get("shape") == 7, f"node {node['id']} ({node['type']}): {socket['name']} unconnected"
+            else:
+                assert socket["link"] in known
+        for out in node["outputs"]:
+            assert set(out["links"] or []) <= known
+
+
+def test_real_weights_variant_is_described(workflow):
+    real = workflow["extra"]["planx"]["real_weights"]
+    nodes = {str(n["id"]): n for n in workflow["nodes"]}
+    assert real["summary"] and real["video"] == {"width": 1280, "height": 704, "length": 121, "fps": 24.0}
+    loaders = {loader["type"]: loader for loader in real["loaders"]}
+    assert set(loaders) == set(REAL_LOADERS)
+    for type_, folder in REAL_LOADERS.items():
+        loader = loaders[type_]
+        (model,) = loader["properties"]["models"]
+        assert model["directory"] == folder and model["name"] == loader["widgets_values"][0]
+        tiny, slot = loader["replaces_output"]
+        assert nodes[str(tiny)]["type"] == "PlanX_LoadTinyModel" and 0 <= slot < 3
+    assert loaders["CLIPLoader"]["widgets_values"][1] == "wan"
+    for node_id, change in real["nodes"].items():
+        assert nodes[node_id]["type"] == change["type"], node_id
+        assert change["widgets"]
+    changed = {change["type"]: change for change in real["nodes"].values()}
+    assert changed["PlanX_LoadPlanner"]["widgets"] == {"planner": "planx-wan22"}
+    assert changed["PlanX_LoadPlanner"]["properties"]["models"] == [{"name": "planx-wan22", "directory": "planx"}]
+    assert changed["PlanX_InjectRoPEGuidance"]["widgets"] == {"branch": "planx-wan22/branch.safetensors"}
+    assert changed["PlanX_Sampler"]["widgets"]["text_cfg"] == 5.0 and changed["PlanX_Sampler"]["widgets"]["shift"] == 8.0
+    names = {(m["name"], m["directory"]) for m in real["models"]}
+    assert ("wan2.2_ti2v_5B_fp16.safetensors", "diffusion_models") in names
+    assert ("planx-wan22/branch.safetensors", "planx") in names
+
+
+def test_shipped_settings_run_on_the_tiny_model(workflow):
+    """Tiny loaders and the embedded planner; 64x64, 17 frames at 8 fps, 20 steps, both CFGs 1, shift 0."""
+    for node in workflow["nodes"]:
+        values = node["widgets_values"]
+        if node["type"] in ("PlanX_LoadPlanner", "PlanX_LoadTinyModel"):
+            assert values[0] == "embedded: planx-tiny"
+        if node["type"] == "PlanX_GenerateSemanticPlan":
+            assert values[2:6] == [64, 64, 17, 8.0]  # scene, motion, width, height, length, fps, ...
+        if node["type"] == "PlanX_Sampler":  # seed, "fixed", steps, text_cfg, plan_cfg, shift, solver, w, h, length
+            assert values[2:6] == [20, 1.0, 1.0, 0.0] and values[7:10] == [64, 64, 17]
