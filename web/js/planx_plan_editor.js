@@ -40,6 +40,7 @@ const EDITS_WIDGET = "edits";
 const EDITOR_WIDGET = "planx_plan_editor";
 const ZOOMS = [6, 8, 10, 12, 16, 20, 24];
 const DEFAULT_CELL = 10;
+const EDITS_HEIGHT = 64;    // the edits text box keeps this height: the editor lists the steps itself
 const GRID_Y = 48;          // top of the keyframe grids inside the timeline track
 const HEAD_Y = 18;          // top of the keyframe headers
 const HEAD_H = 18;
@@ -535,9 +536,18 @@ class PlanEditor {
     return this.node.widgets?.find((w) => w.name === EDITS_WIDGET) ?? null;
   }
 
+  /**
+   * Follow the edits widget: re-read on its callback and on typing. Its height is fixed, so that a
+   * change in the node's free space (the preview picture appearing after a run) resizes the step
+   * list at the editor's bottom instead of shifting the timeline under the pointer.
+   */
   hookEditsWidget() {
     const widget = this.editsWidget();
     if (!widget) return;
+    if (widget.options && "element" in widget) {
+      widget.options.getMinHeight = () => EDITS_HEIGHT;
+      widget.options.getMaxHeight = () => EDITS_HEIGHT;
+    }
     const editor = this;
     const previous = widget.callback;
     widget.callback = function (...args) {
