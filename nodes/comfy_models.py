@@ -64,9 +64,9 @@ class TinyLatent(comfy.latent_formats.LatentFormat):
     latent_dimensions = 3
     spatial_factor = 4
 
-    def __init__(self, rgb_factors=None, rgb_bias=None):
-        self.latent_rgb_factors = rgb_factors
-        self.latent_rgb_factors_bias = rgb_bias
+    def __init__(self, rgb_factors=None, rgb_bias=None, channels: int = 16, spatial_factor: int = 4):
+        self.latent_rgb_factors, self.latent_rgb_factors_bias = rgb_factors, rgb_bias
+        self.latent_channels, self.spatial_factor = channels, spatial_factor
 
 
 def tiny_unet_config(bundle: Bundle) -> dict:
@@ -178,9 +178,7 @@ def tiny_parts(bundle: Bundle):
     """(MODEL, CLIP, VAE) of a loaded planx_core bundle, for ComfyUI's stock nodes."""
     vae = TinyVae(bundle)
     factors, bias = fit_preview_factors(vae, bundle.spec.video.width)
-    latent_format = TinyLatent(factors, bias)
-    latent_format.latent_channels = bundle.vae.config.z_dim
-    latent_format.spatial_factor = bundle.vae.config.spatial_factor
+    latent_format = TinyLatent(factors, bias, bundle.vae.config.z_dim, bundle.vae.config.spatial_factor)
     return tiny_model(bundle, latent_format), TinyClip(bundle), vae
 
 

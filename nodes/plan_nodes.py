@@ -13,7 +13,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from planx_core.plan import Plan, PlanError
-from planx_core.plan_edits import parse_edits
+from planx_core.plan_edits import apply_edits, parse_edits
 from planx_core.plan_picture import code_colours, plan_picture
 from planx_core.pipeline import load_plan_file
 
@@ -137,15 +137,10 @@ class EditPlanTokens(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan, edits, planner=None) -> io.NodeOutput:
-        edited = planner.edit(plan, edits) if planner is not None else _edit_without_planner(plan, edits)
+        edited = apply_edits(plan, edits, word_to_code=None if planner is None else planner.planner.word_to_code)
         picture = _picture(edited, planner)
         view = {**ui.PreviewImage(picture, cls=cls).as_dict(), "planx_editor": [editor_view(plan, edited, planner)]}
         return io.NodeOutput(edited, picture, ui=view)
-
-
-def _edit_without_planner(plan: Plan, edits: str) -> Plan:
-    from planx_core.plan_edits import apply_edits
-    return apply_edits(plan, edits)
 
 
 def _hex(rgb) -> str:
@@ -156,18 +151,23 @@ def editor_view(base: Plan, edited: Plan, planner) -> dict:
     """What the web editor draws: both plans, colours and words of every code it may show, the palette."""
     palette = planner.palette() if planner is not None else []
     codes = {int(c) for p in (base, edited) for k in p.keyframes for c in k.tokens} | {e["code"] for e in palette}
-    colours = planner.colours() if planner is not None else code_colours(codebook_for(base), key=base.codebook.digest)
+    colours = _colours(base, planner)
     words = planner.words(codes) if planner is not None else {}
     return {"base": base.to_dict(), "plan": edited.to_dict(), "error": None,
             "colours": {str(c): _hex(colours[c]) for c in sorted(codes)},
             "words": {str(c): w for c, w in words.items()}, "palette": palette}
 
 
-def _picture(plan: Plan, planner):
+def _colours(plan: Plan, planner):
+    """Colour of every code `[N, 3]`: the planner's codebook, else the TA-Tok file the plan's hash names."""
     if planner is not None:
-        return planner.picture(plan)
-    colours = code_colours(codebook_for(plan), key=plan.codebook.digest)
-    return plan_picture(plan, colours)[None]  # [1, H, W, 3]
+        return planner.colours()
+    return code_colours(codebook_for(plan), key=plan.codebook.digest)
+
+
+def _picture(plan: Plan, planner):
+    """The plan picture `[1, H, W, 3]`, with words when a planner is connected."""
+    return planner.picture(plan) if planner is not None else plan_picture(plan, _colours(plan, planner))[None]
 
 
 class PlanPreview(io.ComfyNode):

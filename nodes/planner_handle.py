@@ -13,7 +13,6 @@ import comfy.utils
 
 from planx_core.bundle import PlanningDefaults, read_spec
 from planx_core.plan import CodebookId, Plan
-from planx_core.plan_edits import apply_edits
 from planx_core.plan_picture import code_colours, plan_picture
 from planx_core.planner import SemanticPlanner, load_planner
 from planx_core.tokenizer import TATok, frames_to_nchw, plan_from_video
@@ -70,9 +69,6 @@ class PlannerHandle:
                                    keyframe_rate=keyframe_rate, grid=grid, codebook_name=self.codebook.name)
 
     # -- words and colours ----------------------------------------------------------------
-    def edit(self, plan: Plan, edits: str, sources: dict | None = None) -> Plan:
-        return apply_edits(plan, edits, sources=sources, word_to_code=self.planner.word_to_code)
-
     def words(self, codes) -> dict[int, str]:
         codes = sorted({int(c) for c in codes})
         return dict(zip(codes, self.planner.code_words(codes))) if codes else {}
@@ -86,9 +82,8 @@ class PlannerHandle:
 
     def picture(self, plan: Plan) -> torch.Tensor:
         """The plan picture with words, `[1, H, W, 3]`."""
-        colours = code_colours(self.tatok.codebook(), key=self.codebook.digest)
         words = self.words(c for k in plan.keyframes for c in k.tokens)
-        return plan_picture(plan, colours, words=[[words[int(c)] for c in k.tokens] for k in plan.keyframes])[None]
+        return plan_picture(plan, self.colours(), words=[[words[int(c)] for c in k.tokens] for k in plan.keyframes])[None]
 
     def colours(self) -> torch.Tensor:
         return code_colours(self.tatok.codebook(), key=self.codebook.digest)  # [N, 3] in [0, 1]

@@ -77,16 +77,9 @@ class InjectRoPEGuidance(io.ComfyNode):
         if trained != "cross_attn":
             raise ValueError(f"branch {branch!r} uses in-context injection, which this ComfyUI patch does not run "
                              f"yet; use a cross_attn branch (the Plan-X default)")
-        codebook = codebook_for(plan)
-        conditioning = semantic.condition(_vectors(plan, codebook), plan.latent_frames(), tuple(plan.grid),
-                                          strength=strength, use_rope=rope, start=start, end=end)
+        conditioning = semantic.condition_plan(plan, codebook_for(plan), num_frames=plan.num_frames, fps=plan.fps,
+                                               strength=strength, use_rope=rope, start=start, end=end)
         return io.NodeOutput(PlanPatch(conditioning).apply_to(model))
-
-
-def _vectors(plan, codebook):
-    from planx_core.semantic_branch import codebook_vectors
-    plan.validate()
-    return codebook_vectors(plan.token_tensor().reshape(1, -1), codebook)  # [1, K*81, code_dim]
 
 
 class PlanXSampler(io.ComfyNode):

@@ -55,7 +55,7 @@ class PlanPatch:
     def __init__(self, conditioning: PlanConditioning):
         self.conditioning = conditioning
         self.branch = conditioning.branch
-        self._device_tokens: dict[tuple, torch.Tensor] = {}
+        self._placed: dict[tuple, tuple] = {}
 
     def __deepcopy__(self, memo):
         return self  # immutable once built; ModelPatcher.clone deep-copies model_options
@@ -105,23 +105,23 @@ class PlanPatch:
         return low - 1e-6 <= value <= high + 1e-6
 
     def start_call(self, dm, x: torch.Tensor, previous_override) -> _Call:
-        grid = token_grid(x.shape, dm.patch_size)
-        plan = self.conditioning
-        plan.bind(grid, dm.dim, len(dm.blocks))  # refuses a plan longer than the video, a foreign branch
-        tokens = self.tokens_on(x.device, x.dtype)  # [1, P, dim]
-        freqs = None
-        if plan.use_rope:
-            positions = plan_positions(plan.latent_frames, plan.grid_hw, grid[1:])  # [P, 3] (t, h, w)
-            freqs = dm.rope_embedder(positions[None].to(x.device, torch.float32)).movedim(1, 2)  # [1, P, 1, D/2, 2, 2]
-            freqs = freqs.to(x.dtype)
-        self.branch.to(x.device)
-        return _Call(self, tokens, freqs, previous_override)
+        return _Call(self, *self.placed(dm, token_grid(x.shape, dm.patch_size), x.device, x.dtype), previous_override)
 
-    def tokens_on(self, device, dtype) -> torch.Tensor:
-        key = (str(device), dtype)
-        if key not in self._device_tokens:
-            self._device_tokens = {key: self.conditioning.tokens.to(device)}
-        return self._device_tokens[key]
+    def placed(self, dm, grid: tuple[int, int, int], device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Plan tokens `[1, P, dim]` on the device and their RoPE on this latent grid, checked and built once
+        per (grid, device, dtype), not on every step of the sampler."""
+        key = (grid, str(device), dtype)
+        if key not in self._placed:
+            plan = self.conditioning
+            plan.bind(grid, dm.dim, len(dm.blocks))  # refuses a plan longer than the video, a foreign branch
+            freqs = None
+            if plan.use_rope:
+                positions = plan_positions(plan.latent_frames, plan.grid_hw, grid[1:])  # [P, 3] (t, h, w)
+                freqs = dm.rope_embedder(positions[None].to(device, torch.float32)).movedim(1, 2)  # [1, P, 1, D/2, 2, 2]
+                freqs = freqs.to(dtype)
+            self.branch.to(device)
+            self._placed = {key: (plan.tokens.to(device), freqs)}
+        return self._placed[key]
 
     def plan_attention(self, call: _Call, func, q: torch.Tensor, heads: int, **kwargs) -> torch.Tensor:
         """The plan attention of the running block on its cross-attention queries q `[B, L, H*D]` (normalised)."""
