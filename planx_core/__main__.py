@@ -1,7 +1,10 @@
-"""Command line of planx_core: `generate`, `info`, `inspect FILE`, `check-plan FILE`, `convert-tatok SRC DST`.
+"""Command line of planx_core: `generate`, `semanticgen`, `info`, `inspect FILE`, `check-plan FILE`, `convert-tatok SRC DST`.
 
 `generate --prompt "scene. motion." --out clip.mp4` plans and renders a clip with the embedded
 model (or `--bundle DIR`) and writes clip.mp4, clip.plan.json and clip.plan.png; see `pipeline`.
+
+`semanticgen --prompt "scene. motion." --frames 65 --out long.mp4` makes a long video with the
+embedded SemanticGen (a continuous semantic plan, then windowed rendering); see `semanticgen`.
 
 `info` lists the DiT presets and the attention backends this machine can use. `inspect` reads a
 checkpoint's header and shapes (safetensors only; nothing is unpickled) and says what it is:
@@ -63,8 +66,8 @@ def cmd_check_plan(args) -> int:
     print(f"plan:       {args.path} (valid)")
     print(f"video:      {plan.num_frames} frames at {plan.fps:g} fps, {plan.width}x{plan.height}, "
           f"{plan.duration:g} s")
-    print(f"grid:       {plan.grid[0]}x{plan.grid[1]}, codebook {plan.codebook.describe()}")
-    locked = plan.locked_tokens()
+    print(f"grid:       {plan.grid[0]}x{plan.grid[1]}, {plan.kind}, codebook {plan.codebook.describe()}")
+    locked = [i for i, k in enumerate(plan.keyframes) if k.locked]
     print(f"keyframes:  {len(plan.keyframes)} at {', '.join(f'{t:g}' for t in plan.times)} s"
           + (f"; locked {sorted(locked)}" if locked else ""))
     if plan.provenance.scene or plan.provenance.motion:
@@ -99,9 +102,30 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `semanticgen` (here, so that the other commands do not import the models)."""
+    parser.add_argument("--prompt", required=True, help='"scene. motion." (split at the first sentence boundary)')
+    parser.add_argument("--out", required=True, help="video file to write (.mp4 or .avi); the plan goes next to it")
+    parser.add_argument("--frames", type=int, default=65,
+                        help="video frames, 4n+1 (default 65 = 8 s at 8 fps, 4x the training clip of 17)")
+    parser.add_argument("--window", type=int, help="stage-2 attention window in latent frames (0 = full attention; "
+                                                   "default: the model's)")
+    parser.add_argument("--plan", help="render this continuous plan JSON file instead of planning")
+    parser.add_argument("--no-plan", action="store_true", help="stage 2 alone, without a semantic plan")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")
+    parser.add_argument("--scale", type=int, default=4, help="enlarge the video by this factor (nearest)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
 def cmd_generate(args) -> int:
     from .pipeline import generate_command
     return generate_command(args)
+
+
+def cmd_semanticgen(args) -> int:
+    from .semanticgen_command import run
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     generate = sub.add_parser("generate", help="plan and render a clip from a prompt (the embedded model)")
     add_generate_arguments(generate)
     generate.set_defaults(fn=cmd_generate)
+    semgen = sub.add_parser("semanticgen", help="a long video from a prompt with the embedded SemanticGen")
+    add_semanticgen_arguments(semgen)
+    semgen.set_defaults(fn=cmd_semanticgen)
     args = parser.parse_args(argv)
     return args.fn(args)
 

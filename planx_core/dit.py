@@ -7,7 +7,8 @@ official checkpoints, so `checkpoint.load_dit` loads them without renaming.
 
 Plan-X additions, both driven by a `semantic_branch.PlanConditioning` passed to `forward`:
 `cross_attn` adds a plan attention inside each chosen block's text cross-attention; `in_context`
-appends clean (timestep 0) plan tokens to the self-attention sequence.
+appends clean (timestep 0) plan tokens to the self-attention sequence. `forward(..., window=Tw)`
+swaps full self-attention for shifted-window attention along time (`window_attention.py`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .attention import attention
 from .configs import DiTConfig
 from .layers import CastConv3d, CastLinear, WanLayerNorm, WanRMSNorm
 from .rope import Rope, apply_rope, grid_positions, rope_frequencies
+from .window_attention import WindowLayout, layer_shift, windowed_attention
 
 
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -91,11 +93,14 @@ class WanSelfAttention(nn.Module):
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim))  # [B, L, H, D]
 
-    def forward(self, x: torch.Tensor, rope: Rope, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, attn_mask: torch.Tensor | None = None,
+                attend=None) -> torch.Tensor:
+        """`attend(q, k, v)`, when given, replaces full attention (windowed attention does)."""
         q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)  # [B, L, H, D]
         k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
         v = self.heads(self.v(x))
-        return self.o(attention(q, k, v, attn_mask=attn_mask).flatten(2))  # [B, L, C]
+        out = attend(q, k, v) if attend is not None else attention(q, k, v, attn_mask=attn_mask)  # [B, L, H, D]
+        return self.o(out.flatten(2))  # [B, L, C]
 
 
 class WanCrossAttention(WanSelfAttention):
@@ -124,12 +129,12 @@ class WanAttentionBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, layout: TokenLayout, context: torch.Tensor, rope: Rope,
-                plan_attn=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                plan_attn=None, attn_mask: torch.Tensor | None = None, attend=None) -> torch.Tensor:
         """x `[B, L, C]` float32 residual stream; e0 `[B, S, 6, C]` timestep rows; context `[B, Lt, C]`."""
         dtype = context.dtype
         mod = (self.modulation.float().unsqueeze(0) + e0).unbind(2)  # 6 x [B, S, C]
         h = layout.broadcast(modulate, (self.norm1(x),), mod[0:2])
-        y = self.self_attn(h.to(dtype), rope, attn_mask)
+        y = self.self_attn(h.to(dtype), rope, attn_mask, attend)
         x = layout.broadcast(gated_add, (x, y.float()), mod[2:3])
         x = x + self.cross_attn(self.norm3(x).to(dtype), context, plan_attn).float()
         h = layout.broadcast(modulate, (self.norm2(x),), mod[3:5])
@@ -148,6 +153,30 @@ class Head(nn.Module):
         shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # [B, S, C] each
         h = layout.broadcast(modulate, (self.norm(x),), (shift, scale))
         return self.head(h.to(dtype))  # [B, L, prod(patch) * out_dim]
+
+
+def check_window(window: int | None, frames: int) -> int | None:
+    """The attention window in latent frames, or None for full attention (None, 0, or >= F')."""
+    if window is None or window == 0:
+        return None
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise ValueError(f"attention window must be a whole number of latent frames >= 1 (0 or None for full "
+                         f"attention), got {window!r}")
+    return None if window >= frames else window
+
+
+def plan_key_bias(strength: float) -> float | None:
+    """In-context plan strength as the additive bias on the plan keys (as `BoundPlan.append_tokens`)."""
+    if strength == 1.0:
+        return None
+    return math.log(strength) if strength > 0 else float("-inf")
+
+
+def window_attend(grid: tuple[int, int, int], window: int, block: int, num_global: int, global_bias: float | None):
+    """The self-attention of block `block` under shifted windows of `window` latent frames."""
+    layout = WindowLayout(frames=grid[0], tokens_per_frame=grid[1] * grid[2], window=window,
+                          shift=layer_shift(window, block), num_global=num_global)
+    return functools.partial(windowed_attention, layout=layout, global_bias=global_bias)
 
 
 class WanModel(nn.Module):
@@ -198,25 +227,32 @@ class WanModel(nn.Module):
         x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, plan=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, plan=None,
+                window: int | None = None) -> torch.Tensor:
         """x `[B, C, F, H, W]`; t timesteps (0..1000) `[B]`, `[B, F']` or `[B, L]`; context `[B, Lt, text_dim]`.
 
         Computes in x's dtype (weights stored in another dtype are cast per layer); the residual
         stream and modulation stay in float32 as in the reference. `plan`: a PlanConditioning.
+        `window`: self-attention in windows of that many latent frames, shifted by half a window
+        on odd blocks (None or 0: full attention). A window covering all F' latent frames is full
+        attention (Swin's rule: no partition, no shift).
         """
         dtype, grid = x.dtype, self.token_grid(x.shape)
+        window = check_window(window, grid[0])
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # [B, Lv, C]
         rows, layout = self.timestep_rows(t.to(x.device), grid, x.shape[0])
         rope = grid_rope(grid, self.config.head_dim, x.device)  # [Lv, D/2]
-        video_rope, attn_mask = rope, None
+        video_rope, attn_mask, num_global, global_bias = rope, None, 0, None
         if plan is not None:
             plan = plan.bind(grid, self.config.dim, self.config.num_layers)
             if plan.mode == "in_context":
                 tokens, rows, layout, rope, attn_mask = plan.append_tokens(tokens, rows, layout, rope, dtype)
+                num_global, global_bias = tokens.shape[1] - math.prod(grid), plan_key_bias(plan.plan.strength)
         e, e0 = self.embed_time(rows)  # [B, S, C], [B, S, 6, C]
         context = self.text_embedding(context.to(dtype))  # [B, Lt, C]
         for i, block in enumerate(self.blocks):
             plan_attn = plan.cross_attention(i, video_rope) if plan is not None else None
-            tokens = block(tokens, e0, layout, context, rope, plan_attn, attn_mask)
+            attend = window_attend(grid, window, i, num_global, global_bias) if window else None
+            tokens = block(tokens, e0, layout, context, rope, plan_attn, None if attend else attn_mask, attend)
         out = self.head(tokens, e, layout, dtype)  # [B, L, prod(patch) * C_out]
         return self.unpatchify(out[:, :math.prod(grid)], grid).to(dtype)

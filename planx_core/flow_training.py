@@ -64,16 +64,17 @@ def drop_text(context: torch.Tensor, empty: torch.Tensor, p: float, generator: t
 
 
 def flow_loss(model, x0: torch.Tensor, context: torch.Tensor, empty: torch.Tensor, plan, generator: torch.Generator,
-              *, dropout: Dropout = Dropout(), shift: float = 5.0) -> torch.Tensor:
-    """Mean squared velocity error of `model(x_t, t, context, plan=...)` on the frames it predicts.
+              *, dropout: Dropout = Dropout(), shift: float = 5.0, **model_options) -> torch.Tensor:
+    """Mean squared velocity error of `model(x_t, t, context, plan=..., **model_options)` on the frames it predicts.
 
-    `plan` is a PlanConditioning for the batch (or None); `empty` is the empty prompt's context.
+    `plan` is a PlanConditioning for the batch (or None); `empty` is the empty prompt's context;
+    `model_options` go to the model unchanged (e.g. `window` for shifted-window attention).
     """
     pin = torch.rand(x0.shape[0], generator=generator) < dropout.first_frame  # [B]
     sample = noise_latents(x0, generator, shift=shift, pin_first=pin)
     text = drop_text(context, empty, dropout.text, generator)  # [B, L, D]
     use_plan = plan is not None and float(torch.rand(1, generator=generator)) >= dropout.plan
-    velocity = model(sample.x_t, sample.t, text, plan=plan if use_plan else None)  # [B, C, F, H, W]
+    velocity = model(sample.x_t, sample.t, text, plan=plan if use_plan else None, **model_options)  # [B, C, F, H, W]
     err = (velocity.float() - sample.target.float()) ** 2 * sample.weight  # [B, C, F, H, W]
     counted = sample.weight.expand_as(err).sum().clamp_min(1.0)
     return err.sum() / counted

@@ -2,21 +2,28 @@
 
 Sources: Plan-X (arXiv 2511.17986) Fig. 2, keyframes of 9x9 = 81 TA-Tok tokens with (t, h, w)
 indices; Tar (github csuhan/Tar) for the token text `<im_start><S2><I123>...<im_end>` and the
-scale tokens `<S0>/<S1>/<S2>` of the 27x27 / 13x13 / 9x9 grids. The JSON layout is this
-project's own; see `PLAN_FORMAT` below and `docs` in the README.
+scale tokens `<S0>/<S1>/<S2>` of the 27x27 / 13x13 / 9x9 grids. SemanticGen (arXiv 2512.20619)
+for the second kind, "continuous": keyframes of compact continuous semantic vectors (e.g. 8 or
+64 numbers per cell from a KL-regularised MLP compressor of VLM vision features), see
+`planx_core.plan_continuous`. The JSON layout is this project's own; see `PLAN_FORMAT` below and
+`docs` in the README.
 
-JSON form (schema version 2)::
+JSON form (schema version 3)::
 
-    {"format": "planx.plan", "schema_version": 2, "kind": "tokens",
+    {"format": "planx.plan", "schema_version": 3, "kind": "tokens",
      "video": {"fps": 24.0, "num_frames": 121, "width": 1280, "height": 704},
      "grid": [9, 9],
      "codebook": {"name": "ta-tok", "size": 65536, "hash": "0123456789abcdef"},
      "keyframes": [{"time": 0.0, "tokens": [81 ints, row-major], "locked": false, "note": ""}],
      "provenance": {"scene": "...", "motion": "...", "seed": 0, "planner": "..."}}
 
+A "continuous" plan has the same fields; its keyframes carry `"vectors": [[D floats], ...]` (one
+row per cell, row-major) instead of `tokens`, and `codebook` names the semantic space: `name`
+(e.g. "semanticgen-tiny-kl8"), `size` = the vector width D, `hash` = the compressor's hash.
+
 Schema version 1 (the first draft: frame indices instead of seconds, rows of tokens, flat
-metadata) migrates on load. Every problem in a plan raises `PlanError`, whose message names the
-keyframe and the cell and says how to fix it.
+metadata) and 2 (token plans only) migrate on load. Every problem in a plan raises `PlanError`,
+whose message names the keyframe and the cell and says how to fix it.
 """
 from __future__ import annotations
 
@@ -29,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 
 PLAN_FORMAT = "planx.plan"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+KINDS = ("tokens", "continuous")  # token ids of a codebook / continuous semantic vectors
 SCALE_TOKENS = {27: "<S0>", 13: "<S1>", 9: "<S2>"}  # grid side -> Tar scale token (pool 1/2/3)
 MAX_GRID = 64
 MAX_FRAMES = 1_000_000
@@ -42,7 +50,11 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class CodebookId:
-    """Which tokenizer's codebook the token ids index: name, number of codes and a content hash."""
+    """Which tokenizer's codebook the token ids index: name, number of codes and a content hash.
+
+    For a continuous plan it names the semantic space instead: name (e.g. "semanticgen-tiny-kl8"),
+    size = the vector width D, digest = the compressor's hash.
+    """
 
     name: str
     size: int
@@ -51,15 +63,25 @@ class CodebookId:
     def describe(self) -> str:
         return f"{self.name} ({self.size} codes, hash {self.digest or 'unknown'})"
 
+    def describe_space(self) -> str:
+        return f"{self.name} ({self.size}-dim vectors, compressor hash {self.digest or 'unknown'})"
+
 
 @dataclass
 class Keyframe:
-    """One keyframe: its time in seconds and a row-major grid of token ids."""
+    """One keyframe: its time in seconds and a row-major grid of token ids (a tokens plan), or
+    of D-dim vectors, one list of floats per cell (a continuous plan; `tokens` is then empty)."""
 
     time: float
     tokens: list[int]
     locked: bool = False
     note: str = ""
+    vectors: list[list[float]] | None = None
+
+    def moved(self, time: float, locked: bool = False, note: str = "") -> "Keyframe":
+        """A copy of this keyframe's cells (tokens or vectors) at another time, lock and note."""
+        vectors = None if self.vectors is None else [list(v) for v in self.vectors]
+        return Keyframe(time, list(self.tokens), locked, note, vectors)
 
 
 @dataclass
@@ -118,12 +140,34 @@ class Plan:
         """Latent-frame positions of the keyframes (the alignment rule: frame / 4)."""
         return [self.video_frame(i) / temporal_factor for i in range(len(self.keyframes))]
 
+    def describe_codebook(self) -> str:
+        """The codebook (tokens plan) or semantic space (continuous plan), in words."""
+        return self.codebook.describe_space() if self.kind == "continuous" else self.codebook.describe()
+
+    def require_kind(self, kind: str, what: str) -> None:
+        """Refuse a token-only helper on a continuous plan, and vice versa."""
+        if self.kind == kind:
+            return
+        if kind == "tokens":
+            raise PlanError(f"{what} needs a token plan, but this plan is continuous ({self.describe_codebook()}): "
+                            f"its keyframes hold vectors, not token ids; use vector_tensor() / the continuous tools")
+        raise PlanError(f"{what} needs a continuous plan, but this plan holds token ids of "
+                        f"{self.codebook.describe()}; use token_tensor() and the codebook, or a continuous plan")
+
     def token_tensor(self) -> torch.Tensor:
         """All keyframes' tokens as one tensor."""
+        self.require_kind("tokens", "token_tensor()")
         return torch.tensor([k.tokens for k in self.keyframes], dtype=torch.long)  # [K, gh*gw]
+
+    def vector_tensor(self) -> torch.Tensor:
+        """All keyframes' vectors of a continuous plan as one float32 tensor `[K, gh*gw, D]`."""
+        self.require_kind("continuous", "vector_tensor()")
+        return torch.tensor([k.vectors for k in self.keyframes], dtype=torch.float32).reshape(
+            len(self.keyframes), self.cells, self.codebook.size)  # [K, gh*gw, D]
 
     def locked_tokens(self) -> dict[int, list[int]]:
         """Index -> tokens of the locked keyframes (what a re-plan must keep)."""
+        self.require_kind("tokens", "locked_tokens()")
         return {i: list(k.tokens) for i, k in enumerate(self.keyframes) if k.locked}
 
     def copy(self) -> "Plan":
@@ -135,9 +179,9 @@ class Plan:
         _check_video(self)
         _check_grid(self.grid)
         _check_codebook_fields(self.codebook)
-        if self.kind != "tokens":
-            raise PlanError(f"plan kind {self.kind!r} is not supported here; expected 'tokens'")
-        if not self.keyframes:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
+            raise PlanError(f"plan kind {self.kind!r} is not supported; expected one of {', '.join(KINDS)}")
+        if not isinstance(self.keyframes, list) or not self.keyframes:
             raise PlanError("the plan has no keyframes; generate a plan or insert a keyframe")
         for index, keyframe in enumerate(self.keyframes):
             _check_keyframe(self, index, keyframe)
@@ -146,6 +190,7 @@ class Plan:
 
     def check_codebook(self, expected: CodebookId) -> None:
         """Refuse a plan whose tokens index another tokenizer's codebook."""
+        self.require_kind("tokens", "a tokenizer codebook check")
         same = (self.codebook.name == expected.name and self.codebook.size == expected.size
                 and (not self.codebook.digest or not expected.digest or self.codebook.digest == expected.digest))
         if not same:
@@ -170,10 +215,17 @@ class Plan:
                 "grid": list(self.grid),
                 "codebook": {"name": self.codebook.name, "size": self.codebook.size,
                              "hash": self.codebook.digest},
-                "keyframes": [{"time": k.time, "tokens": list(k.tokens), "locked": k.locked,
-                               "note": k.note} for k in self.keyframes],
+                "keyframes": [self._keyframe_dict(k) for k in self.keyframes],
                 "provenance": {"scene": self.provenance.scene, "motion": self.provenance.motion,
                                "seed": self.provenance.seed, "planner": self.provenance.planner}}
+
+    def _keyframe_dict(self, keyframe: Keyframe) -> dict:
+        if self.kind == "continuous":
+            from .plan_continuous import compact_vectors
+            return {"time": keyframe.time, "vectors": compact_vectors(keyframe.vectors), "locked": keyframe.locked,
+                    "note": keyframe.note}
+        return {"time": keyframe.time, "tokens": list(keyframe.tokens), "locked": keyframe.locked,
+                "note": keyframe.note}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -204,6 +256,7 @@ class Plan:
     # -- Tar token text ------------------------------------------------------------------
     def to_token_text(self) -> str:
         """Tar's token text: per keyframe `<im_start><S{scale}><I..>x(gh*gw)<im_end>`."""
+        self.require_kind("tokens", "token text")
         scale = scale_token(self.grid)
         return "".join("<im_start>" + scale + "".join(f"<I{t}>" for t in k.tokens) + "<im_end>"
                        for k in self.keyframes)
@@ -212,6 +265,7 @@ class Plan:
     def from_token_text(cls, text: str, like: "Plan") -> "Plan":
         """Parse Tar token text; video, codebook and provenance come from `like`, and its
         keyframe times are kept when the keyframe count matches (else spread over the video)."""
+        like.require_kind("tokens", "token text (its template plan)")
         grid, grids = parse_token_text(text)
         if grid != tuple(like.grid):
             raise PlanError(f"token text has {grid[0]}x{grid[1]} grids but the template plan uses "
@@ -332,6 +386,12 @@ def _check_keyframe(plan: Plan, index: int, keyframe: Keyframe) -> None:
                         f"{plan.num_frames} frames at {plan.fps:g} fps); move or delete it")
     if not isinstance(keyframe.locked, bool) or not isinstance(keyframe.note, str):
         raise PlanError(f"{where}: locked must be true/false and note a string")
+    if plan.kind == "continuous":
+        from .plan_continuous import check_vectors
+        return check_vectors(plan, index, keyframe)
+    if keyframe.vectors is not None:
+        raise PlanError(f"{where} of a token plan carries vectors; token keyframes hold 'tokens' only "
+                        f"(set kind to 'continuous' for a plan of vectors)")
     if not isinstance(keyframe.tokens, list) or len(keyframe.tokens) != plan.cells:
         count = len(keyframe.tokens) if isinstance(keyframe.tokens, list) else type(keyframe.tokens).__name__
         raise PlanError(f"{where} has {count} tokens; a {plan.grid[0]}x{plan.grid[1]} grid needs {plan.cells}")

@@ -7,21 +7,29 @@ planner re-applies them. Cells are addressed [row, col]; a rectangle is [top, le
 right], inclusive; keyframes by index (at the time the step runs); times in seconds, snapped to
 the nearest video frame.
 
-    fill            keyframe (int | [int] | "all"), rect?, token      set cells to a token
-    fill_word       keyframe, rect?, word                            ... to the code nearest a word
+    fill            keyframe (int | [int] | "all"), rect?, token     set cells to a token
+                    ... continuous plans: vector [D floats] instead of token
+    fill_word       keyframe, rect?, word                            ... to the code nearest a word (tokens)
     paste           keyframe, at [r, c], tokens [[...], ...]         write a block of tokens
+                    ... continuous plans: vectors [[[D floats], ...], ...] (rows of cells)
     copy_region     source?, from_keyframe, rect, keyframe, at?      copy cells from a plan
     copy_keyframe   source?, from_keyframe, keyframe | time          replace / insert a whole keyframe
-    insert_keyframe time, tokens? (flat), note?                      new keyframe (default: nearest's tokens)
+    insert_keyframe time, tokens? (flat), note?                      new keyframe (default: nearest's cells)
+                    ... continuous plans: vectors? (flat list of gh*gw vectors)
+    interpolate     time, note?                                      new keyframe blending its two neighbours'
+                                                                     vectors linearly by time (continuous only)
     duplicate_keyframe keyframe, time                                copy a keyframe to another time
     delete_keyframe keyframe
     move_keyframe   keyframe, time                                   retime (keyframes re-sort by time)
-    resample        rate                                             new keyframe rate, nearest tokens
+    resample        rate                                             new keyframe rate, nearest keyframe's cells
     lock            keyframe, locked? (default true)                 re-planning keeps locked keyframes
     note            keyframe, text
 
-`source` names a plan passed to `apply_edits(sources=...)`; "self" (default) is the plan being
-edited. Every problem raises EditError (a PlanError) naming the step and the fix.
+Token plans take every op but interpolate; continuous plans (`planx_core.plan_continuous`) every
+op but fill_word, and fill / paste / insert_keyframe with vectors instead of token ids. `source`
+names a plan passed to `apply_edits(sources=...)`; "self" (default) is the plan being edited; it
+must be of the same kind, grid and codebook size (vector width D). Every problem raises
+EditError (a PlanError) naming the step and the fix.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .plan import Keyframe, Plan, PlanError, _is_int, _is_number, keyframe_times
+from .plan_continuous import check_vector, interpolate_vectors
 
 
 class EditError(PlanError):
@@ -157,23 +166,60 @@ def _check_free(plan: Plan, time: float, moving: Keyframe | None = None) -> None
                             f"pick another time or delete that keyframe first")
 
 
-def _set_cells(plan: Plan, index: int, rect, token_at: Callable[[int, int], int]) -> None:
+def _continuous(plan: Plan) -> bool:
+    return plan.kind == "continuous"
+
+
+def _cell_key(plan: Plan) -> str:
+    """The field that holds a keyframe's cells: 'tokens' (token plans) or 'vectors' (continuous)."""
+    return "vectors" if _continuous(plan) else "tokens"
+
+
+def _cells(plan: Plan, keyframe: Keyframe) -> list:
+    return keyframe.vectors if _continuous(plan) else keyframe.tokens
+
+
+def _value(plan: Plan, value, what: str):
+    """One cell's value from a step: a token id, or a continuous plan's D-vector (float32)."""
+    return check_vector(plan, value, what) if _continuous(plan) else _token(plan, value)
+
+
+def _refuse_other_key(plan: Plan, step: _Step, token_key: str, vector_key: str) -> str:
+    """The step's key for this plan's kind; refuse the other kind's key with what to use instead."""
+    want, other = (vector_key, token_key) if _continuous(plan) else (token_key, vector_key)
+    if other in step.data:
+        kind = (f"continuous ({plan.describe_codebook()})" if _continuous(plan)
+                else f"a token plan of {plan.codebook.describe()}")
+        raise PlanError(f"field {other!r} does not apply: this plan is {kind}; give {want!r} instead")
+    return want
+
+
+def _set_cells(plan: Plan, index: int, rect, value_at: Callable[[int, int], object]) -> None:
     top, left, bottom, right = rect
-    tokens = plan.keyframes[index].tokens
+    cells = _cells(plan, plan.keyframes[index])
     for r in range(top, bottom + 1):
         for c in range(left, right + 1):
-            tokens[r * plan.grid[1] + c] = token_at(r, c)
+            value = value_at(r, c)
+            cells[r * plan.grid[1] + c] = list(value) if isinstance(value, list) else value
 
 
 def _fill(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
-    token = _token(plan, step.get("token"))
+    if _continuous(plan) and "vector" not in step.data:
+        raise PlanError(f"fill with a token id applies to token plans only; this plan is continuous "
+                        f"({plan.describe_codebook()}): give 'vector': [{plan.codebook.size} numbers], or use "
+                        f"paste / copy_region")
+    key = _refuse_other_key(plan, step, "token", "vector")
+    value = _value(plan, step.get(key), f"field {key!r}")
     rect = step.rect(plan.grid)
     for index in _targets(plan, step):
-        _set_cells(plan, index, rect, lambda r, c: token)
+        _set_cells(plan, index, rect, lambda r, c: value)
     return plan
 
 
 def _fill_word(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
+    if _continuous(plan):
+        raise PlanError(f"fill_word paints the code nearest a word and applies to token plans only; this plan is "
+                        f"continuous ({plan.describe_codebook()}): use fill with 'vector', paste or copy_region")
     word = step.get("word")
     if not isinstance(word, str) or not word.strip():
         raise PlanError(f"field 'word' must be a non-empty word, got {word!r}")
@@ -187,16 +233,18 @@ def _fill_word(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
 
 
 def _paste(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
-    rows = step.get("tokens")
+    key = _refuse_other_key(plan, step, "tokens", "vectors")
+    rows = step.get(key)
     if not (isinstance(rows, list) and rows and all(isinstance(r, list) and r for r in rows)
             and len({len(r) for r in rows}) == 1):
-        raise PlanError("field 'tokens' must be a non-empty rectangle of rows, e.g. [[1, 2], [3, 4]]")
+        example = "[[[0.1, ...], [0.2, ...]]], rows of cells of vectors" if key == "vectors" else "[[1, 2], [3, 4]]"
+        raise PlanError(f"field {key!r} must be a non-empty rectangle of rows, e.g. {example}")
     top, left = step.cell("at", plan.grid)
     bottom, right = top + len(rows) - 1, left + len(rows[0]) - 1
     if bottom >= plan.grid[0] or right >= plan.grid[1]:
         raise PlanError(f"a {len(rows)}x{len(rows[0])} block at [{top}, {left}] runs off the "
                         f"{plan.grid[0]}x{plan.grid[1]} grid")
-    block = [[_token(plan, v) for v in r] for r in rows]
+    block = [[_value(plan, v, f"{key} row {i}, column {j}") for j, v in enumerate(r)] for i, r in enumerate(rows)]
     for index in _targets(plan, step):
         _set_cells(plan, index, (top, left, bottom, right), lambda r, c: block[r - top][c - left])
     return plan
@@ -207,49 +255,87 @@ def _source(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     if not isinstance(name, str) or name not in ctx.sources:
         raise PlanError(f"source plan {name!r} is not connected (available: {', '.join(sorted(ctx.sources))})")
     source = ctx.sources[name]
+    if source.kind != plan.kind:
+        raise PlanError(f"source plan {name!r} is a {source.kind} plan but this plan is {plan.kind}: token ids and "
+                        f"continuous vectors do not mix; copy from a plan of the same kind")
     if tuple(source.grid) != tuple(plan.grid) or source.codebook.size != plan.codebook.size:
         raise PlanError(f"source plan {name!r} uses a {source.grid[0]}x{source.grid[1]} grid of "
-                        f"{source.codebook.describe()}; this plan a {plan.grid[0]}x{plan.grid[1]} grid of "
-                        f"{plan.codebook.describe()}")
+                        f"{source.describe_codebook()}; this plan a {plan.grid[0]}x{plan.grid[1]} grid of "
+                        f"{plan.describe_codebook()}; copy only between plans of the same grid and "
+                        f"{'vector width' if _continuous(plan) else 'codebook'}")
     return source
 
 
 def _copy_region(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     source = _source(plan, step, ctx)
-    src = source.keyframes[_index(source, step.get("from_keyframe"), "from_keyframe")].tokens
+    src = _cells(source, source.keyframes[_index(source, step.get("from_keyframe"), "from_keyframe")])
     top, left, bottom, right = step.rect(plan.grid)
     rows = [src[r * plan.grid[1] + left:r * plan.grid[1] + right + 1] for r in range(top, bottom + 1)]
     at = list(step.cell("at", plan.grid, [top, left]))
-    return _paste(plan, _Step({"keyframe": step.get("keyframe"), "at": at, "tokens": rows}), ctx)
+    return _paste(plan, _Step({"keyframe": step.get("keyframe"), "at": at, _cell_key(plan): rows}), ctx)
 
 
 def _copy_keyframe(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     source = _source(plan, step, ctx)
-    tokens = list(source.keyframes[_index(source, step.get("from_keyframe"), "from_keyframe")].tokens)
+    original = source.keyframes[_index(source, step.get("from_keyframe"), "from_keyframe")]
     if "time" in step.data:
-        return _insert(plan, _Step({"time": step.get("time"), "tokens": tokens}), ctx)
+        return _insert(plan, _Step({"time": step.get("time"), _cell_key(plan): _cells(source, original)}), ctx)
     for index in _targets(plan, step):
-        plan.keyframes[index].tokens = list(tokens)
+        keyframe = plan.keyframes[index]
+        copied = original.moved(keyframe.time)
+        keyframe.tokens, keyframe.vectors = copied.tokens, copied.vectors
     return plan
 
 
 def _insert(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     time = _snap(plan, step.number("time"))
-    tokens = step.get("tokens", None)
-    if tokens is None:
-        nearest = min(range(len(plan.keyframes)), key=lambda i: abs(plan.keyframes[i].time - time))
-        tokens = list(plan.keyframes[nearest].tokens)
+    key = _refuse_other_key(plan, step, "tokens", "vectors")
+    cells = step.get(key, None)
     note = step.get("note", "")
     _check_free(plan, time)
-    plan.keyframes.append(Keyframe(time, tokens, False, note))
+    if cells is None:
+        nearest = min(plan.keyframes, key=lambda k: abs(k.time - time))
+        keyframe = nearest.moved(time, note=note)
+    elif _continuous(plan):
+        keyframe = Keyframe(time, [], False, note, _vector_cells(plan, cells, key))
+    else:
+        keyframe = Keyframe(time, list(cells) if isinstance(cells, list) else cells, False, note)
+    plan.keyframes.append(keyframe)
     plan.keyframes.sort(key=lambda k: k.time if _is_number(k.time) else 0.0)
     return plan
 
 
+def _vector_cells(plan: Plan, cells, key: str) -> list[list[float]]:
+    if not isinstance(cells, list) or len(cells) != plan.cells:
+        raise PlanError(f"field {key!r} must list {plan.cells} vectors, one per cell of the "
+                        f"{plan.grid[0]}x{plan.grid[1]} grid, row-major")
+    return [check_vector(plan, v, f"{key} cell {i}") for i, v in enumerate(cells)]
+
+
 def _duplicate(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     original = plan.keyframes[_index(plan, step.get("keyframe"))]
-    return _insert(plan, _Step({"time": step.get("time"), "tokens": list(original.tokens),
+    return _insert(plan, _Step({"time": step.get("time"), _cell_key(plan): _cells(plan, original),
                                 "note": original.note}), ctx)
+
+
+def _interpolate(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
+    if not _continuous(plan):
+        raise PlanError("interpolate blends the vectors of two keyframes and applies to continuous plans only; "
+                        "token ids cannot be averaged: use insert_keyframe or duplicate_keyframe")
+    time = _snap(plan, step.number("time"))
+    note = step.get("note", "")
+    _check_free(plan, time)
+    before = [k for k in plan.keyframes if k.time < time]
+    after = [k for k in plan.keyframes if k.time > time]
+    if not before or not after:
+        raise PlanError(f"time {time:g} s is not between two keyframes (they span {plan.keyframes[0].time:g}.."
+                        f"{plan.keyframes[-1].time:g} s); interpolate needs a keyframe on each side, use "
+                        f"insert_keyframe outside that span")
+    a, b = before[-1], after[0]
+    vectors = interpolate_vectors(a.vectors, b.vectors, (time - a.time) / (b.time - a.time))
+    plan.keyframes.append(Keyframe(time, [], False, note, vectors))
+    plan.keyframes.sort(key=lambda k: k.time)
+    return plan
 
 
 def _delete(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
@@ -278,7 +364,7 @@ def _resample(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     for time in keyframe_times(plan.num_frames, plan.fps, rate):
         nearest = min(old, key=lambda k: (abs(k.time - time), k.time))
         exact = abs(nearest.time - time) < 1e-6
-        fresh.append(Keyframe(time, list(nearest.tokens), nearest.locked and exact, nearest.note if exact else ""))
+        fresh.append(nearest.moved(time, nearest.locked and exact, nearest.note if exact else ""))
     plan.keyframes = fresh
     return plan
 
@@ -302,7 +388,8 @@ def _note(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
 
 OPS: dict[str, Callable[[Plan, _Step, EditContext], Plan]] = {
     "fill": _fill, "fill_word": _fill_word, "paste": _paste, "copy_region": _copy_region,
-    "copy_keyframe": _copy_keyframe, "insert_keyframe": _insert, "duplicate_keyframe": _duplicate,
+    "copy_keyframe": _copy_keyframe, "insert_keyframe": _insert, "interpolate": _interpolate,
+    "duplicate_keyframe": _duplicate,
     "delete_keyframe": _delete, "move_keyframe": _move, "resample": _resample, "lock": _lock,
     "note": _note,
 }

@@ -7,6 +7,10 @@ into [0, 1] by tanh. The map is linear then smooth, so similar code vectors get 
 and it is deterministic for a given codebook. Optional words (e.g. the nearest vocabulary word of
 each code) are drawn inside the cells with OpenCV.
 
+A continuous plan (SemanticGen's vectors, `planx_core.plan_continuous`) has no codebook to colour:
+its cells are coloured by the top three principal components of the plan's own vectors (signs
+fixed as above), each scaled linearly so the plan's range spans 0..255 (`vector_colours`).
+
 Images are float32 torch tensors `[H, W, 3]` in [0, 1], the layout of a ComfyUI IMAGE without its
 batch axis.
 """
@@ -83,6 +87,23 @@ def code_colours(codebook: torch.Tensor, key: str | None = None, sample: int = 8
     return colours
 
 
+def vector_colours(plan) -> torch.Tensor:
+    """An RGB colour per cell of a continuous plan, `[K, gh*gw, 3]` float32 in [0, 1].
+
+    Principal components 1..3 of all the plan's vectors map to R, G, B, each min-max scaled over the
+    plan; a component without spread (constant vectors, or D < 3) is mid grey 0.5.
+    """
+    vectors = plan.vector_tensor()  # [K, C, D]
+    flat = vectors.reshape(-1, vectors.shape[-1]).double()  # [K*C, D]
+    mean, axes = principal_axes(flat, sample=len(flat))
+    proj = (flat - mean) @ axes  # [K*C, 3]
+    low, high = proj.min(0).values, proj.max(0).values  # [3]
+    span = high - low
+    flat_channel = span <= 1e-9 * (1 + proj.abs().max())
+    scaled = torch.where(flat_channel, torch.full_like(proj, 0.5), (proj - low) / span.clamp_min(1e-300))
+    return scaled.clamp(0, 1).float().reshape(vectors.shape[0], vectors.shape[1], 3)  # [K, C, 3]
+
+
 # --------------------------------------------------------------------------- drawing
 
 def _fit_scale(text: str, width: int, height: int, thickness: int = 1) -> float:
@@ -130,13 +151,16 @@ def _label_height(cell: int) -> int:
 
 
 def _panel(plan, index: int, colours: np.ndarray, cell: int, words) -> np.ndarray:
-    """One keyframe: a label strip (time, lock) over its gh x gw colour grid; uint8 `[H, gw*cell, 3]`."""
+    """One keyframe: a label strip (time, lock) over its gh x gw colour grid; uint8 `[H, gw*cell, 3]`.
+
+    `colours`: uint8 cell colours of every keyframe, `[K, gh*gw, 3]`.
+    """
     gh, gw = plan.grid
     keyframe = plan.keyframes[index]
     label = _label_height(cell)
     img = np.empty((label + gh * cell, gw * cell, 3), np.uint8)
     img[:] = BACKGROUND
-    cells = colours[np.asarray(keyframe.tokens)].reshape(gh, gw, 3)  # [gh, gw, 3]
+    cells = colours[index].reshape(gh, gw, 3)  # [gh, gw, 3]
     img[label:] = cells.repeat(cell, axis=0).repeat(cell, axis=1)  # [gh*cell, gw*cell, 3]
     lock = label - 6 if keyframe.locked else 0
     _put_centred(img, f"{keyframe.time:.2f} s", (lock, 0, gw * cell - 2 * lock, label), TEXT_COLOUR,
@@ -149,9 +173,20 @@ def _panel(plan, index: int, colours: np.ndarray, cell: int, words) -> np.ndarra
     return img
 
 
-def _prepare(plan, colours: torch.Tensor, cell: int, words) -> tuple[np.ndarray, int]:
-    if not plan.keyframes:
-        raise ValueError("the plan has no keyframes to draw")
+def _cell_colours(plan, colours: torch.Tensor | None) -> torch.Tensor:
+    """Colour of every cell of every keyframe, `[K, gh*gw, 3]` in [0, 1]: codebook colours looked up by
+    token (token plans), or the plan's own principal components (continuous plans, `colours` None)."""
+    if plan.kind == "continuous":
+        if colours is None:
+            return vector_colours(plan)
+        shape = [len(plan.keyframes), plan.grid[0] * plan.grid[1], 3]
+        if list(colours.shape) != shape:
+            raise ValueError(f"a continuous plan has no codebook to colour by: pass colours=None (principal "
+                             f"components of its vectors) or per-cell colours {shape}, got {list(colours.shape)}")
+        return colours
+    if colours is None:
+        raise ValueError(f"a token plan needs the colour of every code of {plan.codebook.describe()}: pass "
+                         f"code_colours(codebook) of the tokenizer the plan was made with")
     if colours.ndim != 2 or colours.shape[1] != 3:
         raise ValueError(f"colours must be [N, 3], got {list(colours.shape)}")
     tokens = plan.token_tensor()  # [K, gh*gw]
@@ -159,13 +194,20 @@ def _prepare(plan, colours: torch.Tensor, cell: int, words) -> tuple[np.ndarray,
         raise ValueError(f"plan token {int(tokens.max())} has no colour: the colours cover {colours.shape[0]} codes "
                          f"but the plan indexes {plan.codebook.describe()}; compute the colours from the codebook "
                          f"of the tokenizer the plan was made with")
+    return colours.detach().cpu()[tokens]  # [K, gh*gw, 3]
+
+
+def _prepare(plan, colours: torch.Tensor | None, cell: int, words) -> tuple[np.ndarray, int]:
+    if not plan.keyframes:
+        raise ValueError("the plan has no keyframes to draw")
+    cells_rgb = _cell_colours(plan, colours)  # [K, gh*gw, 3]
     if words is not None:
         cells = plan.grid[0] * plan.grid[1]
         if len(words) != len(plan.keyframes) or any(len(w) != cells for w in words):
             raise ValueError(f"words must hold one list of {cells} strings per keyframe "
                              f"({len(plan.keyframes)} keyframes)")
         cell = max(cell, WORD_CELL)
-    table = (colours.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # [N, 3]
+    table = (cells_rgb.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # [K, gh*gw, 3]
     return table, cell
 
 
@@ -173,9 +215,12 @@ def _to_image(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).float() / 255.0  # [..., H, W, 3]
 
 
-def plan_picture(plan, colours: torch.Tensor, *, cell: int = 24, words=None, gap: int = 6) -> torch.Tensor:
+def plan_picture(plan, colours: torch.Tensor | None = None, *, cell: int = 24, words=None,
+                 gap: int = 6) -> torch.Tensor:
     """All keyframes side by side, `gap` pixels apart: float `[H, W, 3]` in [0, 1].
 
+    `colours`: a token plan's code colours `[N, 3]` (`code_colours`); None for a continuous plan
+    (its vectors' principal components).
     `words`: optional list per keyframe of gh*gw strings, drawn in the cells (cells grow to 64 px).
     """
     table, cell = _prepare(plan, colours, cell, words)
@@ -188,10 +233,10 @@ def plan_picture(plan, colours: torch.Tensor, *, cell: int = 24, words=None, gap
     return _to_image(img)  # [H, W, 3]
 
 
-def plan_picture_frames(plan, colours: torch.Tensor, *, cell: int = 24, words=None) -> torch.Tensor:
+def plan_picture_frames(plan, colours: torch.Tensor | None = None, *, cell: int = 24, words=None) -> torch.Tensor:
     """One picture per keyframe, float `[K, H, W, 3]` in [0, 1] (a ComfyUI IMAGE batch)."""
     table, cell = _prepare(plan, colours, cell, words)
     return _to_image(np.stack([_panel(plan, k, table, cell, words) for k in range(len(plan.keyframes))]))
 
 
-__all__ = ["code_colours", "plan_picture", "plan_picture_frames", "principal_axes", "tensor_key"]
+__all__ = ["code_colours", "plan_picture", "plan_picture_frames", "principal_axes", "tensor_key", "vector_colours"]

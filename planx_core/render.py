@@ -37,10 +37,11 @@ def pad_text_context(context: torch.Tensor, text_len: int) -> torch.Tensor:
 
 
 def make_denoiser(model: WanModel, positive: torch.Tensor, negative: torch.Tensor,
-                  conditioning: PlanConditioning | None = None) -> Callable[..., torch.Tensor]:
-    """The sampler's `denoise(x, t, *, text, plan)` for this model, prompt pair and plan."""
+                  conditioning: PlanConditioning | None = None, **model_options) -> Callable[..., torch.Tensor]:
+    """The sampler's `denoise(x, t, *, text, plan)` for this model, prompt pair and plan;
+    `model_options` (e.g. `window`) go to every model call."""
     def denoise(x: torch.Tensor, t: torch.Tensor, *, text: bool, plan: bool) -> torch.Tensor:
-        return model(x, t, positive if text else negative, plan=conditioning if plan else None)
+        return model(x, t, positive if text else negative, plan=conditioning if plan else None, **model_options)
     return denoise
 
 
@@ -48,11 +49,14 @@ def make_denoiser(model: WanModel, positive: torch.Tensor, negative: torch.Tenso
 def render(model: WanModel, noise: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
            plan: PlanConditioning | None = None, steps: int = 50, shift: float = 5.0, solver: str = "unipc",
            guidance: Guidance = Guidance(), first_frame_latent: torch.Tensor | None = None,
-           callback=None, interrupt=None) -> torch.Tensor:
-    """Denoise `noise` `[B, C, F, H, W]` into a clean latent, guided by text and (optionally) a plan."""
+           callback=None, interrupt=None, window: int | None = None) -> torch.Tensor:
+    """Denoise `noise` `[B, C, F, H, W]` into a clean latent, guided by text and (optionally) a plan.
+
+    `window`: shifted-window attention over the latent frames (`WanModel.forward`); None = full."""
     text_len = model.config.text_len
     positive, negative = pad_text_context(positive, text_len), pad_text_context(negative, text_len)
-    return sample(make_denoiser(model, positive, negative, plan), noise, steps=steps, shift=shift, solver=solver,
+    options = {} if window is None else {"window": window}
+    return sample(make_denoiser(model, positive, negative, plan, **options), noise, steps=steps, shift=shift, solver=solver,
                   guidance=guidance, use_plan=plan is not None,
                   plan_active=None if plan is None else (lambda sigma: plan.active(sigma, shift)),
                   first_frame_latent=first_frame_latent, callback=callback, interrupt=interrupt)

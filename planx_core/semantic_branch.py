@@ -1,5 +1,8 @@
 """The Plan-X semantic branch: plan tokens -> codebook vectors -> MLP -> DiT width, with 3D RoPE.
 
+Continuous plans (SemanticGen's compact semantic vectors, `planx_core.plan_continuous`) skip the
+codebook: their D-dim vectors go into the MLP directly, so D must be the branch's `code_dim`.
+
 Sources: Plan-X (arXiv 2511.17986), Fig. 2: semantic tokens with (t, h, w) indices go through a
 trained MLP into a "spatio-temporal context" beside the frozen text context, with 3D RoPE.
 SemanticGen (arXiv 2512.20619): in-context conditioning, [z_t, z_sem] in one self-attention.
@@ -132,18 +135,44 @@ class SemanticBranch(nn.Module):
         return PlanConditioning(self, self.embed(vectors), list(latent_frames), tuple(grid_hw), strength,
                                 use_rope, start, end)
 
-    def condition_plan(self, plan: Plan, codebook: torch.Tensor, *, num_frames: int, fps: float,
+    def condition_plan(self, plan: Plan, codebook: torch.Tensor | None = None, *, num_frames: int, fps: float,
                        **options) -> "PlanConditioning":
-        """A `Plan` for a video of num_frames at fps: refuses a plan that does not fit the video or
-        indexes another codebook size; options as in `condition` (strength, use_rope, start, end)."""
+        """A `Plan` for a video of num_frames at fps; options as in `condition` (strength, use_rope, start, end).
+
+        A token plan's ids are looked up in `codebook` `[N, code_dim]` (the tokenizer's); a continuous
+        plan's vectors go into the MLP as they are (`codebook` is not used, None is fine). Refuses a
+        plan that does not fit the video, indexes another codebook size or has another vector width.
+        """
         plan.validate()
         plan.check_video(num_frames, fps)
+        if plan.kind == "continuous":
+            vectors = self._continuous_vectors(plan)
+        else:
+            vectors = self._token_vectors(plan, codebook)
+        frames = [keyframe_latent_frame(t, fps) for t in plan.times]
+        return self.condition(vectors, frames, plan.grid, **options)
+
+    def _token_vectors(self, plan: Plan, codebook: torch.Tensor | None) -> torch.Tensor:
+        """Codebook rows of a token plan's ids, `[1, K * gh * gw, code_dim]`."""
+        if codebook is None:
+            raise PlanError(f"the plan holds token ids of {plan.codebook.describe()}; conditioning on it needs that "
+                            f"tokenizer's codebook [N, {self.config.code_dim}] to look them up; pass the codebook")
         if plan.codebook.size != codebook.shape[0]:
             raise PlanError(f"the plan indexes {plan.codebook.describe()}, but the codebook given has "
                             f"{codebook.shape[0]} codes; load the tokenizer the plan was made with")
         ids = plan.token_tensor().reshape(1, -1)  # [1, K * gh * gw]
-        frames = [keyframe_latent_frame(t, fps) for t in plan.times]
-        return self.condition(codebook_vectors(ids, codebook), frames, plan.grid, **options)
+        return codebook_vectors(ids, codebook)
+
+    def _continuous_vectors(self, plan: Plan) -> torch.Tensor:
+        """A continuous plan's vectors, `[1, K * gh * gw, D]`, refusing D != code_dim."""
+        width, expected = plan.codebook.size, self.config.code_dim
+        if width != expected:
+            raise PlanError(f"the plan's vectors are {width}-dim ({plan.codebook.describe_space()}), but this semantic "
+                            f"branch was trained on {expected}-dim inputs: it expects a plan from a compressor whose "
+                            f"semantic space has size {expected}; re-encode the plan with that compressor, or load "
+                            f"the branch trained for {plan.codebook.name}")
+        device = next(self.parameters()).device
+        return plan.vector_tensor().reshape(1, -1, width).to(device)  # [1, K * gh * gw, D]
 
 
 def codebook_vectors(token_ids: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,8 @@ every `--log-every` steps (loss averaged over ranks, s/step, lr), "eval" every `
 stage's metrics), "checkpoint", "end" (each rank's parameter sha256: equal under DDP). Ctrl-C or
 SIGTERM stops after the current step with a checkpoint (exit code 130); run again to go on.
 
+SemanticGen: `--stage semgen-latent` (stage 2 + compressor), then `--stage semgen-semantic` (stage 1).
+
 Adding a stage (vae, dit, e2e): subclass `train_stages.Stage`, register it in `STAGES`.
 """
 from __future__ import annotations
@@ -47,11 +49,12 @@ from .train_checkpoint import check_fingerprint, checkpoint_dir, load_checkpoint
 from .train_dit import DiTStage
 from .train_e2e import E2EStage
 from .train_planner import PlannerStage
+from .train_semanticgen import SemLatentStage, SemSemanticStage
 from .train_stages import Stage, StageContext, StageError, TATokStage, clip_seeds
 from .train_vae import VAEStage
 
 STAGES: dict[str, type[Stage]] = {"vae": VAEStage, "tatok": TATokStage, "planner": PlannerStage, "dit": DiTStage,
-                                  "e2e": E2EStage}
+                                  "e2e": E2EStage, "semgen-latent": SemLatentStage, "semgen-semantic": SemSemanticStage}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

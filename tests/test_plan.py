@@ -105,7 +105,7 @@ def test_schema_1_migrates():
               "scene": "a kitchen", "motion": "picks up the cup, then drinks", "seed": 7, "planner": "tar-1.5b"}
     migrated = Plan.from_json(json.dumps(legacy))
     assert migrated == plan
-    assert json.loads(migrated.to_json())["schema_version"] == 2
+    assert json.loads(migrated.to_json())["schema_version"] == 3
 
 
 def test_locked_tokens_and_tensor():

@@ -1,0 +1,137 @@
+"""SemanticGen end to end on tiny random parts: stage 1 shapes and determinism, stage 2 short and
+long (windowed) rendering, continuous plans made from z_sem, folder round trip, and both training
+stages for a few steps through the training entry point."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from planx_core import train, world
+from planx_core.checkpoint import CheckpointError
+from planx_core.configs import get_preset
+from planx_core.dit import WanModel
+from planx_core.plan import Plan
+from planx_core.semantic_branch import BranchConfig, SemanticBranch
+from planx_core.semantic_compressor import CompressorConfig, SemanticCompressor
+from planx_core.semantic_encoder import SemanticEncoder, tiny_vision_config
+from planx_core.semantic_generator import (check_fits, from_latent, generate_semantics, semantic_generator_config,
+                                           to_latent)
+from planx_core.semanticgen import (EMBEDDED, SemanticGen, SemanticGenSpec, assemble, keyframe_latent_frames,
+                                    load_dit_file, save_dit)
+from planx_core.text_encoder import load_text_encoder
+from planx_core.vae_files import load_vae
+
+
+@pytest.fixture(scope="module")
+def model() -> SemanticGen:
+    torch.manual_seed(0)
+    dit = WanModel(get_preset("planx-tiny")).eval()
+    cfg = dit.config
+    branch = SemanticBranch(BranchConfig(code_dim=8, dim=cfg.dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+                                         mode="in_context"))
+    for p in branch.parameters():  # a random (not zero) branch, so the plan changes the output
+        torch.nn.init.normal_(p, std=0.05)
+    semantic = WanModel(semantic_generator_config(8, width=32, layers=2, heads=2)).eval()
+    return SemanticGen(SemanticGenSpec(window=2, sem_dim=8, steps=2, semantic_steps=2),
+                       SemanticEncoder(tiny_vision_config()).eval(),
+                       SemanticCompressor(CompressorConfig.tiny(8)).eval(), dit, branch.eval(), semantic,
+                       load_text_encoder(EMBEDDED / "text_encoder"), load_vae(EMBEDDED / "vae.safetensors"))
+
+
+def test_latent_layout_round_trip():
+    z = torch.randn(2, 5, 4, 4, 8)
+    assert to_latent(z).shape == (2, 8, 5, 4, 4)
+    assert torch.equal(from_latent(to_latent(z)), z)
+
+
+def test_generate_semantics_shape_and_seed(model):
+    pos = torch.randn(1, 8, 64)
+    kwargs = dict(keyframes=17, grid=(4, 4), steps=2)
+    a = generate_semantics(model.semantic_dit, pos, torch.zeros_like(pos), seed=3, **kwargs)
+    b = generate_semantics(model.semantic_dit, pos, torch.zeros_like(pos), seed=3, **kwargs)
+    c = generate_semantics(model.semantic_dit, pos, torch.zeros_like(pos), seed=4, **kwargs)
+    assert a.shape == (1, 17, 4, 4, 8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_check_fits_refuses_video_dit_and_other_width(model):
+    with pytest.raises(ValueError, match="patch 1x1x1"):
+        check_fits(model.latent_dit, (8,))
+    with pytest.raises(ValueError, match="64 wide"):
+        check_fits(model.semantic_dit, (64,))
+
+
+def test_keyframe_latent_frames_follow_alignment_rule():
+    assert keyframe_latent_frames(5) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert keyframe_latent_frames(3, stride=2) == [0.0, 0.5, 1.0]
+
+
+def test_semantics_of_a_clip(model):
+    clip = world.make_clip(1)
+    from planx_core.train_vae import clip_video
+    z = model.encode_semantics(clip_video([clip])[0])
+    assert z.shape == (5, 4, 4, 8) and model.semantic_grid() == (4, 4)
+
+
+@pytest.mark.parametrize("frames", [17, 65])
+def test_generate_short_and_long(model, frames):
+    out, z = model.generate("a red circle", "the red circle moves right", num_frames=frames, seed=0)
+    assert out.shape == (frames, 64, 64, 3) and z.shape == ((frames - 1) // 4 + 1, 4, 4, 8)
+    plain, none = model.generate("a red circle", "the red circle moves right", num_frames=frames, seed=0,
+                                 use_semantics=False)
+    assert none is None and plain.shape == out.shape
+    assert (out.astype(int) - plain.astype(int)).any()  # the semantic tokens reach the video
+
+
+def test_semantic_plan_round_trip_and_refusals(model):
+    z = model.plan_semantics("a red circle", "the red circle moves up", num_frames=17, seed=1)
+    plan = model.semantic_plan(z, num_frames=17, scene="a red circle", motion="the red circle moves up", seed=1)
+    again = Plan.from_json(plan.to_json())
+    assert again.kind == "continuous" and again.times == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert torch.equal(model.plan_vectors(again), z.float())
+    other = json.loads(plan.to_json())
+    other["codebook"]["hash"] = "0000000000000000"
+    with pytest.raises(ValueError, match="semantic space"):
+        model.plan_vectors(Plan.from_dict(other))
+
+
+def test_folder_round_trip(model, tmp_path):
+    model.save(tmp_path / "sg")
+    loaded = SemanticGen.load(tmp_path / "sg")
+    assert loaded.spec == model.spec and loaded.digest() == model.digest()
+    a = model.render_latent(None, "a red circle", "", num_frames=17, seed=2)
+    b = loaded.render_latent(None, "a red circle", "", num_frames=17, seed=2)
+    assert torch.allclose(a, b, atol=1e-5)
+    (tmp_path / "sg" / "latent_branch.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="latent_branch.safetensors is missing"):
+        SemanticGen.load(tmp_path / "sg")
+
+
+def test_dit_file_refuses_other_files(tmp_path, model):
+    save_dit(model.semantic_dit, tmp_path / "s.safetensors")
+    assert load_dit_file(tmp_path / "s.safetensors").config == model.semantic_dit.config
+    with pytest.raises(CheckpointError, match="not a SemanticGen DiT file"):
+        load_dit_file(EMBEDDED / "branch.safetensors")
+
+
+def test_training_stages_run_and_assemble(tmp_path):
+    """Both stages for two steps each, then one folder that generates a long video."""
+    common = ["--steps", "2", "--batch", "4", "--pool", "4", "--long-pool", "2", "--long-every", "2",
+              "--eval-clips", "1", "--threads", "1", "--save-every-min", "100"]
+    latent, semantic = tmp_path / "latent", tmp_path / "semantic"
+    assert train.main(["--stage", "semgen-latent", "--out", str(latent), "--init-from", str(EMBEDDED), *common]) == 0
+    assert train.main(["--stage", "semgen-semantic", "--out", str(semantic), "--latent-run", str(latent),
+                       *common]) == 0
+    logs = [json.loads(line) for line in (latent / "log.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "eval" and "sem_accuracy" in e for e in logs)
+    folder = assemble(latent, semantic, tmp_path / "model")
+    sg = SemanticGen.load(folder).with_spec(steps=1, semantic_steps=1)
+    frames, z = sg.generate("a blue square", "the blue square moves left", num_frames=65, seed=0)
+    assert frames.shape == (65, 64, 64, 3) and z.shape == (17, 4, 4, 8)
+
+
+def test_semantic_stage_needs_latent_run(tmp_path, capsys):
+    assert train.main(["--stage", "semgen-semantic", "--out", str(tmp_path / "s"), "--steps", "1"]) != 0
+    assert "needs --latent-run" in capsys.readouterr().err
