@@ -69,8 +69,9 @@ class TinyLatent(comfy.latent_formats.LatentFormat):
         self.latent_channels, self.spatial_factor = channels, spatial_factor
 
 
-def tiny_unet_config(bundle: Bundle) -> dict:
-    cfg = bundle.dit.config
+def tiny_unet_config(source) -> dict:
+    """ComfyUI's Wan unet config of a planx_core DiT (or of a bundle's DiT)."""
+    cfg = getattr(source, "dit", source).config
     return {"image_model": "wan2.1", "model_type": "t2v", "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
             "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "in_dim": cfg.in_dim, "out_dim": cfg.out_dim,
             "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "text_len": cfg.text_len,
@@ -78,17 +79,22 @@ def tiny_unet_config(bundle: Bundle) -> dict:
             "cross_attn_norm": cfg.cross_attn_norm, "eps": cfg.eps}
 
 
-def tiny_model(bundle: Bundle, latent_format: TinyLatent) -> comfy.model_patcher.ModelPatcher:
-    """The bundle's DiT as ComfyUI's native Wan 2.2 (TI2V) model: per-frame timesteps with a start image."""
-    config = comfy.supported_models.WAN22_T2V(tiny_unet_config(bundle))
+def wan_model(dit, latent_format: TinyLatent, shift: float) -> comfy.model_patcher.ModelPatcher:
+    """A planx_core DiT as ComfyUI's native Wan 2.2 (TI2V) model: per-frame timesteps with a start image."""
+    config = comfy.supported_models.WAN22_T2V(tiny_unet_config(dit))
     config.latent_format = latent_format
-    config.sampling_settings = {"shift": float(bundle.spec.sampling.shift)}
+    config.sampling_settings = {"shift": float(shift)}
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, "")
-    model.load_model_weights({k: v.clone() for k, v in bundle.dit.state_dict().items()}, "")
+    model.load_model_weights({k: v.clone() for k, v in dit.state_dict().items()}, "")
     model = model.to(mm.unet_offload_device())
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
+
+
+def tiny_model(bundle: Bundle, latent_format: TinyLatent) -> comfy.model_patcher.ModelPatcher:
+    """The bundle's DiT as ComfyUI's native Wan 2.2 (TI2V) model."""
+    return wan_model(bundle.dit, latent_format, bundle.spec.sampling.shift)
 
 
 # ----------------------------------------------------------------------------- CLIP and VAE stand-ins
@@ -100,8 +106,9 @@ class TinyClip:
     features are `[1, text_len, dim]`, zero past the prompt, so a prompt pair batches without repeats.
     """
 
-    def __init__(self, bundle: Bundle):
-        self.encoder = bundle.text_encoder
+    def __init__(self, source):
+        """`source`: a bundle, or the text encoder itself (SemanticGen's)."""
+        self.encoder = getattr(source, "text_encoder", source)
         self.patcher = managed(encoder=self.encoder)
 
     def clone(self):
@@ -126,8 +133,9 @@ class TinyVae:
     """The tiny Wan-architecture VAE behind ComfyUI's VAE calls: decode(latent) -> IMAGE frames,
     encode(IMAGE frames) -> latent `[1, C, 1 + (T - 1) / 4, H / 4, W / 4]`."""
 
-    def __init__(self, bundle: Bundle):
-        self.vae = bundle.vae
+    def __init__(self, source):
+        """`source`: a bundle, or the VAE itself (SemanticGen's)."""
+        self.vae = getattr(source, "vae", source)
         self.patcher = managed(vae=self.vae)
         self.latent_channels = self.vae.config.z_dim
         self.latent_dim = 3
@@ -174,12 +182,23 @@ def fit_preview_factors(vae: TinyVae, size: int = 64) -> tuple[list[list[float]]
     return solution[:-1].tolist(), solution[-1].tolist()
 
 
+def _parts(dit, text_encoder, vae_module, shift: float, size: int):
+    vae = TinyVae(vae_module)
+    factors, bias = fit_preview_factors(vae, size)
+    latent_format = TinyLatent(factors, bias, vae_module.config.z_dim, vae_module.config.spatial_factor)
+    return wan_model(dit, latent_format, shift), TinyClip(text_encoder), vae
+
+
 def tiny_parts(bundle: Bundle):
     """(MODEL, CLIP, VAE) of a loaded planx_core bundle, for ComfyUI's stock nodes."""
-    vae = TinyVae(bundle)
-    factors, bias = fit_preview_factors(vae, bundle.spec.video.width)
-    latent_format = TinyLatent(factors, bias, bundle.vae.config.z_dim, bundle.vae.config.spatial_factor)
-    return tiny_model(bundle, latent_format), TinyClip(bundle), vae
+    return _parts(bundle.dit, bundle.text_encoder, bundle.vae, bundle.spec.sampling.shift, bundle.spec.video.width)
 
 
-__all__ = ["Holder", "TinyClip", "TinyLatent", "TinyVae", "load", "managed", "tiny_model", "tiny_parts", "unload"]
+def semanticgen_parts(model):
+    """(MODEL, CLIP, VAE) of a loaded `SemanticGen`: its stage-2 DiT (the latent generator, rendering with an
+    in-context semantic plan), and the text encoder and VAE it was trained with."""
+    return _parts(model.latent_dit, model.text, model.vae, model.spec.shift, model.spec.size)
+
+
+__all__ = ["Holder", "TinyClip", "TinyLatent", "TinyVae", "load", "managed", "semanticgen_parts", "tiny_model",
+           "tiny_parts", "unload", "wan_model"]

@@ -6,7 +6,9 @@ Layout of `models/planx/` (registered through `folder_paths`, extra_model_paths.
   `bundle.json`. Load Planner lists folders with `planner/` and `ta_tok.safetensors`; the tiny
   model loader lists folders with `bundle.json`;
 - loose `*.safetensors` files (semantic branches, TA-Tok) anywhere below it.
-The embedded tiny model (planx_core/embedded) is always the first choice. Nothing is downloaded.
+The embedded tiny model (planx_core/embedded) is always the first choice; the embedded SemanticGen
+model (planx_core/embedded/semanticgen: stage-1 semantic generator, compressor, stage-2 DiT and its
+in-context branch) is appended last to the planner, model and branch lists. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -19,10 +21,15 @@ import torch
 
 from planx_core.bundle import EMBEDDED, load_bundle
 from planx_core.plan import Plan, PlanError
+from planx_core.semantic_compressor import load_compressor
+from planx_core.semanticgen import FILES as SEMANTICGEN_FILES, SemanticGen
 from planx_core.tokenizer_files import load_tatok
 
 FOLDER = "planx"
 EMBEDDED_CHOICE = "embedded: planx-tiny"
+SEMANTICGEN_CHOICE = "embedded: semanticgen-tiny"  # Load Plan-X Tiny Model and the branch list
+SEMANTICGEN_PLANNER_CHOICE = "embedded: semanticgen-tiny (diffusion)"  # Load Planner
+SEMANTICGEN_FOLDER = EMBEDDED / "semanticgen"
 _EXTENSIONS = {".safetensors", ".json"}
 
 
@@ -49,16 +56,17 @@ def _bundle_folders(required: tuple[str, ...]) -> list[str]:
 
 
 def planner_choices() -> list[str]:
-    return [EMBEDDED_CHOICE] + _bundle_folders(("planner/config.json", "ta_tok.safetensors"))
+    return [EMBEDDED_CHOICE] + _bundle_folders(("planner/config.json", "ta_tok.safetensors")) + \
+        [SEMANTICGEN_PLANNER_CHOICE]
 
 
 def bundle_choices() -> list[str]:
-    return [EMBEDDED_CHOICE] + _bundle_folders(("bundle.json",))
+    return [EMBEDDED_CHOICE] + _bundle_folders(("bundle.json",)) + [SEMANTICGEN_CHOICE]
 
 
 def branch_choices() -> list[str]:
     files = [f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(".safetensors")]
-    return [EMBEDDED_CHOICE] + sorted(files)
+    return [EMBEDDED_CHOICE] + sorted(files) + [SEMANTICGEN_CHOICE]
 
 
 def folder_for(choice: str) -> Path:
@@ -75,10 +83,19 @@ def folder_for(choice: str) -> Path:
 def branch_path(choice: str) -> Path:
     if choice == EMBEDDED_CHOICE:
         return EMBEDDED / "branch.safetensors"
+    if choice == SEMANTICGEN_CHOICE:
+        return SEMANTICGEN_FOLDER / SEMANTICGEN_FILES["branch"]
     path = folder_paths.get_full_path(FOLDER, choice)
     if path is None:
         raise FileNotFoundError(f"semantic-branch file {choice!r} is not in models/{FOLDER}; pick another entry")
     return Path(path)
+
+
+def semanticgen_folder_of_branch(path: Path) -> Path | None:
+    """The SemanticGen folder a branch file belongs to (its folder holds semanticgen.json), else None: a
+    Plan-X token branch."""
+    folder = Path(path).parent
+    return folder if (folder / SEMANTICGEN_FILES["spec"]).is_file() else None
 
 
 # ----------------------------------------------------------------------------- cached loads
@@ -96,6 +113,36 @@ def cached_bundle(choice: str):
             _BUNDLES.popitem(last=False)
     _BUNDLES.move_to_end(key)
     return _BUNDLES[key]
+
+
+def _stamp(folder: Path, names) -> str:
+    """A cache key that changes when any of the files is replaced (weights retrained in place)."""
+    return f"{folder}:" + ",".join(f"{(folder / n).stat().st_mtime_ns if (folder / n).exists() else 0}"
+                                   for n in names)
+
+
+_SEMANTICGEN: dict[str, SemanticGen] = {}
+
+
+def cached_semanticgen(folder: Path = SEMANTICGEN_FOLDER) -> SemanticGen:
+    """The SemanticGen model of a folder (both stages, its text encoder and VAE), loaded once per version
+    of its files; the planner, the MODEL loader and the branch share it."""
+    key = _stamp(folder, SEMANTICGEN_FILES.values())
+    if key not in _SEMANTICGEN:
+        _SEMANTICGEN.clear()
+        _SEMANTICGEN[key] = SemanticGen.load(folder)
+    return _SEMANTICGEN[key]
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def compressor_digest(folder: Path) -> str:
+    """The hash of a SemanticGen folder's compressor (what its continuous plans carry as codebook hash)."""
+    key = _stamp(folder, [SEMANTICGEN_FILES["compressor"]])
+    if key not in _DIGESTS:
+        _DIGESTS[key] = load_compressor(folder / SEMANTICGEN_FILES["compressor"]).digest()
+    return _DIGESTS[key]
 
 
 _CODEBOOKS: dict[str, tuple[float, str, torch.Tensor]] = {}

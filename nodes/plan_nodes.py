@@ -14,7 +14,7 @@ from comfy_api.latest import io, ui
 
 from planx_core.plan import Plan, PlanError
 from planx_core.plan_edits import apply_edits, parse_edits
-from planx_core.plan_picture import code_colours, plan_picture
+from planx_core.plan_picture import code_colours, plan_picture, vector_colours
 from planx_core.pipeline import load_plan_file
 
 from .model_files import codebook_for, planner_choices
@@ -46,10 +46,14 @@ class LoadPlanner(io.ComfyNode):
         return io.Schema(
             node_id="PlanX_LoadPlanner", display_name="Load Planner", category=CATEGORY,
             description="Loads a Plan-X semantic planner (a language model that writes keyframe plans) and its "
-                        "TA-Tok tokenizer from models/planx, or the embedded tiny model that runs on a CPU.",
+                        "TA-Tok tokenizer from models/planx, or the embedded tiny model that runs on a CPU. "
+                        "'embedded: semanticgen-tiny (diffusion)' is SemanticGen's stage 1 instead: a diffusion "
+                        "model that plans the whole video at once as a continuous plan (compact semantic vectors, "
+                        "rendered with the semanticgen-tiny model and branch); it plans from text alone.",
             inputs=[
                 io.Combo.Input("planner", options=planner_choices(), tooltip="A folder in models/planx holding "
-                               "planner/ and ta_tok.safetensors, or the embedded tiny model."),
+                               "planner/ and ta_tok.safetensors, the embedded tiny model, or the embedded SemanticGen "
+                               "planner (continuous plans; dtype and attention do not apply to it)."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Weight dtype; auto keeps fp32 (use bf16 on a GPU for the real planner)."),
                 io.Combo.Input("attention", options=list(ATTENTION), default="sdpa",
@@ -70,7 +74,11 @@ class GenerateSemanticPlan(io.ComfyNode):
         return io.Schema(
             node_id="PlanX_GenerateSemanticPlan", display_name="Generate Semantic Plan", category=CATEGORY,
             description="The planner writes a keyframe plan: every 1/keyframe_rate seconds a 9x9 grid of "
-                        "text-aligned visual tokens saying what is where. Re-runs only when an input changes.",
+                        "text-aligned visual tokens saying what is where. Re-runs only when an input changes. "
+                        "With the SemanticGen planner the plan is continuous (a 4x4 grid of compact semantic "
+                        "vectors per keyframe, at its 8 fps, 64x64 and 2 keyframes per second; 65 frames give 17 "
+                        "keyframes), sampled for the whole video at once; cfg is its text guidance, and temperature, "
+                        "top_k and top_p (token sampling) do not apply.",
             inputs=[
                 _planner_in(),
                 io.String.Input("scene", multiline=True, default="a red circle on a dark background",
@@ -137,7 +145,8 @@ class EditPlanTokens(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan, edits, planner=None) -> io.NodeOutput:
-        edited = apply_edits(plan, edits, word_to_code=None if planner is None else planner.planner.word_to_code)
+        words = _token_planner(planner)
+        edited = apply_edits(plan, edits, word_to_code=None if words is None else words.planner.word_to_code)
         picture = _picture(edited, planner)
         view = {**ui.PreviewImage(picture, cls=cls).as_dict(), "planx_editor": [editor_view(plan, edited, planner)]}
         return io.NodeOutput(edited, picture, ui=view)
@@ -147,8 +156,24 @@ def _hex(rgb) -> str:
     return "#" + "".join(f"{int(round(float(v) * 255)):02x}" for v in rgb)
 
 
+def _token_planner(planner):
+    """The planner when it is a Plan-X (token) planner, with words and a codebook; None for none or SemanticGen's."""
+    return planner if getattr(planner, "kind", None) == "tokens" else None
+
+
+def _cell_hex(plan: Plan) -> list[list[str]]:
+    """A continuous plan's cell colours (principal components of its vectors, as the plan picture) as hex."""
+    return [[_hex(rgb) for rgb in keyframe] for keyframe in vector_colours(plan).tolist()]
+
+
 def editor_view(base: Plan, edited: Plan, planner) -> dict:
-    """What the web editor draws: both plans, colours and words of every code it may show, the palette."""
+    """What the web editor draws: both plans, colours and words of every code it may show, the palette.
+    A continuous plan has no codes: no words or palette, and `cell_colours` gives each plan's cells the
+    colours of its plan picture (the editor shows it read-only; its edits are the text)."""
+    if base.kind == "continuous":
+        return {"base": base.to_dict(), "plan": edited.to_dict(), "error": None, "colours": {}, "words": {},
+                "palette": [], "cell_colours": {"base": _cell_hex(base), "plan": _cell_hex(edited)}}
+    planner = _token_planner(planner)
     palette = planner.palette() if planner is not None else []
     codes = {int(c) for p in (base, edited) for k in p.keyframes for c in k.tokens} | {e["code"] for e in palette}
     colours = _colours(base, planner)
@@ -160,13 +185,18 @@ def editor_view(base: Plan, edited: Plan, planner) -> dict:
 
 def _colours(plan: Plan, planner):
     """Colour of every code `[N, 3]`: the planner's codebook, else the TA-Tok file the plan's hash names."""
+    planner = _token_planner(planner)
     if planner is not None:
         return planner.colours()
     return code_colours(codebook_for(plan), key=plan.codebook.digest)
 
 
 def _picture(plan: Plan, planner):
-    """The plan picture `[1, H, W, 3]`, with words when a planner is connected."""
+    """The plan picture `[1, H, W, 3]`, with words when a planner is connected (token plans); a continuous
+    plan is coloured by its own vectors."""
+    if plan.kind == "continuous":
+        return plan_picture(plan)[None]
+    planner = _token_planner(planner)
     return planner.picture(plan) if planner is not None else plan_picture(plan, _colours(plan, planner))[None]
 
 
@@ -256,7 +286,8 @@ class EncodeVideoToPlan(io.ComfyNode):
         return io.Schema(
             node_id="PlanX_EncodeVideoToPlan", display_name="Encode Video To Plan", category=CATEGORY,
             description="Turns video frames into a plan with TA-Tok (semantic transfer: render another prompt "
-                        "with this clip's layout and motion).",
+                        "with this clip's layout and motion); with the SemanticGen planner, into a continuous plan "
+                        "(its semantic encoder and compressor).",
             inputs=[
                 io.Image.Input("images", tooltip="The video frames (a batch of images)."),
                 _planner_in(tooltip="The planner whose TA-Tok encodes the frames."),

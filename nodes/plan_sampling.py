@@ -22,7 +22,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from .wan_plan_patch import PLAN_OFF_KEY
+from .wan_plan_patch import PLAN_OFF_KEY, with_window
 
 SOLVERS = {"unipc": "uni_pc", "euler": "euler", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
 _SPATIAL_BY_CHANNELS = {48: 16, 16: 8}
@@ -97,9 +97,10 @@ def add_start_image(latent: dict, model, start_image: torch.Tensor, vae) -> dict
 
 def sample_with_plan(model, positive, negative, *, seed: int, steps: int, text_cfg: float, plan_cfg: float,
                      shift: float, solver: str, size: tuple[int, int, int], latent=None, start_image=None,
-                     vae=None) -> dict:
-    """Sample a video latent; progress, latent previews and ComfyUI's cancel come from the callback."""
-    model = with_shift(model, shift)
+                     vae=None, window: int = 0) -> dict:
+    """Sample a video latent; progress, latent previews and ComfyUI's cancel come from the callback.
+    `window`: self-attention in shifted windows of that many latent frames (0: full attention)."""
+    model = with_window(with_shift(model, shift), window)
     latent = dict(latent) if latent is not None else empty_latent(model, size, vae)
     if start_image is not None:
         latent = add_start_image(latent, model, start_image, vae)

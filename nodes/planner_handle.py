@@ -1,7 +1,9 @@
-"""The PLANX_PLANNER value passed between nodes: planner LM + TA-Tok under ComfyUI's model management.
+"""The PLANX_PLANNER value passed between nodes: planner LM + TA-Tok under ComfyUI's model management,
+or SemanticGen's stage 1 (a diffusion model over compact semantic vectors: continuous plans).
 
 Planning, first-frame encoding, words and colours all go through here, so the nodes stay short.
 After each use the planner's modules leave the accelerator unless the user asked to keep them.
+`kind` says which plans a handle makes: "tokens" (Plan-X) or "continuous" (SemanticGen).
 """
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import torch
 import comfy.utils
 
 from planx_core.bundle import PlanningDefaults, read_spec
-from planx_core.plan import CodebookId, Plan
+from planx_core.plan import CodebookId, Plan, PlanError
 from planx_core.plan_picture import code_colours, plan_picture
 from planx_core.planner import SemanticPlanner, load_planner
+from planx_core.semanticgen import SemanticGen
 from planx_core.tokenizer import TATok, frames_to_nchw, plan_from_video
 from planx_core.tokenizer_files import load_tatok
 
 from . import comfy_models
-from .model_files import folder_for
+from .model_files import SEMANTICGEN_PLANNER_CHOICE, cached_semanticgen, folder_for
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash_attention_2"}
@@ -28,6 +31,8 @@ PALETTE_SIZE = 256
 
 @dataclass
 class PlannerHandle:
+    kind = "tokens"  # plans of TA-Tok token ids
+
     planner: SemanticPlanner
     tatok: TATok
     codebook: CodebookId
@@ -89,7 +94,95 @@ class PlannerHandle:
         return code_colours(self.tatok.codebook(), key=self.codebook.digest)  # [N, 3] in [0, 1]
 
 
-def load_planner_handle(choice: str, dtype: str, attention: str, keep_loaded: bool) -> PlannerHandle:
+@dataclass
+class SemanticGenHandle:
+    """SemanticGen's stage 1 as a planner: text -> z_sem `[K, gh, gw, D]` -> a continuous plan, one keyframe
+    every `keyframe_stride` frames at the model's fps and size; Encode Video To Plan runs its semantic
+    encoder and compressor instead. No words: its cells are vectors, drawn in their principal components."""
+
+    kind = "continuous"  # plans of compact semantic vectors
+
+    model: SemanticGen
+    keep_loaded: bool
+    patcher: object = field(repr=False, default=None)
+
+    def __enter__(self) -> "SemanticGenHandle":
+        comfy_models.load(self.patcher)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.keep_loaded:
+            comfy_models.unload(self.patcher)
+
+    def check_video(self, *, fps: float, num_frames: int, width: int | None = None, height: int | None = None,
+                    keyframe_rate: float | None = None) -> None:
+        """Refuse a video layout this model does not plan (it was trained on one fps, size and keyframe rate)."""
+        spec = self.model.spec
+        rate = spec.fps / spec.keyframe_stride
+        problems = []
+        if abs(fps - spec.fps) > 1e-6:
+            problems.append(f"fps {fps:g} (it plans at {spec.fps:g})")
+        if width is not None and (width, height) != (spec.size, spec.size):
+            problems.append(f"{width}x{height} (it plans {spec.size}x{spec.size})")
+        if keyframe_rate is not None and abs(keyframe_rate - rate) > 1e-6:
+            problems.append(f"keyframe_rate {keyframe_rate:g} (it plans one keyframe every {spec.keyframe_stride} "
+                            f"frames: {rate:g} per second)")
+        if (num_frames - 1) % spec.keyframe_stride:
+            problems.append(f"length {num_frames} (it needs {spec.keyframe_stride}n+1 frames)")
+        if problems:
+            raise PlanError(f"the SemanticGen planner {spec.name} cannot plan {', '.join(problems)}; set fps "
+                            f"{spec.fps:g}, width and height {spec.size}, keyframe_rate {rate:g} and a length of "
+                            f"{spec.keyframe_stride}n+1 frames")
+
+    def plan(self, scene: str, motion: str, *, fps: float, num_frames: int, width: int, height: int,
+             keyframe_rate: float, seed: int, guidance_scale: float = 1.0, first_frame=None, context_frames=None,
+             lock_from=None, **_token_sampling) -> Plan:
+        """A continuous plan for the whole video in one go (the paper's full attention over all keyframes),
+        with a ComfyUI progress bar over the Euler steps (every update is an interrupt point).
+        `guidance_scale` is the text CFG of the semantic generator; temperature / top-k / top-p are token
+        sampling settings and do not apply."""
+        given = [name for name, value in (("first_frame", first_frame), ("context_frames", context_frames),
+                                          ("locked_plan", lock_from)) if value is not None]
+        if given:
+            raise PlanError(f"the SemanticGen planner plans from text alone; disconnect {', '.join(given)} or load "
+                            f"the Plan-X planner (embedded: planx-tiny), which takes first frames, context frames "
+                            f"and locked keyframes")
+        self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
+        model = self.model.with_spec(text_scale=float(guidance_scale))
+        bar = comfy.utils.ProgressBar(model.spec.semantic_steps)
+
+        def progress(step, total, *_):
+            bar.update_absolute(step + 1, total)
+        with self:
+            z = model.plan_semantics(scene, motion, num_frames=num_frames, seed=seed, callback=progress)
+        return model.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion, seed=seed)
+
+    def plan_from_frames(self, frames: torch.Tensor, fps: float, keyframe_rate: float, grid: int = 9) -> Plan:
+        """Frames IMAGE `[T, H, W, 3]` -> their continuous plan (semantic encoder + compressor means), the
+        frames resized to the model's size; `grid` is the model's own, not chosen."""
+        self.check_video(fps=fps, num_frames=len(frames), keyframe_rate=keyframe_rate)
+        size = self.model.spec.size
+        video = frames_to_nchw(frames[..., :3]).float()  # [T, 3, H, W] in [0, 1]
+        if tuple(video.shape[-2:]) != (size, size):
+            video = torch.nn.functional.interpolate(video, size=(size, size), mode="bilinear", align_corners=False,
+                                                    antialias=True)
+        video = video * 2 - 1  # [T, 3, size, size] in [-1, 1], as the encoder was trained
+        with self:
+            z = self.model.encode_semantics(video.transpose(0, 1).to(self.patcher.load_device))  # [K, gh, gw, D]
+        return self.model.semantic_plan(z, num_frames=len(frames))
+
+    def picture(self, plan: Plan) -> torch.Tensor:
+        """The plan picture, `[1, H, W, 3]`: cells coloured by the principal components of the vectors."""
+        return plan_picture(plan)[None]
+
+    def digest(self) -> str:
+        return self.model.digest()
+
+
+def load_planner_handle(choice: str, dtype: str, attention: str, keep_loaded: bool):
+    """The handle behind a Load Planner choice: a Plan-X planner folder, or the SemanticGen planner."""
+    if choice == SEMANTICGEN_PLANNER_CHOICE:
+        return load_semanticgen_handle(keep_loaded)
     folder = folder_for(choice)
     torch_dtype = DTYPES[dtype]
     spec = read_spec(folder) if (folder / "bundle.json").is_file() else None
@@ -103,3 +196,12 @@ def load_planner_handle(choice: str, dtype: str, attention: str, keep_loaded: bo
     patcher = comfy_models.managed(planner=planner.model, tatok=tatok)
     return PlannerHandle(planner, tatok, codebook, spec.planning if spec else PlanningDefaults(), keep_loaded,
                          patcher)
+
+
+def load_semanticgen_handle(keep_loaded: bool) -> SemanticGenHandle:
+    """The embedded SemanticGen's stage 1 (semantic generator, its text encoder, semantic encoder and compressor)
+    under ComfyUI's model management. It runs in float32 (the tiny model's dtype)."""
+    model = cached_semanticgen()
+    patcher = comfy_models.managed(semantic=model.semantic_dit, text=model.text, encoder=model.encoder,
+                                   compressor=model.compressor)
+    return SemanticGenHandle(model, keep_loaded, patcher=patcher)

@@ -1,5 +1,6 @@
 """Rendering nodes: Inject 3D RoPE Guidance (a plan on a Wan MODEL), the Plan-X Sampler, and the loader
-of the embedded tiny model (whose sizes ComfyUI's stock loaders cannot detect; see `comfy_models`).
+of the embedded tiny models (whose sizes ComfyUI's stock loaders cannot detect; see `comfy_models`):
+the Plan-X renderer and SemanticGen's stage 2 (the latent generator for continuous plans).
 
 Node ids and input names are a promise to every shared workflow: never rename or reorder them.
 """
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from planx_core.plan import Plan, PlanError
 from planx_core.semantic_branch import load_branch
 
-from .model_files import branch_choices, branch_path, bundle_choices, cached_bundle, codebook_for
+from .model_files import (SEMANTICGEN_CHOICE, SEMANTICGEN_PLANNER_CHOICE, branch_choices, branch_path,
+                          bundle_choices, cached_bundle, cached_semanticgen, codebook_for, compressor_digest,
+                          semanticgen_folder_of_branch)
 from .plan_nodes import CATEGORY, PLAN
 from .plan_sampling import SOLVERS, sample_with_plan
 from .wan_plan_patch import PlanPatch
@@ -25,15 +29,22 @@ class LoadTinyModel(io.ComfyNode):
             node_id="PlanX_LoadTinyModel", display_name="Load Plan-X Tiny Model", category=CATEGORY,
             description="The embedded tiny Plan-X renderer (a 4-block Wan DiT, its umT5 text encoder and VAE, "
                         "trained on a world of moving shapes) as MODEL, CLIP and VAE for the stock nodes. Runs on a "
-                        "CPU in seconds; for real videos load Wan 2.2 with the stock loaders instead.",
+                        "CPU in seconds; for real videos load Wan 2.2 with the stock loaders instead. "
+                        "'embedded: semanticgen-tiny' is SemanticGen's stage 2 (a DiT of the same size trained to "
+                        "render continuous plans in context, for long videos with an attention window) with the "
+                        "same text encoder and VAE.",
             inputs=[io.Combo.Input("model", options=bundle_choices(),
-                                   tooltip="The embedded model, or a bundle folder in models/planx.")],
+                                   tooltip="The embedded model, a bundle folder in models/planx, or the embedded "
+                                           "SemanticGen latent generator (use it with the semanticgen-tiny branch "
+                                           "and a continuous plan).")],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The Wan DiT (ComfyUI's own Wan 2.2 class)."),
                      io.Clip.Output(display_name="CLIP", tooltip="Its text encoder, for CLIP Text Encode."),
                      io.Vae.Output(display_name="VAE", tooltip="Its video VAE, for VAE Decode and image-to-video.")])
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
+        if model == SEMANTICGEN_CHOICE:
+            return io.NodeOutput(*comfy_models.semanticgen_parts(cached_semanticgen()))
         return io.NodeOutput(*comfy_models.tiny_parts(cached_bundle(model)))
 
 
@@ -43,13 +54,17 @@ class InjectRoPEGuidance(io.ComfyNode):
         return io.Schema(
             node_id="PlanX_InjectRoPEGuidance", display_name="Inject 3D RoPE Guidance", category=CATEGORY,
             description="Returns a copy of the MODEL that renders with the plan: its tokens go through the semantic "
-                        "branch into every block's cross-attention, placed by 3D RoPE on the video's latent grid. "
-                        "Works with any sampler (KSampler included; the plan is on in both CFG branches).",
+                        "branch into every block's cross-attention (Plan-X), or join the self-attention sequence "
+                        "as clean extra tokens (in-context: SemanticGen's continuous plans), placed by 3D RoPE on "
+                        "the video's latent grid. Works with any sampler (KSampler included; the plan is on in both "
+                        "CFG branches).",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1/2.2 MODEL (stock loaders, LoRA, fp8, GGUF all work)."),
                 PLAN.Input("plan", tooltip="The keyframe plan to render."),
                 io.Combo.Input("branch", options=branch_choices(),
-                               tooltip="Semantic-branch weights made for this MODEL (models/planx)."),
+                               tooltip="Semantic-branch weights made for this MODEL (models/planx). "
+                                       "'embedded: semanticgen-tiny' is SemanticGen's in-context branch: for "
+                                       "continuous plans, on the semanticgen-tiny MODEL."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip="Scale of the plan attention; 0 turns the plan off."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
@@ -69,17 +84,42 @@ class InjectRoPEGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, plan, branch, strength, start, end, mode, rope) -> io.NodeOutput:
-        semantic = load_branch(branch_path(branch))
+        path = branch_path(branch)
+        semantic = load_branch(path)
         trained = semantic.config.mode
         if mode != MODES[0] and mode != trained:
             raise ValueError(f"the branch {branch!r} was trained for {trained} injection, not {mode}; set mode to "
                              f"'from branch file' or pick a branch trained for {mode}")
-        if trained != "cross_attn":
-            raise ValueError(f"branch {branch!r} uses in-context injection, which this ComfyUI patch does not run "
-                             f"yet; use a cross_attn branch (the Plan-X default)")
-        conditioning = semantic.condition_plan(plan, codebook_for(plan), num_frames=plan.num_frames, fps=plan.fps,
+        codebook = check_plan_fits_branch(plan, branch, path)
+        conditioning = semantic.condition_plan(plan, codebook, num_frames=plan.num_frames, fps=plan.fps,
                                                strength=strength, use_rope=rope, start=start, end=end)
         return io.NodeOutput(PlanPatch(conditioning).apply_to(model))
+
+
+def check_plan_fits_branch(plan: Plan, choice: str, path) -> object:
+    """Refuse a plan of the wrong kind or space for the branch (naming both and the fix); returns the codebook a
+    token plan's ids index (None for a continuous plan). A branch beside a semanticgen.json renders that
+    SemanticGen model's continuous plans; any other branch is a Plan-X branch of TA-Tok token plans. A
+    continuous plan without a hash (written by hand) is let through, as `SemanticGen.plan_vectors` does."""
+    folder = semanticgen_folder_of_branch(path)
+    if folder is None:
+        if plan.kind == "continuous":
+            raise PlanError(f"the plan is continuous ({plan.describe_codebook()}: SemanticGen's semantic vectors), "
+                            f"but the branch {choice!r} is a Plan-X branch that reads TA-Tok token plans; pick the "
+                            f"branch {SEMANTICGEN_CHOICE!r} (with Load Plan-X Tiny Model {SEMANTICGEN_CHOICE!r}), or "
+                            f"plan with a Plan-X planner")
+        return codebook_for(plan)
+    if plan.kind != "continuous":
+        raise PlanError(f"the branch {choice!r} renders SemanticGen's continuous plans, but this plan holds TA-Tok "
+                        f"tokens of {plan.codebook.describe()}; plan with Load Planner {SEMANTICGEN_PLANNER_CHOICE!r}, "
+                        f"or pick a Plan-X branch such as 'embedded: planx-tiny' for token plans")
+    digest = compressor_digest(folder)
+    if plan.codebook.digest and plan.codebook.digest != digest:
+        raise PlanError(f"the plan's vectors come from another compressor ({plan.describe_codebook()}), but the "
+                        f"branch {choice!r} was trained on the compressor with hash {digest}; plan again with Load "
+                        f"Planner {SEMANTICGEN_PLANNER_CHOICE!r} (or re-encode the video with its Encode Video To "
+                        f"Plan), or pick the branch of the model that made the plan")
+    return None
 
 
 class PlanXSampler(io.ComfyNode):
@@ -112,6 +152,13 @@ class PlanXSampler(io.ComfyNode):
                 io.Latent.Input("latent", optional=True, tooltip="A latent to start from (its size wins)."),
                 io.Image.Input("start_image", optional=True, tooltip="Image-to-video: the first frame."),
                 io.Vae.Input("vae", optional=True, tooltip="The VAE that encodes the start image."),
+                io.Int.Input("attention_window", default=0, min=0, max=1024, optional=True,
+                             tooltip="0 = full attention. Otherwise each video token's self-attention sees only "
+                                     "a window of this many latent frames (4 video frames each), shifted by half a "
+                                     "window on odd blocks so neighbouring windows mix; every window still sees "
+                                     "the whole in-context plan (SemanticGen's long-video mode). Memory and time "
+                                     "grow linearly with the video length instead of quadratically. A window "
+                                     "covering all latent frames is full attention."),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video latent, for VAE Decode.")])
 
@@ -121,10 +168,10 @@ class PlanXSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, seed, steps, text_cfg, plan_cfg, shift, solver, width, height, length,
-                latent=None, start_image=None, vae=None) -> io.NodeOutput:
+                latent=None, start_image=None, vae=None, attention_window=0) -> io.NodeOutput:
         out = sample_with_plan(model, positive, negative, seed=seed, steps=steps, text_cfg=text_cfg,
                                plan_cfg=plan_cfg, shift=shift, solver=solver, size=(width, height, length),
-                               latent=latent, start_image=start_image, vae=vae)
+                               latent=latent, start_image=start_image, vae=vae, window=attention_window)
         return io.NodeOutput(out)
 
 

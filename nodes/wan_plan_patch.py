@@ -1,52 +1,186 @@
-"""Plan-X's semantic branch on ComfyUI's native WanModel, installed as a patch on a ModelPatcher clone.
+"""Plan-X's semantic branch and windowed attention on ComfyUI's native WanModel, installed as patches on a
+ModelPatcher clone.
 
-planx_core's DiT adds a plan attention inside each chosen block's text cross-attention: the
-block's own normalised queries attend, with 3D RoPE, to the plan tokens' keys and values, and the
-result joins the text attention before the output projection (`semantic_branch`, `cross_attn`).
-Here the same computation runs on ComfyUI's `comfy.ldm.wan.model.WanModel`, with no change to its
-code or weights, through three hooks of ComfyUI 0.3.64 (see docs/comfyui-host.md, 5a and 5e):
+planx_core's DiT (`dit.WanModel.forward(x, t, context, plan=..., window=...)`) takes a plan in one of two
+modes and an optional attention window. Here the same computation runs on ComfyUI's
+`comfy.ldm.wan.model.WanModel`, with no change to its code or weights, through three hooks of ComfyUI
+0.3.64 (see docs/comfyui-host.md, 5a and 5e):
 
-- an APPLY_MODEL wrapper decides per call whether the plan is on (the start/end window on sigma,
-  the Plan-X Sampler's plan-off pass), places the plan on the call's latent grid and passes a
-  per-call state down through `transformer_options`;
-- a "dit" double_block replacement per block records which block runs (and chains any replacement
-  already registered, e.g. skip-layer guidance);
-- an `optimized_attention_override` sees each block's attention calls; the second one is the text
-  cross-attention, whose queries are normalised and not rotated, and gets the plan attention added.
+- APPLY_MODEL wrappers open a per-call state (`_Call`, passed down in `transformer_options`): the plan's
+  (Inject 3D RoPE Guidance: is it on at this sigma, not the sampler's plan-off pass; its tokens and
+  RoPE on this call's latent grid) and the window's (the Plan-X Sampler's `attention_window`);
+- a "dit" double_block replacement per block records which block runs (chaining any replacement
+  already registered, e.g. skip-layer guidance). For an `in_context` plan it also carries the
+  semantic tokens through the block as extra sequence entries: it appends the current semantic
+  tokens to the block's x, the timestep-0 modulation rows to its e (ComfyUI's block broadcasts e
+  `[B, S, 6, C]` over equal groups of tokens, so the rows are groups of gcd(tokens per row, P)
+  tokens, per token only when that gcd is 1) and the plan tokens' 3D RoPE to its freqs, runs the
+  block, and splits the output back into video tokens (on to the next block / the head) and
+  semantic tokens (kept for the next block);
+- an `optimized_attention_override` sees each block's attention calls, told apart by their order in
+  the block: the first is the self-attention, the second the text cross-attention. A `cross_attn`
+  plan adds its plan attention to the second (its queries normalised, not rotated). The first is
+  replaced by `planx_core.window_attention.windowed_attention` under an attention window (video
+  tokens in windows of Tw latent frames, shifted Tw/2 on odd blocks, every window seeing all
+  semantic tokens; semantic tokens see each other), and gets the in-context plan's key bias
+  log(strength) as an additive mask otherwise.
 
 Nothing here is pickled or deep-copied: `PlanPatch.__deepcopy__` returns itself, since ModelPatcher
 deep-copies `model_options` on every clone.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 import comfy.patcher_extension
 from comfy.ldm.flux.math import apply_rope1
+from comfy.ldm.wan.model import sinusoidal_embedding_1d
 
+from planx_core.dit import check_window, plan_key_bias
 from planx_core.semantic_branch import PlanConditioning, plan_positions
+from planx_core.window_attention import WindowLayout, layer_shift, windowed_attention
 
 STATE_KEY = "planx_plan_call"  # transformer_options key of the per-call state
 PLAN_OFF_KEY = "planx_plan_off"  # set (True) by a sampler for its plan-free pass
 WRAPPER_KEY = "planx_plan"
+WINDOW_WRAPPER_KEY = "planx_window"
+APPLY_MODEL = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+
+
+@dataclass
+class _PlacedPlan:
+    """A plan on one call's latent grid and device: its tokens, their RoPE and how they enter the DiT."""
+
+    patch: "PlanPatch"
+    tokens: torch.Tensor  # [1, P, dim]
+    freqs: torch.Tensor | None  # [1, P, 1, D/2, 2, 2] in ComfyUI's rope format; None: cross_attn with RoPE off
+    in_context: bool
+    key_bias: float | None  # in-context strength as an additive bias on the plan keys (None at strength 1)
+
+    @property
+    def count(self) -> int:
+        return self.tokens.shape[1]
 
 
 @dataclass
 class _Call:
-    """What one model call needs: the patch, the plan tokens and their RoPE on this device, the block running."""
+    """What one model call needs: the model, the latent token grid, the plan and window, the block running."""
 
-    patch: "PlanPatch"
-    tokens: torch.Tensor  # [1, P, dim]
-    plan_freqs: torch.Tensor | None  # [1, P, 1, D/2, 2, 2] in ComfyUI's rope format, None when RoPE is off
+    dm: object = field(repr=False)
+    grid: tuple[int, int, int]
     previous_override: object = None
+    plan: _PlacedPlan | None = None
+    window: int | None = None  # latent frames per window; None = full attention
     block: int = -1
     attention_calls: int = 0
     video_freqs: torch.Tensor | None = field(default=None, repr=False)
+    semantic: torch.Tensor | None = field(default=None, repr=False)  # in-context tokens between blocks [B, P, C]
+    _rows: tuple | None = field(default=None, repr=False)  # (e given, e with the plan's rows)
+    _freqs: tuple | None = field(default=None, repr=False)  # (freqs given, freqs with the plan's)
 
     def enter(self, block: int, video_freqs: torch.Tensor) -> None:
         self.block, self.attention_calls, self.video_freqs = block, 0, video_freqs
+
+    def set_window(self, window: int) -> None:
+        self.window = check_window(int(window), self.grid[0])  # None when it covers every latent frame
+
+    @property
+    def in_context(self) -> bool:
+        return self.plan is not None and self.plan.in_context
+
+    @property
+    def num_global(self) -> int:
+        return self.plan.count if self.in_context else 0
+
+    # -- in-context: the block's extended inputs ------------------------------------------
+    def with_plan(self, args: dict) -> dict:
+        """The block's args with the semantic tokens appended to x, their rows to e and their RoPE to freqs."""
+        x = args["img"]  # [B, Lv, C]
+        if self.semantic is None:
+            self.semantic = self.plan.tokens.to(x.device, x.dtype).expand(x.shape[0], -1, -1)  # [B, P, C]
+        return {**args, "img": torch.cat([x, self.semantic], dim=1), "vec": self.rows(args["vec"], x),
+                "pe": self.freqs(args["pe"])}
+
+    def rows(self, e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Modulation rows e `[B, S, 6, C]` over Lv video tokens -> rows over Lv + P tokens, the plan's at
+        timestep 0, in groups of equal size (what ComfyUI's `repeat_e` broadcasts); built once per call."""
+        if self._rows is not None and self._rows[0] is e:
+            return self._rows[1]
+        rows = e if e.ndim == 4 else e.unsqueeze(1)  # [B, S, 6, C]
+        batch, count, length, plan = rows.shape[0], rows.shape[1], x.shape[1], self.plan.count
+        if length % count:
+            raise ValueError(f"the model's timestep rows ({count}) do not divide its {length} video tokens; the "
+                             f"in-context plan cannot extend them")
+        per_row = length // count
+        group = math.gcd(per_row, plan)
+        video = rows.repeat_interleave(per_row // group, dim=1) if per_row // group > 1 else rows
+        zero = self.zero_rows(x).to(rows.dtype).expand(batch, plan // group, -1, -1)  # [B, P / g, 6, C]
+        out = torch.cat([video, zero], dim=1)  # [B, (Lv + P) / g, 6, C]
+        self._rows = (e, out)
+        return out
+
+    def zero_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The modulation rows of timestep 0 (clean tokens), `[1, 1, 6, C]`, as ComfyUI's forward computes e0."""
+        dm = self.dm
+        t = torch.zeros(1, device=x.device)
+        e = dm.time_embedding(sinusoidal_embedding_1d(dm.freq_dim, t).to(dtype=x.dtype))  # [1, C]
+        return dm.time_projection(e).unflatten(1, (6, dm.dim))[:, None]  # [1, 1, 6, C]
+
+    def freqs(self, pe: torch.Tensor) -> torch.Tensor:
+        if self._freqs is None or self._freqs[0] is not pe:
+            self._freqs = (pe, torch.cat([pe, self.plan.freqs.to(pe.device, pe.dtype).expand(
+                pe.shape[0], -1, *pe.shape[2:])], dim=1))  # [1, Lv + P, 1, D/2, 2, 2]
+        return self._freqs[1]
+
+    # -- the self-attention ------------------------------------------------------------
+    @property
+    def replaces_self_attention(self) -> bool:
+        return self.window is not None or (self.in_context and self.plan.key_bias is not None)
+
+    def self_attention(self, func, previous, *args, **kwargs) -> torch.Tensor:
+        """The block's self-attention on q, k, v `[B, L, H*D]` (RoPE applied): windowed, or full with the
+        plan-key bias."""
+        q, k, v = args[:3]
+        heads = kwargs["heads"] if "heads" in kwargs else args[3]
+        if self.window is None:
+            mask = torch.zeros(1, 1, 1, q.shape[1], dtype=q.dtype, device=q.device)
+            mask[..., -self.plan.count:] = self.plan.key_bias
+            kwargs = {**kwargs, "mask": mask}
+            return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
+        frames, height, width = self.grid
+        layout = WindowLayout(frames=frames, tokens_per_frame=height * width, window=self.window,
+                              shift=layer_shift(self.window, self.block), num_global=self.num_global)
+        batch, length = q.shape[:2]
+        if length != layout.num_tokens:
+            raise ValueError(f"attention_window expects {layout.num_tokens} tokens in block {self.block}'s "
+                             f"self-attention ({frames}x{height}x{width} latent tokens + {layout.num_global} plan "
+                             f"tokens), this model has {length} (a reference or concatenated latent?); set "
+                             f"attention_window to 0 for this model")
+        shape = (batch, length, heads, -1)
+        out = windowed_attention(q.view(shape), k.view(shape), v.view(shape), layout,
+                                 global_bias=self.plan.key_bias if self.in_context else None)  # [B, L, H, D]
+        return out.flatten(2)  # [B, L, H*D]
+
+
+def _call_for(dm, x: torch.Tensor, options: dict) -> _Call:
+    """The call state in `options` (a per-call copy of transformer_options); the first wrapper to ask installs
+    it, with the block replacements and the attention override."""
+    call = options.get(STATE_KEY)
+    if call is None:
+        call = _Call(dm, token_grid(x.shape, dm.patch_size), options.get("optimized_attention_override"))
+        options[STATE_KEY] = call
+        options["optimized_attention_override"] = attention_override
+        options["patches_replace"] = block_replacements(options.get("patches_replace", {}), len(dm.blocks))
+    return call
+
+
+def check_wan(dm, what: str) -> None:
+    if not hasattr(dm, "rope_embedder") or getattr(dm, "dim", None) is None or not hasattr(dm, "blocks"):
+        raise ValueError(f"{what} works on Wan models; this MODEL is a {type(dm).__name__}. Load a Wan 2.1/2.2 "
+                         f"diffusion model (or the Plan-X tiny model)")
 
 
 class PlanPatch:
@@ -55,7 +189,7 @@ class PlanPatch:
     def __init__(self, conditioning: PlanConditioning):
         self.conditioning = conditioning
         self.branch = conditioning.branch
-        self._placed: dict[tuple, tuple] = {}
+        self._placed: dict[tuple, _PlacedPlan] = {}
 
     def __deepcopy__(self, memo):
         return self  # immutable once built; ModelPatcher.clone deep-copies model_options
@@ -64,16 +198,17 @@ class PlanPatch:
     def apply_to(self, model):
         """A clone of the ModelPatcher `model` that renders with the plan; `model` itself is untouched."""
         self.check_model(model.get_model_object("diffusion_model"))
+        if model.get_wrappers(APPLY_MODEL, WRAPPER_KEY):
+            raise ValueError("this MODEL already renders a plan (it comes from an Inject 3D RoPE Guidance node); "
+                             "inject one plan per MODEL: connect the model from before that node")
         patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, self.apply_model)
+        patched.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, self.apply_model)
         return patched
 
     def check_model(self, dm) -> None:
         cfg = self.branch.config
-        dim, layers, heads = getattr(dm, "dim", None), len(getattr(dm, "blocks", ())), getattr(dm, "num_heads", None)
-        if not hasattr(dm, "rope_embedder") or dim is None:
-            raise ValueError(f"Inject 3D RoPE Guidance patches Wan models; this MODEL is a {type(dm).__name__}. "
-                             f"Load a Wan 2.1/2.2 diffusion model (or the Plan-X tiny model)")
+        check_wan(dm, "Inject 3D RoPE Guidance")
+        dim, layers, heads = dm.dim, len(dm.blocks), getattr(dm, "num_heads", None)
         if (cfg.dim, cfg.num_layers, cfg.num_heads) != (dim, layers, heads):
             raise ValueError(f"the semantic branch was trained for a Wan DiT of width {cfg.dim}, {cfg.num_layers} "
                              f"blocks, {cfg.num_heads} heads; this MODEL has width {dim}, {layers} blocks, {heads} "
@@ -87,11 +222,9 @@ class PlanPatch:
         if transformer_options.get(PLAN_OFF_KEY) or not self.active(base.model_sampling, t):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         dm = base.diffusion_model
-        call = self.start_call(dm, x, transformer_options.get("optimized_attention_override"))
         options = dict(transformer_options)
-        options[STATE_KEY] = call
-        options["optimized_attention_override"] = attention_override
-        options["patches_replace"] = block_replacements(transformer_options.get("patches_replace", {}), len(dm.blocks))
+        call = _call_for(dm, x, options)
+        call.plan = self.placed(dm, call.grid, x.device, x.dtype)
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
     def active(self, model_sampling, sigma: torch.Tensor) -> bool:
@@ -104,35 +237,64 @@ class PlanPatch:
         value = float(sigma.max())
         return low - 1e-6 <= value <= high + 1e-6
 
-    def start_call(self, dm, x: torch.Tensor, previous_override) -> _Call:
-        return _Call(self, *self.placed(dm, token_grid(x.shape, dm.patch_size), x.device, x.dtype), previous_override)
-
-    def placed(self, dm, grid: tuple[int, int, int], device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def placed(self, dm, grid: tuple[int, int, int], device, dtype) -> _PlacedPlan:
         """Plan tokens `[1, P, dim]` on the device and their RoPE on this latent grid, checked and built once
         per (grid, device, dtype), not on every step of the sampler."""
         key = (grid, str(device), dtype)
         if key not in self._placed:
             plan = self.conditioning
             plan.bind(grid, dm.dim, len(dm.blocks))  # refuses a plan longer than the video, a foreign branch
+            in_context = plan.mode == "in_context"
             freqs = None
-            if plan.use_rope:
+            if plan.use_rope or in_context:  # in context without RoPE: identity rotations (position 0)
                 positions = plan_positions(plan.latent_frames, plan.grid_hw, grid[1:])  # [P, 3] (t, h, w)
+                if not plan.use_rope:
+                    positions = torch.zeros_like(positions)
                 freqs = dm.rope_embedder(positions[None].to(device, torch.float32)).movedim(1, 2)  # [1, P, 1, D/2, 2, 2]
                 freqs = freqs.to(dtype)
             self.branch.to(device)
-            self._placed = {key: (plan.tokens.to(device), freqs)}
+            bias = plan_key_bias(plan.strength) if in_context else None
+            self._placed = {key: _PlacedPlan(self, plan.tokens.to(device), freqs, in_context, bias)}
         return self._placed[key]
 
     def plan_attention(self, call: _Call, func, q: torch.Tensor, heads: int, **kwargs) -> torch.Tensor:
         """The plan attention of the running block on its cross-attention queries q `[B, L, H*D]` (normalised)."""
         module = self.branch.attn[str(call.block)]
         b, length = q.shape[:2]
-        k, v = module.keys_values(call.tokens.expand(b, -1, -1).float(), None)  # [B, P, H, D] each
-        if call.plan_freqs is not None:
+        k, v = module.keys_values(call.plan.tokens.expand(b, -1, -1).float(), None)  # [B, P, H, D] each
+        if call.plan.freqs is not None:
             q = apply_rope1(q.view(b, length, heads, -1), call.video_freqs).flatten(2)  # [B, L, H*D]
-            k = apply_rope1(k.to(q.dtype), call.plan_freqs)
+            k = apply_rope1(k.to(q.dtype), call.plan.freqs)
         out = func(q, k.flatten(2).to(q.dtype), v.flatten(2).to(q.dtype), heads=heads, **kwargs)  # [B, L, H*D]
         return out * self.conditioning.strength
+
+
+class WindowWrapper:
+    """APPLY_MODEL wrapper of the Plan-X Sampler's `attention_window`: self-attention in windows of this many
+    latent frames, shifted by half a window on odd blocks (`planx_core.window_attention`)."""
+
+    def __init__(self, window: int):
+        self.window = int(window)
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                 **kwargs):
+        options = dict(transformer_options)
+        _call_for(executor.class_obj.diffusion_model, x, options).set_window(self.window)
+        return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+
+def with_window(model, window: int):
+    """A clone of a Wan MODEL whose self-attention runs in shifted windows of `window` latent frames (0: the
+    model as it is). Every window sees all in-context plan tokens; cost grows linearly with the length."""
+    if not window:
+        return model
+    if window < 0:
+        raise ValueError(f"attention_window must be 0 (full attention) or a number of latent frames, got {window}")
+    check_wan(model.get_model_object("diffusion_model"), "attention_window")
+    patched = model.clone()
+    patched.remove_wrappers_with_key(APPLY_MODEL, WINDOW_WRAPPER_KEY)
+    patched.add_wrapper_with_key(APPLY_MODEL, WINDOW_WRAPPER_KEY, WindowWrapper(window))
+    return patched
 
 
 def token_grid(latent_shape, patch_size) -> tuple[int, int, int]:
@@ -153,25 +315,38 @@ def block_replacements(patches_replace: dict, num_blocks: int) -> dict:
 
 
 def _recording_block(index: int, previous):
+    def run(args, extra):
+        return previous(args, extra) if previous is not None else extra["original_block"](args)
+
     def replace(args, extra):
         call = args["transformer_options"].get(STATE_KEY)
-        if call is not None:
-            call.enter(index, args["pe"])
-        return previous(args, extra) if previous is not None else extra["original_block"](args)
+        if call is None:
+            return run(args, extra)
+        call.enter(index, args["pe"])
+        if not call.in_context:
+            return run(args, extra)
+        length = args["img"].shape[1]
+        out = run(call.with_plan(args), extra)
+        tokens = out["img"]  # [B, Lv + P, C]
+        call.semantic = tokens[:, length:]
+        return {**out, "img": tokens[:, :length]}
     return replace
 
 
 def attention_override(func, *args, **kwargs):
-    """ComfyUI's attention override: the plain attention (or the override already set), plus the plan
-    attention on a planned block's second call, its text cross-attention."""
+    """ComfyUI's attention override: per block, the first call (self-attention) windowed or with the plan-key
+    bias when needed; the others plain (or the override already set), plus the plan attention on a
+    cross_attn-planned block's second call, its text cross-attention."""
     options = kwargs.get("transformer_options") or {}
     call: _Call | None = options.get(STATE_KEY)
     previous = None if call is None else call.previous_override
+    if call is not None and call.block >= 0:
+        call.attention_calls += 1
+        if call.attention_calls == 1 and call.replaces_self_attention:
+            return call.self_attention(func, previous, *args, **kwargs)
     out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
-    if call is None or str(call.block) not in call.patch.branch.attn:
-        return out
-    call.attention_calls += 1
-    if call.attention_calls != 2:
+    plan = None if call is None else call.plan
+    if plan is None or plan.in_context or call.attention_calls != 2 or str(call.block) not in plan.patch.branch.attn:
         return out
     heads = kwargs["heads"] if "heads" in kwargs else args[3]
-    return out + call.patch.plan_attention(call, func, args[0], heads)
+    return out + plan.patch.plan_attention(call, func, args[0], heads)

@@ -1,7 +1,8 @@
 """Write the example workflows, workflows/*.json, in ComfyUI's UI (frontend) format, version 0.4.
 
 Every workflow runs as shipped on the embedded tiny model on a CPU; its `extra.planx.real_weights`
-block says how to turn it into the Wan 2.2 TI2V 5B version. Widget values are ordered by the nodes'
+block says how to turn it into the Wan 2.2 TI2V 5B version (the SemanticGen long-video workflow has
+none: `available` is false and `summary` says why). Widget values are ordered by the nodes'
 real schemas, read from a ComfyUI checkout (COMFYUI_PATH, else ~/ComfyUI) in CPU mode:
 
     .venv/bin/python scripts/build_workflows.py [--check]
@@ -31,6 +32,12 @@ SAMPLING = {"seed": 0, "steps": 20, "text_cfg": 1.0, "plan_cfg": 1.0, "shift": 0
 EDITS = json.dumps([{"op": "fill_word", "keyframe": 2, "rect": [3, 3, 5, 5], "word": "red"},
                     {"op": "lock", "keyframe": 2}])
 EXAMPLE_IMAGE = "planx_red_circle.png"  # nodes/example_inputs.py puts it in ComfyUI's input folder
+SEMANTICGEN_PLANNER = "embedded: semanticgen-tiny (diffusion)"
+SEMANTICGEN = "embedded: semanticgen-tiny"
+LONG_MOTION = "the red circle moves right, then up, then left, then down"
+LONG_PROMPT = f"{SCENE}. {LONG_MOTION}."
+LONG_VIDEO = {"width": 64, "height": 64, "length": 65}  # 8 s at 8 fps: 17 latent frames, 17 semantic keyframes
+LONG_WINDOW = 2  # latent frames per attention window (the SemanticGen model's own)
 
 REAL_MODELS = {  # the real-weight variant's files: loader type -> (widget values, model file entry)
     "UNETLoader": (["wan2.2_ti2v_5B_fp16.safetensors", "default"],
@@ -175,7 +182,8 @@ def planning(g: Graph, **plan_inputs) -> tuple[dict, dict]:
 
 
 def rendering(g: Graph, plan_source: tuple[dict, int], column: int, prompt: str, prefix: str,
-              tiny: dict | None = None, suffix: str = "", **sampler_inputs) -> dict:
+              tiny: dict | None = None, suffix: str = "", branch: str = EMBEDDED, video: dict = VIDEO,
+              sampler_widgets: dict | None = None, **sampler_inputs) -> dict:
     """Tiny model + prompts + Inject + Plan-X Sampler + VAE Decode + Save Image; returns the decode node."""
     tiny = tiny or g.add("PlanX_LoadTinyModel", 0, model=EMBEDDED)
     positive = g.add("CLIPTextEncode", column, title=f"Positive prompt{suffix}", inputs={"clip": (tiny, 1)},
@@ -183,10 +191,10 @@ def rendering(g: Graph, plan_source: tuple[dict, int], column: int, prompt: str,
     negative = g.add("CLIPTextEncode", column, title=f"Negative prompt{suffix}", inputs={"clip": (tiny, 1)},
                      text="")
     inject = g.add("PlanX_InjectRoPEGuidance", column + 1, inputs={"model": (tiny, 0), "plan": plan_source},
-                   branch=EMBEDDED)
+                   branch=branch)
     sampler = g.add("PlanX_Sampler", column + 2, inputs={"model": (inject, 0), "positive": (positive, 0),
                                                          "negative": (negative, 0), **sampler_inputs},
-                    **SAMPLING, **VIDEO)
+                    **SAMPLING, **video, **(sampler_widgets or {}))
     decode = g.add("VAEDecode", column + 3, inputs={"samples": (sampler, 0), "vae": (tiny, 2)})
     g.add("SaveImage", column + 4, inputs={"images": (decode, 0)}, node_height=320, filename_prefix=prefix)
     return decode
@@ -260,8 +268,26 @@ def semantic_transfer(schemas) -> dict:
                                       "and that layout and motion rendered with another prompt (clip B)."))
 
 
+def long_video_semanticgen(schemas) -> dict:
+    g = Graph(schemas)
+    planner = g.add("PlanX_LoadPlanner", 0, planner=SEMANTICGEN_PLANNER)
+    plan = g.add("PlanX_GenerateSemanticPlan", 1, inputs={"planner": (planner, 0)}, scene=SCENE, motion=LONG_MOTION,
+                 fps=8.0, **LONG_VIDEO)
+    g.add("PlanX_PlanPreview", 2, inputs={"plan": (plan, 0)}, node_height=320)
+    tiny = g.add("PlanX_LoadTinyModel", 0, model=SEMANTICGEN)
+    rendering(g, (plan, 0), 2, LONG_PROMPT, "planx/long", tiny=tiny, branch=SEMANTICGEN, video=LONG_VIDEO,
+              sampler_widgets={"attention_window": LONG_WINDOW})
+    return g.workflow({"available": False, "summary": (
+        "Long video with SemanticGen (arXiv 2512.20619) on the embedded toy model: its diffusion planner samples a "
+        "continuous plan for all 65 frames at once (17 keyframes of compact semantic vectors), the latent "
+        "generator renders it in context with windowed attention (2 latent frames, shifted on odd blocks; every "
+        "window sees the whole plan). There are no Wan-scale SemanticGen weights for this pack, so this workflow "
+        "has no real-weights variant; attention_window itself works on any Wan MODEL.")})
+
+
 WORKFLOWS = {"planx_text_to_video.json": text_to_video, "planx_image_to_video.json": image_to_video,
-             "planx_edit_plan.json": edit_plan, "planx_semantic_transfer.json": semantic_transfer}
+             "planx_edit_plan.json": edit_plan, "planx_semantic_transfer.json": semantic_transfer,
+             "planx_long_video_semanticgen.json": long_video_semanticgen}
 
 
 def main() -> int:

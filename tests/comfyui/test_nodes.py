@@ -1,8 +1,10 @@
 """Layer 2: the pack's nodes in-process with a real ComfyUI checkout (CPU), no server.
 
 The plan patch on ComfyUI's native WanModel must compute what planx_core's DiT computes with the
-same weights; the nodes must keep their ids and input order (shared workflows); the planner must
-leave the accelerator after use unless told to stay; the tiny model's stand-ins must match planx_core.
+same weights (cross-attention and in-context plans, full and windowed attention); the nodes must
+keep their ids and input order (shared workflows); the planner must leave the accelerator after use
+unless told to stay; the tiny model's stand-ins must match planx_core; SemanticGen's continuous
+plans must go from Load Planner to the sampler, and plans of the wrong kind be refused with a fix.
 """
 import importlib.util
 import sys
@@ -32,7 +34,7 @@ NODE_INPUTS = {
     "PlanX_EditPlanTokens": ["plan", "edits", "planner"],
     "PlanX_InjectRoPEGuidance": ["model", "plan", "branch", "strength", "start", "end", "mode", "rope"],
     "PlanX_Sampler": ["model", "positive", "negative", "seed", "steps", "text_cfg", "plan_cfg", "shift", "solver",
-                      "width", "height", "length", "latent", "start_image", "vae"],
+                      "width", "height", "length", "latent", "start_image", "vae", "attention_window"],
     "PlanX_PlanPreview": ["plan", "planner"],
     "PlanX_SavePlan": ["plan", "filename_prefix"],
     "PlanX_LoadPlan": ["plan_file"],
@@ -66,12 +68,28 @@ def embedded():
     return bundle, pipe, plan
 
 
+SEMANTICGEN = "embedded: semanticgen-tiny"
+SEMANTICGEN_PLANNER = "embedded: semanticgen-tiny (diffusion)"
+SCENE, MOTION = "a red circle on a dark background", "the red circle moves right, then up"
+
+
 def _velocity(patcher, x, sigma, context, **kwargs):
-    """The MODEL's velocity for latent x at sigma, through BaseModel.apply_model and its wrappers."""
+    """The MODEL's velocity for latent x at sigma `[B]`, through BaseModel.apply_model and its wrappers."""
     options = {**patcher.model_options["transformer_options"], "wrappers": patcher.wrappers}
     with torch.no_grad():
         denoised = patcher.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options, **kwargs)
-    return (x - denoised) / sigma
+    return (x - denoised) / sigma.view(-1, 1, 1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def semanticgen(pack):
+    """The embedded SemanticGen (as the nodes load it) and a 65-frame continuous plan from its planner node."""
+    from planx_pack.nodes.model_files import cached_semanticgen
+    nodes = pack.NODE_CLASS_MAPPINGS
+    planner = nodes["PlanX_LoadPlanner"].execute(SEMANTICGEN_PLANNER, "auto", "sdpa", False).args[0]
+    plan, picture = nodes["PlanX_GenerateSemanticPlan"].execute(planner, SCENE, MOTION, 64, 64, 65, 8.0, 2.0, 0,
+                                                                1.0, 0, 1.0, 1.0).args
+    return cached_semanticgen(), planner, plan, picture
 
 
 # ----------------------------------------------------------------------------- schemas
@@ -151,6 +169,82 @@ def test_stock_loader_and_patch_on_a_wan_shaped_dit(pack, comfy_modules):
     x, sigma, context = torch.randn(1, 48, 3, 8, 12), torch.tensor([0.5]), torch.randn(1, 16, 4096)
     got = _velocity(patched, x, sigma, context)
     torch.testing.assert_close(got, ours(x, sigma * 1000, context, plan=conditioning), atol=2e-4, rtol=1e-3)
+
+
+def _in_context_branch(config: DiTConfig, code_dim: int = 8, seed: int = 3) -> SemanticBranch:
+    branch = SemanticBranch(BranchConfig(code_dim=code_dim, dim=config.dim, num_heads=config.num_heads,
+                                         num_layers=config.num_layers, mode="in_context"))
+    return randomize(branch, std=0.2, seed=seed)
+
+
+@pytest.mark.parametrize("rope,strength", [(True, 1.0), (False, 1.0), (True, 0.5), (True, 0.0)],
+                         ids=["rope", "no_rope", "half", "off"])
+def test_in_context_patch_matches_planx_dit(pack, embedded, rope, strength):
+    """An in-context plan (semantic tokens appended to the self-attention sequence at timestep 0) on ComfyUI's
+    WanModel equals planx_core's forward with the same weights; a random branch, so no trained value matters."""
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PlanPatch
+    bundle = embedded[0]
+    model = tiny_model(bundle, TinyLatent())
+    branch = _in_context_branch(bundle.dit.config)
+    conditioning = branch.condition(torch.randn(1, 5 * 16, 8), [0.0, 1.0, 2.0, 3.0, 4.0], (4, 4), strength=strength,
+                                    use_rope=rope)
+    patched = PlanPatch(conditioning).apply_to(model)
+    x, sigma, context = torch.randn(1, 16, 5, 16, 16), torch.tensor([0.6]), torch.randn(1, 64, 64)
+    got = _velocity(patched, x, sigma, context)
+    want = bundle.dit(x, sigma * 1000, context, plan=conditioning)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    if strength:
+        assert (_velocity(model, x, sigma, context) - got).abs().max() > 1e-2  # the plan changes the output
+
+
+@pytest.mark.parametrize("plan_mode", [None, "in_context", "cross_attn"])
+def test_attention_window_matches_planx_dit(pack, embedded, plan_mode):
+    """The Plan-X Sampler's attention_window on ComfyUI's WanModel equals planx_core's forward(..., window=2):
+    shifted windows of 2 latent frames, every window seeing all in-context plan tokens; per-frame timesteps
+    (a start image's frame 0 at t = 0) and a batch of two (CFG) included."""
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PlanPatch, with_window
+    bundle, pipe, plan = embedded
+    model = tiny_model(bundle, TinyLatent())
+    conditioning = None
+    if plan_mode == "in_context":
+        conditioning = _in_context_branch(bundle.dit.config).condition(
+            torch.randn(1, 9 * 16, 8), [float(k) for k in range(9)], (4, 4), strength=0.7)
+    elif plan_mode == "cross_attn":
+        conditioning = pipe.condition(plan)
+    planned = model if conditioning is None else PlanPatch(conditioning).apply_to(model)
+    windowed = with_window(planned, 2)
+    x, context = torch.randn(2, 16, 9, 16, 16), torch.randn(2, 64, 64)
+    sigma = torch.tensor([0.7, 0.7])
+    got = _velocity(windowed, x, sigma, context)
+    want = bundle.dit(x, sigma * 1000, context, plan=conditioning, window=2)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    full = bundle.dit(x, sigma * 1000, context, plan=conditioning)
+    assert (full - want).abs().max() > 1e-2  # the window changes the output
+    mask = torch.ones(1, 1, 9, 16, 16)
+    mask[:, :, 0] = 0
+    got = _velocity(windowed, x[:1], sigma[:1], context[:1], denoise_mask=mask)
+    t = torch.tensor([[0.0] + [700.0] * 8])
+    torch.testing.assert_close(got, bundle.dit(x[:1], t, context[:1], plan=conditioning, window=2), atol=1e-4,
+                               rtol=1e-4)
+    assert not model.wrappers  # the input MODEL is untouched
+
+
+def test_in_context_and_window_on_a_wan_shaped_dit(pack, comfy_modules):
+    """The same on a DiT with Wan's 128-wide heads loaded by ComfyUI's stock detection (the real-weights path)."""
+    import comfy.sd
+    from planx_core.dit import WanModel
+    from planx_pack.nodes.wan_plan_patch import PlanPatch, with_window
+    cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48, name="wan-shaped")
+    ours = randomize(WanModel(cfg), std=0.05)
+    sd = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
+    model = comfy.sd.load_diffusion_model_state_dict(sd)
+    conditioning = _in_context_branch(cfg, code_dim=16).condition(torch.randn(1, 3 * 9, 16), [0.0, 1.5, 3.0], (3, 3))
+    patched = with_window(PlanPatch(conditioning).apply_to(model), 2)
+    x, sigma, context = torch.randn(1, 48, 4, 8, 12), torch.tensor([0.5]), torch.randn(1, 16, 4096)
+    got = _velocity(patched, x, sigma, context)
+    torch.testing.assert_close(got, ours(x, sigma * 1000, context, plan=conditioning, window=2), atol=2e-4, rtol=1e-3)
 
 
 def test_embedded_dit_needs_the_pack_loader(pack, comfy_modules):
@@ -291,3 +385,121 @@ def test_a_branch_for_another_model_is_refused(pack, embedded):
     conditioning = branch.condition(torch.randn(1, 81, 32), [0.0], (9, 9))
     with pytest.raises(ValueError, match="Pick the branch file"):
         PlanPatch(conditioning).apply_to(tiny_model(bundle, TinyLatent()))
+
+
+# ----------------------------------------------------------------------------- SemanticGen (continuous plans)
+
+def test_semanticgen_planner_makes_a_continuous_plan_for_the_length(semanticgen):
+    model, planner, plan, picture = semanticgen
+    assert planner.kind == "continuous" and plan.kind == "continuous"
+    assert len(plan.keyframes) == 17 and plan.num_frames == 65 and plan.fps == 8.0  # 65 frames: 17 keyframes
+    assert tuple(plan.grid) == model.semantic_grid() and plan.codebook.digest == model.digest()
+    assert plan.codebook.size == model.spec.sem_dim and plan.times[1] == 0.5
+    assert picture.ndim == 4 and picture.shape[-1] == 3
+
+
+def test_semanticgen_planner_refuses_what_it_cannot_plan(nodes, semanticgen):
+    planner = semanticgen[1]
+    generate = nodes["PlanX_GenerateSemanticPlan"]
+    with pytest.raises(PlanError, match="fps 8"):
+        generate.execute(planner, SCENE, MOTION, 64, 64, 17, 24.0, 2.0, 0, 1.0, 0, 1.0, 1.0)
+    with pytest.raises(PlanError, match="first_frame"):
+        generate.execute(planner, SCENE, MOTION, 64, 64, 17, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0,
+                         first_frame=torch.zeros(1, 64, 64, 3))
+
+
+def test_continuous_plan_through_preview_save_load_and_edit(nodes, semanticgen, tmp_path, monkeypatch):
+    import folder_paths
+    _, planner, plan, _ = semanticgen
+    for connected in (None, planner):
+        assert nodes["PlanX_PlanPreview"].execute(plan, connected).args[0].shape[-1] == 3
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
+    (tmp_path / "input").mkdir()
+    saved = nodes["PlanX_SavePlan"].execute(plan, "planx/long").ui["planx_plans"][0]
+    (tmp_path / "input" / "long.plan.json").write_bytes((tmp_path / "output" / saved["subfolder"] /
+                                                         saved["filename"]).read_bytes())
+    loaded = nodes["PlanX_LoadPlan"].execute("long.plan.json").args[0]
+    assert loaded.to_dict() == plan.to_dict()
+    edit = nodes["PlanX_EditPlanTokens"]
+    passed = edit.execute(loaded, "", planner)
+    assert passed.args[0].to_dict() == plan.to_dict()
+    view = passed.ui["planx_editor"][0]
+    assert view["base"]["kind"] == "continuous" and view["palette"] == [] and view["words"] == {}
+    assert len(view["cell_colours"]["plan"]) == 17 and len(view["cell_colours"]["plan"][0]) == plan.cells
+    vector = [0.5] * plan.codebook.size
+    edits = f'[{{"op": "fill", "keyframe": 3, "rect": [0, 0, 1, 1], "vector": {vector}}}, {{"op": "lock", "keyframe": 3}}]'
+    edited = edit.execute(loaded, edits, planner).args[0]
+    assert edited.keyframes[3].vectors[0] == vector and edited.keyframes[3].locked
+    with pytest.raises(PlanError, match="fill_word"):
+        edit.execute(loaded, '[{"op": "fill_word", "keyframe": 0, "word": "red"}]', None)
+
+
+def test_encode_video_to_plan_with_the_semanticgen_planner(nodes, semanticgen):
+    model, planner, _, _ = semanticgen
+    frames = torch.rand(17, 64, 64, 3)
+    plan = nodes["PlanX_EncodeVideoToPlan"].execute(frames, planner, 8.0, 2.0).args[0]
+    assert plan.kind == "continuous" and len(plan.keyframes) == 5 and plan.codebook.digest == model.digest()
+
+
+def test_semanticgen_model_and_branch_render_the_plan_like_planx_core(nodes, semanticgen):
+    """Load Plan-X Tiny Model (semanticgen) + Inject (semanticgen branch, a continuous plan): the MODEL's
+    velocity equals SemanticGen's stage-2 DiT with the in-context plan, windowed or not."""
+    from planx_pack.nodes.wan_plan_patch import with_window
+    model, _, plan, _ = semanticgen
+    tiny, clip, vae = nodes["PlanX_LoadTinyModel"].execute(SEMANTICGEN).args
+    patched = nodes["PlanX_InjectRoPEGuidance"].execute(tiny, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file",
+                                                        True).args[0]
+    conditioning = model.branch.condition_plan(plan, None, num_frames=65, fps=8.0)
+    x, sigma, context = torch.randn(1, 16, 17, 16, 16), torch.tensor([0.6]), torch.randn(1, 64, 64)
+    for window in (None, 2):
+        got = _velocity(with_window(patched, window or 0), x, sigma, context)
+        want = model.latent_dit(x, sigma * 1000, context, plan=conditioning, window=window)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    positive = clip.encode_from_tokens(clip.tokenize(f"{SCENE}. {MOTION}."))
+    torch.testing.assert_close(positive, model.contexts(SCENE, MOTION)[0])
+    assert vae.vae is model.vae
+
+
+def test_semanticgen_sampler_renders_a_long_video_with_a_window(nodes, semanticgen):
+    import nodes as comfy_nodes
+    _, _, plan, _ = semanticgen
+    model, clip, vae = nodes["PlanX_LoadTinyModel"].execute(SEMANTICGEN).args
+    patched = nodes["PlanX_InjectRoPEGuidance"].execute(model, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file",
+                                                        True).args[0]
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, f"{SCENE}. {MOTION}.")[0]
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    latent = nodes["PlanX_Sampler"].execute(patched, positive, negative, 0, 3, 1.0, 1.0, 0.0, "unipc", 64, 64, 65,
+                                            attention_window=2).args[0]["samples"]
+    assert latent.shape == (1, 16, 17, 16, 16) and torch.isfinite(latent).all()
+
+
+def test_plans_of_the_wrong_kind_or_space_are_refused_with_a_fix(nodes, embedded, semanticgen):
+    _, _, token_plan = embedded
+    _, _, plan, _ = semanticgen
+    model = nodes["PlanX_LoadTinyModel"].execute(SEMANTICGEN).args[0]
+    inject = nodes["PlanX_InjectRoPEGuidance"]
+    with pytest.raises(PlanError, match="Plan-X branch that reads TA-Tok token plans.*semanticgen-tiny"):
+        inject.execute(model, plan, "embedded: planx-tiny", 1.0, 0.0, 1.0, "from branch file", True)
+    with pytest.raises(PlanError, match="holds TA-Tok tokens.*semanticgen-tiny \\(diffusion\\)"):
+        inject.execute(model, token_plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file", True)
+    foreign = plan.copy()
+    foreign.codebook = CodebookId("other-kl8", plan.codebook.size, "0123456789abcdef")
+    with pytest.raises(PlanError, match="another compressor.*0123456789abcdef"):
+        inject.execute(model, foreign, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file", True)
+    with pytest.raises(ValueError, match="trained for in_context injection, not cross_attn"):
+        inject.execute(model, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "cross_attn", True)
+    patched = inject.execute(model, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file", True).args[0]
+    with pytest.raises(ValueError, match="already renders a plan"):
+        inject.execute(patched, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file", True)
+
+
+def test_new_choices_are_appended(nodes):
+    def options(node_id, name):
+        types = nodes[node_id].INPUT_TYPES()
+        spec = {**types.get("required", {}), **types.get("optional", {})}[name]
+        return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+    assert options("PlanX_LoadPlanner", "planner")[0] == "embedded: planx-tiny"
+    assert options("PlanX_LoadPlanner", "planner")[-1] == SEMANTICGEN_PLANNER
+    for node_id, name in (("PlanX_LoadTinyModel", "model"), ("PlanX_InjectRoPEGuidance", "branch")):
+        assert options(node_id, name)[0] == "embedded: planx-tiny" and options(node_id, name)[-1] == SEMANTICGEN

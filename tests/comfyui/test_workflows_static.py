@@ -1,8 +1,9 @@
 """The shipped workflows (workflows/*.json) as files: no server and no ComfyUI needed.
 
 Each is a frontend workflow (version 0.4) using only Plan-X and stock node types, whose links agree
-from both ends, and which says in `extra.planx.real_weights` how to run it on Wan 2.2 TI2V 5B.
-That they also run is checked against a real server in test_server.py.
+from both ends, and which says in `extra.planx.real_weights` how to run it on Wan 2.2 TI2V 5B (the
+SemanticGen long-video workflow says why it has no such variant). That they also run is checked
+against a real server in test_server.py.
 """
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ PLANX = {"PlanX_LoadPlanner", "PlanX_GenerateSemanticPlan", "PlanX_EditPlanToken
          "PlanX_LoadTinyModel"}
 STOCK = {"CLIPTextEncode", "VAEDecode", "SaveImage", "LoadImage"}
 REAL_LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
+LONG_VIDEO = "planx_long_video_semanticgen.json"  # SemanticGen: 65 frames, attention window, no real weights
 EXPECTED = {"planx_text_to_video.json", "planx_image_to_video.json", "planx_edit_plan.json",
-            "planx_semantic_transfer.json"}
+            "planx_semantic_transfer.json", LONG_VIDEO}
 
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_the_four_workflows_are_shipped():
+def test_the_five_workflows_are_shipped():
     assert EXPECTED <= {p.name for p in WORKFLOWS}
 
 
@@ -72,8 +74,15 @@ def test_links_agree_from_both_ends(workflow):
             assert set(out["links"] or []) <= known
 
 
-def test_real_weights_variant_is_described(workflow):
+def _name(request) -> str:
+    return request.node.callspec.params["workflow"].name
+
+
+def test_real_weights_variant_is_described(workflow, request):
     real = workflow["extra"]["planx"]["real_weights"]
+    if _name(request) == LONG_VIDEO:
+        assert real["available"] is False and "no real-weights variant" in real["summary"]
+        return
     nodes = {str(n["id"]): n for n in workflow["nodes"]}
     assert real["summary"] and real["video"] == {"width": 1280, "height": 704, "length": 121, "fps": 24.0}
     loaders = {loader["type"]: loader for loader in real["loaders"]}
@@ -98,13 +107,19 @@ def test_real_weights_variant_is_described(workflow):
     assert ("planx-wan22/branch.safetensors", "planx") in names
 
 
-def test_shipped_settings_run_on_the_tiny_model(workflow):
-    """Tiny loaders and the embedded planner; 64x64, 17 frames at 8 fps, 20 steps, both CFGs 1, shift 0."""
+def test_shipped_settings_run_on_the_tiny_model(workflow, request):
+    """Tiny loaders and the embedded planner; 64x64, 17 frames at 8 fps, 20 steps, both CFGs 1, shift 0, full
+    attention. The long-video workflow: the embedded SemanticGen, 65 frames, attention window 2."""
+    long = _name(request) == LONG_VIDEO
+    length, window = (65, 2) if long else (17, 0)
+    loaders = {"PlanX_LoadPlanner": "embedded: semanticgen-tiny (diffusion)" if long else "embedded: planx-tiny",
+               "PlanX_LoadTinyModel": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny",
+               "PlanX_InjectRoPEGuidance": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny"}
     for node in workflow["nodes"]:
         values = node["widgets_values"]
-        if node["type"] in ("PlanX_LoadPlanner", "PlanX_LoadTinyModel"):
-            assert values[0] == "embedded: planx-tiny"
+        if node["type"] in loaders:
+            assert values[0] == loaders[node["type"]], node["type"]
         if node["type"] == "PlanX_GenerateSemanticPlan":
-            assert values[2:6] == [64, 64, 17, 8.0]  # scene, motion, width, height, length, fps, ...
-        if node["type"] == "PlanX_Sampler":  # seed, "fixed", steps, text_cfg, plan_cfg, shift, solver, w, h, length
-            assert values[2:6] == [20, 1.0, 1.0, 0.0] and values[7:10] == [64, 64, 17]
+            assert values[2:6] == [64, 64, length, 8.0]  # scene, motion, width, height, length, fps, ...
+        if node["type"] == "PlanX_Sampler":  # seed, "fixed", steps, text_cfg, plan_cfg, shift, solver, w, h, length,
+            assert values[2:6] == [20, 1.0, 1.0, 0.0] and values[7:11] == [64, 64, length, window]  # window

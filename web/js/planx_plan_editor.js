@@ -25,6 +25,11 @@
  * keyframes re-sort by time, keyframe indices are those at the time a step runs. A step it cannot
  * replay (another op, a word outside the palette) makes it show the server's plan as is.
  *
+ * A continuous plan (SemanticGen: keyframes of semantic vectors, base.kind === "continuous") has no
+ * codes: the payload then carries cell_colours: {base: [[hex per cell] per keyframe], plan: [...]},
+ * the plan picture's principal-component colours, and the editor shows the server's plan read-only
+ * in them (hover a cell for its vector); its edits are the text (fill with "vector", paste, ...).
+ *
  * Geometry, for tests and mouse actions: each keyframe grid is a <canvas data-keyframe="i">
  * of gw*cell x gh*cell CSS pixels (cell = 10 by default, see the zoom buttons), cell (row, col)
  * at [col*cell, row*cell]; the node's transform scales it, so map through getBoundingClientRect.
@@ -137,6 +142,11 @@ function sameStep(a, b) {
 // ---------------------------------------------------------------------------------------------
 // Replay: plan_edits.py semantics for the ops the editor emits
 // ---------------------------------------------------------------------------------------------
+
+/** A plan of semantic vectors (SemanticGen), not token ids. */
+function isContinuous(plan) {
+  return plan?.kind === "continuous";
+}
 
 class StepError extends Error {}
 class Unsupported extends Error {}
@@ -615,7 +625,7 @@ class PlanEditor {
     this.server = {
       base: data.base ?? null, plan: data.plan ?? null, error: data.error ?? null,
       colours: data.colours ?? {}, words: data.words ?? {}, palette: data.palette ?? [],
-      steps: RUN_STEPS.get(data) ?? null,
+      cellColours: data.cell_colours ?? null, steps: RUN_STEPS.get(data) ?? null,
     };
     this.render();
   }
@@ -674,9 +684,24 @@ class PlanEditor {
       return { plan: null, steps, source: "none", editable: false,
         status: `Run the workflow to see the plan; ${plural(n, "edit")} kept` };
     }
+    if (isContinuous(this.server.base)) return this.continuousView(steps);
     const lookup = (w) => this.codeOfWord(w);
     const replay = replayEdits(this.server.base, steps, lookup);
     return replay.unsupported ? this.serverView(replay, steps, lookup) : this.replayView(replay, steps);
+  }
+
+  /** A continuous plan: the server's plan (the edited one, else the input), read-only. */
+  continuousView(steps) {
+    const server = this.server;
+    const plan = server.plan ?? server.base;
+    const space = server.base.codebook ?? {};
+    const ran = server.steps;
+    const current = ran && ran.length === steps.length && ran.every((s, i) => sameStep(s, steps[i]));
+    const status = `continuous plan (${space.name ?? "semantic vectors"}, ${space.size ?? "?"}-dim vectors per cell): `
+      + `read-only here, coloured by its principal components · ${plural(steps.length, "edit")} in the text`
+      + (server.error ? ` · ${server.error}` : current ? "" : " — run the workflow to see them applied");
+    return { plan, steps, source: "server", editable: false, bad: !!server.error, status,
+      cellColours: server.cellColours?.[server.plan ? "plan" : "base"] ?? null };
   }
 
   replayView(replay, steps) {
@@ -892,14 +917,16 @@ class PlanEditor {
     const plan = this.view.plan;
     const [gh, gw] = plan.grid;
     const cell = this.cell;
-    const tokens = plan.keyframes[i].tokens;
+    const tokens = plan.keyframes[i].tokens ?? [];
+    const vectorColours = isContinuous(plan) ? (this.view.cellColours?.[i] ?? []) : null;
     const ctx = canvas.getContext("2d");
     const painted = this.stroke?.keyframe === i ? this.stroke.cells : null;
     const paint = painted ? this.strokeStyle(ctx) : null;
     for (let r = 0; r < gh; r++) {
       for (let c = 0; c < gw; c++) {
         const index = r * gw + c;
-        ctx.fillStyle = painted?.has(index) ? paint : this.colourOf(tokens[index]);
+        const colour = vectorColours ? (vectorColours[index] ?? "#808080") : this.colourOf(tokens[index]);
+        ctx.fillStyle = painted?.has(index) ? paint : colour;
         ctx.fillRect(c * cell, r * cell, cell, cell);
       }
     }
@@ -1020,6 +1047,7 @@ class PlanEditor {
   }
 
   pickCell(i, row, col) {
+    if (isContinuous(this.view.plan)) return this.say("A continuous plan has no codes to pick; edit it in the text");
     const code = this.view.plan.keyframes[i].tokens[row * this.view.plan.grid[1] + col];
     this.setBrush({ code, word: this.wordOf(code) });
     this.pickMode = false;
@@ -1052,14 +1080,24 @@ class PlanEditor {
   }
 
   showCellTip(e, i, { row, col }) {
-    const code = this.view.plan.keyframes[i].tokens[row * this.view.plan.grid[1] + col];
-    const word = this.wordOf(code);
-    const text = `${word ? `${word} · ` : ""}code ${code} — keyframe ${i}, row ${row}, col ${col}`;
+    const plan = this.view.plan;
+    const index = row * plan.grid[1] + col;
+    let text, short;
+    if (isContinuous(plan)) {
+      const vector = (plan.keyframes[i].vectors?.[index] ?? []).map((v) => Number(v).toFixed(2)).join(", ");
+      short = `[${vector}]`;
+      text = `vector ${short} — keyframe ${i}, row ${row}, col ${col}`;
+    } else {
+      const code = plan.keyframes[i].tokens[index];
+      const word = this.wordOf(code);
+      short = word ? `${word} · ${code}` : `code ${code}`;
+      text = `${word ? `${word} · ` : ""}code ${code} — keyframe ${i}, row ${row}, col ${col}`;
+    }
     this.dom.info.textContent = text;
     const tip = this.dom.tip;
     const box = this.dom.root.getBoundingClientRect();
     const scale = box.width / (this.dom.root.offsetWidth || box.width || 1);
-    tip.textContent = word ? `${word} · ${code}` : `code ${code}`;
+    tip.textContent = short;
     tip.style.display = "block";
     tip.style.left = `${(e.clientX - box.left) / scale + 12}px`;
     tip.style.top = `${(e.clientY - box.top) / scale + 12}px`;
