@@ -148,7 +148,7 @@ class SemanticGenHandle:
                             f"the Plan-X planner (embedded: planx-tiny), which takes first frames, context frames "
                             f"and locked keyframes")
         self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
-        model = self.model.with_spec(text_scale=float(guidance_scale))
+        model = self.model.with_spec(semantic_text_scale=float(guidance_scale))
         bar = comfy.utils.ProgressBar(model.spec.semantic_steps)
 
         def progress(step, total, *_):

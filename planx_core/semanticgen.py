@@ -61,7 +61,8 @@ class SemanticGenSpec:
     steps: int = 20                 # stage-2 steps
     semantic_steps: int = 30        # stage-1 Euler steps
     shift: float = 3.0
-    text_scale: float = 1.0
+    text_scale: float = 1.0         # stage-2 text guidance
+    semantic_text_scale: float = 1.0  # stage-1 text guidance
     name: str = "semanticgen-tiny"
 
     def to_json(self) -> str:
@@ -186,7 +187,8 @@ class SemanticGen:
         grid = self.semantic_grid()
         z = generate_semantics(self.semantic_dit, positive, negative, keyframes=self.keyframes(num_frames), grid=grid,
                                steps=steps or self.spec.semantic_steps, shift=self.spec.shift,
-                               text_scale=self.spec.text_scale, seed=seed, callback=callback, interrupt=interrupt)
+                               text_scale=self.spec.semantic_text_scale, seed=seed, callback=callback,
+                               interrupt=interrupt)
         return z[0]  # [K, gh, gw, D]
 
     def semantic_grid(self) -> tuple[int, int]:
