@@ -39,7 +39,7 @@ import comfy.patcher_extension
 from comfy.ldm.flux.math import apply_rope1
 from comfy.ldm.wan.model import sinusoidal_embedding_1d
 
-from planx_core.dit import check_window, plan_key_bias
+from planx_core.dit import check_window
 from planx_core.semantic_branch import PlanConditioning, plan_positions
 from planx_core.window_attention import WindowLayout, layer_shift, windowed_attention
 
@@ -243,7 +243,7 @@ class PlanPatch:
         key = (grid, str(device), dtype)
         if key not in self._placed:
             plan = self.conditioning
-            plan.bind(grid, dm.dim, len(dm.blocks))  # refuses a plan longer than the video, a foreign branch
+            bound = plan.bind(grid, dm.dim, len(dm.blocks))  # refuses a plan longer than the video, a foreign branch
             in_context = plan.mode == "in_context"
             freqs = None
             if plan.use_rope or in_context:  # in context without RoPE: identity rotations (position 0)
@@ -253,7 +253,7 @@ class PlanPatch:
                 freqs = dm.rope_embedder(positions[None].to(device, torch.float32)).movedim(1, 2)  # [1, P, 1, D/2, 2, 2]
                 freqs = freqs.to(dtype)
             self.branch.to(device)
-            bias = plan_key_bias(plan.strength) if in_context else None
+            bias = bound.key_bias if in_context else None
             self._placed = {key: _PlacedPlan(self, plan.tokens.to(device), freqs, in_context, bias)}
         return self._placed[key]
 

@@ -165,13 +165,6 @@ def check_window(window: int | None, frames: int) -> int | None:
     return None if window >= frames else window
 
 
-def plan_key_bias(strength: float) -> float | None:
-    """In-context plan strength as the additive bias on the plan keys (as `BoundPlan.append_tokens`)."""
-    if strength == 1.0:
-        return None
-    return math.log(strength) if strength > 0 else float("-inf")
-
-
 def window_attend(grid: tuple[int, int, int], window: int, block: int, num_global: int, global_bias: float | None):
     """The self-attention of block `block` under shifted windows of `window` latent frames."""
     layout = WindowLayout(frames=grid[0], tokens_per_frame=grid[1] * grid[2], window=window,
@@ -247,7 +240,7 @@ class WanModel(nn.Module):
             plan = plan.bind(grid, self.config.dim, self.config.num_layers)
             if plan.mode == "in_context":
                 tokens, rows, layout, rope, attn_mask = plan.append_tokens(tokens, rows, layout, rope, dtype)
-                num_global, global_bias = tokens.shape[1] - math.prod(grid), plan_key_bias(plan.plan.strength)
+                num_global, global_bias = tokens.shape[1] - math.prod(grid), plan.key_bias
         e, e0 = self.embed_time(rows)  # [B, S, C], [B, S, 6, C]
         context = self.text_embedding(context.to(dtype))  # [B, Lt, C]
         for i, block in enumerate(self.blocks):

@@ -253,6 +253,14 @@ class BoundPlan:
             return attention(q, k, v) * self.plan.strength  # [B, L, H, D]
         return attend
 
+    @property
+    def key_bias(self) -> float | None:
+        """In-context strength as an additive bias on the plan keys: log(strength), None at 1."""
+        strength = self.plan.strength
+        if strength == 1.0:
+            return None
+        return math.log(strength) if strength > 0 else float("-inf")
+
     def append_tokens(self, tokens, rows, layout, rope: Rope, dtype: torch.dtype):
         """In-context mode: video tokens `[B, Lv, C]` + plan tokens at timestep 0 -> `[B, Lv + P, C]`."""
         plan = self.tokens_for(tokens.shape[0])  # [B, P, C]
@@ -261,10 +269,9 @@ class BoundPlan:
         tokens = torch.cat([tokens, plan.to(tokens.dtype)], dim=1)
         rows = torch.cat([rows, rows.new_zeros(rows.shape[0], 1)], dim=1)  # [B, S + 1]
         mask = None
-        if self.plan.strength != 1.0:
-            bias = math.log(self.plan.strength) if self.plan.strength > 0 else float("-inf")
+        if self.key_bias is not None:
             mask = torch.zeros(1, 1, 1, tokens.shape[1], dtype=dtype, device=tokens.device)
-            mask[..., -count:] = bias
+            mask[..., -count:] = self.key_bias
         return tokens, rows, layout.then(1, count), rope.cat(plan_rope), mask
 
 
