@@ -66,7 +66,7 @@ def cmd_check_plan(args) -> int:
     print(f"plan:       {args.path} (valid)")
     print(f"video:      {plan.num_frames} frames at {plan.fps:g} fps, {plan.width}x{plan.height}, "
           f"{plan.duration:g} s")
-    print(f"grid:       {plan.grid[0]}x{plan.grid[1]}, {plan.kind}, codebook {plan.codebook.describe()}")
+    print(f"grid:       {plan.grid[0]}x{plan.grid[1]}, {plan.kind}, {plan.describe_codebook()}")
     locked = [i for i, k in enumerate(plan.keyframes) if k.locked]
     print(f"keyframes:  {len(plan.keyframes)} at {', '.join(f'{t:g}' for t in plan.times)} s"
           + (f"; locked {sorted(locked)}" if locked else ""))
