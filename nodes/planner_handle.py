@@ -29,8 +29,20 @@ ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash_atten
 PALETTE_SIZE = 256
 
 
+class LoadedWhileUsed:
+    """`with handle:` loads its ModelPatcher onto the device, and unloads it after unless `keep_loaded`."""
+
+    def __enter__(self):
+        comfy_models.load(self.patcher)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.keep_loaded:
+            comfy_models.unload(self.patcher)
+
+
 @dataclass
-class PlannerHandle:
+class PlannerHandle(LoadedWhileUsed):
     kind = "tokens"  # plans of TA-Tok token ids
 
     planner: SemanticPlanner
@@ -40,15 +52,6 @@ class PlannerHandle:
     keep_loaded: bool
     patcher: object = field(repr=False, default=None)
     _palette: list | None = field(default=None, repr=False)
-
-    # -- memory ----------------------------------------------------------------------
-    def __enter__(self) -> "PlannerHandle":
-        comfy_models.load(self.patcher)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self.keep_loaded:
-            comfy_models.unload(self.patcher)
 
     # -- planning --------------------------------------------------------------------
     def plan(self, scene: str, motion: str, *, first_frame=None, context_frames=None, grid: int = 9, **kwargs) -> Plan:
@@ -95,7 +98,7 @@ class PlannerHandle:
 
 
 @dataclass
-class SemanticGenHandle:
+class SemanticGenHandle(LoadedWhileUsed):
     """SemanticGen's stage 1 as a planner: text -> z_sem `[K, gh, gw, D]` -> a continuous plan, one keyframe
     every `keyframe_stride` frames at the model's fps and size; Encode Video To Plan runs its semantic
     encoder and compressor instead. No words: its cells are vectors, drawn in their principal components."""
@@ -105,14 +108,6 @@ class SemanticGenHandle:
     model: SemanticGen
     keep_loaded: bool
     patcher: object = field(repr=False, default=None)
-
-    def __enter__(self) -> "SemanticGenHandle":
-        comfy_models.load(self.patcher)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self.keep_loaded:
-            comfy_models.unload(self.patcher)
 
     def check_video(self, *, fps: float, num_frames: int, width: int | None = None, height: int | None = None,
                     keyframe_rate: float | None = None) -> None:

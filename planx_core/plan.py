@@ -104,6 +104,18 @@ def keyframe_times(num_frames: int, fps: float, rate: float = 2.0) -> list[float
     return [round(k / rate, 6) for k in range(count)]
 
 
+def keyframe_frames(num_frames: int, fps: float, rate: float = 2.0) -> tuple[list[float], list[int]]:
+    """(times, video frame indices) of the keyframes: frame round(t * fps) of each `keyframe_times`
+    time; when fps is below the rate, times that land on an already used frame are skipped."""
+    times, indices = [], []
+    for t in keyframe_times(num_frames, fps, rate):
+        index = min(int(round(t * fps)), num_frames - 1)
+        if index not in indices:
+            times.append(t)
+            indices.append(index)
+    return times, indices
+
+
 @dataclass
 class Plan:
     """A keyframe plan for one video: video fields, grid, codebook identity, keyframes, provenance."""

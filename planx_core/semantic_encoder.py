@@ -226,14 +226,8 @@ class SemanticEncoder(nn.Module):
 
 def semantic_keyframes(num_frames: int, fps: float, rate: float = SEMANTIC_FPS) -> tuple[list[float], list[int]]:
     """(times, frame indices) sampled every 1/rate s: frame round(t * fps), repeated frames skipped."""
-    from .plan import keyframe_times
-    times, indices = [], []
-    for t in keyframe_times(num_frames, fps, rate):
-        index = min(int(round(t * fps)), num_frames - 1)
-        if index not in indices:
-            times.append(t)
-            indices.append(index)
-    return times, indices
+    from .plan import keyframe_frames
+    return keyframe_frames(num_frames, fps, rate)
 
 
 def semantic_keyframe_indices(num_frames: int, fps: float, rate: float = SEMANTIC_FPS) -> list[int]:

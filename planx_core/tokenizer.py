@@ -363,16 +363,11 @@ def plan_from_video(tatok: TATok, frames, fps: float, *, keyframe_rate: float = 
     Keyframes fall every 1/keyframe_rate s (`plan.keyframe_times`); when fps is below the rate, times
     that land on an already used frame are skipped. width/height default to the frames' size.
     """
-    from .plan import Provenance, keyframe_times, make_plan
+    from .plan import Provenance, keyframe_frames, make_plan
     frames = torch.as_tensor(frames)
     shape = frames_to_nchw(frames[:1]).shape  # checks the layout on one frame: [1, 3, H, W]
     count = frames.shape[0]
-    times, indices = [], []
-    for t in keyframe_times(count, fps, keyframe_rate):
-        index = min(int(round(t * fps)), count - 1)
-        if index not in indices:
-            times.append(t)
-            indices.append(index)
+    times, indices = keyframe_frames(count, fps, keyframe_rate)
     tokens = torch.cat([tatok.encode(frames_to_nchw(frames[indices[i:i + batch_size]]), grid=grid)
                         for i in range(0, len(indices), batch_size)])  # [K, g*g]; only keyframes are converted
     return make_plan(tokens, times=times, fps=fps, num_frames=count, width=width or shape[-1],

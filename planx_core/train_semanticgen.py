@@ -49,7 +49,7 @@ def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) ->
     """Latents `[B, z, F, h, w]`, semantic features `[B, K, gh, gw, Fd]` of the ~2-fps keyframes, prompt ids/mask."""
     video = clip_video(clips)  # [B, 3, T, H, W]
     latents = torch.cat([vae.encode(video[i:i + 4]) for i in range(0, len(clips), 4)])
-    keys = list(range(0, video.shape[2], 4))  # 2 fps at 8 fps
+    keys = list(range(0, video.shape[2], SemanticGenSpec.keyframe_stride))  # 2 fps at 8 fps
     frames = video[:, :, keys].transpose(1, 2).flatten(0, 1)  # [B*K, 3, H, W]
     feats = encoder.encode(frames).unflatten(0, (len(clips), len(keys)))  # [B, K, gh, gw, Fd]
     ids, mask = text.tokenize([join_prompt(c.scene, c.motion) for c in clips])  # [B, L]
@@ -123,7 +123,7 @@ class SemLatentStage(PoolMixin, Stage):
         parser.add_argument("--sem-dim", type=int, default=8, help="semgen: compressed semantic width (8 or 64)")
         parser.add_argument("--kl-weight", type=float, default=1e-3, help="semgen: weight of the KL term")
         parser.add_argument("--rec-weight", type=float, default=0.1, help="semgen: weight of feature reconstruction")
-        parser.add_argument("--plan-dropout", type=float, default=0.15, help="dit, semgen: steps without the plan")
+        parser.add_argument("--sem-dropout", type=float, default=0.15, help="semgen: steps without the semantic plan")
         parser.add_argument("--text-dropout", type=float, default=0.1, help="semgen: samples without text")
 
     def __init__(self, ctx: StageContext):
@@ -171,7 +171,7 @@ class SemLatentStage(PoolMixin, Stage):
     def batch(self, step: int):
         a, b = self.args, self.draw(step)
         inputs = {"x0": b["x0"], "context": self.context(b["ids"], b["mask"]), "feats": b["feats"],
-                  "seed": b["seed"], "text_p": a.text_dropout, "plan_p": a.plan_dropout,
+                  "seed": b["seed"], "text_p": a.text_dropout, "plan_p": a.sem_dropout,
                   "kl_weight": a.kl_weight, "rec_weight": a.rec_weight}
         return inputs, []
 
