@@ -13,7 +13,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from planx_core.plan import Plan, PlanError
-from planx_core.plan_edits import apply_edits, parse_edits
+from planx_core.plan_edits import OPS, apply_edits, parse_edits
 from planx_core.plan_picture import code_colours, plan_picture, vector_colours
 from planx_core.pipeline import load_plan_file
 
@@ -172,7 +172,8 @@ def editor_view(base: Plan, edited: Plan, planner) -> dict:
     colours of its plan picture (the editor shows it read-only; its edits are the text)."""
     if base.kind == "continuous":
         return {"base": base.to_dict(), "plan": edited.to_dict(), "error": None, "colours": {}, "words": {},
-                "palette": [], "cell_colours": {"base": _cell_hex(base), "plan": _cell_hex(edited)}}
+                "palette": [], "cell_colours": {"base": _cell_hex(base), "plan": _cell_hex(edited)},
+                "ops": list(OPS)}
     planner = _token_planner(planner)
     palette = planner.palette() if planner is not None else []
     codes = {int(c) for p in (base, edited) for k in p.keyframes for c in k.tokens} | {e["code"] for e in palette}
@@ -180,7 +181,7 @@ def editor_view(base: Plan, edited: Plan, planner) -> dict:
     words = planner.words(codes) if planner is not None else {}
     return {"base": base.to_dict(), "plan": edited.to_dict(), "error": None,
             "colours": {str(c): _hex(colours[c]) for c in sorted(codes)},
-            "words": {str(c): w for c, w in words.items()}, "palette": palette}
+            "words": {str(c): w for c, w in words.items()}, "palette": palette, "ops": list(OPS)}
 
 
 def _colours(plan: Plan, planner):
