@@ -8,11 +8,11 @@ Default: a mid config (dim 512, 8 layers, 4 heads of 128, 2,304 video tokens, 51
 from __future__ import annotations
 
 import torch
-
 from common import common_args, interleaved_times, report, setup_runtime
-from planx_core.checkpoint import to_official
-from planx_core.configs import DiTConfig, get_preset
-from planx_core.dit import WanModel
+
+from planx_core.wan.configs import DiTConfig, get_preset
+from planx_core.wan.dit import WanModel
+from planx_core.wan.dit_files import to_official
 
 MID = DiTConfig(dim=512, ffn_dim=2048, num_heads=4, num_layers=8, in_dim=48, out_dim=48, name="mid")
 

@@ -18,9 +18,10 @@ import random
 import string
 
 import torch
-
 from common import common_args, interleaved_times, report, setup_runtime
-from planx_core.planner import SemanticPlanner, build_word_tokenizer, extend_vocabulary
+
+from planx_core.planner.model import SemanticPlanner
+from planx_core.planner.vocab import build_word_tokenizer, extend_vocabulary
 
 PROMPT_WORDS = ("you are a video planner write keyframes keyframe for of seconds second at frames per one every each "
                 "is by grid visual tokens system user assistant scene motion first frame").split()

@@ -9,12 +9,12 @@ On a GPU: `--preset wan2.2-ti2v-5b --latent 31x44x80 --keyframes 11 --dtype bflo
 from __future__ import annotations
 
 import torch
-
 from bench_dit_vs_diffusers import MID
 from common import common_args, interleaved_times, report, setup_runtime
-from planx_core.configs import get_preset
-from planx_core.dit import WanModel
+
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
+from planx_core.wan.configs import get_preset
+from planx_core.wan.dit import WanModel
 
 
 def branch_for(cfg, mode: str, device, dtype) -> SemanticBranch:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import statistics
 
 import torch
-
 from common import common_args, interleaved_times, report, setup_runtime
-from planx_core.tokenizer import TATok, TATokConfig
+
+from planx_core.tatok.model import TATok, TATokConfig
 
 
 def measure(config: TATokConfig, batch: int, args, device, dtype, sync) -> None:

@@ -30,13 +30,13 @@ import subprocess
 import sys
 
 import torch
-
 from common import common_args, interleaved_times, setup_runtime
-from planx_core.configs import DiTConfig, get_preset
-from planx_core.attention import attention
-from planx_core.dit import WanModel
+
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
-from planx_core.window_attention import WindowLayout, layer_shift, windowed_attention
+from planx_core.wan.attention import attention
+from planx_core.wan.configs import DiTConfig, get_preset
+from planx_core.wan.dit import WanModel
+from planx_core.wan.windows import WindowLayout, layer_shift, windowed_attention
 
 SHAPES = {  # config, tokens per latent frame (H' x W'), default dtype
     "cpu": (DiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=2, in_dim=16, out_dim=16, text_dim=64,

@@ -12,16 +12,14 @@ methods the stock CLIPTextEncode and VAEDecode call.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models
+import torch
+from torch import nn
 
-from planx_core.bundle import Bundle
-from planx_core.pipeline import prompt_text, split_prompt
+from planx_core.pipelines import Bundle, prompt_text, split_prompt
 
 
 class Holder(nn.Module):

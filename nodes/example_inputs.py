@@ -11,7 +11,7 @@ import shutil
 
 import folder_paths
 
-from planx_core.bundle import EMBEDDED
+from planx_core import EMBEDDED
 
 EXAMPLES = {"planx_red_circle.png": EMBEDDED / "examples" / "red_circle.png"}
 

@@ -1,7 +1,7 @@
 """Where the pack's model files live: the `planx` models folder, the embedded tiny model, and codebooks by hash.
 
 Layout of `models/planx/` (registered through `folder_paths`, extra_model_paths.yaml may add more):
-- a bundle folder per model, as `python -m planx_core.assemble` writes it: `planner/`,
+- a bundle folder per model, as `python -m planx_core assemble` writes it: `planner/`,
   `ta_tok.safetensors`, `text_encoder/`, `vae.safetensors`, `dit.safetensors`, `branch.safetensors`,
   `bundle.json`. Load Planner lists folders with `planner/` and `ta_tok.safetensors`; the tiny
   model loader lists folders with `bundle.json`;
@@ -19,11 +19,12 @@ from pathlib import Path
 import folder_paths
 import torch
 
-from planx_core.bundle import EMBEDDED, load_bundle
+from planx_core import EMBEDDED
+from planx_core.pipelines import FILES, load_bundle
 from planx_core.plan import Plan, PlanError
-from planx_core.semantic_compressor import load_compressor
-from planx_core.semanticgen import FILES as SEMANTICGEN_FILES, SemanticGen
-from planx_core.tokenizer_files import load_tatok
+from planx_core.semanticgen import FILES as SEMANTICGEN_FILES
+from planx_core.semanticgen import SemanticGen, load_compressor
+from planx_core.tatok import load_tatok
 
 FOLDER = "planx"
 EMBEDDED_CHOICE = "embedded: planx-tiny"
@@ -56,12 +57,12 @@ def _bundle_folders(required: tuple[str, ...]) -> list[str]:
 
 
 def planner_choices() -> list[str]:
-    return [EMBEDDED_CHOICE] + _bundle_folders(("planner/config.json", "ta_tok.safetensors")) + \
+    return [EMBEDDED_CHOICE] + _bundle_folders((f"{FILES['planner']}/config.json", FILES["tatok"])) + \
         [SEMANTICGEN_PLANNER_CHOICE]
 
 
 def bundle_choices() -> list[str]:
-    return [EMBEDDED_CHOICE] + _bundle_folders(("bundle.json",)) + [SEMANTICGEN_CHOICE]
+    return [EMBEDDED_CHOICE] + _bundle_folders((FILES["spec"],)) + [SEMANTICGEN_CHOICE]
 
 
 def branch_choices() -> list[str]:
@@ -82,7 +83,7 @@ def folder_for(choice: str) -> Path:
 
 def branch_path(choice: str) -> Path:
     if choice == EMBEDDED_CHOICE:
-        return EMBEDDED / "branch.safetensors"
+        return EMBEDDED / FILES["branch"]
     if choice == SEMANTICGEN_CHOICE:
         return SEMANTICGEN_FOLDER / SEMANTICGEN_FILES["branch"]
     path = folder_paths.get_full_path(FOLDER, choice)
@@ -149,7 +150,7 @@ _CODEBOOKS: dict[str, tuple[float, str, torch.Tensor]] = {}
 
 
 def _tatok_files() -> list[Path]:
-    files = [EMBEDDED / "ta_tok.safetensors"]
+    files = [EMBEDDED / FILES["tatok"]]
     for root in planx_dirs():
         files += sorted(root.rglob("*ta_tok*.safetensors"))
     return files

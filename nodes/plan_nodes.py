@@ -12,17 +12,22 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from planx_core.plan import Plan, PlanError
-from planx_core.plan_edits import OPS, apply_edits, parse_edits
-from planx_core.plan_picture import code_colours, plan_picture, vector_colours
-from planx_core.pipeline import load_plan_file
+from planx_core.pipelines import load_plan_file
+from planx_core.plan import (
+    OPS,
+    Plan,
+    PlanError,
+    apply_edits,
+    code_colours,
+    parse_edits,
+    plan_picture,
+    vector_colours,
+)
 
 from .model_files import codebook_for, planner_choices
 from .planner_handle import ATTENTION, DTYPES, load_planner_handle
+from .sockets import CATEGORY, PLAN, PLANNER
 
-CATEGORY = "Plan-X"
-PLAN = io.Custom("PLANX_PLAN")
-PLANNER = io.Custom("PLANX_PLANNER")
 PLAN_SUFFIX = ".plan.json"
 
 

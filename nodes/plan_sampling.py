@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import torch
 
 from .wan_plan_patch import PLAN_OFF_KEY, with_window
 
@@ -36,7 +35,7 @@ class PlanGuider(comfy.samplers.CFGGuider):
         self.set_cfg(text_cfg)
         self.plan_cfg = plan_cfg
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI's own signature)
         if math.isclose(self.plan_cfg, 1.0):
             return super().predict_noise(x, timestep, model_options, seed)
         positive, negative = self.conds.get("positive"), self.conds.get("negative")

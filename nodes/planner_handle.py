@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import comfy.utils
 import torch
 
-import comfy.utils
-
-from planx_core.bundle import PlanningDefaults, read_spec
-from planx_core.plan import CodebookId, Plan, PlanError
-from planx_core.plan_picture import code_colours, plan_picture
+from planx_core.pipelines import FILES, PlanningDefaults, read_spec
+from planx_core.plan import CodebookId, Plan, PlanError, code_colours, plan_picture
 from planx_core.planner import SemanticPlanner, load_planner
 from planx_core.semanticgen import SemanticGen
-from planx_core.tokenizer import TATok, frames_to_nchw, plan_from_video
-from planx_core.tokenizer_files import load_tatok
+from planx_core.tatok import TATok, frames_to_nchw, load_tatok, plan_from_video
 
 from . import comfy_models
 from .model_files import SEMANTICGEN_PLANNER_CHOICE, cached_semanticgen, folder_for
@@ -84,7 +81,7 @@ class PlannerHandle(LoadedWhileUsed):
     def palette(self) -> list[dict]:
         """Vocabulary words and the code nearest each (the editor's swatches); computed once."""
         if self._palette is None:
-            words, _ = self.planner._candidates(None)
+            words = self.planner.vocabulary_words()
             self._palette = [{"word": w, "code": self.planner.word_to_code(w)} for w in words[:PALETTE_SIZE]]
         return self._palette
 
@@ -180,11 +177,11 @@ def load_planner_handle(choice: str, dtype: str, attention: str, keep_loaded: bo
         return load_semanticgen_handle(keep_loaded)
     folder = folder_for(choice)
     torch_dtype = DTYPES[dtype]
-    spec = read_spec(folder) if (folder / "bundle.json").is_file() else None
+    spec = read_spec(folder) if (folder / FILES["spec"]).is_file() else None
     name = spec.planner_name if spec else folder.name
-    planner = load_planner(folder / "planner", dtype=torch_dtype or torch.float32, name=name,
+    planner = load_planner(folder / FILES["planner"], dtype=torch_dtype or torch.float32, name=name,
                            attn_implementation=ATTENTION[attention])
-    tatok = load_tatok(folder / "ta_tok.safetensors", dtype=torch_dtype or torch.float32)
+    tatok = load_tatok(folder / FILES["tatok"], dtype=torch_dtype or torch.float32)
     planner.model.requires_grad_(False)
     tatok.requires_grad_(False).eval()
     codebook = tatok.identity(spec.codebook_name if spec else "ta-tok")

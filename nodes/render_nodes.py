@@ -11,13 +11,22 @@ from comfy_api.latest import io
 from planx_core.plan import Plan, PlanError
 from planx_core.semantic_branch import load_branch
 
-from .model_files import (SEMANTICGEN_CHOICE, SEMANTICGEN_PLANNER_CHOICE, branch_choices, branch_path,
-                          bundle_choices, cached_bundle, cached_semanticgen, codebook_for, compressor_digest,
-                          semanticgen_folder_of_branch)
-from .plan_nodes import CATEGORY, PLAN
-from .plan_sampling import SOLVERS, sample_with_plan
-from .wan_plan_patch import PlanPatch
 from . import comfy_models
+from .model_files import (
+    SEMANTICGEN_CHOICE,
+    SEMANTICGEN_PLANNER_CHOICE,
+    branch_choices,
+    branch_path,
+    bundle_choices,
+    cached_bundle,
+    cached_semanticgen,
+    codebook_for,
+    compressor_digest,
+    semanticgen_folder_of_branch,
+)
+from .plan_sampling import SOLVERS, sample_with_plan
+from .sockets import CATEGORY, PLAN
+from .wan_plan_patch import PlanPatch
 
 MODES = ["from branch file", "cross_attn", "in_context"]
 

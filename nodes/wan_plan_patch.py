@@ -33,15 +33,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 import comfy.patcher_extension
+import torch
 from comfy.ldm.flux.math import apply_rope1
 from comfy.ldm.wan.model import sinusoidal_embedding_1d
 
-from planx_core.dit import check_window
-from planx_core.semantic_branch import PlanConditioning, plan_positions
-from planx_core.window_attention import WindowLayout, layer_shift, windowed_attention
+from planx_core.semantic_branch import BoundPlan, PlanConditioning
+from planx_core.wan import WindowLayout, check_window, layer_shift, windowed_attention
 
 STATE_KEY = "planx_plan_call"  # transformer_options key of the per-call state
 PLAN_OFF_KEY = "planx_plan_off"  # set (True) by a sampler for its plan-free pass
@@ -52,17 +50,28 @@ APPLY_MODEL = comfy.patcher_extension.WrappersMP.APPLY_MODEL
 
 @dataclass
 class _PlacedPlan:
-    """A plan on one call's latent grid and device: its tokens, their RoPE and how they enter the DiT."""
+    """A plan on one call's latent grid and device: planx_core's `BoundPlan` (tokens, positions, keys and values,
+    strength and key bias) plus its positions' rotation in ComfyUI's rope format."""
 
-    patch: "PlanPatch"
-    tokens: torch.Tensor  # [1, P, dim]
-    freqs: torch.Tensor | None  # [1, P, 1, D/2, 2, 2] in ComfyUI's rope format; None: cross_attn with RoPE off
-    in_context: bool
-    key_bias: float | None  # in-context strength as an additive bias on the plan keys (None at strength 1)
+    bound: BoundPlan  # of the conditioning with its tokens on the call's device
+    freqs: torch.Tensor | None  # [1, P, 1, D/2, 2, 2] of `bound.positions`; None: cross_attn with RoPE off
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return self.bound.plan.tokens  # [1, P, dim]
 
     @property
     def count(self) -> int:
         return self.tokens.shape[1]
+
+    @property
+    def in_context(self) -> bool:
+        return self.bound.mode == "in_context"
+
+    @property
+    def key_bias(self) -> float | None:
+        """In-context strength as an additive bias on the plan keys (None at strength 1, or in cross_attn)."""
+        return self.bound.key_bias if self.in_context else None
 
 
 @dataclass
@@ -215,7 +224,7 @@ class PlanPatch:
                              f"heads. Pick the branch file made for this model")
 
     # -- per call ----------------------------------------------------------------------
-    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},  # noqa: B006 (the executor's signature)
                     **kwargs):
         """APPLY_MODEL wrapper: x `[B, C, F, H, W]` latent, t the sigmas `[B]`."""
         base = executor.class_obj
@@ -229,45 +238,22 @@ class PlanPatch:
 
     def active(self, model_sampling, sigma: torch.Tensor) -> bool:
         """Is this step inside the [start, end] fraction of the schedule (0 = pure noise, as ComfyUI's percents)?"""
-        plan = self.conditioning
-        if plan.start <= 0.0 and plan.end >= 1.0:
-            return True
-        high = float(model_sampling.percent_to_sigma(plan.start))
-        low = float(model_sampling.percent_to_sigma(plan.end))
-        value = float(sigma.max())
-        return low - 1e-6 <= value <= high + 1e-6
+        return self.conditioning.active_at(float(sigma.max()), model_sampling.percent_to_sigma)
 
     def placed(self, dm, grid: tuple[int, int, int], device, dtype) -> _PlacedPlan:
-        """Plan tokens `[1, P, dim]` on the device and their RoPE on this latent grid, checked and built once
-        per (grid, device, dtype), not on every step of the sampler."""
+        """The plan on this latent grid (planx_core's `bind`: refuses a plan longer than the video or a foreign
+        branch) with its tokens on the device and its positions in ComfyUI's rope format, built once per
+        (grid, device, dtype), not on every step of the sampler."""
         key = (grid, str(device), dtype)
         if key not in self._placed:
-            plan = self.conditioning
-            bound = plan.bind(grid, dm.dim, len(dm.blocks))  # refuses a plan longer than the video, a foreign branch
-            in_context = plan.mode == "in_context"
+            bound = self.conditioning.to(device).bind(grid, dm.dim, len(dm.blocks))
             freqs = None
-            if plan.use_rope or in_context:  # in context without RoPE: identity rotations (position 0)
-                positions = plan_positions(plan.latent_frames, plan.grid_hw, grid[1:])  # [P, 3] (t, h, w)
-                if not plan.use_rope:
-                    positions = torch.zeros_like(positions)
-                freqs = dm.rope_embedder(positions[None].to(device, torch.float32)).movedim(1, 2)  # [1, P, 1, D/2, 2, 2]
+            if bound.positions is not None:
+                freqs = dm.rope_embedder(bound.positions[None].to(device, torch.float32)).movedim(1, 2)  # [1, P, 1, D/2, 2, 2]
                 freqs = freqs.to(dtype)
             self.branch.to(device)
-            bias = bound.key_bias if in_context else None
-            self._placed = {key: _PlacedPlan(self, plan.tokens.to(device), freqs, in_context, bias)}
+            self._placed = {key: _PlacedPlan(bound, freqs)}
         return self._placed[key]
-
-    def plan_attention(self, call: _Call, func, q: torch.Tensor, heads: int, **kwargs) -> torch.Tensor:
-        """The plan attention of the running block on its cross-attention queries q `[B, L, H*D]` (normalised)."""
-        module = self.branch.attn[str(call.block)]
-        b, length = q.shape[:2]
-        k, v = module.keys_values(call.plan.tokens.expand(b, -1, -1).float(), None)  # [B, P, H, D] each
-        if call.plan.freqs is not None:
-            q = apply_rope1(q.view(b, length, heads, -1), call.video_freqs).flatten(2)  # [B, L, H*D]
-            k = apply_rope1(k.to(q.dtype), call.plan.freqs)
-        out = func(q, k.flatten(2).to(q.dtype), v.flatten(2).to(q.dtype), heads=heads, **kwargs)  # [B, L, H*D]
-        return out * self.conditioning.strength
-
 
 class WindowWrapper:
     """APPLY_MODEL wrapper of the Plan-X Sampler's `attention_window`: self-attention in windows of this many
@@ -276,7 +262,7 @@ class WindowWrapper:
     def __init__(self, window: int):
         self.window = int(window)
 
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},  # noqa: B006 (the executor's signature)
                  **kwargs):
         options = dict(transformer_options)
         _call_for(executor.class_obj.diffusion_model, x, options).set_window(self.window)
@@ -333,6 +319,17 @@ def _recording_block(index: int, previous):
     return replace
 
 
+def plan_attention(call: _Call, func, q: torch.Tensor, heads: int, **kwargs) -> torch.Tensor:
+    """The plan attention of the running block on its cross-attention queries q `[B, L, H*D]` (normalised)."""
+    b, length = q.shape[:2]
+    k, v = call.plan.bound.keys_values(call.block, b, torch.float32)  # [B, P, H, D] each, keys not rotated
+    if call.plan.freqs is not None:
+        q = apply_rope1(q.view(b, length, heads, -1), call.video_freqs).flatten(2)  # [B, L, H*D]
+        k = apply_rope1(k.to(q.dtype), call.plan.freqs)
+    out = func(q, k.flatten(2).to(q.dtype), v.flatten(2).to(q.dtype), heads=heads, **kwargs)  # [B, L, H*D]
+    return out * call.plan.bound.strength
+
+
 def attention_override(func, *args, **kwargs):
     """ComfyUI's attention override: per block, the first call (self-attention) windowed or with the plan-key
     bias when needed; the others plain (or the override already set), plus the plan attention on a
@@ -346,7 +343,7 @@ def attention_override(func, *args, **kwargs):
             return call.self_attention(func, previous, *args, **kwargs)
     out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
     plan = None if call is None else call.plan
-    if plan is None or plan.in_context or call.attention_calls != 2 or str(call.block) not in plan.patch.branch.attn:
+    if plan is None or call.attention_calls != 2 or not plan.bound.has_attention(call.block):
         return out
     heads = kwargs["heads"] if "heads" in kwargs else args[3]
-    return out + plan.patch.plan_attention(call, func, args[0], heads)
+    return out + plan_attention(call, func, args[0], heads)

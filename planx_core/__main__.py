@@ -1,4 +1,5 @@
-"""Command line of planx_core: `generate`, `semanticgen`, `info`, `inspect FILE`, `check-plan FILE`, `convert-tatok SRC DST`.
+"""Command line of planx_core: every command. `generate`, `semanticgen`, `info`, `inspect FILE`, `check-plan FILE`,
+`convert-tatok SRC DST`, and the outer ring's `train`, `assemble`, `eval`, `eval-drift`.
 
 `generate --prompt "scene. motion." --out clip.mp4` plans and renders a clip with the embedded
 model (or `--bundle DIR`) and writes clip.mp4, clip.plan.json and clip.plan.png; see `pipeline`.
@@ -11,6 +12,10 @@ checkpoint's header and shapes (safetensors only; nothing is unpickled) and says
 layout, the preset it matches, storage dtypes and parameter count. `check-plan` validates a plan
 JSON file (any schema version) and summarises it, optionally after applying an edit list.
 `convert-tatok` turns the released `ta_tok.pth` into a safetensors file for the models folder.
+
+`train`, `assemble`, `eval` and `eval-drift` hand their arguments to the outer ring
+(`planx_core.training`, `planx_core.training.assemble`, `planx_core.eval`, `planx_core.eval.drift`;
+`train --help` and so on list their options); nothing of the outer ring is imported otherwise.
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ import collections
 import math
 import sys
 
-from .attention import available_backends
-from .checkpoint import CheckpointError, describe_shapes, detect_layout, read_safetensors, to_official
-from .configs import PRESETS
+from .files.safetensors import CheckpointError, read_safetensors
+from .wan.attention import available_backends
+from .wan.configs import PRESETS
+from .wan.dit_files import describe_shapes, detect_layout, to_official
 
 
 def cmd_info(_args) -> int:
@@ -52,8 +58,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_check_plan(args) -> int:
-    from .plan import Plan, PlanError
-    from .plan_edits import apply_edits
+    from .plan.core import Plan, PlanError
+    from .plan.edits import apply_edits
     try:
         with open(args.path, "rb") as handle:
             plan = Plan.from_json(handle.read())
@@ -77,7 +83,7 @@ def cmd_check_plan(args) -> int:
 
 
 def cmd_convert_tatok(args) -> int:
-    from .tokenizer_files import convert_main
+    from .tatok.files import convert_main
     return convert_main([args.src, args.dst])
 
 
@@ -106,8 +112,9 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `semanticgen` (here, so that the other commands do not import the models)."""
     parser.add_argument("--prompt", required=True, help='"scene. motion." (split at the first sentence boundary)')
     parser.add_argument("--out", required=True, help="video file to write (.mp4 or .avi); the plan goes next to it")
-    parser.add_argument("--frames", type=int, default=65,
-                        help="video frames, 4n+1 (default 65 = 8 s at 8 fps, 4x the training clip of 17)")
+    parser.add_argument("--frames", type=int,
+                        help="video frames, 4n+1 (default: the --plan file's, else 65 = 8 s at 8 fps, 4x the training "
+                             "clip of 17); a --plan must fit in them")
     parser.add_argument("--window", type=int, help="stage-2 attention window in latent frames (0 = full attention; "
                                                    "default: the model's)")
     parser.add_argument("--plan", help="render this continuous plan JSON file instead of planning")
@@ -119,16 +126,38 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .pipeline import generate_command
+    from .pipelines.commands import generate_command
     return generate_command(args)
 
 
 def cmd_semanticgen(args) -> int:
-    from .semanticgen_command import run
-    return run(args)
+    from .pipelines.commands import semanticgen_command
+    return semanticgen_command(args)
+
+
+def _outer_ring(command: str):
+    """The main() of an outer-ring command, imported only when that command runs."""
+    if command == "train":
+        from .training.main import main
+    elif command == "assemble":
+        from .training.assemble import main
+    elif command == "eval":
+        from .eval.ablations import main
+    else:
+        from .eval.drift import main
+    return main
+
+
+OUTER_RING = {"train": "train a stage of the tiny models (python -m planx_core train --help)",
+              "assemble": "build a bundle folder and its model card from training runs",
+              "eval": "the ablation table of a bundle on held-out clips of the world",
+              "eval-drift": "long-video drift of the embedded SemanticGen"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in OUTER_RING:
+        return _outer_ring(argv[0])(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m planx_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="presets and attention backends").set_defaults(fn=cmd_info)
@@ -149,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     semgen = sub.add_parser("semanticgen", help="a long video from a prompt with the embedded SemanticGen")
     add_semanticgen_arguments(semgen)
     semgen.set_defaults(fn=cmd_semanticgen)
+    for name, text in OUTER_RING.items():  # listed in --help; dispatched above with their own parsers
+        sub.add_parser(name, help=text, add_help=False)
     args = parser.parse_args(argv)
     return args.fn(args)
 

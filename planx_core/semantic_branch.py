@@ -22,19 +22,20 @@ Decisions where the papers are silent (see README, "Design notes"):
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 
-from .attention import attention
-from .checkpoint import CheckpointError, check_safetensors_header, read_safetensors, save_safetensors
-from .layers import CastLinear, WanRMSNorm
-from .plan import Plan, PlanError
-from .rope import Rope, apply_rope, rope_frequencies
-from .sampling import shift_sigma
+from .diffusion.sampling import shift_sigma
+from .files.modules import load_module, save_module
+from .plan.core import Plan, PlanError
+from .plan.timing import keyframe_latent_frames, plan_positions
+from .tatok.model import codebook_vectors
+from .wan.attention import attention
+from .wan.layers import CastLinear, WanRMSNorm
+from .wan.rope import Rope, apply_rope, rope_frequencies
 
 MODES = ("cross_attn", "in_context")
 
@@ -64,24 +65,12 @@ class BranchConfig:
         return asdict(self)
 
 
-def keyframe_latent_frame(time_s: float, fps: float, temporal_factor: int = 4) -> float:
-    """Latent frame of a keyframe at `time_s` seconds: video frame round(time_s * fps), divided by the VAE's factor."""
-    return round(time_s * fps) / temporal_factor
-
-
-def cell_centres(grid_hw: tuple[int, int], token_hw: tuple[int, int]) -> torch.Tensor:
-    """Centre of each plan cell on the latent token grid, `[gh * gw, 2]` (h, w), row-major."""
-    (gh, gw), (th, tw) = grid_hw, token_hw
-    h = (torch.arange(gh, dtype=torch.float64) + 0.5) * th / gh - 0.5
-    w = (torch.arange(gw, dtype=torch.float64) + 0.5) * tw / gw - 0.5
-    return torch.stack(torch.meshgrid(h, w, indexing="ij"), dim=-1).reshape(-1, 2)
-
-
-def plan_positions(latent_frames: list[float], grid_hw: tuple[int, int], token_hw: tuple[int, int]) -> torch.Tensor:
-    """(t, h, w) of every plan token, keyframe-major then row-major: `[K * gh * gw, 3]`."""
-    cells = cell_centres(grid_hw, token_hw)  # [gh*gw, 2]
-    t = torch.tensor(latent_frames, dtype=torch.float64).repeat_interleave(len(cells))[:, None]
-    return torch.cat([t, cells.repeat(len(latent_frames), 1)], dim=1)  # [K*gh*gw, 3]
+def sigma_in_window(sigma: float, start: float, end: float, percent_to_sigma) -> bool:
+    """The plan's [start, end] window, for any sampler: `percent_to_sigma(p)` maps a schedule fraction
+    (0 = pure noise, 1 = clean) to that sampler's sigma. The whole schedule ([0, 1]) is always on."""
+    if start <= 0.0 and end >= 1.0:
+        return True
+    return float(percent_to_sigma(end)) - 1e-6 <= sigma <= float(percent_to_sigma(start)) + 1e-6
 
 
 def window_active(sigma: float, start: float, end: float, shift: float) -> bool:
@@ -89,7 +78,7 @@ def window_active(sigma: float, start: float, end: float, shift: float) -> bool:
 
     Fractions are of the unshifted timeline, as ComfyUI's start/end percent: 0 is pure noise.
     """
-    return shift_sigma(1.0 - end, shift) - 1e-9 <= sigma <= shift_sigma(1.0 - start, shift) + 1e-9
+    return sigma_in_window(sigma, start, end, lambda p: shift_sigma(1.0 - p, shift))
 
 
 class PlanAttention(nn.Module):
@@ -126,7 +115,7 @@ class SemanticBranch(nn.Module):
 
     def condition(self, vectors: torch.Tensor, latent_frames: list[float], grid_hw: tuple[int, int], *,
                   strength: float = 1.0, use_rope: bool = True, start: float = 0.0, end: float = 1.0
-                  ) -> "PlanConditioning":
+                  ) -> PlanConditioning:
         """Plan conditioning for `WanModel.forward`: vectors `[B, K * gh * gw, code_dim]` of K keyframes."""
         cells = grid_hw[0] * grid_hw[1]
         if vectors.shape[1] != len(latent_frames) * cells:
@@ -136,7 +125,7 @@ class SemanticBranch(nn.Module):
                                 use_rope, start, end)
 
     def condition_plan(self, plan: Plan, codebook: torch.Tensor | None = None, *, num_frames: int, fps: float,
-                       **options) -> "PlanConditioning":
+                       **options) -> PlanConditioning:
         """A `Plan` for a video of num_frames at fps; options as in `condition` (strength, use_rope, start, end).
 
         A token plan's ids are looked up in `codebook` `[N, code_dim]` (the tokenizer's); a continuous
@@ -149,7 +138,7 @@ class SemanticBranch(nn.Module):
             vectors = self._continuous_vectors(plan)
         else:
             vectors = self._token_vectors(plan, codebook)
-        frames = [keyframe_latent_frame(t, fps) for t in plan.times]
+        frames = keyframe_latent_frames(plan.times, fps)
         return self.condition(vectors, frames, plan.grid, **options)
 
     def _token_vectors(self, plan: Plan, codebook: torch.Tensor | None) -> torch.Tensor:
@@ -175,17 +164,7 @@ class SemanticBranch(nn.Module):
         return plan.vector_tensor().reshape(1, -1, width).to(device)  # [1, K * gh * gw, D]
 
 
-def codebook_vectors(token_ids: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Plan token ids `[B, P]` -> frozen codebook rows `[B, P, code_dim]`, refusing out-of-range ids."""
-    bad = (token_ids < 0) | (token_ids >= codebook.shape[0])
-    if bad.any():
-        first = tuple(bad.nonzero()[0].tolist())
-        raise ValueError(f"plan token {int(token_ids[first])} at {first} is outside the codebook's "
-                         f"0..{codebook.shape[0] - 1}; the plan was made with another tokenizer")
-    return codebook[token_ids]
-
-
-@dataclass
+@dataclass(eq=False)
 class PlanConditioning:
     """A plan ready for the DiT: embedded tokens, keyframe latent frames, grid, strength and window."""
 
@@ -197,16 +176,52 @@ class PlanConditioning:
     use_rope: bool = True
     start: float = 0.0
     end: float = 1.0
+    _bound: dict = field(default_factory=dict, repr=False)  # (latent grid, device) -> BoundPlan
 
     @property
     def mode(self) -> str:
         return self.branch.config.mode
 
+    def to(self, device) -> PlanConditioning:
+        """This conditioning with its tokens on `device` (itself when they are there already)."""
+        if self.tokens.device == torch.device(device):
+            return self
+        return replace(self, tokens=self.tokens.to(device), _bound={})
+
+    def active_at(self, sigma: float, percent_to_sigma) -> bool:
+        """Is a step at noise level `sigma` inside the [start, end] fraction of the schedule? `percent_to_sigma`
+        maps a fraction (0 = pure noise, as ComfyUI's start/end percents) to the sampler's sigma."""
+        return sigma_in_window(sigma, self.start, self.end, percent_to_sigma)
+
     def active(self, sigma: float, shift: float) -> bool:
+        """`active_at` on planx_core's schedule: fractions of the unshifted timeline, then the shift."""
         return window_active(sigma, self.start, self.end, shift)
 
-    def bind(self, grid: tuple[int, int, int], dim: int, num_layers: int) -> "BoundPlan":
-        """Check the plan fits a DiT of width `dim` and a latent token grid (F', H', W'); place its tokens."""
+    def positions(self, token_hw: tuple[int, int]) -> torch.Tensor | None:
+        """(t, h, w) of the plan tokens on a latent token grid `[P, 3]` (`plan.timing.plan_positions`). With 3D
+        RoPE off (the ablation): in-context tokens sit at position 0 (identity rotation), and a cross-attention
+        plan has no positions at all (None: its keys, and the queries that look at them, are not rotated)."""
+        if self.use_rope:
+            return plan_positions(self.latent_frames, self.grid_hw, token_hw)  # [P, 3]
+        if self.mode == "in_context":
+            return torch.zeros(self.tokens.shape[1], 3, dtype=torch.float64)  # [P, 3]
+        return None
+
+    def bind(self, grid: tuple[int, int, int], dim: int, num_layers: int) -> BoundPlan:
+        """The plan placed on a latent token grid (F', H', W') of a DiT of width `dim`: checked and built once
+        per grid and device, then reused by every sampler step and guidance pass."""
+        key = (tuple(grid), dim, num_layers, str(self.tokens.device))
+        if key not in self._bound:
+            self._check_fits(grid, dim, num_layers)
+            positions = self.positions(grid[1:])
+            rope = None
+            if positions is not None:
+                cfg = self.branch.config
+                rope = rope_frequencies(positions.to(self.tokens.device), cfg.dim // cfg.num_heads)  # [P, D/2]
+            self._bound = {key: BoundPlan(self, positions, rope)}  # one grid at a time
+        return self._bound[key]
+
+    def _check_fits(self, grid: tuple[int, int, int], dim: int, num_layers: int) -> None:
         cfg = self.branch.config
         if cfg.dim != dim or cfg.num_layers != num_layers:
             raise ValueError(f"semantic branch was built for a DiT of width {cfg.dim} with {cfg.num_layers} blocks, "
@@ -217,23 +232,24 @@ class PlanConditioning:
             raise ValueError(f"the plan's last keyframe falls on latent frame {last:g}, but the video has latent "
                              f"frames 0..{grid[0] - 1}: the plan is longer than the video; render more frames or "
                              f"delete/retime the late keyframes")
-        rope = None
-        if self.use_rope:
-            positions = plan_positions(self.latent_frames, self.grid_hw, grid[1:]).to(self.tokens.device)
-            rope = rope_frequencies(positions, cfg.dim // cfg.num_heads)  # [P, D/2]
-        return BoundPlan(self, rope)
 
 
 @dataclass
 class BoundPlan:
-    """A plan placed on one latent grid, for the duration of one forward pass."""
+    """A plan placed on one latent grid: the pieces both planx_core's DiT and the ComfyUI patch consume
+    (positions, keys and values per block, the strength as a scale or a key bias)."""
 
     plan: PlanConditioning
-    rope: Rope | None  # positions of the plan tokens; None when 3D RoPE is off
+    positions: torch.Tensor | None  # [P, 3] (t, h, w) of the plan tokens; None: a cross-attention plan without RoPE
+    rope: Rope | None  # planx_core's rotation of `positions`
 
     @property
     def mode(self) -> str:
         return self.plan.mode
+
+    @property
+    def strength(self) -> float:
+        return self.plan.strength
 
     def tokens_for(self, batch: int) -> torch.Tensor:
         tokens = self.plan.tokens
@@ -241,22 +257,31 @@ class BoundPlan:
             raise ValueError(f"plan batch {tokens.shape[0]} does not match video batch {batch}")
         return tokens.expand(batch, -1, -1)  # [B, P, C]
 
+    def has_attention(self, block: int) -> bool:
+        """Does block `block` get a plan attention (a cross_attn branch that covers it)?"""
+        return self.mode == "cross_attn" and str(block) in self.plan.branch.attn
+
+    def keys_values(self, block: int, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block `block`'s plan keys (normalised, not rotated) and values, `[B, P, H, D]` each."""
+        module = self.plan.branch.attn[str(block)]
+        return module.keys_values(self.tokens_for(batch).to(dtype), None)
+
     def cross_attention(self, block: int, video_rope: Rope):
         """The plan attention to add inside block `block`'s text cross-attention, or None."""
-        module = self.plan.branch.attn[str(block)] if str(block) in self.plan.branch.attn else None
-        if module is None or self.mode != "cross_attn":
+        if not self.has_attention(block):
             return None
 
         def attend(q: torch.Tensor) -> torch.Tensor:  # q [B, L, H, D], normalised, not rotated
-            k, v = module.keys_values(self.tokens_for(q.shape[0]).to(q.dtype), self.rope)  # [B, P, H, D]
-            q = q if self.rope is None else apply_rope(q, video_rope)
-            return attention(q, k, v) * self.plan.strength  # [B, L, H, D]
+            k, v = self.keys_values(block, q.shape[0], q.dtype)  # [B, P, H, D]
+            if self.rope is not None:
+                q, k = apply_rope(q, video_rope), apply_rope(k, self.rope)
+            return attention(q, k, v) * self.strength  # [B, L, H, D]
         return attend
 
     @property
     def key_bias(self) -> float | None:
         """In-context strength as an additive bias on the plan keys: log(strength), None at 1."""
-        strength = self.plan.strength
+        strength = self.strength
         if strength == 1.0:
             return None
         return math.log(strength) if strength > 0 else float("-inf")
@@ -265,37 +290,30 @@ class BoundPlan:
         """In-context mode: video tokens `[B, Lv, C]` + plan tokens at timestep 0 -> `[B, Lv + P, C]`."""
         plan = self.tokens_for(tokens.shape[0])  # [B, P, C]
         count = plan.shape[1]
-        plan_rope = self.rope or Rope.identity(count, rope.cos.shape[-1], tokens.device)
         tokens = torch.cat([tokens, plan.to(tokens.dtype)], dim=1)
         rows = torch.cat([rows, rows.new_zeros(rows.shape[0], 1)], dim=1)  # [B, S + 1]
         mask = None
         if self.key_bias is not None:
             mask = torch.zeros(1, 1, 1, tokens.shape[1], dtype=dtype, device=tokens.device)
             mask[..., -count:] = self.key_bias
-        return tokens, rows, layout.then(1, count), rope.cat(plan_rope), mask
+        return tokens, rows, layout.then(1, count), rope.cat(self.rope), mask
 
 
-_CONFIG_KEY = "planx_semantic_branch"
+BRANCH_CONFIG_KEY = "planx_semantic_branch"  # metadata of a branch file: its BranchConfig as JSON
+
+
+def branch_config_from(raw: dict) -> BranchConfig:
+    """A `BranchConfig` from its JSON form (blocks come back as a list)."""
+    return BranchConfig(**{**raw, "blocks": None if raw.get("blocks") is None else tuple(raw["blocks"])})
 
 
 def save_branch(branch: SemanticBranch, path) -> None:
     """Write the branch weights as safetensors with its BranchConfig in the metadata."""
-    save_safetensors(branch.state_dict(), path, metadata={_CONFIG_KEY: json.dumps(branch.config.to_dict())})
+    save_module(branch.state_dict(), path, key=BRANCH_CONFIG_KEY, config=branch.config.to_dict())
 
 
 def load_branch(path, dtype: torch.dtype | None = None) -> SemanticBranch:
     """Read a branch file written by `save_branch`, refusing files that are not one, or are incomplete."""
-    meta = check_safetensors_header(path).get("__metadata__") or {}
-    if _CONFIG_KEY not in meta:
-        raise CheckpointError(f"{path}: not a Plan-X semantic-branch file (no '{_CONFIG_KEY}' metadata); "
-                              f"choose the branch file that was saved with the model, not a DiT or tokenizer")
-    raw = json.loads(meta[_CONFIG_KEY])
-    branch = SemanticBranch(BranchConfig(**{**raw, "blocks": None if raw.get("blocks") is None else tuple(raw["blocks"])}))
-    state = read_safetensors(path, dtype=dtype)
-    missing, unexpected = branch.state_dict().keys() - state.keys(), state.keys() - branch.state_dict().keys()
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: semantic-branch weights do not fit its own config; missing "
-                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; the file is damaged, "
-                              f"re-export it")
-    branch.load_state_dict(state)
-    return branch.eval()
+    return load_module(path, key=BRANCH_CONFIG_KEY, build=lambda raw: SemanticBranch(branch_config_from(raw)),
+                       what="a Plan-X semantic-branch file", dtype=dtype,
+                       fix="choose the branch file that was saved with the model, not a DiT or tokenizer")

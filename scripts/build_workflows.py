@@ -64,6 +64,7 @@ def load_schemas() -> dict:
     from comfy.cli_args import args
     args.cpu = True
     import comfy.model_management  # noqa: F401  (after args.cpu)
+
     import nodes as comfy_nodes
     spec = importlib.util.spec_from_file_location("planx_pack", REPO / "__init__.py",
                                                   submodule_search_locations=[str(REPO)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from planx_core.configs import get_preset
+from planx_core.wan.configs import get_preset
 
 
 def comfyui_path() -> Path | None:

@@ -3,8 +3,13 @@ import logging
 import pytest
 import torch
 
-from planx_core import attention as attn_mod
-from planx_core.attention import attention, available_backends, get_default_backend, use_backend
+from planx_core.wan import attention as attn_mod
+from planx_core.wan.attention import (
+    attention,
+    available_backends,
+    get_default_backend,
+    use_backend,
+)
 
 
 def reference(q, k, v, bias=None):

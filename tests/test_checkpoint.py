@@ -12,13 +12,26 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import diffusers_wan_kwargs
-from planx_core.checkpoint import (CheckpointError, check_state_dict, describe_shapes, detect_layout,
-                                   expected_shapes, infer_config, load_dit, match_preset,
-                                   official_to_diffusers, read_safetensors, save_safetensors, to_official)
-from planx_core.configs import DiTConfig, get_preset
-from planx_core.dit import WanModel
+
+from planx_core.files.safetensors import (
+    CheckpointError,
+    read_safetensors,
+    save_safetensors,
+)
+from planx_core.wan.configs import DiTConfig, get_preset
+from planx_core.wan.dit import WanModel
+from planx_core.wan.dit_files import (
+    check_state_dict,
+    describe_shapes,
+    detect_layout,
+    expected_shapes,
+    infer_config,
+    load_dit,
+    match_preset,
+    official_to_diffusers,
+    to_official,
+)
 
 TINY = get_preset("tiny")
 
@@ -431,7 +444,7 @@ def test_folder_without_safetensors(tmp_path, tiny):
 
 def test_load_assigns_without_copy(tmp_path, tiny, monkeypatch):
     """The loaded tensors become the parameters (assign=True): no second copy of the weights."""
-    import planx_core.checkpoint as ck
+    import planx_core.wan.dit_files as ck
 
     _, ref, _ = tiny
     path = tmp_path / "m.safetensors"

@@ -1,9 +1,9 @@
 import torch
-
 from conftest import randomize
+
 from planx_core.__main__ import main
-from planx_core.checkpoint import save_safetensors
-from planx_core.dit import WanModel
+from planx_core.files.safetensors import save_safetensors
+from planx_core.wan.dit import WanModel
 
 
 def test_info_lists_presets_and_backends(capsys):
@@ -29,7 +29,8 @@ def test_inspect_refuses_a_pickle_with_the_fix(tmp_path, capsys):
 
 
 def test_check_plan_summarises_and_applies_edits(tmp_path, capsys):
-    from planx_core.plan import CodebookId, keyframe_times, make_plan
+    from planx_core.plan.core import CodebookId, make_plan
+    from planx_core.plan.timing import keyframe_times
     times = keyframe_times(17, 8.0)
     plan = make_plan([[1] * 81] * len(times), times=times, fps=8.0, num_frames=17, width=64, height=64,
                      codebook=CodebookId("tiny", 100, "abc"))

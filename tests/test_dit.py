@@ -1,11 +1,11 @@
 """WanModel against diffusers' WanTransformer3DModel (an independent implementation), same weights."""
 import pytest
 import torch
-
 from conftest import diffusers_wan_kwargs, randomize
-from planx_core.checkpoint import official_to_diffusers
-from planx_core.configs import get_preset
-from planx_core.dit import WanModel, sinusoidal_embedding_1d
+
+from planx_core.wan.configs import get_preset
+from planx_core.wan.dit import WanModel, sinusoidal_embedding_1d
+from planx_core.wan.dit_files import official_to_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planx_core import world, world_score
-from planx_core.bundle import EMBEDDED, load_bundle
-from planx_core.pipeline import PlanXPipeline
-from planx_core.tokenizer import plan_from_video
+from planx_core import EMBEDDED, world
+from planx_core.pipelines.bundle import load_bundle
+from planx_core.pipelines.planx import PlanXPipeline
+from planx_core.tatok.model import plan_from_video
+from planx_core.world import score as world_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LIMIT = 40 * 2 ** 20
@@ -25,7 +26,7 @@ def test_the_embedded_model_ships_small_with_a_model_card():
     size = sum(f.stat().st_size for f in EMBEDDED.rglob("*") if f.is_file())
     assert size < LIMIT, f"the embedded model is {size / 2 ** 20:.1f} MiB; the limit is 40 MiB"
     card = (EMBEDDED / "MODEL_CARD.md").read_text()
-    for needed in ("python -m planx_core.train --stage vae", "--stage tatok", "--stage planner", "--stage dit",
+    for needed in ("python -m planx_core train --stage vae", "--stage tatok", "--stage planner", "--stage dit",
                    "--stage e2e", "python -m planx_core.eval", "seed"):
         assert needed in card, f"the model card does not give {needed!r}"
     assert not list(EMBEDDED.rglob("*.bin")) and not list(EMBEDDED.rglob("*.pt*")), "weights ship as safetensors only"
@@ -45,7 +46,7 @@ def test_the_embedded_model_renders_a_ground_truth_plan_where_it_says(pipe):
 
 
 def test_the_readme_example_first_frame_fits_the_model(pipe):
-    from planx_core.video_io import read_image
+    from planx_core.files.video import read_image
     first = pipe.first_frame(read_image(EMBEDDED / "examples" / "red_circle.png"))
     red = pipe.bundle.planner.word_to_code("red")
     assert red in first.codes.tolist(), "the example frame's red circle is not in its plan codes"

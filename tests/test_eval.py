@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from planx_core import eval as planx_eval
 from planx_core import world
-from planx_core.bundle import BundleSpec, SamplingDefaults, load_bundle, random_bundle, save_bundle
-from planx_core.pipeline import PlanXPipeline
+from planx_core.eval import ablations as planx_eval
+from planx_core.pipelines.bundle import (
+    BundleSpec,
+    SamplingDefaults,
+    load_bundle,
+    save_bundle,
+)
+from planx_core.pipelines.planx import PlanXPipeline
+from planx_core.world.tiny import random_bundle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

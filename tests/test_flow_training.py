@@ -1,10 +1,10 @@
 """Flow-matching objective: targets consistent with the noising, pinned frames, dropout, learning."""
 import torch
-
 from conftest import randomize
-from planx_core.dit import WanModel
-from planx_core.flow_training import Dropout, drop_text, flow_loss, noise_latents
+
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
+from planx_core.training.flow import Dropout, drop_text, flow_loss, noise_latents
+from planx_core.wan.dit import WanModel
 
 
 def oracle(x0):

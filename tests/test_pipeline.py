@@ -9,17 +9,25 @@ import shutil
 import numpy as np
 import pytest
 
-import planx_core.bundle as bundle_module
-import planx_core.pipeline as pipeline_module
+import planx_core.pipelines.bundle as bundle_module
+import planx_core.pipelines.commands as commands_module
 from planx_core.__main__ import main
-from planx_core.bundle import (BundleError, BundleSpec, SamplingDefaults, VideoDefaults, load_bundle, random_bundle,
-                               save_bundle)
-from planx_core.configs import DiTConfig
-from planx_core.plan import Plan, keyframe_times, make_plan
-from planx_core.pipeline import PlanXPipeline, prompt_text, split_prompt
+from planx_core.files.video import read_video, write_video
+from planx_core.pipelines.bundle import (
+    BundleError,
+    BundleSpec,
+    SamplingDefaults,
+    VideoDefaults,
+    load_bundle,
+    save_bundle,
+)
+from planx_core.pipelines.planx import PlanXPipeline, prompt_text, split_prompt
+from planx_core.plan.core import Plan, make_plan
+from planx_core.plan.timing import keyframe_times
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
-from planx_core.vae import VAEConfig
-from planx_core.video_io import read_video, write_video
+from planx_core.wan.configs import DiTConfig
+from planx_core.wan.vae import VAEConfig
+from planx_core.world.tiny import random_bundle
 
 PROMPT = "a red circle on a dark background. the red circle moves right."
 # Smaller than planx-tiny (same layout: 16 latent channels, 32 text tokens) so the file stays fast.
@@ -110,6 +118,7 @@ def test_no_plan_renders_from_text_alone(bundle_dir, tmp_path):
 
 def test_image_to_video_starts_from_the_image(bundle_dir, tmp_path):
     from PIL import Image
+
     from planx_core import world
     clip = world.make_clip(4)
     Image.fromarray(clip.frames[0]).save(tmp_path / "first.png")
@@ -153,13 +162,13 @@ def test_unusable_plans_are_refused(case, message, pipe, bundle_dir, tmp_path):
 def test_missing_bundle_and_missing_part_name_the_fix(bundle_dir, tmp_path, monkeypatch):
     code, _, err = run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"),
                        "--bundle", str(tmp_path / "nowhere"))
-    assert code == 2 and "no such bundle folder" in err and "python -m planx_core.train" in err
+    assert code == 2 and "no such bundle folder" in err and "python -m planx_core train" in err
     broken = shutil.copytree(bundle_dir, tmp_path / "broken")
     (broken / "dit.safetensors").unlink()
     with pytest.raises(BundleError, match="missing dit.safetensors \\(the diffusion transformer\\)"):
         load_bundle(broken)
     monkeypatch.setattr(bundle_module, "EMBEDDED", tmp_path / "embedded")
-    monkeypatch.setattr(pipeline_module, "EMBEDDED", tmp_path / "embedded")
+    monkeypatch.setattr(commands_module, "EMBEDDED", tmp_path / "embedded")
     code, _, err = run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"))
     assert code == 2 and "the embedded model is not installed" in err and "git checkout -- planx_core/embedded" in err
 

@@ -7,8 +7,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planx_core.plan import (CodebookId, Plan, PlanError, Provenance, keyframe_times, make_plan,
-                             parse_token_text)
+from planx_core.plan.core import (
+    CodebookId,
+    Plan,
+    PlanError,
+    Provenance,
+    make_plan,
+    parse_token_text,
+)
+from planx_core.plan.timing import keyframe_times
 
 CODEBOOK = CodebookId("ta-tok", 65536, "0123456789abcdef")
 

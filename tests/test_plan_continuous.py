@@ -6,14 +6,15 @@ import json
 
 import pytest
 import torch
+from conftest import randomize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import randomize
-from planx_core.plan import CodebookId, Plan, PlanError, Provenance, keyframe_times, make_plan
-from planx_core.plan_continuous import make_continuous_plan
-from planx_core.plan_edits import OPS, EditError, apply_edits
-from planx_core.plan_picture import plan_picture, plan_picture_frames, vector_colours
+from planx_core.plan.continuous import make_continuous_plan
+from planx_core.plan.core import CodebookId, Plan, PlanError, Provenance, make_plan
+from planx_core.plan.edits import OPS, EditError, apply_edits
+from planx_core.plan.picture import plan_picture, plan_picture_frames, vector_colours
+from planx_core.plan.timing import keyframe_times
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
 
 SPACE = CodebookId("semanticgen-tiny-kl8", 8, "5be0c1d2e3f40516")

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planx_core.plan import CodebookId, Plan, keyframe_times, make_plan
-from planx_core.plan_edits import OPS, EditError, apply_edits, parse_edits
+from planx_core.plan.core import CodebookId, Plan, make_plan
+from planx_core.plan.edits import OPS, EditError, apply_edits, parse_edits
+from planx_core.plan.timing import keyframe_times
 
 CODEBOOK = CodebookId("tiny", 100, "abc")
 

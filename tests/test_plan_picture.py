@@ -5,8 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from planx_core.plan import CodebookId, make_plan
-from planx_core.plan_picture import WORD_CELL, code_colours, plan_picture, plan_picture_frames, principal_axes
+from planx_core.plan.core import CodebookId, make_plan
+from planx_core.plan.picture import (
+    WORD_CELL,
+    code_colours,
+    plan_picture,
+    plan_picture_frames,
+    principal_axes,
+)
 
 BOOK = F.normalize(torch.randn(512, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
 

@@ -15,12 +15,18 @@ import torch
 from safetensors import safe_open
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from planx_core.checkpoint import CheckpointError
-from planx_core.plan import CodebookId, PlanError, keyframe_times, make_plan
-from planx_core.planner import (PlanningInterrupted, PlanVocab, SemanticPlanner, build_word_tokenizer,
-                                extend_vocabulary, load_planner, save_planner)
-from planx_core.planner_decode import Sampling, _nucleus, choose
-from planx_core.planner_vocab import scale_for_length, scale_index
+from planx_core.files.safetensors import CheckpointError
+from planx_core.plan.core import CodebookId, PlanError, make_plan
+from planx_core.plan.timing import keyframe_times
+from planx_core.planner.decode import PlanningInterrupted, Sampling, _nucleus, choose
+from planx_core.planner.model import SemanticPlanner, load_planner, save_planner
+from planx_core.planner.vocab import (
+    PlanVocab,
+    build_word_tokenizer,
+    extend_vocabulary,
+    scale_for_length,
+    scale_index,
+)
 
 N = 64  # image tokens of the tiny planner
 WORDS = ("you are a video planner write keyframes keyframe for of seconds second at frames per one every each is by "

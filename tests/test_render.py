@@ -1,12 +1,12 @@
 """The DiT, the semantic branch and the sampler together, end to end on tiny random weights."""
 import pytest
 import torch
-
 from conftest import randomize
-from planx_core.dit import WanModel
-from planx_core.render import latent_shape, pad_text_context, render
-from planx_core.sampling import Guidance, SamplingInterrupted, initial_noise
+
+from planx_core.diffusion.rendering import latent_shape, pad_text_context, render
+from planx_core.diffusion.sampling import Guidance, SamplingInterrupted, initial_noise
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
+from planx_core.wan.dit import WanModel
 
 
 @pytest.fixture

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from planx_core.rope import apply_rope, grid_positions, rope_axes_dims, rope_frequencies
+from planx_core.wan.rope import (
+    apply_rope,
+    grid_positions,
+    rope_axes_dims,
+    rope_frequencies,
+)
 
 
 @pytest.mark.parametrize("head_dim, expected", [(128, (44, 42, 42)), (32, (12, 10, 10)), (12, (4, 4, 4))])

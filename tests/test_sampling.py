@@ -7,18 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from planx_core.sampling import (
-    EulerSolver,
+from planx_core.diffusion.sampling import (
     Guidance,
     SamplingInterrupted,
-    UniPCSolver,
     flow_sigmas,
     guided_velocity,
     initial_noise,
-    make_solver,
     sample,
     shift_sigma,
 )
+from planx_core.diffusion.solvers import EulerSolver, UniPCSolver, make_solver
 
 SHAPE = (1, 4, 3, 2, 2)  # [B, C, F, H, W]
 

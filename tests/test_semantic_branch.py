@@ -1,19 +1,19 @@
 import pytest
 import torch
-
 from conftest import randomize
-from planx_core.dit import WanModel
-from planx_core.semantic_branch import (BranchConfig, SemanticBranch, cell_centres, codebook_vectors,
-                                        keyframe_latent_frame, plan_positions, window_active)
 
+from planx_core.plan.timing import cell_centres, latent_frame, plan_positions
+from planx_core.semantic_branch import BranchConfig, SemanticBranch, window_active
+from planx_core.tatok.model import codebook_vectors
+from planx_core.wan.dit import WanModel
 
 # --- the alignment rule ---------------------------------------------------------------------------
 
 def test_keyframes_land_on_latent_frames():
-    assert keyframe_latent_frame(0.0, 24) == 0
-    assert keyframe_latent_frame(0.5, 24) == 3
-    assert [keyframe_latent_frame(k / 2, 24) for k in range(11)] == [3.0 * k for k in range(11)]
-    assert keyframe_latent_frame(0.25, 24) == 1.5  # fractional latent frames are allowed
+    assert latent_frame(0.0, 24) == 0
+    assert latent_frame(0.5, 24) == 3
+    assert [latent_frame(k / 2, 24) for k in range(11)] == [3.0 * k for k in range(11)]
+    assert latent_frame(0.25, 24) == 1.5  # fractional latent frames are allowed
 
 
 def test_nine_by_nine_cells_sit_at_their_centres_on_a_22x40_grid():
@@ -25,7 +25,7 @@ def test_nine_by_nine_cells_sit_at_their_centres_on_a_22x40_grid():
 
 
 def test_plan_positions_of_the_reference_video():
-    frames = [keyframe_latent_frame(k / 2, 24) for k in range(11)]  # 1280x704, 121 frames, 24 fps
+    frames = [latent_frame(k / 2, 24) for k in range(11)]  # 1280x704, 121 frames, 24 fps
     pos = plan_positions(frames, (9, 9), (22, 40))
     assert pos.shape == (891, 3)
     assert pos[81 * 3, 0].item() == 9.0 and pos[-1, 0].item() == 30.0
@@ -113,7 +113,8 @@ def test_token_count_must_match_keyframes_and_grid():
 
 
 def test_condition_plan_uses_times_grid_and_codebook_and_refuses_misfits():
-    from planx_core.plan import CodebookId, PlanError, keyframe_times, make_plan
+    from planx_core.plan.core import CodebookId, PlanError, make_plan
+    from planx_core.plan.timing import keyframe_times
     branch = SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2))
     codebook = torch.randn(10, 16)
     times = keyframe_times(17, 8.0)  # 0, .5, 1, 1.5, 2 s -> latent frames 0..4
@@ -145,7 +146,7 @@ def test_schedule_window_uses_unshifted_fractions():
 
 
 def test_branch_file_round_trip_and_refusals(tmp_path):
-    from planx_core.checkpoint import CheckpointError, save_safetensors
+    from planx_core.files.safetensors import CheckpointError, save_safetensors
     from planx_core.semantic_branch import load_branch, save_branch
     branch = randomize(SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2, blocks=(1,))))
     save_branch(branch, tmp_path / "branch.safetensors")

@@ -6,10 +6,19 @@ import json
 import pytest
 import torch
 
-from planx_core.checkpoint import CheckpointError, save_safetensors
-from planx_core.semantic_compressor import (CompressorConfig, SemanticCompressor, SemanticDecoder, autoencoder_loss,
-                                            kl_loss, load_compressor, load_semantic_decoder, reconstruction_loss,
-                                            save_compressor, save_semantic_decoder)
+from planx_core.files.safetensors import CheckpointError, save_safetensors
+from planx_core.semanticgen.compressor import (
+    CompressorConfig,
+    SemanticCompressor,
+    SemanticDecoder,
+    autoencoder_loss,
+    kl_loss,
+    load_compressor,
+    load_semantic_decoder,
+    reconstruction_loss,
+    save_compressor,
+    save_semantic_decoder,
+)
 
 
 @pytest.fixture(autouse=True)

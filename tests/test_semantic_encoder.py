@@ -15,11 +15,21 @@ import numpy as np
 import pytest
 import torch
 
-from planx_core.checkpoint import CheckpointError, save_safetensors
-from planx_core.plan import keyframe_times
-from planx_core.semantic_encoder import (MAX_PIXELS, MIN_PIXELS, SemanticEncoder, load_semantic_encoder,
-                                         qwen2_5_vl_3b_vision_config, save_semantic_encoder, semantic_keyframe_indices,
-                                         semantic_keyframes, smart_resize, tiny_vision_config, vision_config)
+from planx_core.files.safetensors import CheckpointError, save_safetensors
+from planx_core.plan.timing import keyframe_times
+from planx_core.semanticgen.encoder import (
+    MAX_PIXELS,
+    MIN_PIXELS,
+    SemanticEncoder,
+    load_semantic_encoder,
+    qwen2_5_vl_3b_vision_config,
+    save_semantic_encoder,
+    semantic_keyframe_indices,
+    semantic_keyframes,
+    smart_resize,
+    tiny_vision_config,
+    vision_config,
+)
 
 TINY_VISION = dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, out_hidden_size=128, patch_size=8,
                    spatial_merge_size=2, temporal_patch_size=2, window_size=32, fullatt_block_indexes=[1])
@@ -39,7 +49,9 @@ def encoder() -> SemanticEncoder:
 def qwen_processor(**kwargs):
     """transformers' slow (PIL / numpy) Qwen2-VL image processor, with Qwen2.5-VL's released pixel limits."""
     try:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil as Processor,
+        )
     except ImportError:  # transformers < 5: the slow processor has the plain name
         from transformers import Qwen2VLImageProcessor as Processor
     return Processor(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}, **kwargs)
@@ -86,7 +98,9 @@ def test_bad_frames_refused(encoder):
 
 
 def test_smart_resize_matches_qwen():
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+        smart_resize as reference,
+    )
     for h, w in [(50, 70), (480, 832), (704, 1280), (1080, 1920), (20, 3000), (4000, 4000), (10, 10)]:
         assert smart_resize(h, w, 28) == reference(h, w, 28, MIN_PIXELS, MAX_PIXELS)
 

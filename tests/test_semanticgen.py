@@ -8,20 +8,28 @@ import json
 import pytest
 import torch
 
-from planx_core import train, world
-from planx_core.checkpoint import CheckpointError
-from planx_core.configs import get_preset
-from planx_core.dit import WanModel
-from planx_core.plan import Plan
+from planx_core import EMBEDDED, world
+from planx_core.files.safetensors import CheckpointError
+from planx_core.plan.core import Plan
+from planx_core.plan.timing import keyframe_latent_frames, keyframe_times
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
-from planx_core.semantic_compressor import CompressorConfig, SemanticCompressor
-from planx_core.semantic_encoder import SemanticEncoder, tiny_vision_config
-from planx_core.semantic_generator import (check_fits, from_latent, generate_semantics, semantic_generator_config,
-                                           to_latent)
-from planx_core.semanticgen import (EMBEDDED, SemanticGen, SemanticGenSpec, assemble, keyframe_latent_frames,
-                                    load_dit_file, save_dit)
-from planx_core.text_encoder import load_text_encoder
-from planx_core.vae_files import load_vae
+from planx_core.semanticgen.compressor import CompressorConfig, SemanticCompressor
+from planx_core.semanticgen.encoder import SemanticEncoder, tiny_vision_config
+from planx_core.semanticgen.generator import (
+    check_fits,
+    from_latent,
+    generate_semantics,
+    semantic_generator_config,
+    to_latent,
+)
+from planx_core.semanticgen.model import SemanticGen, SemanticGenSpec
+from planx_core.training import main as train
+from planx_core.training.assemble import assemble_semanticgen as assemble
+from planx_core.wan.configs import get_preset
+from planx_core.wan.dit import WanModel
+from planx_core.wan.dit_files import load_dit_file, save_dit
+from planx_core.wan.text_encoder import load_text_encoder
+from planx_core.wan.vae_files import load_vae
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +72,13 @@ def test_check_fits_refuses_video_dit_and_other_width(model):
 
 
 def test_keyframe_latent_frames_follow_alignment_rule():
-    assert keyframe_latent_frames(5) == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert keyframe_latent_frames(3, stride=2) == [0.0, 0.5, 1.0]
+    assert keyframe_latent_frames(keyframe_times(17, 8.0, 2.0), 8.0) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert keyframe_latent_frames(keyframe_times(5, 8.0, 4.0), 8.0) == [0.0, 0.5, 1.0]  # every 2nd frame
 
 
 def test_semantics_of_a_clip(model):
     clip = world.make_clip(1)
-    from planx_core.train_vae import clip_video
+    from planx_core.world.clips import clip_video
     z = model.encode_semantics(clip_video([clip])[0])
     assert z.shape == (5, 4, 4, 8) and model.semantic_grid() == (4, 4)
 
@@ -135,3 +143,38 @@ def test_training_stages_run_and_assemble(tmp_path):
 def test_semantic_stage_needs_latent_run(tmp_path, capsys):
     assert train.main(["--stage", "semgen-semantic", "--out", str(tmp_path / "s"), "--steps", "1"]) != 0
     assert "needs --latent-run" in capsys.readouterr().err
+
+
+def test_a_retimed_plan_renders_at_its_own_times(model, tmp_path):
+    """Stage 2 renders a continuous plan at its keyframe times, as Inject 3D RoPE Guidance does (the branch's
+    condition_plan at the plan's fps): a retimed plan gives another latent than the plan before the edit, and
+    the command line honours it (it once re-derived evenly spaced times)."""
+    from argparse import Namespace
+
+    from planx_core.diffusion import Guidance, initial_noise, latent_shape, render
+    from planx_core.pipelines.commands import _semanticgen_plan
+    from planx_core.plan import PlanError
+    from planx_core.plan.edits import apply_edits
+
+    z = model.plan_semantics("a red circle", "the red circle moves up", num_frames=17, seed=1)
+    plan = model.semantic_plan(z, num_frames=17, scene="a red circle", motion="the red circle moves up")
+    moved = apply_edits(plan, [{"op": "move_keyframe", "keyframe": 1, "time": 1.25}])
+    assert moved.times == [0.0, 1.0, 1.25, 1.5, 2.0]
+    cli = model.render_latent(moved, "a red circle", "", num_frames=17, seed=3)  # [1, C, F, h, w]
+    node = model.branch.condition_plan(moved, None, num_frames=moved.num_frames, fps=moved.fps)
+    positive, negative = model.contexts("a red circle", "")
+    vae = model.vae.config
+    shape = latent_shape(64, 64, 17, channels=vae.z_dim, spatial=vae.spatial_factor, temporal=vae.temporal_factor,
+                         patch=2)
+    reference = render(model.latent_dit, initial_noise(shape, 3), positive, negative, plan=node, steps=model.spec.steps,
+                       shift=model.spec.shift, guidance=Guidance(text_scale=model.spec.text_scale), window=2)
+    assert torch.equal(cli, reference)
+    before = model.render_latent(plan, "a red circle", "", num_frames=17, seed=3)
+    assert not torch.allclose(before, cli)
+    path = tmp_path / "moved.plan.json"
+    path.write_text(moved.to_json())
+    args = Namespace(plan=str(path), frames=None, no_plan=False, seed=3)
+    loaded, frames = _semanticgen_plan(model, args, "a red circle", "")  # what `semanticgen --plan` renders
+    assert frames == 17 and loaded.times == moved.times
+    with pytest.raises(PlanError, match="does not fit the video"):  # keyframes up to 2 s, 9 frames end at 1 s
+        _semanticgen_plan(model, Namespace(plan=str(path), frames=9, no_plan=False, seed=3), "a red circle", "")

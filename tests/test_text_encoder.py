@@ -1,12 +1,16 @@
 """The umT5 text encoder: token features, zero padding, order sensitivity, folder round trip."""
 import pytest
 import torch
-
 from conftest import randomize
-from planx_core.checkpoint import CheckpointError
-from planx_core.planner_vocab import build_word_tokenizer
-from planx_core.text_encoder import load_text_encoder, save_text_encoder, tiny_text_encoder
-from planx_core.world import WORDS
+
+from planx_core.files.safetensors import CheckpointError
+from planx_core.planner.vocab import build_word_tokenizer
+from planx_core.wan.text_encoder import (
+    load_text_encoder,
+    save_text_encoder,
+    tiny_text_encoder,
+)
+from planx_core.world.scenes import WORDS
 
 
 @pytest.fixture
@@ -43,7 +47,7 @@ def test_folder_round_trip_and_refusal(encoder, tmp_path):
 
 
 def test_join_prompt():
-    from planx_core.text_encoder import join_prompt
+    from planx_core.wan.text_encoder import join_prompt
     assert join_prompt("a red circle on a dark background", "the red circle moves up.") == \
         "a red circle on a dark background. the red circle moves up."
     assert join_prompt("", "moves up") == "moves up." and join_prompt("", "") == ""

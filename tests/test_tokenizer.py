@@ -15,14 +15,32 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import randomize
-from planx_core.checkpoint import CheckpointError, check_safetensors_header, save_safetensors
-from planx_core.plan import CodebookId, Plan, keyframe_times
-from planx_core.tokenizer import (TATok, TATokConfig, frames_to_nchw, nearest_codes, plan_from_video,
-                                  pool_scale_for, pool_tokens)
-from planx_core.tokenizer_files import (convert_main, convert_ta_tok_pth, expected_shapes, infer_config, load_tatok,
-                                        save_tatok)
+
+from planx_core.files.safetensors import (
+    CheckpointError,
+    check_safetensors_header,
+    save_safetensors,
+)
+from planx_core.plan.core import CodebookId, Plan
+from planx_core.plan.timing import keyframe_times
+from planx_core.tatok.files import (
+    convert_main,
+    convert_ta_tok_pth,
+    expected_shapes,
+    infer_config,
+    load_tatok,
+    save_tatok,
+)
+from planx_core.tatok.model import (
+    TATok,
+    TATokConfig,
+    frames_to_nchw,
+    nearest_codes,
+    plan_from_video,
+    pool_scale_for,
+    pool_tokens,
+)
 
 TINY = TATokConfig.tiny()
 
@@ -171,7 +189,7 @@ def test_chunked_lookup_equals_a_full_argmax(monkeypatch):
     expect = (F.normalize(z, dim=-1) @ book.T).argmax(-1)
     assert torch.equal(nearest_codes(z, book, chunk=300), expect)
     assert torch.equal(nearest_codes(book[[5, 5, 999]] * 3.0, book), torch.tensor([5, 5, 999]))
-    monkeypatch.setattr("planx_core.tokenizer._SIMILARITY_BLOCK", 256 * 60)  # blocks of 60 of the 200 rows of z
+    monkeypatch.setattr("planx_core.tatok.model._SIMILARITY_BLOCK", 256 * 60)  # blocks of 60 of the 200 rows of z
     assert torch.equal(nearest_codes(z, book, chunk=256), expect)
     assert nearest_codes(torch.zeros(0, 8), book).shape == (0,)
 
@@ -266,8 +284,8 @@ def write_bad(tmp_path, name, sd, metadata=None):
 
 
 def test_wrong_files_are_refused_with_the_fix(tmp_path, model):
-    from planx_core.configs import get_preset
-    from planx_core.dit import WanModel
+    from planx_core.wan.configs import get_preset
+    from planx_core.wan.dit import WanModel
     dit = write_bad(tmp_path, "dit.safetensors", WanModel(get_preset("tiny")).state_dict())
     with pytest.raises(CheckpointError, match=r"dit\.safetensors: this is a Wan DiT .*DiT loader"):
         load_tatok(dit)

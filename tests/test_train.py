@@ -19,11 +19,18 @@ import numpy as np
 import pytest
 import torch
 
-from planx_core import tiny, train
-from planx_core.cell_labels import BACKGROUND_CODE, COLOUR_CODES, WALL_CODE, cell_cover, labels_from_cover
-from planx_core.checkpoint import read_safetensors
-from planx_core.planner import load_planner
-from planx_core.tokenizer_files import load_tatok
+from planx_core.files.safetensors import read_safetensors
+from planx_core.planner.model import load_planner
+from planx_core.tatok.files import load_tatok
+from planx_core.training import main as train
+from planx_core.world import tiny
+from planx_core.world.labels import (
+    BACKGROUND_CODE,
+    COLOUR_CODES,
+    WALL_CODE,
+    cell_cover,
+    labels_from_cover,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--batch", "1", "--log-every", "1", "--eval-clips", "1", "--eval-decode", "0",
@@ -37,7 +44,7 @@ def events(out: Path, kind: str) -> list[dict]:
 
 def torchrun(stage: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "planx_core.train", "--stage", stage, "--out", str(out), "--threads", "1", *FAST, *extra]
+           "-m", "planx_core", "train", "--stage", stage, "--out", str(out), "--threads", "1", *FAST, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -77,7 +84,7 @@ def vae_run(tmp_path_factory) -> Path:
 
 
 def test_vae_stage_under_torchrun(vae_run):
-    from planx_core.vae_files import load_vae
+    from planx_core.wan.vae_files import load_vae
     vae = load_vae(vae_run / "vae.safetensors")
     assert vae.config.latents_mean is not None and len(vae.config.latents_std) == vae.config.z_dim
     assert "psnr" in events(vae_run, "end")[0]
@@ -92,9 +99,9 @@ def dit_run(tmp_path_factory, vae_run, tatok_run) -> Path:
 
 
 def test_dit_stage_under_torchrun(dit_run):
-    from planx_core.checkpoint import load_dit
     from planx_core.semantic_branch import load_branch
-    from planx_core.text_encoder import load_text_encoder
+    from planx_core.wan.dit_files import load_dit
+    from planx_core.wan.text_encoder import load_text_encoder
     out = dit_run
     assert load_dit(out / "dit.safetensors").config.name == "planx-tiny"
     assert load_branch(out / "branch.safetensors").config.code_dim == 128
@@ -202,9 +209,10 @@ def test_a_stop_request_ends_the_step_with_a_checkpoint(tmp_path):
 
 def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit_run):
     import shutil
-    from planx_core.assemble import main as assemble_main
-    from planx_core.bundle import load_bundle
-    from planx_core.pipeline import PlanXPipeline
+
+    from planx_core.pipelines.bundle import load_bundle
+    from planx_core.pipelines.planx import PlanXPipeline
+    from planx_core.training.assemble import main as assemble_main
     out = tmp_path / "bundle"
     args = ["--planner", str(planner_run), "--vae", str(vae_run), "--dit", str(dit_run), "--no-e2e", str(dit_run),
             "--out", str(out), "--steps", "1"]
@@ -223,7 +231,7 @@ def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit
 
 
 def test_vae_decoder_only_keeps_the_encoder(tmp_path, vae_run):
-    from planx_core.vae_files import load_vae
+    from planx_core.wan.vae_files import load_vae
     out = tmp_path / "dec"
     args = ["--stage", "vae", "--out", str(out), *FAST, "--eval-clips", "0", "--vae-frames", "5", "--vae-crop", "16",
             "--stats-clips", "2", "--vae-decoder-only", "--init-from", str(vae_run)]
@@ -237,10 +245,10 @@ def test_vae_decoder_only_keeps_the_encoder(tmp_path, vae_run):
 
 
 def test_model_card_lists_the_runs_commands_and_time(dit_run, tmp_path):
-    from planx_core.assemble import model_card, run_history
+    from planx_core.training.assemble import model_card, run_history
     history = run_history(dit_run)
     assert history["steps"] == 2 and history["seconds"] > 0
     card = model_card({"dit": dit_run}, "# Card", "# Plan-X evaluation: x\n| row |")
-    assert card.startswith("# Card") and "python -m planx_core.train --stage dit" in card
+    assert card.startswith("# Card") and "python -m planx_core train --stage dit" in card
     assert "--nproc_per_node" not in card and "from step 0 on cpu x2" in card
     assert "### Plan-X evaluation: x" in card and '"plan_accuracy"' in card

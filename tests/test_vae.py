@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import randomize
-from planx_core.checkpoint import CheckpointError, save_safetensors
-from planx_core.configs import get_preset
-from planx_core.dit import WanModel
-from planx_core.vae import VAE_PRESETS, VAEConfig, WanVAE, get_vae_preset
-from planx_core.vae_files import (diffusers_to_official, expected_vae_shapes, infer_vae_config, load_vae,
-                                  official_to_diffusers, save_vae)
+
+from planx_core.files.safetensors import CheckpointError, save_safetensors
+from planx_core.wan.configs import get_preset
+from planx_core.wan.dit import WanModel
+from planx_core.wan.vae import VAE_PRESETS, VAEConfig, WanVAE, get_vae_preset
+from planx_core.wan.vae_files import (
+    diffusers_to_official,
+    expected_vae_shapes,
+    infer_vae_config,
+    load_vae,
+    official_to_diffusers,
+    save_vae,
+)
 
 # 2x in time, 4x in space: diffusers' chunking (1, 4, 4, ... frames) gives 2 latent frames per chunk.
 SMALL = VAEConfig(dim=16, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=2, temperal_downsample=(False, True),

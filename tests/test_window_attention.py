@@ -4,12 +4,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import randomize
-from planx_core import attention as attention_module
-from planx_core.dit import WanModel
+
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
-from planx_core.window_attention import WindowLayout, dense_window_mask, layer_shift, windowed_attention
+from planx_core.wan import attention as attention_module
+from planx_core.wan.dit import WanModel
+from planx_core.wan.windows import (
+    WindowLayout,
+    dense_window_mask,
+    layer_shift,
+    windowed_attention,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,7 +149,7 @@ def attention_calls(monkeypatch):
         calls.append((q.shape[1], k.shape[1], None if mask is None else tuple(mask.shape)))
         return real(q, k, v, **kw)
     monkeypatch.setattr(attention_module, "attention", spy)
-    monkeypatch.setattr("planx_core.dit.attention", spy)
+    monkeypatch.setattr("planx_core.wan.dit.attention", spy)
     return calls
 
 

@@ -9,11 +9,37 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planx_core.world import (COLOURS, DIRECTIONS, HELDOUT_BIGRAMS, HELDOUT_PAIRS, PALETTE, PUNCTUATION, SHAPES,
-                              STEP, WALL, WALL_RGB, WORDS, Action, Composition, ObjectSpec, WorldConfig, bigrams,
-                              dataset, is_heldout, keyframe_frames, keyframe_layout, make_clip, order_pairs,
-                              sample_composition, stage_bounds, stamp, tokenize)
-from planx_core.world_score import detect, score_clip, score_many, score_pairs
+from planx_core.world.clips import (
+    dataset,
+    keyframe_layout,
+    make_clip,
+    order_pairs,
+    stamp,
+)
+from planx_core.world.scenes import (
+    COLOURS,
+    DIRECTIONS,
+    HELDOUT_BIGRAMS,
+    HELDOUT_PAIRS,
+    PALETTE,
+    PUNCTUATION,
+    SHAPES,
+    STEP,
+    WALL,
+    WALL_RGB,
+    WORDS,
+    Action,
+    Composition,
+    ObjectSpec,
+    WorldConfig,
+    bigrams,
+    is_heldout,
+    keyframe_frames,
+    sample_composition,
+    stage_bounds,
+    tokenize,
+)
+from planx_core.world.score import detect, score_clip, score_many, score_pairs
 
 CONFIG = WorldConfig()
 COLOUR = "(?:" + "|".join(COLOURS) + ")"

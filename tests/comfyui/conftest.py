@@ -189,7 +189,10 @@ _SERVERS: list[ComfyServer] = []
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """A running ComfyUI with the pack (see the module docstring); stopped at the end of the session."""
-    from conftest import _COMFY_SKIP, comfyui_path  # tests/conftest.py (see pytest_plugin_registered)
+    from conftest import (  # tests/conftest.py (see pytest_plugin_registered)
+        _COMFY_SKIP,
+        comfyui_path,
+    )
 
     comfy = comfyui_path()
     if comfy is None:

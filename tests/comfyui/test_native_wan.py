@@ -5,10 +5,11 @@ patches ComfyUI's model, so both must agree on the base computation first.
 """
 import pytest
 import torch
+from conftest import randomize
 
-from conftest import comfyui_path, randomize
-from planx_core.checkpoint import load_dit, save_safetensors
-from planx_core.dit import WanModel
+from planx_core.files.safetensors import save_safetensors
+from planx_core.wan.dit import WanModel
+from planx_core.wan.dit_files import load_dit
 
 pytestmark = pytest.mark.comfyui
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import randomize
-from planx_core.bundle import load_bundle
-from planx_core.configs import DiTConfig
-from planx_core.plan import CodebookId, PlanError
-from planx_core.pipeline import PlanXPipeline
+
+from planx_core.pipelines.bundle import load_bundle
+from planx_core.pipelines.planx import PlanXPipeline
+from planx_core.plan.core import CodebookId, PlanError
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
+from planx_core.wan.configs import DiTConfig
 
 pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,8 +154,9 @@ def test_stock_loader_and_patch_on_a_wan_shaped_dit(pack, comfy_modules):
     """A DiT with Wan's sizes per head (128) loads through ComfyUI's stock detection as WAN22 and the
     patch on it matches planx_core: the path of the real Wan 2.2 5B weights."""
     import comfy.sd
-    from planx_core.dit import WanModel
     from planx_pack.nodes.wan_plan_patch import PlanPatch
+
+    from planx_core.wan.dit import WanModel
     cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48, name="wan-shaped")
     ours = randomize(WanModel(cfg), std=0.05)
     sd = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
@@ -234,8 +235,9 @@ def test_attention_window_matches_planx_dit(pack, embedded, plan_mode):
 def test_in_context_and_window_on_a_wan_shaped_dit(pack, comfy_modules):
     """The same on a DiT with Wan's 128-wide heads loaded by ComfyUI's stock detection (the real-weights path)."""
     import comfy.sd
-    from planx_core.dit import WanModel
     from planx_pack.nodes.wan_plan_patch import PlanPatch, with_window
+
+    from planx_core.wan.dit import WanModel
     cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48, name="wan-shaped")
     ours = randomize(WanModel(cfg), std=0.05)
     sd = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
@@ -251,9 +253,10 @@ def test_embedded_dit_needs_the_pack_loader(pack, comfy_modules):
     """ComfyUI's detection takes heads = dim // 128 and a 256-wide time embedding; the tiny DiT has 4
     heads of 32 and a 64-wide one, so the stock loader cannot build it (why Load Plan-X Tiny Model exists)."""
     import comfy.sd
-    from planx_core.checkpoint import read_safetensors
+
+    from planx_core.files.safetensors import read_safetensors
     sd = read_safetensors(Path(pack.nodes.model_files.EMBEDDED) / "dit.safetensors")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (whatever ComfyUI raises: it cannot build this size)
         model = comfy.sd.load_diffusion_model_state_dict(dict(sd))
         assert model.model.diffusion_model.num_heads == 4
 
@@ -377,9 +380,10 @@ def test_encode_video_to_plan_reads_the_frames(nodes, embedded):
 
 
 def test_a_branch_for_another_model_is_refused(pack, embedded):
-    from planx_core.configs import get_preset
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PlanPatch
+
+    from planx_core.wan.configs import get_preset
     bundle = embedded[0]
     branch = _branch_for(get_preset("tiny"), code_dim=32)  # a 64-wide, 2-block DiT's branch
     conditioning = branch.condition(torch.randn(1, 81, 32), [0.0], (9, 9))

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from planx_core.plan import CodebookId, keyframe_times, make_plan
 from workflow_api import to_api
+
+from planx_core.plan.core import CodebookId, make_plan
+from planx_core.plan.timing import keyframe_times
 
 pytestmark = pytest.mark.comfyui
 

@@ -1,0 +1,24 @@
+"""Flow-matching sampling: sigma schedule, Euler and UniPC solvers, text and plan guidance, render.
+
+Sources: Wan 2.2 (`wan/utils/fm_solvers_unipc.py`, `wan/textimage2video.py`); see `sampling`.
+
+Public API: `shift_sigma`, `flow_sigmas`, `Guidance`, `guided_velocity`, `initial_noise`,
+`sample`, `SamplingInterrupted` (sampling); `SOLVERS`, `make_solver` (solvers); `render`,
+`latent_shape`, `pad_text_context`, `make_denoiser` (a DiT bound to the sampler).
+"""
+from .rendering import latent_shape, make_denoiser, pad_text_context, render
+from .sampling import (
+                       NUM_TRAIN_TIMESTEPS,
+                       Guidance,
+                       SamplingInterrupted,
+                       flow_sigmas,
+                       guided_velocity,
+                       initial_noise,
+                       sample,
+                       shift_sigma,
+)
+from .solvers import SOLVERS, EulerSolver, UniPCSolver, make_solver
+
+__all__ = ["NUM_TRAIN_TIMESTEPS", "SOLVERS", "EulerSolver", "Guidance", "SamplingInterrupted", "UniPCSolver",
+           "flow_sigmas", "guided_velocity", "initial_noise", "latent_shape", "make_denoiser", "make_solver",
+           "pad_text_context", "render", "sample", "shift_sigma"]

@@ -1,0 +1,190 @@
+"""Flow-matching sampling for Wan 2.2: sigma schedule, Euler and UniPC solvers, plan guidance.
+
+Source: behaviour of Wan-Video/Wan2.2 `wan/utils/fm_solvers_unipc.py` (flow-matching UniPC,
+"bh2" variant, data prediction, lower order at the start and on the final step) and the TI2V
+first-frame replacement of `wan/textimage2video.py`; the method is UniPC (Zhao et al. 2023,
+"UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models").
+
+Convention (rectified flow): x_sigma = (1 - sigma) * x0 + sigma * noise, the model predicts the
+velocity v = noise - x0, hence x0 = x - sigma * v. Sampling runs sigma from 1 down to 0 and the
+model sees the timestep sigma * 1000 per latent frame.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .solvers import make_solver
+
+__all__ = [
+    "Guidance",
+    "SamplingInterrupted",
+    "flow_sigmas",
+    "guided_velocity",
+    "initial_noise",
+    "sample",
+    "shift_sigma",
+]
+
+NUM_TRAIN_TIMESTEPS = 1000  # the DiT's timestep is sigma * 1000
+
+# denoise(x [B, C, F, H, W], t [B, F], *, text, plan) -> velocity [B, C, F, H, W]
+Denoiser = Callable[..., Tensor]
+
+
+class SamplingInterrupted(RuntimeError):
+    """Raised by `sample` when its `interrupt()` callable returns True before a step."""
+
+    def __init__(self, step: int, total: int):
+        super().__init__(
+            f"sampling was interrupted at step {step} of {total} (0-based; {step} steps had completed)"
+        )
+        self.step = step
+        self.total = total
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def shift_sigma(sigma: float | Tensor, shift: float) -> float | Tensor:
+    """Timestep shift of SD3/Wan: sigma' = shift * sigma / (1 + (shift - 1) * sigma)."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def flow_sigmas(steps: int, shift: float) -> Tensor:
+    """Float64 schedule of `steps + 1` sigmas from 1.0 to 0.0: linspace(1, 0) passed through the shift."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}; pass e.g. steps=50")
+    if not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"shift must be a finite number > 0, got {shift!r}; Wan 2.2 TI2V uses shift=5.0")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)  # [steps + 1]
+    return shift_sigma(t, float(shift))  # [steps + 1]
+
+
+# ----------------------------------------------------------------------------- solvers
+
+
+# ----------------------------------------------------------------------------- guidance
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Text and plan guidance scales.
+
+    v = v(-,-) + plan_scale * (v(-,plan) - v(-,-)) + text_scale * (v(text,plan) - v(-,plan)),
+    where v(text?, plan?) is the velocity with or without the text prompt and the plan."""
+
+    text_scale: float = 5.0
+    plan_scale: float = 1.0
+
+
+def guided_velocity(denoise: Denoiser, x: Tensor, t: Tensor, guidance: Guidance, *, use_plan: bool) -> Tensor:
+    """Guided velocity, evaluating only the passes the scales need (called in the order listed):
+
+    - no plan, text_scale == 1: v(text)                         1 pass
+    - no plan:                  v(text), v(-)                   2 passes: v(-) + s_text (v(text) - v(-))
+    - plan, both scales == 1:   v(text,plan)                    1 pass
+    - plan, plan_scale == 1:    v(text,plan), v(-,plan)         2 passes: the v(-,-) terms cancel
+    - plan otherwise:           v(text,plan), v(-,plan), v(-,-) 3 passes: the full formula
+    Without a plan every pass gets plan=False.
+    """
+    s_text, s_plan = guidance.text_scale, guidance.plan_scale
+    if not use_plan:
+        v_text = denoise(x, t, text=True, plan=False)  # [B, C, F, H, W]
+        if s_text == 1:
+            return v_text
+        v_none = denoise(x, t, text=False, plan=False)
+        return v_none + s_text * (v_text - v_none)
+    v_text_plan = denoise(x, t, text=True, plan=True)  # [B, C, F, H, W]
+    if s_plan == 1 and s_text == 1:
+        return v_text_plan
+    v_plan = denoise(x, t, text=False, plan=True)
+    if s_plan == 1:
+        return v_plan + s_text * (v_text_plan - v_plan)
+    v_none = denoise(x, t, text=False, plan=False)
+    return v_none + s_plan * (v_plan - v_none) + s_text * (v_text_plan - v_plan)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def initial_noise(shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise from a CPU generator seeded with `seed`; drawn in float32, then cast."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(dtype)
+
+
+def _check_first_frame(noise: Tensor, first_frame_latent: Tensor | None) -> Tensor | None:
+    if first_frame_latent is None:
+        return None
+    b, c, _, h, w = noise.shape
+    if tuple(first_frame_latent.shape) != (b, c, 1, h, w):
+        raise ValueError(
+            f"first_frame_latent must have shape [B, C, 1, H, W] = {[b, c, 1, h, w]} to match noise "
+            f"{list(noise.shape)}, got {list(first_frame_latent.shape)}; encode the image at the video's size"
+        )
+    return first_frame_latent.to(device=noise.device, dtype=noise.dtype)  # [B, C, 1, H, W]
+
+
+def _pin_first_frame(x: Tensor, first_frame: Tensor | None) -> Tensor:
+    """TI2V: latent frame 0 is the encoded image, not a sample."""
+    if first_frame is None:
+        return x
+    return torch.cat([first_frame, x[:, :, 1:]], dim=2)  # [B, C, F, H, W]
+
+
+def _frame_timesteps(sigma: float, noise: Tensor, pinned: bool) -> Tensor:
+    """Per-frame timestep sigma * 1000, [B, F]; column 0 is 0 when frame 0 is the given image."""
+    b, f = noise.shape[0], noise.shape[2]
+    t = torch.full((b, f), sigma * NUM_TRAIN_TIMESTEPS, dtype=torch.float32, device=noise.device)  # [B, F]
+    if pinned:
+        t[:, 0] = 0.0
+    return t
+
+
+def sample(
+    denoise: Denoiser,
+    noise: Tensor,
+    *,
+    steps: int = 50,
+    shift: float = 5.0,
+    solver: str = "unipc",
+    guidance: Guidance = Guidance(),
+    use_plan: bool = False,
+    plan_active: Callable[[float], bool] | None = None,
+    first_frame_latent: Tensor | None = None,
+    callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
+    interrupt: Callable[[], bool] | None = None,
+) -> Tensor:
+    """Integrate the flow ODE from `noise` (sigma = 1) to a clean latent (sigma = 0).
+
+    denoise(x [B, C, F, H, W], t [B, F], *, text, plan) returns the velocity; t is sigma * 1000
+    per latent frame. With `first_frame_latent` [B, C, 1, H, W] (TI2V), frame 0 is that latent at
+    the start and after every step, and its timestep is 0. `plan_active(sigma)` returning False
+    drops the plan passes for that step. `callback(i, steps, x, x0)` runs after step i (0-based)
+    with the new sample and that step's x0 prediction; `interrupt()` is checked before each step.
+    """
+    if noise.ndim != 5:
+        raise ValueError(f"noise must be a latent [B, C, F, H, W], got shape {list(noise.shape)}")
+    sigmas = flow_sigmas(steps, shift)  # [steps + 1]
+    stepper = make_solver(solver, sigmas)
+    first_frame = _check_first_frame(noise, first_frame_latent)  # [B, C, 1, H, W] or None
+    x = _pin_first_frame(noise, first_frame)  # [B, C, F, H, W]
+    for i in range(steps):
+        if interrupt is not None and interrupt():
+            raise SamplingInterrupted(i, steps)
+        sigma = float(sigmas[i])
+        t = _frame_timesteps(sigma, noise, pinned=first_frame is not None)  # [B, F]
+        plan_now = use_plan and (plan_active is None or bool(plan_active(sigma)))
+        v = guided_velocity(denoise, x, t, guidance, use_plan=plan_now)  # [B, C, F, H, W]
+        x0 = _pin_first_frame((x - sigma * v).to(x.dtype), first_frame)  # [B, C, F, H, W]
+        x = _pin_first_frame(stepper.step(x, v, i), first_frame)  # [B, C, F, H, W]
+        if callback is not None:
+            callback(i, steps, x, x0)
+    return x

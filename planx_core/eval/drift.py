@@ -1,0 +1,119 @@
+"""`python -m planx_core eval-drift`: drift of long videos, SemanticGen against windows without a plan.
+
+After SemanticGen (arXiv 2512.20619), Sec. 4 and supplementary B.2: long videos made with
+shifted-window attention drift (objects change or vanish late in the video); a global semantic
+plan that every window attends to should reduce it. The paper's Delta^M_drift is the absolute
+difference of a metric between the start and the end of a video; here the two ends are the first
+and the last second, and everything is computed from the frames alone (`world_score.detect`). A
+colour is *present* in a second when it is found in at least half of that second's frames (an
+object keeps its colour in this world, so colour is its identity; shapes are not used, the tiny
+renderer draws them too roughly for the shape classifier):
+
+* identity_first / identity_last: share of the prompt's objects whose colour is present;
+  identity_abs_drift = |first - last| (the Delta drift of identity).
+* extra_first / extra_last: colours present that the prompt does not have (objects that changed
+  colour or appeared from nowhere).
+* first_last_jaccard: agreement of the present colour sets of the first and the last second.
+
+Rows, on the same held-out long prompts (`semanticgen.LONG_WORLD`, plain scenes, 4x the training
+clip length) and seeds: `semanticgen` (stage 1 plans the whole video, stage 2 renders it with
+windows), `windows_no_plan` (the same stage-2 DiT and windows, no semantic tokens), and
+`gt_semantics` (stage 2 with the clip's own encoded semantics: the ceiling of the plan route).
+Writes `<out>/drift.json` and `<out>/drift.md`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import world
+from ..semanticgen.model import EMBEDDED, SemanticGen
+from ..world.score import detect
+from ..world.tiny import LONG_WORLD, render_clip_semantics
+
+ROWS = ("semanticgen", "windows_no_plan", "gt_semantics")
+
+
+def present_colours(frames: np.ndarray) -> set[int]:
+    """Palette colours (indices) found in at least half of `frames` `[T, H, W, 3]`."""
+    return set(np.flatnonzero(detect(frames).found.mean(axis=0) >= 0.5).tolist())
+
+
+def drift_scores(frames: np.ndarray, clip: world.Clip, fps: float) -> dict[str, float]:
+    """Colour identity of the first and the last second, its drift, extra colours and first/last agreement."""
+    n = int(round(fps))
+    prompt = {world.COLOURS.index(c) for c in clip.colour}
+    first, last = present_colours(frames[:n]), present_colours(frames[-n:])
+    union = first | last
+    out = {"identity_first": len(first & prompt) / len(prompt), "identity_last": len(last & prompt) / len(prompt),
+           "extra_first": float(len(first - prompt)), "extra_last": float(len(last - prompt)),
+           "first_last_jaccard": len(first & last) / len(union) if union else 1.0}
+    out["identity_drift"] = out["identity_first"] - out["identity_last"]
+    out["identity_abs_drift"] = abs(out["identity_drift"])
+    return out
+
+
+def render_row(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> np.ndarray:
+    frames = clip.config.num_frames
+    if row == "semanticgen":
+        return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed)[0]
+    if row == "windows_no_plan":
+        return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed, use_semantics=False)[0]
+    return render_clip_semantics(model, clip, use_semantics=True, seed=seed)
+
+
+def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) -> dict:
+    """Mean drift scores of every row over `clips` (the same seed per clip in every row)."""
+    results = {}
+    for row in rows:
+        start, per_clip = time.monotonic(), []
+        for i, clip in enumerate(clips):
+            per_clip.append(drift_scores(render_row(model, row, clip, seed=i), clip, model.spec.fps))
+        results[row] = {k: round(float(np.mean([p[k] for p in per_clip])), 4) for k in per_clip[0]}
+        log(f"[drift] {row}: {results[row]} ({time.monotonic() - start:.0f} s)")
+    return results
+
+
+def report(results: dict, clips: int, window: int, frames: int) -> str:
+    keys = ("identity_first", "identity_last", "identity_abs_drift", "extra_first", "extra_last",
+            "first_last_jaccard")
+    lines = [f"# Long-video drift ({clips} held-out prompts, {frames} frames = 4x the training clip, window "
+             f"{window} latent frames)", "", "| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {row} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for row, r in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m planx_core eval-drift", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(EMBEDDED / "semanticgen"), help="SemanticGen folder")
+    p.add_argument("--clips", type=int, default=24, help="held-out long prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=None, help="stage-2 window (default: the model's)")
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--out", default="eval_report/drift")
+    a = p.parse_args(argv)
+    rows = [r for r in a.rows.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
+    if a.window is not None:
+        model = model.with_spec(window=a.window)
+    clips = [world.make_clip(world.clip_seed(a.seed, 1, i), LONG_WORLD, split="heldout", kind="plain")
+             for i in range(a.clips)]
+    results = evaluate(model, clips, rows)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "drift.json").write_text(json.dumps(results, indent=2))
+    text = report(results, a.clips, model.spec.window, LONG_WORLD.num_frames)
+    (out / "drift.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import EMBEDDED
+from ..files.safetensors import CheckpointError
+from ..files.video import read_image, write_png, write_video
+from ..plan.core import Plan, PlanError
+from ..semanticgen.model import SemanticGen
+from .planx import (
+    Generation,
+    PlanXPipeline,
+    _clean,
+    _report,
+    load_plan_file,
+    split_prompt,
+)
+
+DEFAULT_LONG_FRAMES = 65  # semanticgen's default length: 8 s at 8 fps, 4x the training clip of 17
+
+
+def output_paths(out) -> tuple[Path, Path, Path]:
+    """(video, plan JSON, plan picture): clip.mp4 -> clip.plan.json, clip.plan.png beside it."""
+    video = Path(out)
+    if video.suffix.lower() not in (".mp4", ".avi"):
+        raise ValueError(f"--out {out}: the video file must end in .mp4 (or .avi), e.g. --out clip.mp4")
+    return video, video.with_suffix(".plan.json"), video.with_suffix(".plan.png")
+
+
+def _texts(args) -> tuple[str, str]:
+    scene, motion = (_clean(args.prompt), _clean(args.motion)) if args.motion is not None else split_prompt(args.prompt)
+    if not scene and not motion:
+        raise ValueError("--prompt is empty; describe the scene and the motion, e.g. "
+                         "--prompt \"a red circle on a dark background. the red circle moves right.\"")
+    return scene, motion
+
+
+def _check_options(args) -> None:
+    if args.plan is not None and args.no_plan:
+        raise ValueError("--plan and --no-plan contradict each other; pass one of them")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: sampling needs at least 1 step (the bundle's default is a good start)")
+    if args.scale < 1:
+        raise ValueError(f"--scale {args.scale}: the enlargement factor must be an integer >= 1 (1 = as rendered)")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: give at least 1 CPU thread, or leave it out for torch's default")
+    output_paths(args.out)
+
+
+def _check_given_plan(pipe: PlanXPipeline, plan: Plan, path) -> None:
+    try:
+        pipe.check_plan(plan)
+    except PlanError as err:
+        raise PlanError(f"--plan {path} cannot be rendered with bundle {pipe.spec.name!r}: {err}") from None
+
+
+def _write_outputs(pipe: PlanXPipeline, result: Generation, args, plan_bytes: bytes | None) -> list[Path]:
+    """Video, then plan JSON and picture; a given plan file is copied byte for byte (never rewritten)."""
+    video_path, plan_path, picture_path = output_paths(args.out)
+    written = [write_video(result.frames, video_path, pipe.spec.video.fps, scale=args.scale)]
+    if result.plan is not None:
+        if plan_bytes is None:
+            plan_path.write_text(result.plan.to_json(indent=1) + "\n", encoding="utf-8")
+        elif Path(args.plan).resolve() != plan_path.resolve():
+            plan_path.write_bytes(plan_bytes)
+        written += [plan_path, write_png(pipe.plan_picture(result.plan), picture_path)]
+    return written
+
+
+def generate_command(args) -> int:
+    """`python -m planx_core generate`: plan, render, write video + plan JSON + plan picture; errors exit 2."""
+    from ..files.safetensors import CheckpointError
+    started = time.perf_counter()
+    try:
+        _check_options(args)
+        scene, motion = _texts(args)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        plan = load_plan_file(args.plan) if args.plan else None
+        plan_bytes = Path(args.plan).read_bytes() if args.plan else None
+        pipe = PlanXPipeline.from_folder(args.bundle or EMBEDDED, device=args.device)
+        loaded = time.perf_counter()
+        if plan is not None:
+            _check_given_plan(pipe, plan, args.plan)
+        first = pipe.first_frame(read_image(args.image)) if getattr(args, "image", None) else None
+        result = pipe.generate(scene, motion, plan=plan, use_plan=not args.no_plan, seed=args.seed,
+                               steps=args.steps, progress=not args.quiet, first_frame=first)
+        written = _write_outputs(pipe, result, args, plan_bytes)
+    except (CheckpointError, PlanError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _report(written, result, loaded - started, time.perf_counter() - started, scene, motion, args)
+    return 0
+
+
+def _semanticgen_plan(model: SemanticGen, args, scene: str, motion: str) -> tuple[Plan | None, int]:
+    """(the continuous plan to render, the video's frame count): --plan's file (its own frame count unless
+    --frames says otherwise, and then it must fit), stage 1's plan, or none with --no-plan."""
+    if args.plan:
+        plan = load_plan_file(args.plan)
+        frames = plan.num_frames if args.frames is None else args.frames
+        return model.check_plan(plan, frames), frames
+    frames = DEFAULT_LONG_FRAMES if args.frames is None else args.frames
+    if args.no_plan:
+        return None, frames
+    z = model.plan_semantics(scene, motion, num_frames=frames, seed=args.seed)  # [K, gh, gw, D]
+    return model.semantic_plan(z, num_frames=frames, scene=scene, motion=motion, seed=args.seed), frames
+
+
+def semanticgen_command(args) -> int:
+    started = time.perf_counter()
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        scene, motion = split_prompt(args.prompt)
+        video_path, plan_path, _ = output_paths(args.out)
+        model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
+        if args.window is not None:
+            model = model.with_spec(window=args.window)
+        loaded = time.perf_counter()
+        plan, frames = _semanticgen_plan(model, args, scene, motion)
+        planned = time.perf_counter()
+        video = model.decode(model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed))
+        write_video(video, video_path, model.spec.fps, scale=args.scale)
+        if plan is not None and not args.plan:
+            plan_path.write_text(plan.to_json(indent=1) + "\n", encoding="utf-8")
+            print(f"wrote    {plan_path}")
+    except (CheckpointError, PlanError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    done = time.perf_counter()
+    print(f"wrote    {video_path} ({frames} frames, window {model.spec.window})")
+    print(f"time:    {done - started:.1f} s (load {loaded - started:.1f} s, plan {planned - loaded:.1f} s, "
+          f"render {done - planned:.1f} s)")
+    return 0

@@ -1,0 +1,15 @@
+"""The semantic planner: a causal LM (Qwen2 through transformers) that writes a plan's keyframe tokens.
+
+Sources: Plan-X (arXiv 2511.17986) for the planner's role and prompt; Tar (csuhan/Tar) for the
+`<im_start><S2><I..>...<im_end>` token text and the vocabulary extension.
+
+Public API: `SemanticPlanner`, `load_planner`, `save_planner` (model); `Sampling`,
+`PlanningInterrupted` (constrained decoding); `PlanVocab`, `extend_vocabulary`,
+`build_word_tokenizer` (vocabulary).
+"""
+from .decode import PlanningInterrupted, Sampling
+from .model import SemanticPlanner, load_planner, save_planner
+from .vocab import PlanVocab, build_word_tokenizer, extend_vocabulary
+
+__all__ = ["PlanVocab", "PlanningInterrupted", "Sampling", "SemanticPlanner", "build_word_tokenizer",
+           "extend_vocabulary", "load_planner", "save_planner"]

@@ -1,0 +1,98 @@
+"""The planner's prompt: system part, scene and motion texts, and image codes as token ids.
+
+Sources: Plan-X (arXiv 2511.17986) Fig. 2 (system prompt "Generate T frames ...", then the
+image description T_img, the motion T_motion and, for image-to-video, the first frame's
+semantic tokens); Tar (github csuhan/Tar) for the Qwen chat format and the image block
+`<im_start><S{scale}><I..>...<im_end>`. The wording is this project's own (the paper shows
+only a fragment). Written with the tokenizer's chat template when it has one::
+
+    system: You are a video planner. Write {K} keyframes for a video of {duration} seconds at
+            {fps} frames per second, one keyframe every {1/rate} seconds ({rate} per second).
+            Each keyframe is a {gh} by {gw} grid of visual tokens.
+    user:   Scene: {scene}
+            Motion: {motion}
+            First frame: <im_start><S2><I..>..<im_end>            (image-to-video)
+            Earlier keyframes: <im_start><S2>..<im_end> ...       (continuation)
+    assistant: (the plan, decoded by `planner_decode`)
+
+Without a chat template (the word-level tokenizer): `{bos}System: ...\nUser: ...\nAssistant:`.
+Image codes enter as token ids (image_start + k), never through the text tokenizer: the text is
+rendered with private-use placeholders, tokenized piece by piece, and the blocks spliced in.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .vocab import PlanVocab, scale_for_length
+
+_SLOT = re.compile("\ue000(\\d+)\ue001")  # private-use marks where image blocks go in the rendered prompt
+
+
+def system_text(num_keyframes: int, fps: float, keyframe_rate: float, duration: float, grid: tuple[int, int]) -> str:
+    return (f"You are a video planner. Write {num_keyframes} keyframes for a video of {duration:g} seconds at "
+            f"{fps:g} frames per second, one keyframe every {1 / keyframe_rate:g} seconds ({keyframe_rate:g} per "
+            f"second). Each keyframe is a {grid[0]} by {grid[1]} grid of visual tokens.")
+
+
+def code_rows(codes) -> list[list[int]]:
+    """Context codes: a tensor `[C, cells]` or a list of code lists."""
+    rows = codes.tolist() if isinstance(codes, torch.Tensor) else [list(r) for r in codes]
+    return [r.tolist() if isinstance(r, torch.Tensor) else r for r in rows]
+
+
+def flat_codes(codes) -> list[int]:
+    return codes.reshape(-1).tolist() if isinstance(codes, torch.Tensor) else [int(c) for c in codes]
+
+
+class _PromptParts:
+    """User text with slots for image blocks, and the blocks' token ids."""
+
+    def __init__(self, scene: str, motion: str, vocab: PlanVocab, first_frame_codes, context_codes):
+        self.blocks: list[list[int]] = []
+        lines = [f"Scene: {scene}", f"Motion: {motion}"]
+        if first_frame_codes is not None:
+            lines.append("First frame: " + self._slot(vocab, flat_codes(first_frame_codes)))
+        if context_codes is not None:
+            lines.append("Earlier keyframes: " + " ".join(self._slot(vocab, r) for r in code_rows(context_codes)))
+        self.user = "\n".join(lines)
+
+    def _slot(self, vocab: PlanVocab, codes: list[int]) -> str:
+        self.blocks.append(vocab.block(codes, scale_for_length(len(codes))))
+        return f"\ue000{len(self.blocks) - 1}\ue001"
+
+
+def _render(tokenizer, system: str, user: str) -> str:
+    """The prompt text up to the assistant's answer: chat template if any, else a plain layout."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # templates without a system role: put it in the user turn
+            merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
+            return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token or ""
+    return f"{bos}System: {system}\nUser: {user}\nAssistant:"
+
+
+def _encode(tokenizer, text: str, blocks: list[list[int]]) -> list[int]:
+    """Tokenize the text between the slots; splice each slot's block ids in directly."""
+    ids: list[int] = []
+    pieces = _SLOT.split(text)  # text, slot index, text, slot index, ..., text
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            ids += blocks[int(piece)]
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def prompt_ids(tokenizer, vocab: PlanVocab, scene: str, motion: str, *, num_keyframes: int, fps: float,
+               keyframe_rate: float, grid: tuple[int, int], duration: float | None = None,
+               first_frame_codes=None, context_codes=None) -> list[int]:
+    """Token ids of the whole prompt, ending where the assistant's plan begins."""
+    duration = (num_keyframes - 1) / keyframe_rate if duration is None else duration
+    parts = _PromptParts(scene, motion, vocab, first_frame_codes, context_codes)
+    system = system_text(num_keyframes, fps, keyframe_rate, duration, grid)
+    return _encode(tokenizer, _render(tokenizer, system, parts.user), parts.blocks)

@@ -1,0 +1,24 @@
+"""SemanticGen: compact continuous semantic plans, generated with full attention, then rendered.
+
+Source: SemanticGen (arXiv 2512.20619): a VLM's vision features (`encoder`, the Qwen2.5-VL tower)
+compressed by a KL-regularised MLP (`compressor`), a diffusion generator of those features for the
+whole video (`generator`, stage 1), and the video latents conditioned in context with
+shifted-window attention (`model.SemanticGen`, stage 2 through the Plan-X semantic branch).
+
+Public API: `SemanticGen`, `SemanticGenSpec`, `FILES` (model folder); `SemanticEncoder`,
+`load_semantic_encoder`, `save_semantic_encoder`; `SemanticCompressor`, `CompressorConfig`,
+`load_compressor`, `save_compressor`; `generate_semantics`, `semantic_generator_config`.
+"""
+from .compressor import (
+           CompressorConfig,
+           SemanticCompressor,
+           load_compressor,
+           save_compressor,
+)
+from .encoder import SemanticEncoder, load_semantic_encoder, save_semantic_encoder
+from .generator import generate_semantics, semantic_generator_config
+from .model import FILES, SemanticGen, SemanticGenSpec
+
+__all__ = ["FILES", "CompressorConfig", "SemanticCompressor", "SemanticEncoder", "SemanticGen", "SemanticGenSpec",
+           "generate_semantics", "load_compressor", "load_semantic_encoder", "save_compressor",
+           "save_semantic_encoder", "semantic_generator_config"]

@@ -1,0 +1,264 @@
+"""SemanticGen end to end: text -> compact semantic plan (stage 1) -> video latents (stage 2) -> frames.
+
+Source: SemanticGen (arXiv 2512.20619), Fig. 3(c): at inference the semantic generator samples
+z_sem for the whole video with full attention; the latent generator denoises the VAE latents
+with z_sem appended in-context, `[z_t, z_sem]`, and for long videos attends over the latents in
+shifted windows along time while every window sees all semantic tokens (`window_attention`).
+
+A model folder holds `semanticgen.json` (`SemanticGenSpec`), `semantic_encoder.safetensors`,
+`compressor.safetensors`, `latent_dit.safetensors` + `latent_branch.safetensors` (stage 2) and
+`semantic_generator.safetensors` (stage 1); the text encoder and VAE are the folder's own
+(`text_encoder/`, `vae.safetensors`) or, when absent, the embedded Plan-X bundle's.
+
+Timing: semantic keyframes come `fps / keyframe_stride` times a second (2 fps at 8 fps) and are
+placed by the one alignment rule (`plan.timing`). Stage 2 renders a continuous `Plan`, through the
+branch's `condition_plan` with the plan's own keyframe times, exactly as Inject 3D RoPE Guidance
+does in ComfyUI: stage 1's output becomes a plan first (`semantic_plan`), so an edited, retimed
+plan and a fresh one take the same path.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import EMBEDDED
+from ..diffusion.rendering import latent_shape, render
+from ..diffusion.sampling import Guidance, initial_noise
+from ..files.safetensors import CheckpointError
+from ..files.video import video_to_frames
+from ..plan.continuous import make_continuous_plan
+from ..plan.core import CodebookId, Plan, Provenance
+from ..plan.errors import PlanError
+from ..plan.timing import keyframe_frames
+from ..semantic_branch import SemanticBranch, load_branch, save_branch
+from ..wan.dit import WanModel
+from ..wan.dit_files import load_dit_file, save_dit
+from ..wan.text_encoder import (
+    TextEncoder,
+    join_prompt,
+    load_text_encoder,
+    save_text_encoder,
+)
+from ..wan.vae_files import load_vae, save_vae
+from .compressor import SemanticCompressor, load_compressor
+from .encoder import SemanticEncoder, load_semantic_encoder, save_semantic_encoder
+from .generator import check_fits, generate_semantics
+
+FILES = {"spec": "semanticgen.json", "encoder": "semantic_encoder.safetensors", "compressor": "compressor.safetensors",
+         "latent_dit": "latent_dit.safetensors", "branch": "latent_branch.safetensors",
+         "semantic_dit": "semantic_generator.safetensors"}
+
+
+@dataclass(frozen=True)
+class SemanticGenSpec:
+    """Video layout and sampling defaults of a SemanticGen model folder."""
+
+    window: int = 2                 # latent frames per attention window of stage 2 (0 = full attention)
+    sem_dim: int = 8                # compressed semantic width
+    fps: float = 8.0
+    size: int = 64
+    keyframe_stride: int = 4        # video frames between semantic keyframes (2 fps at 8 fps)
+    steps: int = 20                 # stage-2 steps
+    semantic_steps: int = 30        # stage-1 Euler steps
+    shift: float = 3.0
+    text_scale: float = 1.0         # stage-2 text guidance
+    semantic_text_scale: float = 1.0  # stage-1 text guidance
+    name: str = "semanticgen-tiny"
+
+    def to_json(self) -> str:
+        return json.dumps({"format": "planx.semanticgen", "version": 1, **asdict(self)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> SemanticGenSpec:
+        data = json.loads(text)
+        if data.get("format") != "planx.semanticgen":
+            raise CheckpointError(f"{source}: not a SemanticGen description (format {data.get('format')!r})")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _part(folder: Path, name: str) -> Path:
+    path = folder / FILES[name]
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: {FILES[name]} is missing; a SemanticGen folder needs "
+                              f"{', '.join(FILES.values())} (copy the whole folder)")
+    return path
+
+
+class SemanticGen:
+    """The two SemanticGen stages with their encoder, compressor, text encoder and VAE."""
+
+    def __init__(self, spec: SemanticGenSpec, encoder: SemanticEncoder, compressor: SemanticCompressor,
+                 latent_dit: WanModel, branch: SemanticBranch, semantic_dit: WanModel | None,
+                 text: TextEncoder, vae):
+        self.spec, self.encoder, self.compressor = spec, encoder, compressor
+        self.latent_dit, self.branch, self.semantic_dit, self.text, self.vae = latent_dit, branch, semantic_dit, text, vae
+
+    # -- files ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder=EMBEDDED / "semanticgen", need_semantic: bool = True) -> SemanticGen:
+        folder = Path(folder)
+        spec = SemanticGenSpec.from_json(_part(folder, "spec").read_text(), folder)
+        semantic = load_dit_file(_part(folder, "semantic_dit")) if need_semantic else None
+        if semantic is not None:
+            check_fits(semantic, (spec.sem_dim,))
+        text = load_text_encoder(folder / "text_encoder" if (folder / "text_encoder").is_dir() else EMBEDDED / "text_encoder")
+        vae_file = folder / "vae.safetensors"
+        vae = load_vae(vae_file if vae_file.is_file() else EMBEDDED / "vae.safetensors")
+        return cls(spec, load_semantic_encoder(_part(folder, "encoder")).eval(),
+                   load_compressor(_part(folder, "compressor")).eval(), load_dit_file(_part(folder, "latent_dit")),
+                   load_branch(_part(folder, "branch")), semantic, text.eval(), vae.eval())
+
+    def save(self, folder, *, with_shared: bool = False) -> Path:
+        """Write every part (text encoder and VAE too when `with_shared`) and semanticgen.json."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FILES["spec"]).write_text(self.spec.to_json())
+        save_semantic_encoder(self.encoder, folder / FILES["encoder"])
+        self.compressor.save(folder / FILES["compressor"])
+        save_dit(self.latent_dit, folder / FILES["latent_dit"])
+        save_branch(self.branch, folder / FILES["branch"])
+        if self.semantic_dit is not None:
+            save_dit(self.semantic_dit, folder / FILES["semantic_dit"])
+        if with_shared:
+            save_text_encoder(self.text, folder / "text_encoder")
+            save_vae(self.vae, folder / "vae.safetensors")
+        return folder
+
+    def with_semantic(self, semantic_dit: WanModel) -> SemanticGen:
+        return SemanticGen(self.spec, self.encoder, self.compressor, self.latent_dit, self.branch, semantic_dit,
+                           self.text, self.vae)
+
+    def with_spec(self, **changes) -> SemanticGen:
+        return SemanticGen(replace(self.spec, **changes), self.encoder, self.compressor, self.latent_dit,
+                           self.branch, self.semantic_dit, self.text, self.vae)
+
+    # -- pieces ------------------------------------------------------------------------------
+    @property
+    def keyframe_rate(self) -> float:
+        """Semantic keyframes a second: one every `keyframe_stride` video frames."""
+        return self.spec.fps / self.spec.keyframe_stride
+
+    def keyframe_frames(self, num_frames: int) -> tuple[list[float], list[int]]:
+        """(times, video frames) of the semantic keyframes of a video of `num_frames` frames."""
+        return keyframe_frames(num_frames, self.spec.fps, self.keyframe_rate)
+
+    def keyframes(self, num_frames: int) -> int:
+        """Semantic keyframes of a video of `num_frames` frames."""
+        return len(self.keyframe_frames(num_frames)[0])
+
+    @torch.inference_mode()
+    def contexts(self, scene: str, motion: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt, empty) text features `[1, L, Dt]`; the empty one is zeros, as in training."""
+        positive = self.text([join_prompt(scene, motion)])  # [1, L, Dt]
+        return positive, torch.zeros_like(positive)
+
+    @torch.inference_mode()
+    def encode_semantics(self, video: torch.Tensor) -> torch.Tensor:
+        """Ground-truth z_sem of a video `[3, T, H, W]` in [-1, 1]: compressor means `[K, gh, gw, D]`."""
+        indices = self.keyframe_frames(video.shape[1])[1]
+        frames = video[:, indices].transpose(0, 1)  # [K, 3, H, W]
+        return self.compressor(self.encoder.encode(frames), sample=False).mean  # [K, gh, gw, D]
+
+    @torch.inference_mode()
+    def plan_semantics(self, scene: str, motion: str, *, num_frames: int, seed: int = 0, steps: int | None = None,
+                       callback=None, interrupt=None) -> torch.Tensor:
+        """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go."""
+        if self.semantic_dit is None:
+            raise ValueError("this SemanticGen has no semantic generator (stage 1) loaded; load the full folder")
+        positive, negative = self.contexts(scene, motion)
+        grid = self.semantic_grid()
+        z = generate_semantics(self.semantic_dit, positive, negative, keyframes=self.keyframes(num_frames), grid=grid,
+                               steps=steps or self.spec.semantic_steps, shift=self.spec.shift,
+                               text_scale=self.spec.semantic_text_scale, seed=seed, callback=callback,
+                               interrupt=interrupt)
+        return z[0]  # [K, gh, gw, D]
+
+    def semantic_grid(self) -> tuple[int, int]:
+        g = self.encoder.grid_for(self.spec.size, self.spec.size)
+        return int(g[0]), int(g[1])
+
+    @torch.inference_mode()
+    def render_latent(self, plan: Plan | None, scene: str, motion: str, *, num_frames: int, seed: int = 0,
+                      window: int | None = None, steps: int | None = None, callback=None, interrupt=None
+                      ) -> torch.Tensor:
+        """Stage 2: the video latent `[1, C, F, h, w]` for a continuous plan at its own keyframe times
+        (None: no semantic plan)."""
+        positive, negative = self.contexts(scene, motion)
+        vae = self.vae.config
+        shape = latent_shape(self.spec.size, self.spec.size, num_frames, channels=vae.z_dim,
+                             spatial=vae.spatial_factor, temporal=vae.temporal_factor,
+                             patch=self.latent_dit.config.patch_size[1])
+        cond = None if plan is None else self.condition(plan, num_frames)
+        window = self.spec.window if window is None else window
+        return render(self.latent_dit, initial_noise(shape, seed), positive, negative, plan=cond,
+                      steps=steps or self.spec.steps, shift=self.spec.shift, solver="unipc",
+                      guidance=Guidance(text_scale=self.spec.text_scale, plan_scale=1.0), window=window or None,
+                      callback=callback, interrupt=interrupt)
+
+    @torch.inference_mode()
+    def decode(self, latent: torch.Tensor) -> np.ndarray:
+        """Latent `[1, C, F, h, w]` -> frames `[T, H, W, 3]` uint8."""
+        return video_to_frames(self.vae.decode(latent, chunked=latent.shape[2] > 8))[0]
+
+    # -- end to end -----------------------------------------------------------------------------
+    def generate(self, scene: str, motion: str, *, num_frames: int, seed: int = 0, window: int | None = None,
+                 use_semantics: bool = True) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Text -> (frames `[T, H, W, 3]` uint8, z_sem `[K, gh, gw, D]` or None without a semantic plan)."""
+        z = self.plan_semantics(scene, motion, num_frames=num_frames, seed=seed) if use_semantics else None
+        plan = None if z is None else self.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion)
+        latent = self.render_latent(plan, scene, motion, num_frames=num_frames, seed=seed, window=window)
+        return self.decode(latent), z
+
+    def digest(self) -> str:
+        return self.compressor.digest()
+
+    def semantic_plan(self, z: torch.Tensor, *, num_frames: int, scene: str = "", motion: str = "",
+                      seed: int | None = None) -> Plan:
+        """z_sem `[K, gh, gw, D]` as a continuous Plan at the semantic keyframe times of `num_frames` frames."""
+        s = self.spec
+        times = self.keyframe_frames(num_frames)[0]
+        if len(times) != z.shape[0]:
+            raise ValueError(f"z_sem has {z.shape[0]} keyframes, but a video of {num_frames} frames at {s.fps:g} fps "
+                             f"has {len(times)} semantic keyframes; plan for the same number of frames")
+        space = CodebookId(f"{s.name}-kl{z.shape[-1]}", int(z.shape[-1]), self.digest())
+        return make_continuous_plan(z.float().cpu(), times=times, fps=s.fps, num_frames=num_frames, width=s.size,
+                                    height=s.size, space=space,
+                                    provenance=Provenance(scene=scene, motion=motion, seed=seed, planner=s.name))
+
+    def check_plan(self, plan: Plan, num_frames: int | None = None) -> Plan:
+        """Refuse a plan this model cannot render: not continuous, another semantic space, grid or fps, or
+        (with `num_frames`) keyframes after the video's end."""
+        plan.validate()
+        if plan.kind != "continuous":
+            raise PlanError("SemanticGen renders continuous plans; this plan holds TA-Tok tokens (use the Plan-X "
+                            "sampler)")
+        if plan.codebook.size != self.spec.sem_dim or (plan.codebook.digest and plan.codebook.digest != self.digest()):
+            raise PlanError(f"the plan was made in {plan.codebook.describe()}, but this model's semantic space is "
+                            f"{self.spec.sem_dim}-d with hash {self.digest()}; plan again with this model")
+        if tuple(plan.grid) != self.semantic_grid():
+            raise PlanError(f"the plan's grid is {plan.grid[0]}x{plan.grid[1]}, this model's semantic grid is "
+                            f"{self.semantic_grid()[0]}x{self.semantic_grid()[1]}")
+        if plan.fps != self.spec.fps:
+            raise PlanError(f"the plan is timed for a video at {plan.fps:g} fps, but {self.spec.name} renders "
+                            f"{self.spec.fps:g} fps; resample the plan's keyframes or plan again with this model")
+        if num_frames is not None:
+            plan.check_video(num_frames, self.spec.fps)
+        return plan
+
+    def plan_vectors(self, plan: Plan) -> torch.Tensor:
+        """A continuous Plan made for this model -> its vectors `[K, gh, gw, D]` (after `check_plan`)."""
+        self.check_plan(plan)
+        return plan.vector_tensor().reshape(len(plan.keyframes), *plan.grid, -1)  # [K, gh, gw, D]
+
+    def condition(self, plan: Plan, num_frames: int):
+        """Stage 2's conditioning on a continuous plan, at the plan's keyframe times, for `num_frames` frames
+        (the branch's `condition_plan`, as Inject 3D RoPE Guidance calls it)."""
+        self.check_plan(plan, num_frames)
+        return self.branch.condition_plan(plan, None, num_frames=num_frames, fps=self.spec.fps)
+
+

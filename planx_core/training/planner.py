@@ -1,0 +1,217 @@
+"""The planner training stage: the tiny Qwen2 planner learns to write ground-truth keyframe plans.
+
+This project's own recipe after Plan-X (arXiv 2511.17986, Fig. 2: the planner reads the scene and
+motion texts, and for image-to-video the first frame's tokens, and writes the keyframes' TA-Tok
+tokens) in Tar's token format (`<im_start><S2>` 81 `<I*>` `<im_end>` per keyframe).
+
+Sequence = `planner_prompt.prompt_ids(scene, motion, 5 keyframes, 8 fps, 2 per second, 9x9,
+first frame codes for a share `--i2v` of the clips)` + the plan of the clip's 5 keyframes. The
+plan's codes are the ground-truth cell labels (`--codes labels`, the default: no TA-Tok needed)
+or the TA-Tok's codes of the keyframe frames (`--codes tatok`). Loss = cross-entropy on the plan
+tokens only (delimiters, scale token and codes; the prompt is not scored). The planner's word
+rows and `<I*>` input rows are frozen (their gradient rows are zeroed and the embeddings get no
+weight decay), so the tie to the TA-Tok (`tiny.tie`) holds; everything else trains.
+
+The TA-Tok comes from `--tatok` (a file or a finished tatok run folder; pass it to stay tied to
+a trained tokenizer), else a fresh one from the seed (its codebook = the normalised word rows).
+It is exported next to the planner: `<out>/planner/` (save_planner) and `<out>/ta_tok.safetensors`.
+
+Metrics on unseen clips (`train`-split clips from the world's own stream) and held-out
+compositions: teacher-forced plan-token accuracy over all cells and over object/wall cells, for
+text-to-video (5 keyframes) and image-to-video (keyframes 1..4; keyframe 0 is given), the
+copy-the-first-frame baseline, and greedy decoding (`SemanticPlanner.generate`, temperature 0)
+of a few clips.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import world
+from ..planner.model import SemanticPlanner, load_planner, save_planner
+from ..planner.prompt import prompt_ids
+from ..planner.vocab import scale_index
+from ..tatok.files import load_tatok, save_tatok
+from ..world import tiny
+from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels
+from .stages import (
+    Stage,
+    StageContext,
+    StageError,
+    clip_seeds,
+    eval_clips,
+    resolve_tatok_file,
+)
+
+IGNORE = -100
+
+
+class PlannerObjective(nn.Module):
+    """Plan-token cross-entropy of a causal LM; gradient rows of `frozen_rows` are zeroed."""
+
+    def __init__(self, model: nn.Module, frozen_rows: list[int]):
+        super().__init__()
+        self.model = model
+        weight = model.get_input_embeddings().weight  # [V, hidden]
+        mask = torch.ones(weight.shape[0], 1, device=weight.device)  # [V, 1]
+        mask[frozen_rows] = 0
+        self.row_mask = mask
+        weight.register_hook(lambda grad: grad * self.row_mask.to(grad))  # runs before DDP's all-reduce
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+def pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (ids, labels) pairs: input_ids, attention_mask, labels, each `[B, S]`."""
+    length = max(len(ids) for ids, _ in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # [B, S]
+    labels = torch.full((len(sequences), length), IGNORE, dtype=torch.long)  # [B, S]
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)  # [B, S]
+    for b, (seq, lab) in enumerate(sequences):
+        ids[b, :len(seq)], labels[b, :len(lab)], mask[b, :len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class PlannerStage(Stage):
+    name = "planner"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument("--codes", choices=("labels", "tatok"), default="labels",
+                            help="planner: ground-truth plans from the cell labels, or from TA-Tok encoding")
+        parser.add_argument("--i2v", type=float, default=0.5,
+                            help="planner: share of sequences whose prompt holds the first frame's codes")
+        parser.add_argument("--eval-decode", type=int, default=2, help="planner: clips decoded greedily per eval")
+
+    def __init__(self, ctx: StageContext):
+        super().__init__(ctx)
+        a = self.args
+        if a.codes == "tatok" and not a.tatok:
+            raise StageError("--codes tatok encodes the plans with a trained TA-Tok: pass --tatok runs/<tatok run> "
+                             "(or use --codes labels)")
+        model, self.tokenizer, self.vocab = tiny.build_planner(a.seed)
+        if a.tatok:
+            self.tatok = load_tatok(resolve_tatok_file(a.tatok))
+        else:
+            self.tatok = tiny.build_tatok(tiny.anchor_rows(model, self.tokenizer), a.seed).requires_grad_(False)
+        self.tatok.eval().to(ctx.device)
+        tiny.tie(model, self.tokenizer, self.vocab, self.tatok)
+        self.model = model.to(ctx.device)
+        self.module = PlannerObjective(self.model, tiny.frozen_rows(self.tokenizer, self.vocab))
+        self._eval = None
+
+    # -- state -------------------------------------------------------------------------
+    def init_from(self, path: Path) -> None:
+        path = Path(path)
+        folder = path / "planner" if (path / "planner").is_dir() else path
+        self.model.load_state_dict(load_planner(folder).model.state_dict())
+        tiny.tie(self.model, self.tokenizer, self.vocab, self.tatok)  # re-tie to this run's TA-Tok
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**{f"planner.{k}": v for k, v in self.model.state_dict().items()},
+                **{f"tatok.{k}": v for k, v in self.tatok.state_dict().items()}}
+
+    def load_state_tensors(self, sd: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("planner.")}, strict=True)
+        self.tatok.load_state_dict({k[6:]: v for k, v in sd.items() if k.startswith("tatok.")}, strict=True)
+
+    def fingerprint(self) -> dict:
+        a = self.args
+        return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest()}
+
+    # -- data --------------------------------------------------------------------------
+    def plan_codes(self, clips: list[world.Clip]) -> torch.Tensor:
+        """Ground-truth codes of each clip's keyframes: `[B, K, g*g]`."""
+        keys, grid = tiny.VIDEO.keyframes, tiny.VIDEO.grid
+        if self.args.codes == "labels":
+            return torch.stack([clip_labels(c, keys, grid, self.args.label_threshold) for c in clips])  # [B, K, g*g]
+        images = torch.cat([clip_images(c, keys) for c in clips]).to(self.ctx.device)  # [B*K, 3, H, W]
+        return self.tatok.encode(images, grid=grid).cpu().reshape(len(clips), len(keys), -1)  # [B, K, g*g]
+
+    def sequence(self, clip: world.Clip, codes: torch.Tensor, i2v: bool) -> tuple[list[int], list[int]]:
+        """(ids, labels) of prompt + plan; `codes` `[K, g*g]`; labels are IGNORE on the prompt."""
+        v, grid = tiny.VIDEO, (tiny.VIDEO.grid, tiny.VIDEO.grid)
+        prompt = prompt_ids(self.tokenizer, self.vocab, clip.scene, clip.motion, num_keyframes=codes.shape[0],
+                            fps=v.fps, keyframe_rate=v.keyframe_rate, grid=grid, duration=v.duration,
+                            first_frame_codes=codes[0] if i2v else None)
+        plan = [t for row in codes.tolist() for t in self.vocab.block(row, scale_index(grid))]
+        return prompt + plan, [IGNORE] * len(prompt) + plan
+
+    def batch(self, step: int):
+        a, c = self.args, self.ctx
+        seeds = clip_seeds(a.seed, self.name, step, c.rank, c.world_size, a.batch)
+        clips = [world.make_clip(s) for s in seeds]
+        codes = self.plan_codes(clips)  # [B, K, g*g]
+        i2v = [np.random.default_rng([s, 1]).random() < a.i2v for s in seeds]
+        inputs = pad([self.sequence(clip, codes[b], i2v[b]) for b, clip in enumerate(clips)],
+                     self.tokenizer.pad_token_id)
+        return {k: t.to(c.device) for k, t in inputs.items()}, seeds
+
+    # -- evaluation --------------------------------------------------------------------
+    def _eval_sets(self):
+        if self._eval is None:
+            n, seed = self.args.eval_clips, self.args.seed
+            self._eval = {s: (clips, self.plan_codes(clips)) for s in ("train", "heldout")
+                          for clips in [eval_clips(s, n, seed)]}
+        return self._eval
+
+    def _teacher_forced(self, clips, codes: torch.Tensor, i2v: bool) -> torch.Tensor:
+        """Predicted codes under teacher forcing (argmax over the `<I*>` logits): `[B, K, g*g]`."""
+        preds = []
+        for start in range(0, len(clips), 8):
+            part = [self.sequence(c, codes[start + b], i2v) for b, c in enumerate(clips[start:start + 8])]
+            inputs = {k: t.to(self.ctx.device) for k, t in pad(part, self.tokenizer.pad_token_id).items()}
+            logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            image = logits[:, :-1, self.vocab.image_start:self.vocab.image_end].argmax(-1)  # [b, S-1]
+            targets = inputs["labels"][:, 1:]  # [b, S-1]
+            is_code = (targets >= self.vocab.image_start) & (targets < self.vocab.image_end)
+            preds.append(image[is_code].reshape(len(part), *codes.shape[1:]).cpu())  # [b, K, g*g]
+        return torch.cat(preds)
+
+    @staticmethod
+    def _scores(pred: torch.Tensor, truth: torch.Tensor, name: str) -> dict:
+        fore = truth != BACKGROUND_CODE
+        return {f"{name}_acc": round(float((pred == truth).float().mean()), 4),
+                f"{name}_obj": round(float((pred == truth)[fore].float().mean()), 4)}
+
+    def _greedy(self, clips, codes: torch.Tensor) -> dict:
+        planner = SemanticPlanner(self.model, self.tokenizer, self.vocab, "eval")
+        v, out = tiny.VIDEO, {}
+        for i2v in (False, True):
+            preds = [planner.generate(c.scene, c.motion, num_keyframes=codes.shape[1], fps=v.fps, temperature=0,
+                                      keyframe_rate=v.keyframe_rate, grid=(v.grid, v.grid), duration=v.duration,
+                                      first_frame_codes=codes[b, 0] if i2v else None,
+                                      locked={0: codes[b, 0].tolist()} if i2v else None)
+                     for b, c in enumerate(clips)]  # each [K, g*g]
+            first, name = (1, "greedy_i2v") if i2v else (0, "greedy_t2v")
+            out.update(self._scores(torch.stack(preds)[:, first:], codes[:, first:], name))  # [n, K-first, g*g]
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        out = {}
+        for split, (clips, codes) in self._eval_sets().items():
+            prefix = "" if split == "train" else "heldout_"
+            out.update(self._scores(self._teacher_forced(clips, codes, False), codes, f"{prefix}tf_t2v"))
+            i2v = self._teacher_forced(clips, codes, True)[:, 1:]  # keyframe 0 is in the prompt
+            out.update(self._scores(i2v, codes[:, 1:], f"{prefix}tf_i2v"))
+            copy = codes[:, :1].expand_as(codes[:, 1:])  # [B, K-1, g*g]: "nothing moves"
+            out.update(self._scores(copy, codes[:, 1:], f"{prefix}copy_first"))
+        n = self.args.eval_decode
+        if n > 0:
+            clips, codes = self._eval_sets()["train"]
+            out.update(self._greedy(clips[:n], codes[:n]))
+        self.model.train()
+        return out
+
+    def export(self, out: Path) -> None:
+        save_planner(SemanticPlanner(self.model, self.tokenizer, self.vocab, "planshapes-tiny"), Path(out) / "planner")
+        save_tatok(self.tatok, Path(out) / "ta_tok.safetensors", source={"stage": self.name, "tied_to": "planner/"})
+        self.model.train()

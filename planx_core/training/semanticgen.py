@@ -1,0 +1,291 @@
+"""Training stages `semgen-latent` and `semgen-semantic`: the tiny SemanticGen in the synthetic world.
+
+SemanticGen (arXiv 2512.20619, Fig. 3) trains in this order: (a) the latent generator, a video DiT
+conditioned in-context on the compressed semantic features of the clip itself, together with the
+compression MLP (KL-regularised); (b) the semantic generator, on the compressed features of a
+frozen encoder and MLP. Here:
+
+* `semgen-latent` starts from the embedded Plan-X DiT (`--init-from`, a folder with
+  `dit.safetensors`), adds an in-context semantic branch (`semantic_branch`, mode "in_context")
+  fed by a fresh compressor (`semantic_compressor`) of the frozen semantic encoder's features
+  (`semantic_encoder`: the tiny Qwen2.5-VL-architecture tower), and trains the DiT, branch,
+  compressor and its decoder with shifted-window attention (`--window` latent frames) on short
+  clips and, every `--long-every` steps, on 4x longer clips (`semanticgen.LONG_WORLD`). Loss: flow matching
+  + `--kl-weight` KL + `--rec-weight` feature reconstruction. The text encoder stays frozen.
+* `semgen-semantic` trains `semantic_generator` (full attention) on the compressor means of the
+  `semgen-latent` run's pool (`--latent-run`), text dropout for guidance.
+
+Both draw batches from pools encoded once into the run folder, as the `dit` stage does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import EMBEDDED, world
+from ..files.safetensors import read_safetensors, save_safetensors
+from ..pipelines.bundle import read_spec
+from ..plan.timing import TEMPORAL_FACTOR, keyframe_frames, keyframe_latent_frames
+from ..semantic_branch import BranchConfig, SemanticBranch
+from ..semanticgen.compressor import (
+    CompressorConfig,
+    SemanticCompressor,
+    SemanticDecoder,
+    kl_loss,
+)
+from ..semanticgen.encoder import (
+    SemanticEncoder,
+    save_semantic_encoder,
+    tiny_vision_config,
+)
+from ..semanticgen.generator import semantic_generator_config, to_latent
+from ..semanticgen.model import SemanticGen, SemanticGenSpec
+from ..wan.dit import WanModel
+from ..wan.dit_files import save_dit
+from ..wan.text_encoder import join_prompt, load_text_encoder
+from ..wan.vae_files import load_vae
+from ..world import score as world_score
+from ..world.clips import clip_video
+from ..world.tiny import LONG_WORLD, SHORT_WORLD, render_clip_semantics
+from .flow import Dropout, flow_loss
+from .stages import Stage, StageContext, StageError, run_file
+
+POOL_STREAMS = {"short": 230, "long": 231}  # world.clip_seed streams of the two pools
+SPEC = SemanticGenSpec()  # the trained layout: fps, keyframe stride
+
+
+def semantic_keyframes(num_frames: int) -> tuple[list[float], list[int]]:
+    """(times, video frames) of the semantic keyframes of a training clip (`plan.timing`, 2 fps at 8 fps)."""
+    return keyframe_frames(num_frames, SPEC.fps, SPEC.fps / SPEC.keyframe_stride)
+
+
+def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) -> dict[str, torch.Tensor]:
+    """Latents `[B, z, F, h, w]`, semantic features `[B, K, gh, gw, Fd]` of the ~2-fps keyframes, prompt ids/mask."""
+    video = clip_video(clips)  # [B, 3, T, H, W]
+    latents = torch.cat([vae.encode(video[i:i + 4]) for i in range(0, len(clips), 4)])
+    keys = semantic_keyframes(video.shape[2])[1]  # 2 fps at 8 fps
+    frames = video[:, :, keys].transpose(1, 2).flatten(0, 1)  # [B*K, 3, H, W]
+    feats = encoder.encode(frames).unflatten(0, (len(clips), len(keys)))  # [B, K, gh, gw, Fd]
+    ids, mask = text.tokenize([join_prompt(c.scene, c.motion) for c in clips])  # [B, L]
+    return {"x0": latents, "feats": feats, "ids": ids, "mask": mask}
+
+
+class PoolMixin:
+    """Short and long pools built once by rank 0 in the run folder; batches drawn by (seed, step, rank)."""
+
+    def build_pools(self, encode) -> dict[str, dict[str, torch.Tensor]]:
+        a = self.args
+        sizes = {"short": (a.pool, SHORT_WORLD), "long": (a.long_pool, LONG_WORLD)}
+        pools = {}
+        for name, (count, config) in sizes.items():
+            path = Path(a.out) / f"pool_{name}.safetensors"
+            if self.ctx.rank == 0 and not path.is_file():
+                seeds = [world.clip_seed(a.seed, POOL_STREAMS[name], i) for i in range(count)]
+                parts = [encode([world.make_clip(s, config) for s in seeds[i:i + 16]]) for i in range(0, count, 16)]
+                print(f"[pool] {name}: {count} clips encoded", flush=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_safetensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, path,
+                                 metadata={"clips": json.dumps(count)})
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            pools[name] = read_safetensors(path)
+        return pools
+
+    def draw(self, step: int) -> dict[str, torch.Tensor]:
+        """One batch: long clips (a quarter of `--batch`, at least 1) every `--long-every` steps, else short."""
+        a, c = self.args, self.ctx
+        long = a.long_every > 0 and step % a.long_every == a.long_every - 1
+        pool = self.pools["long" if long else "short"]
+        size = max(1, a.batch // 4) if long else a.batch
+        gen = torch.Generator().manual_seed(world.clip_seed(a.seed, 500 + c.rank, step))
+        rows = torch.randint(0, len(next(iter(pool.values()))), (size,), generator=gen)
+        batch = {k: v[rows].to(c.device) for k, v in pool.items()}
+        batch["seed"] = int(torch.randint(0, 2 ** 31, (1,), generator=gen))
+        return batch
+
+
+class LatentObjective(nn.Module):
+    """Flow matching of the windowed in-context DiT + KL + feature reconstruction of the compressor."""
+
+    def __init__(self, dit: WanModel, branch: SemanticBranch, compressor: SemanticCompressor,
+                 decoder: SemanticDecoder, window: int):
+        super().__init__()
+        self.dit, self.branch, self.compressor, self.decoder, self.window = dit, branch, compressor, decoder, window
+
+    def forward(self, x0, context, feats, seed, text_p, plan_p, kl_weight, rec_weight):
+        gen = torch.Generator().manual_seed(int(seed))
+        code = self.compressor(feats, sample=True)  # z, mean, logvar [B, K, gh, gw, D]
+        k, gh, gw = feats.shape[1:4]
+        times = semantic_keyframes((x0.shape[2] - 1) * TEMPORAL_FACTOR + 1)[0][:k]
+        plan = self.branch.condition(code.z.flatten(1, 3), keyframe_latent_frames(times, SPEC.fps),
+                                     (gh, gw))  # tokens [B, K*gh*gw, dim]
+        flow = flow_loss(self.dit, x0, context, torch.zeros_like(context[:1]), plan, gen,
+                         dropout=Dropout(float(text_p), float(plan_p), 0.0), shift=3.0, window=self.window)
+        rec = self.decoder.reconstruction_loss(code.z, feats)
+        return flow + float(kl_weight) * kl_loss(code.mean, code.logvar) + float(rec_weight) * rec
+
+
+class SemLatentStage(PoolMixin, Stage):
+    name = "semgen-latent"
+    find_unused_parameters = True  # a step without the plan leaves the branch and compressor idle
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument("--vae", help="dit, semgen: trained VAE file or `--stage vae` run folder")
+        parser.add_argument("--pool", type=int, default=2048, help="dit, semgen: short clips encoded once")
+        parser.add_argument("--long-pool", type=int, default=256, help="semgen: long clips encoded once")
+        parser.add_argument("--long-every", type=int, default=4, help="semgen: every Nth step trains on long clips")
+        parser.add_argument("--window", type=int, default=2, help="semgen: attention window in latent frames")
+        parser.add_argument("--sem-dim", type=int, default=8, help="semgen: compressed semantic width (8 or 64)")
+        parser.add_argument("--kl-weight", type=float, default=1e-3, help="semgen: weight of the KL term")
+        parser.add_argument("--rec-weight", type=float, default=0.1, help="semgen: weight of feature reconstruction")
+        parser.add_argument("--sem-dropout", type=float, default=0.15, help="semgen: steps without the semantic plan")
+        parser.add_argument("--text-dropout", type=float, default=0.1, help="semgen: samples without text")
+
+    def __init__(self, ctx: StageContext):
+        super().__init__(ctx)
+        a = self.args
+        self.text = load_text_encoder(EMBEDDED / "text_encoder").eval().requires_grad_(False)
+        self.vae = load_vae(run_file(a.vae, "vae.safetensors") if a.vae else EMBEDDED / "vae.safetensors").eval()
+        torch.manual_seed(a.seed)
+        self.encoder = SemanticEncoder(tiny_vision_config()).eval().requires_grad_(False)
+        self.encoder.load_state_dict(self._encoder_state(), strict=True)
+        dit = WanModel(read_spec(EMBEDDED).dit)
+        cfg = dit.config
+        branch = SemanticBranch(BranchConfig(code_dim=a.sem_dim, dim=cfg.dim, num_heads=cfg.num_heads,
+                                             num_layers=cfg.num_layers, mode="in_context"))
+        comp = CompressorConfig(feature_dim=self.encoder.out_dim, dim=a.sem_dim, hidden=256, name="semanticgen-tiny")
+        self.module = LatentObjective(dit, branch, SemanticCompressor(comp), SemanticDecoder(comp), a.window)
+        self.pools = self.build_pools(self._encode)
+
+    def _encoder_state(self) -> dict:
+        """The frozen tiny encoder: the one saved in the run folder, else this seed's fresh one (then saved)."""
+        path = Path(self.args.out) / "semantic_encoder.safetensors"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_semantic_encoder(self.encoder, path)
+        return read_safetensors(path)
+
+    @torch.no_grad()
+    def _encode(self, clips):
+        return encode_pool(clips, self.vae, self.encoder, self.text)
+
+    def fingerprint(self) -> dict:
+        a = self.args
+        return {**super().fingerprint(), "pool": a.pool, "long_pool": a.long_pool, "window": a.window,
+                "sem_dim": a.sem_dim, "long_every": a.long_every}
+
+    def init_from(self, path: Path) -> None:
+        path = Path(path)
+        state = read_safetensors(run_file(path, "dit.safetensors"))
+        self.module.dit.load_state_dict(state, strict=True)
+
+    @torch.no_grad()
+    def context(self, ids, mask) -> torch.Tensor:
+        return self.text.model(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]  # [B, L, Dt]
+
+    def batch(self, step: int):
+        a, b = self.args, self.draw(step)
+        inputs = {"x0": b["x0"], "context": self.context(b["ids"], b["mask"]), "feats": b["feats"],
+                  "seed": b["seed"], "text_p": a.text_dropout, "plan_p": a.sem_dropout,
+                  "kl_weight": a.kl_weight, "rec_weight": a.rec_weight}
+        return inputs, []
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """World scores of held-out short clips rendered from their own semantics, and without them."""
+        clips = [world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
+                 for i in range(self.args.eval_clips)]
+        model = self.pipeline()
+        out = {}
+        for name, use in (("sem", True), ("nosem", False)):
+            frames = [render_clip_semantics(model, c, use_semantics=use, seed=i) for i, c in enumerate(clips)]
+            scores = world_score.score_many(frames, clips)
+            out.update({f"{name}_{k}": round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")})
+        self.module.train()
+        return out
+
+    def pipeline(self, semantic_dit: WanModel | None = None) -> SemanticGen:
+        m = self.module.eval()
+        spec = SemanticGenSpec(window=self.args.window, sem_dim=self.args.sem_dim)
+        return SemanticGen(spec, self.encoder, m.compressor, m.dit, m.branch, semantic_dit, self.text, self.vae)
+
+    def export(self, out: Path) -> None:
+        out, m = Path(out), self.module
+        self.pipeline().save(out)
+        m.decoder.save(out / "semantic_decoder.safetensors")
+        m.train()
+
+
+class SemanticObjective(nn.Module):
+    """Flow matching of the semantic generator on frozen compressor means z_sem `[B, K, gh, gw, D]`."""
+
+    def __init__(self, model: WanModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z, context, seed, text_p):
+        gen = torch.Generator().manual_seed(int(seed))
+        return flow_loss(self.model, to_latent(z), context, torch.zeros_like(context[:1]), None, gen,
+                         dropout=Dropout(float(text_p), 0.0, 0.0), shift=3.0)
+
+
+class SemSemanticStage(SemLatentStage):
+    name = "semgen-semantic"
+    find_unused_parameters = False
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument("--latent-run", help="semgen-semantic: the finished `--stage semgen-latent` run folder")
+
+    def __init__(self, ctx: StageContext):
+        Stage.__init__(self, ctx)
+        a = self.args
+        if not a.latent_run:
+            raise StageError("--stage semgen-semantic needs --latent-run (the --out folder of `--stage semgen-latent`)")
+        self.latent = SemanticGen.load(Path(a.latent_run), need_semantic=False)
+        self.text, self.vae, self.encoder = self.latent.text, self.latent.vae, self.latent.encoder
+        cfg = semantic_generator_config(self.latent.spec.sem_dim, text_dim=self.text.dim)
+        torch.manual_seed(a.seed)
+        self.module = SemanticObjective(WanModel(cfg))
+        self.pools = {name: self._means(Path(a.latent_run) / f"pool_{name}.safetensors") for name in ("short", "long")}
+
+    @torch.no_grad()
+    def _means(self, path: Path) -> dict[str, torch.Tensor]:
+        if not path.is_file():
+            raise StageError(f"{path} is missing: --latent-run must be the folder of a `--stage semgen-latent` run")
+        pool = read_safetensors(path)
+        z = self.latent.compressor(pool["feats"], sample=False).mean  # [N, K, gh, gw, D]
+        return {"z": z, "ids": pool["ids"], "mask": pool["mask"]}
+
+    def fingerprint(self) -> dict:
+        a = self.args
+        return {"stage": self.name, "seed": a.seed, "global_batch": a.batch * self.ctx.world_size,
+                "latent_run": str(Path(a.latent_run).resolve()), "long_every": a.long_every}
+
+    def init_from(self, path: Path) -> None:
+        self.module.model.load_state_dict(read_safetensors(run_file(path, "semantic_generator.safetensors")))
+
+    def batch(self, step: int):
+        b = self.draw(step)
+        return {"z": b["z"], "context": self.context(b["ids"], b["mask"]), "seed": b["seed"],
+                "text_p": self.args.text_dropout}, []
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """World scores of held-out short clips from text alone through both stages (no ground truth in)."""
+        clips = [world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
+                 for i in range(self.args.eval_clips)]
+        model = self.latent.with_semantic(self.module.model.eval())
+        frames = [model.generate(c.scene, c.motion, num_frames=SHORT_WORLD.num_frames, seed=i)[0]
+                  for i, c in enumerate(clips)]
+        scores = world_score.score_many(frames, clips)
+        self.module.train()
+        return {k: round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")}
+
+    def export(self, out: Path) -> None:
+        save_dit(self.module.model, Path(out) / "semantic_generator.safetensors")

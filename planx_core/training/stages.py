@@ -1,0 +1,228 @@
+"""Training stages of the tiny Plan-X: the stage contract, shared helpers, and the TA-Tok stage.
+
+This project's own training recipe for the synthetic world, staged as in Plan-X (arXiv
+2511.17986): first the text-aligned tokenizer, then the semantic planner on plans encoded from
+clips (`train_planner`); the VAE, DiT and end-to-end stages plug in the same way.
+
+A stage is a class registered in `train.STAGES`, built as `Stage(ctx)` (`StageContext`: args,
+device, rank, world size). It provides:
+
+* `module`: the nn.Module `train.py` optimises (DDP wraps it); `module(**inputs)` returns the loss,
+* `batch(step) -> (inputs, seeds)`: this rank's share of global step `step`, drawn from the seeded
+  world (`clip_seeds`: clip seeds depend on seed, stage, step, rank and batch only, so a resumed
+  run sees the data it would have seen),
+* `evaluate() -> dict` (rank 0), `export(out)` (the runtime files), `init_from(path)`,
+* `state_tensors()` / `load_state_tensors(sd)`: everything a resume needs (frozen partners too),
+* `fingerprint()`: settings that must match to resume; `add_arguments(parser)`: its own options.
+
+TA-Tok stage. There is no SigLIP2 teacher in this world, so TA-Tok is not distilled as in Tar:
+each pooled 9x9 cell of a keyframe is taught the word it shows (`cell_labels`: a colour, "wall"
+or "background"). Loss = cross-entropy of cos(z_cell, codebook) / tau over the codes, where
+z_cell is the pooled, task-layer, `in_linear` output and codebook = normalize(W E + b) with E the
+frozen planner word rows (`tiny`). So the deterministic cosine-nearest lookup of `TATok.encode`
+returns the label word's code. Trained: patch/position embeddings, the encoder layers that are
+run, the task layer, `in_linear`, W and b. Frozen: E, the post-layernorm and `out_linear` (not
+used by encoding; DDP needs every trained parameter to get a gradient).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import world
+from ..tatok.files import load_tatok, save_tatok
+from ..tatok.model import TATok
+from ..world import tiny
+from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels
+
+_TRAIN_STREAM = {"tatok": 101, "planner": 102}  # clip_seed streams; eval sets use the world's 0, 1 (pairs: 7)
+
+
+class StageError(ValueError):
+    """A stage cannot run with the given options; the message says which option to change."""
+
+
+@dataclass
+class StageContext:
+    """What a stage is built with: parsed options, its device, its rank and the number of ranks."""
+
+    args: argparse.Namespace
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+
+def clip_seeds(seed: int, stage: str, step: int, rank: int, world_size: int, batch: int) -> list[int]:
+    """Seeds of this rank's clips at a global step: item i is global index (step * world + rank) * batch + i.
+
+    Each stage has its own stream (unlisted stages: 100 + the sum of the name's character codes).
+    """
+    stream = _TRAIN_STREAM.get(stage, 100 + sum(map(ord, stage)))
+    first = (step * world_size + rank) * batch
+    return [world.clip_seed(seed, stream, first + i) for i in range(batch)]
+
+
+def eval_clips(split: str, count: int, seed: int) -> list[world.Clip]:
+    """A fixed evaluation set: the world's own `split` stream, never drawn by training."""
+    return world.dataset(split, count, seed=seed)
+
+
+def decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """AdamW groups: matrices decay, vectors and embeddings do not; each group keeps its parameter names."""
+    decay = [(n, p) for n, p in named if p.ndim >= 2 and "embed" not in n]
+    rest = [(n, p) for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    return [{"params": [p for _, p in g], "names": [n for n, _ in g], "weight_decay": wd}
+            for g, wd in ((decay, weight_decay), (rest, 0.0)) if g]
+
+
+def run_file(path: str | Path, name: str) -> Path:
+    """A file given directly, or the run folder that exported it as `name`."""
+    path = Path(path)
+    found = path / name if path.is_dir() else path
+    if not found.is_file():
+        raise StageError(f"{path}: no {name}; pass the file or the --out folder of the run that exported it")
+    return found
+
+
+def resolve_tatok_file(path: str | Path) -> Path:
+    """A TA-Tok .safetensors file, or a run folder (tatok or planner stage) holding `ta_tok.safetensors`."""
+    return run_file(path, "ta_tok.safetensors")
+
+
+class Stage:
+    """Base class of a training stage; see the module docstring for the contract."""
+
+    name = ""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this stage's own options. Options shared by stages (--tatok) live in `train.parse_args`;
+        a re-declared option replaces the earlier one (the parser resolves conflicts), so keep meanings equal."""
+
+    def __init__(self, ctx: StageContext):
+        self.ctx, self.args = ctx, ctx.args
+
+    def init_from(self, path: Path) -> None:
+        raise StageError(f"--init-from is not supported by the {self.name} stage")
+
+    def evaluate(self) -> dict:
+        return {}
+
+    def param_groups(self) -> list[dict]:
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        return decay_groups(named, self.args.weight_decay)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.module.state_dict())
+
+    def load_state_tensors(self, sd: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(sd, strict=True)
+
+    def fingerprint(self) -> dict:
+        a, c = self.args, self.ctx
+        return {"stage": self.name, "seed": a.seed, "global_batch": a.batch * c.world_size}
+
+
+# ----------------------------------------------------------------------------- TA-Tok
+
+class TATokObjective(nn.Module):
+    """Cell-word cross-entropy of a TA-Tok: `forward(images [B,3,H,W], labels [B, g*g]) -> loss`."""
+
+    def __init__(self, tatok: TATok, tau: float, grid: int):
+        super().__init__()
+        self.tatok, self.tau, self.grid = tatok, tau, grid
+
+    def codebook(self) -> torch.Tensor:
+        """normalize(W E + b) with gradients (TATok.codebook() is the cached no-grad copy): `[N, D]`."""
+        reg = self.tatok.bottleneck.regularizer
+        return F.normalize(reg.embedding_proj(reg.embedding.weight), dim=-1)  # [N, D]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.tatok.project(self.tatok.features(images), self.grid)  # [B, g*g, D]
+        return F.normalize(z, dim=-1) @ self.codebook().T / self.tau  # [B, g*g, N]
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(images)  # [B, g*g, N]
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
+def set_tatok_trainable(tatok: TATok) -> None:
+    """Train only what `encode` uses, except the frozen anchors E."""
+    tatok.requires_grad_(False)
+    enc = tatok.encoder
+    parts = [enc.embeddings, *enc.encoder.layers[:tatok.config.layers_run], tatok.encode_task_layer,
+             tatok.bottleneck.in_linear, tatok.bottleneck.regularizer.embedding_proj]
+    for part in parts:
+        part.requires_grad_(True)
+
+
+def keyframe_batch(clips: list[world.Clip], threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keyframe images `[B*K, 3, H, W]` and their cell codes `[B*K, g*g]`."""
+    keys = tiny.VIDEO.keyframes
+    images = torch.cat([clip_images(c, keys) for c in clips])  # [B*K, 3, H, W]
+    labels = torch.cat([clip_labels(c, keys, tiny.VIDEO.grid, threshold) for c in clips])  # [B*K, g*g]
+    return images, labels
+
+
+class TATokStage(Stage):
+    name = "tatok"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument("--tau", type=float, default=0.07, help="tatok: cosine temperature of the cell loss")
+        parser.add_argument("--label-threshold", type=float, default=0.25,
+                            help="tatok/planner: cover fraction that makes a cell show an object or the wall")
+
+    def __init__(self, ctx: StageContext):
+        super().__init__(ctx)
+        model, tokenizer, _ = tiny.build_planner(self.args.seed)
+        self.anchors = tiny.anchor_rows(model, tokenizer)  # [N, D]: the planner's word rows, frozen
+        self.tatok = tiny.build_tatok(self.anchors, self.args.seed)
+        set_tatok_trainable(self.tatok)
+        self.module = TATokObjective(self.tatok, self.args.tau, tiny.VIDEO.grid).to(ctx.device)
+        self._eval: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def init_from(self, path: Path) -> None:
+        source = load_tatok(resolve_tatok_file(path))
+        self.tatok.load_state_dict(source.state_dict())
+        self.anchors = self.tatok.bottleneck.regularizer.embedding.weight.detach().cpu().clone()  # [N, D]
+
+    def batch(self, step: int):
+        a, c = self.args, self.ctx
+        seeds = clip_seeds(a.seed, self.name, step, c.rank, c.world_size, a.batch)
+        images, labels = keyframe_batch([world.make_clip(s) for s in seeds], a.label_threshold)
+        return {"images": images.to(c.device), "labels": labels.to(c.device)}, seeds
+
+    def _eval_sets(self):
+        if self._eval is None:
+            n, seed, thr = self.args.eval_clips, self.args.seed, self.args.label_threshold
+            self._eval = {s: keyframe_batch(eval_clips(s, n, seed), thr) for s in ("train", "heldout")}
+        return self._eval
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Cell accuracy of `TATok.encode` (the runtime lookup) on unseen clips, and the code-word check."""
+        self.tatok.eval()
+        out, used = {}, set()
+        for split, (images, labels) in self._eval_sets().items():
+            codes = torch.cat([self.tatok.encode(images[i:i + 40].to(self.ctx.device), grid=tiny.VIDEO.grid).cpu()
+                               for i in range(0, len(images), 40)])  # [M, g*g]
+            fore = labels != BACKGROUND_CODE
+            prefix = "" if split == "train" else "heldout_"
+            out[f"{prefix}cell_acc"] = round(float((codes == labels).float().mean()), 4)
+            out[f"{prefix}object_acc"] = round(float((codes == labels)[fore].float().mean()), 4)
+            used |= set(codes.unique().tolist())
+        check = tiny.code_word_check(self.tatok.codebook().cpu(), self.anchors, sorted(used))
+        out["code_word_match"] = round(sum(r["nearest"] == r["word"] for r in check) / max(len(check), 1), 4)
+        out["used_codes"] = {r["word"]: f"{r['nearest']} {r['cos']:.3f}" for r in check}
+        self.tatok.train()
+        return out
+
+    def export(self, out: Path) -> None:
+        source = {"stage": self.name, "seed": self.args.seed, "anchors": "tiny planner word rows (world.WORDS)"}
+        save_tatok(self.tatok, Path(out) / "ta_tok.safetensors", source=source)

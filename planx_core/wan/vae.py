@@ -1,0 +1,421 @@
+"""The Wan 2.1 causal video VAE (`WanVAE`): 3-channel video <-> 16-channel latents, 4x in time, 8x in space.
+
+Source: Wan-Video/Wan2.1 `wan/modules/vae.py` (architecture, module names, the causal chunking
+of `encode`/`decode` and its feature cache), written from a reading of it, of ComfyUI's
+`comfy/ldm/wan/vae.py` and of diffusers' `AutoencoderKLWan`, never copied. Module names follow
+the official checkpoint (`Wan2.1_VAE.pth`, ComfyUI's `wan_2.1_vae.safetensors`), so
+`state_dict()` keys are the official ones: `encoder.conv1`, `encoder.downsamples.N.residual.K`,
+`encoder.middle.1.to_qkv`, `encoder.head.0.gamma`, `conv1`, `conv2`, `decoder.upsamples.N.time_conv`...
+
+Everything is causal in time: latent frame 0 encodes video frame 0 alone, and each later latent
+frame encodes the next `temporal_factor` (4) frames; clips therefore have 1 + 4n frames. Clips
+are processed chunk by chunk (frame 0, then groups of 4 frames; one latent frame at a time when
+decoding) with a cache holding the last frames each temporal convolution has seen, so activation
+memory does not grow with the clip length. Loading and saving files live in `vae_files.py`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Per-module state carried from one time chunk to the next (keyed by the module itself).
+Cache = dict
+
+# Wan 2.1's per-channel latent statistics (diffusers `AutoencoderKLWan` defaults `latents_mean/std`).
+WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Constructor arguments of `WanVAE`; names (typos included) follow the Wan reference.
+
+    `latents_mean`/`latents_std` (None: 0 and 1) normalise the posterior mean per channel:
+    `latent = (mean - latents_mean) / latents_std`, the space the DiT works in.
+    """
+
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temperal_downsample: tuple[bool, ...] = (False, True, True)
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+    dropout: float = 0.0
+    name: str = "custom"
+
+    def __post_init__(self):
+        for f in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
+            value = getattr(self, f)
+            if value is not None:
+                object.__setattr__(self, f, tuple(value))  # lists are accepted, stored as tuples
+        object.__setattr__(self, "temperal_downsample", tuple(bool(b) for b in self.temperal_downsample))
+        if len(self.dim_mult) < 2:
+            raise ValueError(f"VAEConfig {self.name!r}: dim_mult needs at least 2 levels, got {self.dim_mult}")
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(f"VAEConfig {self.name!r}: temperal_downsample needs one flag per downsampling step "
+                             f"({len(self.dim_mult) - 1} for dim_mult {self.dim_mult}), got {self.temperal_downsample}")
+        for f in ("latents_mean", "latents_std"):
+            value = getattr(self, f)
+            if value is not None and len(value) != self.z_dim:
+                raise ValueError(f"VAEConfig {self.name!r}: {f} has {len(value)} values, z_dim is {self.z_dim}")
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.temperal_downsample)
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """[z_dim, 1 + (frames - 1) / temporal_factor, height / s, width / s] for a valid clip size."""
+        return (self.z_dim, 1 + (frames - 1) // self.temporal_factor, height // self.spatial_factor,
+                width // self.spatial_factor)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VAEConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> VAEConfig:
+        return cls.from_dict(json.loads(text))
+
+    def with_(self, **changes) -> VAEConfig:
+        return replace(self, **changes)
+
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    "wan2.1": VAEConfig(latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD, name="wan2.1"),
+    # A 64x64, 17-frame world: 4x in time and space, [3, 17, 64, 64] -> [16, 5, 16, 16]; width 16 trains
+    # at ~0.6 s per step of 8 windows of 5 x 32 x 32 on one CPU thread (width 32: ~2 s).
+    "tiny": VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(True, True),
+                      name="tiny"),
+}
+
+
+def get_vae_preset(name: str) -> VAEConfig:
+    try:
+        return VAE_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown VAE preset {name!r}; choose one of {sorted(VAE_PRESETS)}") from None
+
+
+# --------------------------------------------------------------------------- layers
+
+class CausalConv3d(nn.Conv3d):
+    """A Conv3d padded only towards the past in time (2 x the temporal padding, none after).
+
+    With a `cache`, the last `time_pad` input frames are kept, and the next call continues the
+    clip: those frames replace the zero padding, so chunk-by-chunk output equals one pass.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel, stride=1, padding=0):
+        super().__init__(in_dim, out_dim, kernel, stride=stride)
+        pt, ph, pw = padding if isinstance(padding, tuple) else (padding,) * 3
+        self.time_pad, self.space_pad = 2 * pt, (pw, pw, ph, ph)
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        past = cache.get(self) if cache is not None and self.time_pad else None
+        if past is not None:
+            x = torch.cat([past, x], dim=2)  # [B, C, past + T, H, W]
+        if cache is not None and self.time_pad:
+            cache[self] = x[:, :, -self.time_pad:].clone()
+        n_past = 0 if past is None else past.shape[2]
+        x = F.pad(x, (*self.space_pad, self.time_pad - n_past, 0))  # [B, C, time_pad + T, H + 2ph, W + 2pw]
+        return super().forward(x)
+
+
+class RMS_norm(nn.Module):  # noqa: N801  (the reference's name)
+    """L2-normalise over channels (dim 1), times sqrt(C) and `gamma`; statistics in float32."""
+
+    def __init__(self, dim: int, images: bool = True, bias: bool = False):
+        super().__init__()
+        shape = (dim, 1, 1) if images else (dim, 1, 1, 1)  # images: [N, C, H, W]; videos: [B, C, T, H, W]
+        self.scale = dim ** 0.5
+        self.gamma = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.normalize(x.float(), dim=1).to(x.dtype) * self.scale * self.gamma.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+
+def run(layers: nn.Sequential, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+    """Apply a Sequential, handing the cache to the layers that carry state across chunks."""
+    for layer in layers:
+        x = layer(x, cache) if isinstance(layer, (CausalConv3d, ResidualBlock, Resample)) else layer(x)
+    return x
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.residual = nn.Sequential(
+            RMS_norm(in_dim, images=False), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMS_norm(out_dim, images=False), nn.SiLU(), nn.Dropout(dropout),
+            CausalConv3d(out_dim, out_dim, 3, padding=1))
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        return run(self.residual, x, cache) + self.shortcut(x)  # [B, out_dim, T, H, W]
+
+
+def frames_to_batch(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).flatten(0, 1)  # [B, C, T, H, W] -> [B*T, C, H, W]
+
+
+def batch_to_frames(x: torch.Tensor, b: int) -> torch.Tensor:
+    return x.unflatten(0, (b, -1)).transpose(1, 2)  # [B*T, C, H, W] -> [B, C, T, H, W]
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the pixels of each frame separately (so it is causal)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMS_norm(dim)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w = x.shape[0], x.shape[3], x.shape[4]
+        qkv = self.to_qkv(self.norm(frames_to_batch(x)))  # [B*T, 3C, H, W]
+        q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)  # [B*T, 1, H*W, C] each
+        y = F.scaled_dot_product_attention(q, k, v)  # [B*T, 1, H*W, C]
+        y = y.squeeze(1).transpose(1, 2).unflatten(2, (h, w))  # [B*T, C, H, W]
+        return x + batch_to_frames(self.proj(y), b)
+
+
+class Resample(nn.Module):
+    """2x spatial up/downsampling per frame; the `3d` modes also double / halve time with `time_conv`.
+
+    Frame 0 of a clip never goes through `time_conv`: it stays a single frame (down) or is not
+    doubled (up), which is what makes 1 + 4n frames map to 1 + n latent frames and back.
+    """
+
+    MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
+
+    def __init__(self, dim: int, mode: str):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"Resample mode {mode!r}: choose one of {self.MODES}")
+        self.mode = mode
+        if mode.startswith("up"):  # upsampling halves the channels
+            self.resample = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
+                                          nn.Conv2d(dim, dim // 2, 3, padding=1))
+        else:  # pad right/bottom, then a stride-2 conv
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        if self.mode == "upsample3d":
+            x = self.time_up(x, cache)
+        x = batch_to_frames(self.resample(frames_to_batch(x)), x.shape[0])  # [B, C', T, 2H or H/2, ...]
+        if self.mode == "downsample3d":
+            x = self.time_down(x, cache)
+        return x
+
+    def time_up(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """[B, C, T, H, W] -> [B, C, 2T, H, W], or 2T - 1 frames when the chunk starts the clip."""
+        head = x[:, :, :1] if self not in cache else None  # clip frame 0 is not doubled
+        cache[self] = True
+        if head is not None:
+            x = x[:, :, 1:]
+        if x.shape[2]:
+            y = self.time_conv(x, cache)  # [B, 2C, T, H, W], causal over the frames after frame 0
+            x = y.unflatten(1, (2, -1)).permute(0, 2, 3, 1, 4, 5).flatten(2, 3)  # [B, C, 2T, H, W]
+        return x if head is None else torch.cat([head, x], dim=2)
+
+    def time_down(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """Stride-2 windows of 3 frames, (f0), (f0, f1, f2), (f2, f3, f4)...: T -> (T - 1) / 2 + 1 at the start."""
+        past = cache.get(self)
+        cache[self] = x[:, :, -1:].clone()
+        if past is not None:
+            return self.time_conv(torch.cat([past, x], dim=2))  # [B, C, T / 2, H, W]
+        if x.shape[2] == 1:
+            return x
+        return torch.cat([x[:, :, :1], self.time_conv(x)], dim=2)  # [B, C, 1 + (T - 1) / 2, H, W]
+
+
+# --------------------------------------------------------------------------- encoder and decoder
+
+def _level_blocks(cin: int, cout: int, n: int, attn: bool, dropout: float) -> list[nn.Module]:
+    blocks: list[nn.Module] = []
+    for _ in range(n):
+        blocks.append(ResidualBlock(cin, cout, dropout))
+        if attn:
+            blocks.append(AttentionBlock(cout))
+        cin = cout
+    return blocks
+
+
+def _middle(dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(ResidualBlock(dim, dim, dropout), AttentionBlock(dim), ResidualBlock(dim, dim, dropout))
+
+
+def _head(dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(RMS_norm(dim, images=False), nn.SiLU(), CausalConv3d(dim, out_dim, 3, padding=1))
+
+
+class Encoder3d(nn.Module):
+    """Video [B, 3, T, H, W] -> posterior moments [B, 2 * z_dim, latent T, H / s, W / s]."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = [cfg.dim * m for m in (1, *cfg.dim_mult)]
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        blocks, scale = [], 1.0
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            blocks += _level_blocks(cin, cout, cfg.num_res_blocks, scale in cfg.attn_scales, cfg.dropout)
+            if i < len(cfg.temperal_downsample):
+                blocks.append(Resample(cout, "downsample3d" if cfg.temperal_downsample[i] else "downsample2d"))
+                scale /= 2.0
+        self.downsamples = nn.Sequential(*blocks)
+        self.middle = _middle(dims[-1], cfg.dropout)
+        self.head = _head(dims[-1], cfg.z_dim * 2)
+
+    def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        x = self.conv1(x, cache)  # [B, dim, T, H, W]
+        for part in (self.downsamples, self.middle, self.head):
+            x = run(part, x, cache)
+        return x
+
+
+class Decoder3d(nn.Module):
+    """Latent [B, z_dim, t, h, w] -> video [B, 3, 1 + (t - 1) * temporal_factor, h * s, w * s]."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = [cfg.dim * m for m in (cfg.dim_mult[-1], *reversed(cfg.dim_mult))]
+        temperal_upsample = cfg.temperal_downsample[::-1]
+        scale = 1.0 / 2 ** (len(cfg.dim_mult) - 2)
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = _middle(dims[0], cfg.dropout)
+        blocks = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            cin = cin // 2 if i > 0 else cin  # each upsampling conv halved the channels
+            blocks += _level_blocks(cin, cout, cfg.num_res_blocks + 1, scale in cfg.attn_scales, cfg.dropout)
+            if i < len(temperal_upsample):
+                blocks.append(Resample(cout, "upsample3d" if temperal_upsample[i] else "upsample2d"))
+                scale *= 2.0
+        self.upsamples = nn.Sequential(*blocks)
+        self.head = _head(dims[-1], 3)
+
+    def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        x = self.conv1(x, cache)  # [B, dim * dim_mult[-1], t, h, w]
+        for part in (self.middle, self.upsamples, self.head):
+            x = run(part, x, cache)
+        return x
+
+
+# --------------------------------------------------------------------------- the VAE
+
+class WanVAE(nn.Module):
+    """Wan 2.1 video VAE. `encode`/`decode` work on normalised latents (the DiT's space).
+
+    `chunked=True` (default) runs the reference's causal chunks with a feature cache: memory
+    stays flat in the clip length. `chunked=False` runs the clip in one pass (faster, and the
+    natural choice for training with gradients); both give the same result.
+    """
+
+    def __init__(self, config: VAEConfig | str = "wan2.1"):
+        super().__init__()
+        cfg = get_vae_preset(config) if isinstance(config, str) else config
+        self.config = cfg
+        self.encoder = Encoder3d(cfg)
+        self.conv1 = CausalConv3d(cfg.z_dim * 2, cfg.z_dim * 2, 1)
+        self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
+        self.decoder = Decoder3d(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv2.weight.dtype
+
+    def check_video(self, video: torch.Tensor) -> None:
+        """Refuse a video that is not [B, 3, 1 + 4n, H, W] with H and W multiples of the spatial factor."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"WanVAE.encode wants video [B, 3, T, H, W] in [-1, 1], got shape {list(video.shape)}; "
+                             f"add a batch axis or move channels first (a [T, H, W, 3] frame stack needs "
+                             f".permute(3, 0, 1, 2)[None])")
+        t, (h, w), k, s = video.shape[2], video.shape[3:], self.config.temporal_factor, self.config.spatial_factor
+        if t < 1 or (t - 1) % k:
+            lo = t - (t - 1) % k  # the valid counts around t are lo and lo + k
+            fix = f"trim the clip to {lo} frame{'s' * (lo > 1)} or pad it" if lo >= 1 else "pad the clip"
+            raise ValueError(f"WanVAE.encode: {t} frames cannot be encoded; the Wan VAE is causal in time and takes "
+                             f"1 + {k}n frames (1, {1 + k}, {1 + 2 * k}, {1 + 3 * k}, ...); {fix} to {lo + k}")
+        if h % s or w % s:
+            raise ValueError(f"WanVAE.encode: frame size {h}x{w} is not a multiple of {s} (the spatial compression); "
+                             f"resize or crop to {h - h % s or s}x{w - w % s or s}")
+
+    def encoder_chunks(self, frames: int) -> list[tuple[int, int]]:
+        """Frame 0 alone, then groups of max(4, temporal_factor) frames, as the reference."""
+        step = max(4, self.config.temporal_factor)
+        return [(0, 1)] + [(a, min(a + step, frames)) for a in range(1, frames, step)]
+
+    def posterior(self, video: torch.Tensor, chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised posterior (mean, logvar), each [B, z_dim, 1 + (T - 1) / 4, H / s, W / s], float32."""
+        self.check_video(video)
+        x, cache = video.to(self.dtype), {}
+        if chunked:
+            out = torch.cat([self.encoder(x[:, :, a:b], cache) for a, b in self.encoder_chunks(x.shape[2])], dim=2)
+        else:
+            out = self.encoder(x, cache)  # [B, 2z, t, h, w]
+        mean, logvar = self.conv1(out).float().chunk(2, dim=1)  # [B, z, t, h, w] each
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        cfg = self.config
+        if cfg.latents_mean is None and cfg.latents_std is None:
+            return None
+        mean = torch.tensor(cfg.latents_mean or (0.0,) * cfg.z_dim, device=like.device, dtype=like.dtype)
+        std = torch.tensor(cfg.latents_std or (1.0,) * cfg.z_dim, device=like.device, dtype=like.dtype)
+        return mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+
+    def normalize(self, mean: torch.Tensor) -> torch.Tensor:
+        stats = self._stats(mean)
+        return mean if stats is None else (mean - stats[0]) / stats[1]
+
+    def denormalize(self, latent: torch.Tensor) -> torch.Tensor:
+        stats = self._stats(latent)
+        return latent if stats is None else latent * stats[1] + stats[0]
+
+    def encode(self, video: torch.Tensor, chunked: bool = True) -> torch.Tensor:
+        """Video [B, 3, T, H, W] in [-1, 1] -> normalised latent mean [B, z, 1 + (T - 1) / 4, H / s, W / s]."""
+        return self.normalize(self.posterior(video, chunked)[0])
+
+    def sample(self, video: torch.Tensor, generator: torch.Generator | None = None,
+               chunked: bool = True) -> torch.Tensor:
+        """A normalised latent drawn from the posterior: mean + exp(logvar / 2) * noise (for training)."""
+        mean, logvar = self.posterior(video, chunked)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return self.normalize(mean + torch.exp(0.5 * logvar) * noise)
+
+    def decode(self, latent: torch.Tensor, clamp: bool = True, chunked: bool = True) -> torch.Tensor:
+        """Normalised latent [B, z, t, h, w] -> video [B, 3, 1 + 4(t - 1), h * s, w * s], float32 in [-1, 1]."""
+        if latent.ndim != 5 or latent.shape[1] != self.config.z_dim:
+            raise ValueError(f"WanVAE.decode wants a latent [B, {self.config.z_dim}, t, h, w], got shape "
+                             f"{list(latent.shape)}; is it from a VAE with another z_dim (Wan 2.2's has 48)?")
+        x, cache = self.conv2(self.denormalize(latent.float()).to(self.dtype)), {}  # [B, z, t, h, w]
+        if chunked:
+            out = torch.cat([self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])], dim=2)
+        else:
+            out = self.decoder(x, cache)  # [B, 3, T, H, W]
+        return out.float().clamp(-1.0, 1.0) if clamp else out.float()
