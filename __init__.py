@@ -5,6 +5,7 @@ ComfyUI itself is importable; everywhere else (tests, the command line) use `pla
 ComfyUI does not put a pack's folder on sys.path, so it is added here for `planx_core` (unless an
 installed planx_core is importable already).
 """
+
 import importlib.util
 import os
 import sys

@@ -6,6 +6,7 @@ plan tokens (1 : 30.6). The default here scales both down evenly: 2,480 video to
 at the mid config (dim 512, 8 layers). Goal: the branch adds <= 5% to a step.
 On a GPU: `--preset wan2.2-ti2v-5b --latent 31x44x80 --keyframes 11 --dtype bfloat16`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ from planx_core.wan.dit import WanModel
 
 
 def branch_for(cfg, mode: str, device, dtype) -> SemanticBranch:
-    branch = SemanticBranch(BranchConfig(code_dim=1536, dim=cfg.dim, num_heads=cfg.num_heads,
-                                         num_layers=cfg.num_layers, mode=mode))
+    branch = SemanticBranch(
+        BranchConfig(code_dim=1536, dim=cfg.dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers, mode=mode)
+    )
     for module in branch.attn.values():  # trained-like weights: a zero value projection would be free
         torch.nn.init.normal_(module.v.weight, std=0.02)
     return branch.to(device, dtype).eval()
@@ -41,17 +43,26 @@ def main():
     t = torch.tensor([700.0], device=device)
     frames = [k * (f - 1) / max(args.keyframes - 1, 1) for k in range(args.keyframes)]
     vectors = torch.randn(1, args.keyframes * 81, 1536, generator=gen).to(device, dtype)
-    plans = {mode: branch_for(cfg, mode, device, dtype).condition(vectors, frames, (9, 9)) for mode in
-             ("cross_attn", "in_context")}
+    plans = {
+        mode: branch_for(cfg, mode, device, dtype).condition(vectors, frames, (9, 9))
+        for mode in ("cross_attn", "in_context")
+    }
     video_tokens = f * (h // 2) * (w // 2)
-    print(f"config {cfg.name}: dim {cfg.dim}, {cfg.num_layers} layers; {video_tokens} video tokens, "
-          f"{args.keyframes * 81} plan tokens (ratio 1:{video_tokens / (args.keyframes * 81):.1f}), "
-          f"{cfg.text_len} text tokens")
+    print(
+        f"config {cfg.name}: dim {cfg.dim}, {cfg.num_layers} layers; {video_tokens} video tokens, "
+        f"{args.keyframes * 81} plan tokens (ratio 1:{video_tokens / (args.keyframes * 81):.1f}), "
+        f"{cfg.text_len} text tokens"
+    )
     with torch.inference_mode():
-        times = interleaved_times({"no plan": lambda: model(x, t, context),
-                                   "cross_attn (all blocks)": lambda: model(x, t, context, plan=plans["cross_attn"]),
-                                   "in_context": lambda: model(x, t, context, plan=plans["in_context"])},
-                                  args.repeats, sync=sync)
+        times = interleaved_times(
+            {
+                "no plan": lambda: model(x, t, context),
+                "cross_attn (all blocks)": lambda: model(x, t, context, plan=plans["cross_attn"]),
+                "in_context": lambda: model(x, t, context, plan=plans["in_context"]),
+            },
+            args.repeats,
+            sync=sync,
+        )
     ratios = report(times, "no plan")
     for mode in ("cross_attn (all blocks)", "in_context"):
         print(f"RESULT {mode}: +{(ratios[mode] - 1) * 100:.1f}% per forward (goal <= 5%)")

@@ -6,6 +6,7 @@ random fp32 weights) at `--real-batch`. Random weights: throughput does not depe
 The paired ratios against "features" show what pooling + task layer + nearest-code lookup add.
 On a GPU: `--real --dtype bfloat16 --batch 32 --real-batch 32` (the lookup stays float32).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -22,15 +23,22 @@ def measure(config: TATokConfig, batch: int, args, device, dtype, sync) -> None:
     model.encode_task_layer.to(dtype)
     images = torch.rand(batch, 3, 704, 1280, generator=torch.Generator().manual_seed(0)).to(device)  # video frames
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"\n{config.name}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, codebook "
-          f"{config.codebook_size}x{config.bottleneck_dim}, {params:.0f} M parameters; batch {batch} of 1280x704 "
-          f"frames squashed to {config.image_size}")
+    print(
+        f"\n{config.name}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, codebook "
+        f"{config.codebook_size}x{config.bottleneck_dim}, {params:.0f} M parameters; batch {batch} of 1280x704 "
+        f"frames squashed to {config.image_size}"
+    )
     model.codebook()  # built once, cached like in use
     with torch.inference_mode():
-        times = interleaved_times({"features": lambda: model.features(images),
-                                   "encode grid 9": lambda: model.encode(images, grid=9),
-                                   "encode grid 27": lambda: model.encode(images, grid=27)},
-                                  args.repeats, sync=sync)
+        times = interleaved_times(
+            {
+                "features": lambda: model.features(images),
+                "encode grid 9": lambda: model.encode(images, grid=9),
+                "encode grid 27": lambda: model.encode(images, grid=27),
+            },
+            args.repeats,
+            sync=sync,
+        )
     report(times, "features")
     for name, samples in times.items():
         print(f"RESULT {config.name} {name}: {batch / statistics.median(samples):.2f} images/s")

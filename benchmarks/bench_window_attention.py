@@ -18,6 +18,7 @@ down per token once the activations leave the caches). Peak memory: on CUDA
 `torch.cuda.max_memory_allocated` above what was allocated before the forward; on CPU each
 configuration runs in a fresh subprocess and reports its peak RSS growth over one forward.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,22 @@ from planx_core.wan.dit import WanModel
 from planx_core.wan.windows import WindowLayout, layer_shift, windowed_attention
 
 SHAPES = {  # config, tokens per latent frame (H' x W'), default dtype
-    "cpu": (DiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=2, in_dim=16, out_dim=16, text_dim=64,
-                      freq_dim=64, text_len=64, name="bench-256"), (16, 16), "float32"),
+    "cpu": (
+        DiTConfig(
+            dim=256,
+            ffn_dim=1024,
+            num_heads=4,
+            num_layers=2,
+            in_dim=16,
+            out_dim=16,
+            text_dim=64,
+            freq_dim=64,
+            text_len=64,
+            name="bench-256",
+        ),
+        (16, 16),
+        "float32",
+    ),
     "5b": (get_preset("wan2.2-ti2v-5b"), (22, 40), "bfloat16"),
 }
 MODES = ("windowed", "full")
@@ -81,8 +96,15 @@ class Step:
         self.args, self.device, self.dtype = args, device, dtype
         with torch.device(device):
             self.model = WanModel(self.cfg).to(dtype).eval()
-            self.branch = SemanticBranch(BranchConfig(code_dim=64, dim=self.cfg.dim, num_heads=self.cfg.num_heads,
-                                                      num_layers=self.cfg.num_layers, mode="in_context")).eval()
+            self.branch = SemanticBranch(
+                BranchConfig(
+                    code_dim=64,
+                    dim=self.cfg.dim,
+                    num_heads=self.cfg.num_heads,
+                    num_layers=self.cfg.num_layers,
+                    mode="in_context",
+                )
+            ).eval()
         self.grid = semantic_grid(self.h, self.w, args.semantic_ratio)
         self.inputs = {}
 
@@ -114,8 +136,13 @@ class Step:
         if mode == "full":
             return attention(q, k, v)
         w = self.args.window
-        layout = WindowLayout(frames=self.frames(scale), tokens_per_frame=self.h * self.w, window=w,
-                              shift=layer_shift(w, 1), num_global=self.tokens(scale)[1])
+        layout = WindowLayout(
+            frames=self.frames(scale),
+            tokens_per_frame=self.h * self.w,
+            window=w,
+            shift=layer_shift(w, 1),
+            num_global=self.tokens(scale)[1],
+        )
         return windowed_attention(q, k, v, layout)
 
     def run(self, mode: str, scale: int):
@@ -159,7 +186,7 @@ def cuda_peak_growth(step: Step, mode: str, scale: int) -> tuple[float, str]:
     before = torch.cuda.memory_allocated()
     step.run(mode, scale)
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2 ** 20, "torch.cuda.max_memory_allocated growth"
+    return (torch.cuda.max_memory_allocated() - before) / 2**20, "torch.cuda.max_memory_allocated growth"
 
 
 def memory_in_subprocess(mode: str, scale: int) -> tuple[float, str]:
@@ -185,19 +212,25 @@ def print_table(step: Step, scales: list[int], times: dict, memory: dict, method
     ms = {key: statistics.median(samples) * 1000 for key, samples in times.items()}
     base = scales[0]
     print(f"\npeak memory: {method}")
-    print(f"{'scale':>5} {'frames':>6} {'video':>7} {'sem':>5} | {'windowed ms':>11} {'x1':>6} | {'full ms':>9} "
-          f"{'x1':>6} | {'full/win':>8} | {'win MiB':>8} {'x1':>6} | {'full MiB':>8} {'x1':>6}")
+    print(
+        f"{'scale':>5} {'frames':>6} {'video':>7} {'sem':>5} | {'windowed ms':>11} {'x1':>6} | {'full ms':>9} "
+        f"{'x1':>6} | {'full/win':>8} | {'win MiB':>8} {'x1':>6} | {'full MiB':>8} {'x1':>6}"
+    )
     for s in scales:
         video, sem = step.tokens(s)
         w, f = ms[("windowed", s)], ms[("full", s)]
         mw, mf = memory[("windowed", s)], memory[("full", s)]
-        print(f"{s:>4}x {step.frames(s):>6} {video:>7} {sem:>5} | {w:>11.1f} {w / ms[('windowed', base)]:>6.2f} | "
-              f"{f:>9.1f} {f / ms[('full', base)]:>6.2f} | {f / w:>8.2f} | {mw:>8.1f} "
-              f"{mw / memory[('windowed', base)]:>6.2f} | {mf:>8.1f} {mf / memory[('full', base)]:>6.2f}")
+        print(
+            f"{s:>4}x {step.frames(s):>6} {video:>7} {sem:>5} | {w:>11.1f} {w / ms[('windowed', base)]:>6.2f} | "
+            f"{f:>9.1f} {f / ms[('full', base)]:>6.2f} | {f / w:>8.2f} | {mw:>8.1f} "
+            f"{mw / memory[('windowed', base)]:>6.2f} | {mf:>8.1f} {mf / memory[('full', base)]:>6.2f}"
+        )
     top = scales[-1]
     growth = ms[("windowed", top)] / ms[("windowed", base)]
-    print(f"RESULT windowed {top // base}x video: {growth:.2f}x time per step (goal <= {1.125 * top / base:g}x); "
-          f"full: {ms[('full', top)] / ms[('full', base)]:.2f}x")
+    print(
+        f"RESULT windowed {top // base}x video: {growth:.2f}x time per step (goal <= {1.125 * top / base:g}x); "
+        f"full: {ms[('full', top)] / ms[('full', base)]:.2f}x"
+    )
 
 
 def print_attention_table(scales: list[int], times: dict):
@@ -207,8 +240,10 @@ def print_attention_table(scales: list[int], times: dict):
     print(f"{'scale':>5} | {'windowed ms':>11} {'x1':>6} | {'full ms':>9} {'x1':>6} | {'full/win':>8}")
     for s in scales:
         w, f = ms[("attn windowed", s)], ms[("attn full", s)]
-        print(f"{s:>4}x | {w:>11.1f} {w / ms[('attn windowed', base)]:>6.2f} | {f:>9.1f} "
-              f"{f / ms[('attn full', base)]:>6.2f} | {f / w:>8.2f}")
+        print(
+            f"{s:>4}x | {w:>11.1f} {w / ms[('attn windowed', base)]:>6.2f} | {f:>9.1f} "
+            f"{f / ms[('attn full', base)]:>6.2f} | {f / w:>8.2f}"
+        )
 
 
 def main():
@@ -219,18 +254,31 @@ def main():
     scales = [int(s) for s in args.scales.split(",")]
     step = Step(args, device, dtype)
     cfg = step.cfg
-    semantic = (f"in-context semantic grid {step.grid[0]}x{step.grid[1]} per latent frame "
-                f"(1:{step.h * step.w / math.prod(step.grid):.1f})" if math.prod(step.grid) else "no semantic tokens")
-    print(f"config {cfg.name}: dim {cfg.dim}, {cfg.num_heads} heads, {cfg.num_layers} layers, {cfg.text_len} text "
-          f"tokens; {step.h}x{step.w} tokens per latent frame, {semantic}; window {args.window} frames, "
-          f"shift {args.window // 2} on odd blocks; {args.repeats} timed repeats")
+    semantic = (
+        f"in-context semantic grid {step.grid[0]}x{step.grid[1]} per latent frame "
+        f"(1:{step.h * step.w / math.prod(step.grid):.1f})"
+        if math.prod(step.grid)
+        else "no semantic tokens"
+    )
+    print(
+        f"config {cfg.name}: dim {cfg.dim}, {cfg.num_heads} heads, {cfg.num_layers} layers, {cfg.text_len} text "
+        f"tokens; {step.h}x{step.w} tokens per latent frame, {semantic}; window {args.window} frames, "
+        f"shift {args.window // 2} on odd blocks; {args.repeats} timed repeats"
+    )
     for s in scales:
         step.prepare(s)
     candidates = {(mode, s): (lambda mode=mode, s=s: step.run(mode, s)) for s in scales for mode in MODES}
     times = interleaved_times(candidates, args.repeats, sync=sync)
     with torch.inference_mode():
-        attn_times = interleaved_times({(f"attn {mode}", s): (lambda mode=mode, s=s: step.run_attention(mode, s))
-                                        for s in scales for mode in MODES}, args.repeats, sync=sync)
+        attn_times = interleaved_times(
+            {
+                (f"attn {mode}", s): (lambda mode=mode, s=s: step.run_attention(mode, s))
+                for s in scales
+                for mode in MODES
+            },
+            args.repeats,
+            sync=sync,
+        )
     for s in scales:
         step.inputs.pop(("qkv", s))
     memory, method = {}, ""

@@ -3,6 +3,7 @@
 These machines are noisy, so no absolute threshold is asserted anywhere; ratios measured in the
 same run are what the scripts report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def interleaved_times(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                      sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+def interleaved_times(
+    candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None
+) -> dict[str, list[float]]:
     """Run each candidate `repeats` times, rotating the order every round; seconds per call."""
     names = list(candidates)
     for _ in range(warmup):
@@ -26,7 +28,7 @@ def interleaved_times(candidates: dict[str, Callable[[], object]], repeats: int,
             candidates[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync()
             start = time.perf_counter()
             candidates[name]()
@@ -45,8 +47,10 @@ def report(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
     for name, samples in times.items():
         paired = statistics.median(a / b for a, b in zip(samples, times[baseline]))
         ratios[name] = paired
-        print(f"  {name:<28} median {statistics.median(samples) * 1000:9.1f} ms  "
-              f"(min {min(samples) * 1000:9.1f})  paired ratio {paired:.3f}")
+        print(
+            f"  {name:<28} median {statistics.median(samples) * 1000:9.1f} ms  "
+            f"(min {min(samples) * 1000:9.1f})  paired ratio {paired:.3f}"
+        )
     return ratios
 
 

@@ -4,6 +4,7 @@ The pack's V3 nodes (comfy_api.latest), listed in NODE_CLASS_MAPPINGS as ComfyUI
 them (a module with NODE_CLASS_MAPPINGS never reaches comfy_entrypoint). Importing this package
 registers the `planx` models folder.
 """
+
 from .example_inputs import install_example_inputs
 from .model_files import register_folder
 

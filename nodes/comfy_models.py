@@ -10,6 +10,7 @@ does not have; so it is built here from ComfyUI's own Wan 2.2 model class with i
 with a latent format of its 16-channel VAE. Its text encoder and VAE are small stand-ins with the
 methods the stock CLIPTextEncode and VAEDecode call.
 """
+
 from __future__ import annotations
 
 import comfy.latent_formats
@@ -34,8 +35,9 @@ class Holder(nn.Module):
 
 def managed(**modules: nn.Module) -> comfy.model_patcher.ModelPatcher:
     """Modules in one ModelPatcher: loaded by ComfyUI onto its device, offloaded to its offload device."""
-    return comfy.model_patcher.ModelPatcher(Holder(**modules), load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        Holder(**modules), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def load(patcher: comfy.model_patcher.ModelPatcher) -> torch.device:
@@ -55,6 +57,7 @@ def unload(patcher: comfy.model_patcher.ModelPatcher) -> None:
 
 # ----------------------------------------------------------------------------- the tiny model as MODEL
 
+
 class TinyLatent(comfy.latent_formats.LatentFormat):
     """Latents of the embedded tiny VAE: 16 channels, 4x space and time, already normalised by the VAE."""
 
@@ -70,11 +73,24 @@ class TinyLatent(comfy.latent_formats.LatentFormat):
 def tiny_unet_config(source) -> dict:
     """ComfyUI's Wan unet config of a planx_core DiT (or of a bundle's DiT)."""
     cfg = getattr(source, "dit", source).config
-    return {"image_model": "wan2.1", "model_type": "t2v", "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
-            "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "in_dim": cfg.in_dim, "out_dim": cfg.out_dim,
-            "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "text_len": cfg.text_len,
-            "patch_size": tuple(cfg.patch_size), "window_size": (-1, -1), "qk_norm": cfg.qk_norm,
-            "cross_attn_norm": cfg.cross_attn_norm, "eps": cfg.eps}
+    return {
+        "image_model": "wan2.1",
+        "model_type": "t2v",
+        "dim": cfg.dim,
+        "ffn_dim": cfg.ffn_dim,
+        "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers,
+        "in_dim": cfg.in_dim,
+        "out_dim": cfg.out_dim,
+        "freq_dim": cfg.freq_dim,
+        "text_dim": cfg.text_dim,
+        "text_len": cfg.text_len,
+        "patch_size": tuple(cfg.patch_size),
+        "window_size": (-1, -1),
+        "qk_norm": cfg.qk_norm,
+        "cross_attn_norm": cfg.cross_attn_norm,
+        "eps": cfg.eps,
+    }
 
 
 def wan_model(dit, latent_format: TinyLatent, shift: float) -> comfy.model_patcher.ModelPatcher:
@@ -86,8 +102,9 @@ def wan_model(dit, latent_format: TinyLatent, shift: float) -> comfy.model_patch
     model = config.get_model({}, "")
     model.load_model_weights({k: v.clone() for k, v in dit.state_dict().items()}, "")
     model = model.to(mm.unet_offload_device())
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def tiny_model(bundle: Bundle, latent_format: TinyLatent) -> comfy.model_patcher.ModelPatcher:
@@ -96,6 +113,7 @@ def tiny_model(bundle: Bundle, latent_format: TinyLatent) -> comfy.model_patcher
 
 
 # ----------------------------------------------------------------------------- CLIP and VAE stand-ins
+
 
 class TinyClip:
     """The tiny umT5 behind ComfyUI's CLIP calls (tokenize, encode_from_tokens[_scheduled]).
@@ -168,8 +186,9 @@ def fit_preview_factors(vae: TinyVae, size: int = 64) -> tuple[list[list[float]]
     """A linear map latent channels -> RGB in [-1, 1] for ComfyUI's latent2rgb previews, fitted by least
     squares on a few smooth random images encoded by the VAE itself."""
     gen = torch.Generator().manual_seed(0)
-    images = torch.nn.functional.interpolate(torch.rand(6, 3, 4, 4, generator=gen), size=(size, size),
-                                             mode="bilinear", align_corners=False)  # [6, 3, H, W]
+    images = torch.nn.functional.interpolate(
+        torch.rand(6, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False
+    )  # [6, 3, H, W]
     latents = torch.cat([vae.encode(img.permute(1, 2, 0)[None]) for img in images])  # [6, C, 1, h, w]
     h, w = latents.shape[-2:]
     target = torch.nn.functional.interpolate(images, size=(h, w), mode="area") * 2 - 1  # [6, 3, h, w]
@@ -198,5 +217,16 @@ def semanticgen_parts(model):
     return _parts(model.latent_dit, model.text, model.vae, model.spec.shift, model.spec.size)
 
 
-__all__ = ["Holder", "TinyClip", "TinyLatent", "TinyVae", "load", "managed", "semanticgen_parts", "tiny_model",
-           "tiny_parts", "unload", "wan_model"]
+__all__ = [
+    "Holder",
+    "TinyClip",
+    "TinyLatent",
+    "TinyVae",
+    "load",
+    "managed",
+    "semanticgen_parts",
+    "tiny_model",
+    "tiny_parts",
+    "unload",
+    "wan_model",
+]

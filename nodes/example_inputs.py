@@ -3,6 +3,7 @@
 `workflows/planx_image_to_video.json` loads `planx_red_circle.png` with the stock Load Image node,
 which only lists files in the input folder. A file already there is never overwritten.
 """
+
 from __future__ import annotations
 
 import logging

@@ -10,6 +10,7 @@ The embedded tiny model (planx_core/embedded) is always the first choice; the em
 model (planx_core/embedded/semanticgen: stage-1 semantic generator, compressor, stage-2 DiT and its
 in-context branch) is appended last to the planner, model and branch lists. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,11 @@ def _bundle_folders(required: tuple[str, ...]) -> list[str]:
 
 
 def planner_choices() -> list[str]:
-    return [EMBEDDED_CHOICE] + _bundle_folders((f"{FILES['planner']}/config.json", FILES["tatok"])) + \
-        [SEMANTICGEN_PLANNER_CHOICE]
+    return (
+        [EMBEDDED_CHOICE]
+        + _bundle_folders((f"{FILES['planner']}/config.json", FILES["tatok"]))
+        + [SEMANTICGEN_PLANNER_CHOICE]
+    )
 
 
 def bundle_choices() -> list[str]:
@@ -77,8 +81,10 @@ def folder_for(choice: str) -> Path:
     for root in planx_dirs():
         if (root / choice).is_dir():
             return root / choice
-    raise FileNotFoundError(f"model folder {choice!r} is not in models/{FOLDER} any more; pick another entry or "
-                            f"put the folder back (searched: {', '.join(map(str, planx_dirs())) or 'no planx folder'})")
+    raise FileNotFoundError(
+        f"model folder {choice!r} is not in models/{FOLDER} any more; pick another entry or "
+        f"put the folder back (searched: {', '.join(map(str, planx_dirs())) or 'no planx folder'})"
+    )
 
 
 def branch_path(choice: str) -> Path:
@@ -118,8 +124,7 @@ def cached_bundle(choice: str):
 
 def _stamp(folder: Path, names) -> str:
     """A cache key that changes when any of the files is replaced (weights retrained in place)."""
-    return f"{folder}:" + ",".join(f"{(folder / n).stat().st_mtime_ns if (folder / n).exists() else 0}"
-                                   for n in names)
+    return f"{folder}:" + ",".join(f"{(folder / n).stat().st_mtime_ns if (folder / n).exists() else 0}" for n in names)
 
 
 _SEMANTICGEN: dict[str, SemanticGen] = {}
@@ -167,6 +172,8 @@ def codebook_for(plan: Plan) -> torch.Tensor:
             _CODEBOOKS[str(path)] = cached = (stamp, tatok.digest(), tatok.codebook().detach().cpu())
         if cached[1] == want or (not want and cached[2].shape[0] == plan.codebook.size):
             return cached[2]
-    raise PlanError(f"no TA-Tok file matches the plan's codebook {plan.codebook.describe()}: the plan was made with "
-                    f"another tokenizer. Put that tokenizer's ta_tok.safetensors in models/{FOLDER}, or re-plan "
-                    f"with this model's planner")
+    raise PlanError(
+        f"no TA-Tok file matches the plan's codebook {plan.codebook.describe()}: the plan was made with "
+        f"another tokenizer. Put that tokenizer's ta_tok.safetensors in models/{FOLDER}, or re-plan "
+        f"with this model's planner"
+    )

@@ -5,6 +5,7 @@
 Node ids and input names are a promise to every shared workflow: never rename or reorder them;
 new inputs go last, optional, with defaults that keep old behaviour.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,25 +15,24 @@ from comfy_api.latest import io, ui
 
 from planx_core.pipelines import load_plan_file
 from planx_core.plan import (
-    OPS,
-    Plan,
     PlanError,
     apply_edits,
-    code_colours,
     parse_edits,
-    plan_picture,
-    vector_colours,
 )
 
-from .model_files import codebook_for, planner_choices
+from .model_files import planner_choices
+from .plan_views import editor_view, picture_of, token_planner
 from .planner_handle import ATTENTION, DTYPES, load_planner_handle
 from .sockets import CATEGORY, PLAN, PLANNER
 
 PLAN_SUFFIX = ".plan.json"
 
 
-def _plan_in(optional: bool = False, tooltip: str = "A keyframe plan (from Generate Semantic Plan, Load Plan, ...).",
-             id: str = "plan"):
+def _plan_in(
+    optional: bool = False,
+    tooltip: str = "A keyframe plan (from Generate Semantic Plan, Load Plan, ...).",
+    id: str = "plan",
+):
     return PLAN.Input(id, optional=optional, tooltip=tooltip)
 
 
@@ -41,32 +41,52 @@ def _planner_in(optional: bool = False, tooltip: str = "The planner from Load Pl
 
 
 def _preview_out():
-    return io.Image.Output(display_name="preview", tooltip="Every keyframe's 9x9 grid in the plan's colours, "
-                                                            "with the nearest word in each cell.")
+    return io.Image.Output(
+        display_name="preview",
+        tooltip="Every keyframe's 9x9 grid in the plan's colours, with the nearest word in each cell.",
+    )
 
 
 class LoadPlanner(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PlanX_LoadPlanner", display_name="Load Planner", category=CATEGORY,
+            node_id="PlanX_LoadPlanner",
+            display_name="Load Planner",
+            category=CATEGORY,
             description="Loads a Plan-X semantic planner (a language model that writes keyframe plans) and its "
-                        "TA-Tok tokenizer from models/planx, or the embedded tiny model that runs on a CPU. "
-                        "'embedded: semanticgen-tiny (diffusion)' is SemanticGen's stage 1 instead: a diffusion "
-                        "model that plans the whole video at once as a continuous plan (compact semantic vectors, "
-                        "rendered with the semanticgen-tiny model and branch); it plans from text alone.",
+            "TA-Tok tokenizer from models/planx, or the embedded tiny model that runs on a CPU. "
+            "'embedded: semanticgen-tiny (diffusion)' is SemanticGen's stage 1 instead: a diffusion "
+            "model that plans the whole video at once as a continuous plan (compact semantic vectors, "
+            "rendered with the semanticgen-tiny model and branch); it plans from text alone.",
             inputs=[
-                io.Combo.Input("planner", options=planner_choices(), tooltip="A folder in models/planx holding "
-                               "planner/ and ta_tok.safetensors, the embedded tiny model, or the embedded SemanticGen "
-                               "planner (continuous plans; dtype and attention do not apply to it)."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="Weight dtype; auto keeps fp32 (use bf16 on a GPU for the real planner)."),
-                io.Combo.Input("attention", options=list(ATTENTION), default="sdpa",
-                               tooltip="Attention backend of the language model (flash_attention_2 needs flash-attn)."),
-                io.Boolean.Input("keep_loaded", default=False,
-                                 tooltip="Keep the planner on the GPU after planning; off frees it for the renderer."),
+                io.Combo.Input(
+                    "planner",
+                    options=planner_choices(),
+                    tooltip="A folder in models/planx holding "
+                    "planner/ and ta_tok.safetensors, the embedded tiny model, or the embedded SemanticGen "
+                    "planner (continuous plans; dtype and attention do not apply to it).",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPES),
+                    default="auto",
+                    tooltip="Weight dtype; auto keeps fp32 (use bf16 on a GPU for the real planner).",
+                ),
+                io.Combo.Input(
+                    "attention",
+                    options=list(ATTENTION),
+                    default="sdpa",
+                    tooltip="Attention backend of the language model (flash_attention_2 needs flash-attn).",
+                ),
+                io.Boolean.Input(
+                    "keep_loaded",
+                    default=False,
+                    tooltip="Keep the planner on the GPU after planning; off frees it for the renderer.",
+                ),
             ],
-            outputs=[PLANNER.Output(display_name="planner", tooltip="Planner and TA-Tok, for the plan nodes.")])
+            outputs=[PLANNER.Output(display_name="planner", tooltip="Planner and TA-Tok, for the plan nodes.")],
+        )
 
     @classmethod
     def execute(cls, planner, dtype, attention, keep_loaded) -> io.NodeOutput:
@@ -77,49 +97,128 @@ class GenerateSemanticPlan(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PlanX_GenerateSemanticPlan", display_name="Generate Semantic Plan", category=CATEGORY,
+            node_id="PlanX_GenerateSemanticPlan",
+            display_name="Generate Semantic Plan",
+            category=CATEGORY,
             description="The planner writes a keyframe plan: every 1/keyframe_rate seconds a 9x9 grid of "
-                        "text-aligned visual tokens saying what is where. Re-runs only when an input changes. "
-                        "With the SemanticGen planner the plan is continuous (a 4x4 grid of compact semantic "
-                        "vectors per keyframe, at its 8 fps, 64x64 and 2 keyframes per second; 65 frames give 17 "
-                        "keyframes), sampled for the whole video at once; cfg is its text guidance, and temperature, "
-                        "top_k and top_p (token sampling) do not apply.",
+            "text-aligned visual tokens saying what is where. Re-runs only when an input changes. "
+            "With the SemanticGen planner the plan is continuous (a 4x4 grid of compact semantic "
+            "vectors per keyframe, at its 8 fps, 64x64 and 2 keyframes per second; 65 frames give 17 "
+            "keyframes), sampled for the whole video at once; cfg is its text guidance, and temperature, "
+            "top_k and top_p (token sampling) do not apply.",
             inputs=[
                 _planner_in(),
-                io.String.Input("scene", multiline=True, default="a red circle on a dark background",
-                                tooltip="What is in the video (the first sentence of a Plan-X prompt)."),
-                io.String.Input("motion", multiline=True, default="the red circle moves right, then up",
-                                tooltip="What happens, in order (the rest of the prompt)."),
+                io.String.Input(
+                    "scene",
+                    multiline=True,
+                    default="a red circle on a dark background",
+                    tooltip="What is in the video (the first sentence of a Plan-X prompt).",
+                ),
+                io.String.Input(
+                    "motion",
+                    multiline=True,
+                    default="the red circle moves right, then up",
+                    tooltip="What happens, in order (the rest of the prompt).",
+                ),
                 io.Int.Input("width", default=64, min=16, max=4096, step=16, tooltip="Video width in pixels."),
                 io.Int.Input("height", default=64, min=16, max=4096, step=16, tooltip="Video height in pixels."),
-                io.Int.Input("length", default=17, min=1, max=4097, step=4,
-                             tooltip="Video frames (4n+1 for Wan's VAE); the plan covers them all."),
+                io.Int.Input(
+                    "length",
+                    default=17,
+                    min=1,
+                    max=4097,
+                    step=4,
+                    tooltip="Video frames (4n+1 for Wan's VAE); the plan covers them all.",
+                ),
                 io.Float.Input("fps", default=8.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second."),
-                io.Float.Input("keyframe_rate", default=2.0, min=0.1, max=30.0, step=0.5,
-                               tooltip="Keyframes per second (Plan-X uses 2)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the planner's sampling."),
-                io.Float.Input("temperature", default=1.0, min=0.0, max=5.0, step=0.05,
-                               tooltip="Sampling temperature; 0 is greedy."),
+                io.Float.Input(
+                    "keyframe_rate",
+                    default=2.0,
+                    min=0.1,
+                    max=30.0,
+                    step=0.5,
+                    tooltip="Keyframes per second (Plan-X uses 2).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the planner's sampling.",
+                ),
+                io.Float.Input(
+                    "temperature",
+                    default=1.0,
+                    min=0.0,
+                    max=5.0,
+                    step=0.05,
+                    tooltip="Sampling temperature; 0 is greedy.",
+                ),
                 io.Int.Input("top_k", default=0, min=0, max=65536, tooltip="Keep the k most likely tokens; 0 is off."),
-                io.Float.Input("top_p", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Nucleus sampling; 1 is off."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=20.0, step=0.1,
-                               tooltip="Planner text guidance (1 is off; higher follows the text more)."),
-                io.Image.Input("first_frame", optional=True,
-                               tooltip="Image-to-video: keyframe 0 becomes this image's tokens, locked."),
-                io.Image.Input("context_frames", optional=True,
-                               tooltip="Frames the planner reads as visual context before planning."),
+                io.Float.Input(
+                    "top_p", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Nucleus sampling; 1 is off."
+                ),
+                io.Float.Input(
+                    "cfg",
+                    default=1.0,
+                    min=0.0,
+                    max=20.0,
+                    step=0.1,
+                    tooltip="Planner text guidance (1 is off; higher follows the text more).",
+                ),
+                io.Image.Input(
+                    "first_frame",
+                    optional=True,
+                    tooltip="Image-to-video: keyframe 0 becomes this image's tokens, locked.",
+                ),
+                io.Image.Input(
+                    "context_frames",
+                    optional=True,
+                    tooltip="Frames the planner reads as visual context before planning.",
+                ),
                 _plan_in(True, "A plan whose locked keyframes the planner must keep.", "locked_plan"),
             ],
-            outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()])
+            outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()],
+        )
 
     @classmethod
-    def execute(cls, planner, scene, motion, width, height, length, fps, keyframe_rate, seed, temperature, top_k,
-                top_p, cfg, first_frame=None, context_frames=None, locked_plan=None) -> io.NodeOutput:
-        plan = planner.plan(scene, motion, fps=fps, num_frames=length, width=width, height=height,
-                            keyframe_rate=keyframe_rate, seed=seed, temperature=temperature, top_k=top_k,
-                            top_p=top_p, guidance_scale=cfg, lock_from=locked_plan, first_frame=first_frame,
-                            context_frames=context_frames)
+    def execute(
+        cls,
+        planner,
+        scene,
+        motion,
+        width,
+        height,
+        length,
+        fps,
+        keyframe_rate,
+        seed,
+        temperature,
+        top_k,
+        top_p,
+        cfg,
+        first_frame=None,
+        context_frames=None,
+        locked_plan=None,
+    ) -> io.NodeOutput:
+        plan = planner.plan(
+            scene,
+            motion,
+            fps=fps,
+            num_frames=length,
+            width=width,
+            height=height,
+            keyframe_rate=keyframe_rate,
+            seed=seed,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=cfg,
+            lock_from=locked_plan,
+            first_frame=first_frame,
+            context_frames=context_frames,
+        )
         picture = planner.picture(plan)
         return io.NodeOutput(plan, picture, ui=ui.PreviewImage(picture, cls=cls))
 
@@ -128,17 +227,24 @@ class EditPlanTokens(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PlanX_EditPlanTokens", display_name="Edit Plan Tokens", category=CATEGORY,
+            node_id="PlanX_EditPlanTokens",
+            display_name="Edit Plan Tokens",
+            category=CATEGORY,
             description="Edits a plan with the editor drawn on this node: paint cells, retime, duplicate, delete "
-                        "and lock keyframes. The edits are kept as a list in the 'edits' text, saved with the "
-                        "workflow and re-applied whenever the plan above changes.",
+            "and lock keyframes. The edits are kept as a list in the 'edits' text, saved with the "
+            "workflow and re-applied whenever the plan above changes.",
             inputs=[
                 _plan_in(tooltip="The plan to edit."),
-                io.String.Input("edits", multiline=True, default="",
-                                tooltip="The edit list (JSON steps) the editor writes; empty means no edits."),
+                io.String.Input(
+                    "edits",
+                    multiline=True,
+                    default="",
+                    tooltip="The edit list (JSON steps) the editor writes; empty means no edits.",
+                ),
                 _planner_in(True, "The planner: needed to paint words and to label cells with words."),
             ],
-            outputs=[PLAN.Output(display_name="plan", tooltip="The edited plan."), _preview_out()])
+            outputs=[PLAN.Output(display_name="plan", tooltip="The edited plan."), _preview_out()],
+        )
 
     @classmethod
     def validate_inputs(cls, edits):
@@ -150,74 +256,29 @@ class EditPlanTokens(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan, edits, planner=None) -> io.NodeOutput:
-        words = _token_planner(planner)
+        words = token_planner(planner)
         edited = apply_edits(plan, edits, word_to_code=None if words is None else words.planner.word_to_code)
-        picture = _picture(edited, planner)
+        picture = picture_of(edited, planner)
         view = {**ui.PreviewImage(picture, cls=cls).as_dict(), "planx_editor": [editor_view(plan, edited, planner)]}
         return io.NodeOutput(edited, picture, ui=view)
-
-
-def _hex(rgb) -> str:
-    return "#" + "".join(f"{int(round(float(v) * 255)):02x}" for v in rgb)
-
-
-def _token_planner(planner):
-    """The planner when it is a Plan-X (token) planner, with words and a codebook; None for none or SemanticGen's."""
-    return planner if getattr(planner, "kind", None) == "tokens" else None
-
-
-def _cell_hex(plan: Plan) -> list[list[str]]:
-    """A continuous plan's cell colours (principal components of its vectors, as the plan picture) as hex."""
-    return [[_hex(rgb) for rgb in keyframe] for keyframe in vector_colours(plan).tolist()]
-
-
-def editor_view(base: Plan, edited: Plan, planner) -> dict:
-    """What the web editor draws: both plans, colours and words of every code it may show, the palette.
-    A continuous plan has no codes: no words or palette, and `cell_colours` gives each plan's cells the
-    colours of its plan picture (the editor shows it read-only; its edits are the text)."""
-    if base.kind == "continuous":
-        return {"base": base.to_dict(), "plan": edited.to_dict(), "error": None, "colours": {}, "words": {},
-                "palette": [], "cell_colours": {"base": _cell_hex(base), "plan": _cell_hex(edited)},
-                "ops": list(OPS)}
-    planner = _token_planner(planner)
-    palette = planner.palette() if planner is not None else []
-    codes = {int(c) for p in (base, edited) for k in p.keyframes for c in k.tokens} | {e["code"] for e in palette}
-    colours = _colours(base, planner)
-    words = planner.words(codes) if planner is not None else {}
-    return {"base": base.to_dict(), "plan": edited.to_dict(), "error": None,
-            "colours": {str(c): _hex(colours[c]) for c in sorted(codes)},
-            "words": {str(c): w for c, w in words.items()}, "palette": palette, "ops": list(OPS)}
-
-
-def _colours(plan: Plan, planner):
-    """Colour of every code `[N, 3]`: the planner's codebook, else the TA-Tok file the plan's hash names."""
-    planner = _token_planner(planner)
-    if planner is not None:
-        return planner.colours()
-    return code_colours(codebook_for(plan), key=plan.codebook.digest)
-
-
-def _picture(plan: Plan, planner):
-    """The plan picture `[1, H, W, 3]`, with words when a planner is connected (token plans); a continuous
-    plan is coloured by its own vectors."""
-    if plan.kind == "continuous":
-        return plan_picture(plan)[None]
-    planner = _token_planner(planner)
-    return planner.picture(plan) if planner is not None else plan_picture(plan, _colours(plan, planner))[None]
 
 
 class PlanPreview(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PlanX_PlanPreview", display_name="Plan Preview", category=CATEGORY, is_output_node=True,
+            node_id="PlanX_PlanPreview",
+            display_name="Plan Preview",
+            category=CATEGORY,
+            is_output_node=True,
             description="A picture of a plan: each keyframe's grid in the plan's colours (words with a planner).",
             inputs=[_plan_in(), _planner_in(True, "Optional: labels each cell with its nearest word.")],
-            outputs=[io.Image.Output(display_name="image", tooltip="The plan picture.")])
+            outputs=[io.Image.Output(display_name="image", tooltip="The plan picture.")],
+        )
 
     @classmethod
     def execute(cls, plan, planner=None) -> io.NodeOutput:
-        picture = _picture(plan, planner)
+        picture = picture_of(plan, planner)
         return io.NodeOutput(picture, ui=ui.PreviewImage(picture, cls=cls))
 
 
@@ -225,18 +286,27 @@ class SavePlan(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PlanX_SavePlan", display_name="Save Plan", category=CATEGORY, is_output_node=True,
+            node_id="PlanX_SavePlan",
+            display_name="Save Plan",
+            category=CATEGORY,
+            is_output_node=True,
             description="Writes the plan as JSON into ComfyUI's output folder (prefix_00001_.plan.json).",
-            inputs=[_plan_in(), io.String.Input("filename_prefix", default="planx/plan",
-                                                tooltip="Path under the output folder, without extension.")],
-            outputs=[])
+            inputs=[
+                _plan_in(),
+                io.String.Input(
+                    "filename_prefix", default="planx/plan", tooltip="Path under the output folder, without extension."
+                ),
+            ],
+            outputs=[],
+        )
 
     @classmethod
     def execute(cls, plan, filename_prefix) -> io.NodeOutput:
         output = os.path.abspath(folder_paths.get_output_directory())
         if os.path.commonpath([os.path.abspath(os.path.join(output, filename_prefix)), output]) != output:
-            raise ValueError(f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative path "
-                             f"such as planx/plan")
+            raise ValueError(
+                f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative path such as planx/plan"
+            )
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output)
         filename = f"{name}_{counter:05}_{PLAN_SUFFIX}"
         path = os.path.join(folder, filename)
@@ -249,8 +319,11 @@ def _input_plans() -> list[str]:
     root = folder_paths.get_input_directory()
     found = []
     for folder, _, files in os.walk(root):
-        found += [os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith(PLAN_SUFFIX)
-                  or f.endswith(".json") and "plan" in f]
+        found += [
+            os.path.relpath(os.path.join(folder, f), root)
+            for f in files
+            if f.endswith(PLAN_SUFFIX) or f.endswith(".json") and "plan" in f
+        ]
     return sorted(found) or ["(put .plan.json files in ComfyUI's input folder)"]
 
 
@@ -258,11 +331,19 @@ class LoadPlan(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PlanX_LoadPlan", display_name="Load Plan", category=CATEGORY,
+            node_id="PlanX_LoadPlan",
+            display_name="Load Plan",
+            category=CATEGORY,
             description="Reads a plan JSON file from ComfyUI's input folder (older plan versions are migrated).",
-            inputs=[io.Combo.Input("plan_file", options=_input_plans(),
-                                   tooltip="A .plan.json file in the input folder (Save Plan writes them to output).")],
-            outputs=[PLAN.Output(display_name="plan", tooltip="The plan read from the file.")])
+            inputs=[
+                io.Combo.Input(
+                    "plan_file",
+                    options=_input_plans(),
+                    tooltip="A .plan.json file in the input folder (Save Plan writes them to output).",
+                )
+            ],
+            outputs=[PLAN.Output(display_name="plan", tooltip="The plan read from the file.")],
+        )
 
     @classmethod
     def fingerprint_inputs(cls, plan_file):
@@ -271,8 +352,11 @@ class LoadPlan(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, plan_file):
-        return True if _input_path(plan_file) else (f"plan file {plan_file!r} is not in ComfyUI's input folder; "
-                                                    f"copy it there or pick another")
+        return (
+            True
+            if _input_path(plan_file)
+            else (f"plan file {plan_file!r} is not in ComfyUI's input folder; copy it there or pick another")
+        )
 
     @classmethod
     def execute(cls, plan_file) -> io.NodeOutput:
@@ -290,18 +374,22 @@ class EncodeVideoToPlan(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="PlanX_EncodeVideoToPlan", display_name="Encode Video To Plan", category=CATEGORY,
+            node_id="PlanX_EncodeVideoToPlan",
+            display_name="Encode Video To Plan",
+            category=CATEGORY,
             description="Turns video frames into a plan with TA-Tok (semantic transfer: render another prompt "
-                        "with this clip's layout and motion); with the SemanticGen planner, into a continuous plan "
-                        "(its semantic encoder and compressor).",
+            "with this clip's layout and motion); with the SemanticGen planner, into a continuous plan "
+            "(its semantic encoder and compressor).",
             inputs=[
                 io.Image.Input("images", tooltip="The video frames (a batch of images)."),
                 _planner_in(tooltip="The planner whose TA-Tok encodes the frames."),
                 io.Float.Input("fps", default=8.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the frames."),
-                io.Float.Input("keyframe_rate", default=2.0, min=0.1, max=30.0, step=0.5,
-                               tooltip="Keyframes per second."),
+                io.Float.Input(
+                    "keyframe_rate", default=2.0, min=0.1, max=30.0, step=0.5, tooltip="Keyframes per second."
+                ),
             ],
-            outputs=[PLAN.Output(display_name="plan", tooltip="The clip's plan."), _preview_out()])
+            outputs=[PLAN.Output(display_name="plan", tooltip="The clip's plan."), _preview_out()],
+        )
 
     @classmethod
     def execute(cls, images, planner, fps, keyframe_rate) -> io.NodeOutput:

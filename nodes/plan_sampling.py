@@ -9,6 +9,7 @@ same combination holds for them.
 Image-to-video follows Wan 2.2 TI2V as ComfyUI runs it (comfyui-host.md 5b, 5c): the start image's
 latent is written into latent frame 0 and a noise mask keeps it, so that frame gets timestep 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,10 +40,13 @@ class PlanGuider(comfy.samplers.CFGGuider):
         if math.isclose(self.plan_cfg, 1.0):
             return super().predict_noise(x, timestep, model_options, seed)
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
-        text_plan, plan = comfy.samplers.calc_cond_batch(self.inner_model, [positive, negative], x, timestep,
-                                                         model_options)
-        options = {**model_options,
-                   "transformer_options": {**model_options.get("transformer_options", {}), PLAN_OFF_KEY: True}}
+        text_plan, plan = comfy.samplers.calc_cond_batch(
+            self.inner_model, [positive, negative], x, timestep, model_options
+        )
+        options = {
+            **model_options,
+            "transformer_options": {**model_options.get("transformer_options", {}), PLAN_OFF_KEY: True},
+        }
         (bare,) = comfy.samplers.calc_cond_batch(self.inner_model, [negative], x, timestep, options)
         return bare + self.plan_cfg * (plan - bare) + self.cfg * (text_plan - plan)
 
@@ -67,11 +71,16 @@ def empty_latent(model, size: tuple[int, int, int], vae=None) -> dict:
     width, height, length = size
     fmt = model.get_model_object("latent_format")
     channels = fmt.latent_channels
-    spatial = vae.spacial_compression_encode() if vae is not None else getattr(
-        fmt, "spatial_factor", _SPATIAL_BY_CHANNELS.get(channels, 8))
+    spatial = (
+        vae.spacial_compression_encode()
+        if vae is not None
+        else getattr(fmt, "spatial_factor", _SPATIAL_BY_CHANNELS.get(channels, 8))
+    )
     if width % spatial or height % spatial:
-        raise ValueError(f"{width}x{height} is not a multiple of the VAE's {spatial}x{spatial} pixels per latent "
-                         f"cell; use {width // spatial * spatial}x{height // spatial * spatial}")
+        raise ValueError(
+            f"{width}x{height} is not a multiple of the VAE's {spatial}x{spatial} pixels per latent "
+            f"cell; use {width // spatial * spatial}x{height // spatial * spatial}"
+        )
     shape = (1, channels, (length - 1) // 4 + 1, height // spatial, width // spatial)
     return {"samples": torch.zeros(shape)}
 
@@ -83,8 +92,9 @@ def add_start_image(latent: dict, model, start_image: torch.Tensor, vae) -> dict
     samples = latent["samples"]
     height, width = samples.shape[-2:]
     spatial = vae.spacial_compression_encode()
-    image = comfy.utils.common_upscale(start_image[:1, :, :, :3].movedim(-1, 1), width * spatial, height * spatial,
-                                       "bilinear", "center").movedim(1, -1)  # [1, H, W, 3]
+    image = comfy.utils.common_upscale(
+        start_image[:1, :, :, :3].movedim(-1, 1), width * spatial, height * spatial, "bilinear", "center"
+    ).movedim(1, -1)  # [1, H, W, 3]
     encoded = vae.encode(image)[:, :, :1]  # [1, C, 1, h, w]
     fmt = model.get_model_object("latent_format")
     out = fmt.process_out(torch.zeros_like(samples))  # [1, C, F, h, w]
@@ -94,9 +104,23 @@ def add_start_image(latent: dict, model, start_image: torch.Tensor, vae) -> dict
     return {**latent, "samples": out, "noise_mask": mask}
 
 
-def sample_with_plan(model, positive, negative, *, seed: int, steps: int, text_cfg: float, plan_cfg: float,
-                     shift: float, solver: str, size: tuple[int, int, int], latent=None, start_image=None,
-                     vae=None, window: int = 0) -> dict:
+def sample_with_plan(
+    model,
+    positive,
+    negative,
+    *,
+    seed: int,
+    steps: int,
+    text_cfg: float,
+    plan_cfg: float,
+    shift: float,
+    solver: str,
+    size: tuple[int, int, int],
+    latent=None,
+    start_image=None,
+    vae=None,
+    window: int = 0,
+) -> dict:
     """Sample a video latent; progress, latent previews and ComfyUI's cancel come from the callback.
     `window`: self-attention in shifted windows of that many latent frames (0: full attention)."""
     model = with_window(with_shift(model, shift), window)
@@ -109,9 +133,16 @@ def sample_with_plan(model, positive, negative, *, seed: int, steps: int, text_c
     guider.set_conds(positive, negative)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
     callback = latent_preview.prepare_callback(model, steps)
-    samples = guider.sample(noise, latent_image, comfy.samplers.sampler_object(SOLVERS[solver]), sigmas,
-                            denoise_mask=latent.get("noise_mask"), callback=callback,
-                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    samples = guider.sample(
+        noise,
+        latent_image,
+        comfy.samplers.sampler_object(SOLVERS[solver]),
+        sigmas,
+        denoise_mask=latent.get("noise_mask"),
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
+    )
     out = {k: v for k, v in latent.items() if k != "noise_mask"}
     out["samples"] = samples.to(comfy.model_management.intermediate_device())
     return out

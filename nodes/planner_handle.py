@@ -5,6 +5,7 @@ Planning, first-frame encoding, words and colours all go through here, so the no
 After each use the planner's modules leave the accelerator unless the user asked to keep them.
 `kind` says which plans a handle makes: "tokens" (Plan-X) or "continuous" (SemanticGen).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,11 +58,20 @@ class PlannerHandle(LoadedWhileUsed):
 
         def progress(done: int, total: int) -> None:
             bar.update_absolute(done, total)
+
         with self:
             first = None if first_frame is None else self.encode(first_frame[:1], grid)[0]  # [g*g]
             context = None if context_frames is None else self.encode(context_frames, grid)  # [n, g*g]
-            return self.planner.plan(scene, motion, codebook=self.codebook, grid=(grid, grid), progress=progress,
-                                     first_frame_codes=first, context_codes=context, **kwargs)
+            return self.planner.plan(
+                scene,
+                motion,
+                codebook=self.codebook,
+                grid=(grid, grid),
+                progress=progress,
+                first_frame_codes=first,
+                context_codes=context,
+                **kwargs,
+            )
 
     def encode(self, images: torch.Tensor, grid: int) -> torch.Tensor:
         """IMAGE `[B, H, W, 3]` -> TA-Tok codes `[B, grid*grid]` (call inside `with self`)."""
@@ -70,8 +80,14 @@ class PlannerHandle(LoadedWhileUsed):
 
     def plan_from_frames(self, frames: torch.Tensor, fps: float, keyframe_rate: float, grid: int) -> Plan:
         with self:
-            return plan_from_video(self.tatok, frames[..., :3].to(self.patcher.load_device), fps,
-                                   keyframe_rate=keyframe_rate, grid=grid, codebook_name=self.codebook.name)
+            return plan_from_video(
+                self.tatok,
+                frames[..., :3].to(self.patcher.load_device),
+                fps,
+                keyframe_rate=keyframe_rate,
+                grid=grid,
+                codebook_name=self.codebook.name,
+            )
 
     # -- words and colours ----------------------------------------------------------------
     def words(self, codes) -> dict[int, str]:
@@ -88,7 +104,9 @@ class PlannerHandle(LoadedWhileUsed):
     def picture(self, plan: Plan) -> torch.Tensor:
         """The plan picture with words, `[1, H, W, 3]`."""
         words = self.words(c for k in plan.keyframes for c in k.tokens)
-        return plan_picture(plan, self.colours(), words=[[words[int(c)] for c in k.tokens] for k in plan.keyframes])[None]
+        return plan_picture(plan, self.colours(), words=[[words[int(c)] for c in k.tokens] for k in plan.keyframes])[
+            None
+        ]
 
     def colours(self) -> torch.Tensor:
         return code_colours(self.tatok.codebook(), key=self.codebook.digest)  # [N, 3] in [0, 1]
@@ -106,8 +124,15 @@ class SemanticGenHandle(LoadedWhileUsed):
     keep_loaded: bool
     patcher: object = field(repr=False, default=None)
 
-    def check_video(self, *, fps: float, num_frames: int, width: int | None = None, height: int | None = None,
-                    keyframe_rate: float | None = None) -> None:
+    def check_video(
+        self,
+        *,
+        fps: float,
+        num_frames: int,
+        width: int | None = None,
+        height: int | None = None,
+        keyframe_rate: float | None = None,
+    ) -> None:
         """Refuse a video layout this model does not plan (it was trained on one fps, size and keyframe rate)."""
         spec = self.model.spec
         rate = spec.fps / spec.keyframe_stride
@@ -117,34 +142,62 @@ class SemanticGenHandle(LoadedWhileUsed):
         if width is not None and (width, height) != (spec.size, spec.size):
             problems.append(f"{width}x{height} (it plans {spec.size}x{spec.size})")
         if keyframe_rate is not None and abs(keyframe_rate - rate) > 1e-6:
-            problems.append(f"keyframe_rate {keyframe_rate:g} (it plans one keyframe every {spec.keyframe_stride} "
-                            f"frames: {rate:g} per second)")
+            problems.append(
+                f"keyframe_rate {keyframe_rate:g} (it plans one keyframe every {spec.keyframe_stride} "
+                f"frames: {rate:g} per second)"
+            )
         if (num_frames - 1) % spec.keyframe_stride:
             problems.append(f"length {num_frames} (it needs {spec.keyframe_stride}n+1 frames)")
         if problems:
-            raise PlanError(f"the SemanticGen planner {spec.name} cannot plan {', '.join(problems)}; set fps "
-                            f"{spec.fps:g}, width and height {spec.size}, keyframe_rate {rate:g} and a length of "
-                            f"{spec.keyframe_stride}n+1 frames")
+            raise PlanError(
+                f"the SemanticGen planner {spec.name} cannot plan {', '.join(problems)}; set fps "
+                f"{spec.fps:g}, width and height {spec.size}, keyframe_rate {rate:g} and a length of "
+                f"{spec.keyframe_stride}n+1 frames"
+            )
 
-    def plan(self, scene: str, motion: str, *, fps: float, num_frames: int, width: int, height: int,
-             keyframe_rate: float, seed: int, guidance_scale: float = 1.0, first_frame=None, context_frames=None,
-             lock_from=None, **_token_sampling) -> Plan:
+    def plan(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        fps: float,
+        num_frames: int,
+        width: int,
+        height: int,
+        keyframe_rate: float,
+        seed: int,
+        guidance_scale: float = 1.0,
+        first_frame=None,
+        context_frames=None,
+        lock_from=None,
+        **_token_sampling,
+    ) -> Plan:
         """A continuous plan for the whole video in one go (the paper's full attention over all keyframes),
         with a ComfyUI progress bar over the Euler steps (every update is an interrupt point).
         `guidance_scale` is the text CFG of the semantic generator; temperature / top-k / top-p are token
         sampling settings and do not apply."""
-        given = [name for name, value in (("first_frame", first_frame), ("context_frames", context_frames),
-                                          ("locked_plan", lock_from)) if value is not None]
+        given = [
+            name
+            for name, value in (
+                ("first_frame", first_frame),
+                ("context_frames", context_frames),
+                ("locked_plan", lock_from),
+            )
+            if value is not None
+        ]
         if given:
-            raise PlanError(f"the SemanticGen planner plans from text alone; disconnect {', '.join(given)} or load "
-                            f"the Plan-X planner (embedded: planx-tiny), which takes first frames, context frames "
-                            f"and locked keyframes")
+            raise PlanError(
+                f"the SemanticGen planner plans from text alone; disconnect {', '.join(given)} or load "
+                f"the Plan-X planner (embedded: planx-tiny), which takes first frames, context frames "
+                f"and locked keyframes"
+            )
         self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
         model = self.model.with_spec(semantic_text_scale=float(guidance_scale))
         bar = comfy.utils.ProgressBar(model.spec.semantic_steps)
 
         def progress(step, total, *_):
             bar.update_absolute(step + 1, total)
+
         with self:
             z = model.plan_semantics(scene, motion, num_frames=num_frames, seed=seed, callback=progress)
         return model.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion, seed=seed)
@@ -156,8 +209,9 @@ class SemanticGenHandle(LoadedWhileUsed):
         size = self.model.spec.size
         video = frames_to_nchw(frames[..., :3]).float()  # [T, 3, H, W] in [0, 1]
         if tuple(video.shape[-2:]) != (size, size):
-            video = torch.nn.functional.interpolate(video, size=(size, size), mode="bilinear", align_corners=False,
-                                                    antialias=True)
+            video = torch.nn.functional.interpolate(
+                video, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
         video = video * 2 - 1  # [T, 3, size, size] in [-1, 1], as the encoder was trained
         with self:
             z = self.model.encode_semantics(video.transpose(0, 1).to(self.patcher.load_device))  # [K, gh, gw, D]
@@ -179,21 +233,25 @@ def load_planner_handle(choice: str, dtype: str, attention: str, keep_loaded: bo
     torch_dtype = DTYPES[dtype]
     spec = read_spec(folder) if (folder / FILES["spec"]).is_file() else None
     name = spec.planner_name if spec else folder.name
-    planner = load_planner(folder / FILES["planner"], dtype=torch_dtype or torch.float32, name=name,
-                           attn_implementation=ATTENTION[attention])
+    planner = load_planner(
+        folder / FILES["planner"],
+        dtype=torch_dtype or torch.float32,
+        name=name,
+        attn_implementation=ATTENTION[attention],
+    )
     tatok = load_tatok(folder / FILES["tatok"], dtype=torch_dtype or torch.float32)
     planner.model.requires_grad_(False)
     tatok.requires_grad_(False).eval()
     codebook = tatok.identity(spec.codebook_name if spec else "ta-tok")
     patcher = comfy_models.managed(planner=planner.model, tatok=tatok)
-    return PlannerHandle(planner, tatok, codebook, spec.planning if spec else PlanningDefaults(), keep_loaded,
-                         patcher)
+    return PlannerHandle(planner, tatok, codebook, spec.planning if spec else PlanningDefaults(), keep_loaded, patcher)
 
 
 def load_semanticgen_handle(keep_loaded: bool) -> SemanticGenHandle:
     """The embedded SemanticGen's stage 1 (semantic generator, its text encoder, semantic encoder and compressor)
     under ComfyUI's model management. It runs in float32 (the tiny model's dtype)."""
     model = cached_semanticgen()
-    patcher = comfy_models.managed(semantic=model.semantic_dit, text=model.text, encoder=model.encoder,
-                                   compressor=model.compressor)
+    patcher = comfy_models.managed(
+        semantic=model.semantic_dit, text=model.text, encoder=model.encoder, compressor=model.compressor
+    )
     return SemanticGenHandle(model, keep_loaded, patcher=patcher)

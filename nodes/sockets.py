@@ -3,6 +3,7 @@
 PLANX_PLAN carries a `planx_core.plan.Plan`; PLANX_PLANNER a loaded planner handle
 (`planner_handle`). The type names are part of every saved workflow: never rename them.
 """
+
 from comfy_api.latest import io
 
 CATEGORY = "Plan-X"

@@ -28,6 +28,7 @@ modes and an optional attention window. Here the same computation runs on ComfyU
 Nothing here is pickled or deep-copied: `PlanPatch.__deepcopy__` returns itself, since ModelPatcher
 deep-copies `model_options` on every clone.
 """
+
 from __future__ import annotations
 
 import math
@@ -110,8 +111,12 @@ class _Call:
         x = args["img"]  # [B, Lv, C]
         if self.semantic is None:
             self.semantic = self.plan.tokens.to(x.device, x.dtype).expand(x.shape[0], -1, -1)  # [B, P, C]
-        return {**args, "img": torch.cat([x, self.semantic], dim=1), "vec": self.rows(args["vec"], x),
-                "pe": self.freqs(args["pe"])}
+        return {
+            **args,
+            "img": torch.cat([x, self.semantic], dim=1),
+            "vec": self.rows(args["vec"], x),
+            "pe": self.freqs(args["pe"]),
+        }
 
     def rows(self, e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Modulation rows e `[B, S, 6, C]` over Lv video tokens -> rows over Lv + P tokens, the plan's at
@@ -121,8 +126,10 @@ class _Call:
         rows = e if e.ndim == 4 else e.unsqueeze(1)  # [B, S, 6, C]
         batch, count, length, plan = rows.shape[0], rows.shape[1], x.shape[1], self.plan.count
         if length % count:
-            raise ValueError(f"the model's timestep rows ({count}) do not divide its {length} video tokens; the "
-                             f"in-context plan cannot extend them")
+            raise ValueError(
+                f"the model's timestep rows ({count}) do not divide its {length} video tokens; the "
+                f"in-context plan cannot extend them"
+            )
         per_row = length // count
         group = math.gcd(per_row, plan)
         video = rows.repeat_interleave(per_row // group, dim=1) if per_row // group > 1 else rows
@@ -140,8 +147,10 @@ class _Call:
 
     def freqs(self, pe: torch.Tensor) -> torch.Tensor:
         if self._freqs is None or self._freqs[0] is not pe:
-            self._freqs = (pe, torch.cat([pe, self.plan.freqs.to(pe.device, pe.dtype).expand(
-                pe.shape[0], -1, *pe.shape[2:])], dim=1))  # [1, Lv + P, 1, D/2, 2, 2]
+            self._freqs = (
+                pe,
+                torch.cat([pe, self.plan.freqs.to(pe.device, pe.dtype).expand(pe.shape[0], -1, *pe.shape[2:])], dim=1),
+            )  # [1, Lv + P, 1, D/2, 2, 2]
         return self._freqs[1]
 
     # -- the self-attention ------------------------------------------------------------
@@ -156,21 +165,33 @@ class _Call:
         heads = kwargs["heads"] if "heads" in kwargs else args[3]
         if self.window is None:
             mask = torch.zeros(1, 1, 1, q.shape[1], dtype=q.dtype, device=q.device)
-            mask[..., -self.plan.count:] = self.plan.key_bias
+            mask[..., -self.plan.count :] = self.plan.key_bias
             kwargs = {**kwargs, "mask": mask}
             return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
         frames, height, width = self.grid
-        layout = WindowLayout(frames=frames, tokens_per_frame=height * width, window=self.window,
-                              shift=layer_shift(self.window, self.block), num_global=self.num_global)
+        layout = WindowLayout(
+            frames=frames,
+            tokens_per_frame=height * width,
+            window=self.window,
+            shift=layer_shift(self.window, self.block),
+            num_global=self.num_global,
+        )
         batch, length = q.shape[:2]
         if length != layout.num_tokens:
-            raise ValueError(f"attention_window expects {layout.num_tokens} tokens in block {self.block}'s "
-                             f"self-attention ({frames}x{height}x{width} latent tokens + {layout.num_global} plan "
-                             f"tokens), this model has {length} (a reference or concatenated latent?); set "
-                             f"attention_window to 0 for this model")
+            raise ValueError(
+                f"attention_window expects {layout.num_tokens} tokens in block {self.block}'s "
+                f"self-attention ({frames}x{height}x{width} latent tokens + {layout.num_global} plan "
+                f"tokens), this model has {length} (a reference or concatenated latent?); set "
+                f"attention_window to 0 for this model"
+            )
         shape = (batch, length, heads, -1)
-        out = windowed_attention(q.view(shape), k.view(shape), v.view(shape), layout,
-                                 global_bias=self.plan.key_bias if self.in_context else None)  # [B, L, H, D]
+        out = windowed_attention(
+            q.view(shape),
+            k.view(shape),
+            v.view(shape),
+            layout,
+            global_bias=self.plan.key_bias if self.in_context else None,
+        )  # [B, L, H, D]
         return out.flatten(2)  # [B, L, H*D]
 
 
@@ -188,8 +209,10 @@ def _call_for(dm, x: torch.Tensor, options: dict) -> _Call:
 
 def check_wan(dm, what: str) -> None:
     if not hasattr(dm, "rope_embedder") or getattr(dm, "dim", None) is None or not hasattr(dm, "blocks"):
-        raise ValueError(f"{what} works on Wan models; this MODEL is a {type(dm).__name__}. Load a Wan 2.1/2.2 "
-                         f"diffusion model (or the Plan-X tiny model)")
+        raise ValueError(
+            f"{what} works on Wan models; this MODEL is a {type(dm).__name__}. Load a Wan 2.1/2.2 "
+            f"diffusion model (or the Plan-X tiny model)"
+        )
 
 
 class PlanPatch:
@@ -208,8 +231,10 @@ class PlanPatch:
         """A clone of the ModelPatcher `model` that renders with the plan; `model` itself is untouched."""
         self.check_model(model.get_model_object("diffusion_model"))
         if model.get_wrappers(APPLY_MODEL, WRAPPER_KEY):
-            raise ValueError("this MODEL already renders a plan (it comes from an Inject 3D RoPE Guidance node); "
-                             "inject one plan per MODEL: connect the model from before that node")
+            raise ValueError(
+                "this MODEL already renders a plan (it comes from an Inject 3D RoPE Guidance node); "
+                "inject one plan per MODEL: connect the model from before that node"
+            )
         patched = model.clone()
         patched.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, self.apply_model)
         return patched
@@ -219,13 +244,24 @@ class PlanPatch:
         check_wan(dm, "Inject 3D RoPE Guidance")
         dim, layers, heads = dm.dim, len(dm.blocks), getattr(dm, "num_heads", None)
         if (cfg.dim, cfg.num_layers, cfg.num_heads) != (dim, layers, heads):
-            raise ValueError(f"the semantic branch was trained for a Wan DiT of width {cfg.dim}, {cfg.num_layers} "
-                             f"blocks, {cfg.num_heads} heads; this MODEL has width {dim}, {layers} blocks, {heads} "
-                             f"heads. Pick the branch file made for this model")
+            raise ValueError(
+                f"the semantic branch was trained for a Wan DiT of width {cfg.dim}, {cfg.num_layers} "
+                f"blocks, {cfg.num_heads} heads; this MODEL has width {dim}, {layers} blocks, {heads} "
+                f"heads. Pick the branch file made for this model"
+            )
 
     # -- per call ----------------------------------------------------------------------
-    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},  # noqa: B006 (the executor's signature)
-                    **kwargs):
+    def apply_model(
+        self,
+        executor,
+        x,
+        t,
+        c_concat=None,
+        c_crossattn=None,
+        control=None,
+        transformer_options={},  # noqa: B006 (the executor's signature)
+        **kwargs,
+    ):
         """APPLY_MODEL wrapper: x `[B, C, F, H, W]` latent, t the sigmas `[B]`."""
         base = executor.class_obj
         if transformer_options.get(PLAN_OFF_KEY) or not self.active(base.model_sampling, t):
@@ -249,11 +285,14 @@ class PlanPatch:
             bound = self.conditioning.to(device).bind(grid, dm.dim, len(dm.blocks))
             freqs = None
             if bound.positions is not None:
-                freqs = dm.rope_embedder(bound.positions[None].to(device, torch.float32)).movedim(1, 2)  # [1, P, 1, D/2, 2, 2]
+                freqs = dm.rope_embedder(bound.positions[None].to(device, torch.float32)).movedim(
+                    1, 2
+                )  # [1, P, 1, D/2, 2, 2]
                 freqs = freqs.to(dtype)
             self.branch.to(device)
             self._placed = {key: _PlacedPlan(bound, freqs)}
         return self._placed[key]
+
 
 class WindowWrapper:
     """APPLY_MODEL wrapper of the Plan-X Sampler's `attention_window`: self-attention in windows of this many
@@ -262,8 +301,17 @@ class WindowWrapper:
     def __init__(self, window: int):
         self.window = int(window)
 
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},  # noqa: B006 (the executor's signature)
-                 **kwargs):
+    def __call__(
+        self,
+        executor,
+        x,
+        t,
+        c_concat=None,
+        c_crossattn=None,
+        control=None,
+        transformer_options={},  # noqa: B006 (the executor's signature)
+        **kwargs,
+    ):
         options = dict(transformer_options)
         _call_for(executor.class_obj.diffusion_model, x, options).set_window(self.window)
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
@@ -316,6 +364,7 @@ def _recording_block(index: int, previous):
         tokens = out["img"]  # [B, Lv + P, C]
         call.semantic = tokens[:, length:]
         return {**out, "img": tokens[:, :length]}
+
     return replace
 
 

@@ -11,6 +11,7 @@ loading of official, ComfyUI and diffusers layouts), `plan` / `plan_schema` / `p
 model and its training entry point, `train_e2e` the end-to-end stage), `assemble` (a bundle from
 the training runs), `bundle` / `pipeline` / `video_io` (the generate job), `eval` (the ablations).
 """
+
 from pathlib import Path
 
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ JSON file (any schema version) and summarises it, optionally after applying an e
 (`planx_core.training`, `planx_core.training.assemble`, `planx_core.eval`, `planx_core.eval.drift`;
 `train --help` and so on list their options); nothing of the outer ring is imported otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ from .wan.dit_files import describe_shapes, detect_layout, to_official
 def cmd_info(_args) -> int:
     print("DiT presets:")
     for name, cfg in PRESETS.items():
-        print(f"  {name:<16} dim {cfg.dim:>5}  layers {cfg.num_layers:>2}  heads {cfg.num_heads:>2}  "
-              f"ffn {cfg.ffn_dim:>5}  channels {cfg.in_dim}")
+        print(
+            f"  {name:<16} dim {cfg.dim:>5}  layers {cfg.num_layers:>2}  heads {cfg.num_heads:>2}  "
+            f"ffn {cfg.ffn_dim:>5}  channels {cfg.in_dim}"
+        )
     print(f"attention backends importable here: {', '.join(available_backends())}")
     return 0
 
@@ -60,6 +63,7 @@ def cmd_inspect(args) -> int:
 def cmd_check_plan(args) -> int:
     from .plan.core import Plan, PlanError
     from .plan.edits import apply_edits
+
     try:
         with open(args.path, "rb") as handle:
             plan = Plan.from_json(handle.read())
@@ -70,41 +74,59 @@ def cmd_check_plan(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"plan:       {args.path} (valid)")
-    print(f"video:      {plan.num_frames} frames at {plan.fps:g} fps, {plan.width}x{plan.height}, "
-          f"{plan.duration:g} s")
+    print(f"video:      {plan.num_frames} frames at {plan.fps:g} fps, {plan.width}x{plan.height}, {plan.duration:g} s")
     print(f"grid:       {plan.grid[0]}x{plan.grid[1]}, {plan.kind}, {plan.describe_codebook()}")
     locked = [i for i, k in enumerate(plan.keyframes) if k.locked]
-    print(f"keyframes:  {len(plan.keyframes)} at {', '.join(f'{t:g}' for t in plan.times)} s"
-          + (f"; locked {sorted(locked)}" if locked else ""))
+    print(
+        f"keyframes:  {len(plan.keyframes)} at {', '.join(f'{t:g}' for t in plan.times)} s"
+        + (f"; locked {sorted(locked)}" if locked else "")
+    )
     if plan.provenance.scene or plan.provenance.motion:
-        print(f"prompt:     {plan.provenance.scene!r} / {plan.provenance.motion!r} "
-              f"(seed {plan.provenance.seed}, planner {plan.provenance.planner or '?'})")
+        print(
+            f"prompt:     {plan.provenance.scene!r} / {plan.provenance.motion!r} "
+            f"(seed {plan.provenance.seed}, planner {plan.provenance.planner or '?'})"
+        )
     return 0
 
 
 def cmd_convert_tatok(args) -> int:
     from .tatok.files import convert_main
+
     return convert_main([args.src, args.dst])
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `generate`, declared here so that the other commands do not import the pipeline."""
-    parser.add_argument("--prompt", required=True,
-                        help='"scene. motion." (split at the first sentence boundary unless --motion is given)')
+    parser.add_argument(
+        "--prompt",
+        required=True,
+        help='"scene. motion." (split at the first sentence boundary unless --motion is given)',
+    )
     parser.add_argument("--motion", help="the motion text; then --prompt is the scene alone")
     parser.add_argument("--out", required=True, help="video file to write (.mp4, or .avi); the plan goes next to it")
     parser.add_argument("--plan", help="render this plan JSON file instead of planning (e.g. an edited plan)")
     parser.add_argument("--no-plan", action="store_true", help="render from the text alone, without a plan")
-    parser.add_argument("--image", help="first frame (PNG/JPEG at the video's size): image-to-video; the planner "
-                                        "reads it and the video starts from it")
+    parser.add_argument(
+        "--image",
+        help="first frame (PNG/JPEG at the video's size): image-to-video; the planner "
+        "reads it and the video starts from it",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the planner and of the DiT noise (default 0)")
     parser.add_argument("--steps", type=int, help="DiT sampling steps (default: the bundle's)")
     parser.add_argument("--bundle", help="bundle folder (default: planx_core/embedded, the embedded model)")
-    parser.add_argument("--scale", type=int, default=4,
-                        help="enlarge the video by this integer factor, nearest-neighbour (default 4; 1 = as rendered)")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=4,
+        help="enlarge the video by this integer factor, nearest-neighbour (default 4; 1 = as rendered)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
-                                                    "fastest for the tiny model, and much faster on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 is often "
+        "fastest for the tiny model, and much faster on a busy machine)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -112,11 +134,17 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `semanticgen` (here, so that the other commands do not import the models)."""
     parser.add_argument("--prompt", required=True, help='"scene. motion." (split at the first sentence boundary)')
     parser.add_argument("--out", required=True, help="video file to write (.mp4 or .avi); the plan goes next to it")
-    parser.add_argument("--frames", type=int,
-                        help="video frames, 4n+1 (default: the --plan file's, else 65 = 8 s at 8 fps, 4x the training "
-                             "clip of 17); a --plan must fit in them")
-    parser.add_argument("--window", type=int, help="stage-2 attention window in latent frames (0 = full attention; "
-                                                   "default: the model's)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        help="video frames, 4n+1 (default: the --plan file's, else 65 = 8 s at 8 fps, 4x the training "
+        "clip of 17); a --plan must fit in them",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="stage-2 attention window in latent frames (0 = full attention; default: the model's)",
+    )
     parser.add_argument("--plan", help="render this continuous plan JSON file instead of planning")
     parser.add_argument("--no-plan", action="store_true", help="stage 2 alone, without a semantic plan")
     parser.add_argument("--seed", type=int, default=0)
@@ -127,11 +155,13 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args) -> int:
     from .pipelines.commands import generate_command
+
     return generate_command(args)
 
 
 def cmd_semanticgen(args) -> int:
     from .pipelines.commands import semanticgen_command
+
     return semanticgen_command(args)
 
 
@@ -148,10 +178,12 @@ def _outer_ring(command: str):
     return main
 
 
-OUTER_RING = {"train": "train a stage of the tiny models (python -m planx_core train --help)",
-              "assemble": "build a bundle folder and its model card from training runs",
-              "eval": "the ablation table of a bundle on held-out clips of the world",
-              "eval-drift": "long-video drift of the embedded SemanticGen"}
+OUTER_RING = {
+    "train": "train a stage of the tiny models (python -m planx_core train --help)",
+    "assemble": "build a bundle folder and its model card from training runs",
+    "eval": "the ablation table of a bundle on held-out clips of the world",
+    "eval-drift": "long-video drift of the embedded SemanticGen",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ Decisions where the papers are silent (see README, "Design notes"):
 - RoPE off (the ablation): plan keys, and in `cross_attn` the queries that look at them, are
   not rotated at all, so the plan carries no positional signal (no flat 1D index either).
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +105,12 @@ class SemanticBranch(nn.Module):
     def __init__(self, config: BranchConfig):
         super().__init__()
         self.config = cfg = config
-        self.proj = nn.Sequential(nn.LayerNorm(cfg.code_dim), CastLinear(cfg.code_dim, cfg.dim),
-                                  nn.GELU(approximate="tanh"), CastLinear(cfg.dim, cfg.dim))
+        self.proj = nn.Sequential(
+            nn.LayerNorm(cfg.code_dim),
+            CastLinear(cfg.code_dim, cfg.dim),
+            nn.GELU(approximate="tanh"),
+            CastLinear(cfg.dim, cfg.dim),
+        )
         blocks = cfg.block_ids if cfg.mode == "cross_attn" else ()
         self.attn = nn.ModuleDict({str(i): PlanAttention(cfg.dim, cfg.num_heads, cfg.eps) for i in blocks})
 
@@ -113,19 +118,31 @@ class SemanticBranch(nn.Module):
         """Codebook vectors `[B, P, code_dim]` -> plan tokens `[B, P, dim]` (float32)."""
         return self.proj(vectors.float())
 
-    def condition(self, vectors: torch.Tensor, latent_frames: list[float], grid_hw: tuple[int, int], *,
-                  strength: float = 1.0, use_rope: bool = True, start: float = 0.0, end: float = 1.0
-                  ) -> PlanConditioning:
+    def condition(
+        self,
+        vectors: torch.Tensor,
+        latent_frames: list[float],
+        grid_hw: tuple[int, int],
+        *,
+        strength: float = 1.0,
+        use_rope: bool = True,
+        start: float = 0.0,
+        end: float = 1.0,
+    ) -> PlanConditioning:
         """Plan conditioning for `WanModel.forward`: vectors `[B, K * gh * gw, code_dim]` of K keyframes."""
         cells = grid_hw[0] * grid_hw[1]
         if vectors.shape[1] != len(latent_frames) * cells:
-            raise ValueError(f"plan has {vectors.shape[1]} tokens but {len(latent_frames)} keyframes of "
-                             f"{grid_hw[0]}x{grid_hw[1]} cells need {len(latent_frames) * cells}")
-        return PlanConditioning(self, self.embed(vectors), list(latent_frames), tuple(grid_hw), strength,
-                                use_rope, start, end)
+            raise ValueError(
+                f"plan has {vectors.shape[1]} tokens but {len(latent_frames)} keyframes of "
+                f"{grid_hw[0]}x{grid_hw[1]} cells need {len(latent_frames) * cells}"
+            )
+        return PlanConditioning(
+            self, self.embed(vectors), list(latent_frames), tuple(grid_hw), strength, use_rope, start, end
+        )
 
-    def condition_plan(self, plan: Plan, codebook: torch.Tensor | None = None, *, num_frames: int, fps: float,
-                       **options) -> PlanConditioning:
+    def condition_plan(
+        self, plan: Plan, codebook: torch.Tensor | None = None, *, num_frames: int, fps: float, **options
+    ) -> PlanConditioning:
         """A `Plan` for a video of num_frames at fps; options as in `condition` (strength, use_rope, start, end).
 
         A token plan's ids are looked up in `codebook` `[N, code_dim]` (the tokenizer's); a continuous
@@ -144,11 +161,15 @@ class SemanticBranch(nn.Module):
     def _token_vectors(self, plan: Plan, codebook: torch.Tensor | None) -> torch.Tensor:
         """Codebook rows of a token plan's ids, `[1, K * gh * gw, code_dim]`."""
         if codebook is None:
-            raise PlanError(f"the plan holds token ids of {plan.codebook.describe()}; conditioning on it needs that "
-                            f"tokenizer's codebook [N, {self.config.code_dim}] to look them up; pass the codebook")
+            raise PlanError(
+                f"the plan holds token ids of {plan.codebook.describe()}; conditioning on it needs that "
+                f"tokenizer's codebook [N, {self.config.code_dim}] to look them up; pass the codebook"
+            )
         if plan.codebook.size != codebook.shape[0]:
-            raise PlanError(f"the plan indexes {plan.codebook.describe()}, but the codebook given has "
-                            f"{codebook.shape[0]} codes; load the tokenizer the plan was made with")
+            raise PlanError(
+                f"the plan indexes {plan.codebook.describe()}, but the codebook given has "
+                f"{codebook.shape[0]} codes; load the tokenizer the plan was made with"
+            )
         ids = plan.token_tensor().reshape(1, -1)  # [1, K * gh * gw]
         return codebook_vectors(ids, codebook)
 
@@ -156,10 +177,12 @@ class SemanticBranch(nn.Module):
         """A continuous plan's vectors, `[1, K * gh * gw, D]`, refusing D != code_dim."""
         width, expected = plan.codebook.size, self.config.code_dim
         if width != expected:
-            raise PlanError(f"the plan's vectors are {width}-dim ({plan.codebook.describe_space()}), but this semantic "
-                            f"branch was trained on {expected}-dim inputs: it expects a plan from a compressor whose "
-                            f"semantic space has size {expected}; re-encode the plan with that compressor, or load "
-                            f"the branch trained for {plan.codebook.name}")
+            raise PlanError(
+                f"the plan's vectors are {width}-dim ({plan.codebook.describe_space()}), but this semantic "
+                f"branch was trained on {expected}-dim inputs: it expects a plan from a compressor whose "
+                f"semantic space has size {expected}; re-encode the plan with that compressor, or load "
+                f"the branch trained for {plan.codebook.name}"
+            )
         device = next(self.parameters()).device
         return plan.vector_tensor().reshape(1, -1, width).to(device)  # [1, K * gh * gw, D]
 
@@ -224,14 +247,18 @@ class PlanConditioning:
     def _check_fits(self, grid: tuple[int, int, int], dim: int, num_layers: int) -> None:
         cfg = self.branch.config
         if cfg.dim != dim or cfg.num_layers != num_layers:
-            raise ValueError(f"semantic branch was built for a DiT of width {cfg.dim} with {cfg.num_layers} blocks, "
-                             f"but this DiT has width {dim} and {num_layers} blocks; load the branch file that "
-                             f"matches the model")
+            raise ValueError(
+                f"semantic branch was built for a DiT of width {cfg.dim} with {cfg.num_layers} blocks, "
+                f"but this DiT has width {dim} and {num_layers} blocks; load the branch file that "
+                f"matches the model"
+            )
         last = max(self.latent_frames)
         if last > grid[0] - 1 + 1e-6:
-            raise ValueError(f"the plan's last keyframe falls on latent frame {last:g}, but the video has latent "
-                             f"frames 0..{grid[0] - 1}: the plan is longer than the video; render more frames or "
-                             f"delete/retime the late keyframes")
+            raise ValueError(
+                f"the plan's last keyframe falls on latent frame {last:g}, but the video has latent "
+                f"frames 0..{grid[0] - 1}: the plan is longer than the video; render more frames or "
+                f"delete/retime the late keyframes"
+            )
 
 
 @dataclass
@@ -276,6 +303,7 @@ class BoundPlan:
             if self.rope is not None:
                 q, k = apply_rope(q, video_rope), apply_rope(k, self.rope)
             return attention(q, k, v) * self.strength  # [B, L, H, D]
+
         return attend
 
     @property
@@ -314,6 +342,11 @@ def save_branch(branch: SemanticBranch, path) -> None:
 
 def load_branch(path, dtype: torch.dtype | None = None) -> SemanticBranch:
     """Read a branch file written by `save_branch`, refusing files that are not one, or are incomplete."""
-    return load_module(path, key=BRANCH_CONFIG_KEY, build=lambda raw: SemanticBranch(branch_config_from(raw)),
-                       what="a Plan-X semantic-branch file", dtype=dtype,
-                       fix="choose the branch file that was saved with the model, not a DiT or tokenizer")
+    return load_module(
+        path,
+        key=BRANCH_CONFIG_KEY,
+        build=lambda raw: SemanticBranch(branch_config_from(raw)),
+        what="a Plan-X semantic-branch file",
+        dtype=dtype,
+        fix="choose the branch file that was saved with the model, not a DiT or tokenizer",
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random configs, deterministic seeds, and the ComfyUI checkout finder."""
+
 from __future__ import annotations
 
 import os
@@ -49,11 +50,20 @@ def randomize(module: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch
 
 def diffusers_wan_kwargs(config) -> dict:
     """Constructor arguments of diffusers' WanTransformer3DModel for one of our DiTConfigs."""
-    return dict(patch_size=config.patch_size, num_attention_heads=config.num_heads,
-                attention_head_dim=config.head_dim, in_channels=config.in_dim, out_channels=config.out_dim,
-                text_dim=config.text_dim, freq_dim=config.freq_dim, ffn_dim=config.ffn_dim,
-                num_layers=config.num_layers, cross_attn_norm=config.cross_attn_norm,
-                qk_norm="rms_norm_across_heads" if config.qk_norm else None, eps=config.eps)
+    return dict(
+        patch_size=config.patch_size,
+        num_attention_heads=config.num_heads,
+        attention_head_dim=config.head_dim,
+        in_channels=config.in_dim,
+        out_channels=config.out_dim,
+        text_dim=config.text_dim,
+        freq_dim=config.freq_dim,
+        ffn_dim=config.ffn_dim,
+        num_layers=config.num_layers,
+        cross_attn_norm=config.cross_attn_norm,
+        qk_norm="rms_norm_across_heads" if config.qk_norm else None,
+        eps=config.eps,
+    )
 
 
 _COMFY_SKIP = "SKIPPED: ComfyUI layers (2 and 3): no checkout found; set COMFYUI_PATH or put one at ~/ComfyUI"
@@ -66,11 +76,14 @@ def comfy_modules():
     if path is None:
         pytest.skip(_COMFY_SKIP)
     import sys
+
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     from comfy.cli_args import args
+
     args.cpu = True
     import comfy.model_management  # noqa: F401  (must come after args.cpu)
+
     return path
 
 

@@ -58,13 +58,16 @@ def test_use_backend_restores_the_default():
 
 def test_flex_block_mask_matches_dense_masked_reference():
     from torch.nn.attention.flex_attention import create_block_mask
+
     q, k, v = (torch.randn(1, 256, 2, 16) for _ in range(3))
     window = 64
 
     def same_window(b, h, qi, ki):
         return qi // window == ki // window
+
     block_mask = create_block_mask(same_window, B=None, H=None, Q_LEN=256, KV_LEN=256, device="cpu")
     idx = torch.arange(256)
     dense = torch.where(idx[:, None] // window == idx[None] // window, 0.0, float("-inf"))
-    torch.testing.assert_close(attention(q, k, v, block_mask=block_mask), reference(q, k, v, dense),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        attention(q, k, v, block_mask=block_mask), reference(q, k, v, dense), atol=1e-4, rtol=1e-4
+    )

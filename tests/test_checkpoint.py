@@ -4,6 +4,7 @@
 independently of `WanModel`, so these tests pin the model to the real checkpoint layout.
 No real weights are used: every file is written by the test from a tiny random model.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,12 +41,18 @@ def official_wan_layout(cfg: DiTConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of an official Wan DiT checkpoint (Wan-Video/Wan2.2 `WanModel` naming)."""
     d, f = cfg.dim, cfg.ffn_dim
     out = {
-        "patch_embedding.weight": (d, cfg.in_dim, *cfg.patch_size), "patch_embedding.bias": (d,),
-        "text_embedding.0.weight": (d, cfg.text_dim), "text_embedding.0.bias": (d,),
-        "text_embedding.2.weight": (d, d), "text_embedding.2.bias": (d,),
-        "time_embedding.0.weight": (d, cfg.freq_dim), "time_embedding.0.bias": (d,),
-        "time_embedding.2.weight": (d, d), "time_embedding.2.bias": (d,),
-        "time_projection.1.weight": (6 * d, d), "time_projection.1.bias": (6 * d,),
+        "patch_embedding.weight": (d, cfg.in_dim, *cfg.patch_size),
+        "patch_embedding.bias": (d,),
+        "text_embedding.0.weight": (d, cfg.text_dim),
+        "text_embedding.0.bias": (d,),
+        "text_embedding.2.weight": (d, d),
+        "text_embedding.2.bias": (d,),
+        "time_embedding.0.weight": (d, cfg.freq_dim),
+        "time_embedding.0.bias": (d,),
+        "time_embedding.2.weight": (d, d),
+        "time_embedding.2.bias": (d,),
+        "time_projection.1.weight": (6 * d, d),
+        "time_projection.1.bias": (6 * d,),
         "head.head.weight": (cfg.out_dim * math.prod(cfg.patch_size), d),
         "head.head.bias": (cfg.out_dim * math.prod(cfg.patch_size),),
         "head.modulation": (1, 2, d),
@@ -107,6 +114,7 @@ def tiny() -> tuple[WanModel, dict[str, torch.Tensor], torch.Tensor]:
 
 # --------------------------------------------------------------------------- layout pins
 
+
 @pytest.mark.parametrize("name", ["wan2.2-ti2v-5b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "tiny", "tiny-wan21"])
 def test_wanmodel_has_exact_official_layout(name):
     cfg = get_preset(name)
@@ -154,9 +162,17 @@ def test_unknown_keys_are_kept():
 
 
 def test_i2v_image_keys_round_trip():
-    keys = ["img_emb.proj.0.weight", "img_emb.proj.1.bias", "img_emb.proj.3.weight", "img_emb.proj.4.bias",
-            "img_emb.emb_pos", "blocks.3.cross_attn.k_img.weight", "blocks.3.cross_attn.v_img.bias",
-            "blocks.3.cross_attn.norm_k_img.weight", "head.head.weight"]
+    keys = [
+        "img_emb.proj.0.weight",
+        "img_emb.proj.1.bias",
+        "img_emb.proj.3.weight",
+        "img_emb.proj.4.bias",
+        "img_emb.emb_pos",
+        "blocks.3.cross_attn.k_img.weight",
+        "blocks.3.cross_attn.v_img.bias",
+        "blocks.3.cross_attn.norm_k_img.weight",
+        "head.head.weight",
+    ]
     sd = dict.fromkeys(keys)
     dif = official_to_diffusers(sd)
     assert "condition_embedder.image_embedder.ff.net.0.proj.bias" in dif
@@ -165,6 +181,7 @@ def test_i2v_image_keys_round_trip():
 
 
 # --------------------------------------------------------------------------- round trips
+
 
 @pytest.mark.parametrize("layout", ["official", "comfyui", "comfyui-short", "diffusers"])
 def test_round_trip_layouts(tmp_path, tiny, layout):
@@ -210,8 +227,7 @@ def test_infer_and_match_preset(tiny):
 
 
 def test_infer_real_size_heads_from_dim():
-    cfg = DiTConfig(dim=2048, ffn_dim=256, num_heads=16, num_layers=1, in_dim=36, out_dim=16, text_dim=32,
-                    freq_dim=32)
+    cfg = DiTConfig(dim=2048, ffn_dim=256, num_heads=16, num_layers=1, in_dim=36, out_dim=16, text_dim=32, freq_dim=32)
     sd = {k: torch.empty(s, device="meta") for k, s in official_wan_layout(cfg).items()}
     got = infer_config(sd)
     assert (got.num_heads, got.in_dim, got.out_dim) == (16, 36, 16)
@@ -222,6 +238,7 @@ def test_infer_real_size_heads_from_dim():
 
 
 # --------------------------------------------------------------------------- refusals
+
 
 def test_pickle_refused(tmp_path, tiny):
     _, ref, _ = tiny
@@ -237,6 +254,7 @@ def test_header_lengths_that_start_like_a_pickle_still_load(tmp_path, length):
     """A header of 640 bytes makes the file start 0x80 0x02, like a pickle; the JSON "{" decides."""
     import json
     import struct
+
     body = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
     path = tmp_path / "odd.safetensors"
     path.write_bytes(struct.pack("<Q", length) + body.ljust(length) + struct.pack("<2f", 1.0, 2.0))
@@ -268,7 +286,7 @@ def test_truncated_refused(tmp_path, tiny, cut):
 
 def test_bogus_header_length_refused(tmp_path):
     bad = tmp_path / "bogus.safetensors"
-    bad.write_bytes((2 ** 60).to_bytes(8, "little") + b"{}")
+    bad.write_bytes((2**60).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match="bogus.safetensors.*(truncated|corrupted)"):
         read_safetensors(bad)
 
@@ -284,9 +302,17 @@ def test_mismatch_message(tmp_path, tiny):
     with pytest.raises(CheckpointError) as e:
         load_dit(path, config="tiny")
     msg = str(e.value)
-    for part in ("odd_dit.safetensors", "1 missing keys", "blocks.0.ffn.2.bias", "1 unexpected keys",
-                 "blocks.0.extra.weight", "1 mis-shaped keys", "blocks.1.ffn.0.weight (expected [128, 64], "
-                 "found [100, 64])", "sizes are those of preset tiny", "Pick the preset"):
+    for part in (
+        "odd_dit.safetensors",
+        "1 missing keys",
+        "blocks.0.ffn.2.bias",
+        "1 unexpected keys",
+        "blocks.0.extra.weight",
+        "1 mis-shaped keys",
+        "blocks.1.ffn.0.weight (expected [128, 64], found [100, 64])",
+        "sizes are those of preset tiny",
+        "Pick the preset",
+    ):
         assert part in msg, part
 
 
@@ -309,15 +335,23 @@ def test_many_missing_keys_listed_briefly(tiny):
     assert "x.safetensors" in str(e.value)
 
 
-@pytest.mark.parametrize("keys, what", [
-    (["encoder.conv1.weight", "decoder.head.0.gamma", "conv1.weight", "conv2.weight"], "VAE"),
-    (["encoder.conv_in.weight", "decoder.up_blocks.0.resnets.0.conv1.weight", "quant_conv.weight"], "VAE"),
-    (["shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight"], "text encoder"),
-    (["visual.transformer.resblocks.0.attn.in_proj_weight"], "CLIP vision"),
-    (["diffusion_model.blocks.0.self_attn.q.lora_A.weight", "diffusion_model.blocks.0.self_attn.q.lora_B.weight"],
-     "LoRA"),
-    (["some.random.weight"], "not a Wan DiT"),
-])
+@pytest.mark.parametrize(
+    "keys, what",
+    [
+        (["encoder.conv1.weight", "decoder.head.0.gamma", "conv1.weight", "conv2.weight"], "VAE"),
+        (["encoder.conv_in.weight", "decoder.up_blocks.0.resnets.0.conv1.weight", "quant_conv.weight"], "VAE"),
+        (["shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight"], "text encoder"),
+        (["visual.transformer.resblocks.0.attn.in_proj_weight"], "CLIP vision"),
+        (
+            [
+                "diffusion_model.blocks.0.self_attn.q.lora_A.weight",
+                "diffusion_model.blocks.0.self_attn.q.lora_B.weight",
+            ],
+            "LoRA",
+        ),
+        (["some.random.weight"], "not a Wan DiT"),
+    ],
+)
 def test_not_a_dit_refused(tmp_path, keys, what):
     path = tmp_path / "other.safetensors"
     save_safetensors({k: torch.zeros(2) for k in keys}, path)
@@ -332,6 +366,7 @@ def test_vae_message_names_folder():
 
 
 # --------------------------------------------------------------------------- storage dtypes
+
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16], ids=str)
 def test_low_precision_storage_kept(tmp_path, tiny, dtype):
@@ -383,6 +418,7 @@ def test_fp8_scaled_folded(tmp_path, tiny):
 
 # --------------------------------------------------------------------------- shards
 
+
 def _shard(ref: dict, tmp_path, n: int = 3, index: bool = True):
     keys = list(ref)
     names = [f"diffusion_pytorch_model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
@@ -393,7 +429,8 @@ def _shard(ref: dict, tmp_path, n: int = 3, index: bool = True):
         weight_map.update(dict.fromkeys(part, name))
     if index:
         (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": weight_map}))
+            json.dumps({"metadata": {}, "weight_map": weight_map})
+        )
     return [tmp_path / n for n in names]
 
 
@@ -441,6 +478,7 @@ def test_folder_without_safetensors(tmp_path, tiny):
 
 
 # --------------------------------------------------------------------------- memory behaviour
+
 
 def test_load_assigns_without_copy(tmp_path, tiny, monkeypatch):
     """The loaded tensors become the parameters (assign=True): no second copy of the weights."""

@@ -31,9 +31,17 @@ def test_inspect_refuses_a_pickle_with_the_fix(tmp_path, capsys):
 def test_check_plan_summarises_and_applies_edits(tmp_path, capsys):
     from planx_core.plan.core import CodebookId, make_plan
     from planx_core.plan.timing import keyframe_times
+
     times = keyframe_times(17, 8.0)
-    plan = make_plan([[1] * 81] * len(times), times=times, fps=8.0, num_frames=17, width=64, height=64,
-                     codebook=CodebookId("tiny", 100, "abc"))
+    plan = make_plan(
+        [[1] * 81] * len(times),
+        times=times,
+        fps=8.0,
+        num_frames=17,
+        width=64,
+        height=64,
+        codebook=CodebookId("tiny", 100, "abc"),
+    )
     (tmp_path / "plan.json").write_text(plan.to_json())
     (tmp_path / "edits.json").write_text('[{"op": "lock", "keyframe": 1}]')
     assert main(["check-plan", str(tmp_path / "plan.json"), "--edits", str(tmp_path / "edits.json")]) == 0

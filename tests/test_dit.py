@@ -1,4 +1,5 @@
 """WanModel against diffusers' WanTransformer3DModel (an independent implementation), same weights."""
+
 import pytest
 import torch
 from conftest import diffusers_wan_kwargs, randomize
@@ -22,9 +23,11 @@ def test_matches_diffusers(tiny_config, timestep_kind):
     ours, ref = twin_models(tiny_config)
     x, context = torch.randn(2, 48, 3, 8, 12), torch.randn(2, 16, tiny_config.text_dim)
     frames, tokens_per_frame = 3, 4 * 6
-    t = {"per_sample": torch.tensor([999.0, 250.0]),
-         "per_frame": torch.tensor([[0.0, 700.0, 700.0], [0.0, 30.0, 30.0]]),
-         "per_token": torch.rand(2, frames * tokens_per_frame) * 1000}[timestep_kind]
+    t = {
+        "per_sample": torch.tensor([999.0, 250.0]),
+        "per_frame": torch.tensor([[0.0, 700.0, 700.0], [0.0, 30.0, 30.0]]),
+        "per_token": torch.rand(2, frames * tokens_per_frame) * 1000,
+    }[timestep_kind]
     t_ref = t.repeat_interleave(tokens_per_frame, dim=1) if timestep_kind == "per_frame" else t
     with torch.no_grad():
         got = ours(x, t, context)
@@ -37,8 +40,12 @@ def test_matches_diffusers_wan21_channels():
     ours, ref = twin_models(get_preset("tiny-wan21"))
     x, context = torch.randn(1, 16, 2, 6, 4), torch.randn(1, 7, 32)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, torch.tensor([400.0]), context),
-                                   ref(x, torch.tensor([400.0]), context, return_dict=False)[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            ours(x, torch.tensor([400.0]), context),
+            ref(x, torch.tensor([400.0]), context, return_dict=False)[0],
+            atol=1e-4,
+            rtol=0,
+        )
 
 
 def test_per_frame_timesteps_equal_per_token_timesteps(tiny_config):
@@ -46,8 +53,9 @@ def test_per_frame_timesteps_equal_per_token_timesteps(tiny_config):
     x, context = torch.randn(1, 48, 3, 4, 4), torch.randn(1, 5, 32)
     per_frame = torch.tensor([[0.0, 500.0, 900.0]])
     with torch.no_grad():
-        torch.testing.assert_close(model(x, per_frame, context),
-                                   model(x, per_frame.repeat_interleave(4, dim=1), context), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(x, per_frame, context), model(x, per_frame.repeat_interleave(4, dim=1), context), atol=1e-5, rtol=0
+        )
 
 
 def test_timestep_embedding_is_cos_then_sin():

@@ -2,6 +2,7 @@
 
 Quality is measured by `python -m planx_core.eval` (its numbers are in the model card), not here.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ from planx_core.tatok.model import plan_from_video
 from planx_core.world import score as world_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-LIMIT = 40 * 2 ** 20
+LIMIT = 40 * 2**20
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +25,17 @@ def pipe():
 
 def test_the_embedded_model_ships_small_with_a_model_card():
     size = sum(f.stat().st_size for f in EMBEDDED.rglob("*") if f.is_file())
-    assert size < LIMIT, f"the embedded model is {size / 2 ** 20:.1f} MiB; the limit is 40 MiB"
+    assert size < LIMIT, f"the embedded model is {size / 2**20:.1f} MiB; the limit is 40 MiB"
     card = (EMBEDDED / "MODEL_CARD.md").read_text()
-    for needed in ("python -m planx_core train --stage vae", "--stage tatok", "--stage planner", "--stage dit",
-                   "--stage e2e", "python -m planx_core.eval", "seed"):
+    for needed in (
+        "python -m planx_core train --stage vae",
+        "--stage tatok",
+        "--stage planner",
+        "--stage dit",
+        "--stage e2e",
+        "python -m planx_core.eval",
+        "seed",
+    ):
         assert needed in card, f"the model card does not give {needed!r}"
     assert not list(EMBEDDED.rglob("*.bin")) and not list(EMBEDDED.rglob("*.pt*")), "weights ship as safetensors only"
 
@@ -37,8 +45,14 @@ def test_the_embedded_model_renders_a_ground_truth_plan_where_it_says(pipe):
     clip = world.dataset("heldout", 1, seed=3)[0]
     first = pipe.first_frame(clip.frames[0])
     v = pipe.spec.video
-    truth = plan_from_video(pipe.bundle.tatok, clip.frames, v.fps, keyframe_rate=v.keyframe_rate, grid=v.grid,
-                            codebook_name=pipe.spec.codebook_name)
+    truth = plan_from_video(
+        pipe.bundle.tatok,
+        clip.frames,
+        v.fps,
+        keyframe_rate=v.keyframe_rate,
+        grid=v.grid,
+        codebook_name=pipe.spec.codebook_name,
+    )
     frames = pipe.render(truth, clip.scene, clip.motion, first_frame=first, progress=False)
     assert frames.shape == clip.frames.shape and frames.dtype == np.uint8
     found = world_score.detect(frames).found
@@ -47,6 +61,7 @@ def test_the_embedded_model_renders_a_ground_truth_plan_where_it_says(pipe):
 
 def test_the_readme_example_first_frame_fits_the_model(pipe):
     from planx_core.files.video import read_image
+
     first = pipe.first_frame(read_image(EMBEDDED / "examples" / "red_circle.png"))
     red = pipe.bundle.planner.word_to_code("red")
     assert red in first.codes.tolist(), "the example frame's red circle is not in its plan codes"

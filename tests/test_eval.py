@@ -1,4 +1,5 @@
 """Image-to-video inputs of the pipeline and `python -m planx_core.eval` on an untrained bundle."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,22 @@ def test_plan_accuracy_counts_keyframes_after_the_first(pipe):
 
 def test_eval_command_writes_the_report(bundle_dir, tmp_path):
     out = tmp_path / "report"
-    code = planx_eval.main(["--bundle", str(bundle_dir), "--clips", "1", "--pairs", "1", "--steps", "1",
-                            "--figure-clips", "1", "--out", str(out)])
+    code = planx_eval.main(
+        [
+            "--bundle",
+            str(bundle_dir),
+            "--clips",
+            "1",
+            "--pairs",
+            "1",
+            "--steps",
+            "1",
+            "--figure-clips",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     text = (out / "report.md").read_text()
     for label in planx_eval.ROWS.values():
@@ -84,7 +99,25 @@ def test_eval_command_writes_the_report(bundle_dir, tmp_path):
 def test_eval_skips_no_e2e_without_a_folder_and_refuses_unknown_rows(bundle_dir, tmp_path, capsys):
     assert planx_eval.main(["--bundle", str(bundle_dir), "--rows", "full,nonsense", "--out", str(tmp_path)]) == 2
     assert "nonsense" in capsys.readouterr().err
-    code = planx_eval.main(["--bundle", str(bundle_dir), "--no-e2e", str(tmp_path / "none"), "--rows", "no_e2e,text_only",
-                            "--clips", "1", "--pairs", "0", "--steps", "1", "--figure-clips", "0", "--out", str(tmp_path)])
+    code = planx_eval.main(
+        [
+            "--bundle",
+            str(bundle_dir),
+            "--no-e2e",
+            str(tmp_path / "none"),
+            "--rows",
+            "no_e2e,text_only",
+            "--clips",
+            "1",
+            "--pairs",
+            "0",
+            "--steps",
+            "1",
+            "--figure-clips",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0 and "skipping the no_e2e row" in capsys.readouterr().err
     assert "no_e2e" not in json.loads((tmp_path / "scores.json").read_text())["rows"]

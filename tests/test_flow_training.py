@@ -1,4 +1,5 @@
 """Flow-matching objective: targets consistent with the noising, pinned frames, dropout, learning."""
+
 import torch
 from conftest import randomize
 
@@ -9,10 +10,12 @@ from planx_core.wan.dit import WanModel
 
 def oracle(x0):
     """A 'model' that knows x0: v = (x_t - x0) / sigma, garbage on frames at timestep 0."""
+
     def model(x_t, t, context, plan=None):
         sigma = (t / 1000).view(t.shape[0], 1, t.shape[1], 1, 1)  # [B, 1, F, 1, 1]
         v = (x_t - x0) / sigma.clamp_min(1e-12)
         return torch.where(sigma > 0, v, torch.full_like(v, 1e6))
+
     return model
 
 
@@ -31,8 +34,15 @@ def test_noising_target_and_pinned_first_frame():
 def test_loss_counts_only_predicted_frames():
     x0 = torch.randn(3, 4, 5, 2, 2)
     gen = torch.Generator().manual_seed(1)
-    loss = flow_loss(oracle(x0), x0, torch.zeros(3, 2, 8), torch.zeros(1, 2, 8), None, gen,
-                     dropout=Dropout(text=0.0, plan=0.0, first_frame=1.0))
+    loss = flow_loss(
+        oracle(x0),
+        x0,
+        torch.zeros(3, 2, 8),
+        torch.zeros(1, 2, 8),
+        None,
+        gen,
+        dropout=Dropout(text=0.0, plan=0.0, first_frame=1.0),
+    )
     assert float(loss) < 1e-8  # the oracle is exact wherever a velocity is asked for
 
 
@@ -47,18 +57,29 @@ def test_text_dropout_uses_the_empty_prompt():
 def test_a_few_steps_fit_a_batch_with_a_plan(tiny_config):
     torch.manual_seed(0)
     model = randomize(WanModel(tiny_config), std=0.05).train()
-    branch = SemanticBranch(BranchConfig(code_dim=8, dim=tiny_config.dim, num_heads=tiny_config.num_heads,
-                                         num_layers=tiny_config.num_layers))
+    branch = SemanticBranch(
+        BranchConfig(
+            code_dim=8, dim=tiny_config.dim, num_heads=tiny_config.num_heads, num_layers=tiny_config.num_layers
+        )
+    )
     x0 = torch.randn(2, tiny_config.in_dim, 2, 4, 4)
     context, empty = torch.randn(2, 4, tiny_config.text_dim), torch.zeros(1, 4, tiny_config.text_dim)
     params = list(model.parameters()) + list(branch.parameters())
     opt = torch.optim.Adam(params, lr=3e-3)
     losses = []
     for step in range(25):
-        plan = branch.condition(torch.randn(1, 2 * 4, 8, generator=torch.Generator().manual_seed(9)),
-                                [0.0, 1.0], (2, 2))
-        loss = flow_loss(model, x0, context, empty, plan, torch.Generator().manual_seed(step % 2),
-                         dropout=Dropout(text=0.0, plan=0.0))
+        plan = branch.condition(
+            torch.randn(1, 2 * 4, 8, generator=torch.Generator().manual_seed(9)), [0.0, 1.0], (2, 2)
+        )
+        loss = flow_loss(
+            model,
+            x0,
+            context,
+            empty,
+            plan,
+            torch.Generator().manual_seed(step % 2),
+            dropout=Dropout(text=0.0, plan=0.0),
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

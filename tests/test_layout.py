@@ -1,5 +1,6 @@
 """The shape of the house: the runtime never imports the outer ring (the toy world, training, evaluation),
 ComfyUI's nodes use planx_core's public API only, and no module grows past 450 lines."""
+
 from __future__ import annotations
 
 import ast
@@ -25,7 +26,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:-node.level]
+                base = package.split(".")[: -node.level]
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
@@ -49,18 +50,24 @@ def runtime_files() -> list[Path]:
 
 
 def test_runtime_sources_never_import_the_outer_ring():
-    bad = [f"{path.relative_to(ROOT)}:{line} imports {module}" for path in runtime_files()
-           for line, module in _imports(path) if _in_ring(module)]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in runtime_files()
+        for line, module in _imports(path)
+        if _in_ring(module)
+    ]
     assert not bad, "the runtime imports the outer ring:\n" + "\n".join(bad)
 
 
 def test_importing_the_runtime_loads_no_outer_ring_module():
     """What ComfyUI loads (every runtime subpackage, the generate command's code) leaves sys.modules free of the
     toy world, training and evaluation."""
-    code = ("import sys\n"
-            + "".join(f"import planx_core.{name}\n" for name in RUNTIME)
-            + "import planx_core.pipelines.commands, planx_core.__main__\n"
-            + "print('\\n'.join(m for m in sys.modules if m.startswith('planx_core.')))\n")
+    code = (
+        "import sys\n"
+        + "".join(f"import planx_core.{name}\n" for name in RUNTIME)
+        + "import planx_core.pipelines.commands, planx_core.__main__\n"
+        + "print('\\n'.join(m for m in sys.modules if m.startswith('planx_core.')))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.split()
@@ -85,6 +92,9 @@ def test_nodes_use_the_public_api_only():
 
 @pytest.mark.parametrize("folder", ["planx_core", "nodes", "benchmarks", "scripts"])
 def test_no_module_over_450_lines(folder):
-    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / folder).rglob("*.py"))
-            if (n := len(p.read_text().splitlines())) > 450}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 450
+    }
     assert not long, f"split these modules: {long}"

@@ -1,4 +1,5 @@
 """`generate` end to end on an untrained bundle: files written, plans checked, errors exit 2 with a message."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,18 @@ from planx_core.world.tiny import random_bundle
 
 PROMPT = "a red circle on a dark background. the red circle moves right."
 # Smaller than planx-tiny (same layout: 16 latent channels, 32 text tokens) so the file stays fast.
-DIT = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, out_dim=16, text_dim=32, freq_dim=32,
-                text_len=32, name="test-dit")
+DIT = DiTConfig(
+    dim=64,
+    ffn_dim=128,
+    num_heads=2,
+    num_layers=2,
+    in_dim=16,
+    out_dim=16,
+    text_dim=32,
+    freq_dim=32,
+    text_len=32,
+    name="test-dit",
+)
 VAE = VAEConfig(dim=8, z_dim=16, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(True, True), name="test")
 SCALE = 2
 GRID = 9  # the embedded layout: 5 keyframes of 9x9 plan cells
@@ -65,8 +76,20 @@ def pipe(bundle_dir):
 def first(bundle_dir, tmp_path_factory):
     """One planned clip: (exit code, stdout, stderr, video path)."""
     video = tmp_path_factory.mktemp("out") / "clip.mp4"
-    code, out, err = run("generate", "--prompt", PROMPT, "--out", str(video), "--bundle", str(bundle_dir),
-                         "--seed", "5", "--scale", str(SCALE), "--quiet")
+    code, out, err = run(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--out",
+        str(video),
+        "--bundle",
+        str(bundle_dir),
+        "--seed",
+        "5",
+        "--scale",
+        str(SCALE),
+        "--quiet",
+    )
     return code, out, err, video
 
 
@@ -82,7 +105,10 @@ def test_generate_writes_video_plan_and_picture(first, pipe):
     plan.check_codebook(pipe.codebook_id)
     assert plan.codebook == pipe.codebook_id and len(plan.keyframes) == 5 and plan.grid == (GRID, GRID)
     assert (plan.provenance.scene, plan.provenance.motion, plan.provenance.seed) == (
-        "a red circle on a dark background", "the red circle moves right", 5)
+        "a red circle on a dark background",
+        "the red circle moves right",
+        5,
+    )
 
 
 def test_an_edited_plan_is_rendered_as_given(first, bundle_dir, tmp_path, monkeypatch):
@@ -93,12 +119,27 @@ def test_an_edited_plan_is_rendered_as_given(first, bundle_dir, tmp_path, monkey
     edited.write_text(json.dumps(data, indent=3))  # another layout than generate writes: copied, not rewritten
     seen = []
     original = PlanXPipeline.render
-    monkeypatch.setattr(PlanXPipeline, "render", lambda self, plan, *a, **k: seen.append(plan) or
-                        original(self, plan, *a, **k))
+    monkeypatch.setattr(
+        PlanXPipeline, "render", lambda self, plan, *a, **k: seen.append(plan) or original(self, plan, *a, **k)
+    )
     monkeypatch.setattr(PlanXPipeline, "plan", lambda *a, **k: pytest.fail("a given plan must not be re-planned"))
     out_video = tmp_path / "again.mp4"
-    code, out, err = run("generate", "--prompt", PROMPT, "--out", str(out_video), "--plan", str(edited),
-                         "--bundle", str(bundle_dir), "--seed", "5", "--scale", str(SCALE), "--quiet")
+    code, out, err = run(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--out",
+        str(out_video),
+        "--plan",
+        str(edited),
+        "--bundle",
+        str(bundle_dir),
+        "--seed",
+        "5",
+        "--scale",
+        str(SCALE),
+        "--quiet",
+    )
     assert code == 0, err
     assert seen[0].keyframes[2].tokens == [7] * CELLS and seen[0].keyframes[1].tokens == data["keyframes"][1]["tokens"]
     assert out_video.with_suffix(".plan.json").read_bytes() == edited.read_bytes()
@@ -108,9 +149,21 @@ def test_an_edited_plan_is_rendered_as_given(first, bundle_dir, tmp_path, monkey
 
 def test_no_plan_renders_from_text_alone(bundle_dir, tmp_path):
     video = tmp_path / "text.mp4"
-    code, out, err = run("generate", "--prompt", "a blue square on a textured background", "--motion",
-                         "the blue square moves up.", "--out", str(video), "--no-plan", "--bundle", str(bundle_dir),
-                         "--scale", "1", "--quiet")
+    code, out, err = run(
+        "generate",
+        "--prompt",
+        "a blue square on a textured background",
+        "--motion",
+        "the blue square moves up.",
+        "--out",
+        str(video),
+        "--no-plan",
+        "--bundle",
+        str(bundle_dir),
+        "--scale",
+        "1",
+        "--quiet",
+    )
     assert code == 0, err
     assert read_video(video)[0].shape == (17, 64, 64, 3)
     assert not video.with_suffix(".plan.json").exists() and "none (--no-plan)" in out
@@ -120,21 +173,54 @@ def test_image_to_video_starts_from_the_image(bundle_dir, tmp_path):
     from PIL import Image
 
     from planx_core import world
+
     clip = world.make_clip(4)
     Image.fromarray(clip.frames[0]).save(tmp_path / "first.png")
     video = tmp_path / "i2v.mp4"
-    code, out, err = run("generate", "--prompt", f"{clip.scene}. {clip.motion}.", "--image", str(tmp_path / "first.png"),
-                         "--out", str(video), "--bundle", str(bundle_dir), "--scale", "1", "--quiet")
+    code, out, err = run(
+        "generate",
+        "--prompt",
+        f"{clip.scene}. {clip.motion}.",
+        "--image",
+        str(tmp_path / "first.png"),
+        "--out",
+        str(video),
+        "--bundle",
+        str(bundle_dir),
+        "--scale",
+        "1",
+        "--quiet",
+    )
     assert code == 0, err
     plan = Plan.from_json(video.with_suffix(".plan.json").read_text())
     assert plan.keyframes[0].locked and not plan.keyframes[1].locked
     Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
-    code, _, err = run("generate", "--prompt", PROMPT, "--image", str(tmp_path / "small.png"),
-                       "--out", str(tmp_path / "x.mp4"), "--bundle", str(bundle_dir), "--quiet")
+    code, _, err = run(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--image",
+        str(tmp_path / "small.png"),
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--bundle",
+        str(bundle_dir),
+        "--quiet",
+    )
     assert code == 2 and "resize the image to 64x64" in err
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    code, _, err = run("generate", "--prompt", PROMPT, "--image", str(tmp_path / "bad.png"),
-                       "--out", str(tmp_path / "x.mp4"), "--bundle", str(bundle_dir), "--quiet")
+    code, _, err = run(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--image",
+        str(tmp_path / "bad.png"),
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--bundle",
+        str(bundle_dir),
+        "--quiet",
+    )
     assert code == 2 and "bad.png: cannot read the image" in err
 
 
@@ -142,26 +228,48 @@ def _bundle_plan(pipe, num_frames: int = 17, **codebook) -> Plan:
     ident = pipe.codebook_id
     times = keyframe_times(num_frames, 8.0)
     ident = type(ident)(**{"name": ident.name, "size": ident.size, "digest": ident.digest, **codebook})
-    return make_plan([[1] * CELLS] * len(times), times=times, fps=8.0, num_frames=num_frames, width=64, height=64,
-                     codebook=ident, grid=(GRID, GRID))
+    return make_plan(
+        [[1] * CELLS] * len(times),
+        times=times,
+        fps=8.0,
+        num_frames=num_frames,
+        width=64,
+        height=64,
+        codebook=ident,
+        grid=(GRID, GRID),
+    )
 
 
-@pytest.mark.parametrize("case, message", [
-    ("codebook", "codebook mismatch"),
-    ("long", "the plan does not fit the video: its last keyframe is at 3 s"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("codebook", "codebook mismatch"),
+        ("long", "the plan does not fit the video: its last keyframe is at 3 s"),
+    ],
+)
 def test_unusable_plans_are_refused(case, message, pipe, bundle_dir, tmp_path):
     plan = _bundle_plan(pipe, digest="0000000000000000") if case == "codebook" else _bundle_plan(pipe, num_frames=25)
     (tmp_path / "plan.json").write_text(plan.to_json())
-    code, out, err = run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--plan",
-                         str(tmp_path / "plan.json"), "--bundle", str(bundle_dir), "--quiet")
+    code, out, err = run(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--bundle",
+        str(bundle_dir),
+        "--quiet",
+    )
     assert code == 2 and err.startswith("error: --plan ") and message in err
     assert not (tmp_path / "x.mp4").exists()
 
 
 def test_missing_bundle_and_missing_part_name_the_fix(bundle_dir, tmp_path, monkeypatch):
-    code, _, err = run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"),
-                       "--bundle", str(tmp_path / "nowhere"))
+    code, _, err = run(
+        "generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--bundle", str(tmp_path / "nowhere")
+    )
     assert code == 2 and "no such bundle folder" in err and "python -m planx_core train" in err
     broken = shutil.copytree(bundle_dir, tmp_path / "broken")
     (broken / "dit.safetensors").unlink()
@@ -175,20 +283,29 @@ def test_missing_bundle_and_missing_part_name_the_fix(bundle_dir, tmp_path, monk
 
 def test_bad_options_exit_2(bundle_dir, tmp_path):
     common = ("--bundle", str(bundle_dir), "--quiet")
-    assert run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.gif"), *common)[2].startswith(
-        "error: --out")
-    code, _, err = run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--plan", "p.json",
-                       "--no-plan", *common)
+    assert run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.gif"), *common)[2].startswith("error: --out")
+    code, _, err = run(
+        "generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--plan", "p.json", "--no-plan", *common
+    )
     assert code == 2 and "contradict" in err
-    code, _, err = run("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--plan",
-                       str(tmp_path / "absent.json"), *common)
+    code, _, err = run(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--plan",
+        str(tmp_path / "absent.json"),
+        *common,
+    )
     assert code == 2 and "absent.json: cannot read the plan file" in err
 
 
 def test_parts_that_do_not_fit_are_refused():
     bundle = random_bundle(DIT, vae=VAE)
-    bundle.branch = SemanticBranch(BranchConfig(code_dim=bundle.tatok.config.bottleneck_dim, dim=32, num_heads=2,
-                                                num_layers=2))
+    bundle.branch = SemanticBranch(
+        BranchConfig(code_dim=bundle.tatok.config.bottleneck_dim, dim=32, num_heads=2, num_layers=2)
+    )
     with pytest.raises(BundleError, match="branch is for a DiT of width 32 with 2 blocks and 2 heads, dit is 64"):
         bundle.check()
 

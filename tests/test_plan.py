@@ -1,4 +1,5 @@
 """The Plan: JSON and token-text round trips, validation messages, schema migration, fuzzing."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,17 @@ def sample_plan(grid=(9, 9), count=None, size=65536) -> Plan:
     times = keyframe_times(121, 24.0, 2.0)[:count]
     cells = grid[0] * grid[1]
     tokens = [[(k * 7919 + c * 104729) % size for c in range(cells)] for k in range(len(times))]
-    plan = make_plan(tokens, times=times, fps=24.0, num_frames=121, width=1280, height=704,
-                     codebook=CodebookId("ta-tok", size, "0123456789abcdef"), grid=grid,
-                     provenance=Provenance("a kitchen", "picks up the cup, then drinks", 7, "tar-1.5b"))
+    plan = make_plan(
+        tokens,
+        times=times,
+        fps=24.0,
+        num_frames=121,
+        width=1280,
+        height=704,
+        codebook=CodebookId("ta-tok", size, "0123456789abcdef"),
+        grid=grid,
+        provenance=Provenance("a kitchen", "picks up the cup, then drinks", 7, "tar-1.5b"),
+    )
     plan.keyframes[min(2, len(times) - 1)].locked = True
     plan.keyframes[-1].note = "cup at the lips"
     return plan
@@ -80,22 +89,27 @@ def test_plan_that_does_not_fit_the_video_is_refused():
         plan.check_video(49, 24.0)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["keyframes"][4]["tokens"].__setitem__(40, 70000),
-     r"keyframe 4, cell \(row 4, col 4\): token 70000 is outside the codebook ta-tok's range 0..65535"),
-    (lambda d: d["keyframes"][1]["tokens"].pop(), "keyframe 1 has 80 tokens; a 9x9 grid needs 81"),
-    (lambda d: d["keyframes"][10].__setitem__("time", 5.5), r"keyframe 10 at 5.5 s is outside the video \(0..5 s"),
-    (lambda d: d["keyframes"][3].__setitem__("time", 0.5), "keyframe 3 at 0.5 s is not after keyframe 2 at 1 s"),
-    (lambda d: d["keyframes"][2].__setitem__("time", 0.5), "keyframe 2 at 0.5 s is not after keyframe 1"),
-    (lambda d: d["keyframes"][2].__setitem__("time", 0.51), "fall on the same video frame 12"),
-    (lambda d: d["keyframes"][0]["tokens"].__setitem__(0, True), r"cell \(row 0, col 0\): token True"),
-    (lambda d: d.__setitem__("grid", [9, 0]), "grid must be two integers"),
-    (lambda d: d["codebook"].__setitem__("size", "big"), "codebook size must be a positive integer"),
-    (lambda d: d.__setitem__("schema_version", 99), "schema_version 99 is unknown"),
-    (lambda d: d.__setitem__("keyframes", []), "no keyframes"),
-    (lambda d: d["video"].__setitem__("fps", float("nan")), "'fps' must be a finite number"),
-    (lambda d: d["video"].__setitem__("num_frames", 10**400), "num_frames must be an integer"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda d: d["keyframes"][4]["tokens"].__setitem__(40, 70000),
+            r"keyframe 4, cell \(row 4, col 4\): token 70000 is outside the codebook ta-tok's range 0..65535",
+        ),
+        (lambda d: d["keyframes"][1]["tokens"].pop(), "keyframe 1 has 80 tokens; a 9x9 grid needs 81"),
+        (lambda d: d["keyframes"][10].__setitem__("time", 5.5), r"keyframe 10 at 5.5 s is outside the video \(0..5 s"),
+        (lambda d: d["keyframes"][3].__setitem__("time", 0.5), "keyframe 3 at 0.5 s is not after keyframe 2 at 1 s"),
+        (lambda d: d["keyframes"][2].__setitem__("time", 0.5), "keyframe 2 at 0.5 s is not after keyframe 1"),
+        (lambda d: d["keyframes"][2].__setitem__("time", 0.51), "fall on the same video frame 12"),
+        (lambda d: d["keyframes"][0]["tokens"].__setitem__(0, True), r"cell \(row 0, col 0\): token True"),
+        (lambda d: d.__setitem__("grid", [9, 0]), "grid must be two integers"),
+        (lambda d: d["codebook"].__setitem__("size", "big"), "codebook size must be a positive integer"),
+        (lambda d: d.__setitem__("schema_version", 99), "schema_version 99 is unknown"),
+        (lambda d: d.__setitem__("keyframes", []), "no keyframes"),
+        (lambda d: d["video"].__setitem__("fps", float("nan")), "'fps' must be a finite number"),
+        (lambda d: d["video"].__setitem__("num_frames", 10**400), "num_frames must be an integer"),
+    ],
+)
 def test_validation_names_the_keyframe_and_the_cell(mutate, message):
     data = sample_plan().to_dict()
     mutate(data)
@@ -105,11 +119,28 @@ def test_validation_names_the_keyframe_and_the_cell(mutate, message):
 
 def test_schema_1_migrates():
     plan = sample_plan(count=3)
-    legacy = {"version": 1, "fps": 24, "frames": 121, "width": 1280, "height": 704, "grid": 9,
-              "codebook": "ta-tok:65536:0123456789abcdef",
-              "keyframes": [{"frame": round(k.time * 24), "tokens": [k.tokens[r * 9:(r + 1) * 9] for r in range(9)],
-                             "locked": k.locked, "note": k.note} for k in plan.keyframes],
-              "scene": "a kitchen", "motion": "picks up the cup, then drinks", "seed": 7, "planner": "tar-1.5b"}
+    legacy = {
+        "version": 1,
+        "fps": 24,
+        "frames": 121,
+        "width": 1280,
+        "height": 704,
+        "grid": 9,
+        "codebook": "ta-tok:65536:0123456789abcdef",
+        "keyframes": [
+            {
+                "frame": round(k.time * 24),
+                "tokens": [k.tokens[r * 9 : (r + 1) * 9] for r in range(9)],
+                "locked": k.locked,
+                "note": k.note,
+            }
+            for k in plan.keyframes
+        ],
+        "scene": "a kitchen",
+        "motion": "picks up the cup, then drinks",
+        "seed": 7,
+        "planner": "tar-1.5b",
+    }
     migrated = Plan.from_json(json.dumps(legacy))
     assert migrated == plan
     assert json.loads(migrated.to_json())["schema_version"] == 3
@@ -123,10 +154,14 @@ def test_locked_tokens_and_tensor():
 
 # -- fuzzing: random and corrupted JSON gives a valid Plan or PlanError, nothing else ------------------
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 def _load(text):

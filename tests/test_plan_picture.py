@@ -1,4 +1,5 @@
 """Plan pictures: code colours from the codebook's principal components, grids per keyframe, labels, words."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,17 @@ BOOK = F.normalize(torch.randn(512, 24, generator=torch.Generator().manual_seed(
 def a_plan(keyframes: int = 3, grid=(9, 9), locked=None, size: int = 512):
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, size, (keyframes, grid[0] * grid[1]), generator=gen)
-    return make_plan(tokens, times=[0.5 * k for k in range(keyframes)], fps=24.0, num_frames=121, width=1280,
-                     height=704, codebook=CodebookId("ta-tok", size, "0123456789abcdef"), grid=grid, locked=locked)
+    return make_plan(
+        tokens,
+        times=[0.5 * k for k in range(keyframes)],
+        fps=24.0,
+        num_frames=121,
+        width=1280,
+        height=704,
+        codebook=CodebookId("ta-tok", size, "0123456789abcdef"),
+        grid=grid,
+        locked=locked,
+    )
 
 
 def test_colours_are_deterministic_and_in_range():
@@ -77,7 +87,7 @@ def test_frames_are_the_panels_and_locks_are_marked():
     img = plan_picture(plan, colours)
     assert frames.shape == (3, 234, 216, 3)
     for k in range(3):
-        assert torch.equal(frames[k], img[:, k * 222:k * 222 + 216])
+        assert torch.equal(frames[k], img[:, k * 222 : k * 222 + 216])
     unlocked = plan_picture_frames(a_plan(), colours)
     assert torch.equal(frames[0], unlocked[0]) and not torch.equal(frames[1], unlocked[1])
     gold = torch.tensor([240, 190, 40]) / 255

@@ -5,6 +5,7 @@ locked keyframes, prompts with image codes, guidance, progress and interruption,
 decoding against a full recomputation, loading/saving folders (and refusing bad ones),
 vocabulary extension, text alignment, and `plan()` producing a Plan.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,8 @@ from planx_core.files.safetensors import CheckpointError
 from planx_core.plan.core import CodebookId, PlanError, make_plan
 from planx_core.plan.timing import keyframe_times
 from planx_core.planner.decode import PlanningInterrupted, Sampling, _nucleus, choose
-from planx_core.planner.model import SemanticPlanner, load_planner, save_planner
+from planx_core.planner.files import load_planner, save_planner
+from planx_core.planner.model import SemanticPlanner
 from planx_core.planner.vocab import (
     PlanVocab,
     build_word_tokenizer,
@@ -29,17 +31,27 @@ from planx_core.planner.vocab import (
 )
 
 N = 64  # image tokens of the tiny planner
-WORDS = ("you are a video planner write keyframes keyframe for of seconds second at frames per one every each is by "
-         "grid visual tokens system user assistant scene motion first frame earlier the woman man cat dog cup ball "
-         "red blue green table picks up drinks puts it down moves left right and").split()
+WORDS = (
+    "you are a video planner write keyframes keyframe for of seconds second at frames per one every each is by "
+    "grid visual tokens system user assistant scene motion first frame earlier the woman man cat dog cup ball "
+    "red blue green table picks up drinks puts it down moves left right and"
+).split()
 ARGS = dict(num_keyframes=2, fps=24.0, keyframe_rate=2.0)
 
 
 def tiny_model(vocab_size: int, seed: int = 0, **extra) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=2048,
-                         tie_word_embeddings=False, **extra)
+    config = Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        **extra,
+    )
     return Qwen2ForCausalLM(config).eval()
 
 
@@ -82,7 +94,7 @@ def reference_logits(planner, seq, prompt_len, codes) -> torch.Tensor:
     k, cells = codes.shape
     pos = torch.tensor([prompt_len + i * (cells + 3) + 2 + c for i in range(k) for c in range(cells)])  # code slots
     v = planner.vocab
-    return logits[pos - 1, v.image_start:v.image_end].reshape(k, cells, -1)
+    return logits[pos - 1, v.image_start : v.image_end].reshape(k, cells, -1)
 
 
 def fed_ids(planner):
@@ -93,6 +105,7 @@ def fed_ids(planner):
 
 
 # ----------------------------------------------------------------------------- grammar and sampling
+
 
 @pytest.mark.parametrize("grid", [(3, 3), (9, 9)])
 def test_grammar_at_token_level(planner, grid):
@@ -176,10 +189,12 @@ def test_choose_filters():
 
 # ----------------------------------------------------------------------------- conditioning and control
 
+
 def test_locked_keyframes_are_kept(planner):
     lock = [(7 * i) % N for i in range(81)]
-    codes = planner.generate("a cup", "moves left", num_keyframes=3, fps=24.0, keyframe_rate=2.0, seed=1,
-                             locked={1: lock})
+    codes = planner.generate(
+        "a cup", "moves left", num_keyframes=3, fps=24.0, keyframe_rate=2.0, seed=1, locked={1: lock}
+    )
     assert codes[1].tolist() == lock
     free = planner.generate("a cup", "moves left", num_keyframes=3, fps=24.0, keyframe_rate=2.0, seed=1)
     assert torch.equal(codes[0], free[0]) and not torch.equal(codes[2], free[2])  # later frames see the lock
@@ -203,7 +218,8 @@ def test_prompt_carries_image_codes(planner):
     text = planner.build_prompt("a cat", "moves left", **ARGS)
 
     def contains(seq, sub):
-        return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+        return any(seq[i : i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
     assert contains(prompt, v.block(first, 2))
     assert all(contains(prompt, v.block(row, 2)) for row in context.tolist())
     assert not contains(text, [v.im_start]) and len(prompt) > len(text) + 3 * 84
@@ -226,14 +242,16 @@ def test_guidance_runs_and_changes_the_plan(planner):
 
 def test_progress_and_interrupt(planner):
     calls = []
-    planner.generate("a dog", "moves up", grid=(3, 3), progress=lambda d, t: calls.append((d, t)),
-                     locked={1: [0] * 9}, **ARGS)
+    planner.generate(
+        "a dog", "moves up", grid=(3, 3), progress=lambda d, t: calls.append((d, t)), locked={1: [0] * 9}, **ARGS
+    )
     assert calls == [(i, 18) for i in range(1, 19)]
     asked = []
 
     def interrupt():
         asked.append(1)
         return len(asked) > 5
+
     with pytest.raises(PlanningInterrupted, match="after 5 of 18") as err:
         planner.generate("a dog", "moves up", grid=(3, 3), interrupt=interrupt, **ARGS)
     assert isinstance(err.value, RuntimeError) and (err.value.done, err.value.total) == (5, 18)
@@ -244,14 +262,17 @@ def test_sliced_head_matches_full_logits(planner):
     full = SemanticPlanner(planner.model, planner.tokenizer, planner.vocab, slice_head=False)
     assert not full.sliced_head
     from transformers import DynamicCache
+
     ids = torch.tensor([planner.build_prompt("a cup", "moves", **ARGS)])
     with torch.no_grad():
-        want = planner.model(ids).logits[0, -1, planner.vocab.image_start:planner.vocab.image_end]
+        want = planner.model(ids).logits[0, -1, planner.vocab.image_start : planner.vocab.image_end]
         got = planner.head.forward(ids, DynamicCache(config=planner.model.config))
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
     for options in (dict(temperature=0), dict(seed=3, top_k=9)):
-        assert torch.equal(planner.generate("a cup", "moves", grid=(3, 3), **options, **ARGS),
-                           full.generate("a cup", "moves", grid=(3, 3), **options, **ARGS))
+        assert torch.equal(
+            planner.generate("a cup", "moves", grid=(3, 3), **options, **ARGS),
+            full.generate("a cup", "moves", grid=(3, 3), **options, **ARGS),
+        )
 
 
 class _SoftcappedQwen2(Qwen2ForCausalLM):
@@ -276,36 +297,54 @@ def test_head_probe_falls_back_to_full_logits(planner):
 
 # ----------------------------------------------------------------------------- plan()
 
+
 def test_plan_object(planner):
     book = CodebookId("tiny", N, "abc")
-    plan = planner.plan("a woman", "drinks", fps=8.0, num_frames=17, width=64, height=64, codebook=book,
-                        grid=(3, 3), seed=4, top_k=10)
+    plan = planner.plan(
+        "a woman", "drinks", fps=8.0, num_frames=17, width=64, height=64, codebook=book, grid=(3, 3), seed=4, top_k=10
+    )
     assert plan.times == keyframe_times(17, 8.0, 2.0) == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert plan.token_tensor().shape == (5, 9) and plan.provenance.planner == "tiny-qwen2"
     assert (plan.provenance.scene, plan.provenance.motion, plan.provenance.seed) == ("a woman", "drinks", 4)
     plan.keyframes[2].locked = True
     plan.keyframes[2].tokens = [1] * 9
-    again = planner.plan("a woman", "drinks", fps=8.0, num_frames=17, width=64, height=64, codebook=book,
-                         grid=(3, 3), seed=5, lock_from=plan)
+    again = planner.plan(
+        "a woman",
+        "drinks",
+        fps=8.0,
+        num_frames=17,
+        width=64,
+        height=64,
+        codebook=book,
+        grid=(3, 3),
+        seed=5,
+        lock_from=plan,
+    )
     assert again.keyframes[2].tokens == [1] * 9 and again.keyframes[2].locked
     assert [k.locked for k in again.keyframes] == [False, False, True, False, False]
     with pytest.raises(PlanError, match="writes 64 image tokens"):
         planner.plan("a", "b", fps=8.0, num_frames=17, width=64, height=64, codebook=CodebookId("ta-tok", 65536))
-    odd = make_plan([[1] * 9], times=[0.25], fps=8.0, num_frames=17, width=64, height=64, codebook=book,
-                    grid=(3, 3), locked=[True])
+    odd = make_plan(
+        [[1] * 9], times=[0.25], fps=8.0, num_frames=17, width=64, height=64, codebook=book, grid=(3, 3), locked=[True]
+    )
     with pytest.raises(PlanError, match="falls on none"):
-        planner.plan("a", "b", fps=8.0, num_frames=17, width=64, height=64, codebook=book, grid=(3, 3),
-                     lock_from=odd)
+        planner.plan("a", "b", fps=8.0, num_frames=17, width=64, height=64, codebook=book, grid=(3, 3), lock_from=odd)
 
 
 # ----------------------------------------------------------------------------- files
+
 
 def test_folder_has_real_qwen2_keys(folder):
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-    assert {"model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight",
-            "model.layers.1.mlp.down_proj.weight", "lm_head.weight"} <= keys
+    assert {
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.norm.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "lm_head.weight",
+    } <= keys
 
 
 def test_sharded_folder_loads(planner, tmp_path):
@@ -314,8 +353,9 @@ def test_sharded_folder_loads(planner, tmp_path):
     assert (tmp_path / "model.safetensors.index.json").is_file()
     again = load_planner(tmp_path)
     assert again.vocab == planner.vocab
-    assert torch.equal(again.generate("a", "b", seed=2, grid=(3, 3), **ARGS),
-                       planner.generate("a", "b", seed=2, grid=(3, 3), **ARGS))
+    assert torch.equal(
+        again.generate("a", "b", seed=2, grid=(3, 3), **ARGS), planner.generate("a", "b", seed=2, grid=(3, 3), **ARGS)
+    )
 
 
 def broken_copy(folder, tmp_path):
@@ -352,8 +392,9 @@ def test_loader_refuses_truncated_weights(folder, tmp_path):
 def test_loader_refuses_non_causal_config(folder, tmp_path):
     bad = broken_copy(folder, tmp_path)
     config = json.loads((bad / "config.json").read_text())
-    (bad / "config.json").write_text(json.dumps({**config, "model_type": "siglip_vision_model",
-                                                 "architectures": ["SiglipVisionModel"]}))
+    (bad / "config.json").write_text(
+        json.dumps({**config, "model_type": "siglip_vision_model", "architectures": ["SiglipVisionModel"]})
+    )
     with pytest.raises(CheckpointError, match="not a causal language model"):
         load_planner(bad)
 
@@ -377,6 +418,7 @@ def test_loader_refuses_mismatched_tokenizer(folder, tmp_path):
 
 # ----------------------------------------------------------------------------- vocabulary
 
+
 def test_extend_vocabulary_layout_and_init():
     tokenizer = build_word_tokenizer(WORDS)
     model = tiny_model(len(tokenizer))
@@ -385,18 +427,26 @@ def test_extend_vocabulary_layout_and_init():
     codebook = torch.randn(16, 32)
     vocab = extend_vocabulary(model, tokenizer, 16, codebook=codebook)
     first = old_in.shape[0]
-    assert (vocab.im_start, vocab.im_end, vocab.scales, vocab.image_start) == (first, first + 1, (first + 2, first + 3,
-                                                                                               first + 4), first + 5)
+    assert (vocab.im_start, vocab.im_end, vocab.scales, vocab.image_start) == (
+        first,
+        first + 1,
+        (first + 2, first + 3, first + 4),
+        first + 5,
+    )
     assert tokenizer.convert_ids_to_tokens([first, first + 5, first + 20]) == ["<im_start>", "<I0>", "<I15>"]
     added = tokenizer.added_tokens_decoder
     assert added[vocab.im_start].special and added[vocab.im_end].special and not added[vocab.image_start].special
     assert model.get_input_embeddings().weight.shape[0] == first + 21 == model.config.vocab_size
-    torch.testing.assert_close(model.get_input_embeddings().weight[vocab.image_start:].detach(), codebook)
-    out_rows = model.get_output_embeddings().weight[vocab.image_start:].detach()
+    torch.testing.assert_close(model.get_input_embeddings().weight[vocab.image_start :].detach(), codebook)
+    out_rows = model.get_output_embeddings().weight[vocab.image_start :].detach()
     torch.testing.assert_close(out_rows, old_out.mean(0).expand(16, -1))
     assert model.config.image_start_token_id == vocab.image_start
     assert tokenizer("<im_start><S2><I3><im_end>", add_special_tokens=False)["input_ids"] == [
-        vocab.im_start, vocab.scales[2], vocab.image_start + 3, vocab.im_end]
+        vocab.im_start,
+        vocab.scales[2],
+        vocab.image_start + 3,
+        vocab.im_end,
+    ]
     with pytest.raises(ValueError, match="extended before"):
         extend_vocabulary(model, tokenizer, 16)
 
@@ -407,13 +457,14 @@ def test_extend_vocabulary_codebook_width_mismatch_keeps_mean():
     mean = model.get_input_embeddings().weight.detach().mean(0)
     with pytest.warns(UserWarning, match="mean initialisation"):
         vocab = extend_vocabulary(model, tokenizer, 8, codebook=torch.randn(8, 48))
-    torch.testing.assert_close(model.get_input_embeddings().weight[vocab.image_start:].detach(), mean.expand(8, -1))
+    torch.testing.assert_close(model.get_input_embeddings().weight[vocab.image_start :].detach(), mean.expand(8, -1))
     with pytest.raises(ValueError, match="codebook must be"):
         extend_vocabulary(tiny_model(len(tokenizer)), build_word_tokenizer(WORDS), 8, codebook=torch.randn(9, 32))
 
 
 def test_extend_vocabulary_is_fast_for_tatok_size():
     import time
+
     tokenizer = build_word_tokenizer(WORDS)
     model = tiny_model(len(tokenizer))
     start = time.perf_counter()
@@ -442,6 +493,7 @@ def test_planner_refuses_small_embedding():
 
 
 # ----------------------------------------------------------------------------- text alignment
+
 
 def test_word_to_code_and_back(folder):
     planner = load_planner(folder)

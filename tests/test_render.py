@@ -1,4 +1,5 @@
 """The DiT, the semantic branch and the sampler together, end to end on tiny random weights."""
+
 import pytest
 import torch
 from conftest import randomize
@@ -28,8 +29,14 @@ def test_plan_steers_the_result_and_the_window_limits_it(scene):
     model, branch, plan, noise, pos, neg = scene
     without = render(model, noise, pos, neg, steps=4)
     full = render(model, noise, pos, neg, plan=plan, steps=4)
-    windowed = render(model, noise, pos, neg, steps=4,
-                      plan=branch.condition(torch.randn(1, 18, 16), [0.0, 2.0], (3, 3), start=0.9, end=1.0))
+    windowed = render(
+        model,
+        noise,
+        pos,
+        neg,
+        steps=4,
+        plan=branch.condition(torch.randn(1, 18, 16), [0.0, 2.0], (3, 3), start=0.9, end=1.0),
+    )
     assert (full - without).abs().max() > 1e-3
     assert (windowed - full).abs().max() > 1e-3
 
@@ -37,8 +44,16 @@ def test_plan_steers_the_result_and_the_window_limits_it(scene):
 def test_first_frame_is_kept_and_progress_is_reported(scene):
     model, _, plan, noise, pos, neg = scene
     first, seen = torch.randn(1, 48, 1, 4, 6), []
-    out = render(model, noise, pos, neg, plan=plan, steps=3, first_frame_latent=first,
-                 callback=lambda i, n, x, x0: seen.append((i, n)))
+    out = render(
+        model,
+        noise,
+        pos,
+        neg,
+        plan=plan,
+        steps=3,
+        first_frame_latent=first,
+        callback=lambda i, n, x, x0: seen.append((i, n)),
+    )
     assert torch.equal(out[:, :, :1], first) and seen == [(0, 3), (1, 3), (2, 3)]
 
 

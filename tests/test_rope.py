@@ -18,13 +18,23 @@ def wan_reference(x, f, h, w, theta=10000.0):
     """Wan's rope_params/rope_apply on a dense integer grid, written with complex numbers."""
     d = x.shape[-1]
     dims = rope_axes_dims(d)
-    tables = [torch.polar(torch.ones(1024, n // 2, dtype=torch.float64),
-                          torch.outer(torch.arange(1024, dtype=torch.float64),
-                                      1.0 / theta ** (torch.arange(0, n, 2, dtype=torch.float64) / n)))
-              for n in dims]
-    freqs = torch.cat([tables[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-                       tables[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                       tables[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+    tables = [
+        torch.polar(
+            torch.ones(1024, n // 2, dtype=torch.float64),
+            torch.outer(
+                torch.arange(1024, dtype=torch.float64), 1.0 / theta ** (torch.arange(0, n, 2, dtype=torch.float64) / n)
+            ),
+        )
+        for n in dims
+    ]
+    freqs = torch.cat(
+        [
+            tables[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            tables[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            tables[2][:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(f * h * w, 1, -1)
     xc = torch.view_as_complex(x.to(torch.float64).reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(xc * freqs).flatten(-2).float()
 

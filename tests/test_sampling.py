@@ -1,4 +1,5 @@
 """Tests for planx_core.sampling: schedule, solvers (UniPC against diffusers), guidance, sample()."""
+
 from __future__ import annotations
 
 import math
@@ -310,9 +311,7 @@ def test_guidance_passes_and_formula(s_text, s_plan, use_plan, passes):
     o = fake.outputs
     if use_plan:
         expected = (
-            o[False, False]
-            + s_plan * (o[False, True] - o[False, False])
-            + s_text * (o[True, True] - o[False, True])
+            o[False, False] + s_plan * (o[False, True] - o[False, False]) + s_text * (o[True, True] - o[False, True])
         )
     else:
         expected = o[False, False] + s_text * (o[True, False] - o[False, False])
@@ -443,8 +442,14 @@ def test_interrupt_raises_at_the_right_step():
 
     done = []
     with pytest.raises(SamplingInterrupted, match="step 3 of 8") as info:
-        sample(fake, torch.zeros(SHAPE), steps=8, guidance=Guidance(1.0, 1.0), interrupt=interrupt,
-               callback=lambda i, n, x, x0: done.append(i))
+        sample(
+            fake,
+            torch.zeros(SHAPE),
+            steps=8,
+            guidance=Guidance(1.0, 1.0),
+            interrupt=interrupt,
+            callback=lambda i, n, x, x0: done.append(i),
+        )
     assert isinstance(info.value, RuntimeError)
     assert info.value.step == 3 and info.value.total == 8
     assert done == [0, 1, 2] and len(fake.calls) == 3

@@ -9,6 +9,7 @@ from planx_core.wan.dit import WanModel
 
 # --- the alignment rule ---------------------------------------------------------------------------
 
+
 def test_keyframes_land_on_latent_frames():
     assert latent_frame(0.0, 24) == 0
     assert latent_frame(0.5, 24) == 3
@@ -33,6 +34,7 @@ def test_plan_positions_of_the_reference_video():
 
 
 # --- the branch in the DiT ------------------------------------------------------------------------
+
 
 def setup(mode, tiny_config, **kw):
     model = randomize(WanModel(tiny_config))
@@ -115,11 +117,20 @@ def test_token_count_must_match_keyframes_and_grid():
 def test_condition_plan_uses_times_grid_and_codebook_and_refuses_misfits():
     from planx_core.plan.core import CodebookId, PlanError, make_plan
     from planx_core.plan.timing import keyframe_times
+
     branch = SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2))
     codebook = torch.randn(10, 16)
     times = keyframe_times(17, 8.0)  # 0, .5, 1, 1.5, 2 s -> latent frames 0..4
-    plan = make_plan([[k] * 9 for k in range(5)], times=times, fps=8.0, num_frames=17, width=64, height=64,
-                     codebook=CodebookId("tiny", 10, ""), grid=(3, 3))
+    plan = make_plan(
+        [[k] * 9 for k in range(5)],
+        times=times,
+        fps=8.0,
+        num_frames=17,
+        width=64,
+        height=64,
+        codebook=CodebookId("tiny", 10, ""),
+        grid=(3, 3),
+    )
     cond = branch.condition_plan(plan, codebook, num_frames=17, fps=8.0, strength=0.5)
     assert cond.latent_frames == [0.0, 1.0, 2.0, 3.0, 4.0] and cond.grid_hw == (3, 3) and cond.strength == 0.5
     torch.testing.assert_close(cond.tokens, branch.embed(codebook[plan.token_tensor().reshape(1, -1)]))
@@ -148,6 +159,7 @@ def test_schedule_window_uses_unshifted_fractions():
 def test_branch_file_round_trip_and_refusals(tmp_path):
     from planx_core.files.safetensors import CheckpointError, save_safetensors
     from planx_core.semantic_branch import load_branch, save_branch
+
     branch = randomize(SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2, blocks=(1,))))
     save_branch(branch, tmp_path / "branch.safetensors")
     loaded = load_branch(tmp_path / "branch.safetensors")
@@ -160,6 +172,7 @@ def test_branch_file_round_trip_and_refusals(tmp_path):
 
 def test_branch_file_keeps_an_empty_block_list(tmp_path):
     from planx_core.semantic_branch import load_branch, save_branch
+
     branch = SemanticBranch(BranchConfig(code_dim=16, dim=64, num_heads=2, num_layers=2, blocks=()))
     save_branch(branch, tmp_path / "no_blocks.safetensors")
     assert load_branch(tmp_path / "no_blocks.safetensors").config.blocks == ()

@@ -1,4 +1,5 @@
 """SemanticGen's compressor: shapes (dim 8 and 64), the KL term, sampling, training, files and digest."""
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ def test_kl_zero_at_standard_normal_and_positive_elsewhere():
 def test_kl_matches_closed_form():
     mean, logvar = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
     std = (0.5 * logvar).exp()
-    expected = (-std.log() + (std ** 2 + mean ** 2) / 2 - 0.5).sum(-1).mean()  # log(s2/s1) + (s1^2 + m^2) / 2s2^2 - 1/2
+    expected = (-std.log() + (std**2 + mean**2) / 2 - 0.5).sum(-1).mean()  # log(s2/s1) + (s1^2 + m^2) / 2s2^2 - 1/2
     torch.testing.assert_close(kl_loss(mean, logvar), expected)
     by_hand = 0.5 * (mean[0, 0] ** 2 + logvar[0, 0].exp() - 1 - logvar[0, 0]).sum()
     torch.testing.assert_close(kl_loss(mean[:1, :1], logvar[:1, :1]), by_hand)

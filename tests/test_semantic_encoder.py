@@ -6,6 +6,7 @@ called on that processor's output. Checkpoint folders are written by a tiny
 `Qwen2_5_VLForConditionalGeneration.save_pretrained` (sharded, with an index). All weights are
 random; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,27 @@ from planx_core.semanticgen.encoder import (
     MAX_PIXELS,
     MIN_PIXELS,
     SemanticEncoder,
-    load_semantic_encoder,
     qwen2_5_vl_3b_vision_config,
-    save_semantic_encoder,
     semantic_keyframe_indices,
     semantic_keyframes,
     smart_resize,
     tiny_vision_config,
     vision_config,
 )
+from planx_core.semanticgen.encoder_files import load_semantic_encoder, save_semantic_encoder
 
-TINY_VISION = dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, out_hidden_size=128, patch_size=8,
-                   spatial_merge_size=2, temporal_patch_size=2, window_size=32, fullatt_block_indexes=[1])
+TINY_VISION = dict(
+    depth=2,
+    hidden_size=64,
+    num_heads=2,
+    intermediate_size=128,
+    out_hidden_size=128,
+    patch_size=8,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=32,
+    fullatt_block_indexes=[1],
+)
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +72,7 @@ def random_images(count: int, height: int, width: int, seed: int = 0, smooth: bo
     if not smooth:
         return [rs.randint(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
     from PIL import Image
+
     small = [rs.randint(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8) for _ in range(count)]
     return [np.array(Image.fromarray(s).resize((width, height), Image.BILINEAR)) for s in small]
 
@@ -72,6 +83,7 @@ def to_frames(images: list[np.ndarray]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- configs and shapes
+
 
 def test_configs():
     real = qwen2_5_vl_3b_vision_config()
@@ -101,11 +113,13 @@ def test_smart_resize_matches_qwen():
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
         smart_resize as reference,
     )
+
     for h, w in [(50, 70), (480, 832), (704, 1280), (1080, 1920), (20, 3000), (4000, 4000), (10, 10)]:
         assert smart_resize(h, w, 28) == reference(h, w, 28, MIN_PIXELS, MAX_PIXELS)
 
 
 # --------------------------------------------------------------------------- parity with transformers
+
 
 @pytest.mark.parametrize("patch, size", [(8, (64, 96)), (14, (56, 84))])
 def test_preprocess_matches_qwen_processor(patch, size):
@@ -156,6 +170,7 @@ def test_grid_order_is_spatial():
 
 # --------------------------------------------------------------------------- files
 
+
 def test_save_load_round_trip(encoder, tmp_path):
     path = tmp_path / "semantic_encoder.safetensors"
     save_semantic_encoder(encoder, path)
@@ -172,9 +187,19 @@ def test_save_load_round_trip(encoder, tmp_path):
 def qwen_folder(tmp_path_factory):
     """(folder, vision tower) of a tiny Qwen2_5_VLForConditionalGeneration saved in 8 shards with an index."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                vocab_size=128, bos_token_id=0, eos_token_id=1, rope_parameters=rope)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=128,
+        bos_token_id=0,
+        eos_token_id=1,
+        rope_parameters=rope,
+    )
     config = Qwen2_5_VLConfig(vision_config=TINY_VISION, text_config=text)
     torch.manual_seed(1)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -204,12 +229,16 @@ def test_load_sharded_qwen_folder(qwen_folder):
 def single_file_folder(qwen_folder, dest, prefix: str = "visual.", old_config: bool = False, drop=(), extra=None):
     """The tiny checkpoint as one model.safetensors, vision keys renamed to `prefix`, plus config.json."""
     from safetensors.torch import load_file
+
     folder, _ = qwen_folder
     state = {}
     for shard in sorted(folder.glob("*.safetensors")):
         state.update(load_file(shard))
-    state = {(prefix + k[len("visual."):] if k.startswith("visual.") else k): v for k, v in state.items()
-             if k[len("visual."):] not in drop}
+    state = {
+        (prefix + k[len("visual.") :] if k.startswith("visual.") else k): v
+        for k, v in state.items()
+        if k[len("visual.") :] not in drop
+    }
     state.update(extra or {})
     dest.mkdir()
     save_safetensors(state, dest / "model.safetensors")
@@ -287,12 +316,16 @@ def test_truncated_and_foreign_files_refused(qwen_folder, encoder, tmp_path):
 
 # --------------------------------------------------------------------------- keyframes
 
-@pytest.mark.parametrize("num_frames, fps, expected", [
-    (121, 24.0, [0, 12, 24, 36, 48, 60, 72, 84, 96, 108, 120]),
-    (81, 16.0, [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]),
-    (100, 30.0, [0, 15, 30, 45, 60, 75, 90]),
-    (1, 24.0, [0]),
-])
+
+@pytest.mark.parametrize(
+    "num_frames, fps, expected",
+    [
+        (121, 24.0, [0, 12, 24, 36, 48, 60, 72, 84, 96, 108, 120]),
+        (81, 16.0, [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]),
+        (100, 30.0, [0, 15, 30, 45, 60, 75, 90]),
+        (1, 24.0, [0]),
+    ],
+)
 def test_semantic_keyframe_indices(num_frames, fps, expected):
     assert semantic_keyframe_indices(num_frames, fps) == expected
     times, indices = semantic_keyframes(num_frames, fps)

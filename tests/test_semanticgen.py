@@ -1,6 +1,7 @@
 """SemanticGen end to end on tiny random parts: stage 1 shapes and determinism, stage 2 short and
 long (windowed) rendering, continuous plans made from z_sem, folder round trip, and both training
 stages for a few steps through the training entry point."""
+
 from __future__ import annotations
 
 import json
@@ -37,15 +38,22 @@ def model() -> SemanticGen:
     torch.manual_seed(0)
     dit = WanModel(get_preset("planx-tiny")).eval()
     cfg = dit.config
-    branch = SemanticBranch(BranchConfig(code_dim=8, dim=cfg.dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-                                         mode="in_context"))
+    branch = SemanticBranch(
+        BranchConfig(code_dim=8, dim=cfg.dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers, mode="in_context")
+    )
     for p in branch.parameters():  # a random (not zero) branch, so the plan changes the output
         torch.nn.init.normal_(p, std=0.05)
     semantic = WanModel(semantic_generator_config(8, width=32, layers=2, heads=2)).eval()
-    return SemanticGen(SemanticGenSpec(window=2, sem_dim=8, steps=2, semantic_steps=2),
-                       SemanticEncoder(tiny_vision_config()).eval(),
-                       SemanticCompressor(CompressorConfig.tiny(8)).eval(), dit, branch.eval(), semantic,
-                       load_text_encoder(EMBEDDED / "text_encoder"), load_vae(EMBEDDED / "vae.safetensors"))
+    return SemanticGen(
+        SemanticGenSpec(window=2, sem_dim=8, steps=2, semantic_steps=2),
+        SemanticEncoder(tiny_vision_config()).eval(),
+        SemanticCompressor(CompressorConfig.tiny(8)).eval(),
+        dit,
+        branch.eval(),
+        semantic,
+        load_text_encoder(EMBEDDED / "text_encoder"),
+        load_vae(EMBEDDED / "vae.safetensors"),
+    )
 
 
 def test_latent_layout_round_trip():
@@ -79,6 +87,7 @@ def test_keyframe_latent_frames_follow_alignment_rule():
 def test_semantics_of_a_clip(model):
     clip = world.make_clip(1)
     from planx_core.world.clips import clip_video
+
     z = model.encode_semantics(clip_video([clip])[0])
     assert z.shape == (5, 4, 4, 8) and model.semantic_grid() == (4, 4)
 
@@ -87,8 +96,9 @@ def test_semantics_of_a_clip(model):
 def test_generate_short_and_long(model, frames):
     out, z = model.generate("a red circle", "the red circle moves right", num_frames=frames, seed=0)
     assert out.shape == (frames, 64, 64, 3) and z.shape == ((frames - 1) // 4 + 1, 4, 4, 8)
-    plain, none = model.generate("a red circle", "the red circle moves right", num_frames=frames, seed=0,
-                                 use_semantics=False)
+    plain, none = model.generate(
+        "a red circle", "the red circle moves right", num_frames=frames, seed=0, use_semantics=False
+    )
     assert none is None and plain.shape == out.shape
     assert (out.astype(int) - plain.astype(int)).any()  # the semantic tokens reach the video
 
@@ -126,12 +136,27 @@ def test_dit_file_refuses_other_files(tmp_path, model):
 
 def test_training_stages_run_and_assemble(tmp_path):
     """Both stages for two steps each, then one folder that generates a long video."""
-    common = ["--steps", "2", "--batch", "4", "--pool", "4", "--long-pool", "2", "--long-every", "2",
-              "--eval-clips", "1", "--threads", "1", "--save-every-min", "100"]
+    common = [
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--pool",
+        "4",
+        "--long-pool",
+        "2",
+        "--long-every",
+        "2",
+        "--eval-clips",
+        "1",
+        "--threads",
+        "1",
+        "--save-every-min",
+        "100",
+    ]
     latent, semantic = tmp_path / "latent", tmp_path / "semantic"
     assert train.main(["--stage", "semgen-latent", "--out", str(latent), "--init-from", str(EMBEDDED), *common]) == 0
-    assert train.main(["--stage", "semgen-semantic", "--out", str(semantic), "--latent-run", str(latent),
-                       *common]) == 0
+    assert train.main(["--stage", "semgen-semantic", "--out", str(semantic), "--latent-run", str(latent), *common]) == 0
     logs = [json.loads(line) for line in (latent / "log.jsonl").read_text().splitlines()]
     assert any(e["event"] == "eval" and "sem_accuracy" in e for e in logs)
     folder = assemble(latent, semantic, tmp_path / "model")
@@ -164,10 +189,20 @@ def test_a_retimed_plan_renders_at_its_own_times(model, tmp_path):
     node = model.branch.condition_plan(moved, None, num_frames=moved.num_frames, fps=moved.fps)
     positive, negative = model.contexts("a red circle", "")
     vae = model.vae.config
-    shape = latent_shape(64, 64, 17, channels=vae.z_dim, spatial=vae.spatial_factor, temporal=vae.temporal_factor,
-                         patch=2)
-    reference = render(model.latent_dit, initial_noise(shape, 3), positive, negative, plan=node, steps=model.spec.steps,
-                       shift=model.spec.shift, guidance=Guidance(text_scale=model.spec.text_scale), window=2)
+    shape = latent_shape(
+        64, 64, 17, channels=vae.z_dim, spatial=vae.spatial_factor, temporal=vae.temporal_factor, patch=2
+    )
+    reference = render(
+        model.latent_dit,
+        initial_noise(shape, 3),
+        positive,
+        negative,
+        plan=node,
+        steps=model.spec.steps,
+        shift=model.spec.shift,
+        guidance=Guidance(text_scale=model.spec.text_scale),
+        window=2,
+    )
     assert torch.equal(cli, reference)
     before = model.render_latent(plan, "a red circle", "", num_frames=17, seed=3)
     assert not torch.allclose(before, cli)

@@ -1,4 +1,5 @@
 """The umT5 text encoder: token features, zero padding, order sensitivity, folder round trip."""
+
 import pytest
 import torch
 from conftest import randomize
@@ -48,6 +49,9 @@ def test_folder_round_trip_and_refusal(encoder, tmp_path):
 
 def test_join_prompt():
     from planx_core.wan.text_encoder import join_prompt
-    assert join_prompt("a red circle on a dark background", "the red circle moves up.") == \
-        "a red circle on a dark background. the red circle moves up."
+
+    assert (
+        join_prompt("a red circle on a dark background", "the red circle moves up.")
+        == "a red circle on a dark background. the red circle moves up."
+    )
     assert join_prompt("", "moves up") == "moves up." and join_prompt("", "") == ""

@@ -4,6 +4,7 @@
 (encoder = transformers' SigLIP vision tower, `TextAlignedTokenizer` module names), so these
 tests pin `TATok` to the real checkpoint layout. All weights are random; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import collections
@@ -47,17 +48,24 @@ TINY = TATokConfig.tiny()
 
 def tar_layout(hidden, inter, layers, patch, grid, dim, codes, head=True) -> dict[str, tuple[int, ...]]:
     """Key -> shape of Tar's TA-Tok encoder half (`ta_tok.pth` "sd" minus decoder / teacher keys)."""
-    out = {"encoder.embeddings.patch_embedding.weight": (hidden, 3, patch, patch),
-           "encoder.embeddings.patch_embedding.bias": (hidden,),
-           "encoder.embeddings.position_embedding.weight": (grid * grid, hidden),
-           "encoder.post_layernorm.weight": (hidden,), "encoder.post_layernorm.bias": (hidden,),
-           "encode_task_layer.0.weight": (hidden, hidden), "encode_task_layer.0.bias": (hidden,),
-           "bottleneck.in_linear.weight": (dim, hidden), "bottleneck.in_linear.bias": (dim,),
-           "bottleneck.out_linear.weight": (dim, dim), "bottleneck.out_linear.bias": (dim,),
-           "bottleneck.regularizer.embedding.weight": (codes, dim),
-           "bottleneck.regularizer.embedding_proj.weight": (dim, dim),
-           "bottleneck.regularizer.embedding_proj.bias": (dim,),
-           "scale_layer.shift": (1, 3, 1, 1), "scale_layer.scale": (1, 3, 1, 1)}
+    out = {
+        "encoder.embeddings.patch_embedding.weight": (hidden, 3, patch, patch),
+        "encoder.embeddings.patch_embedding.bias": (hidden,),
+        "encoder.embeddings.position_embedding.weight": (grid * grid, hidden),
+        "encoder.post_layernorm.weight": (hidden,),
+        "encoder.post_layernorm.bias": (hidden,),
+        "encode_task_layer.0.weight": (hidden, hidden),
+        "encode_task_layer.0.bias": (hidden,),
+        "bottleneck.in_linear.weight": (dim, hidden),
+        "bottleneck.in_linear.bias": (dim,),
+        "bottleneck.out_linear.weight": (dim, dim),
+        "bottleneck.out_linear.bias": (dim,),
+        "bottleneck.regularizer.embedding.weight": (codes, dim),
+        "bottleneck.regularizer.embedding_proj.weight": (dim, dim),
+        "bottleneck.regularizer.embedding_proj.bias": (dim,),
+        "scale_layer.shift": (1, 3, 1, 1),
+        "scale_layer.scale": (1, 3, 1, 1),
+    }
     for n in range(layers):
         b = f"encoder.encoder.layers.{n}."
         for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -67,20 +75,32 @@ def tar_layout(hidden, inter, layers, patch, grid, dim, codes, head=True) -> dic
         out[f"{b}mlp.fc1.weight"], out[f"{b}mlp.fc1.bias"] = (inter, hidden), (inter,)
         out[f"{b}mlp.fc2.weight"], out[f"{b}mlp.fc2.bias"] = (hidden, inter), (hidden,)
     if head:
-        out.update({"encoder.head.probe": (1, 1, hidden), "encoder.head.attention.in_proj_weight": (3 * hidden, hidden),
-                    "encoder.head.attention.in_proj_bias": (3 * hidden,),
-                    "encoder.head.attention.out_proj.weight": (hidden, hidden),
-                    "encoder.head.attention.out_proj.bias": (hidden,), "encoder.head.layernorm.weight": (hidden,),
-                    "encoder.head.layernorm.bias": (hidden,), "encoder.head.mlp.fc1.weight": (inter, hidden),
-                    "encoder.head.mlp.fc1.bias": (inter,), "encoder.head.mlp.fc2.weight": (hidden, inter),
-                    "encoder.head.mlp.fc2.bias": (hidden,)})
+        out.update(
+            {
+                "encoder.head.probe": (1, 1, hidden),
+                "encoder.head.attention.in_proj_weight": (3 * hidden, hidden),
+                "encoder.head.attention.in_proj_bias": (3 * hidden,),
+                "encoder.head.attention.out_proj.weight": (hidden, hidden),
+                "encoder.head.attention.out_proj.bias": (hidden,),
+                "encoder.head.layernorm.weight": (hidden,),
+                "encoder.head.layernorm.bias": (hidden,),
+                "encoder.head.mlp.fc1.weight": (inter, hidden),
+                "encoder.head.mlp.fc1.bias": (inter,),
+                "encoder.head.mlp.fc2.weight": (hidden, inter),
+                "encoder.head.mlp.fc2.bias": (hidden,),
+            }
+        )
     return out
 
 
 TINY_LAYOUT = tar_layout(32, 64, 2, 2, 27, 16, 256)
-TAR_EXTRAS = {"decoder.vision_model.embeddings.patch_embedding.weight": (32, 16),  # the de-tokenizer (dropped)
-              "decoder.vision_model.post_layernorm.weight": (32,), "decode_task_layer.0.weight": (32, 32),
-              "decode_task_layer.2.bias": (32,), "teacher.vision_model.post_layernorm.bias": (32,)}
+TAR_EXTRAS = {
+    "decoder.vision_model.embeddings.patch_embedding.weight": (32, 16),  # the de-tokenizer (dropped)
+    "decoder.vision_model.post_layernorm.weight": (32,),
+    "decode_task_layer.0.weight": (32, 32),
+    "decode_task_layer.2.bias": (32,),
+    "teacher.vision_model.post_layernorm.bias": (32,),
+}
 
 
 def random_state(layout: dict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -107,6 +127,7 @@ def images() -> torch.Tensor:
 
 # --- layout ----------------------------------------------------------------------------------------
 
+
 def test_state_dict_has_tars_key_names_and_shapes():
     assert expected_shapes(TINY) == TINY_LAYOUT
     real = TATokConfig.so400m()
@@ -123,6 +144,7 @@ def test_real_shapes_give_the_real_config():
 
 # --- the encoder against transformers --------------------------------------------------------------
 
+
 def test_features_match_a_direct_transformers_forward(model, images):
     with torch.no_grad():
         ref = model.encoder(pixel_values=(images - 0.5) / 0.5, output_hidden_states=True).hidden_states[-2]
@@ -133,6 +155,7 @@ def test_features_match_a_direct_transformers_forward(model, images):
 
 def test_frames_are_squashed_like_torchvision_resize(model):
     from torchvision.transforms import Resize
+
     wide = torch.rand(2, 3, 40, 90, generator=torch.Generator().manual_seed(2))
     squashed = Resize((54, 54), antialias=True)((wide - 0.5) / 0.5)
     with torch.no_grad():
@@ -147,12 +170,15 @@ def reference_tokens(model: TATok, images: torch.Tensor, grid: int) -> torch.Ten
         feats = model.encoder(pixel_values=(images - 0.5) / 0.5, output_hidden_states=True).hidden_states[-2]
     p, s = 27, {27: 1, 13: 2, 9: 3}[grid]
     maps = feats.double().reshape(len(images), p, p, -1)
-    cells = torch.stack([maps[:, i * s:(i + 1) * s, j * s:(j + 1) * s].mean((1, 2))
-                         for i in range(grid) for j in range(grid)], 1)  # [B, g*g, h]
+    cells = torch.stack(
+        [maps[:, i * s : (i + 1) * s, j * s : (j + 1) * s].mean((1, 2)) for i in range(grid) for j in range(grid)], 1
+    )  # [B, g*g, h]
     task = torch.tanh(cells @ sd["encode_task_layer.0.weight"].T + sd["encode_task_layer.0.bias"])
     z = task @ sd["bottleneck.in_linear.weight"].T + sd["bottleneck.in_linear.bias"]
-    book = (sd["bottleneck.regularizer.embedding.weight"] @ sd["bottleneck.regularizer.embedding_proj.weight"].T
-            + sd["bottleneck.regularizer.embedding_proj.bias"])
+    book = (
+        sd["bottleneck.regularizer.embedding.weight"] @ sd["bottleneck.regularizer.embedding_proj.weight"].T
+        + sd["bottleneck.regularizer.embedding_proj.bias"]
+    )
     sims = F.normalize(z, dim=-1) @ F.normalize(book, dim=-1).T  # [B, g*g, N]
     return sims.argmax(-1)
 
@@ -165,6 +191,7 @@ def test_encode_matches_the_reference_pipeline(model, images, grid):
 
 
 # --- pooling and lookup ----------------------------------------------------------------------------
+
 
 def test_pool_scales_of_the_27x27_grid():
     assert [pool_scale_for(27, g) for g in (27, 13, 9)] == [1, 2, 3]
@@ -247,6 +274,7 @@ def test_works_inside_inference_mode_like_comfyui(model, images, tmp_path):
 
 # --- files -----------------------------------------------------------------------------------------
 
+
 def test_save_load_round_trip(model, images, tmp_path):
     path = tmp_path / "ta_tok_tiny.safetensors"
     save_tatok(model, path)
@@ -286,6 +314,7 @@ def write_bad(tmp_path, name, sd, metadata=None):
 def test_wrong_files_are_refused_with_the_fix(tmp_path, model):
     from planx_core.wan.configs import get_preset
     from planx_core.wan.dit import WanModel
+
     dit = write_bad(tmp_path, "dit.safetensors", WanModel(get_preset("tiny")).state_dict())
     with pytest.raises(CheckpointError, match=r"dit\.safetensors: this is a Wan DiT .*DiT loader"):
         load_tatok(dit)
@@ -295,8 +324,9 @@ def test_wrong_files_are_refused_with_the_fix(tmp_path, model):
     vae = write_bad(tmp_path, "vae.safetensors", {"conv_in.weight": torch.zeros(4, 3, 3, 3)})
     with pytest.raises(CheckpointError, match=r"not a TA-Tok tokenizer.*conv_in\.weight"):
         load_tatok(vae)
-    branch = write_bad(tmp_path, "branch.safetensors", {"proj.0.weight": torch.zeros(4)},
-                       {"planx_semantic_branch": "{}"})
+    branch = write_bad(
+        tmp_path, "branch.safetensors", {"proj.0.weight": torch.zeros(4)}, {"planx_semantic_branch": "{}"}
+    )
     with pytest.raises(CheckpointError, match="semantic-branch file"):
         load_tatok(branch)
     good = tmp_path / "good.safetensors"
@@ -326,13 +356,18 @@ def test_incomplete_or_misshaped_tokenizers_name_the_keys(tmp_path, model):
     assert "unexpected keys: encoder.extra.weight" in text
     assert "bottleneck.regularizer.embedding.weight (expected [256, 16], found [128, 16])" in text
     assert "convert-tatok" in text
-    future = write_bad(tmp_path, "future.safetensors", dict(model.state_dict()),
-                       {"planx_tatok": json.dumps({**TINY.to_dict(), "rope": True})})
+    future = write_bad(
+        tmp_path,
+        "future.safetensors",
+        dict(model.state_dict()),
+        {"planx_tatok": json.dumps({**TINY.to_dict(), "rope": True})},
+    )
     with pytest.raises(CheckpointError, match=r"unknown TA-Tok config fields \['rope'\]"):
         load_tatok(future)
 
 
 # --- the converter ---------------------------------------------------------------------------------
+
 
 class _FakeEasyDict(dict):
     """Pickles like easydict.EasyDict: a dict whose items are mirrored as attributes."""
@@ -350,11 +385,24 @@ class _FakeEasyDict(dict):
 
 
 def released_args() -> dict:
-    reg = {"name": "simvq", "args": {"codebook_size": 256, "commitment_loss_weight": 0.25, "l2_normalized": True,
-                                     "stochastic": True, "stochastic_temperature": 0.03}}
-    return {"bottleneck": {"name": "bottleneck", "args": {"bottleneck_dim": 16, "norm": "none", "regularizer": reg}},
-            "bottleneck_token_num": 729, "input_size": 54, "teacher": "google/siglip2-so400m-patch14-384",
-            "pool_scale": 1, "rand_scale": True}
+    reg = {
+        "name": "simvq",
+        "args": {
+            "codebook_size": 256,
+            "commitment_loss_weight": 0.25,
+            "l2_normalized": True,
+            "stochastic": True,
+            "stochastic_temperature": 0.03,
+        },
+    }
+    return {
+        "bottleneck": {"name": "bottleneck", "args": {"bottleneck_dim": 16, "norm": "none", "regularizer": reg}},
+        "bottleneck_token_num": 729,
+        "input_size": 54,
+        "teacher": "google/siglip2-so400m-patch14-384",
+        "pool_scale": 1,
+        "rand_scale": True,
+    }
 
 
 def save_released(path, args: dict, sd: dict) -> None:
@@ -432,6 +480,7 @@ def test_convert_command(tmp_path, capsys):
 
 # --- video -> plan ---------------------------------------------------------------------------------
 
+
 def test_plan_from_video(model):
     frames = torch.rand(25, 40, 64, 3, generator=torch.Generator().manual_seed(8))  # 25 frames at 8 fps = 3 s
     plan = plan_from_video(model, frames, fps=8.0)
@@ -445,8 +494,9 @@ def test_plan_from_video(model):
     as_bytes = (frames * 255).round().to(torch.uint8)
     same = plan_from_video(model, as_bytes.permute(0, 3, 1, 2), fps=8.0, batch_size=3)
     assert torch.equal(same.token_tensor(), plan_from_video(model, as_bytes, fps=8.0).token_tensor())
-    coarse = plan_from_video(model, frames, fps=8.0, keyframe_rate=1.0, grid=13, codebook_name="mine",
-                             width=1280, height=704)
+    coarse = plan_from_video(
+        model, frames, fps=8.0, keyframe_rate=1.0, grid=13, codebook_name="mine", width=1280, height=704
+    )
     assert coarse.times == [0.0, 1.0, 2.0, 3.0] and coarse.grid == (13, 13)
     assert coarse.codebook.name == "mine" and (coarse.width, coarse.height) == (1280, 704)
     slow = plan_from_video(model, frames[:4], fps=1.5, keyframe_rate=2.0)  # fps below the rate: no repeated frame

@@ -7,6 +7,7 @@ different clips); resuming 2 -> 4 steps equals 4 straight steps (loss trace and 
 codebook); the cell-label rule; refusing to resume with other settings; a fresh TA-Tok's codes
 sitting on their words.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from planx_core.files.safetensors import read_safetensors
-from planx_core.planner.model import load_planner
+from planx_core.planner.files import load_planner
 from planx_core.tatok.files import load_tatok
 from planx_core.training import main as train
 from planx_core.world import tiny
@@ -33,8 +34,22 @@ from planx_core.world.labels import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--steps", "2", "--batch", "1", "--log-every", "1", "--eval-clips", "1", "--eval-decode", "0",
-        "--lr", "1e-2", "--warmup", "1"]
+FAST = [
+    "--steps",
+    "2",
+    "--batch",
+    "1",
+    "--log-every",
+    "1",
+    "--eval-clips",
+    "1",
+    "--eval-decode",
+    "0",
+    "--lr",
+    "1e-2",
+    "--warmup",
+    "1",
+]
 
 
 def events(out: Path, kind: str) -> list[dict]:
@@ -43,8 +58,25 @@ def events(out: Path, kind: str) -> list[dict]:
 
 
 def torchrun(stage: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "planx_core", "train", "--stage", stage, "--out", str(out), "--threads", "1", *FAST, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "planx_core",
+        "train",
+        "--stage",
+        stage,
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        *FAST,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -85,6 +117,7 @@ def vae_run(tmp_path_factory) -> Path:
 
 def test_vae_stage_under_torchrun(vae_run):
     from planx_core.wan.vae_files import load_vae
+
     vae = load_vae(vae_run / "vae.safetensors")
     assert vae.config.latents_mean is not None and len(vae.config.latents_std) == vae.config.z_dim
     assert "psnr" in events(vae_run, "end")[0]
@@ -93,8 +126,10 @@ def test_vae_stage_under_torchrun(vae_run):
 @pytest.fixture(scope="module")
 def dit_run(tmp_path_factory, vae_run, tatok_run) -> Path:
     out = tmp_path_factory.mktemp("runs") / "dit"
-    check_ddp_run(torchrun("dit", out, "--vae", str(vae_run), "--tatok", str(tatok_run), "--pool", "4",
-                           "--plan-dropout", "0.5"), out)
+    check_ddp_run(
+        torchrun("dit", out, "--vae", str(vae_run), "--tatok", str(tatok_run), "--pool", "4", "--plan-dropout", "0.5"),
+        out,
+    )
     return out
 
 
@@ -102,6 +137,7 @@ def test_dit_stage_under_torchrun(dit_run):
     from planx_core.semantic_branch import load_branch
     from planx_core.wan.dit_files import load_dit
     from planx_core.wan.text_encoder import load_text_encoder
+
     out = dit_run
     assert load_dit(out / "dit.safetensors").config.name == "planx-tiny"
     assert load_branch(out / "branch.safetensors").config.code_dim == 128
@@ -111,10 +147,27 @@ def test_dit_stage_under_torchrun(dit_run):
 
 def test_e2e_stage_under_torchrun(tmp_path_factory, dit_run, vae_run, tatok_run, planner_run):
     out = tmp_path_factory.mktemp("runs") / "e2e"
-    check_ddp_run(torchrun("e2e", out, "--vae", str(vae_run), "--tatok", str(tatok_run), "--pool", "2",
-                           "--init-from", str(dit_run), "--planner", str(planner_run), "--planned-share", "1"), out)
+    check_ddp_run(
+        torchrun(
+            "e2e",
+            out,
+            "--vae",
+            str(vae_run),
+            "--tatok",
+            str(tatok_run),
+            "--pool",
+            "2",
+            "--init-from",
+            str(dit_run),
+            "--planner",
+            str(planner_run),
+            "--planned-share",
+            "1",
+        ),
+        out,
+    )
     pool = read_safetensors(out / "pool.safetensors")
-    assert pool["planned"].shape == pool["codes"].shape == (2, len(tiny.VIDEO.keyframes), tiny.VIDEO.grid ** 2)
+    assert pool["planned"].shape == pool["codes"].shape == (2, len(tiny.VIDEO.keyframes), tiny.VIDEO.grid**2)
     assert torch.equal(pool["planned"][:, 0], pool["codes"][:, 0]), "keyframe 0 must be the clip's own (locked)"
     start = read_safetensors(dit_run / "dit.safetensors")
     tuned = read_safetensors(out / "dit.safetensors")
@@ -143,7 +196,7 @@ def test_planner_stage_under_torchrun_keeps_the_tie(planner_run, tatok_run):
     assert load_tatok(planner_run / "ta_tok.safetensors").digest() == tatok.digest(), "not exported with its TA-Tok"
     weight = planner.model.get_input_embeddings().weight  # [V, hidden]
     v = planner.vocab
-    assert torch.equal(weight[v.image_start:v.image_end], tatok.codebook()), "<I*> rows left the codebook"
+    assert torch.equal(weight[v.image_start : v.image_end], tatok.codebook()), "<I*> rows left the codebook"
     assert torch.equal(weight[tiny.anchor_ids(planner.tokenizer)], tatok.bottleneck.regularizer.embedding.weight)
     fresh, _, _ = tiny.build_planner(0)
     assert not torch.equal(weight[v.im_start], fresh.get_input_embeddings().weight[v.im_start]), "trainable rows moved"
@@ -159,8 +212,9 @@ def test_resume_equals_a_straight_run(tmp_path, stage):
     run_in_process(stage, tmp_path / "split", 2)
     run_in_process(stage, tmp_path / "split", 4)
     run_in_process(stage, tmp_path / "straight", 4)
-    trace = {name: [(r["step"], r["last_loss"]) for r in events(tmp_path / name, "step")]
-             for name in ("split", "straight")}
+    trace = {
+        name: [(r["step"], r["last_loss"]) for r in events(tmp_path / name, "step")] for name in ("split", "straight")
+    }
     assert [s for s, _ in trace["split"]] == [1, 2, 3, 4]
     assert np.allclose([x for _, x in trace["split"]], [x for _, x in trace["straight"]], rtol=1e-6, atol=0)
     a, b = (read_safetensors(tmp_path / name / "checkpoint" / "model.safetensors") for name in ("split", "straight"))
@@ -193,7 +247,7 @@ def test_fresh_codebook_sits_on_the_words():
     model, tokenizer, vocab, tatok = tiny.build_pair(0)
     check = tiny.code_word_check(tatok.codebook(), tiny.anchor_rows(model, tokenizer), range(tiny.NUM_CODES))
     assert all(r["nearest"] == r["word"] and r["cos"] > 0.9999 for r in check)
-    rows = model.get_input_embeddings().weight[vocab.image_start:vocab.image_end]
+    rows = model.get_input_embeddings().weight[vocab.image_start : vocab.image_end]
     assert torch.equal(rows, tatok.codebook())
 
 
@@ -213,9 +267,22 @@ def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit
     from planx_core.pipelines.bundle import load_bundle
     from planx_core.pipelines.planx import PlanXPipeline
     from planx_core.training.assemble import main as assemble_main
+
     out = tmp_path / "bundle"
-    args = ["--planner", str(planner_run), "--vae", str(vae_run), "--dit", str(dit_run), "--no-e2e", str(dit_run),
-            "--out", str(out), "--steps", "1"]
+    args = [
+        "--planner",
+        str(planner_run),
+        "--vae",
+        str(vae_run),
+        "--dit",
+        str(dit_run),
+        "--no-e2e",
+        str(dit_run),
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+    ]
     assert assemble_main(args) == 0
     assert (out / "no_e2e" / "dit.safetensors").is_file()
     pipe = PlanXPipeline(load_bundle(out))
@@ -232,9 +299,26 @@ def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit
 
 def test_vae_decoder_only_keeps_the_encoder(tmp_path, vae_run):
     from planx_core.wan.vae_files import load_vae
+
     out = tmp_path / "dec"
-    args = ["--stage", "vae", "--out", str(out), *FAST, "--eval-clips", "0", "--vae-frames", "5", "--vae-crop", "16",
-            "--stats-clips", "2", "--vae-decoder-only", "--init-from", str(vae_run)]
+    args = [
+        "--stage",
+        "vae",
+        "--out",
+        str(out),
+        *FAST,
+        "--eval-clips",
+        "0",
+        "--vae-frames",
+        "5",
+        "--vae-crop",
+        "16",
+        "--stats-clips",
+        "2",
+        "--vae-decoder-only",
+        "--init-from",
+        str(vae_run),
+    ]
     assert train.main(args) == 0
     before, after = load_vae(vae_run / "vae.safetensors"), load_vae(out / "vae.safetensors")
     a, b = before.state_dict(), after.state_dict()
@@ -246,6 +330,7 @@ def test_vae_decoder_only_keeps_the_encoder(tmp_path, vae_run):
 
 def test_model_card_lists_the_runs_commands_and_time(dit_run, tmp_path):
     from planx_core.training.assemble import model_card, run_history
+
     history = run_history(dit_run)
     assert history["steps"] == 2 and history["seconds"] > 0
     card = model_card({"dit": dit_run}, "# Card", "# Plan-X evaluation: x\n| row |")

@@ -4,6 +4,7 @@ No real weights are used: every model and file is built here from random weights
 key names are pinned by diffusers' own single-file converter (`convert_wan_vae_to_diffusers`),
 which was written for the published `Wan2.1_VAE.pth`, so it is independent of `vae.py`.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,9 @@ from planx_core.wan.vae_files import (
 )
 
 # 2x in time, 4x in space: diffusers' chunking (1, 4, 4, ... frames) gives 2 latent frames per chunk.
-SMALL = VAEConfig(dim=16, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=2, temperal_downsample=(False, True),
-                  name="small")
+SMALL = VAEConfig(
+    dim=16, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=2, temperal_downsample=(False, True), name="small"
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,7 @@ def diffusers_wan():
     pytest.importorskip("diffusers")
     from diffusers import AutoencoderKLWan
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
     return AutoencoderKLWan, convert_wan_vae_to_diffusers
 
 
@@ -52,6 +55,7 @@ def shapes(sd) -> dict[str, tuple[int, ...]]:
 
 
 # --------------------------------------------------------------------------- architecture and parity
+
 
 def test_official_key_names_match_diffusers_converter():
     """diffusers' converter for the official checkpoint turns our wan2.1 keys into exactly its own model's keys."""
@@ -68,9 +72,15 @@ def test_official_key_names_match_diffusers_converter():
 
 def test_parity_with_diffusers(small, video):
     AutoencoderKLWan, _ = diffusers_wan()
-    ref = AutoencoderKLWan(base_dim=SMALL.dim, z_dim=SMALL.z_dim, dim_mult=list(SMALL.dim_mult),
-                           num_res_blocks=SMALL.num_res_blocks, temperal_downsample=list(SMALL.temperal_downsample),
-                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    ref = AutoencoderKLWan(
+        base_dim=SMALL.dim,
+        z_dim=SMALL.z_dim,
+        dim_mult=list(SMALL.dim_mult),
+        num_res_blocks=SMALL.num_res_blocks,
+        temperal_downsample=list(SMALL.temperal_downsample),
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    ).eval()
     ref.load_state_dict(official_to_diffusers(small.state_dict(), SMALL.num_res_blocks), strict=True)
     assert diffusers_to_official(ref.state_dict()).keys() == small.state_dict().keys()
     latent = torch.randn(1, SMALL.z_dim, 3, 8, 8, generator=torch.Generator().manual_seed(4))
@@ -89,8 +99,9 @@ def test_chunked_equals_one_pass(small, video):
     latent = torch.randn(1, SMALL.z_dim, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(small.encode(video), small.encode(video, chunked=False), atol=1e-5)
-        assert torch.allclose(small.decode(latent, clamp=False), small.decode(latent, clamp=False, chunked=False),
-                              atol=1e-5)
+        assert torch.allclose(
+            small.decode(latent, clamp=False), small.decode(latent, clamp=False, chunked=False), atol=1e-5
+        )
 
 
 def test_encode_and_decode_are_causal(small, video):
@@ -122,10 +133,15 @@ def test_tiny_preset_maps_17_frames_64px_to_5x16x16_and_back():
     assert real.latent_shape(81, 480, 832) == (16, 21, 60, 104)
 
 
-@pytest.mark.parametrize("frames, fix", [(16, "trim the clip to 13 frames or pad it to 17"),
-                                         (18, "trim the clip to 17 frames or pad it to 21"),
-                                         (2, "trim the clip to 1 frame or pad it to 5"),
-                                         (0, "pad the clip to 1")])
+@pytest.mark.parametrize(
+    "frames, fix",
+    [
+        (16, "trim the clip to 13 frames or pad it to 17"),
+        (18, "trim the clip to 17 frames or pad it to 21"),
+        (2, "trim the clip to 1 frame or pad it to 5"),
+        (0, "pad the clip to 1"),
+    ],
+)
 def test_bad_frame_counts_are_refused(frames, fix):
     vae = WanVAE("tiny")
     with pytest.raises(ValueError, match=r"1 \+ 4n frames \(1, 5, 9, 13, \.\.\.\)") as err:
@@ -162,6 +178,7 @@ def test_latent_normalisation_and_sample(small, video):
 
 # --------------------------------------------------------------------------- files
 
+
 def test_save_load_round_trip(tmp_path, small, video):
     path = tmp_path / "vae.safetensors"
     save_vae(small, path)
@@ -179,8 +196,13 @@ def test_config_inferred_from_shapes(tmp_path, small):
     path = tmp_path / "plain.safetensors"
     save_safetensors(small.state_dict(), path)  # no planx metadata
     cfg = load_vae(path).config
-    assert (cfg.dim, cfg.z_dim, cfg.dim_mult, cfg.num_res_blocks, cfg.temperal_downsample) == (16, 4, (1, 2, 2), 2,
-                                                                                                (False, True))
+    assert (cfg.dim, cfg.z_dim, cfg.dim_mult, cfg.num_res_blocks, cfg.temperal_downsample) == (
+        16,
+        4,
+        (1, 2, 2),
+        2,
+        (False, True),
+    )
     assert cfg.name == "custom" and cfg.latents_mean is None
     for name in ("wan2.1", "tiny"):  # meta tensors carry the shapes; the real preset brings its latent statistics
         with torch.device("meta"):
@@ -193,10 +215,14 @@ def test_config_inferred_from_shapes(tmp_path, small):
 
 def test_comfyui_prefix_and_diffusers_layout(tmp_path, small):
     sd = small.state_dict()
-    files = {"vae": {f"vae.{k}": v for k, v in sd.items()},
-             "bundle": {**{f"first_stage_model.{k}": v for k, v in sd.items()},
-                        "model.diffusion_model.patch_embedding.weight": torch.zeros(2, 2)},
-             "diffusers": official_to_diffusers(sd, SMALL.num_res_blocks)}
+    files = {
+        "vae": {f"vae.{k}": v for k, v in sd.items()},
+        "bundle": {
+            **{f"first_stage_model.{k}": v for k, v in sd.items()},
+            "model.diffusion_model.patch_embedding.weight": torch.zeros(2, 2),
+        },
+        "diffusers": official_to_diffusers(sd, SMALL.num_res_blocks),
+    }
     for name, content in files.items():
         save_safetensors(content, tmp_path / f"{name}.safetensors")
         loaded = load_vae(tmp_path / f"{name}.safetensors")
@@ -214,15 +240,26 @@ def test_refusals(tmp_path, small):
     dit = WanModel(get_preset("tiny")).state_dict()
     cases = {
         "a Wan DiT": ("dit", dit),
-        "a text encoder": ("t5", {"shared.weight": torch.zeros(4, 2),
-                                  "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2)}),
-        "the Wan 2.2 VAE": ("wan22", {"encoder.conv1.weight": torch.zeros(4, 12, 3, 3, 3),
-                                      "encoder.downsamples.0.downsamples.0.residual.0.gamma": torch.zeros(4, 1, 1, 1)}),
+        "a text encoder": (
+            "t5",
+            {"shared.weight": torch.zeros(4, 2), "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2)},
+        ),
+        "the Wan 2.2 VAE": (
+            "wan22",
+            {
+                "encoder.conv1.weight": torch.zeros(4, 12, 3, 3, 3),
+                "encoder.downsamples.0.downsamples.0.residual.0.gamma": torch.zeros(4, 1, 1, 1),
+            },
+        ),
         "none of its keys look like Wan VAE": ("other", {"foo.weight": torch.zeros(2)}),
-        r"1 missing keys: decoder.head.2.bias": ("missing", {k: v for k, v in sd.items()
-                                                             if k != "decoder.head.2.bias"}),
-        r"mis-shaped keys: decoder.head.0.gamma \(expected \[16, 1, 1, 1\], found \[16\]\)":
-            ("misshaped", {**sd, "decoder.head.0.gamma": torch.ones(16)}),
+        r"1 missing keys: decoder.head.2.bias": (
+            "missing",
+            {k: v for k, v in sd.items() if k != "decoder.head.2.bias"},
+        ),
+        r"mis-shaped keys: decoder.head.0.gamma \(expected \[16, 1, 1, 1\], found \[16\]\)": (
+            "misshaped",
+            {**sd, "decoder.head.0.gamma": torch.ones(16)},
+        ),
     }
     for message, (name, content) in cases.items():
         with pytest.raises(CheckpointError, match=message):

@@ -1,4 +1,5 @@
 """Shifted-window attention (SemanticGen Sec. 3.4): the rule, its batched implementation, and the DiT."""
+
 import math
 
 import pytest
@@ -28,7 +29,7 @@ def reference(q, k, v, layout, global_bias=None):
     keep = dense_window_mask(layout)  # [L, L]
     mask = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
     if global_bias is not None:
-        mask[:layout.video_tokens, layout.video_tokens:] += global_bias
+        mask[: layout.video_tokens, layout.video_tokens :] += global_bias
     out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask)
     return out.transpose(1, 2)
 
@@ -60,8 +61,9 @@ def test_windowed_attention_matches_the_dense_masked_reference(frames, hw, windo
 def test_one_window_without_globals_is_full_attention():
     layout = WindowLayout(frames=4, tokens_per_frame=5, window=4)
     q, k, v = qkv(layout)
-    torch.testing.assert_close(windowed_attention(q, k, v, layout), attention_module.attention(q, k, v),
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        windowed_attention(q, k, v, layout), attention_module.attention(q, k, v), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_gradients_match_the_reference():
@@ -84,6 +86,7 @@ def test_bf16_tracks_fp32():
 
 
 # --- the rule itself ----------------------------------------------------------------------------------
+
 
 def allowed(layout, token):
     return dense_window_mask(layout)[token].nonzero().flatten().tolist()
@@ -113,15 +116,18 @@ def test_odd_layers_shift_by_half_a_window():
     assert allowed(odd, 0) == [0, 1] and allowed(odd, 7) == [6, 7]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(window=0), "at least 1 latent frame"),
-    (dict(window=-2), "at least 1 latent frame"),
-    (dict(window=4, shift=4), "shift must be in 0..3"),
-    (dict(window=4, shift=-1), "shift must be in 0..3"),
-    (dict(frames=0), "at least one frame"),
-    (dict(num_global=-1), "num_global"),
-    (dict(window=2.0), "must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(window=0), "at least 1 latent frame"),
+        (dict(window=-2), "at least 1 latent frame"),
+        (dict(window=4, shift=4), "shift must be in 0..3"),
+        (dict(window=4, shift=-1), "shift must be in 0..3"),
+        (dict(frames=0), "at least one frame"),
+        (dict(num_global=-1), "num_global"),
+        (dict(window=2.0), "must be an int"),
+    ],
+)
 def test_bad_layouts_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WindowLayout(**{**dict(frames=4, tokens_per_frame=2, window=2), **kwargs})
@@ -138,6 +144,7 @@ def test_wrong_sequence_length_and_bias_are_refused():
 
 # --- no dense mask: every attention call is window-sized ---------------------------------------------
 
+
 @pytest.fixture
 def attention_calls(monkeypatch):
     """Record (query length, key length, mask shape) of every call of the attention entry point."""
@@ -148,6 +155,7 @@ def attention_calls(monkeypatch):
         mask = kw.get("attn_mask")
         calls.append((q.shape[1], k.shape[1], None if mask is None else tuple(mask.shape)))
         return real(q, k, v, **kw)
+
     monkeypatch.setattr(attention_module, "attention", spy)
     monkeypatch.setattr("planx_core.wan.dit.attention", spy)
     return calls
@@ -173,10 +181,17 @@ def test_windowed_dit_never_attends_over_the_whole_video(tiny_config, attention_
 
 # --- in the DiT ---------------------------------------------------------------------------------------
 
+
 def dit_and_plan(config, mode, frames=8):
     model = randomize(WanModel(config))
-    branch = randomize(SemanticBranch(BranchConfig(code_dim=16, dim=config.dim, num_heads=config.num_heads,
-                                                   num_layers=config.num_layers, mode=mode)), seed=1)
+    branch = randomize(
+        SemanticBranch(
+            BranchConfig(
+                code_dim=16, dim=config.dim, num_heads=config.num_heads, num_layers=config.num_layers, mode=mode
+            )
+        ),
+        seed=1,
+    )
     x, t, ctx = torch.randn(1, 48, frames, 4, 6), torch.tensor([700.0]), torch.randn(1, 6, 32)
     return model, branch, (x, t, ctx), torch.randn(1, 3 * 9, 16)
 

@@ -1,4 +1,5 @@
 """PlanShapes world and scorer: determinism, ground truth against pixels, captions, splits, metrics."""
+
 from __future__ import annotations
 
 import re
@@ -16,6 +17,7 @@ from planx_core.world.clips import (
     order_pairs,
     stamp,
 )
+from planx_core.world.sample import sample_composition
 from planx_core.world.scenes import (
     COLOURS,
     DIRECTIONS,
@@ -35,7 +37,6 @@ from planx_core.world.scenes import (
     bigrams,
     is_heldout,
     keyframe_frames,
-    sample_composition,
     stage_bounds,
     tokenize,
 )
@@ -56,8 +57,11 @@ CAPTION = re.compile(f"{SCENE}\\. {CLAUSE}(?:, then (?:{CLAUSE}|{DIR}|{VP}))*\\.
 @pytest.fixture(scope="module")
 def clips():
     """A mixed sample: random train clips plus forced wall and behind occlusion clips."""
-    return (dataset("train", 40, seed=3) + dataset("train", 6, seed=4, kind="wall")
-            + dataset("train", 6, seed=5, kind="behind"))
+    return (
+        dataset("train", 40, seed=3)
+        + dataset("train", 6, seed=4, kind="wall")
+        + dataset("train", 6, seed=5, kind="behind")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +71,15 @@ def multi_stage():
 
 
 def full_marks(scores: dict) -> bool:
-    return all(scores[k] == 1.0 for k in ("accuracy", "completeness", "fidelity", "consistency", "visibility")) \
-        and scores["trajectory_error"] == 0.0 and scores["keyframe_error"] == 0.0
+    return (
+        all(scores[k] == 1.0 for k in ("accuracy", "completeness", "fidelity", "consistency", "visibility"))
+        and scores["trajectory_error"] == 0.0
+        and scores["keyframe_error"] == 0.0
+    )
 
 
 # ---------------------------------------------------------------- world
+
 
 def test_stage_bounds_split_the_intervals_evenly_longer_first():
     assert stage_bounds(1) == [(0, 16)]
@@ -81,9 +89,16 @@ def test_stage_bounds_split_the_intervals_evenly_longer_first():
     assert keyframe_frames() == (0, 4, 8, 12, 16)
 
 
-@pytest.mark.parametrize("kwargs, words", [({"num_frames": 16}, r"4n\+1"), ({"max_objects": 4}, "max_objects"),
-                                           ({"max_stages": 5}, "max_stages"), ({"texture_sigma": 12}, "sigma"),
-                                           ({"speed": 4.0}, "lower speed")])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"num_frames": 16}, r"4n\+1"),
+        ({"max_objects": 4}, "max_objects"),
+        ({"max_stages": 5}, "max_stages"),
+        ({"texture_sigma": 12}, "sigma"),
+        ({"speed": 4.0}, "lower speed"),
+    ],
+)
 def test_config_refuses_worlds_it_cannot_render(kwargs, words):
     with pytest.raises(ValueError, match=words):
         WorldConfig(**kwargs)
@@ -118,7 +133,7 @@ def check_ground_truth(clip) -> None:
                 ys, xs = np.nonzero(shown[t])
                 assert np.abs(xs - x[t]).max() <= obj.radius and np.abs(ys - y[t]).max() <= obj.radius
     if clip.wall is not None:
-        assert (clip.frames[:, :, clip.wall[0]:clip.wall[1]] == np.array(WALL_RGB, dtype=np.uint8)).all()
+        assert (clip.frames[:, :, clip.wall[0] : clip.wall[1]] == np.array(WALL_RGB, dtype=np.uint8)).all()
 
 
 def test_ground_truth_matches_the_rendered_pixels(clips):
@@ -148,18 +163,31 @@ def test_captions_follow_the_grammar_and_use_only_words(clips):
         assert set(tokenize(clip.caption)) <= set(WORDS) | set(PUNCTUATION)
         for obj in clip.objects:
             assert f"a {obj.name}" in clip.scene
-    assert tokenize("The red circle moves right, then up.") == ["the", "red", "circle", "moves", "right", ",",
-                                                                "then", "up", "."]
+    assert tokenize("The red circle moves right, then up.") == [
+        "the",
+        "red",
+        "circle",
+        "moves",
+        "right",
+        ",",
+        "then",
+        "up",
+        ".",
+    ]
     with pytest.raises(ValueError, match="purple"):
         tokenize("the purple circle")
 
 
 def test_same_object_in_consecutive_stages_is_elided():
-    comp = Composition((ObjectSpec("red", "circle", 5), ObjectSpec("blue", "square", 4)),
-                       ((Action(0, "right"),), (Action(0, "up"),), (Action(1, "left"), Action(0, "still"))))
+    comp = Composition(
+        (ObjectSpec("red", "circle", 5), ObjectSpec("blue", "square", 4)),
+        ((Action(0, "right"),), (Action(0, "up"),), (Action(1, "left"), Action(0, "still"))),
+    )
     clip = make_clip(0, composition=comp)
-    assert clip.caption == ("a red circle and a blue square on a dark background. the red circle moves right, "
-                            "then up, then the blue square moves left while the red circle stays still.")
+    assert clip.caption == (
+        "a red circle and a blue square on a dark background. the red circle moves right, "
+        "then up, then the blue square moves left while the red circle stays still."
+    )
 
 
 def test_heldout_compositions_never_occur_in_train():
@@ -190,12 +218,15 @@ def test_order_pairs_differ_only_in_order():
 
 
 def test_wall_occlusion_hides_the_object_and_it_reappears_on_its_path():
-    comp = Composition((ObjectSpec("red", "circle", 4), ObjectSpec("blue", "square", 5)),
-                       ((Action(0, "right", WALL), Action(1, "still")),))
+    comp = Composition(
+        (ObjectSpec("red", "circle", 4), ObjectSpec("blue", "square", 5)),
+        ((Action(0, "right", WALL), Action(1, "still")),),
+    )
     clip = make_clip(1, composition=comp)
     hidden = np.flatnonzero(~clip.visible[:, 0])
-    assert clip.caption.endswith("the red circle moves right, passing behind the gray wall while the blue square "
-                                 "stays still.")
+    assert clip.caption.endswith(
+        "the red circle moves right, passing behind the gray wall while the blue square stays still."
+    )
     assert len(hidden) >= 2 and np.all(np.diff(hidden) == 1) and 0 < hidden[0] and hidden[-1] < 16
     red = (clip.frames[hidden] == np.array(PALETTE["red"], dtype=np.uint8)).all(axis=-1)
     assert red.sum() < 8 * len(hidden)  # at most a sliver shows
@@ -230,14 +261,18 @@ def test_keyframe_layout_reads_the_ground_truth():
 
 def test_compositions_are_validated():
     with pytest.raises(ValueError, match="distinct colours"):
-        make_clip(0, composition=Composition((ObjectSpec("red", "circle", 4), ObjectSpec("red", "square", 4)),
-                                             ((Action(0, "up"),),)))
+        make_clip(
+            0,
+            composition=Composition(
+                (ObjectSpec("red", "circle", 4), ObjectSpec("red", "square", 4)), ((Action(0, "up"),),)
+            ),
+        )
     with pytest.raises(ValueError, match="one-stage"):
-        make_clip(0, composition=Composition((ObjectSpec("red", "circle", 4),),
-                                             ((Action(0, "up", WALL),),)))
+        make_clip(0, composition=Composition((ObjectSpec("red", "circle", 4),), ((Action(0, "up", WALL),),)))
 
 
 # ---------------------------------------------------------------- scorer
+
 
 def test_ground_truth_scores_full_marks(clips):
     for clip in clips:
@@ -259,8 +294,10 @@ def test_reversed_shuffled_and_frozen_frames_score_low(multi_stage):
 def test_scores_survive_noise_and_blur(clips):
     rng = np.random.default_rng(1)
     clips = clips[::2]  # 26 clips, occlusion included
-    noisy = {sigma: [np.clip(c.frames + rng.normal(0, sigma, c.frames.shape), 0, 255).astype(np.uint8)
-                     for c in clips] for sigma in (10, 20)}
+    noisy = {
+        sigma: [np.clip(c.frames + rng.normal(0, sigma, c.frames.shape), 0, 255).astype(np.uint8) for c in clips]
+        for sigma in (10, 20)
+    }
     blurred = [np.stack([cv2.blur(f, (3, 3)) for f in c.frames]) for c in clips]
     for frames in (noisy[10], noisy[20], blurred):
         result = score_many(frames, clips)
@@ -270,14 +307,15 @@ def test_scores_survive_noise_and_blur(clips):
 
 
 def test_vanishing_and_morphing_objects_lose_consistency():
-    clip = make_clip(0, composition=Composition((ObjectSpec("red", "square", 5),),
-                                                ((Action(0, "right"),), (Action(0, "down"),))))
+    clip = make_clip(
+        0, composition=Composition((ObjectSpec("red", "square", 5),), ((Action(0, "right"),), (Action(0, "down"),)))
+    )
     vanished = clip.frames.copy()
     vanished[5:12] = vanished[0, 0, 0]  # background colour everywhere
     morphed = clip.frames.copy()
     for t in range(8, 17):  # the square becomes a circle
         x, y = np.floor(clip.positions[t, 0] + 0.5).astype(int)
-        patch = morphed[t, y - 5:y + 6, x - 5:x + 6]
+        patch = morphed[t, y - 5 : y + 6, x - 5 : x + 6]
         patch[~stamp("circle", 5)] = clip.frames[0, 0, 0]
     for frames in (vanished, morphed):
         scores = score_clip(frames, clip)

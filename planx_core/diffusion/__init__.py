@@ -6,19 +6,35 @@ Public API: `shift_sigma`, `flow_sigmas`, `Guidance`, `guided_velocity`, `initia
 `sample`, `SamplingInterrupted` (sampling); `SOLVERS`, `make_solver` (solvers); `render`,
 `latent_shape`, `pad_text_context`, `make_denoiser` (a DiT bound to the sampler).
 """
+
 from .rendering import latent_shape, make_denoiser, pad_text_context, render
 from .sampling import (
-                       NUM_TRAIN_TIMESTEPS,
-                       Guidance,
-                       SamplingInterrupted,
-                       flow_sigmas,
-                       guided_velocity,
-                       initial_noise,
-                       sample,
-                       shift_sigma,
+    NUM_TRAIN_TIMESTEPS,
+    Guidance,
+    SamplingInterrupted,
+    flow_sigmas,
+    guided_velocity,
+    initial_noise,
+    sample,
+    shift_sigma,
 )
 from .solvers import SOLVERS, EulerSolver, UniPCSolver, make_solver
 
-__all__ = ["NUM_TRAIN_TIMESTEPS", "SOLVERS", "EulerSolver", "Guidance", "SamplingInterrupted", "UniPCSolver",
-           "flow_sigmas", "guided_velocity", "initial_noise", "latent_shape", "make_denoiser", "make_solver",
-           "pad_text_context", "render", "sample", "shift_sigma"]
+__all__ = [
+    "NUM_TRAIN_TIMESTEPS",
+    "SOLVERS",
+    "EulerSolver",
+    "Guidance",
+    "SamplingInterrupted",
+    "UniPCSolver",
+    "flow_sigmas",
+    "guided_velocity",
+    "initial_noise",
+    "latent_shape",
+    "make_denoiser",
+    "make_solver",
+    "pad_text_context",
+    "render",
+    "sample",
+    "shift_sigma",
+]

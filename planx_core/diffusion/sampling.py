@@ -9,6 +9,7 @@ Convention (rectified flow): x_sigma = (1 - sigma) * x0 + sigma * noise, the mod
 velocity v = noise - x0, hence x0 = x - sigma * v. Sampling runs sigma from 1 down to 0 and the
 model sees the timestep sigma * 1000 per latent frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,7 @@ class SamplingInterrupted(RuntimeError):
     """Raised by `sample` when its `interrupt()` callable returns True before a step."""
 
     def __init__(self, step: int, total: int):
-        super().__init__(
-            f"sampling was interrupted at step {step} of {total} (0-based; {step} steps had completed)"
-        )
+        super().__init__(f"sampling was interrupted at step {step} of {total} (0-based; {step} steps had completed)")
         self.step = step
         self.total = total
 

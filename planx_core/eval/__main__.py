@@ -1,4 +1,5 @@
 """`python -m planx_core.eval`: the ablation table of the embedded Plan-X (see `ablations`)."""
+
 import sys
 
 from .ablations import main

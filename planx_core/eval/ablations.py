@@ -27,6 +27,7 @@ Planner accuracy: cell accuracy of its plans against the ground-truth codes over
 Writes `<out>/report.md` (tables), `<out>/scores.json` and `<out>/figure.png` (a few clips:
 frames of each row and the plans).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,25 +72,34 @@ class ClipInputs:
 class Evaluator:
     """Renders the rows of one bundle (and its pre-e2e DiT) on clips, with fixed seeds."""
 
-    def __init__(self, pipe: PlanXPipeline, no_e2e: PlanXPipeline | None, mode: str, seed: int,
-                 steps: int | None = None):
+    def __init__(
+        self, pipe: PlanXPipeline, no_e2e: PlanXPipeline | None, mode: str, seed: int, steps: int | None = None
+    ):
         self.pipe, self.no_e2e, self.mode, self.seed, self.steps = pipe, no_e2e, mode, seed, steps
 
     def inputs(self, clip: world.Clip) -> ClipInputs:
         v = self.pipe.spec.video
-        truth = plan_from_video(self.pipe.bundle.tatok, torch.from_numpy(clip.frames), v.fps,
-                                keyframe_rate=v.keyframe_rate, grid=v.grid, codebook_name=self.pipe.spec.codebook_name)
+        truth = plan_from_video(
+            self.pipe.bundle.tatok,
+            torch.from_numpy(clip.frames),
+            v.fps,
+            keyframe_rate=v.keyframe_rate,
+            grid=v.grid,
+            codebook_name=self.pipe.spec.codebook_name,
+        )
         first = self.pipe.first_frame(clip.frames[0]) if self.mode == "i2v" else None
         return ClipInputs(first, truth)
 
     def planned(self, clip: world.Clip, inputs: ClipInputs) -> Plan:
         if inputs.planned is None:
-            inputs.planned = self.pipe.plan(clip.scene, clip.motion, seed=self.seed, first_frame=inputs.first,
-                                            progress=False)
+            inputs.planned = self.pipe.plan(
+                clip.scene, clip.motion, seed=self.seed, first_frame=inputs.first, progress=False
+            )
         return inputs.planned
 
-    def render(self, row: str, clip: world.Clip, inputs: ClipInputs, scene: str | None = None,
-               motion: str | None = None) -> np.ndarray:
+    def render(
+        self, row: str, clip: world.Clip, inputs: ClipInputs, scene: str | None = None, motion: str | None = None
+    ) -> np.ndarray:
         """Frames `[T, H, W, 3]` of one row for one clip (texts default to the clip's own)."""
         pipe, plan, rope = self.pipe, None, None
         if row in ("full", "no_rope", "no_e2e"):
@@ -100,8 +110,16 @@ class Evaluator:
             rope = False
         if row == "no_e2e":
             pipe = self.no_e2e
-        return pipe.render(plan, clip.scene if scene is None else scene, clip.motion if motion is None else motion,
-                           seed=self.seed, steps=self.steps, rope=rope, first_frame=inputs.first, progress=False)
+        return pipe.render(
+            plan,
+            clip.scene if scene is None else scene,
+            clip.motion if motion is None else motion,
+            seed=self.seed,
+            steps=self.steps,
+            rope=rope,
+            first_frame=inputs.first,
+            progress=False,
+        )
 
 
 def plan_accuracy(planned: list[Plan], truth: list[Plan], background: int) -> dict[str, float]:
@@ -123,8 +141,11 @@ def no_e2e_pipeline(pipe: PlanXPipeline, folder: Path | None) -> PlanXPipeline |
     if folder is None or not (folder / "dit.safetensors").is_file():
         return None
     device = pipe.device
-    bundle = replace(pipe.bundle, dit=load_dit(folder / "dit.safetensors").to(device).eval(),
-                     branch=load_branch(folder / "branch.safetensors").to(device).eval())
+    bundle = replace(
+        pipe.bundle,
+        dit=load_dit(folder / "dit.safetensors").to(device).eval(),
+        branch=load_branch(folder / "branch.safetensors").to(device).eval(),
+    )
     return PlanXPipeline(bundle)
 
 
@@ -153,11 +174,15 @@ def run_transfer(ev: Evaluator, pairs: list[tuple[world.Clip, world.Clip]]) -> d
         frames = ev.render("gt_plan", a, inputs, scene=b.scene, motion=b.motion)
         follows_plan.append(world_score.score_clip(frames, a)["accuracy"])
         follows_text.append(world_score.score_clip(frames, b)["accuracy"])
-    return {"follows_plan": float(np.mean(follows_plan)), "follows_text": float(np.mean(follows_text)),
-            "count": len(pairs)}
+    return {
+        "follows_plan": float(np.mean(follows_plan)),
+        "follows_text": float(np.mean(follows_text)),
+        "count": len(pairs),
+    }
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def _cell(value: float, key: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -166,29 +191,45 @@ def _cell(value: float, key: str) -> str:
 
 
 def report_markdown(scores: dict, transfer: dict | None, meta: dict) -> str:
-    lines = [f"# Plan-X evaluation: {meta['bundle']}", "",
-             f"{meta['clips']} held-out clips (world split `heldout`, seed {meta['seed']}), mode `{meta['mode']}`, "
-             f"{meta['steps']} sampling steps; {meta['seconds']:.0f} s on {meta['device']}.", "",
-             "| row | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    lines = [
+        f"# Plan-X evaluation: {meta['bundle']}",
+        "",
+        f"{meta['clips']} held-out clips (world split `heldout`, seed {meta['seed']}), mode `{meta['mode']}`, "
+        f"{meta['steps']} sampling steps; {meta['seconds']:.0f} s on {meta['device']}.",
+        "",
+        "| row | " + " | ".join(METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
     for row, label in ROWS.items():
         if row in scores:
             lines.append(f"| {label} | " + " | ".join(_cell(scores[row][k], k) for k in METRICS) + " |")
     if "planner" in scores:
         p = scores["planner"]
-        lines += ["", f"Planner plan accuracy (keyframes 1.., against the TA-Tok codes of the real keyframes): "
-                      f"all cells {p['plan_cells']:.3f}, object cells {p['plan_objects']:.3f}."]
+        lines += [
+            "",
+            f"Planner plan accuracy (keyframes 1.., against the TA-Tok codes of the real keyframes): "
+            f"all cells {p['plan_cells']:.3f}, object cells {p['plan_objects']:.3f}.",
+        ]
     if transfer:
-        lines += ["", f"Semantic transfer ({transfer['count']} order minimal pairs; plan of A, texts of B): "
-                      f"stage accuracy against A (follows the plan) {transfer['follows_plan']:.3f}, "
-                      f"against B (follows the text) {transfer['follows_text']:.3f}."]
-    lines += ["", "trajectory_error is in pixels (lower is better); the other columns are in [0, 1], higher is better.",
-              "Command: `" + meta["command"] + "`", ""]
+        lines += [
+            "",
+            f"Semantic transfer ({transfer['count']} order minimal pairs; plan of A, texts of B): "
+            f"stage accuracy against A (follows the plan) {transfer['follows_plan']:.3f}, "
+            f"against B (follows the text) {transfer['follows_text']:.3f}.",
+        ]
+    lines += [
+        "",
+        "trajectory_error is in pixels (lower is better); the other columns are in [0, 1], higher is better.",
+        "Command: `" + meta["command"] + "`",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def figure(pipe: PlanXPipeline, clips, frames: dict, inputs: list[ClipInputs], path: Path) -> Path:
     """One block per clip: a row of frames (every 4th) per ablation row, then the planner's plan picture."""
     from PIL import Image
+
     blocks = []
     for i, clip in enumerate(clips):
         strips = []
@@ -207,6 +248,7 @@ def figure(pipe: PlanXPipeline, clips, frames: dict, inputs: list[ClipInputs], p
 
 def _labelled(strip: np.ndarray, label: str) -> np.ndarray:
     from PIL import Image, ImageDraw
+
     pad = np.full((strip.shape[0], 72, 3), 255, np.uint8)
     board = Image.fromarray(np.concatenate([pad, strip], axis=1))
     ImageDraw.Draw(board).text((2, 2), label, fill=(0, 0, 0))
@@ -215,11 +257,13 @@ def _labelled(strip: np.ndarray, label: str) -> np.ndarray:
 
 def _fit_width(image: np.ndarray, width: int) -> np.ndarray:
     from PIL import Image
+
     height = max(1, round(image.shape[0] * width / image.shape[1]))
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
 # ----------------------------------------------------------------------------- command line
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m planx_core.eval", description=__doc__.split("\n")[0])
@@ -251,8 +295,11 @@ def main(argv=None) -> int:
     pipe = PlanXPipeline(load_bundle(args.bundle, device=args.device))
     no_e2e = no_e2e_pipeline(pipe, Path(args.no_e2e) if args.no_e2e else Path(args.bundle) / "no_e2e")
     if "no_e2e" in rows and no_e2e is None:
-        print("warning: no DiT before end-to-end training found (pass --no-e2e FOLDER with dit.safetensors and "
-              "branch.safetensors); skipping the no_e2e row", file=sys.stderr)
+        print(
+            "warning: no DiT before end-to-end training found (pass --no-e2e FOLDER with dit.safetensors and "
+            "branch.safetensors); skipping the no_e2e row",
+            file=sys.stderr,
+        )
         rows.remove("no_e2e")
     ev = Evaluator(pipe, no_e2e, args.mode, args.seed, args.steps)
     clips = world.dataset("heldout", args.clips, seed=args.seed)
@@ -261,14 +308,20 @@ def main(argv=None) -> int:
         transfer = run_transfer(ev, world.order_pairs(args.seed, args.pairs, split="heldout")) if args.pairs else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"bundle": pipe.spec.name, "clips": len(clips), "seed": args.seed, "mode": args.mode,
-            "steps": args.steps or pipe.spec.sampling.steps, "seconds": time.perf_counter() - started,
-            "device": f"{args.device} ({torch.get_num_threads()} threads)",
-            "command": "python -m planx_core.eval " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {
+        "bundle": pipe.spec.name,
+        "clips": len(clips),
+        "seed": args.seed,
+        "mode": args.mode,
+        "steps": args.steps or pipe.spec.sampling.steps,
+        "seconds": time.perf_counter() - started,
+        "device": f"{args.device} ({torch.get_num_threads()} threads)",
+        "command": "python -m planx_core.eval " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     (out / "report.md").write_text(report_markdown(scores, transfer, meta), encoding="utf-8")
     (out / "scores.json").write_text(json.dumps({"rows": scores, "transfer": transfer, **meta}, indent=1) + "\n")
     if args.figure_clips:
-        figure(pipe, clips[:args.figure_clips], frames, inputs, out / "figure.png")
+        figure(pipe, clips[: args.figure_clips], frames, inputs, out / "figure.png")
     print((out / "report.md").read_text())
     return 0
 

@@ -21,6 +21,7 @@ windows), `windows_no_plan` (the same stage-2 DiT and windows, no semantic token
 `gt_semantics` (stage 2 with the clip's own encoded semantics: the ceiling of the plan route).
 Writes `<out>/drift.json` and `<out>/drift.md`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,13 @@ def drift_scores(frames: np.ndarray, clip: world.Clip, fps: float) -> dict[str, 
     prompt = {world.COLOURS.index(c) for c in clip.colour}
     first, last = present_colours(frames[:n]), present_colours(frames[-n:])
     union = first | last
-    out = {"identity_first": len(first & prompt) / len(prompt), "identity_last": len(last & prompt) / len(prompt),
-           "extra_first": float(len(first - prompt)), "extra_last": float(len(last - prompt)),
-           "first_last_jaccard": len(first & last) / len(union) if union else 1.0}
+    out = {
+        "identity_first": len(first & prompt) / len(prompt),
+        "identity_last": len(last & prompt) / len(prompt),
+        "extra_first": float(len(first - prompt)),
+        "extra_last": float(len(last - prompt)),
+        "first_last_jaccard": len(first & last) / len(union) if union else 1.0,
+    }
     out["identity_drift"] = out["identity_first"] - out["identity_last"]
     out["identity_abs_drift"] = abs(out["identity_drift"])
     return out
@@ -79,10 +84,14 @@ def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) 
 
 
 def report(results: dict, clips: int, window: int, frames: int) -> str:
-    keys = ("identity_first", "identity_last", "identity_abs_drift", "extra_first", "extra_last",
-            "first_last_jaccard")
-    lines = [f"# Long-video drift ({clips} held-out prompts, {frames} frames = 4x the training clip, window "
-             f"{window} latent frames)", "", "| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    keys = ("identity_first", "identity_last", "identity_abs_drift", "extra_first", "extra_last", "first_last_jaccard")
+    lines = [
+        f"# Long-video drift ({clips} held-out prompts, {frames} frames = 4x the training clip, window "
+        f"{window} latent frames)",
+        "",
+        "| row | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
     lines += [f"| {row} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for row, r in results.items()]
     return "\n".join(lines) + "\n"
 
@@ -103,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
     if a.window is not None:
         model = model.with_spec(window=a.window)
-    clips = [world.make_clip(world.clip_seed(a.seed, 1, i), LONG_WORLD, split="heldout", kind="plain")
-             for i in range(a.clips)]
+    clips = [
+        world.make_clip(world.clip_seed(a.seed, 1, i), LONG_WORLD, split="heldout", kind="plain")
+        for i in range(a.clips)
+    ]
     results = evaluate(model, clips, rows)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

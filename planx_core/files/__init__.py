@@ -5,29 +5,47 @@ per-tensor casting while reading, fp8-scaled folding, `save_safetensors`, `check
 one error type of every model-file boundary, `CheckpointError`. `video`: frames to mp4/avi/png
 and back (OpenCV). Nothing here imports a model.
 """
+
 from .safetensors import (
-                          FLOAT8_DTYPES,
-                          LORA_KEY,
-                          CheckpointError,
-                          PathLike,
-                          cast_tensor,
-                          check_keys,
-                          check_safetensors_header,
-                          fold_fp8_scales,
-                          read_safetensors,
-                          resolve_shards,
-                          save_safetensors,
+    FLOAT8_DTYPES,
+    LORA_KEY,
+    CheckpointError,
+    PathLike,
+    cast_tensor,
+    check_keys,
+    check_safetensors_header,
+    fold_fp8_scales,
+    read_safetensors,
+    resolve_shards,
+    save_safetensors,
 )
 from .video import (
-                          read_image,
-                          read_video,
-                          to_uint8,
-                          upscale,
-                          video_to_frames,
-                          write_png,
-                          write_video,
+    read_image,
+    read_video,
+    to_uint8,
+    upscale,
+    video_to_frames,
+    write_png,
+    write_video,
 )
 
-__all__ = ["FLOAT8_DTYPES", "LORA_KEY", "CheckpointError", "PathLike", "cast_tensor", "check_keys",
-           "check_safetensors_header", "fold_fp8_scales", "read_image", "read_safetensors", "read_video",
-           "resolve_shards", "save_safetensors", "to_uint8", "upscale", "video_to_frames", "write_png", "write_video"]
+__all__ = [
+    "FLOAT8_DTYPES",
+    "LORA_KEY",
+    "CheckpointError",
+    "PathLike",
+    "cast_tensor",
+    "check_keys",
+    "check_safetensors_header",
+    "fold_fp8_scales",
+    "read_image",
+    "read_safetensors",
+    "read_video",
+    "resolve_shards",
+    "save_safetensors",
+    "to_uint8",
+    "upscale",
+    "video_to_frames",
+    "write_png",
+    "write_video",
+]

@@ -8,6 +8,7 @@ the file's keys and shapes against the config from the header before a single te
 a weight is allocated. The metadata keys below are written by released files of this project, so
 they never change (old files keep loading).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ FILE_KINDS = {
 }
 
 
-def save_module(state: Mapping[str, torch.Tensor], path: PathLike, *, key: str, config: Mapping,
-                metadata: Mapping[str, str] | None = None) -> None:
+def save_module(
+    state: Mapping[str, torch.Tensor],
+    path: PathLike,
+    *,
+    key: str,
+    config: Mapping,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Write `state` as safetensors with `config` as JSON under metadata `key` (and any other `metadata`)."""
     save_safetensors(state, path, metadata={key: json.dumps(dict(config)), **(metadata or {})})
 
@@ -67,8 +74,16 @@ def config_in_metadata(metadata: Mapping[str, str], key: str, path: PathLike, fi
     return config
 
 
-def load_module(path: PathLike, *, key: str, build: Callable[[dict], nn.Module], what: str, fix: str,
-                dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_module(
+    path: PathLike,
+    *,
+    key: str,
+    build: Callable[[dict], nn.Module],
+    what: str,
+    fix: str,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """A module from a `save_module` file, in eval mode: the config from metadata `key`, `build(config)` on the
     meta device to learn its keys and shapes, those checked against the file's header, and only then the
     weights read and the module built for real. `what` names the file kind in refusals; `fix` says how to
@@ -77,15 +92,18 @@ def load_module(path: PathLike, *, key: str, build: Callable[[dict], nn.Module],
     config = config_in_metadata(metadata, key, path, fix)
     if config is None:
         other = describe_file_kind(metadata, but_not=key)
-        raise CheckpointError(f"{path}: not {what} (no '{key}' metadata){f'; this is {other}' if other else ''}; "
-                              f"{fix}")
+        raise CheckpointError(f"{path}: not {what} (no '{key}' metadata){f'; this is {other}' if other else ''}; {fix}")
     try:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in build(config).state_dict().items()}
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: its '{key}' config cannot build {what} ({err}); {fix}") from None
-    check_keys(header_shapes(check_safetensors_header(path)), expected,
-               f"{path}: the weights do not fit the file's own config {config}:", f"The file is damaged; {fix}.")
+    check_keys(
+        header_shapes(check_safetensors_header(path)),
+        expected,
+        f"{path}: the weights do not fit the file's own config {config}:",
+        f"The file is damaged; {fix}.",
+    )
     module = build(config)
     module.load_state_dict(read_safetensors(path, dtype=dtype))
     return module.to(device).eval()

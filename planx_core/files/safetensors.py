@@ -8,6 +8,7 @@ dequantises ComfyUI's fp8_scaled files; `save_safetensors` writes contiguous CPU
 string metadata; `check_keys` names missing, unexpected and mis-shaped keys. `CheckpointError` is
 the one error type of every model-file boundary. Format reference: huggingface/safetensors.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 PathLike = str | os.PathLike
-FLOAT8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-                                                  "float8_e5m2fnuz") if hasattr(torch, n))
+FLOAT8_DTYPES = tuple(
+    getattr(torch, n)
+    for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, n)
+)
 _MAX_HEADER = 100_000_000  # safetensors' own upper bound on the JSON header
-_CONVERT_HINT = ("convert it to .safetensors first (for example with a one-off script that loads it in a trusted "
-                 "environment and calls safetensors.torch.save_file); Plan-X never unpickles weights at run time")
+_CONVERT_HINT = (
+    "convert it to .safetensors first (for example with a one-off script that loads it in a trusted "
+    "environment and calls safetensors.torch.save_file); Plan-X never unpickles weights at run time"
+)
 
 
 class CheckpointError(ValueError):
@@ -59,29 +65,39 @@ def check_safetensors_header(path: PathLike) -> dict:
         if kind:
             raise CheckpointError(f"{path}: this is {kind}, not safetensors; {_CONVERT_HINT}")
         if len(head) < 8:
-            raise CheckpointError(f"{path}: only {size} bytes, too small for a safetensors file; it looks truncated or "
-                                  f"empty, re-download or re-copy it")
+            raise CheckpointError(
+                f"{path}: only {size} bytes, too small for a safetensors file; it looks truncated or "
+                f"empty, re-download or re-copy it"
+            )
         (n,) = struct.unpack("<Q", head)
         if n == 0 or n > _MAX_HEADER:
-            raise CheckpointError(f"{path}: not a valid safetensors file (header length {n} is impossible); it is "
-                                  f"corrupted or truncated, or another format: re-download/re-copy it, or "
-                                  f"{_CONVERT_HINT}")
+            raise CheckpointError(
+                f"{path}: not a valid safetensors file (header length {n} is impossible); it is "
+                f"corrupted or truncated, or another format: re-download/re-copy it, or "
+                f"{_CONVERT_HINT}"
+            )
         if 8 + n > size:
-            raise CheckpointError(f"{path}: safetensors header wants {n} bytes but the file has only {size}; it looks "
-                                  f"truncated (incomplete download or copy), re-download or re-copy it")
+            raise CheckpointError(
+                f"{path}: safetensors header wants {n} bytes but the file has only {size}; it looks "
+                f"truncated (incomplete download or copy), re-download or re-copy it"
+            )
         f.seek(8)
         raw = f.read(n)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e}); the file is corrupted or not "
-                              f"safetensors, re-download it or {_CONVERT_HINT}") from None
+        raise CheckpointError(
+            f"{path}: safetensors header is not valid JSON ({e}); the file is corrupted or not "
+            f"safetensors, re-download it or {_CONVERT_HINT}"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object; the file is corrupted")
     need = 8 + n + _data_end(header, path)
     if need > size:
-        raise CheckpointError(f"{path}: the safetensors header describes {need} bytes but the file has only {size}; "
-                              f"it looks truncated (incomplete download or copy), re-download or re-copy it")
+        raise CheckpointError(
+            f"{path}: the safetensors header describes {need} bytes but the file has only {size}; "
+            f"it looks truncated (incomplete download or copy), re-download or re-copy it"
+        )
     return header
 
 
@@ -89,8 +105,9 @@ def _data_end(header: dict, path: Path) -> int:
     try:
         return max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     except (KeyError, TypeError, IndexError, ValueError):
-        raise CheckpointError(f"{path}: safetensors header has malformed tensor entries; the file is corrupted, "
-                              f"re-download or re-copy it") from None
+        raise CheckpointError(
+            f"{path}: safetensors header has malformed tensor entries; the file is corrupted, re-download or re-copy it"
+        ) from None
 
 
 def _read_one(path: Path, cast) -> dict[str, torch.Tensor]:
@@ -105,8 +122,10 @@ def _read_one(path: Path, cast) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except Exception as e:  # safetensors raises its own SafetensorError / OSError types
-        raise CheckpointError(f"{path}: safetensors could not read it ({e}); the file is corrupted or truncated, "
-                              f"re-download or re-copy it") from e
+        raise CheckpointError(
+            f"{path}: safetensors could not read it ({e}); the file is corrupted or truncated, "
+            f"re-download or re-copy it"
+        ) from e
     return out
 
 
@@ -118,8 +137,10 @@ def _shards_from_index(index: Path) -> list[Path]:
     shards = [index.parent / name for name in sorted(set(weight_map.values()))]
     missing = [s.name for s in shards if not s.is_file()]
     if missing:
-        raise CheckpointError(f"{index}: lists shard(s) that are not in {index.parent}: {missing[:5]}; "
-                              f"download all shards next to the index")
+        raise CheckpointError(
+            f"{index}: lists shard(s) that are not in {index.parent}: {missing[:5]}; "
+            f"download all shards next to the index"
+        )
     return shards
 
 
@@ -147,8 +168,9 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[Path]:
     raise CheckpointError(f"{path}: no .safetensors files in this folder{hint}")
 
 
-def read_safetensors(path: PathLike | Sequence[PathLike], *, dtype: torch.dtype | None = None,
-                     device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def read_safetensors(
+    path: PathLike | Sequence[PathLike], *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Read one safetensors file, a shard index, a folder of shards or a list of shards into one dict.
 
     Files are memory-mapped; with `dtype`, each tensor is converted as it is read (see
@@ -168,8 +190,10 @@ def read_safetensors(path: PathLike | Sequence[PathLike], *, dtype: torch.dtype 
     for shard in shards:
         for key, tensor in _read_one(shard, cast).items():
             if key in out:
-                raise CheckpointError(f"{shard}: key {key!r} is also in {origin[key]}; the shards overlap, so they do "
-                                      f"not belong to one checkpoint; pass only the shards of one model")
+                raise CheckpointError(
+                    f"{shard}: key {key!r} is also in {origin[key]}; the shards overlap, so they do "
+                    f"not belong to one checkpoint; pass only the shards of one model"
+                )
             out[key], origin[key] = tensor, shard
     return out
 
@@ -250,19 +274,26 @@ def header_shapes(header: Mapping) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
 
-def check_keys(sd: Mapping, expected: Mapping[str, tuple[int, ...]], header: str,
-               fix: str, details: list[str] = ()) -> None:
+def check_keys(
+    sd: Mapping, expected: Mapping[str, tuple[int, ...]], header: str, fix: str, details: list[str] = ()
+) -> None:
     """Raise a CheckpointError listing missing, unexpected and mis-shaped keys of `sd` (key -> tensor, or
     key -> shape as `header_shapes` gives) against `expected` (key -> shape): `header`, any `details`
     lines, the key lists, then `fix`."""
     missing = sorted((k for k in expected if k not in sd), key=_natural)
     unexpected = sorted((k for k in sd if k not in expected), key=_natural)
-    wrong = [f"{k} (expected {list(expected[k])}, found {list(_shape_of(sd[k]))})" for k in sorted(sd, key=_natural)
-             if k in expected and _shape_of(sd[k]) != tuple(expected[k])]
+    wrong = [
+        f"{k} (expected {list(expected[k])}, found {list(_shape_of(sd[k]))})"
+        for k in sorted(sd, key=_natural)
+        if k in expected and _shape_of(sd[k]) != tuple(expected[k])
+    ]
     if not (missing or unexpected or wrong):
         return
     lines = [header, *(f"  {d}" for d in details)]
-    lines += [_listing(t, items) for t, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                                   ("mis-shaped keys", wrong)) if items]
+    lines += [
+        _listing(t, items)
+        for t, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", wrong))
+        if items
+    ]
     lines.append(f"  {fix}")
     raise CheckpointError("\n".join(lines))

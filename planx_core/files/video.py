@@ -7,6 +7,7 @@ boundary. A 64x64 clip of the tiny world is too small to look at, so `write_vide
 by an integer factor with nearest-neighbour sampling (every pixel becomes a `scale` x `scale`
 block, no blur). Lossy codecs change pixel values; keep the plan JSON, not the video, as the record.
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,9 +39,11 @@ def video_to_frames(video: torch.Tensor) -> np.ndarray:
 
 def _check_frames(frames: np.ndarray) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise ValueError(f"a video must be frames [T, H, W, 3] (RGB, channels last) with T >= 1, got shape "
-                         f"{list(frames.shape)}; move the channel axis last (e.g. .permute(1, 2, 3, 0) of a "
-                         f"[3, T, H, W] video)")
+        raise ValueError(
+            f"a video must be frames [T, H, W, 3] (RGB, channels last) with T >= 1, got shape "
+            f"{list(frames.shape)}; move the channel axis last (e.g. .permute(1, 2, 3, 0) of a "
+            f"[3, T, H, W] video)"
+        )
 
 
 def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
@@ -70,13 +73,18 @@ def _writer_for(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.Vide
     if fourcc == "mp4v":
         writer = _open_writer(fallback, "MJPG", fps, size)
         if writer is not None:
-            print(f"warning: OpenCV cannot write {path.name} with the mp4v codec on this machine; wrote "
-                  f"{fallback.name} (Motion-JPEG) instead. Install opencv-python-headless from PyPI for mp4 "
-                  f"support.", file=sys.stderr)
+            print(
+                f"warning: OpenCV cannot write {path.name} with the mp4v codec on this machine; wrote "
+                f"{fallback.name} (Motion-JPEG) instead. Install opencv-python-headless from PyPI for mp4 "
+                f"support.",
+                file=sys.stderr,
+            )
             return writer, fallback
-    raise OSError(f"OpenCV cannot open a video writer for {path} (tried {fourcc}"
-                  f"{' and MJPG .avi' if fourcc == 'mp4v' else ''}); check that the folder is writable and that "
-                  f"opencv-python-headless is installed with its bundled video backend")
+    raise OSError(
+        f"OpenCV cannot open a video writer for {path} (tried {fourcc}"
+        f"{' and MJPG .avi' if fourcc == 'mp4v' else ''}); check that the folder is writable and that "
+        f"opencv-python-headless is installed with its bundled video backend"
+    )
 
 
 def write_video(frames, path, fps: float, scale: int = 1) -> Path:
@@ -117,6 +125,7 @@ def write_png(image, path) -> Path:
 def read_image(path) -> np.ndarray:
     """An image file as RGB uint8 `[H, W, 3]`; ValueError naming the file when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))  # [H, W, 3]

@@ -9,28 +9,45 @@ Public API: `Bundle`, `BundleSpec`, `BundleError`, `VideoDefaults`, `SamplingDef
 `PlanningDefaults`, `FILES`, `load_bundle`, `save_bundle`, `read_spec`, `write_spec`;
 `PlanXPipeline`, `Generation`, `FirstFrame`, `split_prompt`, `prompt_text`, `load_plan_file`.
 """
+
 from .bundle import (
-                     FILES,
-                     Bundle,
-                     BundleError,
-                     BundleSpec,
-                     PlanningDefaults,
-                     SamplingDefaults,
-                     VideoDefaults,
-                     load_bundle,
-                     read_spec,
-                     save_bundle,
-                     write_spec,
+    FILES,
+    Bundle,
+    BundleError,
+    BundleSpec,
+    PlanningDefaults,
+    SamplingDefaults,
+    VideoDefaults,
+    load_bundle,
+    read_spec,
+    save_bundle,
+    write_spec,
 )
 from .planx import (
-                     FirstFrame,
-                     Generation,
-                     PlanXPipeline,
-                     load_plan_file,
-                     prompt_text,
-                     split_prompt,
+    FirstFrame,
+    Generation,
+    PlanXPipeline,
+    load_plan_file,
+    prompt_text,
+    split_prompt,
 )
 
-__all__ = ["FILES", "Bundle", "BundleError", "BundleSpec", "FirstFrame", "Generation", "PlanXPipeline",
-           "PlanningDefaults", "SamplingDefaults", "VideoDefaults", "load_bundle", "load_plan_file", "prompt_text",
-           "read_spec", "save_bundle", "split_prompt", "write_spec"]
+__all__ = [
+    "FILES",
+    "Bundle",
+    "BundleError",
+    "BundleSpec",
+    "FirstFrame",
+    "Generation",
+    "PlanXPipeline",
+    "PlanningDefaults",
+    "SamplingDefaults",
+    "VideoDefaults",
+    "load_bundle",
+    "load_plan_file",
+    "prompt_text",
+    "read_spec",
+    "save_bundle",
+    "split_prompt",
+    "write_spec",
+]

@@ -18,6 +18,7 @@ and names the missing or mismatched file and the fix. `random_bundle` builds an 
 at the tiny sizes for tests and smoke runs (its videos are noise); it lives with the toy world in
 `planx_core.world.tiny`, which the runtime never imports.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ from ..files.modules import config_in_metadata, file_metadata
 from ..files.safetensors import (
     CheckpointError,
 )
-from ..planner.model import SemanticPlanner, load_planner, save_planner
+from ..planner.files import load_planner, save_planner
+from ..planner.model import SemanticPlanner
 from ..semantic_branch import SemanticBranch, load_branch, save_branch
 from ..tatok.files import load_tatok, save_tatok
 from ..tatok.model import TATok
@@ -43,17 +45,40 @@ from ..wan.text_encoder import TextEncoder, load_text_encoder, save_text_encoder
 from ..wan.vae import WanVAE
 from ..wan.vae_files import load_vae, save_vae
 
-__all__ = ["FILES", "Bundle", "BundleError", "BundleSpec", "PlanningDefaults", "SamplingDefaults",
-           "VideoDefaults", "load_bundle", "read_spec", "save_bundle", "write_spec"]
+__all__ = [
+    "FILES",
+    "Bundle",
+    "BundleError",
+    "BundleSpec",
+    "PlanningDefaults",
+    "SamplingDefaults",
+    "VideoDefaults",
+    "load_bundle",
+    "read_spec",
+    "save_bundle",
+    "write_spec",
+]
 
 BUNDLE_FORMAT = "planx.bundle"
 BUNDLE_VERSION = 1
-FILES = {"spec": "bundle.json", "planner": "planner", "tatok": "ta_tok.safetensors",
-         "text_encoder": "text_encoder", "vae": "vae.safetensors", "dit": "dit.safetensors",
-         "branch": "branch.safetensors"}
-_WHAT = {"spec": "the bundle description", "planner": "the semantic planner folder",
-         "tatok": "the TA-Tok tokenizer", "text_encoder": "the text-encoder folder", "vae": "the video VAE",
-         "dit": "the diffusion transformer", "branch": "the semantic branch"}
+FILES = {
+    "spec": "bundle.json",
+    "planner": "planner",
+    "tatok": "ta_tok.safetensors",
+    "text_encoder": "text_encoder",
+    "vae": "vae.safetensors",
+    "dit": "dit.safetensors",
+    "branch": "branch.safetensors",
+}
+_WHAT = {
+    "spec": "the bundle description",
+    "planner": "the semantic planner folder",
+    "tatok": "the TA-Tok tokenizer",
+    "text_encoder": "the text-encoder folder",
+    "vae": "the video VAE",
+    "dit": "the diffusion transformer",
+    "branch": "the semantic branch",
+}
 
 
 class BundleError(CheckpointError):
@@ -62,13 +87,18 @@ class BundleError(CheckpointError):
 
 def _fix(folder: Path) -> str:
     if folder.resolve() == EMBEDDED:
-        return ("restore the shipped model with `git checkout -- planx_core/embedded` (or re-clone the pack), or "
-                "train it with `python -m planx_core train` and export the bundle there")
-    return ("train the parts with `python -m planx_core train` and write the folder with bundle.save_bundle, "
-            "or pass --bundle with a complete bundle folder (the default is planx_core/embedded)")
+        return (
+            "restore the shipped model with `git checkout -- planx_core/embedded` (or re-clone the pack), or "
+            "train it with `python -m planx_core train` and export the bundle there"
+        )
+    return (
+        "train the parts with `python -m planx_core train` and write the folder with bundle.save_bundle, "
+        "or pass --bundle with a complete bundle folder (the default is planx_core/embedded)"
+    )
 
 
 # ----------------------------------------------------------------------------- bundle.json
+
 
 @dataclass(frozen=True)
 class VideoDefaults:
@@ -131,14 +161,18 @@ class BundleSpec:
         if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{source}: not a Plan-X bundle description (format must be {BUNDLE_FORMAT!r})")
         if data.get("version") != BUNDLE_VERSION:
-            raise BundleError(f"{source}: bundle version {data.get('version')!r}; this Plan-X reads version "
-                              f"{BUNDLE_VERSION}, update Plan-X or re-save the bundle")
+            raise BundleError(
+                f"{source}: bundle version {data.get('version')!r}; this Plan-X reads version "
+                f"{BUNDLE_VERSION}, update Plan-X or re-save the bundle"
+            )
         try:
-            return cls(dit=_dit_config(data["dit"]), **{k: data[k] for k in ("name", "planner_name", "codebook_name",
-                                                                              "notes") if k in data},
-                       video=_section(VideoDefaults, data, "video"), sampling=_section(SamplingDefaults, data,
-                                                                                         "sampling"),
-                       planning=_section(PlanningDefaults, data, "planning"))
+            return cls(
+                dit=_dit_config(data["dit"]),
+                **{k: data[k] for k in ("name", "planner_name", "codebook_name", "notes") if k in data},
+                video=_section(VideoDefaults, data, "video"),
+                sampling=_section(SamplingDefaults, data, "sampling"),
+                planning=_section(PlanningDefaults, data, "planning"),
+            )
         except KeyError as err:
             raise BundleError(f"{source}: no {err.args[0]!r} field; re-save the bundle with save_bundle") from None
         except (TypeError, ValueError) as err:
@@ -160,6 +194,7 @@ def _dit_config(raw) -> DiTConfig:
 
 
 # ----------------------------------------------------------------------------- the bundle
+
 
 @dataclass
 class Bundle:
@@ -190,15 +225,24 @@ class Bundle:
 def _fit_checks(b: Bundle) -> list[tuple[bool, str]]:
     dit, tok, enc, br, vae = b.dit.config, b.tatok.config, b.text_encoder, b.branch.config, b.vae.config
     return [
-        (tok.codebook_size == b.planner.num_image_tokens,
-         f"ta_tok has {tok.codebook_size} codes but the planner writes {b.planner.num_image_tokens} image tokens"),
-        (br.code_dim == tok.bottleneck_dim,
-         f"branch takes {br.code_dim}-wide codes but ta_tok's codebook is {tok.bottleneck_dim} wide"),
-        ((br.dim, br.num_layers, br.num_heads) == (dit.dim, dit.num_layers, dit.num_heads),
-         f"branch is for a DiT of width {br.dim} with {br.num_layers} blocks and {br.num_heads} heads, dit is "
-         f"{dit.dim} with {dit.num_layers} and {dit.num_heads}"),
+        (
+            tok.codebook_size == b.planner.num_image_tokens,
+            f"ta_tok has {tok.codebook_size} codes but the planner writes {b.planner.num_image_tokens} image tokens",
+        ),
+        (
+            br.code_dim == tok.bottleneck_dim,
+            f"branch takes {br.code_dim}-wide codes but ta_tok's codebook is {tok.bottleneck_dim} wide",
+        ),
+        (
+            (br.dim, br.num_layers, br.num_heads) == (dit.dim, dit.num_layers, dit.num_heads),
+            f"branch is for a DiT of width {br.dim} with {br.num_layers} blocks and {br.num_heads} heads, dit is "
+            f"{dit.dim} with {dit.num_layers} and {dit.num_heads}",
+        ),
         (enc.dim == dit.text_dim, f"text encoder is {enc.dim} wide but the DiT takes {dit.text_dim}-wide text"),
-        (enc.text_len <= dit.text_len, f"text encoder writes {enc.text_len} tokens, more than the DiT's {dit.text_len}"),
+        (
+            enc.text_len <= dit.text_len,
+            f"text encoder writes {enc.text_len} tokens, more than the DiT's {dit.text_len}",
+        ),
         (vae.z_dim == dit.in_dim == dit.out_dim, f"vae latents have {vae.z_dim} channels, the DiT {dit.in_dim}"),
         _video_fits(b.spec.video, vae.spatial_factor * dit.patch_size[1], vae.temporal_factor),
     ]
@@ -206,11 +250,14 @@ def _fit_checks(b: Bundle) -> list[tuple[bool, str]]:
 
 def _video_fits(v: VideoDefaults, step: int, temporal: int) -> tuple[bool, str]:
     ok = v.width % step == 0 and v.height % step == 0 and (v.num_frames - 1) % temporal == 0
-    return ok, (f"bundle.json's video {v.width}x{v.height}, {v.num_frames} frames does not fit the VAE and the DiT "
-                f"patch (sides multiples of {step}, {temporal}n+1 frames)")
+    return ok, (
+        f"bundle.json's video {v.width}x{v.height}, {v.num_frames} frames does not fit the VAE and the DiT "
+        f"patch (sides multiples of {step}, {temporal}n+1 frames)"
+    )
 
 
 # ----------------------------------------------------------------------------- load and save
+
 
 def _require(folder: Path, part: str) -> Path:
     path = folder / FILES[part]
@@ -231,6 +278,7 @@ def read_spec(folder) -> BundleSpec:
 def _quiet_transformers():
     """transformers' own "Loading weights" / "Writing model shards" bars off for the duration."""
     from transformers.utils import logging as hf_logging
+
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -267,7 +315,8 @@ def _load_parts(paths: dict[str, Path], spec: BundleSpec, device, dtype: torch.d
         text_encoder=load_text_encoder(paths["text_encoder"], dtype=dtype, device=device),
         vae=load_vae(paths["vae"], dtype=dtype, device=device),
         dit=load_dit(paths["dit"], config=_stored_dit_config(paths["dit"], spec), dtype=dtype, device=device),
-        branch=load_branch(paths["branch"], dtype=dtype).to(device))
+        branch=load_branch(paths["branch"], dtype=dtype).to(device),
+    )
     for part in (bundle.tatok, bundle.text_encoder, bundle.vae, bundle.dit, bundle.branch):
         part.requires_grad_(False).eval()
     bundle.planner.model.requires_grad_(False)
@@ -278,8 +327,10 @@ def _stored_dit_config(path: Path, spec: BundleSpec) -> DiTConfig:
     """bundle.json's DiT config; the file's own metadata must agree when it has one."""
     raw = config_in_metadata(file_metadata(path), DIT_CONFIG_KEY, path, "re-save the bundle with save_bundle")
     if raw is not None and _dit_config(raw) != spec.dit:
-        raise BundleError(f"{path}: its DiT config differs from bundle.json's ({spec.dit.name}); the DiT file was "
-                          f"replaced without updating bundle.json, re-save the bundle with save_bundle")
+        raise BundleError(
+            f"{path}: its DiT config differs from bundle.json's ({spec.dit.name}); the DiT file was "
+            f"replaced without updating bundle.json, re-save the bundle with save_bundle"
+        )
     return spec.dit
 
 
@@ -310,4 +361,3 @@ def write_spec(spec: BundleSpec, folder) -> Path:
 
 
 # ----------------------------------------------------------------------------- an untrained bundle
-

@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import sys
@@ -35,8 +36,10 @@ def output_paths(out) -> tuple[Path, Path, Path]:
 def _texts(args) -> tuple[str, str]:
     scene, motion = (_clean(args.prompt), _clean(args.motion)) if args.motion is not None else split_prompt(args.prompt)
     if not scene and not motion:
-        raise ValueError("--prompt is empty; describe the scene and the motion, e.g. "
-                         "--prompt \"a red circle on a dark background. the red circle moves right.\"")
+        raise ValueError(
+            "--prompt is empty; describe the scene and the motion, e.g. "
+            '--prompt "a red circle on a dark background. the red circle moves right."'
+        )
     return scene, motion
 
 
@@ -75,6 +78,7 @@ def _write_outputs(pipe: PlanXPipeline, result: Generation, args, plan_bytes: by
 def generate_command(args) -> int:
     """`python -m planx_core generate`: plan, render, write video + plan JSON + plan picture; errors exit 2."""
     from ..files.safetensors import CheckpointError
+
     started = time.perf_counter()
     try:
         _check_options(args)
@@ -88,8 +92,16 @@ def generate_command(args) -> int:
         if plan is not None:
             _check_given_plan(pipe, plan, args.plan)
         first = pipe.first_frame(read_image(args.image)) if getattr(args, "image", None) else None
-        result = pipe.generate(scene, motion, plan=plan, use_plan=not args.no_plan, seed=args.seed,
-                               steps=args.steps, progress=not args.quiet, first_frame=first)
+        result = pipe.generate(
+            scene,
+            motion,
+            plan=plan,
+            use_plan=not args.no_plan,
+            seed=args.seed,
+            steps=args.steps,
+            progress=not args.quiet,
+            first_frame=first,
+        )
         written = _write_outputs(pipe, result, args, plan_bytes)
     except (CheckpointError, PlanError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -135,6 +147,8 @@ def semanticgen_command(args) -> int:
         return 2
     done = time.perf_counter()
     print(f"wrote    {video_path} ({frames} frames, window {model.spec.window})")
-    print(f"time:    {done - started:.1f} s (load {loaded - started:.1f} s, plan {planned - loaded:.1f} s, "
-          f"render {done - planned:.1f} s)")
+    print(
+        f"time:    {done - started:.1f} s (load {loaded - started:.1f} s, plan {planned - loaded:.1f} s, "
+        f"render {done - planned:.1f} s)"
+    )
     return 0

@@ -18,6 +18,7 @@ guidance is the empty prompt "" (`prompt_text("", "")`), whose features are all 
 Seeds. One seed drives both stages: the planner's sampling generator and the DiT's initial noise
 (`sampling.initial_noise`), so `generate(seed=s)` is reproducible on the CPU.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,6 +48,7 @@ _ONE_PASS_LATENT = 16 * 64 * 64  # latent voxels per channel decoded in one VAE 
 
 # ----------------------------------------------------------------------------- texts
 
+
 def split_prompt(prompt: str) -> tuple[str, str]:
     """(scene, motion) of a prompt, cut at the first ".", "!" or "?" followed by a space or the end.
 
@@ -57,7 +59,7 @@ def split_prompt(prompt: str) -> tuple[str, str]:
     if match is None:
         return _clean(prompt), ""
     text = prompt.strip()
-    return _clean(text[:match.start()]), _clean(text[match.end():])
+    return _clean(text[: match.start()]), _clean(text[match.end() :])
 
 
 def _clean(text: str) -> str:
@@ -71,6 +73,7 @@ def prompt_text(scene: str, motion: str) -> str:
 
 
 # ----------------------------------------------------------------------------- results
+
 
 @dataclass
 class FirstFrame:
@@ -92,11 +95,19 @@ class Generation:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    return tqdm(total=total, desc=desc, unit="tok" if desc == "plan" else "step", disable=not enabled,
-                file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="tok" if desc == "plan" else "step",
+        disable=not enabled,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 # ----------------------------------------------------------------------------- the pipeline
+
 
 class PlanXPipeline:
     """Plan and render with one bundle (`bundle.load_bundle`). Defaults come from its bundle.json."""
@@ -115,9 +126,20 @@ class PlanXPipeline:
         return self.bundle.codebook_id()
 
     # -- planning --------------------------------------------------------------------
-    def plan(self, scene: str, motion: str, *, seed: int = 0, temperature: float | None = None,
-             top_k: int | None = None, top_p: float | None = None, guidance_scale: float | None = None,
-             lock_from: Plan | None = None, first_frame: FirstFrame | None = None, progress: bool = True) -> Plan:
+    def plan(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        seed: int = 0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
+        lock_from: Plan | None = None,
+        first_frame: FirstFrame | None = None,
+        progress: bool = True,
+    ) -> Plan:
         """A keyframe plan for the bundle's video, drawn by the planner with a tqdm bar over plan tokens.
 
         With `first_frame` (image-to-video) the planner reads its codes and keyframe 0 is them, locked."""
@@ -127,14 +149,27 @@ class PlanXPipeline:
         def step(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
+
         try:
             return self.bundle.planner.plan(
-                _clean(scene), _clean(motion), fps=v.fps, num_frames=v.num_frames, width=v.width, height=v.height,
-                codebook=self.codebook_id, keyframe_rate=v.keyframe_rate, grid=(v.grid, v.grid), seed=seed,
-                temperature=_pick(temperature, p.temperature), top_k=_pick(top_k, p.top_k),
-                top_p=_pick(top_p, p.top_p), guidance_scale=_pick(guidance_scale, p.guidance_scale),
-                lock_from=lock_from, progress=step,
-                first_frame_codes=None if first_frame is None else first_frame.codes)
+                _clean(scene),
+                _clean(motion),
+                fps=v.fps,
+                num_frames=v.num_frames,
+                width=v.width,
+                height=v.height,
+                codebook=self.codebook_id,
+                keyframe_rate=v.keyframe_rate,
+                grid=(v.grid, v.grid),
+                seed=seed,
+                temperature=_pick(temperature, p.temperature),
+                top_k=_pick(top_k, p.top_k),
+                top_p=_pick(top_p, p.top_p),
+                guidance_scale=_pick(guidance_scale, p.guidance_scale),
+                lock_from=lock_from,
+                progress=step,
+                first_frame_codes=None if first_frame is None else first_frame.codes,
+            )
         finally:
             bar.close()
 
@@ -153,8 +188,10 @@ class PlanXPipeline:
         unit = torch.from_numpy(np.array(image)).to(self.device)  # a copy: read-only arrays are fine
         unit = unit.float() / 255 if unit.dtype == torch.uint8 else unit.float()  # [H, W, 3] in [0, 1]
         if tuple(unit.shape) != (v.height, v.width, 3):
-            raise ValueError(f"the first frame is {tuple(unit.shape)} but bundle {self.spec.name!r} renders "
-                             f"{v.height}x{v.width} RGB frames; resize the image to {v.width}x{v.height}")
+            raise ValueError(
+                f"the first frame is {tuple(unit.shape)} but bundle {self.spec.name!r} renders "
+                f"{v.height}x{v.width} RGB frames; resize the image to {v.width}x{v.height}"
+            )
         nchw = unit.permute(2, 0, 1)[None]  # [1, 3, H, W]
         codes = self.bundle.tatok.encode(nchw, grid=v.grid)[0].cpu()  # [g*g]
         latent = self.bundle.vae.encode(nchw[:, :, None] * 2 - 1)  # [1, C, 1, h, w]
@@ -170,23 +207,48 @@ class PlanXPipeline:
     def latent_shape(self) -> tuple[int, int, int, int, int]:
         """`[1, C, F, H, W]` of the bundle's video latent."""
         v, vae = self.spec.video, self.bundle.vae.config
-        return latent_shape(v.width, v.height, v.num_frames, channels=vae.z_dim, spatial=vae.spatial_factor,
-                            temporal=vae.temporal_factor, patch=self.bundle.dit.config.patch_size[1])
+        return latent_shape(
+            v.width,
+            v.height,
+            v.num_frames,
+            channels=vae.z_dim,
+            spatial=vae.spatial_factor,
+            temporal=vae.temporal_factor,
+            patch=self.bundle.dit.config.patch_size[1],
+        )
 
     def condition(self, plan: Plan, strength: float | None = None, rope: bool | None = None):
         """The plan as DiT conditioning (codebook vectors through the semantic branch); `rope=False`
         drops the plan tokens' 3D RoPE positions (the ablation)."""
         s, v = self.spec.sampling, self.spec.video
         codebook = self.bundle.tatok.codebook().to(self.device)  # [N, D]
-        return self.bundle.branch.condition_plan(self.check_plan(plan), codebook, num_frames=v.num_frames,
-                                                 fps=v.fps, strength=_pick(strength, s.plan_strength),
-                                                 use_rope=_pick(rope, s.plan_rope))
+        return self.bundle.branch.condition_plan(
+            self.check_plan(plan),
+            codebook,
+            num_frames=v.num_frames,
+            fps=v.fps,
+            strength=_pick(strength, s.plan_strength),
+            use_rope=_pick(rope, s.plan_rope),
+        )
 
     @torch.inference_mode()
-    def render(self, plan: Plan | None, scene: str, motion: str, *, seed: int = 0, steps: int | None = None,
-               shift: float | None = None, solver: str | None = None, text_scale: float | None = None,
-               plan_scale: float | None = None, strength: float | None = None, rope: bool | None = None,
-               first_frame: FirstFrame | None = None, progress: bool = True) -> np.ndarray:
+    def render(
+        self,
+        plan: Plan | None,
+        scene: str,
+        motion: str,
+        *,
+        seed: int = 0,
+        steps: int | None = None,
+        shift: float | None = None,
+        solver: str | None = None,
+        text_scale: float | None = None,
+        plan_scale: float | None = None,
+        strength: float | None = None,
+        rope: bool | None = None,
+        first_frame: FirstFrame | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
         """Frames `[T, H, W, 3]` uint8 of the video for `plan` (None renders from the text alone);
         `first_frame` pins latent frame 0 to the image (Wan 2.2 TI2V)."""
         s = self.spec.sampling
@@ -197,10 +259,19 @@ class PlanXPipeline:
         guidance = Guidance(text_scale=_pick(text_scale, s.text_scale), plan_scale=_pick(plan_scale, s.plan_scale))
         bar = _bar(steps, "render", progress)
         try:
-            latent = render(self.bundle.dit, noise, positive, negative, plan=conditioning, steps=steps,
-                            shift=_pick(shift, s.shift), solver=_pick(solver, s.solver), guidance=guidance,
-                            first_frame_latent=None if first_frame is None else first_frame.latent,
-                            callback=lambda i, n, x, x0: bar.update(1))  # [1, C, F, H, W]
+            latent = render(
+                self.bundle.dit,
+                noise,
+                positive,
+                negative,
+                plan=conditioning,
+                steps=steps,
+                shift=_pick(shift, s.shift),
+                solver=_pick(solver, s.solver),
+                guidance=guidance,
+                first_frame_latent=None if first_frame is None else first_frame.latent,
+                callback=lambda i, n, x, x0: bar.update(1),
+            )  # [1, C, F, H, W]
         finally:
             bar.close()
         return video_to_frames(self.decode(latent))[0]  # [T, H, W, 3]
@@ -210,9 +281,19 @@ class PlanXPipeline:
         (about twice as fast as the causal chunks, same result), larger ones chunk by chunk."""
         return self.bundle.vae.decode(latent, chunked=latent[0, 0].numel() > _ONE_PASS_LATENT)
 
-    def generate(self, scene: str, motion: str, *, plan: Plan | None = None, use_plan: bool = True, seed: int = 0,
-                 progress: bool = True, planning: dict | None = None, first_frame: FirstFrame | None = None,
-                 **render_options) -> Generation:
+    def generate(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        plan: Plan | None = None,
+        use_plan: bool = True,
+        seed: int = 0,
+        progress: bool = True,
+        planning: dict | None = None,
+        first_frame: FirstFrame | None = None,
+        **render_options,
+    ) -> Generation:
         """Plan (unless a plan is given, or `use_plan` is False) then render.
 
         `planning`: keyword arguments of `plan` (temperature, top_k, ...); `render_options`: those of
@@ -228,8 +309,9 @@ class PlanXPipeline:
             plan = self.plan(scene, motion, seed=seed, progress=progress, first_frame=first_frame, **(planning or {}))
         seconds["plan"] = time.perf_counter() - start
         start = time.perf_counter()
-        frames = self.render(plan, scene, motion, seed=seed, progress=progress, first_frame=first_frame,
-                             **render_options)
+        frames = self.render(
+            plan, scene, motion, seed=seed, progress=progress, first_frame=first_frame, **render_options
+        )
         seconds["render"] = time.perf_counter() - start
         return Generation(frames, plan, seconds)
 
@@ -270,5 +352,7 @@ def _report(written: list[Path], result: Generation, load_s: float, total_s: flo
     for path in written:
         print(f"wrote    {path}")
     t = result.seconds
-    print(f"time:    {total_s:.1f} s (load {load_s:.1f} s, plan {t.get('plan', 0):.1f} s, "
-          f"render {t.get('render', 0):.1f} s)")
+    print(
+        f"time:    {total_s:.1f} s (load {load_s:.1f} s, plan {t.get('plan', 0):.1f} s, "
+        f"render {t.get('render', 0):.1f} s)"
+    )

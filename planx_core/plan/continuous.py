@@ -19,12 +19,14 @@ Values are float32: loading, `make_continuous_plan` and the edits store every nu
 float32 it is, and JSON writes the shortest decimal that reads back as that float32, so a JSON
 round trip reproduces the plan exactly.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .core import CodebookId, Keyframe, Plan, PlanError, Provenance, _is_number
+from .checks import _is_number
+from .core import CodebookId, Keyframe, Plan, PlanError, Provenance
 
 
 def float32_rows(rows: list) -> list[list[float]]:
@@ -53,8 +55,12 @@ def is_number_list(value) -> bool:
 def normalise_vectors(value):
     """A list of number lists -> float32-rounded copies; anything else is returned as it is (the plan's
     validation then names the keyframe and cell that is wrong)."""
-    if isinstance(value, list) and value and all(is_number_list(v) for v in value) \
-            and len({len(v) for v in value}) == 1:
+    if (
+        isinstance(value, list)
+        and value
+        and all(is_number_list(v) for v in value)
+        and len({len(v) for v in value}) == 1
+    ):
         return float32_rows(value)
     return value
 
@@ -63,30 +69,46 @@ def check_vectors(plan: Plan, index: int, keyframe: Keyframe) -> None:
     """Refuse a continuous keyframe whose vectors are missing, miscounted, of another width or not finite."""
     where, (gh, gw), width = f"keyframe {index}", plan.grid, plan.codebook.size
     if not isinstance(keyframe.tokens, list) or keyframe.tokens:
-        raise PlanError(f"{where} of a continuous plan carries tokens; continuous keyframes hold 'vectors' only "
-                        f"(set kind to 'tokens' for a plan of token ids)")
+        raise PlanError(
+            f"{where} of a continuous plan carries tokens; continuous keyframes hold 'vectors' only "
+            f"(set kind to 'tokens' for a plan of token ids)"
+        )
     vectors = keyframe.vectors
     if not isinstance(vectors, list) or len(vectors) != plan.cells:
         count = len(vectors) if isinstance(vectors, list) else ("no" if vectors is None else type(vectors).__name__)
-        raise PlanError(f"{where} has {count} vectors; a {gh}x{gw} grid needs {plan.cells}, one per cell, "
-                        f"row-major")
+        raise PlanError(f"{where} has {count} vectors; a {gh}x{gw} grid needs {plan.cells}, one per cell, row-major")
     for cell, vector in enumerate(vectors):
         if not isinstance(vector, list) or len(vector) != width:
             row, col = divmod(cell, gw)
             size = len(vector) if isinstance(vector, list) else type(vector).__name__
-            raise PlanError(f"{where}, cell (row {row}, col {col}): vector has {size} numbers, but the plan's "
-                            f"space {plan.codebook.name} is {width}-dimensional (codebook size); give every cell "
-                            f"{width} numbers, or set the codebook size to the compressor's width")
+            raise PlanError(
+                f"{where}, cell (row {row}, col {col}): vector has {size} numbers, but the plan's "
+                f"space {plan.codebook.name} is {width}-dimensional (codebook size); give every cell "
+                f"{width} numbers, or set the codebook size to the compressor's width"
+            )
         for position, value in enumerate(vector):
             if not _is_number(value):
                 row, col = divmod(cell, gw)
-                raise PlanError(f"{where}, cell (row {row}, col {col}): value {position} is {value!r}, not a finite "
-                                f"number; vectors hold finite numbers (no NaN, infinity, text or true/false), fix "
-                                f"or re-export the plan")
+                raise PlanError(
+                    f"{where}, cell (row {row}, col {col}): value {position} is {value!r}, not a finite "
+                    f"number; vectors hold finite numbers (no NaN, infinity, text or true/false), fix "
+                    f"or re-export the plan"
+                )
 
 
-def make_continuous_plan(vectors, *, times, fps, num_frames, width, height, space: CodebookId,
-                         provenance: Provenance | None = None, grid=None, locked=None) -> Plan:
+def make_continuous_plan(
+    vectors,
+    *,
+    times,
+    fps,
+    num_frames,
+    width,
+    height,
+    space: CodebookId,
+    provenance: Provenance | None = None,
+    grid=None,
+    locked=None,
+) -> Plan:
     """Build and validate a continuous plan from vectors `[K, gh, gw, D]` or `[K, gh*gw, D]`.
 
     A `[K, gh*gw, D]` tensor needs `grid` unless gh*gw is a square (then gh = gw). `space` names
@@ -98,30 +120,46 @@ def make_continuous_plan(vectors, *, times, fps, num_frames, width, height, spac
     if len(values) != len(times):
         raise PlanError(f"{len(values)} vector grids for {len(times)} keyframe times; give one time per keyframe")
     if isinstance(space, CodebookId) and space.size != values.shape[-1]:
-        raise PlanError(f"the vectors are {values.shape[-1]}-dim but the space {space.name} says size "
-                        f"{space.size}; the space's size is the vector width D")
+        raise PlanError(
+            f"the vectors are {values.shape[-1]}-dim but the space {space.name} says size "
+            f"{space.size}; the space's size is the vector width D"
+        )
     locks = list(locked) if locked is not None else [False] * len(values)
     keyframes = [Keyframe(float(t), [], bool(lk), "", rows) for t, rows, lk in zip(times, values.tolist(), locks)]
-    plan = Plan(float(fps), int(num_frames), int(width), int(height), space, keyframes,
-                tuple(int(g) for g in grid), provenance or Provenance(), kind="continuous")
+    plan = Plan(
+        float(fps),
+        int(num_frames),
+        int(width),
+        int(height),
+        space,
+        keyframes,
+        tuple(int(g) for g in grid),
+        provenance or Provenance(),
+        kind="continuous",
+    )
     return plan.validate()
 
 
 def _grid_of(values: torch.Tensor, grid) -> tuple[int, int]:
     if values.ndim not in (3, 4) or values.shape[-1] < 1:
-        raise PlanError(f"continuous plan vectors must be [K, gh, gw, D] or [K, gh*gw, D] with D >= 1, got "
-                        f"shape {list(values.shape)}")
+        raise PlanError(
+            f"continuous plan vectors must be [K, gh, gw, D] or [K, gh*gw, D] with D >= 1, got "
+            f"shape {list(values.shape)}"
+        )
     if values.ndim == 4:
         if grid is not None and tuple(grid) != tuple(values.shape[1:3]):
-            raise PlanError(f"vectors of shape {list(values.shape)} have a {values.shape[1]}x{values.shape[2]} "
-                            f"grid, but grid={tuple(grid)} was given")
+            raise PlanError(
+                f"vectors of shape {list(values.shape)} have a {values.shape[1]}x{values.shape[2]} "
+                f"grid, but grid={tuple(grid)} was given"
+            )
         return int(values.shape[1]), int(values.shape[2])
     cells = int(values.shape[1])
     if grid is None:
-        side = int(round(cells ** 0.5))
+        side = int(round(cells**0.5))
         if side * side != cells:
-            raise PlanError(f"{cells} cells per keyframe are not a square grid; pass grid=(gh, gw) or vectors "
-                            f"shaped [K, gh, gw, D]")
+            raise PlanError(
+                f"{cells} cells per keyframe are not a square grid; pass grid=(gh, gw) or vectors shaped [K, gh, gw, D]"
+            )
         return side, side
     if len(tuple(grid)) != 2 or grid[0] * grid[1] != cells:
         raise PlanError(f"grid {tuple(grid)} does not hold the {cells} cells per keyframe of the vectors")
@@ -138,8 +176,10 @@ def check_vector(plan: Plan, value, what: str) -> list[float]:
     """One cell's vector given in an edit: D finite numbers -> float32 list; PlanError otherwise."""
     width = plan.codebook.size
     if not is_number_list(value) or len(value) != width:
-        raise PlanError(f"{what} must be a list of {width} finite numbers (a vector of the space "
-                        f"{plan.codebook.name}), got {_short(value)}")
+        raise PlanError(
+            f"{what} must be a list of {width} finite numbers (a vector of the space "
+            f"{plan.codebook.name}), got {_short(value)}"
+        )
     return float32_rows([value])[0]
 
 
@@ -148,5 +188,12 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["check_vector", "check_vectors", "compact_vectors", "float32_rows", "interpolate_vectors",
-           "make_continuous_plan", "normalise_vectors"]
+__all__ = [
+    "check_vector",
+    "check_vectors",
+    "compact_vectors",
+    "float32_rows",
+    "interpolate_vectors",
+    "make_continuous_plan",
+    "normalise_vectors",
+]

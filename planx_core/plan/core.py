@@ -25,16 +25,23 @@ Schema version 1 (the first draft: frame indices instead of seconds, rows of tok
 metadata) and 2 (token plans only) migrate on load. Every problem in a plan raises `PlanError`,
 whose message names the keyframe and the cell and says how to fix it.
 """
+
 from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 
+from .checks import (
+    _check_codebook_fields,
+    _check_grid,
+    _check_keyframe,
+    _check_order,
+    _check_video,
+)
 from .errors import PlanError
 from .timing import keyframe_latent_frames, video_frame
 
@@ -42,9 +49,6 @@ PLAN_FORMAT = "planx.plan"
 SCHEMA_VERSION = 3
 KINDS = ("tokens", "continuous")  # token ids of a codebook / continuous semantic vectors
 SCALE_TOKENS = {27: "<S0>", 13: "<S1>", 9: "<S2>"}  # grid side -> Tar scale token (pool 1/2/3)
-MAX_GRID = 64
-MAX_FRAMES = 1_000_000
-MAX_SIDE = 65_536
 
 
 @dataclass(frozen=True)
@@ -138,10 +142,14 @@ class Plan:
         if self.kind == kind:
             return
         if kind == "tokens":
-            raise PlanError(f"{what} needs a token plan, but this plan is continuous ({self.describe_codebook()}): "
-                            f"its keyframes hold vectors, not token ids; use vector_tensor() / the continuous tools")
-        raise PlanError(f"{what} needs a continuous plan, but this plan holds token ids of "
-                        f"{self.codebook.describe()}; use token_tensor() and the codebook, or a continuous plan")
+            raise PlanError(
+                f"{what} needs a token plan, but this plan is continuous ({self.describe_codebook()}): "
+                f"its keyframes hold vectors, not token ids; use vector_tensor() / the continuous tools"
+            )
+        raise PlanError(
+            f"{what} needs a continuous plan, but this plan holds token ids of "
+            f"{self.codebook.describe()}; use token_tensor() and the codebook, or a continuous plan"
+        )
 
     def token_tensor(self) -> torch.Tensor:
         """All keyframes' tokens as one tensor."""
@@ -152,7 +160,8 @@ class Plan:
         """All keyframes' vectors of a continuous plan as one float32 tensor `[K, gh*gw, D]`."""
         self.require_kind("continuous", "vector_tensor()")
         return torch.tensor([k.vectors for k in self.keyframes], dtype=torch.float32).reshape(
-            len(self.keyframes), self.cells, self.codebook.size)  # [K, gh*gw, D]
+            len(self.keyframes), self.cells, self.codebook.size
+        )  # [K, gh*gw, D]
 
     def locked_tokens(self) -> dict[int, list[int]]:
         """Index -> tokens of the locked keyframes (what a re-plan must keep)."""
@@ -180,41 +189,63 @@ class Plan:
     def check_codebook(self, expected: CodebookId) -> None:
         """Refuse a plan whose tokens index another tokenizer's codebook."""
         self.require_kind("tokens", "a tokenizer codebook check")
-        same = (self.codebook.name == expected.name and self.codebook.size == expected.size
-                and (not self.codebook.digest or not expected.digest or self.codebook.digest == expected.digest))
+        same = (
+            self.codebook.name == expected.name
+            and self.codebook.size == expected.size
+            and (not self.codebook.digest or not expected.digest or self.codebook.digest == expected.digest)
+        )
         if not same:
-            raise PlanError(f"codebook mismatch: the plan's tokens index {self.codebook.describe()}, but the "
-                            f"loaded tokenizer is {expected.describe()}; re-plan with this planner, or "
-                            f"load the tokenizer the plan was made with")
+            raise PlanError(
+                f"codebook mismatch: the plan's tokens index {self.codebook.describe()}, but the "
+                f"loaded tokenizer is {expected.describe()}; re-plan with this planner, or "
+                f"load the tokenizer the plan was made with"
+            )
 
     def check_video(self, num_frames: int, fps: float) -> None:
         """Refuse a plan that does not fit a video of num_frames at fps."""
         last = (num_frames - 1) / fps
         if self.keyframes and self.keyframes[-1].time > last + 1e-6:
-            raise PlanError(f"the plan does not fit the video: its last keyframe is at "
-                            f"{self.keyframes[-1].time:g} s but {num_frames} frames at {fps:g} fps end at "
-                            f"{last:g} s; render at least {self.video_frame(-1) * fps / self.fps + 1:.0f} "
-                            f"frames, or resample/delete keyframes (Edit Plan Tokens)")
+            raise PlanError(
+                f"the plan does not fit the video: its last keyframe is at "
+                f"{self.keyframes[-1].time:g} s but {num_frames} frames at {fps:g} fps end at "
+                f"{last:g} s; render at least {self.video_frame(-1) * fps / self.fps + 1:.0f} "
+                f"frames, or resample/delete keyframes (Edit Plan Tokens)"
+            )
 
     # -- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": PLAN_FORMAT, "schema_version": SCHEMA_VERSION, "kind": self.kind,
-                "video": {"fps": self.fps, "num_frames": self.num_frames,
-                          "width": self.width, "height": self.height},
-                "grid": list(self.grid),
-                "codebook": {"name": self.codebook.name, "size": self.codebook.size,
-                             "hash": self.codebook.digest},
-                "keyframes": [self._keyframe_dict(k) for k in self.keyframes],
-                "provenance": {"scene": self.provenance.scene, "motion": self.provenance.motion,
-                               "seed": self.provenance.seed, "planner": self.provenance.planner}}
+        return {
+            "format": PLAN_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "kind": self.kind,
+            "video": {"fps": self.fps, "num_frames": self.num_frames, "width": self.width, "height": self.height},
+            "grid": list(self.grid),
+            "codebook": {"name": self.codebook.name, "size": self.codebook.size, "hash": self.codebook.digest},
+            "keyframes": [self._keyframe_dict(k) for k in self.keyframes],
+            "provenance": {
+                "scene": self.provenance.scene,
+                "motion": self.provenance.motion,
+                "seed": self.provenance.seed,
+                "planner": self.provenance.planner,
+            },
+        }
 
     def _keyframe_dict(self, keyframe: Keyframe) -> dict:
         if self.kind == "continuous":
             from .continuous import compact_vectors
-            return {"time": keyframe.time, "vectors": compact_vectors(keyframe.vectors), "locked": keyframe.locked,
-                    "note": keyframe.note}
-        return {"time": keyframe.time, "tokens": list(keyframe.tokens), "locked": keyframe.locked,
-                "note": keyframe.note}
+
+            return {
+                "time": keyframe.time,
+                "vectors": compact_vectors(keyframe.vectors),
+                "locked": keyframe.locked,
+                "note": keyframe.note,
+            }
+        return {
+            "time": keyframe.time,
+            "tokens": list(keyframe.tokens),
+            "locked": keyframe.locked,
+            "note": keyframe.note,
+        }
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -223,6 +254,7 @@ class Plan:
     def from_dict(cls, data) -> Plan:
         """Build and validate a plan from its JSON form (any schema version); PlanError otherwise."""
         from .schema import plan_from_dict
+
         return plan_from_dict(data, cls)
 
     @classmethod
@@ -238,8 +270,9 @@ class Plan:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise PlanError(f"plan JSON does not parse ({str(exc)[:120]}); re-export the plan "
-                            f"or fix the file") from None
+            raise PlanError(
+                f"plan JSON does not parse ({str(exc)[:120]}); re-export the plan or fix the file"
+            ) from None
         return cls.from_dict(data)
 
     # -- Tar token text ------------------------------------------------------------------
@@ -247,8 +280,7 @@ class Plan:
         """Tar's token text: per keyframe `<im_start><S{scale}><I..>x(gh*gw)<im_end>`."""
         self.require_kind("tokens", "token text")
         scale = scale_token(self.grid)
-        return "".join("<im_start>" + scale + "".join(f"<I{t}>" for t in k.tokens) + "<im_end>"
-                       for k in self.keyframes)
+        return "".join("<im_start>" + scale + "".join(f"<I{t}>" for t in k.tokens) + "<im_end>" for k in self.keyframes)
 
     @classmethod
     def from_token_text(cls, text: str, like: Plan) -> Plan:
@@ -257,8 +289,9 @@ class Plan:
         like.require_kind("tokens", "token text (its template plan)")
         grid, grids = parse_token_text(text)
         if grid != tuple(like.grid):
-            raise PlanError(f"token text has {grid[0]}x{grid[1]} grids but the template plan uses "
-                            f"{like.grid[0]}x{like.grid[1]}")
+            raise PlanError(
+                f"token text has {grid[0]}x{grid[1]} grids but the template plan uses {like.grid[0]}x{like.grid[1]}"
+            )
         plan = like.copy()
         times = like.times if len(like.keyframes) == len(grids) else _spread(len(grids), like.duration)
         locks = [k.locked for k in like.keyframes] if len(like.keyframes) == len(grids) else [False] * len(grids)
@@ -267,16 +300,35 @@ class Plan:
         return plan.validate()
 
 
-def make_plan(tokens, *, times, fps, num_frames, width, height, codebook: CodebookId,
-              grid=(9, 9), provenance: Provenance | None = None, locked=None) -> Plan:
+def make_plan(
+    tokens,
+    *,
+    times,
+    fps,
+    num_frames,
+    width,
+    height,
+    codebook: CodebookId,
+    grid=(9, 9),
+    provenance: Provenance | None = None,
+    locked=None,
+) -> Plan:
     """Build and validate a plan from a [K, gh*gw] token array (tensor or nested lists)."""
     rows = tokens.tolist() if isinstance(tokens, torch.Tensor) else [list(r) for r in tokens]
     if len(rows) != len(times):
         raise PlanError(f"{len(rows)} token grids for {len(times)} keyframe times")
     locks = list(locked) if locked is not None else [False] * len(rows)
     keyframes = [Keyframe(float(t), [int(v) for v in r], bool(lk)) for t, r, lk in zip(times, rows, locks)]
-    plan = Plan(float(fps), int(num_frames), int(width), int(height), codebook, keyframes,
-                tuple(int(g) for g in grid), provenance or Provenance())
+    plan = Plan(
+        float(fps),
+        int(num_frames),
+        int(width),
+        int(height),
+        codebook,
+        keyframes,
+        tuple(int(g) for g in grid),
+        provenance or Provenance(),
+    )
     return plan.validate()
 
 
@@ -284,8 +336,9 @@ def scale_token(grid) -> str:
     """The Tar scale token for a grid: 27x27 -> <S0>, 13x13 -> <S1>, 9x9 -> <S2>."""
     gh, gw = grid
     if gh != gw or gh not in SCALE_TOKENS:
-        raise PlanError(f"a {gh}x{gw} grid has no Tar scale token; token text exists for "
-                        f"27x27, 13x13 and 9x9 grids only")
+        raise PlanError(
+            f"a {gh}x{gw} grid has no Tar scale token; token text exists for 27x27, 13x13 and 9x9 grids only"
+        )
     return SCALE_TOKENS[gh]
 
 
@@ -301,21 +354,26 @@ def parse_token_text(text: str) -> tuple[tuple[int, int], list[list[int]]]:
     grids, pos, side = [], 0, None
     for match in _BLOCK.finditer(compact):
         if match.start() != pos:
-            raise PlanError(f"token text: unexpected {compact[pos:pos + 40]!r} before keyframe {len(grids)}")
+            raise PlanError(f"token text: unexpected {compact[pos : pos + 40]!r} before keyframe {len(grids)}")
         pos = match.end()
         block_side = {v: k for k, v in SCALE_TOKENS.items()}[match.group(1)]
         codes = [int(c) for c in _CODE.findall(match.group(2))]
         if len(codes) != block_side * block_side:
-            raise PlanError(f"token text: keyframe {len(grids)} has {len(codes)} <I*> tokens, its scale "
-                            f"{match.group(1)} needs {block_side * block_side}")
+            raise PlanError(
+                f"token text: keyframe {len(grids)} has {len(codes)} <I*> tokens, its scale "
+                f"{match.group(1)} needs {block_side * block_side}"
+            )
         if side is not None and block_side != side:
-            raise PlanError(f"token text: keyframe {len(grids)} uses scale {match.group(1)}, earlier ones "
-                            f"{SCALE_TOKENS[side]}; one plan has one grid")
+            raise PlanError(
+                f"token text: keyframe {len(grids)} uses scale {match.group(1)}, earlier ones "
+                f"{SCALE_TOKENS[side]}; one plan has one grid"
+            )
         side = block_side
         grids.append(codes)
     if pos != len(compact) or not grids:
-        raise PlanError(f"token text: expected <im_start><S2><I..>...<im_end> blocks, found "
-                        f"{compact[pos:pos + 40]!r}")
+        raise PlanError(
+            f"token text: expected <im_start><S2><I..>...<im_end> blocks, found {compact[pos : pos + 40]!r}"
+        )
     return (side, side), grids
 
 
@@ -323,80 +381,3 @@ def _spread(count: int, duration: float) -> list[float]:
     if count == 1:
         return [0.0]
     return [round(duration * i / (count - 1), 6) for i in range(count)]
-
-
-# -- validation helpers ----------------------------------------------------------------------
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value) and abs(value) < 1e12
-    except OverflowError:  # an int beyond float range
-        return False
-
-
-def _check_video(plan: Plan) -> None:
-    if not _is_number(plan.fps) or plan.fps <= 0:
-        raise PlanError(f"video fps must be a positive number, got {plan.fps!r}")
-    for name, top in (("num_frames", MAX_FRAMES), ("width", MAX_SIDE), ("height", MAX_SIDE)):
-        value = getattr(plan, name)
-        if not _is_int(value) or not 1 <= value <= top:
-            raise PlanError(f"video {name} must be an integer in 1..{top}, got {value!r}")
-
-
-def _check_grid(grid) -> None:
-    if (not isinstance(grid, tuple) or len(grid) != 2 or not all(_is_int(g) for g in grid)
-            or not all(1 <= g <= MAX_GRID for g in grid)):
-        raise PlanError(f"grid must be two integers in 1..{MAX_GRID} (9x9 by default; 13x13 and 27x27 "
-                        f"for the other TA-Tok scales), got {grid!r}")
-
-
-def _check_codebook_fields(codebook: CodebookId) -> None:
-    if not isinstance(codebook, CodebookId):
-        raise PlanError(f"codebook must be a CodebookId, got {type(codebook).__name__}")
-    if not isinstance(codebook.name, str) or not codebook.name:
-        raise PlanError(f"codebook name must be a non-empty string, got {codebook.name!r}")
-    if not _is_int(codebook.size) or codebook.size < 1:
-        raise PlanError(f"codebook size must be a positive integer, got {codebook.size!r}")
-    if not isinstance(codebook.digest, str):
-        raise PlanError(f"codebook hash must be a string, got {codebook.digest!r}")
-
-
-def _check_keyframe(plan: Plan, index: int, keyframe: Keyframe) -> None:
-    where = f"keyframe {index}"
-    if not _is_number(keyframe.time):
-        raise PlanError(f"{where}: time must be a finite number of seconds, got {keyframe.time!r}")
-    if keyframe.time < 0 or keyframe.time > plan.duration + 1e-6:
-        raise PlanError(f"{where} at {keyframe.time:g} s is outside the video (0..{plan.duration:g} s, "
-                        f"{plan.num_frames} frames at {plan.fps:g} fps); move or delete it")
-    if not isinstance(keyframe.locked, bool) or not isinstance(keyframe.note, str):
-        raise PlanError(f"{where}: locked must be true/false and note a string")
-    if plan.kind == "continuous":
-        from .continuous import check_vectors
-        return check_vectors(plan, index, keyframe)
-    if keyframe.vectors is not None:
-        raise PlanError(f"{where} of a token plan carries vectors; token keyframes hold 'tokens' only "
-                        f"(set kind to 'continuous' for a plan of vectors)")
-    if not isinstance(keyframe.tokens, list) or len(keyframe.tokens) != plan.cells:
-        count = len(keyframe.tokens) if isinstance(keyframe.tokens, list) else type(keyframe.tokens).__name__
-        raise PlanError(f"{where} has {count} tokens; a {plan.grid[0]}x{plan.grid[1]} grid needs {plan.cells}")
-    for cell, token in enumerate(keyframe.tokens):
-        if not _is_int(token) or not 0 <= token < plan.codebook.size:
-            row, col = divmod(cell, plan.grid[1])
-            raise PlanError(f"{where}, cell (row {row}, col {col}): token {token!r} is outside the codebook "
-                            f"{plan.codebook.name}'s range 0..{plan.codebook.size - 1}; paint a valid token")
-
-
-def _check_order(plan: Plan) -> None:
-    for i in range(1, len(plan.keyframes)):
-        before, now = plan.keyframes[i - 1], plan.keyframes[i]
-        if now.time <= before.time:
-            raise PlanError(f"keyframe {i} at {now.time:g} s is not after keyframe {i - 1} at {before.time:g} s: "
-                            f"keyframe times must be sorted with no duplicates; move one of them")
-        if plan.video_frame(i) == plan.video_frame(i - 1):
-            raise PlanError(f"keyframes {i - 1} and {i} ({before.time:g} s and {now.time:g} s) fall on the same "
-                            f"video frame {plan.video_frame(i)} at {plan.fps:g} fps; move one of them")

@@ -31,14 +31,16 @@ names a plan passed to `apply_edits(sources=...)`; "self" (default) is the plan 
 must be of the same kind, grid and codebook size (vector width D). Every problem raises
 EditError (a PlanError) naming the step and the fix.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .checks import _is_int, _is_number
 from .continuous import check_vector, interpolate_vectors
-from .core import Keyframe, Plan, PlanError, _is_int, _is_number
+from .core import Keyframe, Plan, PlanError
 from .timing import keyframe_times
 
 
@@ -66,8 +68,9 @@ def parse_edits(text) -> list[dict]:
         try:
             edits = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise EditError(f"edit list does not parse as JSON ({str(exc)[:100]}); clear the widget "
-                            f"or fix the text") from None
+            raise EditError(
+                f"edit list does not parse as JSON ({str(exc)[:100]}); clear the widget or fix the text"
+            ) from None
     if not isinstance(edits, list):
         raise EditError(f"the edit list must be a JSON array of steps, got {type(edits).__name__}")
     for index, step in enumerate(edits):
@@ -77,8 +80,9 @@ def parse_edits(text) -> list[dict]:
     return edits
 
 
-def apply_edits(plan: Plan, edits, *, sources: dict[str, Plan] | None = None,
-                word_to_code: Callable[[str], int] | None = None) -> Plan:
+def apply_edits(
+    plan: Plan, edits, *, sources: dict[str, Plan] | None = None, word_to_code: Callable[[str], int] | None = None
+) -> Plan:
     """Apply the steps in order to a copy of `plan`; the input plan is never changed."""
     context = EditContext(dict(sources or {}), word_to_code)
     result = plan.copy()
@@ -118,8 +122,13 @@ class _Step:
 
     def cell(self, key, grid, default=...) -> tuple[int, int]:
         value = self.get(key, default)
-        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)
-                and 0 <= value[0] < grid[0] and 0 <= value[1] < grid[1]):
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(_is_int(v) for v in value)
+            and 0 <= value[0] < grid[0]
+            and 0 <= value[1] < grid[1]
+        ):
             raise PlanError(f"field {key!r} must be [row, col] inside the {grid[0]}x{grid[1]} grid, got {value!r}")
         return value[0], value[1]
 
@@ -127,8 +136,10 @@ class _Step:
         value = self.get("rect", [0, 0, grid[0] - 1, grid[1] - 1])
         ok = isinstance(value, list) and len(value) == 4 and all(_is_int(v) for v in value)
         if not ok or not (0 <= value[0] <= value[2] < grid[0] and 0 <= value[1] <= value[3] < grid[1]):
-            raise PlanError(f"field 'rect' must be [top, left, bottom, right] inside the "
-                            f"{grid[0]}x{grid[1]} grid (inclusive), got {value!r}")
+            raise PlanError(
+                f"field 'rect' must be [top, left, bottom, right] inside the "
+                f"{grid[0]}x{grid[1]} grid (inclusive), got {value!r}"
+            )
         return tuple(value)
 
 
@@ -148,8 +159,9 @@ def _targets(plan: Plan, step: _Step) -> list[int]:
 
 def _token(plan: Plan, value) -> int:
     if not _is_int(value) or not 0 <= value < plan.codebook.size:
-        raise PlanError(f"token {value!r} is outside the codebook {plan.codebook.name}'s range "
-                        f"0..{plan.codebook.size - 1}")
+        raise PlanError(
+            f"token {value!r} is outside the codebook {plan.codebook.name}'s range 0..{plan.codebook.size - 1}"
+        )
     return value
 
 
@@ -163,8 +175,10 @@ def _check_free(plan: Plan, time: float, moving: Keyframe | None = None) -> None
     frame = round(time * plan.fps)
     for index, other in enumerate(plan.keyframes):
         if other is not moving and round(other.time * plan.fps) == frame:
-            raise PlanError(f"keyframe {index} already sits at {other.time:g} s (video frame {frame}); "
-                            f"pick another time or delete that keyframe first")
+            raise PlanError(
+                f"keyframe {index} already sits at {other.time:g} s (video frame {frame}); "
+                f"pick another time or delete that keyframe first"
+            )
 
 
 def _continuous(plan: Plan) -> bool:
@@ -189,8 +203,11 @@ def _refuse_other_key(plan: Plan, step: _Step, token_key: str, vector_key: str) 
     """The step's key for this plan's kind; refuse the other kind's key with what to use instead."""
     want, other = (vector_key, token_key) if _continuous(plan) else (token_key, vector_key)
     if other in step.data:
-        kind = (f"continuous ({plan.describe_codebook()})" if _continuous(plan)
-                else f"a token plan of {plan.codebook.describe()}")
+        kind = (
+            f"continuous ({plan.describe_codebook()})"
+            if _continuous(plan)
+            else f"a token plan of {plan.codebook.describe()}"
+        )
         raise PlanError(f"field {other!r} does not apply: this plan is {kind}; give {want!r} instead")
     return want
 
@@ -206,9 +223,11 @@ def _set_cells(plan: Plan, index: int, rect, value_at: Callable[[int, int], obje
 
 def _fill(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     if _continuous(plan) and "vector" not in step.data:
-        raise PlanError(f"fill with a token id applies to token plans only; this plan is continuous "
-                        f"({plan.describe_codebook()}): give 'vector': [{plan.codebook.size} numbers], or use "
-                        f"paste / copy_region")
+        raise PlanError(
+            f"fill with a token id applies to token plans only; this plan is continuous "
+            f"({plan.describe_codebook()}): give 'vector': [{plan.codebook.size} numbers], or use "
+            f"paste / copy_region"
+        )
     key = _refuse_other_key(plan, step, "token", "vector")
     value = _value(plan, step.get(key), f"field {key!r}")
     rect = step.rect(plan.grid)
@@ -219,8 +238,10 @@ def _fill(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
 
 def _fill_word(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     if _continuous(plan):
-        raise PlanError(f"fill_word paints the code nearest a word and applies to token plans only; this plan is "
-                        f"continuous ({plan.describe_codebook()}): use fill with 'vector', paste or copy_region")
+        raise PlanError(
+            f"fill_word paints the code nearest a word and applies to token plans only; this plan is "
+            f"continuous ({plan.describe_codebook()}): use fill with 'vector', paste or copy_region"
+        )
     word = step.get("word")
     if not isinstance(word, str) or not word.strip():
         raise PlanError(f"field 'word' must be a non-empty word, got {word!r}")
@@ -236,15 +257,20 @@ def _fill_word(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
 def _paste(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     key = _refuse_other_key(plan, step, "tokens", "vectors")
     rows = step.get(key)
-    if not (isinstance(rows, list) and rows and all(isinstance(r, list) and r for r in rows)
-            and len({len(r) for r in rows}) == 1):
+    if not (
+        isinstance(rows, list)
+        and rows
+        and all(isinstance(r, list) and r for r in rows)
+        and len({len(r) for r in rows}) == 1
+    ):
         example = "[[[0.1, ...], [0.2, ...]]], rows of cells of vectors" if key == "vectors" else "[[1, 2], [3, 4]]"
         raise PlanError(f"field {key!r} must be a non-empty rectangle of rows, e.g. {example}")
     top, left = step.cell("at", plan.grid)
     bottom, right = top + len(rows) - 1, left + len(rows[0]) - 1
     if bottom >= plan.grid[0] or right >= plan.grid[1]:
-        raise PlanError(f"a {len(rows)}x{len(rows[0])} block at [{top}, {left}] runs off the "
-                        f"{plan.grid[0]}x{plan.grid[1]} grid")
+        raise PlanError(
+            f"a {len(rows)}x{len(rows[0])} block at [{top}, {left}] runs off the {plan.grid[0]}x{plan.grid[1]} grid"
+        )
     block = [[_value(plan, v, f"{key} row {i}, column {j}") for j, v in enumerate(r)] for i, r in enumerate(rows)]
     for index in _targets(plan, step):
         _set_cells(plan, index, (top, left, bottom, right), lambda r, c: block[r - top][c - left])
@@ -257,13 +283,17 @@ def _source(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
         raise PlanError(f"source plan {name!r} is not connected (available: {', '.join(sorted(ctx.sources))})")
     source = ctx.sources[name]
     if source.kind != plan.kind:
-        raise PlanError(f"source plan {name!r} is a {source.kind} plan but this plan is {plan.kind}: token ids and "
-                        f"continuous vectors do not mix; copy from a plan of the same kind")
+        raise PlanError(
+            f"source plan {name!r} is a {source.kind} plan but this plan is {plan.kind}: token ids and "
+            f"continuous vectors do not mix; copy from a plan of the same kind"
+        )
     if tuple(source.grid) != tuple(plan.grid) or source.codebook.size != plan.codebook.size:
-        raise PlanError(f"source plan {name!r} uses a {source.grid[0]}x{source.grid[1]} grid of "
-                        f"{source.describe_codebook()}; this plan a {plan.grid[0]}x{plan.grid[1]} grid of "
-                        f"{plan.describe_codebook()}; copy only between plans of the same grid and "
-                        f"{'vector width' if _continuous(plan) else 'codebook'}")
+        raise PlanError(
+            f"source plan {name!r} uses a {source.grid[0]}x{source.grid[1]} grid of "
+            f"{source.describe_codebook()}; this plan a {plan.grid[0]}x{plan.grid[1]} grid of "
+            f"{plan.describe_codebook()}; copy only between plans of the same grid and "
+            f"{'vector width' if _continuous(plan) else 'codebook'}"
+        )
     return source
 
 
@@ -271,7 +301,7 @@ def _copy_region(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     source = _source(plan, step, ctx)
     src = _cells(source, source.keyframes[_index(source, step.get("from_keyframe"), "from_keyframe")])
     top, left, bottom, right = step.rect(plan.grid)
-    rows = [src[r * plan.grid[1] + left:r * plan.grid[1] + right + 1] for r in range(top, bottom + 1)]
+    rows = [src[r * plan.grid[1] + left : r * plan.grid[1] + right + 1] for r in range(top, bottom + 1)]
     at = list(step.cell("at", plan.grid, [top, left]))
     return _paste(plan, _Step({"keyframe": step.get("keyframe"), "at": at, _cell_key(plan): rows}), ctx)
 
@@ -308,30 +338,37 @@ def _insert(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
 
 def _vector_cells(plan: Plan, cells, key: str) -> list[list[float]]:
     if not isinstance(cells, list) or len(cells) != plan.cells:
-        raise PlanError(f"field {key!r} must list {plan.cells} vectors, one per cell of the "
-                        f"{plan.grid[0]}x{plan.grid[1]} grid, row-major")
+        raise PlanError(
+            f"field {key!r} must list {plan.cells} vectors, one per cell of the "
+            f"{plan.grid[0]}x{plan.grid[1]} grid, row-major"
+        )
     return [check_vector(plan, v, f"{key} cell {i}") for i, v in enumerate(cells)]
 
 
 def _duplicate(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     original = plan.keyframes[_index(plan, step.get("keyframe"))]
-    return _insert(plan, _Step({"time": step.get("time"), _cell_key(plan): _cells(plan, original),
-                                "note": original.note}), ctx)
+    return _insert(
+        plan, _Step({"time": step.get("time"), _cell_key(plan): _cells(plan, original), "note": original.note}), ctx
+    )
 
 
 def _interpolate(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     if not _continuous(plan):
-        raise PlanError("interpolate blends the vectors of two keyframes and applies to continuous plans only; "
-                        "token ids cannot be averaged: use insert_keyframe or duplicate_keyframe")
+        raise PlanError(
+            "interpolate blends the vectors of two keyframes and applies to continuous plans only; "
+            "token ids cannot be averaged: use insert_keyframe or duplicate_keyframe"
+        )
     time = _snap(plan, step.number("time"))
     note = step.get("note", "")
     _check_free(plan, time)
     before = [k for k in plan.keyframes if k.time < time]
     after = [k for k in plan.keyframes if k.time > time]
     if not before or not after:
-        raise PlanError(f"time {time:g} s is not between two keyframes (they span {plan.keyframes[0].time:g}.."
-                        f"{plan.keyframes[-1].time:g} s); interpolate needs a keyframe on each side, use "
-                        f"insert_keyframe outside that span")
+        raise PlanError(
+            f"time {time:g} s is not between two keyframes (they span {plan.keyframes[0].time:g}.."
+            f"{plan.keyframes[-1].time:g} s); interpolate needs a keyframe on each side, use "
+            f"insert_keyframe outside that span"
+        )
     a, b = before[-1], after[0]
     vectors = interpolate_vectors(a.vectors, b.vectors, (time - a.time) / (b.time - a.time))
     plan.keyframes.append(Keyframe(time, [], False, note, vectors))
@@ -388,9 +425,17 @@ def _note(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
 
 
 OPS: dict[str, Callable[[Plan, _Step, EditContext], Plan]] = {
-    "fill": _fill, "fill_word": _fill_word, "paste": _paste, "copy_region": _copy_region,
-    "copy_keyframe": _copy_keyframe, "insert_keyframe": _insert, "interpolate": _interpolate,
+    "fill": _fill,
+    "fill_word": _fill_word,
+    "paste": _paste,
+    "copy_region": _copy_region,
+    "copy_keyframe": _copy_keyframe,
+    "insert_keyframe": _insert,
+    "interpolate": _interpolate,
     "duplicate_keyframe": _duplicate,
-    "delete_keyframe": _delete, "move_keyframe": _move, "resample": _resample, "lock": _lock,
+    "delete_keyframe": _delete,
+    "move_keyframe": _move,
+    "resample": _resample,
+    "lock": _lock,
     "note": _note,
 }

@@ -14,6 +14,7 @@ fixed as above), each scaled linearly so the plan's range spans 0..255 (`vector_
 Images are float32 torch tensors `[H, W, 3]` in [0, 1], the layout of a ComfyUI IMAGE without its
 batch axis.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,6 +34,7 @@ _CACHE_SIZE = 4
 
 
 # --------------------------------------------------------------------------- colours
+
 
 def tensor_key(codebook: torch.Tensor) -> str:
     """sha256 of a tensor's shape and float32 bytes, first 16 hex digits (a cache key)."""
@@ -106,6 +108,7 @@ def vector_colours(plan) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- drawing
 
+
 def _fit_scale(text: str, width: int, height: int, thickness: int = 1) -> float:
     """The largest Hershey font scale (<= 1) at which `text` fits in width x height pixels."""
     (w, h), base = cv2.getTextSize(text, FONT, 1.0, thickness)
@@ -163,8 +166,9 @@ def _panel(plan, index: int, colours: np.ndarray, cell: int, words) -> np.ndarra
     cells = colours[index].reshape(gh, gw, 3)  # [gh, gw, 3]
     img[label:] = cells.repeat(cell, axis=0).repeat(cell, axis=1)  # [gh*cell, gw*cell, 3]
     lock = label - 6 if keyframe.locked else 0
-    _put_centred(img, f"{keyframe.time:.2f} s", (lock, 0, gw * cell - 2 * lock, label), TEXT_COLOUR,
-                 max(0.45, label / 40))
+    _put_centred(
+        img, f"{keyframe.time:.2f} s", (lock, 0, gw * cell - 2 * lock, label), TEXT_COLOUR, max(0.45, label / 40)
+    )
     if keyframe.locked:
         _draw_lock(img, 3, 3, label - 6)
         cv2.rectangle(img, (0, label), (gw * cell - 1, img.shape[0] - 1), LOCK_COLOUR, 2)
@@ -181,19 +185,25 @@ def _cell_colours(plan, colours: torch.Tensor | None) -> torch.Tensor:
             return vector_colours(plan)
         shape = [len(plan.keyframes), plan.grid[0] * plan.grid[1], 3]
         if list(colours.shape) != shape:
-            raise ValueError(f"a continuous plan has no codebook to colour by: pass colours=None (principal "
-                             f"components of its vectors) or per-cell colours {shape}, got {list(colours.shape)}")
+            raise ValueError(
+                f"a continuous plan has no codebook to colour by: pass colours=None (principal "
+                f"components of its vectors) or per-cell colours {shape}, got {list(colours.shape)}"
+            )
         return colours
     if colours is None:
-        raise ValueError(f"a token plan needs the colour of every code of {plan.codebook.describe()}: pass "
-                         f"code_colours(codebook) of the tokenizer the plan was made with")
+        raise ValueError(
+            f"a token plan needs the colour of every code of {plan.codebook.describe()}: pass "
+            f"code_colours(codebook) of the tokenizer the plan was made with"
+        )
     if colours.ndim != 2 or colours.shape[1] != 3:
         raise ValueError(f"colours must be [N, 3], got {list(colours.shape)}")
     tokens = plan.token_tensor()  # [K, gh*gw]
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= colours.shape[0]):
-        raise ValueError(f"plan token {int(tokens.max())} has no colour: the colours cover {colours.shape[0]} codes "
-                         f"but the plan indexes {plan.codebook.describe()}; compute the colours from the codebook "
-                         f"of the tokenizer the plan was made with")
+        raise ValueError(
+            f"plan token {int(tokens.max())} has no colour: the colours cover {colours.shape[0]} codes "
+            f"but the plan indexes {plan.codebook.describe()}; compute the colours from the codebook "
+            f"of the tokenizer the plan was made with"
+        )
     return colours.detach().cpu()[tokens]  # [K, gh*gw, 3]
 
 
@@ -204,8 +214,9 @@ def _prepare(plan, colours: torch.Tensor | None, cell: int, words) -> tuple[np.n
     if words is not None:
         cells = plan.grid[0] * plan.grid[1]
         if len(words) != len(plan.keyframes) or any(len(w) != cells for w in words):
-            raise ValueError(f"words must hold one list of {cells} strings per keyframe "
-                             f"({len(plan.keyframes)} keyframes)")
+            raise ValueError(
+                f"words must hold one list of {cells} strings per keyframe ({len(plan.keyframes)} keyframes)"
+            )
         cell = max(cell, WORD_CELL)
     table = (cells_rgb.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # [K, gh*gw, 3]
     return table, cell
@@ -215,8 +226,9 @@ def _to_image(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).float() / 255.0  # [..., H, W, 3]
 
 
-def plan_picture(plan, colours: torch.Tensor | None = None, *, cell: int = 24, words=None,
-                 gap: int = 6) -> torch.Tensor:
+def plan_picture(
+    plan, colours: torch.Tensor | None = None, *, cell: int = 24, words=None, gap: int = 6
+) -> torch.Tensor:
     """All keyframes side by side, `gap` pixels apart: float `[H, W, 3]` in [0, 1].
 
     `colours`: a token plan's code colours `[N, 3]` (`code_colours`); None for a continuous plan
@@ -229,7 +241,7 @@ def plan_picture(plan, colours: torch.Tensor | None = None, *, cell: int = 24, w
     img = np.empty((height, len(panels) * width + (len(panels) - 1) * gap, 3), np.uint8)
     img[:] = BACKGROUND
     for k, panel in enumerate(panels):
-        img[:, k * (width + gap):k * (width + gap) + width] = panel
+        img[:, k * (width + gap) : k * (width + gap) + width] = panel
     return _to_image(img)  # [H, W, 3]
 
 

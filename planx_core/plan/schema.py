@@ -11,24 +11,14 @@ This project's own format (see `planx_core.plan`). Version history:
   semantic space (size = D). A version 2 file is a version 3 tokens plan as it is.
 Every problem raises PlanError; no other exception escapes for any JSON value.
 """
+
 from __future__ import annotations
 
 import re
 
+from .checks import MAX_FRAMES, _is_int, _is_number
 from .continuous import normalise_vectors
-from .core import (
-    KINDS,
-    MAX_FRAMES,
-    PLAN_FORMAT,
-    SCHEMA_VERSION,
-    CodebookId,
-    Keyframe,
-    Plan,
-    PlanError,
-    Provenance,
-    _is_int,
-    _is_number,
-)
+from .core import KINDS, PLAN_FORMAT, SCHEMA_VERSION, CodebookId, Keyframe, Plan, PlanError, Provenance
 
 
 def plan_from_dict(data, cls=Plan) -> Plan:
@@ -41,18 +31,26 @@ def plan_from_dict(data, cls=Plan) -> Plan:
     elif version == 2:
         data = migrate_v2(data)
     elif version != SCHEMA_VERSION:
-        raise PlanError(f"plan schema_version {version!r} is unknown; this build reads versions 1.."
-                        f"{SCHEMA_VERSION}. Update the Plan-X pack to read newer plans")
+        raise PlanError(
+            f"plan schema_version {version!r} is unknown; this build reads versions 1.."
+            f"{SCHEMA_VERSION}. Update the Plan-X pack to read newer plans"
+        )
     if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
         raise PlanError(f"not a Plan-X plan: format is {data.get('format')!r}, expected {PLAN_FORMAT!r}")
     video, kind = _object(data, "video"), data.get("kind", "tokens")
     if not isinstance(kind, str) or kind not in KINDS:
         raise PlanError(f"plan kind {kind!r} is not supported; expected one of {', '.join(KINDS)}")
-    plan = cls(fps=_number(video, "fps", "video"), num_frames=_field(video, "num_frames", "video"),
-               width=_field(video, "width", "video"), height=_field(video, "height", "video"),
-               codebook=_codebook(_object(data, "codebook")), keyframes=_keyframes(data, kind),
-               grid=_grid(data.get("grid", [9, 9])), provenance=_provenance(data.get("provenance", {})),
-               kind=kind)
+    plan = cls(
+        fps=_number(video, "fps", "video"),
+        num_frames=_field(video, "num_frames", "video"),
+        width=_field(video, "width", "video"),
+        height=_field(video, "height", "video"),
+        codebook=_codebook(_object(data, "codebook")),
+        keyframes=_keyframes(data, kind),
+        grid=_grid(data.get("grid", [9, 9])),
+        provenance=_provenance(data.get("provenance", {})),
+        kind=kind,
+    )
     return plan.validate()
 
 
@@ -72,24 +70,38 @@ def migrate_v1(old: dict) -> dict:
             raise PlanError(f"plan (schema 1): keyframe {index} tokens must be a list of grid rows")
         number = frame.get("frame")
         if not _is_int(number) or not 0 <= number <= MAX_FRAMES:
-            raise PlanError(f"plan (schema 1): keyframe {index} needs an integer 'frame' in 0..{MAX_FRAMES}, "
-                            f"got {number!r}")
-        keyframes.append({"time": round(number / fps, 6), "tokens": [t for r in rows for t in r],
-                          "locked": frame.get("locked", False), "note": frame.get("note", "")})
-    return {"format": PLAN_FORMAT, "schema_version": 2, "kind": "tokens",
-            "video": {k: old.get(k2) for k, k2 in
-                      (("fps", "fps"), ("num_frames", "frames"), ("width", "width"), ("height", "height"))},
-            "grid": [side, side], "codebook": {"name": name, "size": size, "hash": digest},
-            "keyframes": keyframes,
-            "provenance": {k: old.get(k, "" if k != "seed" else None)
-                           for k in ("scene", "motion", "seed", "planner")}}
+            raise PlanError(
+                f"plan (schema 1): keyframe {index} needs an integer 'frame' in 0..{MAX_FRAMES}, got {number!r}"
+            )
+        keyframes.append(
+            {
+                "time": round(number / fps, 6),
+                "tokens": [t for r in rows for t in r],
+                "locked": frame.get("locked", False),
+                "note": frame.get("note", ""),
+            }
+        )
+    return {
+        "format": PLAN_FORMAT,
+        "schema_version": 2,
+        "kind": "tokens",
+        "video": {
+            k: old.get(k2)
+            for k, k2 in (("fps", "fps"), ("num_frames", "frames"), ("width", "width"), ("height", "height"))
+        },
+        "grid": [side, side],
+        "codebook": {"name": name, "size": size, "hash": digest},
+        "keyframes": keyframes,
+        "provenance": {k: old.get(k, "" if k != "seed" else None) for k in ("scene", "motion", "seed", "planner")},
+    }
 
 
 def migrate_v2(old: dict) -> dict:
     """Schema 2 -> 3: nothing changes for token plans (version 3 only adds kind "continuous")."""
     if old.get("kind", "tokens") == "continuous":
-        raise PlanError("plan kind 'continuous' needs schema_version 3 (schema 2 holds token plans only); "
-                        "set schema_version to 3")
+        raise PlanError(
+            "plan kind 'continuous' needs schema_version 3 (schema 2 holds token plans only); set schema_version to 3"
+        )
     return {**old, "schema_version": SCHEMA_VERSION}
 
 
@@ -148,16 +160,27 @@ def _keyframes(data: dict, kind) -> list[Keyframe]:
             vectors = normalise_vectors(_field(item, "vectors", f"keyframe {index} (continuous plan)"))
         else:
             tokens, vectors = _field(item, "tokens", f"keyframe {index}"), item.get("vectors")
-        frames.append(Keyframe(time=float(time) if _is_number(time) else time, tokens=tokens,
-                               locked=item.get("locked", False), note=item.get("note", ""), vectors=vectors))
+        frames.append(
+            Keyframe(
+                time=float(time) if _is_number(time) else time,
+                tokens=tokens,
+                locked=item.get("locked", False),
+                note=item.get("note", ""),
+                vectors=vectors,
+            )
+        )
     return frames
 
 
 def _provenance(data) -> Provenance:
     if not isinstance(data, dict):
         raise PlanError(f"plan field 'provenance' must be an object, got {type(data).__name__}")
-    prov = Provenance(scene=data.get("scene", ""), motion=data.get("motion", ""),
-                      seed=data.get("seed"), planner=data.get("planner", ""))
+    prov = Provenance(
+        scene=data.get("scene", ""),
+        motion=data.get("motion", ""),
+        seed=data.get("seed"),
+        planner=data.get("planner", ""),
+    )
     for key in ("scene", "motion", "planner"):
         if not isinstance(getattr(prov, key), str):
             raise PlanError(f"provenance {key!r} must be a string, got {getattr(prov, key)!r}")

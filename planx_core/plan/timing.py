@@ -13,6 +13,7 @@ SemanticGen's semantic keyframes (arXiv 2512.20619), on Wan's VAE (4x in time, f
 Every module that places a keyframe (plans, the semantic branch, SemanticGen, TA-Tok's video
 plans, the toy world, training) calls these functions; none re-derives them.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,7 @@ TEMPORAL_FACTOR = 4  # Wan's VAE: video frame n is latent frame n / 4 (frame 0 i
 def keyframe_times(num_frames: int, fps: float, rate: float = 2.0) -> list[float]:
     """Keyframe times in seconds: every 1/rate s from 0 up to the last frame, (num_frames-1)/fps."""
     if num_frames < 1 or fps <= 0 or rate <= 0:
-        raise PlanError(f"keyframe times need num_frames >= 1, fps > 0 and rate > 0 "
-                        f"(got {num_frames}, {fps}, {rate})")
+        raise PlanError(f"keyframe times need num_frames >= 1, fps > 0 and rate > 0 (got {num_frames}, {fps}, {rate})")
     duration = (num_frames - 1) / fps
     count = int(math.floor(duration * rate + 1e-9)) + 1
     return [round(k / rate, 6) for k in range(count)]

@@ -7,9 +7,19 @@ Public API: `SemanticPlanner`, `load_planner`, `save_planner` (model); `Sampling
 `PlanningInterrupted` (constrained decoding); `PlanVocab`, `extend_vocabulary`,
 `build_word_tokenizer` (vocabulary).
 """
+
 from .decode import PlanningInterrupted, Sampling
-from .model import SemanticPlanner, load_planner, save_planner
+from .files import load_planner, save_planner
+from .model import SemanticPlanner
 from .vocab import PlanVocab, build_word_tokenizer, extend_vocabulary
 
-__all__ = ["PlanVocab", "PlanningInterrupted", "Sampling", "SemanticPlanner", "build_word_tokenizer",
-           "extend_vocabulary", "load_planner", "save_planner"]
+__all__ = [
+    "PlanVocab",
+    "PlanningInterrupted",
+    "Sampling",
+    "SemanticPlanner",
+    "build_word_tokenizer",
+    "extend_vocabulary",
+    "load_planner",
+    "save_planner",
+]

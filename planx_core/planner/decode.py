@@ -8,6 +8,7 @@ the CPU with a seeded `torch.Generator`, so a seed gives the same plan on any de
 guidance scale s != 1 a second stream (the unconditional prompt) runs beside the first and the
 logits become u + s * (c - u), as in classifier-free guidance for autoregressive image models.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,16 +41,24 @@ class Sampling:
     guidance_scale: float = 1.0
 
     def __post_init__(self):
-        checks = [(_finite(self.temperature) and self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
-                  (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
-                   "top_k must be an integer >= 0 (0 = off)"),
-                  (_finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1] (1 = off)"),
-                  (_finite(self.guidance_scale) and self.guidance_scale >= 0,
-                   "guidance_scale must be >= 0 (1 = no guidance)")]
+        checks = [
+            (_finite(self.temperature) and self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+            (
+                isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
+                "top_k must be an integer >= 0 (0 = off)",
+            ),
+            (_finite(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1] (1 = off)"),
+            (
+                _finite(self.guidance_scale) and self.guidance_scale >= 0,
+                "guidance_scale must be >= 0 (1 = no guidance)",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"{message}; got temperature={self.temperature!r}, top_k={self.top_k!r}, "
-                                 f"top_p={self.top_p!r}, guidance_scale={self.guidance_scale!r}")
+                raise ValueError(
+                    f"{message}; got temperature={self.temperature!r}, top_k={self.top_k!r}, "
+                    f"top_p={self.top_p!r}, guidance_scale={self.guidance_scale!r}"
+                )
 
 
 def _finite(value) -> bool:
@@ -86,7 +95,7 @@ def _nucleus(logits: torch.Tensor, index: torch.Tensor | None, top_p: float) -> 
             k = min(8 * k, probs.numel())
         probs, logits, index = top, logits[order], order
     keep = int(((torch.cumsum(probs, dim=0) - probs) < top_p).sum())  # a prefix; the best token always stays
-    return logits[:max(keep, 1)], index[:max(keep, 1)]
+    return logits[: max(keep, 1)], index[: max(keep, 1)]
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> int:
@@ -160,9 +169,15 @@ class Grammar:
         return self.num_keyframes * self.cells
 
 
-def decode(streams: list[Stream], vocab: PlanVocab, grammar: Grammar, sampling: Sampling,
-           generator: torch.Generator, progress: Callable[[int, int], None] | None = None,
-           interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+def decode(
+    streams: list[Stream],
+    vocab: PlanVocab,
+    grammar: Grammar,
+    sampling: Sampling,
+    generator: torch.Generator,
+    progress: Callable[[int, int], None] | None = None,
+    interrupt: Callable[[], bool] | None = None,
+) -> torch.Tensor:
     """Run the grammar over one stream (or two: conditional, unconditional); codes `[K, cells]`."""
     pending = [vocab.im_start, grammar.scale_id]  # forced tokens not yet fed
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]

@@ -13,20 +13,14 @@ The prompt (system part, scene, motion, optional first-frame and context codes) 
 The unconditional prompt of guidance keeps the system part and the image codes and empties the
 scene and motion, so guidance amplifies the texts.
 """
+
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..files.safetensors import (
-    CheckpointError,
-    check_safetensors_header,
-    resolve_shards,
-)
 from ..plan.core import CodebookId, Plan, PlanError, Provenance, make_plan
 from ..plan.timing import keyframe_times
 from .decode import (
@@ -41,27 +35,36 @@ from .decode import (
 from .prompt import flat_codes, prompt_ids
 from .vocab import PlanVocab, build_word_tokenizer, extend_vocabulary, scale_index
 
-__all__ = ["PlanVocab", "PlanningInterrupted", "SemanticPlanner", "build_word_tokenizer", "extend_vocabulary",
-           "load_planner", "save_planner"]
+__all__ = [
+    "PlanVocab",
+    "PlanningInterrupted",
+    "SemanticPlanner",
+    "build_word_tokenizer",
+    "extend_vocabulary",
+]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 # ----------------------------------------------------------------------------- the planner
 
+
 class SemanticPlanner:
     """A causal LM with the plan vocabulary: prompt building, constrained decoding, text alignment."""
 
-    def __init__(self, model, tokenizer, vocab: PlanVocab | None = None, name: str = "planner",
-                 slice_head: bool = True):
+    def __init__(
+        self, model, tokenizer, vocab: PlanVocab | None = None, name: str = "planner", slice_head: bool = True
+    ):
         """`slice_head` False computes the full vocabulary's logits each token (for comparison)."""
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.vocab = vocab or PlanVocab.from_tokenizer(tokenizer)
         rows = model.get_input_embeddings().weight.shape[0]
         if rows < self.vocab.image_end:
-            raise ValueError(f"planner {name!r}: the model has {rows} embedding rows but the plan tokens reach id "
-                             f"{self.vocab.image_end - 1}; the weights and the tokenizer do not belong together "
-                             f"(resize with extend_vocabulary before saving)")
+            raise ValueError(
+                f"planner {name!r}: the model has {rows} embedding rows but the plan tokens reach id "
+                f"{self.vocab.image_end - 1}; the weights and the tokenizer do not belong together "
+                f"(resize with extend_vocabulary before saving)"
+            )
         self.head = make_head(model, self.vocab, self.device) if slice_head else ImageHead(model, self.vocab, False)
         self._cache: dict = {}  # kind -> (key, value): derived from the embedding, see _cached
 
@@ -74,13 +77,33 @@ class SemanticPlanner:
         return self.vocab.num_image_tokens
 
     # -- prompt ------------------------------------------------------------------------
-    def build_prompt(self, scene: str, motion: str, *, num_keyframes: int, fps: float, keyframe_rate: float,
-                     grid: tuple[int, int] = (9, 9), duration: float | None = None,
-                     first_frame_codes=None, context_codes=None) -> list[int]:
+    def build_prompt(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        num_keyframes: int,
+        fps: float,
+        keyframe_rate: float,
+        grid: tuple[int, int] = (9, 9),
+        duration: float | None = None,
+        first_frame_codes=None,
+        context_codes=None,
+    ) -> list[int]:
         """Token ids of the prompt, ending where the assistant's plan begins (see `planner_prompt`)."""
-        return prompt_ids(self.tokenizer, self.vocab, scene, motion, num_keyframes=num_keyframes, fps=fps,
-                          keyframe_rate=keyframe_rate, grid=grid, duration=duration,
-                          first_frame_codes=first_frame_codes, context_codes=context_codes)
+        return prompt_ids(
+            self.tokenizer,
+            self.vocab,
+            scene,
+            motion,
+            num_keyframes=num_keyframes,
+            fps=fps,
+            keyframe_rate=keyframe_rate,
+            grid=grid,
+            duration=duration,
+            first_frame_codes=first_frame_codes,
+            context_codes=context_codes,
+        )
 
     # -- decoding ----------------------------------------------------------------------
     @property
@@ -100,12 +123,27 @@ class SemanticPlanner:
             out[int(index)] = codes
         return out
 
-    def generate(self, scene: str, motion: str, *, num_keyframes: int, fps: float, keyframe_rate: float,
-                 grid: tuple[int, int] = (9, 9), seed: int = 0, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, guidance_scale: float = 1.0, first_frame_codes=None, context_codes=None,
-                 locked: dict[int, list[int]] | None = None, duration: float | None = None,
-                 progress: Callable[[int, int], None] | None = None,
-                 interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        num_keyframes: int,
+        fps: float,
+        keyframe_rate: float,
+        grid: tuple[int, int] = (9, 9),
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        guidance_scale: float = 1.0,
+        first_frame_codes=None,
+        context_codes=None,
+        locked: dict[int, list[int]] | None = None,
+        duration: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
         """Decode a plan: codes `[K, gh * gw]` (long, CPU), each in 0..N-1.
 
         `locked` keyframes (index -> codes) are fed as given. `progress(done, total)` runs after
@@ -118,10 +156,18 @@ class SemanticPlanner:
             raise ValueError(f"fps and keyframe_rate must be > 0, got {fps!r} and {keyframe_rate!r}")
         sampling = Sampling(float(temperature), top_k, float(top_p), float(guidance_scale))
         cells = grid[0] * grid[1]
-        grammar = Grammar(num_keyframes, cells, self.vocab.scales[scale_index(grid)],
-                          self._check_locked(locked, num_keyframes, cells))
-        common = dict(num_keyframes=num_keyframes, fps=fps, keyframe_rate=keyframe_rate, grid=grid,
-                      duration=duration, first_frame_codes=first_frame_codes, context_codes=context_codes)
+        grammar = Grammar(
+            num_keyframes, cells, self.vocab.scales[scale_index(grid)], self._check_locked(locked, num_keyframes, cells)
+        )
+        common = dict(
+            num_keyframes=num_keyframes,
+            fps=fps,
+            keyframe_rate=keyframe_rate,
+            grid=grid,
+            duration=duration,
+            first_frame_codes=first_frame_codes,
+            context_codes=context_codes,
+        )
         prompts = [self.build_prompt(scene, motion, **common)]
         if guidance_scale != 1:
             prompts.append(self.build_prompt("", "", **common))
@@ -130,12 +176,29 @@ class SemanticPlanner:
             streams = [Stream(self.head, p, self.device) for p in prompts]
             return decode(streams, self.vocab, grammar, sampling, generator, progress, interrupt)
 
-    def plan(self, scene: str, motion: str, *, fps: float, num_frames: int, width: int, height: int,
-             codebook: CodebookId, keyframe_rate: float = 2.0, grid: tuple[int, int] = (9, 9), seed: int = 0,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance_scale: float = 1.0,
-             first_frame_codes=None, context_codes=None, lock_from: Plan | None = None,
-             progress: Callable[[int, int], None] | None = None,
-             interrupt: Callable[[], bool] | None = None) -> Plan:
+    def plan(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        fps: float,
+        num_frames: int,
+        width: int,
+        height: int,
+        codebook: CodebookId,
+        keyframe_rate: float = 2.0,
+        grid: tuple[int, int] = (9, 9),
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        guidance_scale: float = 1.0,
+        first_frame_codes=None,
+        context_codes=None,
+        lock_from: Plan | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> Plan:
         """A Plan for a video of `num_frames` at `fps`, keyframes every 1/keyframe_rate s (`keyframe_times`).
 
         Keyframes of `lock_from` marked locked are kept (matched by video frame) and stay locked.
@@ -143,21 +206,46 @@ class SemanticPlanner:
         `lock_from` locks it otherwise.
         """
         if codebook.size != self.num_image_tokens:
-            raise PlanError(f"codebook {codebook.name} has {codebook.size} codes but planner {self.name!r} writes "
-                            f"{self.num_image_tokens} image tokens; use the tokenizer this planner was trained with")
+            raise PlanError(
+                f"codebook {codebook.name} has {codebook.size} codes but planner {self.name!r} writes "
+                f"{self.num_image_tokens} image tokens; use the tokenizer this planner was trained with"
+            )
         grid = tuple(grid)
         times = keyframe_times(num_frames, fps, keyframe_rate)
         locked = _locks_from(lock_from, times, fps, grid, codebook)
         if first_frame_codes is not None:
             locked.setdefault(0, flat_codes(first_frame_codes))
-        tokens = self.generate(scene, motion, num_keyframes=len(times), fps=fps, keyframe_rate=keyframe_rate,
-                               grid=grid, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                               guidance_scale=guidance_scale, first_frame_codes=first_frame_codes,
-                               context_codes=context_codes, locked=locked, duration=(num_frames - 1) / fps,
-                               progress=progress, interrupt=interrupt)  # [K, gh*gw]
-        return make_plan(tokens, times=times, fps=fps, num_frames=num_frames, width=width, height=height,
-                         codebook=codebook, grid=grid, locked=[i in locked for i in range(len(times))],
-                         provenance=Provenance(scene=scene, motion=motion, seed=seed, planner=self.name))
+        tokens = self.generate(
+            scene,
+            motion,
+            num_keyframes=len(times),
+            fps=fps,
+            keyframe_rate=keyframe_rate,
+            grid=grid,
+            seed=seed,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+            first_frame_codes=first_frame_codes,
+            context_codes=context_codes,
+            locked=locked,
+            duration=(num_frames - 1) / fps,
+            progress=progress,
+            interrupt=interrupt,
+        )  # [K, gh*gw]
+        return make_plan(
+            tokens,
+            times=times,
+            fps=fps,
+            num_frames=num_frames,
+            width=width,
+            height=height,
+            codebook=codebook,
+            grid=grid,
+            locked=[i in locked for i in range(len(times))],
+            provenance=Provenance(scene=scene, motion=motion, seed=seed, planner=self.name),
+        )
 
     # -- text alignment ----------------------------------------------------------------
     def _embedding(self) -> torch.Tensor:
@@ -169,8 +257,10 @@ class SemanticPlanner:
         skip = set(self.tokenizer.all_special_ids) | {self.tokenizer.unk_token_id}
         ids = [i for i in ids if i not in skip and not self.vocab.im_start <= i < self.vocab.image_end]
         if not ids:
-            raise ValueError(f"the planner's tokenizer knows no token of the word {word!r} (only unknown or special "
-                             f"tokens); choose another word, e.g. one of code_words' candidates")
+            raise ValueError(
+                f"the planner's tokenizer knows no token of the word {word!r} (only unknown or special "
+                f"tokens); choose another word, e.g. one of code_words' candidates"
+            )
         return self._embedding()[ids].float().mean(0)  # [hidden]
 
     def _cached(self, kind: str, variant, build):
@@ -185,12 +275,13 @@ class SemanticPlanner:
         """The `<I*>` code whose input-embedding row is nearest (cosine) to the word's embedding."""
         with torch.inference_mode():
             vector = self._word_vector(word)  # [hidden]
-            rows = self._embedding()[self.vocab.image_start:self.vocab.image_end]  # [N, hidden]
+            rows = self._embedding()[self.vocab.image_start : self.vocab.image_end]  # [N, hidden]
             norms = self._cached("image_norms", None, lambda w: rows.float().norm(dim=1).clamp_min(1e-12))  # [N]
             return int(torch.argmax((rows @ vector.to(rows.dtype)).float() / norms))
 
     def _candidates(self, candidates: list[str] | None) -> tuple[list[str], torch.Tensor]:
         """Candidate words and their unit vectors `[W, hidden]` in the embedding's dtype."""
+
         def build(weight):
             if candidates:
                 words, vectors = list(candidates), torch.stack([self._word_vector(w) for w in candidates])
@@ -198,14 +289,16 @@ class SemanticPlanner:
                 ids, words = _text_tokens(self.tokenizer, self.vocab)
                 vectors = weight[ids]  # [W, hidden]
             return words, F.normalize(vectors.float(), dim=1).to(weight.dtype)
+
         return self._cached("candidates", tuple(candidates) if candidates else None, build)
 
     def vocabulary_words(self) -> list[str]:
         """The words a code can be named by: the tokenizer's alphabetic, non-special tokens, in its order."""
         return list(self._candidates(None)[0])
 
-    def nearest_words(self, code_ids, candidates: list[str] | None = None,
-                      top: int = 5) -> list[list[tuple[str, float]]]:
+    def nearest_words(
+        self, code_ids, candidates: list[str] | None = None, top: int = 5
+    ) -> list[list[tuple[str, float]]]:
         """For each code, the `top` nearest candidate words with their cosine similarity."""
         codes = torch.as_tensor(flat_codes(code_ids), dtype=torch.long)
         self.vocab.image_ids(codes)  # range check
@@ -234,8 +327,13 @@ def _text_tokens(tokenizer, vocab: PlanVocab) -> tuple[list[int], list[str]]:
     ids, words = [], []
     for token, index in tokenizer.get_vocab().items():
         word = token.lstrip("Ġ▁").lower()
-        if (len(word) >= 2 and word.isascii() and word.isalpha() and index not in special
-                and not vocab.im_start <= index < vocab.image_end):
+        if (
+            len(word) >= 2
+            and word.isascii()
+            and word.isalpha()
+            and index not in special
+            and not vocab.im_start <= index < vocab.image_end
+        ):
             ids.append(index)
             words.append(word)
     if not ids:
@@ -254,101 +352,20 @@ def _locks_from(lock_from, times: list[float], fps: float, grid: tuple[int, int]
         if not keyframe.locked:
             continue
         if tuple(lock_from.grid) != grid:
-            raise PlanError(f"the locked keyframe at {keyframe.time:g} s has a "
-                            f"{lock_from.grid[0]}x{lock_from.grid[1]} grid but this plan uses {grid[0]}x{grid[1]}; "
-                            f"plan with the same grid or unlock it")
+            raise PlanError(
+                f"the locked keyframe at {keyframe.time:g} s has a "
+                f"{lock_from.grid[0]}x{lock_from.grid[1]} grid but this plan uses {grid[0]}x{grid[1]}; "
+                f"plan with the same grid or unlock it"
+            )
         index = frames.get(round(keyframe.time * fps))
         if index is None:
-            raise PlanError(f"the locked keyframe at {keyframe.time:g} s falls on none of this plan's keyframe "
-                            f"times ({', '.join(f'{t:g}' for t in times[:5])}{' ...' if len(times) > 5 else ''} s); "
-                            f"unlock it, move it onto one of them, or change the keyframe rate")
+            raise PlanError(
+                f"the locked keyframe at {keyframe.time:g} s falls on none of this plan's keyframe "
+                f"times ({', '.join(f'{t:g}' for t in times[:5])}{' ...' if len(times) > 5 else ''} s); "
+                f"unlock it, move it onto one of them, or change the keyframe rate"
+            )
         locked[index] = list(keyframe.tokens)
     return locked
 
 
 # ----------------------------------------------------------------------------- files
-
-def _check_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no config.json; a planner folder holds config.json, *.safetensors and the "
-                              f"tokenizer files (save one with save_planner or copy the whole model folder)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); re-copy the model folder") from None
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    kind, archs = config.get("model_type"), config.get("architectures") or []
-    causal = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel"))]
-    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (archs and not causal):
-        raise CheckpointError(f"{path}: model_type {kind!r} / architectures {archs} is not a causal language model "
-                              f"transformers can load; a planner is a causal LM such as Qwen2ForCausalLM (for a "
-                              f"Qwen2-based checkpoint saved under another name, set model_type 'qwen2' and "
-                              f"architectures ['Qwen2ForCausalLM'] in config.json)")
-    return config
-
-
-def _check_files(folder: Path) -> None:
-    for shard in resolve_shards(folder):  # refuses .bin/.pt-only folders: "convert it to .safetensors first"
-        check_safetensors_header(shard)
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise CheckpointError(f"{folder}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); copy the tokenizer "
-                              f"that was saved with the planner into the folder")
-
-
-_PROBE_TEXT = "Scene: A red cup, 24 fps; the woman drinks.\n<im_start><S2><I0><I1><im_end>"
-
-
-def _load_tokenizer(folder: Path):
-    """AutoTokenizer, unless it rebuilt tokenizer.json into something else; then the file as it is.
-
-    transformers maps some model types (qwen2 among them) to their own tokenizer class whatever
-    tokenizer_config.json says, which turns e.g. a word-level tokenizer into a broken BPE one.
-    """
-    from tokenizers import Tokenizer
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    spec = folder / "tokenizer.json"
-    if not spec.is_file():
-        return tokenizer
-    reference = Tokenizer.from_file(str(spec)).encode(_PROBE_TEXT, add_special_tokens=False).ids
-    if tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"] == reference:
-        return tokenizer
-    return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-
-
-def load_planner(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 name: str | None = None, attn_implementation: str | None = None) -> SemanticPlanner:
-    """Load a local Hugging Face / Tar planner folder, checking it before the weights are read.
-
-    `attn_implementation`: transformers' attention backend ("sdpa", "eager", "flash_attention_2");
-    None keeps transformers' default."""
-    from transformers import AutoModelForCausalLM
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such planner folder; put the planner's config.json, *.safetensors and "
-                              f"tokenizer files in one folder (models/planx/<name>)")
-    config = _check_config(folder)
-    _check_files(folder)
-    tokenizer = _load_tokenizer(folder)
-    try:
-        vocab = PlanVocab.from_tokenizer(tokenizer)
-    except ValueError as e:
-        raise CheckpointError(f"{folder}: {e}") from None
-    recorded = config.get("image_start_token_id")
-    if recorded is not None and recorded != vocab.image_start:
-        raise CheckpointError(f"{folder}: config.json says <I0> is id {recorded} but the tokenizer has it at "
-                              f"{vocab.image_start}; the tokenizer files belong to another planner")
-    backend = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype,
-                                                 **backend)
-    return SemanticPlanner(model.to(device), tokenizer, vocab, name=name or folder.name)
-
-
-def save_planner(planner: SemanticPlanner, folder) -> Path:
-    """Write the planner as a Hugging Face folder: config.json, model.safetensors, tokenizer files."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    planner.model.save_pretrained(folder)
-    planner.tokenizer.save_pretrained(folder)
-    return folder

@@ -19,6 +19,7 @@ Without a chat template (the word-level tokenizer): `{bos}System: ...\nUser: ...
 Image codes enter as token ids (image_start + k), never through the text tokenizer: the text is
 rendered with private-use placeholders, tokenized piece by piece, and the blocks spliced in.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,9 +32,11 @@ _SLOT = re.compile("\ue000(\\d+)\ue001")  # private-use marks where image blocks
 
 
 def system_text(num_keyframes: int, fps: float, keyframe_rate: float, duration: float, grid: tuple[int, int]) -> str:
-    return (f"You are a video planner. Write {num_keyframes} keyframes for a video of {duration:g} seconds at "
-            f"{fps:g} frames per second, one keyframe every {1 / keyframe_rate:g} seconds ({keyframe_rate:g} per "
-            f"second). Each keyframe is a {grid[0]} by {grid[1]} grid of visual tokens.")
+    return (
+        f"You are a video planner. Write {num_keyframes} keyframes for a video of {duration:g} seconds at "
+        f"{fps:g} frames per second, one keyframe every {1 / keyframe_rate:g} seconds ({keyframe_rate:g} per "
+        f"second). Each keyframe is a {grid[0]} by {grid[1]} grid of visual tokens."
+    )
 
 
 def code_rows(codes) -> list[list[int]]:
@@ -88,9 +91,20 @@ def _encode(tokenizer, text: str, blocks: list[list[int]]) -> list[int]:
     return ids
 
 
-def prompt_ids(tokenizer, vocab: PlanVocab, scene: str, motion: str, *, num_keyframes: int, fps: float,
-               keyframe_rate: float, grid: tuple[int, int], duration: float | None = None,
-               first_frame_codes=None, context_codes=None) -> list[int]:
+def prompt_ids(
+    tokenizer,
+    vocab: PlanVocab,
+    scene: str,
+    motion: str,
+    *,
+    num_keyframes: int,
+    fps: float,
+    keyframe_rate: float,
+    grid: tuple[int, int],
+    duration: float | None = None,
+    first_frame_codes=None,
+    context_codes=None,
+) -> list[int]:
     """Token ids of the whole prompt, ending where the assistant's plan begins."""
     duration = (num_keyframes - 1) / keyframe_rate if duration is None else duration
     parts = _PromptParts(scene, motion, vocab, first_frame_codes, context_codes)

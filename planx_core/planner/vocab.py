@@ -10,6 +10,7 @@ of `<I*>` become the codebook (Tar-1.5B: the TA-Tok codebook, hidden 1536).
 The word-level tokenizer is this project's own: a small closed vocabulary for the tiny planner
 trained on the synthetic world, and for tests.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,9 @@ def scale_for_length(count: int) -> int:
     """Scale of a square grid given its token count (729, 169, 81, or any other square)."""
     side = math.isqrt(count)
     if count < 1 or side * side != count:
-        raise ValueError(f"image codes must fill a square grid (81 for 9x9, 169 for 13x13, 729 for 27x27), "
-                         f"got {count} codes")
+        raise ValueError(
+            f"image codes must fill a square grid (81 for 9x9, 169 for 13x13, 729 for 27x27), got {count} codes"
+        )
     return scale_index((side, side))
 
 
@@ -73,8 +75,10 @@ class PlanVocab:
         codes = [int(c) for c in (codes.tolist() if isinstance(codes, torch.Tensor) else codes)]
         bad = [c for c in codes if not 0 <= c < self.num_image_tokens]
         if bad:
-            raise ValueError(f"image code {bad[0]} is outside this planner's codebook 0..{self.num_image_tokens - 1}; "
-                             f"the codes come from another tokenizer")
+            raise ValueError(
+                f"image code {bad[0]} is outside this planner's codebook 0..{self.num_image_tokens - 1}; "
+                f"the codes come from another tokenizer"
+            )
         return [self.image_start + c for c in codes]
 
     def block(self, codes, scale: int) -> list[int]:
@@ -88,19 +92,24 @@ class PlanVocab:
         named = [IM_START, IM_END] + [SCALE_FORMAT.format(i) for i in range(NUM_SCALES)] + [IMAGE_FORMAT.format(0)]
         missing = [t for t in named if t not in vocab]
         if missing:
-            raise ValueError(f"the tokenizer has no {missing[0]} token (missing: {missing[:6]}), so it cannot write a "
-                             f"plan; {_FIX}")
+            raise ValueError(
+                f"the tokenizer has no {missing[0]} token (missing: {missing[:6]}), so it cannot write a plan; {_FIX}"
+            )
         count = sum(1 for t in vocab if _IMAGE_RE.fullmatch(t))
         if num_image_tokens is not None and count != num_image_tokens:
-            raise ValueError(f"the tokenizer has {count} <I*> tokens but {num_image_tokens} were expected; the planner "
-                             f"was extended for another codebook size")
+            raise ValueError(
+                f"the tokenizer has {count} <I*> tokens but {num_image_tokens} were expected; the planner "
+                f"was extended for another codebook size"
+            )
         start = vocab[IMAGE_FORMAT.format(0)]
         for k in range(count):
             token_id = vocab.get(IMAGE_FORMAT.format(k))
             if token_id != start + k:
                 found = "missing" if token_id is None else f"id {token_id}, expected {start + k}"
-                raise ValueError(f"plan token <I{k}> is {found}: <I0>..<I{count - 1}> must have contiguous ids; "
-                                 f"rebuild the vocabulary with {_FIX}")
+                raise ValueError(
+                    f"plan token <I{k}> is {found}: <I0>..<I{count - 1}> must have contiguous ids; "
+                    f"rebuild the vocabulary with {_FIX}"
+                )
         scales = tuple(vocab[SCALE_FORMAT.format(i)] for i in range(NUM_SCALES))
         return cls(vocab[IM_START], vocab[IM_END], scales, start, count)
 
@@ -116,11 +125,17 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
         vocab.setdefault(token, len(vocab))
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation("isolated"),
-                                                  pre_tokenizers.Digits(individual_digits=True)])
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Whitespace(),
+            pre_tokenizers.Punctuation("isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     core.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<bos>", eos_token="<eos>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )
 
 
 def _added(content: str, special: bool) -> AddedToken:
@@ -138,8 +153,10 @@ def _add_plan_tokens(tokenizer, num_image_tokens: int) -> int:
     got = tokenizer.convert_tokens_to_ids([IM_START, IM_END, *plain])
     if got != expected:
         clash = next(t for t, i, e in zip([IM_START, IM_END, *plain], got, expected) if i != e)
-        raise ValueError(f"the tokenizer already knew {clash!r} as an ordinary token, so the plan tokens did not get "
-                         f"contiguous ids; start from a tokenizer without plan tokens")
+        raise ValueError(
+            f"the tokenizer already knew {clash!r} as an ordinary token, so the plan tokens did not get "
+            f"contiguous ids; start from a tokenizer without plan tokens"
+        )
     return first
 
 
@@ -154,8 +171,11 @@ def _init_image_rows(model, vocab: PlanVocab, known: int, codebook: torch.Tensor
             return
         weight = model.get_input_embeddings().weight  # [V, hidden]
         if codebook.shape[1] != weight.shape[1]:
-            warnings.warn(f"codebook width {codebook.shape[1]} differs from the LM's hidden size {weight.shape[1]}; "
-                          f"the <I*> rows keep the mean initialisation (as Tar does for Qwen2.5-7B)", stacklevel=3)
+            warnings.warn(
+                f"codebook width {codebook.shape[1]} differs from the LM's hidden size {weight.shape[1]}; "
+                f"the <I*> rows keep the mean initialisation (as Tar does for Qwen2.5-7B)",
+                stacklevel=3,
+            )
             return
         weight[rows] = codebook.to(weight.device, weight.dtype)
 
@@ -170,8 +190,10 @@ def extend_vocabulary(model, tokenizer, num_image_tokens: int, codebook: torch.T
     if isinstance(num_image_tokens, bool) or not isinstance(num_image_tokens, int) or num_image_tokens < 1:
         raise ValueError(f"num_image_tokens must be a positive integer (65536 for TA-Tok), got {num_image_tokens!r}")
     if IM_START in tokenizer.get_vocab():
-        raise ValueError(f"the tokenizer already has {IM_START}: its vocabulary was extended before; load it with "
-                         f"PlanVocab.from_tokenizer instead of extending it again")
+        raise ValueError(
+            f"the tokenizer already has {IM_START}: its vocabulary was extended before; load it with "
+            f"PlanVocab.from_tokenizer instead of extending it again"
+        )
     if codebook is not None and (codebook.ndim != 2 or codebook.shape[0] != num_image_tokens):
         raise ValueError(f"codebook must be [num_image_tokens={num_image_tokens}, D], got {list(codebook.shape)}")
     old_rows = model.get_input_embeddings().weight.shape[0]

@@ -9,16 +9,29 @@ Public API: `SemanticGen`, `SemanticGenSpec`, `FILES` (model folder); `SemanticE
 `load_semantic_encoder`, `save_semantic_encoder`; `SemanticCompressor`, `CompressorConfig`,
 `load_compressor`, `save_compressor`; `generate_semantics`, `semantic_generator_config`.
 """
+
 from .compressor import (
-           CompressorConfig,
-           SemanticCompressor,
-           load_compressor,
-           save_compressor,
+    CompressorConfig,
+    SemanticCompressor,
+    load_compressor,
+    save_compressor,
 )
-from .encoder import SemanticEncoder, load_semantic_encoder, save_semantic_encoder
+from .encoder import SemanticEncoder
+from .encoder_files import load_semantic_encoder, save_semantic_encoder
 from .generator import generate_semantics, semantic_generator_config
 from .model import FILES, SemanticGen, SemanticGenSpec
 
-__all__ = ["FILES", "CompressorConfig", "SemanticCompressor", "SemanticEncoder", "SemanticGen", "SemanticGenSpec",
-           "generate_semantics", "load_compressor", "load_semantic_encoder", "save_compressor",
-           "save_semantic_encoder", "semantic_generator_config"]
+__all__ = [
+    "FILES",
+    "CompressorConfig",
+    "SemanticCompressor",
+    "SemanticEncoder",
+    "SemanticGen",
+    "SemanticGenSpec",
+    "generate_semantics",
+    "load_compressor",
+    "load_semantic_encoder",
+    "save_compressor",
+    "save_semantic_encoder",
+    "semantic_generator_config",
+]

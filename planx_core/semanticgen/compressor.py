@@ -26,6 +26,7 @@ Files: safetensors with the config in the metadata; compressor keys `compressor.
 keys `decoder.*` (training only: beside the compressor, or alone via `save_semantic_decoder`);
 `digest()` names the compressor a continuous plan was made with.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,6 +61,7 @@ ARCH_FIELDS = ("feature_dim", "dim", "hidden", "depth")  # what the digest cover
 
 # --------------------------------------------------------------------------- config
 
+
 @dataclass(frozen=True)
 class CompressorConfig:
     """Sizes of the compressor / decoder MLPs and the KL weight of the training loss."""
@@ -79,8 +81,9 @@ class CompressorConfig:
         if not (isinstance(self.depth, int) and self.depth >= 0):
             raise ValueError(f"CompressorConfig {self.name!r}: depth must be an integer >= 0, got {self.depth!r}")
         if not (isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0):
-            raise ValueError(f"CompressorConfig {self.name!r}: kl_weight must be finite and >= 0, got "
-                             f"{self.kl_weight!r}")
+            raise ValueError(
+                f"CompressorConfig {self.name!r}: kl_weight must be finite and >= 0, got {self.kl_weight!r}"
+            )
         if not (isinstance(self.name, str) and self.name):
             raise ValueError(f"CompressorConfig: name must be a non-empty string, got {self.name!r}")
 
@@ -96,8 +99,10 @@ class CompressorConfig:
     def from_dict(cls, data: Mapping, source: PathLike | None = None) -> CompressorConfig:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise CheckpointError(f"{source or 'compressor config'}: unknown compressor config fields {unknown}; the "
-                                  f"file was written by a newer Plan-X, update Plan-X")
+            raise CheckpointError(
+                f"{source or 'compressor config'}: unknown compressor config fields {unknown}; the "
+                f"file was written by a newer Plan-X, update Plan-X"
+            )
         return cls(**data)
 
     @classmethod
@@ -107,6 +112,7 @@ class CompressorConfig:
 
 
 # --------------------------------------------------------------------------- the MLPs
+
 
 def mlp(width_in: int, hidden: int, depth: int, width_out: int) -> list[nn.Module]:
     """`depth` x [Linear -> GELU(tanh)] of width `hidden`, then Linear to `width_out`."""
@@ -131,12 +137,15 @@ class SemanticCompressor(nn.Module):
         self.config = c = config
         self.net = nn.Sequential(nn.LayerNorm(c.feature_dim), *mlp(c.feature_dim, c.hidden, c.depth, 2 * c.dim))
 
-    def forward(self, features: torch.Tensor, sample: bool = False,
-                generator: torch.Generator | None = None) -> CompressorOutput:
+    def forward(
+        self, features: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> CompressorOutput:
         """(z, mean, logvar); z = mean + exp(logvar / 2) * eps when `sample`, else the mean."""
         if features.shape[-1] != self.config.feature_dim:
-            raise ValueError(f"semantic compressor takes features of width {self.config.feature_dim}, got "
-                             f"{list(features.shape)}; use the compressor trained on this encoder's features")
+            raise ValueError(
+                f"semantic compressor takes features of width {self.config.feature_dim}, got "
+                f"{list(features.shape)}; use the compressor trained on this encoder's features"
+            )
         weight = self.net[1].weight
         mean, logvar = self.net(features.to(weight.device, weight.dtype)).chunk(2, dim=-1)  # [..., dim] x 2
         logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
@@ -156,6 +165,7 @@ class SemanticCompressor(nn.Module):
     def identity(self, name: str | None = None):
         """The `CodebookId` a continuous plan made with this compressor carries: space name, dim, digest."""
         from ..plan.core import CodebookId
+
         return CodebookId(name=name or self.config.space_name, size=self.config.dim, digest=self.digest())
 
 
@@ -193,6 +203,7 @@ def compressor_digest(config: CompressorConfig, state: Mapping[str, torch.Tensor
 
 # --------------------------------------------------------------------------- losses
 
+
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)): sum over the last axis, mean over all others; float32 scalar."""
     mean, logvar = mean.float(), logvar.float()
@@ -211,8 +222,12 @@ class LossParts(NamedTuple):
     kl: torch.Tensor
 
 
-def autoencoder_loss(compressor: SemanticCompressor, decoder: SemanticDecoder, features: torch.Tensor,
-                     generator: torch.Generator | None = None) -> LossParts:
+def autoencoder_loss(
+    compressor: SemanticCompressor,
+    decoder: SemanticDecoder,
+    features: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> LossParts:
     """Training loss on features `[..., feature_dim]`: sample z, decode, reconstruction + weighted KL."""
     z, mean, logvar = compressor(features, sample=True, generator=generator)  # [..., dim] x 3
     recon = reconstruction_loss(decoder(z), features)
@@ -222,6 +237,7 @@ def autoencoder_loss(compressor: SemanticCompressor, decoder: SemanticDecoder, f
 
 # --------------------------------------------------------------------------- files
 
+
 def save_compressor(compressor: SemanticCompressor, path: PathLike, decoder: SemanticDecoder | None = None) -> None:
     """Write the compressor (and optionally its decoder) as safetensors, config and digest in the metadata."""
     if decoder is not None and decoder.config != compressor.config:
@@ -229,8 +245,9 @@ def save_compressor(compressor: SemanticCompressor, path: PathLike, decoder: Sem
     state = {f"compressor.{k}": v for k, v in compressor.state_dict().items()}
     if decoder is not None:
         state.update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
-    save_module(state, path, key=CONFIG_KEY, config=compressor.config.to_dict(),
-                metadata={DIGEST_KEY: compressor.digest()})
+    save_module(
+        state, path, key=CONFIG_KEY, config=compressor.config.to_dict(), metadata={DIGEST_KEY: compressor.digest()}
+    )
 
 
 def save_semantic_decoder(decoder: SemanticDecoder, path: PathLike) -> None:
@@ -245,9 +262,11 @@ def _file_config(path: PathLike) -> tuple[CompressorConfig, dict]:
     raw = config_in_metadata(meta, CONFIG_KEY, path, "re-save the file")
     if raw is None:
         other = describe_file_kind(meta, but_not=CONFIG_KEY)
-        raise CheckpointError(f"{path}: not a Plan-X semantic compressor file (no '{CONFIG_KEY}' metadata)"
-                              f"{f'; this is {other}' if other else ''}; choose the compressor file saved with "
-                              f"save_compressor")
+        raise CheckpointError(
+            f"{path}: not a Plan-X semantic compressor file (no '{CONFIG_KEY}' metadata)"
+            f"{f'; this is {other}' if other else ''}; choose the compressor file saved with "
+            f"save_compressor"
+        )
     try:
         return CompressorConfig.from_dict(raw, path), meta
     except (TypeError, ValueError) as err:
@@ -255,13 +274,17 @@ def _file_config(path: PathLike) -> tuple[CompressorConfig, dict]:
 
 
 def _part(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _load_part(module: nn.Module, state: dict, path: PathLike, what: str) -> None:
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    check_keys(state, expected, f"{path}: the {what} weights do not fit the file's own config "
-               f"{module.config}:", "The file is damaged; re-save it with save_compressor.")
+    check_keys(
+        state,
+        expected,
+        f"{path}: the {what} weights do not fit the file's own config {module.config}:",
+        "The file is damaged; re-save it with save_compressor.",
+    )
     module.load_state_dict(state)
 
 
@@ -271,18 +294,24 @@ def load_compressor(path: PathLike, dtype: torch.dtype | None = None) -> Semanti
     state = read_safetensors(path)
     unknown = sorted(k for k in state if not k.startswith(("compressor.", "decoder.")))
     if unknown:
-        raise CheckpointError(f"{path}: unexpected keys {unknown[:5]} in a compressor file; the file is damaged, "
-                              f"re-save it with save_compressor")
+        raise CheckpointError(
+            f"{path}: unexpected keys {unknown[:5]} in a compressor file; the file is damaged, "
+            f"re-save it with save_compressor"
+        )
     if not any(k.startswith("compressor.") for k in state):
-        raise CheckpointError(f"{path}: this file holds only a semantic decoder (training only); load the "
-                              f"compressor file saved with save_compressor")
+        raise CheckpointError(
+            f"{path}: this file holds only a semantic decoder (training only); load the "
+            f"compressor file saved with save_compressor"
+        )
     compressor = SemanticCompressor(config)
     _load_part(compressor, _part(state, "compressor."), path, "compressor")
     saved = meta.get(DIGEST_KEY)
     if saved and saved != compressor.digest():
-        raise CheckpointError(f"{path}: the compressor weights do not match the digest recorded when the file was "
-                              f"saved ({saved} vs {compressor.digest()}); the file was altered or damaged, re-save "
-                              f"or re-download it")
+        raise CheckpointError(
+            f"{path}: the compressor weights do not match the digest recorded when the file was "
+            f"saved ({saved} vs {compressor.digest()}); the file was altered or damaged, re-save "
+            f"or re-download it"
+        )
     return (compressor if dtype is None else compressor.to(dtype)).eval()
 
 
@@ -291,8 +320,10 @@ def load_semantic_decoder(path: PathLike, dtype: torch.dtype | None = None) -> S
     config, _ = _file_config(path)
     state = _part(read_safetensors(path), "decoder.")
     if not state:
-        raise CheckpointError(f"{path}: this compressor file has no decoder (it was saved for inference only); use "
-                              f"the file from save_semantic_decoder or save_compressor(compressor, path, decoder)")
+        raise CheckpointError(
+            f"{path}: this compressor file has no decoder (it was saved for inference only); use "
+            f"the file from save_semantic_decoder or save_compressor(compressor, path, decoder)"
+        )
     decoder = SemanticDecoder(config)
     _load_part(decoder, state, path, "decoder")
     return (decoder if dtype is None else decoder.to(dtype)).eval()

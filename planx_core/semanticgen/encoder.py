@@ -24,25 +24,14 @@ sharded with an index), of which only the keys under `visual.` (or `model.visual
 some transformers versions) are read; or one safetensors file written by `save_semantic_encoder`
 (keys `visual.*`, the vision config in its metadata). Never a pickle.
 """
+
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
-
-from ..files.modules import config_in_metadata, file_metadata, save_module
-from ..files.safetensors import (
-    CheckpointError,
-    PathLike,
-    check_keys,
-    check_safetensors_header,
-)
 
 CONFIG_KEY = "planx_semantic_encoder"  # safetensors metadata: the vision config as JSON
 VISUAL_PREFIXES = ("visual.", "model.visual.")  # Qwen2.5-VL checkpoints; the second is transformers' 4.5x naming
@@ -51,20 +40,37 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # OPENAI_CLIP_STD, Qwen's image
 MIN_PIXELS = 56 * 56  # Qwen2.5-VL preprocessor_config.json
 MAX_PIXELS = 12845056  # Qwen2.5-VL preprocessor_config.json (28 * 28 * 16384)
 SEMANTIC_FPS = 2.0  # Qwen-VL's default video sampling rate, SemanticGen's ~2 fps
-ARCH_FIELDS = ("depth", "hidden_size", "hidden_act", "intermediate_size", "num_heads", "in_channels", "patch_size",
-               "spatial_merge_size", "temporal_patch_size", "tokens_per_second", "window_size", "out_hidden_size",
-               "fullatt_block_indexes", "rope_parameters")
-_FIX_FOLDER = ("pass the Qwen2.5-VL checkpoint folder (config.json, *.safetensors and the shard index, e.g. "
-               "Qwen/Qwen2.5-VL-3B-Instruct) or a file written by save_semantic_encoder")
+ARCH_FIELDS = (
+    "depth",
+    "hidden_size",
+    "hidden_act",
+    "intermediate_size",
+    "num_heads",
+    "in_channels",
+    "patch_size",
+    "spatial_merge_size",
+    "temporal_patch_size",
+    "tokens_per_second",
+    "window_size",
+    "out_hidden_size",
+    "fullatt_block_indexes",
+    "rope_parameters",
+)
+_FIX_FOLDER = (
+    "pass the Qwen2.5-VL checkpoint folder (config.json, *.safetensors and the shard index, e.g. "
+    "Qwen/Qwen2.5-VL-3B-Instruct) or a file written by save_semantic_encoder"
+)
 
 
 # --------------------------------------------------------------------------- configs
+
 
 def vision_config(**fields):
     """transformers' `Qwen2_5_VLVisionConfig` from architecture fields (`in_chans` read as `in_channels`)."""
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
         Qwen2_5_VLVisionConfig,
     )
+
     if "in_chans" in fields and "in_channels" not in fields:
         fields["in_channels"] = fields["in_chans"]
     config = Qwen2_5_VLVisionConfig(**{k: v for k, v in fields.items() if k in ARCH_FIELDS})
@@ -78,11 +84,15 @@ def check_vision_config(config) -> None:
     if c.num_heads < 1 or c.hidden_size % c.num_heads:
         problems.append(f"hidden_size {c.hidden_size} is not divisible by num_heads {c.num_heads}")
     elif (c.hidden_size // c.num_heads) % 4:
-        problems.append(f"head width {c.hidden_size // c.num_heads} is not a multiple of 4 (the 2D rotary "
-                        f"embedding splits it in quarters)")
+        problems.append(
+            f"head width {c.hidden_size // c.num_heads} is not a multiple of 4 (the 2D rotary "
+            f"embedding splits it in quarters)"
+        )
     if c.window_size < c.patch_size * c.spatial_merge_size:
-        problems.append(f"window_size {c.window_size} px is smaller than one merged token "
-                        f"({c.patch_size * c.spatial_merge_size} px)")
+        problems.append(
+            f"window_size {c.window_size} px is smaller than one merged token "
+            f"({c.patch_size * c.spatial_merge_size} px)"
+        )
     if any(not 0 <= i < c.depth for i in c.fullatt_block_indexes):
         problems.append(f"fullatt_block_indexes {list(c.fullatt_block_indexes)} are outside the {c.depth} blocks")
     if problems:
@@ -102,22 +112,44 @@ def tiny_vision_config():
     window_size 32 px = 2x2 merged tokens, so a 4x4 grid has 4 attention windows in block 0;
     block 1 attends fully (as every 8th block of the real tower).
     """
-    return vision_config(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, out_hidden_size=128,
-                         patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
-                         fullatt_block_indexes=[1], tokens_per_second=2)
+    return vision_config(
+        depth=2,
+        hidden_size=64,
+        num_heads=2,
+        intermediate_size=128,
+        out_hidden_size=128,
+        patch_size=8,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=32,
+        fullatt_block_indexes=[1],
+        tokens_per_second=2,
+    )
 
 
 def qwen2_5_vl_3b_vision_config():
     """The vision tower of Qwen2.5-VL-3B-Instruct (its config.json): 32 blocks of 1280, merger to 2048."""
-    return vision_config(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, out_hidden_size=2048,
-                         patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                         fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
+    return vision_config(
+        depth=32,
+        hidden_size=1280,
+        num_heads=16,
+        intermediate_size=3420,
+        out_hidden_size=2048,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        tokens_per_second=2,
+    )
 
 
 # --------------------------------------------------------------------------- pre-processing
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = MIN_PIXELS,
-                 max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+) -> tuple[int, int]:
     """Qwen's target size: sides multiples of `factor`, area within [min_pixels, max_pixels], aspect kept."""
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"frames of {width}x{height} are too elongated for Qwen2.5-VL (aspect ratio above 200)")
@@ -148,17 +180,20 @@ def qwen_patchify(images: torch.Tensor, patch: int, merge: int, temporal: int) -
 
 def check_frames(frames: torch.Tensor) -> None:
     if frames.ndim != 4 or frames.shape[1] != 3 or not frames.is_floating_point():
-        raise ValueError(f"semantic encoder frames must be float [K, 3, H, W] in [-1, 1], got "
-                         f"{frames.dtype} {list(frames.shape)}")
+        raise ValueError(
+            f"semantic encoder frames must be float [K, 3, H, W] in [-1, 1], got {frames.dtype} {list(frames.shape)}"
+        )
 
 
 # --------------------------------------------------------------------------- the encoder
+
 
 def build_qwen_vision(config, attn: str = "sdpa") -> nn.Module:
     """transformers' Qwen2.5-VL vision tower (state-dict keys as in a Qwen2.5-VL checkpoint under `visual.`)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
         Qwen2_5_VisionTransformerPretrainedModel,
     )
+
     config._attn_implementation = attn
     return Qwen2_5_VisionTransformerPretrainedModel(config)
 
@@ -220,7 +255,7 @@ class SemanticEncoder(nn.Module):
     def encode(self, frames: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
         """Keyframes `[K, 3, H, W]` in [-1, 1] -> features `[K, gh, gw, out_dim]` float32, gh = H' / cell."""
         check_frames(frames)
-        parts = [self._encode_batch(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+        parts = [self._encode_batch(frames[i : i + batch_size]) for i in range(0, len(frames), batch_size)]
         return torch.cat(parts)
 
     def _encode_batch(self, frames: torch.Tensor) -> torch.Tensor:
@@ -233,9 +268,11 @@ class SemanticEncoder(nn.Module):
 
 # --------------------------------------------------------------------------- keyframes
 
+
 def semantic_keyframes(num_frames: int, fps: float, rate: float = SEMANTIC_FPS) -> tuple[list[float], list[int]]:
     """(times, frame indices) sampled every 1/rate s: frame round(t * fps), repeated frames skipped."""
     from ..plan.timing import keyframe_frames
+
     return keyframe_frames(num_frames, fps, rate)
 
 
@@ -245,177 +282,3 @@ def semantic_keyframe_indices(num_frames: int, fps: float, rate: float = SEMANTI
 
 
 # --------------------------------------------------------------------------- files
-
-def save_semantic_encoder(encoder: SemanticEncoder, path: PathLike) -> None:
-    """Write the tower as safetensors (keys `visual.*`) with its vision config in the metadata."""
-    save_module(encoder.state_dict(), path, key=CONFIG_KEY, config=vision_arch(encoder.config))
-
-
-def expected_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of `SemanticEncoder(config).state_dict()`, built on the meta device."""
-    with torch.device("meta"):
-        encoder = SemanticEncoder(config, attn="eager")
-    return {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
-
-
-def _config_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read it as JSON ({err}); re-download the checkpoint's "
-                              f"config.json") from None
-
-
-def _config_from_json(data: Mapping, source: Path):
-    """The vision config of a Qwen2.5-VL config.json, refusing other models."""
-    if not isinstance(data, Mapping):
-        raise CheckpointError(f"{source}: not a model config (a JSON {type(data).__name__}, not an object); "
-                              f"{_FIX_FOLDER}")
-    kind = data.get("model_type")
-    if kind == "qwen2_vl":
-        raise CheckpointError(f"{source}: this is a Qwen2-VL checkpoint; SemanticGen's encoder is the Qwen2.5-VL "
-                              f"vision tower (RMSNorm, window attention, SwiGLU), a different architecture: use "
-                              f"Qwen2.5-VL, e.g. Qwen/Qwen2.5-VL-3B-Instruct")
-    if kind != "qwen2_5_vl" or not isinstance(data.get("vision_config"), Mapping):
-        raise CheckpointError(f"{source}: not a Qwen2.5-VL checkpoint (model_type {kind!r}, "
-                              f"{'with' if 'vision_config' in data else 'no'} vision_config); {_FIX_FOLDER}")
-    return _checked_config(dict(data["vision_config"]), source)
-
-
-def _checked_config(fields: dict, source: Path):
-    try:
-        return vision_config(**fields)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{source}: unusable Qwen2.5-VL vision config ({err}); {_FIX_FOLDER}") from None
-
-
-def _config_from_metadata(meta: Mapping[str, str], source: Path):
-    fields = config_in_metadata(meta, CONFIG_KEY, source, "re-save the file with save_semantic_encoder")
-    unknown = sorted(set(fields) - set(ARCH_FIELDS))
-    if unknown:
-        raise CheckpointError(f"{source}: unknown semantic-encoder config fields {unknown}; the file was written by a "
-                              f"newer Plan-X, update Plan-X")
-    return _checked_config(fields, source)
-
-
-def _index_shards(index: Path) -> list[Path]:
-    """The shards of an `.index.json` that hold vision-tower keys."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index}: not a valid shard index (needs a JSON 'weight_map'): {err}") from None
-    names = sorted({f for k, f in weight_map.items() if k.startswith(VISUAL_PREFIXES)})
-    if not names:
-        raise CheckpointError(f"{index}: the index lists no vision-tower keys (visual.* or model.visual.*); this is "
-                              f"not a Qwen2.5-VL checkpoint; {_FIX_FOLDER}")
-    missing = [n for n in names if not (index.parent / n).is_file()]
-    if missing:
-        raise CheckpointError(f"{index}: the vision tower is in shard(s) {missing} which are not in {index.parent}; "
-                              f"download all shards next to the index")
-    return [index.parent / n for n in names]
-
-
-def _folder_files(folder: Path) -> list[Path]:
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
-    if len(indexes) > 1:
-        raise CheckpointError(f"{folder}: several shard indexes ({[i.name for i in indexes]}); keep one checkpoint "
-                              f"per folder")
-    if indexes:
-        return _index_shards(indexes[0])
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        raise CheckpointError(f"{folder}: no .safetensors files{f' (found {others[:3]})' if others else ''}; Plan-X "
-                              f"reads safetensors only, never pickles: download the safetensors release")
-    return files
-
-
-def locate(path: PathLike):
-    """(safetensors files holding the tower, vision config) for a folder, a shard index or one file."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: no config.json in this folder; {_FIX_FOLDER}")
-        return _folder_files(path), _config_from_json(_config_json(path / "config.json"), path / "config.json")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file or folder; {_FIX_FOLDER}")
-    if path.name.endswith(".index.json"):
-        config_path = path.parent / "config.json"
-        return _index_shards(path), _config_from_json(_config_json(config_path), config_path)
-    meta = file_metadata(path)
-    if CONFIG_KEY in meta:
-        return [path], _config_from_metadata(meta, path)
-    if (path.parent / "config.json").is_file():
-        return [path], _config_from_json(_config_json(path.parent / "config.json"), path.parent / "config.json")
-    raise CheckpointError(f"{path}: no Qwen2.5-VL vision config (neither '{CONFIG_KEY}' metadata nor a config.json "
-                          f"beside it); {_FIX_FOLDER}")
-
-
-def _visual_name(key: str) -> str | None:
-    """`visual.x` / `model.visual.x` -> `visual.x`; None for other keys."""
-    for prefix in VISUAL_PREFIXES:
-        if key.startswith(prefix):
-            return "visual." + key[len(prefix):]
-    return None
-
-
-def read_visual(files: list[Path], dtype: torch.dtype | None = None,
-                device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The vision-tower tensors of some safetensors files, named `visual.*`; other keys are never read."""
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        header = check_safetensors_header(file)
-        wanted = {k: name for k in header if k != "__metadata__" and (name := _visual_name(k))}
-        for key, tensor in _read_keys(file, list(wanted)).items():
-            name = wanted[key]
-            if name in out:
-                raise CheckpointError(f"{file}: {key!r} duplicates a vision-tower key already read (both visual.* and "
-                                      f"model.visual.*, or overlapping shards); keep one copy of the tower")
-            cast = dtype is not None and tensor.is_floating_point()
-            out[name] = (tensor.to(dtype) if cast else tensor).to(device)
-    return out
-
-
-def _read_keys(file: Path, keys: list[str]) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as f:  # memory-mapped
-            return {k: f.get_tensor(k) for k in keys}
-    except Exception as err:  # safetensors' own error types
-        raise CheckpointError(f"{file}: safetensors could not read it ({err}); the file is corrupted or truncated, "
-                              f"re-download or re-copy it") from err
-
-
-def load_semantic_encoder(path: PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                          attn: str = "sdpa") -> SemanticEncoder:
-    """A `SemanticEncoder` from a Qwen2.5-VL checkpoint (folder, index or file), frozen, in eval mode.
-
-    `dtype`: None keeps the stored dtype (bfloat16 for the released Qwen2.5-VL). Only the keys
-    under `visual.` / `model.visual.` are read; they must be exactly the tower's keys and shapes.
-    """
-    files, config = locate(path)
-    sd = read_visual(files, dtype, device)
-    if not sd:
-        raise CheckpointError(f"{path}: holds no vision-tower weights (keys visual.* or model.visual.*); it is not a "
-                              f"Qwen2.5-VL checkpoint, or the shards with the tower are missing; {_FIX_FOLDER}")
-    check_keys(sd, expected_shapes(config),
-               f"{path}: the vision-tower weights do not fit its Qwen2.5-VL vision config ({config.depth} blocks of "
-               f"{config.hidden_size}, merger to {config.out_hidden_size}):",
-               f"The checkpoint is damaged or mixes models; re-download it, or {_FIX_FOLDER}.")
-    with torch.device("meta"):
-        encoder = SemanticEncoder(config, attn=attn)
-    encoder.load_state_dict(sd, strict=True, assign=True)
-    _materialise(encoder, device)
-    return encoder.requires_grad_(False).eval()
-
-
-def _materialise(encoder: SemanticEncoder, device) -> None:
-    """Rebuild the non-persistent buffers (rotary frequencies, CLIP mean/std) left on the meta device."""
-    rotary = type(encoder.visual.rotary_pos_emb)
-    with torch.device(device):
-        encoder.visual.rotary_pos_emb = rotary(encoder.config)
-    encoder.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-    encoder.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
-    left = [n for n, t in (*encoder.named_parameters(), *encoder.named_buffers()) if t.is_meta]
-    if left:
-        raise CheckpointError(f"semantic encoder kept tensors on the meta device after loading: {left[:5]}; this "
-                              f"transformers version adds state the loader does not know, report it with its version")

@@ -9,6 +9,7 @@ merged-patch grid, D = the compressor width) is read as a tiny "video" `[D, K, g
 same 3D RoPE, timestep modulation and text cross-attention apply, and attention is full because
 no window is passed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,11 +20,30 @@ from ..wan.configs import DiTConfig
 from ..wan.dit import WanModel
 
 
-def semantic_generator_config(dim: int, *, width: int = 128, layers: int = 4, heads: int = 4, text_dim: int = 64,
-                              text_len: int = 64, name: str = "semanticgen-semantic") -> DiTConfig:
+def semantic_generator_config(
+    dim: int,
+    *,
+    width: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    text_dim: int = 64,
+    text_len: int = 64,
+    name: str = "semanticgen-semantic",
+) -> DiTConfig:
     """A Wan-architecture DiT over `dim`-wide semantic tokens (patch 1x1x1, in = out = dim)."""
-    return DiTConfig(dim=width, ffn_dim=4 * width, num_heads=heads, num_layers=layers, in_dim=dim, out_dim=dim,
-                     text_dim=text_dim, freq_dim=64, patch_size=(1, 1, 1), text_len=text_len, name=name)
+    return DiTConfig(
+        dim=width,
+        ffn_dim=4 * width,
+        num_heads=heads,
+        num_layers=layers,
+        in_dim=dim,
+        out_dim=dim,
+        text_dim=text_dim,
+        freq_dim=64,
+        patch_size=(1, 1, 1),
+        text_len=text_len,
+        name=name,
+    )
 
 
 def to_latent(z: torch.Tensor) -> torch.Tensor:
@@ -39,22 +59,49 @@ def from_latent(x: torch.Tensor) -> torch.Tensor:
 def check_fits(model: WanModel, z_shape: tuple[int, ...]) -> None:
     """Refuse semantic tokens `[B, K, gh, gw, D]` whose width is not the generator's."""
     if model.config.patch_size != (1, 1, 1):
-        raise ValueError(f"{model.config.name}: a semantic generator has patch 1x1x1, this DiT has "
-                         f"{model.config.patch_size}; load the semantic-generator file, not a video DiT")
+        raise ValueError(
+            f"{model.config.name}: a semantic generator has patch 1x1x1, this DiT has "
+            f"{model.config.patch_size}; load the semantic-generator file, not a video DiT"
+        )
     if z_shape[-1] != model.config.in_dim:
-        raise ValueError(f"semantic tokens are {z_shape[-1]} wide but the semantic generator makes "
-                         f"{model.config.in_dim}-wide tokens; use the compressor it was trained with")
+        raise ValueError(
+            f"semantic tokens are {z_shape[-1]} wide but the semantic generator makes "
+            f"{model.config.in_dim}-wide tokens; use the compressor it was trained with"
+        )
 
 
 @torch.inference_mode()
-def generate_semantics(model: WanModel, positive: torch.Tensor, negative: torch.Tensor, *, keyframes: int,
-                       grid: tuple[int, int], steps: int = 30, shift: float = 3.0, text_scale: float = 1.0,
-                       seed: int = 0, callback=None, interrupt=None) -> torch.Tensor:
+def generate_semantics(
+    model: WanModel,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    *,
+    keyframes: int,
+    grid: tuple[int, int],
+    steps: int = 30,
+    shift: float = 3.0,
+    text_scale: float = 1.0,
+    seed: int = 0,
+    callback=None,
+    interrupt=None,
+) -> torch.Tensor:
     """Sample z_sem `[B, K, gh, gw, D]` for text contexts `[B, L, text_dim]` with Euler steps (the paper's sampler)."""
     if keyframes < 1 or min(grid) < 1:
-        raise ValueError(f"cannot generate {keyframes} keyframes of a {grid[0]}x{grid[1]} grid; need at least one of each")
+        raise ValueError(
+            f"cannot generate {keyframes} keyframes of a {grid[0]}x{grid[1]} grid; need at least one of each"
+        )
     shape = (positive.shape[0], model.config.in_dim, keyframes, *grid)  # [B, D, K, gh, gw]
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))).to(positive)
-    x = render(model, noise, positive, negative, steps=steps, shift=shift, solver="euler",
-               guidance=Guidance(text_scale=text_scale, plan_scale=1.0), callback=callback, interrupt=interrupt)
+    x = render(
+        model,
+        noise,
+        positive,
+        negative,
+        steps=steps,
+        shift=shift,
+        solver="euler",
+        guidance=Guidance(text_scale=text_scale, plan_scale=1.0),
+        callback=callback,
+        interrupt=interrupt,
+    )
     return from_latent(x)  # [B, K, gh, gw, D]

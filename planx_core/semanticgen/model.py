@@ -16,6 +16,7 @@ branch's `condition_plan` with the plan's own keyframe times, exactly as Inject 
 does in ComfyUI: stage 1's output becomes a plan first (`semantic_plan`), so an edited, retimed
 plan and a fresh one take the same path.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,27 +46,33 @@ from ..wan.text_encoder import (
 )
 from ..wan.vae_files import load_vae, save_vae
 from .compressor import SemanticCompressor, load_compressor
-from .encoder import SemanticEncoder, load_semantic_encoder, save_semantic_encoder
+from .encoder import SemanticEncoder
+from .encoder_files import load_semantic_encoder, save_semantic_encoder
 from .generator import check_fits, generate_semantics
 
-FILES = {"spec": "semanticgen.json", "encoder": "semantic_encoder.safetensors", "compressor": "compressor.safetensors",
-         "latent_dit": "latent_dit.safetensors", "branch": "latent_branch.safetensors",
-         "semantic_dit": "semantic_generator.safetensors"}
+FILES = {
+    "spec": "semanticgen.json",
+    "encoder": "semantic_encoder.safetensors",
+    "compressor": "compressor.safetensors",
+    "latent_dit": "latent_dit.safetensors",
+    "branch": "latent_branch.safetensors",
+    "semantic_dit": "semantic_generator.safetensors",
+}
 
 
 @dataclass(frozen=True)
 class SemanticGenSpec:
     """Video layout and sampling defaults of a SemanticGen model folder."""
 
-    window: int = 2                 # latent frames per attention window of stage 2 (0 = full attention)
-    sem_dim: int = 8                # compressed semantic width
+    window: int = 2  # latent frames per attention window of stage 2 (0 = full attention)
+    sem_dim: int = 8  # compressed semantic width
     fps: float = 8.0
     size: int = 64
-    keyframe_stride: int = 4        # video frames between semantic keyframes (2 fps at 8 fps)
-    steps: int = 20                 # stage-2 steps
-    semantic_steps: int = 30        # stage-1 Euler steps
+    keyframe_stride: int = 4  # video frames between semantic keyframes (2 fps at 8 fps)
+    steps: int = 20  # stage-2 steps
+    semantic_steps: int = 30  # stage-1 Euler steps
     shift: float = 3.0
-    text_scale: float = 1.0         # stage-2 text guidance
+    text_scale: float = 1.0  # stage-2 text guidance
     semantic_text_scale: float = 1.0  # stage-1 text guidance
     name: str = "semanticgen-tiny"
 
@@ -84,19 +91,35 @@ class SemanticGenSpec:
 def _part(folder: Path, name: str) -> Path:
     path = folder / FILES[name]
     if not path.is_file():
-        raise CheckpointError(f"{folder}: {FILES[name]} is missing; a SemanticGen folder needs "
-                              f"{', '.join(FILES.values())} (copy the whole folder)")
+        raise CheckpointError(
+            f"{folder}: {FILES[name]} is missing; a SemanticGen folder needs "
+            f"{', '.join(FILES.values())} (copy the whole folder)"
+        )
     return path
 
 
 class SemanticGen:
     """The two SemanticGen stages with their encoder, compressor, text encoder and VAE."""
 
-    def __init__(self, spec: SemanticGenSpec, encoder: SemanticEncoder, compressor: SemanticCompressor,
-                 latent_dit: WanModel, branch: SemanticBranch, semantic_dit: WanModel | None,
-                 text: TextEncoder, vae):
+    def __init__(
+        self,
+        spec: SemanticGenSpec,
+        encoder: SemanticEncoder,
+        compressor: SemanticCompressor,
+        latent_dit: WanModel,
+        branch: SemanticBranch,
+        semantic_dit: WanModel | None,
+        text: TextEncoder,
+        vae,
+    ):
         self.spec, self.encoder, self.compressor = spec, encoder, compressor
-        self.latent_dit, self.branch, self.semantic_dit, self.text, self.vae = latent_dit, branch, semantic_dit, text, vae
+        self.latent_dit, self.branch, self.semantic_dit, self.text, self.vae = (
+            latent_dit,
+            branch,
+            semantic_dit,
+            text,
+            vae,
+        )
 
     # -- files ---------------------------------------------------------------------------
     @classmethod
@@ -106,12 +129,21 @@ class SemanticGen:
         semantic = load_dit_file(_part(folder, "semantic_dit")) if need_semantic else None
         if semantic is not None:
             check_fits(semantic, (spec.sem_dim,))
-        text = load_text_encoder(folder / "text_encoder" if (folder / "text_encoder").is_dir() else EMBEDDED / "text_encoder")
+        text = load_text_encoder(
+            folder / "text_encoder" if (folder / "text_encoder").is_dir() else EMBEDDED / "text_encoder"
+        )
         vae_file = folder / "vae.safetensors"
         vae = load_vae(vae_file if vae_file.is_file() else EMBEDDED / "vae.safetensors")
-        return cls(spec, load_semantic_encoder(_part(folder, "encoder")).eval(),
-                   load_compressor(_part(folder, "compressor")).eval(), load_dit_file(_part(folder, "latent_dit")),
-                   load_branch(_part(folder, "branch")), semantic, text.eval(), vae.eval())
+        return cls(
+            spec,
+            load_semantic_encoder(_part(folder, "encoder")).eval(),
+            load_compressor(_part(folder, "compressor")).eval(),
+            load_dit_file(_part(folder, "latent_dit")),
+            load_branch(_part(folder, "branch")),
+            semantic,
+            text.eval(),
+            vae.eval(),
+        )
 
     def save(self, folder, *, with_shared: bool = False) -> Path:
         """Write every part (text encoder and VAE too when `with_shared`) and semanticgen.json."""
@@ -130,12 +162,21 @@ class SemanticGen:
         return folder
 
     def with_semantic(self, semantic_dit: WanModel) -> SemanticGen:
-        return SemanticGen(self.spec, self.encoder, self.compressor, self.latent_dit, self.branch, semantic_dit,
-                           self.text, self.vae)
+        return SemanticGen(
+            self.spec, self.encoder, self.compressor, self.latent_dit, self.branch, semantic_dit, self.text, self.vae
+        )
 
     def with_spec(self, **changes) -> SemanticGen:
-        return SemanticGen(replace(self.spec, **changes), self.encoder, self.compressor, self.latent_dit,
-                           self.branch, self.semantic_dit, self.text, self.vae)
+        return SemanticGen(
+            replace(self.spec, **changes),
+            self.encoder,
+            self.compressor,
+            self.latent_dit,
+            self.branch,
+            self.semantic_dit,
+            self.text,
+            self.vae,
+        )
 
     # -- pieces ------------------------------------------------------------------------------
     @property
@@ -165,17 +206,35 @@ class SemanticGen:
         return self.compressor(self.encoder.encode(frames), sample=False).mean  # [K, gh, gw, D]
 
     @torch.inference_mode()
-    def plan_semantics(self, scene: str, motion: str, *, num_frames: int, seed: int = 0, steps: int | None = None,
-                       callback=None, interrupt=None) -> torch.Tensor:
+    def plan_semantics(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        num_frames: int,
+        seed: int = 0,
+        steps: int | None = None,
+        callback=None,
+        interrupt=None,
+    ) -> torch.Tensor:
         """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go."""
         if self.semantic_dit is None:
             raise ValueError("this SemanticGen has no semantic generator (stage 1) loaded; load the full folder")
         positive, negative = self.contexts(scene, motion)
         grid = self.semantic_grid()
-        z = generate_semantics(self.semantic_dit, positive, negative, keyframes=self.keyframes(num_frames), grid=grid,
-                               steps=steps or self.spec.semantic_steps, shift=self.spec.shift,
-                               text_scale=self.spec.semantic_text_scale, seed=seed, callback=callback,
-                               interrupt=interrupt)
+        z = generate_semantics(
+            self.semantic_dit,
+            positive,
+            negative,
+            keyframes=self.keyframes(num_frames),
+            grid=grid,
+            steps=steps or self.spec.semantic_steps,
+            shift=self.spec.shift,
+            text_scale=self.spec.semantic_text_scale,
+            seed=seed,
+            callback=callback,
+            interrupt=interrupt,
+        )
         return z[0]  # [K, gh, gw, D]
 
     def semantic_grid(self) -> tuple[int, int]:
@@ -183,22 +242,48 @@ class SemanticGen:
         return int(g[0]), int(g[1])
 
     @torch.inference_mode()
-    def render_latent(self, plan: Plan | None, scene: str, motion: str, *, num_frames: int, seed: int = 0,
-                      window: int | None = None, steps: int | None = None, callback=None, interrupt=None
-                      ) -> torch.Tensor:
+    def render_latent(
+        self,
+        plan: Plan | None,
+        scene: str,
+        motion: str,
+        *,
+        num_frames: int,
+        seed: int = 0,
+        window: int | None = None,
+        steps: int | None = None,
+        callback=None,
+        interrupt=None,
+    ) -> torch.Tensor:
         """Stage 2: the video latent `[1, C, F, h, w]` for a continuous plan at its own keyframe times
         (None: no semantic plan)."""
         positive, negative = self.contexts(scene, motion)
         vae = self.vae.config
-        shape = latent_shape(self.spec.size, self.spec.size, num_frames, channels=vae.z_dim,
-                             spatial=vae.spatial_factor, temporal=vae.temporal_factor,
-                             patch=self.latent_dit.config.patch_size[1])
+        shape = latent_shape(
+            self.spec.size,
+            self.spec.size,
+            num_frames,
+            channels=vae.z_dim,
+            spatial=vae.spatial_factor,
+            temporal=vae.temporal_factor,
+            patch=self.latent_dit.config.patch_size[1],
+        )
         cond = None if plan is None else self.condition(plan, num_frames)
         window = self.spec.window if window is None else window
-        return render(self.latent_dit, initial_noise(shape, seed), positive, negative, plan=cond,
-                      steps=steps or self.spec.steps, shift=self.spec.shift, solver="unipc",
-                      guidance=Guidance(text_scale=self.spec.text_scale, plan_scale=1.0), window=window or None,
-                      callback=callback, interrupt=interrupt)
+        return render(
+            self.latent_dit,
+            initial_noise(shape, seed),
+            positive,
+            negative,
+            plan=cond,
+            steps=steps or self.spec.steps,
+            shift=self.spec.shift,
+            solver="unipc",
+            guidance=Guidance(text_scale=self.spec.text_scale, plan_scale=1.0),
+            window=window or None,
+            callback=callback,
+            interrupt=interrupt,
+        )
 
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor) -> np.ndarray:
@@ -206,8 +291,16 @@ class SemanticGen:
         return video_to_frames(self.vae.decode(latent, chunked=latent.shape[2] > 8))[0]
 
     # -- end to end -----------------------------------------------------------------------------
-    def generate(self, scene: str, motion: str, *, num_frames: int, seed: int = 0, window: int | None = None,
-                 use_semantics: bool = True) -> tuple[np.ndarray, torch.Tensor | None]:
+    def generate(
+        self,
+        scene: str,
+        motion: str,
+        *,
+        num_frames: int,
+        seed: int = 0,
+        window: int | None = None,
+        use_semantics: bool = True,
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
         """Text -> (frames `[T, H, W, 3]` uint8, z_sem `[K, gh, gw, D]` or None without a semantic plan)."""
         z = self.plan_semantics(scene, motion, num_frames=num_frames, seed=seed) if use_semantics else None
         plan = None if z is None else self.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion)
@@ -217,35 +310,52 @@ class SemanticGen:
     def digest(self) -> str:
         return self.compressor.digest()
 
-    def semantic_plan(self, z: torch.Tensor, *, num_frames: int, scene: str = "", motion: str = "",
-                      seed: int | None = None) -> Plan:
+    def semantic_plan(
+        self, z: torch.Tensor, *, num_frames: int, scene: str = "", motion: str = "", seed: int | None = None
+    ) -> Plan:
         """z_sem `[K, gh, gw, D]` as a continuous Plan at the semantic keyframe times of `num_frames` frames."""
         s = self.spec
         times = self.keyframe_frames(num_frames)[0]
         if len(times) != z.shape[0]:
-            raise ValueError(f"z_sem has {z.shape[0]} keyframes, but a video of {num_frames} frames at {s.fps:g} fps "
-                             f"has {len(times)} semantic keyframes; plan for the same number of frames")
+            raise ValueError(
+                f"z_sem has {z.shape[0]} keyframes, but a video of {num_frames} frames at {s.fps:g} fps "
+                f"has {len(times)} semantic keyframes; plan for the same number of frames"
+            )
         space = CodebookId(f"{s.name}-kl{z.shape[-1]}", int(z.shape[-1]), self.digest())
-        return make_continuous_plan(z.float().cpu(), times=times, fps=s.fps, num_frames=num_frames, width=s.size,
-                                    height=s.size, space=space,
-                                    provenance=Provenance(scene=scene, motion=motion, seed=seed, planner=s.name))
+        return make_continuous_plan(
+            z.float().cpu(),
+            times=times,
+            fps=s.fps,
+            num_frames=num_frames,
+            width=s.size,
+            height=s.size,
+            space=space,
+            provenance=Provenance(scene=scene, motion=motion, seed=seed, planner=s.name),
+        )
 
     def check_plan(self, plan: Plan, num_frames: int | None = None) -> Plan:
         """Refuse a plan this model cannot render: not continuous, another semantic space, grid or fps, or
         (with `num_frames`) keyframes after the video's end."""
         plan.validate()
         if plan.kind != "continuous":
-            raise PlanError("SemanticGen renders continuous plans; this plan holds TA-Tok tokens (use the Plan-X "
-                            "sampler)")
+            raise PlanError(
+                "SemanticGen renders continuous plans; this plan holds TA-Tok tokens (use the Plan-X sampler)"
+            )
         if plan.codebook.size != self.spec.sem_dim or (plan.codebook.digest and plan.codebook.digest != self.digest()):
-            raise PlanError(f"the plan was made in {plan.codebook.describe()}, but this model's semantic space is "
-                            f"{self.spec.sem_dim}-d with hash {self.digest()}; plan again with this model")
+            raise PlanError(
+                f"the plan was made in {plan.codebook.describe()}, but this model's semantic space is "
+                f"{self.spec.sem_dim}-d with hash {self.digest()}; plan again with this model"
+            )
         if tuple(plan.grid) != self.semantic_grid():
-            raise PlanError(f"the plan's grid is {plan.grid[0]}x{plan.grid[1]}, this model's semantic grid is "
-                            f"{self.semantic_grid()[0]}x{self.semantic_grid()[1]}")
+            raise PlanError(
+                f"the plan's grid is {plan.grid[0]}x{plan.grid[1]}, this model's semantic grid is "
+                f"{self.semantic_grid()[0]}x{self.semantic_grid()[1]}"
+            )
         if plan.fps != self.spec.fps:
-            raise PlanError(f"the plan is timed for a video at {plan.fps:g} fps, but {self.spec.name} renders "
-                            f"{self.spec.fps:g} fps; resample the plan's keyframes or plan again with this model")
+            raise PlanError(
+                f"the plan is timed for a video at {plan.fps:g} fps, but {self.spec.name} renders "
+                f"{self.spec.fps:g} fps; resample the plan's keyframes or plan again with this model"
+            )
         if num_frames is not None:
             plan.check_video(num_frames, self.spec.fps)
         return plan
@@ -260,5 +370,3 @@ class SemanticGen:
         (the branch's `condition_plan`, as Inject 3D RoPE Guidance calls it)."""
         self.check_plan(plan, num_frames)
         return self.branch.condition_plan(plan, None, num_frames=num_frames, fps=self.spec.fps)
-
-

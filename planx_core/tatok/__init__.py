@@ -7,15 +7,25 @@ Public API: `TATok`, `TATokConfig`, `codebook_vectors` (ids -> codebook rows), `
 `plan_from_video` (a token plan of a video's keyframes), `load_tatok`, `save_tatok`,
 `convert_ta_tok_pth`.
 """
+
 from .files import convert_ta_tok_pth, load_tatok, save_tatok
 from .model import (
-           TATok,
-           TATokConfig,
-           codebook_digest,
-           codebook_vectors,
-           frames_to_nchw,
-           plan_from_video,
+    TATok,
+    TATokConfig,
+    codebook_digest,
+    codebook_vectors,
+    frames_to_nchw,
+    plan_from_video,
 )
 
-__all__ = ["TATok", "TATokConfig", "codebook_digest", "codebook_vectors", "convert_ta_tok_pth", "frames_to_nchw",
-           "load_tatok", "plan_from_video", "save_tatok"]
+__all__ = [
+    "TATok",
+    "TATokConfig",
+    "codebook_digest",
+    "codebook_vectors",
+    "convert_ta_tok_pth",
+    "frames_to_nchw",
+    "load_tatok",
+    "plan_from_video",
+    "save_tatok",
+]

@@ -29,6 +29,7 @@ Differences from Tar, on purpose:
   codebook (`embedding.weight`, `embedding_proj.weight`, `embedding_proj.bias`) rather than the
   projected matrix, whose last bits depend on the device and BLAS that computed it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,6 +47,7 @@ _SIMILARITY_BLOCK = 1 << 26  # similarities computed at once by nearest_codes (2
 
 
 # --------------------------------------------------------------------------- config
+
 
 @dataclass(frozen=True)
 class TATokConfig:
@@ -67,14 +69,20 @@ class TATokConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"TATokConfig {self.name!r}: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"TATokConfig {self.name!r}: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
         if self.image_size < self.patch_size:
-            raise ValueError(f"TATokConfig {self.name!r}: image_size {self.image_size} is smaller than one "
-                             f"{self.patch_size}-pixel patch")
+            raise ValueError(
+                f"TATokConfig {self.name!r}: image_size {self.image_size} is smaller than one "
+                f"{self.patch_size}-pixel patch"
+            )
         if not 1 <= self.layers_run <= self.num_hidden_layers:
-            raise ValueError(f"TATokConfig {self.name!r}: select_layer {self.select_layer} picks no encoder layer "
-                             f"output of a {self.num_hidden_layers}-layer model (use -2 for the penultimate)")
+            raise ValueError(
+                f"TATokConfig {self.name!r}: select_layer {self.select_layer} picks no encoder layer "
+                f"output of a {self.num_hidden_layers}-layer model (use -2 for the penultimate)"
+            )
 
     @property
     def patch_grid(self) -> int:
@@ -89,11 +97,19 @@ class TATokConfig:
 
     def vision_kwargs(self) -> dict:
         """Keyword arguments of transformers' `SiglipVisionConfig`."""
-        return dict(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-                    num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-                    num_channels=3, image_size=self.image_size, patch_size=self.patch_size,
-                    hidden_act=self.hidden_act, layer_norm_eps=self.layer_norm_eps, attention_dropout=0.0,
-                    vision_use_head=self.use_head)
+        return dict(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_channels=3,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+            attention_dropout=0.0,
+            vision_use_head=self.use_head,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,8 +119,10 @@ class TATokConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise CheckpointError(f"{source or 'TA-Tok config'}: unknown TA-Tok config fields {unknown}; the file "
-                                  f"was written by a newer Plan-X, update Plan-X or re-convert the file")
+            raise CheckpointError(
+                f"{source or 'TA-Tok config'}: unknown TA-Tok config fields {unknown}; the file "
+                f"was written by a newer Plan-X, update Plan-X or re-convert the file"
+            )
         return cls(**data)
 
     @classmethod
@@ -115,17 +133,28 @@ class TATokConfig:
     @classmethod
     def tiny(cls) -> TATokConfig:
         """Test size with the real 27x27 patch grid (patch 2 at 54 px), so grids 27/13/9 all exist."""
-        return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=2,
-                   image_size=54, bottleneck_dim=16, codebook_size=256, name="ta-tok-tiny")
+        return cls(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            patch_size=2,
+            image_size=54,
+            bottleneck_dim=16,
+            codebook_size=256,
+            name="ta-tok-tiny",
+        )
 
     @classmethod
     def mid(cls) -> TATokConfig:
         """Benchmark size: real input and codebook, a narrower and shallower encoder."""
-        return cls(hidden_size=384, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=6,
-                   name="ta-tok-mid")
+        return cls(
+            hidden_size=384, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=6, name="ta-tok-mid"
+        )
 
 
 # --------------------------------------------------------------------------- pooling and lookup
+
 
 def pool_scale_for(patch_grid: int, grid: int) -> int:
     """The pooling scale s with floor(patch_grid / s) == grid (the largest such s, which covers the most).
@@ -135,8 +164,10 @@ def pool_scale_for(patch_grid: int, grid: int) -> int:
     scales = [s for s in range(1, patch_grid + 1) if patch_grid // s == grid]
     if not scales:
         options = sorted({patch_grid // s for s in range(1, patch_grid + 1)}, reverse=True)
-        raise ValueError(f"a {patch_grid}x{patch_grid} patch grid cannot be pooled to a {grid}x{grid} token grid; "
-                         f"possible grids: {options[:8]}{' ...' if len(options) > 8 else ''} (27, 13, 9 for TA-Tok)")
+        raise ValueError(
+            f"a {patch_grid}x{patch_grid} patch grid cannot be pooled to a {grid}x{grid} token grid; "
+            f"possible grids: {options[:8]}{' ...' if len(options) > 8 else ''} (27, 13, 9 for TA-Tok)"
+        )
     return max(scales)
 
 
@@ -162,7 +193,7 @@ def nearest_codes(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 8192) ->
     """
     flat = F.normalize(z.reshape(-1, z.shape[-1]).float(), dim=-1)  # [M, D]
     rows = max(1, _SIMILARITY_BLOCK // chunk)
-    parts = [_nearest_block(flat[i:i + rows], codebook, chunk) for i in range(0, flat.shape[0], rows)]
+    parts = [_nearest_block(flat[i : i + rows], codebook, chunk) for i in range(0, flat.shape[0], rows)]
     index = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=flat.device)
     return index.reshape(z.shape[:-1])
 
@@ -171,7 +202,7 @@ def _nearest_block(flat: torch.Tensor, codebook: torch.Tensor, chunk: int) -> to
     best = torch.full((flat.shape[0],), -math.inf, device=flat.device)  # [m]
     index = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)  # [m]
     for start in range(0, codebook.shape[0], chunk):
-        sims = flat @ codebook[start:start + chunk].float().T  # [m, chunk]
+        sims = flat @ codebook[start : start + chunk].float().T  # [m, chunk]
         value, arg = sims.max(dim=1)  # [m], [m]
         better = value > best
         best = torch.where(better, value, best)
@@ -189,6 +220,7 @@ def to_unit_images(images: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- the model
+
 
 class ScaleLayer(nn.Module):
     """(x - shift) / scale per channel; Tar's buffers map [0, 1] to [-1, 1]."""
@@ -224,6 +256,7 @@ class Bottleneck(nn.Module):
 def build_siglip_vision(config: TATokConfig, attn: str = "sdpa") -> nn.Module:
     """transformers' SigLIP vision tower whose state-dict keys are Tar's `encoder.*` keys."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
+
     vision_config = SiglipVisionConfig(**config.vision_kwargs())
     vision_config._attn_implementation = attn
     model = SiglipVisionModel(vision_config)
@@ -254,8 +287,10 @@ class TATok(nn.Module):
         if images.ndim == 5:
             images = images.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W]
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"TA-Tok takes RGB images [B, 3, H, W] or video [B, 3, T, H, W], got "
-                             f"{list(images.shape)}; move the channel axis to position 1")
+            raise ValueError(
+                f"TA-Tok takes RGB images [B, 3, H, W] or video [B, 3, T, H, W], got "
+                f"{list(images.shape)}; move the channel axis to position 1"
+            )
         x = self.scale_layer(to_unit_images(images).to(self.scale_layer.shift.device).float())  # [B, 3, H, W]
         size = self.config.image_size
         if tuple(x.shape[-2:]) != (size, size):  # squash: the aspect ratio is not kept (as in Tar)
@@ -267,7 +302,7 @@ class TATok(nn.Module):
         x = self.preprocess(images)  # [B, 3, S, S]
         weight = self.encoder.embeddings.patch_embedding.weight
         hidden = self.encoder.embeddings(x.to(weight.dtype))  # [B, p*p, h]
-        for layer in self.encoder.encoder.layers[:self.config.layers_run]:  # later layers and the head are unused
+        for layer in self.encoder.encoder.layers[: self.config.layers_run]:  # later layers and the head are unused
             out = layer(hidden, None)
             hidden = out[0] if isinstance(out, tuple) else out  # [B, p*p, h]
         return hidden
@@ -296,8 +331,10 @@ class TATok(nn.Module):
 
     def _params_key(self) -> tuple:
         """Storage, version, device and dtype of the codebook parameters (inference tensors have no version)."""
-        return tuple((p.data_ptr(), -1 if p.is_inference() else p._version, str(p.device), p.dtype)
-                     for p in self._codebook_params())
+        return tuple(
+            (p.data_ptr(), -1 if p.is_inference() else p._version, str(p.device), p.dtype)
+            for p in self._codebook_params()
+        )
 
     @torch.no_grad()
     def codebook(self) -> torch.Tensor:
@@ -327,6 +364,7 @@ class TATok(nn.Module):
     def identity(self, name: str = "ta-tok"):
         """The `CodebookId` that plans made with this tokenizer carry."""
         from ..plan.core import CodebookId
+
         return CodebookId(name=name, size=self.config.codebook_size, digest=self.digest())
 
 
@@ -342,6 +380,7 @@ def codebook_digest(embedding: torch.Tensor, proj_weight: torch.Tensor, proj_bia
 
 # --------------------------------------------------------------------------- video -> plan
 
+
 def frames_to_nchw(frames) -> torch.Tensor:
     """Frames `[T, H, W, 3]` (ComfyUI IMAGE) or `[T, 3, H, W]`, float [0, 1] or uint8 -> float `[T, 3, H, W]`."""
     frames = torch.as_tensor(frames)
@@ -352,9 +391,19 @@ def frames_to_nchw(frames) -> torch.Tensor:
     return to_unit_images(frames)  # [T, 3, H, W]
 
 
-def plan_from_video(tatok: TATok, frames, fps: float, *, keyframe_rate: float = 2.0, grid: int = 9,
-                    codebook_name: str = "ta-tok", width: int | None = None, height: int | None = None,
-                    batch_size: int = 8, provenance=None):
+def plan_from_video(
+    tatok: TATok,
+    frames,
+    fps: float,
+    *,
+    keyframe_rate: float = 2.0,
+    grid: int = 9,
+    codebook_name: str = "ta-tok",
+    width: int | None = None,
+    height: int | None = None,
+    batch_size: int = 8,
+    provenance=None,
+):
     """Encode the frames at the keyframe times (frame round(t * fps)) into a `Plan` of grid x grid tokens.
 
     Keyframes fall every 1/keyframe_rate s (`plan.keyframe_times`); when fps is below the rate, times
@@ -362,15 +411,28 @@ def plan_from_video(tatok: TATok, frames, fps: float, *, keyframe_rate: float = 
     """
     from ..plan.core import Provenance, make_plan
     from ..plan.timing import keyframe_frames
+
     frames = torch.as_tensor(frames)
     shape = frames_to_nchw(frames[:1]).shape  # checks the layout on one frame: [1, 3, H, W]
     count = frames.shape[0]
     times, indices = keyframe_frames(count, fps, keyframe_rate)
-    tokens = torch.cat([tatok.encode(frames_to_nchw(frames[indices[i:i + batch_size]]), grid=grid)
-                        for i in range(0, len(indices), batch_size)])  # [K, g*g]; only keyframes are converted
-    return make_plan(tokens, times=times, fps=fps, num_frames=count, width=width or shape[-1],
-                     height=height or shape[-2], codebook=tatok.identity(codebook_name), grid=(grid, grid),
-                     provenance=provenance or Provenance(planner=f"encoded from video ({tatok.config.name})"))
+    tokens = torch.cat(
+        [
+            tatok.encode(frames_to_nchw(frames[indices[i : i + batch_size]]), grid=grid)
+            for i in range(0, len(indices), batch_size)
+        ]
+    )  # [K, g*g]; only keyframes are converted
+    return make_plan(
+        tokens,
+        times=times,
+        fps=fps,
+        num_frames=count,
+        width=width or shape[-1],
+        height=height or shape[-2],
+        codebook=tatok.identity(codebook_name),
+        grid=(grid, grid),
+        provenance=provenance or Provenance(planner=f"encoded from video ({tatok.config.name})"),
+    )
 
 
 def codebook_vectors(token_ids: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -378,6 +440,8 @@ def codebook_vectors(token_ids: torch.Tensor, codebook: torch.Tensor) -> torch.T
     bad = (token_ids < 0) | (token_ids >= codebook.shape[0])
     if bad.any():
         first = tuple(bad.nonzero()[0].tolist())
-        raise ValueError(f"plan token {int(token_ids[first])} at {first} is outside the codebook's "
-                         f"0..{codebook.shape[0] - 1}; the plan was made with another tokenizer")
+        raise ValueError(
+            f"plan token {int(token_ids[first])} at {first} is outside the codebook's "
+            f"0..{codebook.shape[0] - 1}; the plan was made with another tokenizer"
+        )
     return codebook[token_ids]

@@ -7,6 +7,7 @@ ablation row), writes bundle.json with the given sampling defaults, then loads t
 check that the parts fit together. It refuses a planner run and a DiT run that used different
 TA-Tok codebooks (their digests are compared), since the plans would mean other things.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,20 +50,35 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst) if src.is_dir() else shutil.copyfile(src, dst)
 
 
-def assemble(planner_run: Path, vae_run: Path, dit_run: Path, out: Path, *, no_e2e_run: Path | None = None,
-             sampling: SamplingDefaults = SamplingDefaults(), planning: PlanningDefaults = PlanningDefaults(),
-             notes: str = "") -> Path:
+def assemble(
+    planner_run: Path,
+    vae_run: Path,
+    dit_run: Path,
+    out: Path,
+    *,
+    no_e2e_run: Path | None = None,
+    sampling: SamplingDefaults = SamplingDefaults(),
+    planning: PlanningDefaults = PlanningDefaults(),
+    notes: str = "",
+) -> Path:
     """Copy the stages' exports into `out` and write bundle.json; returns `out` (checked by loading it)."""
     tatok_file = _need(planner_run / "ta_tok.safetensors", "the TA-Tok exported with the planner")
     tatok = load_tatok(tatok_file)
     trained_with = _dit_tatok_digest(dit_run)
     if trained_with is not None and trained_with != tatok.digest():
-        raise CheckpointError(f"{planner_run} and {dit_run} used different TA-Tok codebooks ({tatok.digest()[:12]} vs "
-                              f"{trained_with[:12]}); train the DiT with --tatok pointing at the planner's TA-Tok")
+        raise CheckpointError(
+            f"{planner_run} and {dit_run} used different TA-Tok codebooks ({tatok.digest()[:12]} vs "
+            f"{trained_with[:12]}); train the DiT with --tatok pointing at the planner's TA-Tok"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    parts = {"planner": planner_run / "planner", "ta_tok.safetensors": tatok_file,
-             "vae.safetensors": vae_run / "vae.safetensors", "dit.safetensors": dit_run / "dit.safetensors",
-             "branch.safetensors": dit_run / "branch.safetensors", "text_encoder": dit_run / "text_encoder"}
+    parts = {
+        "planner": planner_run / "planner",
+        "ta_tok.safetensors": tatok_file,
+        "vae.safetensors": vae_run / "vae.safetensors",
+        "dit.safetensors": dit_run / "dit.safetensors",
+        "branch.safetensors": dit_run / "branch.safetensors",
+        "text_encoder": dit_run / "text_encoder",
+    }
     for name, src in parts.items():
         _copy(_need(src, name), out / name)
     if no_e2e_run is not None:
@@ -76,6 +92,7 @@ def assemble(planner_run: Path, vae_run: Path, dit_run: Path, out: Path, *, no_e
 
 
 # ----------------------------------------------------------------------------- the model card
+
 
 def run_history(run: Path) -> dict:
     """From a run's log.jsonl: its segments (first step, command line when logged), final step,
@@ -129,12 +146,20 @@ def main(argv=None) -> int:
     p.add_argument("--report", help="report.md of `python -m planx_core.eval` to put in MODEL_CARD.md")
     p.add_argument("--runs", nargs="*", default=[], help="more run folders to list in the card (e.g. runs/tatok)")
     a = p.parse_args(argv)
-    sampling = SamplingDefaults(steps=a.steps, shift=a.shift, solver=a.solver, text_scale=a.text_scale,
-                                plan_scale=a.plan_scale)
+    sampling = SamplingDefaults(
+        steps=a.steps, shift=a.shift, solver=a.solver, text_scale=a.text_scale, plan_scale=a.plan_scale
+    )
     try:
-        out = assemble(Path(a.planner), Path(a.vae), Path(a.dit), Path(a.out),
-                       no_e2e_run=Path(a.no_e2e) if a.no_e2e else None, sampling=sampling,
-                       planning=PlanningDefaults(temperature=a.temperature), notes=a.notes)
+        out = assemble(
+            Path(a.planner),
+            Path(a.vae),
+            Path(a.dit),
+            Path(a.out),
+            no_e2e_run=Path(a.no_e2e) if a.no_e2e else None,
+            sampling=sampling,
+            planning=PlanningDefaults(temperature=a.temperature),
+            notes=a.notes,
+        )
     except (CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -144,9 +169,8 @@ def main(argv=None) -> int:
         report = Path(a.report).read_text(encoding="utf-8") if a.report else ""
         (out / "MODEL_CARD.md").write_text(model_card(runs, intro, report), encoding="utf-8")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote bundle {out} ({size / 2 ** 20:.1f} MiB)")
+    print(f"wrote bundle {out} ({size / 2**20:.1f} MiB)")
     return 0
-
 
 
 def assemble_semanticgen(latent_run, semantic_run, out, *, with_shared: bool = False) -> Path:

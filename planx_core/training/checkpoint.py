@@ -11,6 +11,7 @@ This project's own format (nothing is pickled, so loading runs no code). A check
 A new checkpoint is written to `checkpoint.tmp/` and swapped in with renames, so an interrupted
 write leaves the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,14 +45,17 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -
     return out
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], tensors: dict[str, torch.Tensor],
-                      source: Path) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], tensors: dict[str, torch.Tensor], source: Path
+) -> None:
     """Put saved moments back into a freshly built optimizer (its hyper-parameters stay as built)."""
     known = set(names.values())
     stray = sorted({k.split("::")[0] for k in tensors} - known)
     if stray:
-        raise CheckpointError(f"{source}: optimizer state for parameters this stage does not train: {stray[:5]}; "
-                              f"the checkpoint belongs to another stage or model, start a new --out")
+        raise CheckpointError(
+            f"{source}: optimizer state for parameters this stage does not train: {stray[:5]}; "
+            f"the checkpoint belongs to another stage or model, start a new --out"
+        )
     state, index = {}, 0
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -63,8 +67,15 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], t
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
-def save_checkpoint(out: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                    names: dict[int, str], fingerprint: dict, args: dict) -> Path:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    names: dict[int, str],
+    fingerprint: dict,
+    args: dict,
+) -> Path:
     """Write `<out>/checkpoint/` atomically (rank 0 only); return its path."""
     out = Path(out)
     tmp, final, old = out / f"{FOLDER}.tmp", out / FOLDER, out / f"{FOLDER}.old"
@@ -87,8 +98,9 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[s
     try:
         state = json.loads((folder / "state.json").read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{folder}/state.json cannot be read ({err}); delete that folder, or start over "
-                              f"with --no-resume") from None
+        raise CheckpointError(
+            f"{folder}/state.json cannot be read ({err}); delete that folder, or start over with --no-resume"
+        ) from None
     return state, read_safetensors(folder / "model.safetensors"), read_safetensors(folder / "optim.safetensors")
 
 
@@ -97,6 +109,8 @@ def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
     diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
     if diff:
         listed = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise CheckpointError(f"{folder}: cannot resume, the run settings differ ({listed}); pass the same "
-                              f"settings, start a new run with another --out, or start over here with --no-resume "
-                              f"(the checkpoint is replaced at the next save)")
+        raise CheckpointError(
+            f"{folder}: cannot resume, the run settings differ ({listed}); pass the same "
+            f"settings, start a new run with another --out, or start over here with --no-resume "
+            f"(the checkpoint is replaced at the next save)"
+        )

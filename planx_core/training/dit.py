@@ -13,6 +13,7 @@ Encoding clips is the slow part on a CPU, so the stage encodes a fixed pool of `
 once (latents, prompt ids, plan codes; `pool.safetensors` in the run folder, built by rank 0)
 and draws batches from it by (seed, step, rank), so a resumed run sees the same batches.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,15 +64,23 @@ class DiTObjective(nn.Module):
     def conditions(self, ids: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor):
         """Text features `[B, L, Dt]` (zero past each prompt) and the plan conditioning of codes `[B, K, g*g]`."""
         context = self.text(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]  # [B, L, Dt]
-        plan = self.branch.condition(self.codebook[codes.flatten(1)], self.latent_frames,
-                                     (tiny.VIDEO.grid, tiny.VIDEO.grid))  # tokens [B, K*81, dim]
+        plan = self.branch.condition(
+            self.codebook[codes.flatten(1)], self.latent_frames, (tiny.VIDEO.grid, tiny.VIDEO.grid)
+        )  # tokens [B, K*81, dim]
         return context, plan
 
     def forward(self, x0, ids, mask, codes, seed, text_p, plan_p, first_p):
         gen = torch.Generator().manual_seed(int(seed))
         context, plan = self.conditions(ids, mask, codes)
-        return flow_loss(self.dit, x0, context, torch.zeros_like(context[:1]), plan, gen,
-                         dropout=Dropout(float(text_p), float(plan_p), float(first_p)))
+        return flow_loss(
+            self.dit,
+            x0,
+            context,
+            torch.zeros_like(context[:1]),
+            plan,
+            gen,
+            dropout=Dropout(float(text_p), float(plan_p), float(first_p)),
+        )
 
 
 def build_models(seed: int, code_dim: int) -> tuple[WanModel, SemanticBranch, TextEncoder]:
@@ -79,10 +88,23 @@ def build_models(seed: int, code_dim: int) -> tuple[WanModel, SemanticBranch, Te
     config = get_preset("planx-tiny")
     torch.manual_seed(seed)
     dit = WanModel(config)
-    branch = SemanticBranch(BranchConfig(code_dim=code_dim, dim=config.dim, num_heads=config.num_heads,
-                                         num_layers=config.num_layers, mode="cross_attn"))
-    text = tiny_text_encoder(build_word_tokenizer(list(world.WORDS)), dim=config.text_dim, layers=2, heads=4,
-                             text_len=config.text_len, seed=seed)
+    branch = SemanticBranch(
+        BranchConfig(
+            code_dim=code_dim,
+            dim=config.dim,
+            num_heads=config.num_heads,
+            num_layers=config.num_layers,
+            mode="cross_attn",
+        )
+    )
+    text = tiny_text_encoder(
+        build_word_tokenizer(list(world.WORDS)),
+        dim=config.text_dim,
+        layers=2,
+        heads=4,
+        text_len=config.text_len,
+        seed=seed,
+    )
     return dit, branch, text
 
 
@@ -114,8 +136,13 @@ class DiTStage(Stage):
 
     def fingerprint(self) -> dict:
         a = self.args
-        return {**super().fingerprint(), "pool": a.pool, "switch": a.switch, "tatok": self.tatok.digest(),
-                "vae": run_file(a.vae, "vae.safetensors").stat().st_size}
+        return {
+            **super().fingerprint(),
+            "pool": a.pool,
+            "switch": a.switch,
+            "tatok": self.tatok.digest(),
+            "vae": run_file(a.vae, "vae.safetensors").stat().st_size,
+        }
 
     def init_from(self, path: Path) -> None:
         path = Path(path)
@@ -128,7 +155,7 @@ class DiTStage(Stage):
     def encode_clips(self, clips: list[world.Clip]) -> dict[str, torch.Tensor]:
         """Latents `[B, z, t, h, w]`, prompt ids and mask `[B, L]`, plan codes `[B, K, g*g]` of clips."""
         video = clip_video(clips).to(self.ctx.device)  # [B, 3, T, H, W]
-        latents = torch.cat([self.vae.encode(video[i:i + 8]) for i in range(0, len(clips), 8)])
+        latents = torch.cat([self.vae.encode(video[i : i + 8]) for i in range(0, len(clips), 8)])
         keys = list(tiny.VIDEO.keyframes)
         frames = video[:, :, keys].transpose(1, 2).flatten(0, 1)  # [B*K, 3, H, W] in [-1, 1]
         codes = self.tatok.encode((frames + 1) / 2, grid=tiny.VIDEO.grid).view(len(clips), len(keys), -1)
@@ -148,7 +175,7 @@ class DiTStage(Stage):
             seeds = [world.clip_seed(self.args.seed, self.pool_stream, i) for i in range(self.args.pool)]
             parts = []
             for i in range(0, len(seeds), 32):
-                parts.append(self.pool_part([world.make_clip(s) for s in seeds[i:i + 32]], seeds[i:i + 32]))
+                parts.append(self.pool_part([world.make_clip(s) for s in seeds[i : i + 32]], seeds[i : i + 32]))
                 print(f"[pool] {i + len(parts[-1]['x0'])}/{len(seeds)} clips encoded", flush=True)
             pool = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +190,12 @@ class DiTStage(Stage):
         rows = torch.randint(0, len(self.pool["x0"]), (a.batch,), generator=gen)
         early = step < a.switch
         inputs = {k: v[rows].to(c.device) for k, v in self.pool.items()}
-        inputs.update(seed=int(torch.randint(0, 2 ** 31, (1,), generator=gen)), plan_p=a.plan_dropout,
-                      text_p=a.text_dropout_early if early else a.text_dropout_late, first_p=a.first_frame)
+        inputs.update(
+            seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
+            plan_p=a.plan_dropout,
+            text_p=a.text_dropout_early if early else a.text_dropout_late,
+            first_p=a.first_frame,
+        )
         return inputs, rows.tolist()
 
     # -- evaluation and export -------------------------------------------------------------
@@ -174,8 +205,17 @@ class DiTStage(Stage):
         context, cond = self.module.conditions(batch["ids"], batch["mask"], batch["codes"])  # [B, L, Dt], plan
         cond = cond if plan else None
         noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(0)).to(context)
-        latent = render(self.dit, noise, context, torch.zeros_like(context), plan=cond, steps=steps,
-                        shift=self.args.shift, solver="euler", guidance=Guidance(text_scale=1.0, plan_scale=1.0))
+        latent = render(
+            self.dit,
+            noise,
+            context,
+            torch.zeros_like(context),
+            plan=cond,
+            steps=steps,
+            shift=self.args.shift,
+            solver="euler",
+            guidance=Guidance(text_scale=1.0, plan_scale=1.0),
+        )
         return video_to_frames(self.vae.decode(latent))
 
     @torch.no_grad()
@@ -193,7 +233,8 @@ class DiTStage(Stage):
 
     def export(self, out: Path) -> None:
         out = Path(out)
-        save_safetensors({k: v.detach().contiguous() for k, v in self.dit.state_dict().items()}, out / "dit.safetensors")
+        save_safetensors(
+            {k: v.detach().contiguous() for k, v in self.dit.state_dict().items()}, out / "dit.safetensors"
+        )
         save_branch(self.branch, out / "branch.safetensors")
         save_text_encoder(self.text, out / "text_encoder")
-

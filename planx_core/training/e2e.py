@@ -11,6 +11,7 @@ The video target stays the real clip. Everything else (dropouts, shift, TI2V pin
 `dit` stage's; pass `--switch 0` for the late text-dropout rate throughout, and a small `--pool`
 (planning is the slow part: about a second per clip on a CPU).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .. import world
-from ..planner.model import load_planner
+from ..planner.files import load_planner
 from ..world import tiny
 from .dit import DiTStage
 from .stages import StageError
@@ -33,8 +34,10 @@ def planner_folder(path: str | None) -> Path:
     path = Path(path)
     folder = path / "planner" if (path / "planner").is_dir() else path
     if not (folder / "config.json").is_file():
-        raise StageError(f"--planner {path}: no planner found (expected {folder / 'config.json'}); pass the --out "
-                         f"folder of a `--stage planner` run")
+        raise StageError(
+            f"--planner {path}: no planner found (expected {folder / 'config.json'}); pass the --out "
+            f"folder of a `--stage planner` run"
+        )
     return folder
 
 
@@ -44,8 +47,12 @@ class E2EStage(DiTStage):
     @classmethod
     def add_arguments(cls, parser):
         parser.add_argument("--planner", help="e2e: trained planner (a `--stage planner` run folder)")
-        parser.add_argument("--planned-share", type=float, default=0.5,
-                            help="e2e: share of samples conditioned on the planner's plan (else the ground truth)")
+        parser.add_argument(
+            "--planned-share",
+            type=float,
+            default=0.5,
+            help="e2e: share of samples conditioned on the planner's plan (else the ground truth)",
+        )
         parser.add_argument("--plan-temperature", type=float, default=1.0, help="e2e: planner sampling temperature")
 
     def __init__(self, ctx):
@@ -61,18 +68,28 @@ class E2EStage(DiTStage):
     def plan_clip(self, clip: world.Clip, first: torch.Tensor, seed: int) -> torch.Tensor:
         """The planner's image-to-video plan of `clip`, keyframe 0 locked to `first` `[g*g]`: `[K, g*g]`."""
         v = tiny.VIDEO
-        return self.planner.generate(clip.scene, clip.motion, num_keyframes=len(v.keyframes), fps=v.fps,
-                                     keyframe_rate=v.keyframe_rate, grid=(v.grid, v.grid), duration=v.duration,
-                                     seed=seed, temperature=self.args.plan_temperature, first_frame_codes=first,
-                                     locked={0: first.tolist()})
+        return self.planner.generate(
+            clip.scene,
+            clip.motion,
+            num_keyframes=len(v.keyframes),
+            fps=v.fps,
+            keyframe_rate=v.keyframe_rate,
+            grid=(v.grid, v.grid),
+            duration=v.duration,
+            seed=seed,
+            temperature=self.args.plan_temperature,
+            first_frame_codes=first,
+            locked={0: first.tolist()},
+        )
 
     pool_stream = POOL_STREAM
 
     def pool_part(self, clips: list[world.Clip], seeds: list[int]) -> dict[str, torch.Tensor]:
         """The dit stage's tensors plus "planned": the planner's plan of each clip `[b, K, g*g]`."""
         part = self.encode_clips(clips)
-        part["planned"] = torch.stack([self.plan_clip(c, part["codes"][b, 0], s)
-                                       for b, (c, s) in enumerate(zip(clips, seeds))])  # [b, K, g*g]
+        part["planned"] = torch.stack(
+            [self.plan_clip(c, part["codes"][b, 0], s) for b, (c, s) in enumerate(zip(clips, seeds))]
+        )  # [b, K, g*g]
         return part
 
     def batch(self, step: int):

@@ -9,6 +9,7 @@ unconditional branches of `sampling.guided_velocity` exist).
 Text is dropped per sample (its context replaced by the empty prompt's); the plan is dropped per
 batch (a PlanConditioning is one plan pass for the whole batch).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ class FlowSample:
     weight: torch.Tensor  # [B, 1, F, 1, 1], 0 where the frame was pinned (not predicted)
 
 
-def noise_latents(x0: torch.Tensor, generator: torch.Generator, *, shift: float = 5.0,
-                  pin_first: torch.Tensor | None = None) -> FlowSample:
+def noise_latents(
+    x0: torch.Tensor, generator: torch.Generator, *, shift: float = 5.0, pin_first: torch.Tensor | None = None
+) -> FlowSample:
     """Draw sigma ~ shift(U(0, 1)) per sample and noise `x0` [B, C, F, H, W]; `pin_first` [B] bool
     keeps those samples' frame 0 clean at timestep 0."""
     b, f = x0.shape[0], x0.shape[2]
@@ -63,8 +65,18 @@ def drop_text(context: torch.Tensor, empty: torch.Tensor, p: float, generator: t
     return torch.where(keep.view(-1, 1, 1), context, empty.to(context))  # [B, L, D]
 
 
-def flow_loss(model, x0: torch.Tensor, context: torch.Tensor, empty: torch.Tensor, plan, generator: torch.Generator,
-              *, dropout: Dropout = Dropout(), shift: float = 5.0, **model_options) -> torch.Tensor:
+def flow_loss(
+    model,
+    x0: torch.Tensor,
+    context: torch.Tensor,
+    empty: torch.Tensor,
+    plan,
+    generator: torch.Generator,
+    *,
+    dropout: Dropout = Dropout(),
+    shift: float = 5.0,
+    **model_options,
+) -> torch.Tensor:
     """Mean squared velocity error of `model(x_t, t, context, plan=..., **model_options)` on the frames it predicts.
 
     `plan` is a PlanConditioning for the batch (or None); `empty` is the empty prompt's context;

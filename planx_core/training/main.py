@@ -27,6 +27,7 @@ SemanticGen: `--stage semgen-latent` (stage 2 + compressor), then `--stage semge
 
 Adding a stage (vae, dit, e2e): subclass `train_stages.Stage`, register it in `STAGES`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,14 +60,22 @@ from .semanticgen import SemLatentStage, SemSemanticStage
 from .stages import Stage, StageContext, StageError, TATokStage, clip_seeds
 from .vae import VAEStage
 
-STAGES: dict[str, type[Stage]] = {"vae": VAEStage, "tatok": TATokStage, "planner": PlannerStage, "dit": DiTStage,
-                                  "e2e": E2EStage, "semgen-latent": SemLatentStage, "semgen-semantic": SemSemanticStage}
+STAGES: dict[str, type[Stage]] = {
+    "vae": VAEStage,
+    "tatok": TATokStage,
+    "planner": PlannerStage,
+    "dit": DiTStage,
+    "e2e": E2EStage,
+    "semgen-latent": SemLatentStage,
+    "semgen-semantic": SemSemanticStage,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # "resolve": a stage may re-declare a shared option (e.g. --tatok) without crashing the parser
-    p = argparse.ArgumentParser(prog="python -m planx_core train", description=__doc__.split("\n\n")[0],
-                                conflict_handler="resolve")
+    p = argparse.ArgumentParser(
+        prog="python -m planx_core train", description=__doc__.split("\n\n")[0], conflict_handler="resolve"
+    )
     p.add_argument("--stage", required=True, choices=sorted(STAGES))
     p.add_argument("--out", required=True, help="run folder: checkpoint/, log.jsonl and the exported model")
     p.add_argument("--steps", type=int, required=True, help="train until this global step")
@@ -81,12 +90,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0 = only at the end)")
     p.add_argument("--eval-clips", type=int, default=16, help="clips per evaluation split")
     p.add_argument("--init-from", default=None, help="start from the export of an earlier run (ignored on resume)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from <out>/checkpoint when there is one (default on)")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from <out>/checkpoint when there is one (default on)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per rank (0 = cores / local ranks)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--tatok", default=None, help="TA-Tok file or finished `--stage tatok` run folder, shared by the "
-                   "stages that need one (planner: the tokenizer to tie to; default a fresh one from the seed)")
+    p.add_argument(
+        "--tatok",
+        default=None,
+        help="TA-Tok file or finished `--stage tatok` run folder, shared by the "
+        "stages that need one (planner: the tokenizer to tie to; default a fresh one from the seed)",
+    )
     for stage in STAGES.values():
         stage.add_arguments(p)
     args = p.parse_args(argv)
@@ -96,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- processes
+
 
 @dataclass
 class Ranks:
@@ -169,6 +187,7 @@ class Log:
 
 # ----------------------------------------------------------------------------- the loop
 
+
 class Trainer:
     """One stage's run: resume or initialise, wrap in DDP, AdamW, the step loop, checkpoints, logs."""
 
@@ -181,8 +200,9 @@ class Trainer:
         module = self.stage.module
         ids = [ranks.device] if ranks.device.type == "cuda" else None
         unused = getattr(self.stage, "find_unused_parameters", False)  # e.g. a step trained without the plan
-        self.model = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused) \
-            if ranks.active else module
+        self.model = (
+            DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused) if ranks.active else module
+        )
         self.optimizer = torch.optim.AdamW(self.stage.param_groups(), lr=args.lr, weight_decay=args.weight_decay)
         self.names = {id(p): n for g in self.optimizer.param_groups for n, p in zip(g["names"], g["params"])}
         if self._resume_optim is not None:
@@ -223,8 +243,15 @@ class Trainer:
 
     def save(self) -> None:
         if self.ranks.main:
-            save_checkpoint(self.out, self.step, self.stage.state_tensors(), self.optimizer, self.names,
-                            self.stage.fingerprint(), vars(self.args))
+            save_checkpoint(
+                self.out,
+                self.step,
+                self.stage.state_tensors(),
+                self.optimizer,
+                self.names,
+                self.stage.fingerprint(),
+                vars(self.args),
+            )
             self.stage.export(self.out)
             self.log("checkpoint", step=self.step)
 
@@ -238,18 +265,33 @@ class Trainer:
     def run(self) -> None:
         a = self.args
         seeds = clip_seeds(a.seed, a.stage, self.step, self.ranks.rank, self.ranks.world, a.batch)
-        self.log("start", stage=a.stage, step=self.step, steps=a.steps, world=self.ranks.world,
-                 threads=torch.get_num_threads(), device=str(self.ranks.device),
-                 rank_seeds=gather(seeds[:2], self.ranks), param_sha=gather(params_sha(self.stage.module), self.ranks),
-                 fingerprint=self.stage.fingerprint(), argv=getattr(self.args, 'argv', sys.argv[1:]))
+        self.log(
+            "start",
+            stage=a.stage,
+            step=self.step,
+            steps=a.steps,
+            world=self.ranks.world,
+            threads=torch.get_num_threads(),
+            device=str(self.ranks.device),
+            rank_seeds=gather(seeds[:2], self.ranks),
+            param_sha=gather(params_sha(self.stage.module), self.ranks),
+            fingerprint=self.stage.fingerprint(),
+            argv=getattr(self.args, "argv", sys.argv[1:]),
+        )
         saved, tick, losses = time.monotonic(), time.monotonic(), []
         while self.step < a.steps and not self.stopping:
             losses.append(self.train_step(self.step))
             self.step += 1
             if self.step % a.log_every == 0 or self.step == a.steps or self.stopping:
                 now = time.monotonic()
-                self.log("step", step=self.step, loss=round(sum(losses) / len(losses), 5), last_loss=losses[-1],
-                         lr=round(self.lr(self.step - 1), 8), s_per_step=round((now - tick) / len(losses), 3))
+                self.log(
+                    "step",
+                    step=self.step,
+                    loss=round(sum(losses) / len(losses), 5),
+                    last_loss=losses[-1],
+                    lr=round(self.lr(self.step - 1), 8),
+                    s_per_step=round((now - tick) / len(losses), 3),
+                )
                 tick, losses = now, []
             if a.eval_every and self.step % a.eval_every == 0 and self.step < a.steps:
                 self.evaluate()
@@ -262,8 +304,13 @@ class Trainer:
         shas = gather(params_sha(self.stage.module), self.ranks)
         metrics = {} if self.stopping else self.evaluate()
         self.save()
-        self.log("end", step=self.step, stopped=self.stopping, param_sha=shas,
-                 **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
+        self.log(
+            "end",
+            step=self.step,
+            stopped=self.stopping,
+            param_sha=shas,
+            **{k: v for k, v in metrics.items() if not isinstance(v, dict)},
+        )
         if self.ranks.active:
             dist.barrier()
 
@@ -273,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the stage's own arguments, for the log
     Path(args.out).mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # "Writing model shards" bars on every export
     ranks = setup(args)
     code = run(args, ranks)

@@ -22,6 +22,7 @@ text-to-video (5 keyframes) and image-to-video (keyframes 1..4; keyframe 0 is gi
 copy-the-first-frame baseline, and greedy decoding (`SemanticPlanner.generate`, temperature 0)
 of a few clips.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import world
-from ..planner.model import SemanticPlanner, load_planner, save_planner
+from ..planner.files import load_planner, save_planner
+from ..planner.model import SemanticPlanner
 from ..planner.prompt import prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
@@ -74,7 +76,7 @@ def pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     labels = torch.full((len(sequences), length), IGNORE, dtype=torch.long)  # [B, S]
     mask = torch.zeros((len(sequences), length), dtype=torch.long)  # [B, S]
     for b, (seq, lab) in enumerate(sequences):
-        ids[b, :len(seq)], labels[b, :len(lab)], mask[b, :len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
+        ids[b, : len(seq)], labels[b, : len(lab)], mask[b, : len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -83,18 +85,28 @@ class PlannerStage(Stage):
 
     @classmethod
     def add_arguments(cls, parser):
-        parser.add_argument("--codes", choices=("labels", "tatok"), default="labels",
-                            help="planner: ground-truth plans from the cell labels, or from TA-Tok encoding")
-        parser.add_argument("--i2v", type=float, default=0.5,
-                            help="planner: share of sequences whose prompt holds the first frame's codes")
+        parser.add_argument(
+            "--codes",
+            choices=("labels", "tatok"),
+            default="labels",
+            help="planner: ground-truth plans from the cell labels, or from TA-Tok encoding",
+        )
+        parser.add_argument(
+            "--i2v",
+            type=float,
+            default=0.5,
+            help="planner: share of sequences whose prompt holds the first frame's codes",
+        )
         parser.add_argument("--eval-decode", type=int, default=2, help="planner: clips decoded greedily per eval")
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
         a = self.args
         if a.codes == "tatok" and not a.tatok:
-            raise StageError("--codes tatok encodes the plans with a trained TA-Tok: pass --tatok runs/<tatok run> "
-                             "(or use --codes labels)")
+            raise StageError(
+                "--codes tatok encodes the plans with a trained TA-Tok: pass --tatok runs/<tatok run> "
+                "(or use --codes labels)"
+            )
         model, self.tokenizer, self.vocab = tiny.build_planner(a.seed)
         if a.tatok:
             self.tatok = load_tatok(resolve_tatok_file(a.tatok))
@@ -114,8 +126,10 @@ class PlannerStage(Stage):
         tiny.tie(self.model, self.tokenizer, self.vocab, self.tatok)  # re-tie to this run's TA-Tok
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {**{f"planner.{k}": v for k, v in self.model.state_dict().items()},
-                **{f"tatok.{k}": v for k, v in self.tatok.state_dict().items()}}
+        return {
+            **{f"planner.{k}": v for k, v in self.model.state_dict().items()},
+            **{f"tatok.{k}": v for k, v in self.tatok.state_dict().items()},
+        }
 
     def load_state_tensors(self, sd: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("planner.")}, strict=True)
@@ -137,9 +151,18 @@ class PlannerStage(Stage):
     def sequence(self, clip: world.Clip, codes: torch.Tensor, i2v: bool) -> tuple[list[int], list[int]]:
         """(ids, labels) of prompt + plan; `codes` `[K, g*g]`; labels are IGNORE on the prompt."""
         v, grid = tiny.VIDEO, (tiny.VIDEO.grid, tiny.VIDEO.grid)
-        prompt = prompt_ids(self.tokenizer, self.vocab, clip.scene, clip.motion, num_keyframes=codes.shape[0],
-                            fps=v.fps, keyframe_rate=v.keyframe_rate, grid=grid, duration=v.duration,
-                            first_frame_codes=codes[0] if i2v else None)
+        prompt = prompt_ids(
+            self.tokenizer,
+            self.vocab,
+            clip.scene,
+            clip.motion,
+            num_keyframes=codes.shape[0],
+            fps=v.fps,
+            keyframe_rate=v.keyframe_rate,
+            grid=grid,
+            duration=v.duration,
+            first_frame_codes=codes[0] if i2v else None,
+        )
         plan = [t for row in codes.tolist() for t in self.vocab.block(row, scale_index(grid))]
         return prompt + plan, [IGNORE] * len(prompt) + plan
 
@@ -149,26 +172,28 @@ class PlannerStage(Stage):
         clips = [world.make_clip(s) for s in seeds]
         codes = self.plan_codes(clips)  # [B, K, g*g]
         i2v = [np.random.default_rng([s, 1]).random() < a.i2v for s in seeds]
-        inputs = pad([self.sequence(clip, codes[b], i2v[b]) for b, clip in enumerate(clips)],
-                     self.tokenizer.pad_token_id)
+        inputs = pad(
+            [self.sequence(clip, codes[b], i2v[b]) for b, clip in enumerate(clips)], self.tokenizer.pad_token_id
+        )
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
 
     # -- evaluation --------------------------------------------------------------------
     def _eval_sets(self):
         if self._eval is None:
             n, seed = self.args.eval_clips, self.args.seed
-            self._eval = {s: (clips, self.plan_codes(clips)) for s in ("train", "heldout")
-                          for clips in [eval_clips(s, n, seed)]}
+            self._eval = {
+                s: (clips, self.plan_codes(clips)) for s in ("train", "heldout") for clips in [eval_clips(s, n, seed)]
+            }
         return self._eval
 
     def _teacher_forced(self, clips, codes: torch.Tensor, i2v: bool) -> torch.Tensor:
         """Predicted codes under teacher forcing (argmax over the `<I*>` logits): `[B, K, g*g]`."""
         preds = []
         for start in range(0, len(clips), 8):
-            part = [self.sequence(c, codes[start + b], i2v) for b, c in enumerate(clips[start:start + 8])]
+            part = [self.sequence(c, codes[start + b], i2v) for b, c in enumerate(clips[start : start + 8])]
             inputs = {k: t.to(self.ctx.device) for k, t in pad(part, self.tokenizer.pad_token_id).items()}
             logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            image = logits[:, :-1, self.vocab.image_start:self.vocab.image_end].argmax(-1)  # [b, S-1]
+            image = logits[:, :-1, self.vocab.image_start : self.vocab.image_end].argmax(-1)  # [b, S-1]
             targets = inputs["labels"][:, 1:]  # [b, S-1]
             is_code = (targets >= self.vocab.image_start) & (targets < self.vocab.image_end)
             preds.append(image[is_code].reshape(len(part), *codes.shape[1:]).cpu())  # [b, K, g*g]
@@ -177,18 +202,30 @@ class PlannerStage(Stage):
     @staticmethod
     def _scores(pred: torch.Tensor, truth: torch.Tensor, name: str) -> dict:
         fore = truth != BACKGROUND_CODE
-        return {f"{name}_acc": round(float((pred == truth).float().mean()), 4),
-                f"{name}_obj": round(float((pred == truth)[fore].float().mean()), 4)}
+        return {
+            f"{name}_acc": round(float((pred == truth).float().mean()), 4),
+            f"{name}_obj": round(float((pred == truth)[fore].float().mean()), 4),
+        }
 
     def _greedy(self, clips, codes: torch.Tensor) -> dict:
         planner = SemanticPlanner(self.model, self.tokenizer, self.vocab, "eval")
         v, out = tiny.VIDEO, {}
         for i2v in (False, True):
-            preds = [planner.generate(c.scene, c.motion, num_keyframes=codes.shape[1], fps=v.fps, temperature=0,
-                                      keyframe_rate=v.keyframe_rate, grid=(v.grid, v.grid), duration=v.duration,
-                                      first_frame_codes=codes[b, 0] if i2v else None,
-                                      locked={0: codes[b, 0].tolist()} if i2v else None)
-                     for b, c in enumerate(clips)]  # each [K, g*g]
+            preds = [
+                planner.generate(
+                    c.scene,
+                    c.motion,
+                    num_keyframes=codes.shape[1],
+                    fps=v.fps,
+                    temperature=0,
+                    keyframe_rate=v.keyframe_rate,
+                    grid=(v.grid, v.grid),
+                    duration=v.duration,
+                    first_frame_codes=codes[b, 0] if i2v else None,
+                    locked={0: codes[b, 0].tolist()} if i2v else None,
+                )
+                for b, c in enumerate(clips)
+            ]  # each [K, g*g]
             first, name = (1, "greedy_i2v") if i2v else (0, "greedy_t2v")
             out.update(self._scores(torch.stack(preds)[:, first:], codes[:, first:], name))  # [n, K-first, g*g]
         return out

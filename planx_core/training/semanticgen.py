@@ -17,6 +17,7 @@ frozen encoder and MLP. Here:
 
 Both draw batches from pools encoded once into the run folder, as the `dit` stage does.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,11 +38,8 @@ from ..semanticgen.compressor import (
     SemanticDecoder,
     kl_loss,
 )
-from ..semanticgen.encoder import (
-    SemanticEncoder,
-    save_semantic_encoder,
-    tiny_vision_config,
-)
+from ..semanticgen.encoder import SemanticEncoder, tiny_vision_config
+from ..semanticgen.encoder_files import save_semantic_encoder
 from ..semanticgen.generator import semantic_generator_config, to_latent
 from ..semanticgen.model import SemanticGen, SemanticGenSpec
 from ..wan.dit import WanModel
@@ -66,7 +64,7 @@ def semantic_keyframes(num_frames: int) -> tuple[list[float], list[int]]:
 def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) -> dict[str, torch.Tensor]:
     """Latents `[B, z, F, h, w]`, semantic features `[B, K, gh, gw, Fd]` of the ~2-fps keyframes, prompt ids/mask."""
     video = clip_video(clips)  # [B, 3, T, H, W]
-    latents = torch.cat([vae.encode(video[i:i + 4]) for i in range(0, len(clips), 4)])
+    latents = torch.cat([vae.encode(video[i : i + 4]) for i in range(0, len(clips), 4)])
     keys = semantic_keyframes(video.shape[2])[1]  # 2 fps at 8 fps
     frames = video[:, :, keys].transpose(1, 2).flatten(0, 1)  # [B*K, 3, H, W]
     feats = encoder.encode(frames).unflatten(0, (len(clips), len(keys)))  # [B, K, gh, gw, Fd]
@@ -85,11 +83,12 @@ class PoolMixin:
             path = Path(a.out) / f"pool_{name}.safetensors"
             if self.ctx.rank == 0 and not path.is_file():
                 seeds = [world.clip_seed(a.seed, POOL_STREAMS[name], i) for i in range(count)]
-                parts = [encode([world.make_clip(s, config) for s in seeds[i:i + 16]]) for i in range(0, count, 16)]
+                parts = [encode([world.make_clip(s, config) for s in seeds[i : i + 16]]) for i in range(0, count, 16)]
                 print(f"[pool] {name}: {count} clips encoded", flush=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_safetensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, path,
-                                 metadata={"clips": json.dumps(count)})
+                save_safetensors(
+                    {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, path, metadata={"clips": json.dumps(count)}
+                )
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
             pools[name] = read_safetensors(path)
@@ -104,15 +103,21 @@ class PoolMixin:
         gen = torch.Generator().manual_seed(world.clip_seed(a.seed, 500 + c.rank, step))
         rows = torch.randint(0, len(next(iter(pool.values()))), (size,), generator=gen)
         batch = {k: v[rows].to(c.device) for k, v in pool.items()}
-        batch["seed"] = int(torch.randint(0, 2 ** 31, (1,), generator=gen))
+        batch["seed"] = int(torch.randint(0, 2**31, (1,), generator=gen))
         return batch
 
 
 class LatentObjective(nn.Module):
     """Flow matching of the windowed in-context DiT + KL + feature reconstruction of the compressor."""
 
-    def __init__(self, dit: WanModel, branch: SemanticBranch, compressor: SemanticCompressor,
-                 decoder: SemanticDecoder, window: int):
+    def __init__(
+        self,
+        dit: WanModel,
+        branch: SemanticBranch,
+        compressor: SemanticCompressor,
+        decoder: SemanticDecoder,
+        window: int,
+    ):
         super().__init__()
         self.dit, self.branch, self.compressor, self.decoder, self.window = dit, branch, compressor, decoder, window
 
@@ -121,10 +126,20 @@ class LatentObjective(nn.Module):
         code = self.compressor(feats, sample=True)  # z, mean, logvar [B, K, gh, gw, D]
         k, gh, gw = feats.shape[1:4]
         times = semantic_keyframes((x0.shape[2] - 1) * TEMPORAL_FACTOR + 1)[0][:k]
-        plan = self.branch.condition(code.z.flatten(1, 3), keyframe_latent_frames(times, SPEC.fps),
-                                     (gh, gw))  # tokens [B, K*gh*gw, dim]
-        flow = flow_loss(self.dit, x0, context, torch.zeros_like(context[:1]), plan, gen,
-                         dropout=Dropout(float(text_p), float(plan_p), 0.0), shift=3.0, window=self.window)
+        plan = self.branch.condition(
+            code.z.flatten(1, 3), keyframe_latent_frames(times, SPEC.fps), (gh, gw)
+        )  # tokens [B, K*gh*gw, dim]
+        flow = flow_loss(
+            self.dit,
+            x0,
+            context,
+            torch.zeros_like(context[:1]),
+            plan,
+            gen,
+            dropout=Dropout(float(text_p), float(plan_p), 0.0),
+            shift=3.0,
+            window=self.window,
+        )
         rec = self.decoder.reconstruction_loss(code.z, feats)
         return flow + float(kl_weight) * kl_loss(code.mean, code.logvar) + float(rec_weight) * rec
 
@@ -156,8 +171,11 @@ class SemLatentStage(PoolMixin, Stage):
         self.encoder.load_state_dict(self._encoder_state(), strict=True)
         dit = WanModel(read_spec(EMBEDDED).dit)
         cfg = dit.config
-        branch = SemanticBranch(BranchConfig(code_dim=a.sem_dim, dim=cfg.dim, num_heads=cfg.num_heads,
-                                             num_layers=cfg.num_layers, mode="in_context"))
+        branch = SemanticBranch(
+            BranchConfig(
+                code_dim=a.sem_dim, dim=cfg.dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers, mode="in_context"
+            )
+        )
         comp = CompressorConfig(feature_dim=self.encoder.out_dim, dim=a.sem_dim, hidden=256, name="semanticgen-tiny")
         self.module = LatentObjective(dit, branch, SemanticCompressor(comp), SemanticDecoder(comp), a.window)
         self.pools = self.build_pools(self._encode)
@@ -176,8 +194,14 @@ class SemLatentStage(PoolMixin, Stage):
 
     def fingerprint(self) -> dict:
         a = self.args
-        return {**super().fingerprint(), "pool": a.pool, "long_pool": a.long_pool, "window": a.window,
-                "sem_dim": a.sem_dim, "long_every": a.long_every}
+        return {
+            **super().fingerprint(),
+            "pool": a.pool,
+            "long_pool": a.long_pool,
+            "window": a.window,
+            "sem_dim": a.sem_dim,
+            "long_every": a.long_every,
+        }
 
     def init_from(self, path: Path) -> None:
         path = Path(path)
@@ -190,16 +214,25 @@ class SemLatentStage(PoolMixin, Stage):
 
     def batch(self, step: int):
         a, b = self.args, self.draw(step)
-        inputs = {"x0": b["x0"], "context": self.context(b["ids"], b["mask"]), "feats": b["feats"],
-                  "seed": b["seed"], "text_p": a.text_dropout, "plan_p": a.sem_dropout,
-                  "kl_weight": a.kl_weight, "rec_weight": a.rec_weight}
+        inputs = {
+            "x0": b["x0"],
+            "context": self.context(b["ids"], b["mask"]),
+            "feats": b["feats"],
+            "seed": b["seed"],
+            "text_p": a.text_dropout,
+            "plan_p": a.sem_dropout,
+            "kl_weight": a.kl_weight,
+            "rec_weight": a.rec_weight,
+        }
         return inputs, []
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         """World scores of held-out short clips rendered from their own semantics, and without them."""
-        clips = [world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
-                 for i in range(self.args.eval_clips)]
+        clips = [
+            world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
+            for i in range(self.args.eval_clips)
+        ]
         model = self.pipeline()
         out = {}
         for name, use in (("sem", True), ("nosem", False)):
@@ -230,8 +263,16 @@ class SemanticObjective(nn.Module):
 
     def forward(self, z, context, seed, text_p):
         gen = torch.Generator().manual_seed(int(seed))
-        return flow_loss(self.model, to_latent(z), context, torch.zeros_like(context[:1]), None, gen,
-                         dropout=Dropout(float(text_p), 0.0, 0.0), shift=3.0)
+        return flow_loss(
+            self.model,
+            to_latent(z),
+            context,
+            torch.zeros_like(context[:1]),
+            None,
+            gen,
+            dropout=Dropout(float(text_p), 0.0, 0.0),
+            shift=3.0,
+        )
 
 
 class SemSemanticStage(SemLatentStage):
@@ -264,25 +305,37 @@ class SemSemanticStage(SemLatentStage):
 
     def fingerprint(self) -> dict:
         a = self.args
-        return {"stage": self.name, "seed": a.seed, "global_batch": a.batch * self.ctx.world_size,
-                "latent_run": str(Path(a.latent_run).resolve()), "long_every": a.long_every}
+        return {
+            "stage": self.name,
+            "seed": a.seed,
+            "global_batch": a.batch * self.ctx.world_size,
+            "latent_run": str(Path(a.latent_run).resolve()),
+            "long_every": a.long_every,
+        }
 
     def init_from(self, path: Path) -> None:
         self.module.model.load_state_dict(read_safetensors(run_file(path, "semantic_generator.safetensors")))
 
     def batch(self, step: int):
         b = self.draw(step)
-        return {"z": b["z"], "context": self.context(b["ids"], b["mask"]), "seed": b["seed"],
-                "text_p": self.args.text_dropout}, []
+        return {
+            "z": b["z"],
+            "context": self.context(b["ids"], b["mask"]),
+            "seed": b["seed"],
+            "text_p": self.args.text_dropout,
+        }, []
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         """World scores of held-out short clips from text alone through both stages (no ground truth in)."""
-        clips = [world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
-                 for i in range(self.args.eval_clips)]
+        clips = [
+            world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
+            for i in range(self.args.eval_clips)
+        ]
         model = self.latent.with_semantic(self.module.model.eval())
-        frames = [model.generate(c.scene, c.motion, num_frames=SHORT_WORLD.num_frames, seed=i)[0]
-                  for i, c in enumerate(clips)]
+        frames = [
+            model.generate(c.scene, c.motion, num_frames=SHORT_WORLD.num_frames, seed=i)[0] for i, c in enumerate(clips)
+        ]
         scores = world_score.score_many(frames, clips)
         self.module.train()
         return {k: round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")}

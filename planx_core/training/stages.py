@@ -24,6 +24,7 @@ returns the label word's code. Trained: patch/position embeddings, the encoder l
 run, the task layer, `in_linear`, W and b. Frozen: E, the post-layernorm and `out_linear` (not
 used by encoding; DDP needs every trained parameter to get a gradient).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,11 @@ def decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
     """AdamW groups: matrices decay, vectors and embeddings do not; each group keeps its parameter names."""
     decay = [(n, p) for n, p in named if p.ndim >= 2 and "embed" not in n]
     rest = [(n, p) for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
-    return [{"params": [p for _, p in g], "names": [n for n, _ in g], "weight_decay": wd}
-            for g, wd in ((decay, weight_decay), (rest, 0.0)) if g]
+    return [
+        {"params": [p for _, p in g], "names": [n for n, _ in g], "weight_decay": wd}
+        for g, wd in ((decay, weight_decay), (rest, 0.0))
+        if g
+    ]
 
 
 def run_file(path: str | Path, name: str) -> Path:
@@ -130,6 +134,7 @@ class Stage:
 
 # ----------------------------------------------------------------------------- TA-Tok
 
+
 class TATokObjective(nn.Module):
     """Cell-word cross-entropy of a TA-Tok: `forward(images [B,3,H,W], labels [B, g*g]) -> loss`."""
 
@@ -155,8 +160,13 @@ def set_tatok_trainable(tatok: TATok) -> None:
     """Train only what `encode` uses, except the frozen anchors E."""
     tatok.requires_grad_(False)
     enc = tatok.encoder
-    parts = [enc.embeddings, *enc.encoder.layers[:tatok.config.layers_run], tatok.encode_task_layer,
-             tatok.bottleneck.in_linear, tatok.bottleneck.regularizer.embedding_proj]
+    parts = [
+        enc.embeddings,
+        *enc.encoder.layers[: tatok.config.layers_run],
+        tatok.encode_task_layer,
+        tatok.bottleneck.in_linear,
+        tatok.bottleneck.regularizer.embedding_proj,
+    ]
     for part in parts:
         part.requires_grad_(True)
 
@@ -175,8 +185,12 @@ class TATokStage(Stage):
     @classmethod
     def add_arguments(cls, parser):
         parser.add_argument("--tau", type=float, default=0.07, help="tatok: cosine temperature of the cell loss")
-        parser.add_argument("--label-threshold", type=float, default=0.25,
-                            help="tatok/planner: cover fraction that makes a cell show an object or the wall")
+        parser.add_argument(
+            "--label-threshold",
+            type=float,
+            default=0.25,
+            help="tatok/planner: cover fraction that makes a cell show an object or the wall",
+        )
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -210,8 +224,12 @@ class TATokStage(Stage):
         self.tatok.eval()
         out, used = {}, set()
         for split, (images, labels) in self._eval_sets().items():
-            codes = torch.cat([self.tatok.encode(images[i:i + 40].to(self.ctx.device), grid=tiny.VIDEO.grid).cpu()
-                               for i in range(0, len(images), 40)])  # [M, g*g]
+            codes = torch.cat(
+                [
+                    self.tatok.encode(images[i : i + 40].to(self.ctx.device), grid=tiny.VIDEO.grid).cpu()
+                    for i in range(0, len(images), 40)
+                ]
+            )  # [M, g*g]
             fore = labels != BACKGROUND_CODE
             prefix = "" if split == "train" else "heldout_"
             out[f"{prefix}cell_acc"] = round(float((codes == labels).float().mean()), 4)

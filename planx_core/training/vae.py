@@ -14,6 +14,7 @@ earlier 4-frame group, not the lone first frame) is never trained, and measured 
 lose colour and shape from frame 8 on. `--vae-decoder-only` (with `--init-from`) trains the
 decoder alone, e.g. on whole 17-frame windows, so the latents a DiT was trained on do not change.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,12 +37,17 @@ def random_windows(video: torch.Tensor, frames: int, crop: int, gen: torch.Gener
     """One random window of `frames` x `crop` x `crop` per clip of `video` `[B, 3, T, H, W]`."""
     b, _, t, h, w = video.shape
     if frames > t or crop > min(h, w) or (frames - 1) % 4 or crop % 4:
-        raise ValueError(f"a training window of {frames} frames and {crop} px must fit the {t}x{h}x{w} clips, "
-                         f"with frames = 1 + 4n and the crop a multiple of 4")
-    starts = [[int(torch.randint(0, n - k + 1, (1,), generator=gen)) for n, k in ((t, frames), (h, crop), (w, crop))]
-              for _ in range(b)]
-    return torch.stack([video[i, :, a:a + frames, y:y + crop, x:x + crop]
-                        for i, (a, y, x) in enumerate(starts)])  # [B, 3, frames, crop, crop]
+        raise ValueError(
+            f"a training window of {frames} frames and {crop} px must fit the {t}x{h}x{w} clips, "
+            f"with frames = 1 + 4n and the crop a multiple of 4"
+        )
+    starts = [
+        [int(torch.randint(0, n - k + 1, (1,), generator=gen)) for n, k in ((t, frames), (h, crop), (w, crop))]
+        for _ in range(b)
+    ]
+    return torch.stack(
+        [video[i, :, a : a + frames, y : y + crop, x : x + crop] for i, (a, y, x) in enumerate(starts)]
+    )  # [B, 3, frames, crop, crop]
 
 
 class VAEObjective(nn.Module):
@@ -55,7 +61,7 @@ class VAEObjective(nn.Module):
         mean, logvar = self.vae.posterior(video, chunked=False)  # [B, z, t, h, w] each
         z = mean + torch.exp(0.5 * logvar) * noise  # [B, z, t, h, w]
         recon = self.vae.decode(self.vae.normalize(z), clamp=False, chunked=False)  # [B, 3, T, H, W]
-        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
+        kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
         return F.l1_loss(recon, video) + F.mse_loss(recon, video) + self.kl_weight * kl
 
 
@@ -68,9 +74,12 @@ class VAEStage(Stage):
         parser.add_argument("--vae-frames", type=int, default=9, help="vae: frames per training window (1 + 4n)")
         parser.add_argument("--vae-crop", type=int, default=32, help="vae: square crop side in pixels (multiple of 4)")
         parser.add_argument("--stats-clips", type=int, default=64, help="vae: clips measured for the latent statistics")
-        parser.add_argument("--vae-decoder-only", action="store_true",
-                            help="vae: train the decoder alone (with --init-from): the latents, and so a DiT "
-                                 "trained on them, stay valid")
+        parser.add_argument(
+            "--vae-decoder-only",
+            action="store_true",
+            help="vae: train the decoder alone (with --init-from): the latents, and so a DiT "
+            "trained on them, stay valid",
+        )
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -79,7 +88,9 @@ class VAEStage(Stage):
         self.module = VAEObjective(self.vae, self.args.kl_weight).to(ctx.device)
         if self.args.vae_decoder_only:
             if not self.args.init_from:
-                raise StageError("--vae-decoder-only fine-tunes a trained VAE's decoder: pass --init-from runs/<vae run>")
+                raise StageError(
+                    "--vae-decoder-only fine-tunes a trained VAE's decoder: pass --init-from runs/<vae run>"
+                )
             self.vae.encoder.requires_grad_(False)
             self.vae.conv1.requires_grad_(False)
         self._eval: list[world.Clip] | None = None
@@ -108,12 +119,14 @@ class VAEStage(Stage):
             self._eval = eval_clips("heldout", self.args.eval_clips, self.args.seed)
         self.vae.eval()
         video = clip_video(self._eval).to(self.ctx.device)  # [B, 3, T, H, W]
-        recon = torch.cat([self.vae.decode(self.vae.encode(video[i:i + 4])) for i in range(0, len(video), 4)])
+        recon = torch.cat([self.vae.decode(self.vae.encode(video[i : i + 4])) for i in range(0, len(video), 4)])
         mse = float(F.mse_loss(recon, video)) / 4.0  # in [0, 1] pixel units
         scores = world_score.score_many(list(video_to_frames(recon)), self._eval)
         self.vae.train()
-        return {"psnr": round(10 * np.log10(1.0 / max(mse, 1e-12)), 2),
-                **{k: round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")}}
+        return {
+            "psnr": round(10 * np.log10(1.0 / max(mse, 1e-12)), 2),
+            **{k: round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")},
+        }
 
     @torch.no_grad()
     def latent_stats(self) -> tuple[list[float], list[float]]:
@@ -121,7 +134,7 @@ class VAEStage(Stage):
         count = self.args.stats_clips
         clips = eval_clips("train", count, self.args.seed + 1)
         video = clip_video(clips).to(self.ctx.device)
-        means = torch.cat([self.vae.posterior(video[i:i + 8])[0] for i in range(0, count, 8)])  # [N, z, t, h, w]
+        means = torch.cat([self.vae.posterior(video[i : i + 8])[0] for i in range(0, count, 8)])  # [N, z, t, h, w]
         flat = means.transpose(0, 1).flatten(1)  # [z, N*t*h*w]
         return flat.mean(1).tolist(), flat.std(1).clamp_min(1e-3).tolist()
 

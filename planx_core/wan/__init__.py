@@ -5,23 +5,25 @@ timesteps; each module names its own.
 
 Public API: `DiTConfig`, `PRESETS`, `get_preset` (configs); `WanModel` (dit); `load_dit`,
 `detect_layout`, `to_official`, `infer_config`, `describe_shapes`, `save_dit`, `load_dit_file`
-(DiT files in the official, ComfyUI and diffusers layouts); `available_backends` (the one attention entry point
-is the module `attention`, function `attention.attention`); `Rope`, `rope_frequencies`, `apply_rope`, `grid_positions` (3D
-RoPE); `WindowLayout`, `windowed_attention` (shifted windows along time); `WanVAE`, `VAEConfig`,
-`load_vae`, `save_vae` (video VAE); `TextEncoder`, `load_text_encoder`, `save_text_encoder`,
-`join_prompt` (umT5 features).
+(DiT files in the official, ComfyUI and diffusers layouts); `available_backends` (the one
+attention entry point is the module `attention`, function `attention.attention`); `Rope`,
+`rope_frequencies`, `apply_rope`, `grid_positions` (3D RoPE); `WindowLayout`,
+`windowed_attention` (shifted windows along time); `WanVAE`, `VAEConfig`, `load_vae`, `save_vae`
+(video VAE); `TextEncoder`, `load_text_encoder`, `save_text_encoder`, `join_prompt` (umT5
+features).
 """
+
 from .attention import available_backends
 from .configs import PRESETS, DiTConfig, get_preset
 from .dit import WanModel, check_window
 from .dit_files import (
-                        describe_shapes,
-                        detect_layout,
-                        infer_config,
-                        load_dit,
-                        load_dit_file,
-                        save_dit,
-                        to_official,
+    describe_shapes,
+    detect_layout,
+    infer_config,
+    load_dit,
+    load_dit_file,
+    save_dit,
+    to_official,
 )
 from .rope import Rope, apply_rope, grid_positions, rope_frequencies
 from .text_encoder import TextEncoder, join_prompt, load_text_encoder, save_text_encoder
@@ -29,8 +31,33 @@ from .vae import VAEConfig, WanVAE
 from .vae_files import load_vae, save_vae
 from .windows import WindowLayout, layer_shift, windowed_attention
 
-__all__ = ["PRESETS", "DiTConfig", "Rope", "TextEncoder", "VAEConfig", "WanModel", "WanVAE", "WindowLayout",
-           "apply_rope", "available_backends", "check_window", "describe_shapes", "detect_layout",
-           "get_preset", "grid_positions", "infer_config", "join_prompt", "layer_shift", "load_dit", "load_dit_file",
-           "load_text_encoder", "load_vae", "rope_frequencies", "save_dit", "save_text_encoder", "save_vae",
-           "to_official", "windowed_attention"]
+__all__ = [
+    "PRESETS",
+    "DiTConfig",
+    "Rope",
+    "TextEncoder",
+    "VAEConfig",
+    "WanModel",
+    "WanVAE",
+    "WindowLayout",
+    "apply_rope",
+    "available_backends",
+    "check_window",
+    "describe_shapes",
+    "detect_layout",
+    "get_preset",
+    "grid_positions",
+    "infer_config",
+    "join_prompt",
+    "layer_shift",
+    "load_dit",
+    "load_dit_file",
+    "load_text_encoder",
+    "load_vae",
+    "rope_frequencies",
+    "save_dit",
+    "save_text_encoder",
+    "save_vae",
+    "to_official",
+    "windowed_attention",
+]

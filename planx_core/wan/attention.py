@@ -6,6 +6,7 @@ backend that is not installed or cannot run these inputs (CPU tensors, fp32, a d
 falls back to SDPA and logs one line saying why, once per backend and reason; it never crashes.
 Layout everywhere: `[B, L, H, D]` in, `[B, L, H, D]` out (Wan's `flash_attention` layout).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,8 +86,15 @@ def _resolve(backend: str, q: torch.Tensor, attn_mask, block_mask) -> str:
     return backend
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str | None = None,
-              attn_mask: torch.Tensor | None = None, block_mask=None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str | None = None,
+    attn_mask: torch.Tensor | None = None,
+    block_mask=None,
+) -> torch.Tensor:
     """Softmax attention of `q` `[B, Lq, H, D]` over `k`, `v` `[B, Lk, H, D]` -> `[B, Lq, H, D]`.
 
     `attn_mask` is an additive float (or boolean keep) mask broadcastable to `[B, H, Lq, Lk]`;
@@ -95,12 +103,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
     name = _resolve(_check_name(backend or _default_backend), q, attn_mask, block_mask)
     if name == "flash":
         from flash_attn import flash_attn_func
+
         return flash_attn_func(q, k, v)
     if name == "sage":
         from sageattention import sageattn
+
         return sageattn(q, k, v, tensor_layout="NHD")
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
     if name == "flex":
         from torch.nn.attention.flex_attention import flex_attention
+
         return flex_attention(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
     return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask).transpose(1, 2)

@@ -4,6 +4,7 @@ Source: Wan-Video/Wan2.2 `wan/configs/wan_ti2v_5B.py` and `shared_config.py` (di
 heads, ffn, freq dim, patch, eps); Wan 2.1 sizes from the same repository's 2.1 configs.
 The presets describe architecture only; sampling defaults live in `sampling.py`.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -46,22 +47,55 @@ class DiTConfig:
 
 
 PRESETS: dict[str, DiTConfig] = {
-    "wan2.2-ti2v-5b": DiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48,
-                                name="wan2.2-ti2v-5b"),
-    "wan2.1-t2v-1.3b": DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16,
-                                 name="wan2.1-t2v-1.3b"),
-    "wan2.1-t2v-14b": DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=16, out_dim=16,
-                                name="wan2.1-t2v-14b"),
+    "wan2.2-ti2v-5b": DiTConfig(
+        dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48, name="wan2.2-ti2v-5b"
+    ),
+    "wan2.1-t2v-1.3b": DiTConfig(
+        dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16, name="wan2.1-t2v-1.3b"
+    ),
+    "wan2.1-t2v-14b": DiTConfig(
+        dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=16, out_dim=16, name="wan2.1-t2v-14b"
+    ),
     # Tiny sizes for tests: same architecture, Wan 2.2 channel layout (48) and a small text width.
-    "tiny": DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=48, out_dim=48, text_dim=32,
-                      freq_dim=32, text_len=16, name="tiny"),
-    "tiny-wan21": DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=16, out_dim=16, text_dim=32,
-                            freq_dim=32, text_len=16, name="tiny-wan21"),
+    "tiny": DiTConfig(
+        dim=64,
+        ffn_dim=128,
+        num_heads=2,
+        num_layers=2,
+        in_dim=48,
+        out_dim=48,
+        text_dim=32,
+        freq_dim=32,
+        text_len=16,
+        name="tiny",
+    ),
+    "tiny-wan21": DiTConfig(
+        dim=64,
+        ffn_dim=128,
+        num_heads=2,
+        num_layers=2,
+        in_dim=16,
+        out_dim=16,
+        text_dim=32,
+        freq_dim=32,
+        text_len=16,
+        name="tiny-wan21",
+    ),
     # The embedded model's renderer: 16 latent channels (the tiny Wan-architecture VAE), a 16x16
     # latent of a 64x64 frame -> 8x8 tokens per latent frame; patch dim 64 is below the width 128,
     # so velocity prediction is safe (planshapes.md 4.1), text from the tiny umT5 (64 wide).
-    "planx-tiny": DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=16, out_dim=16, text_dim=64,
-                            freq_dim=64, text_len=64, name="planx-tiny"),
+    "planx-tiny": DiTConfig(
+        dim=128,
+        ffn_dim=512,
+        num_heads=4,
+        num_layers=4,
+        in_dim=16,
+        out_dim=16,
+        text_dim=64,
+        freq_dim=64,
+        text_len=64,
+        name="planx-tiny",
+    ),
 }
 
 

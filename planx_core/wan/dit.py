@@ -10,6 +10,7 @@ Plan-X additions, both driven by a `semantic_branch.PlanConditioning` passed to 
 appends clean (timestep 0) plan tokens to the self-attention sequence. `forward(..., window=Tw)`
 swaps full self-attention for shifted-window attention along time (`window_attention.py`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,9 @@ def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
     """Wan's timestep embedding: `[N]` -> `[N, dim]`, cosines then sines, computed in float64."""
     half = dim // 2
     position = position.to(torch.float64)
-    sinusoid = torch.outer(position, torch.pow(10000, -torch.arange(half, dtype=torch.float64,
-                                                                    device=position.device) / half))
+    sinusoid = torch.outer(
+        position, torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=position.device) / half)
+    )
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1).float()  # [N, dim]
 
 
@@ -63,13 +65,14 @@ class TokenLayout:
         return TokenLayout(self.groups + ((rows, per_row),))
 
     def broadcast(self, fn, tokens: tuple[torch.Tensor, ...], rows: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """`fn(*tokens, *rows)` group by group: tokens `[B, L, C]` as `[B, n, m, C]`, rows `[B, S, C]` as `[B, n, 1, C]`."""
+        """`fn(*tokens, *rows)` group by group: tokens `[B, L, C]` as `[B, n, m, C]`, rows `[B, S, C]` as
+        `[B, n, 1, C]`."""
         if len(self.groups) == 1 and self.groups[0][0] == 1:
             return fn(*tokens, *rows)  # uniform timestep: [B, 1, C] broadcasts over [B, L, C]
         out, tok, row = [], 0, 0
         for n, m in self.groups:
-            parts = [t[:, tok:tok + n * m].unflatten(1, (n, m)) for t in tokens]  # [B, n, m, C]
-            out.append(fn(*parts, *(r[:, row:row + n, None] for r in rows)).flatten(1, 2))
+            parts = [t[:, tok : tok + n * m].unflatten(1, (n, m)) for t in tokens]  # [B, n, m, C]
+            out.append(fn(*parts, *(r[:, row : row + n, None] for r in rows)).flatten(1, 2))
             tok, row = tok + n * m, row + n
         return torch.cat(out, dim=1)
 
@@ -93,8 +96,7 @@ class WanSelfAttention(nn.Module):
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim))  # [B, L, H, D]
 
-    def forward(self, x: torch.Tensor, rope: Rope, attn_mask: torch.Tensor | None = None,
-                attend=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, attn_mask: torch.Tensor | None = None, attend=None) -> torch.Tensor:
         """`attend(q, k, v)`, when given, replaces full attention (windowed attention does)."""
         q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)  # [B, L, H, D]
         k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
@@ -125,11 +127,22 @@ class WanAttentionBlock(nn.Module):
         self.norm3 = WanLayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = WanCrossAttention(dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
         self.norm2 = WanLayerNorm(dim, cfg.eps)
-        self.ffn = nn.Sequential(CastLinear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), CastLinear(cfg.ffn_dim, dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.ffn = nn.Sequential(
+            CastLinear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), CastLinear(cfg.ffn_dim, dim)
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, layout: TokenLayout, context: torch.Tensor, rope: Rope,
-                plan_attn=None, attn_mask: torch.Tensor | None = None, attend=None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        layout: TokenLayout,
+        context: torch.Tensor,
+        rope: Rope,
+        plan_attn=None,
+        attn_mask: torch.Tensor | None = None,
+        attend=None,
+    ) -> torch.Tensor:
         """x `[B, L, C]` float32 residual stream; e0 `[B, S, 6, C]` timestep rows; context `[B, Lt, C]`."""
         dtype = context.dtype
         mod = (self.modulation.float().unsqueeze(0) + e0).unbind(2)  # 6 x [B, S, C]
@@ -147,7 +160,7 @@ class Head(nn.Module):
         super().__init__()
         self.norm = WanLayerNorm(cfg.dim, cfg.eps)
         self.head = CastLinear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, layout: TokenLayout, dtype: torch.dtype) -> torch.Tensor:
         shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # [B, S, C] each
@@ -160,15 +173,22 @@ def check_window(window: int | None, frames: int) -> int | None:
     if window is None or window == 0:
         return None
     if not isinstance(window, int) or isinstance(window, bool) or window < 0:
-        raise ValueError(f"attention window must be a whole number of latent frames >= 1 (0 or None for full "
-                         f"attention), got {window!r}")
+        raise ValueError(
+            f"attention window must be a whole number of latent frames >= 1 (0 or None for full "
+            f"attention), got {window!r}"
+        )
     return None if window >= frames else window
 
 
 def window_attend(grid: tuple[int, int, int], window: int, block: int, num_global: int, global_bias: float | None):
     """The self-attention of block `block` under shifted windows of `window` latent frames."""
-    layout = WindowLayout(frames=grid[0], tokens_per_frame=grid[1] * grid[2], window=window,
-                          shift=layer_shift(window, block), num_global=num_global)
+    layout = WindowLayout(
+        frames=grid[0],
+        tokens_per_frame=grid[1] * grid[2],
+        window=window,
+        shift=layer_shift(window, block),
+        num_global=num_global,
+    )
     return functools.partial(windowed_attention, layout=layout, global_bias=global_bias)
 
 
@@ -179,8 +199,9 @@ class WanModel(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.patch_embedding = CastConv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(CastLinear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
-                                            CastLinear(cfg.dim, cfg.dim))
+        self.text_embedding = nn.Sequential(
+            CastLinear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), CastLinear(cfg.dim, cfg.dim)
+        )
         self.time_embedding = nn.Sequential(CastLinear(cfg.freq_dim, cfg.dim), nn.SiLU(), CastLinear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), CastLinear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList(WanAttentionBlock(cfg) for _ in range(cfg.num_layers))
@@ -191,11 +212,15 @@ class WanModel(nn.Module):
         f, h, w = latent_shape[-3:]
         pt, ph, pw = self.config.patch_size
         if f % pt or h % ph or w % pw:
-            raise ValueError(f"latent of {f}x{h}x{w} (frames x height x width) is not divisible by the DiT patch "
-                             f"{pt}x{ph}x{pw}; use a video size whose latent height and width are multiples of {ph}")
+            raise ValueError(
+                f"latent of {f}x{h}x{w} (frames x height x width) is not divisible by the DiT patch "
+                f"{pt}x{ph}x{pw}; use a video size whose latent height and width are multiples of {ph}"
+            )
         return f // pt, h // ph, w // pw
 
-    def timestep_rows(self, t: torch.Tensor, grid: tuple[int, int, int], batch: int) -> tuple[torch.Tensor, TokenLayout]:
+    def timestep_rows(
+        self, t: torch.Tensor, grid: tuple[int, int, int], batch: int
+    ) -> tuple[torch.Tensor, TokenLayout]:
         """Timesteps `[B]`, `[B, F']` (per latent frame) or `[B, L]` (per token) -> rows `[B, S]` and their layout."""
         f, h, w = grid
         t = t.reshape(1).expand(batch) if t.ndim == 0 else t
@@ -205,8 +230,10 @@ class WanModel(nn.Module):
             return t, TokenLayout(((f, h * w),))
         if t.shape[1] == f * h * w:
             return t, TokenLayout(((f * h * w, 1),))
-        raise ValueError(f"timestep of shape {tuple(t.shape)} fits neither the batch ({batch},), frames ({batch}, {f}) "
-                         f"nor tokens ({batch}, {f * h * w}) of this latent")
+        raise ValueError(
+            f"timestep of shape {tuple(t.shape)} fits neither the batch ({batch},), frames ({batch}, {f}) "
+            f"nor tokens ({batch}, {f * h * w}) of this latent"
+        )
 
     def embed_time(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `[B, S]` -> time embedding e `[B, S, C]` and block modulation e0 `[B, S, 6, C]` (float32)."""
@@ -220,8 +247,9 @@ class WanModel(nn.Module):
         x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, plan=None,
-                window: int | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, plan=None, window: int | None = None
+    ) -> torch.Tensor:
         """x `[B, C, F, H, W]`; t timesteps (0..1000) `[B]`, `[B, F']` or `[B, L]`; context `[B, Lt, text_dim]`.
 
         Computes in x's dtype (weights stored in another dtype are cast per layer); the residual
@@ -248,4 +276,4 @@ class WanModel(nn.Module):
             attend = window_attend(grid, window, i, num_global, global_bias) if window else None
             tokens = block(tokens, e0, layout, context, rope, plan_attn, None if attend else attn_mask, attend)
         out = self.head(tokens, e, layout, dtype)  # [B, L, prod(patch) * C_out]
-        return self.unpatchify(out[:, :math.prod(grid)], grid).to(dtype)
+        return self.unpatchify(out[:, : math.prod(grid)], grid).to(dtype)

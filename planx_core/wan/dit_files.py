@@ -8,6 +8,7 @@ or `diffusion_model.` prefix, including the fp8 variants); and diffusers'
 `state_dict()` keys of `dit.WanModel`, then checked against the model's expected shapes before
 the model is built on the meta device and given the loaded tensors (no second copy).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,15 @@ from .dit import WanModel
 
 COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 # Other components that an all-in-one ComfyUI checkpoint may bundle next to the DiT.
-_BUNDLED_PREFIXES = ("first_stage_model.", "cond_stage_model.", "conditioner.", "vae.", "text_encoders.",
-                     "clip_vision.", "model_ema.")
+_BUNDLED_PREFIXES = (
+    "first_stage_model.",
+    "cond_stage_model.",
+    "conditioner.",
+    "vae.",
+    "text_encoders.",
+    "clip_vision.",
+    "model_ema.",
+)
 
 # (official module path, diffusers module path); a key maps when it equals the path or continues with ".".
 TOP_LEVEL_NAMES: tuple[tuple[str, str], ...] = (
@@ -60,8 +68,14 @@ TOP_LEVEL_NAMES: tuple[tuple[str, str], ...] = (
 BLOCK_NAMES: tuple[tuple[str, str], ...] = tuple(
     (f"{off}.{o}", f"{dif}.{d}")
     for off, dif in (("self_attn", "attn1"), ("cross_attn", "attn2"))
-    for o, d in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"), ("norm_q", "norm_q"),
-                 ("norm_k", "norm_k"))
+    for o, d in (
+        ("q", "to_q"),
+        ("k", "to_k"),
+        ("v", "to_v"),
+        ("o", "to_out.0"),
+        ("norm_q", "norm_q"),
+        ("norm_k", "norm_k"),
+    )
 ) + (
     ("cross_attn.k_img", "attn2.add_k_proj"),
     ("cross_attn.v_img", "attn2.add_v_proj"),
@@ -73,23 +87,28 @@ BLOCK_NAMES: tuple[tuple[str, str], ...] = tuple(
 )
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_OFFICIAL = re.compile(r"^(text_embedding|time_embedding|time_projection|head)\.|"
-                       r"^blocks\.\d+\.(self_attn|cross_attn|norm3|modulation$|ffn\.\d)")
-_DIFFUSERS = re.compile(r"^(condition_embedder|proj_out)\.|^scale_shift_table$|"
-                        r"^blocks\.\d+\.(attn1|attn2|scale_shift_table$|ffn\.net)")
+_OFFICIAL = re.compile(
+    r"^(text_embedding|time_embedding|time_projection|head)\.|"
+    r"^blocks\.\d+\.(self_attn|cross_attn|norm3|modulation$|ffn\.\d)"
+)
+_DIFFUSERS = re.compile(
+    r"^(condition_embedder|proj_out)\.|^scale_shift_table$|"
+    r"^blocks\.\d+\.(attn1|attn2|scale_shift_table$|ffn\.net)"
+)
 
 
 def _rename(name: str, table: Iterable[tuple[str, str]]) -> str | None:
     for src, dst in table:
         if name == src or name.startswith(src + "."):
-            return dst + name[len(src):]
+            return dst + name[len(src) :]
     return None
 
 
 def _comfy_prefix(keys: list[str]) -> str | None:
     for prefix in COMFY_PREFIXES:
         if sum(k.startswith(prefix) for k in keys) * 2 >= len(keys) or any(
-                k.startswith(prefix + "blocks.") for k in keys):
+            k.startswith(prefix + "blocks.") for k in keys
+        ):
             return prefix
     return None
 
@@ -110,7 +129,7 @@ def describe_non_dit(keys: Iterable[str]) -> str | None:
 
 
 def detect_layout(keys: Iterable[str], source: PathLike | None = None) -> str:
-    """"official", "comfyui" (official or diffusers names behind a ComfyUI prefix) or "diffusers"."""
+    """ "official", "comfyui" (official or diffusers names behind a ComfyUI prefix) or "diffusers"."""
     keys = list(keys)
     where = f"{source}: " if source else ""
     if not keys:
@@ -126,8 +145,10 @@ def detect_layout(keys: Iterable[str], source: PathLike | None = None) -> str:
     what = describe_non_dit(keys)
     if what:
         raise CheckpointError(f"{where}not a Wan DiT: this looks like {what}")
-    raise CheckpointError(f"{where}not a Wan DiT checkpoint: none of its keys look like Wan DiT weights "
-                          f"(patch_embedding, blocks.N.self_attn, head.head, ...); first keys: {keys[:5]}")
+    raise CheckpointError(
+        f"{where}not a Wan DiT checkpoint: none of its keys look like Wan DiT weights "
+        f"(patch_embedding, blocks.N.self_attn, head.head, ...); first keys: {keys[:5]}"
+    )
 
 
 def _diffusers_to_official_key(key: str) -> str:
@@ -156,8 +177,11 @@ def to_official(sd: Mapping[str, torch.Tensor], source: PathLike | None = None) 
     out = dict(sd)
     if layout == "comfyui":
         prefix = _comfy_prefix(list(out))
-        out = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in out.items()
-               if k.startswith(prefix) or not k.startswith(_BUNDLED_PREFIXES)}
+        out = {
+            (k[len(prefix) :] if k.startswith(prefix) else k): v
+            for k, v in out.items()
+            if k.startswith(prefix) or not k.startswith(_BUNDLED_PREFIXES)
+        }
         layout = detect_layout(out.keys(), source)
     if layout == "diffusers":
         out = {_diffusers_to_official_key(k): v for k, v in out.items()}
@@ -170,6 +194,7 @@ def official_to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 # --------------------------------------------------------------------------- configs from shapes
+
 
 def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...] | None:
     return tuple(sd[key].shape) if key in sd else None
@@ -185,17 +210,27 @@ def shape_summary(sd: Mapping[str, torch.Tensor]) -> dict[str, int | tuple[int, 
     mod = _shape(sd, "head.modulation")
     dim = mod[-1] if mod else (pe[0] if pe else None)
     patch = tuple(pe[2:]) if pe and len(pe) == 5 else None
-    ffn, text, freq = (_shape(sd, k) for k in ("blocks.0.ffn.0.weight", "text_embedding.0.weight",
-                                                 "time_embedding.0.weight"))
+    ffn, text, freq = (
+        _shape(sd, k) for k in ("blocks.0.ffn.0.weight", "text_embedding.0.weight", "time_embedding.0.weight")
+    )
     blocks = _block_indices(sd)
-    return {"dim": dim, "num_layers": max(blocks) + 1 if blocks else None, "in_dim": pe[1] if pe else None,
-            "out_dim": hh[0] // math.prod(patch) if hh and patch else None, "ffn_dim": ffn[0] if ffn else None,
-            "text_dim": text[1] if text else None, "freq_dim": freq[1] if freq else None, "patch_size": patch}
+    return {
+        "dim": dim,
+        "num_layers": max(blocks) + 1 if blocks else None,
+        "in_dim": pe[1] if pe else None,
+        "out_dim": hh[0] // math.prod(patch) if hh and patch else None,
+        "ffn_dim": ffn[0] if ffn else None,
+        "text_dim": text[1] if text else None,
+        "freq_dim": freq[1] if freq else None,
+        "patch_size": patch,
+    }
 
 
 def _preset_summary(cfg: DiTConfig) -> dict:
-    return {f: getattr(cfg, f) for f in ("dim", "num_layers", "in_dim", "out_dim", "ffn_dim", "text_dim", "freq_dim",
-                                         "patch_size")}
+    return {
+        f: getattr(cfg, f)
+        for f in ("dim", "num_layers", "in_dim", "out_dim", "ffn_dim", "text_dim", "freq_dim", "patch_size")
+    }
 
 
 def match_preset(sd: Mapping[str, torch.Tensor]) -> str | None:
@@ -233,46 +268,64 @@ def describe_shapes(sd: Mapping[str, torch.Tensor]) -> str:
     if _preset_summary(PRESETS[near]) == s:
         return f"sizes are those of preset {near} ({mine}) but its keys differ from that preset's"
     cfg = PRESETS[near]
-    return (f"shapes look like {near} (dim {cfg.dim}, {cfg.num_layers} layers, in_dim {cfg.in_dim}); "
-            f"this file has {mine}")
+    return (
+        f"shapes look like {near} (dim {cfg.dim}, {cfg.num_layers} layers, in_dim {cfg.in_dim}); this file has {mine}"
+    )
 
 
 def _heads_for(dim: int, summary: dict, num_heads: int | None) -> int:
     if num_heads:
         return num_heads
-    same = [c for c in PRESETS.values() if _preset_summary(c) == summary] or \
-           [c for c in PRESETS.values() if c.dim == dim]
+    same = [c for c in PRESETS.values() if _preset_summary(c) == summary] or [
+        c for c in PRESETS.values() if c.dim == dim
+    ]
     if same:
         return same[0].num_heads
     if dim >= 1024 and dim % 128 == 0:
         return dim // 128  # every released Wan size uses 128-wide heads
-    raise CheckpointError(f"cannot infer the number of attention heads for dim {dim} from shapes; pass a preset "
-                          f"name or a DiTConfig as config (presets: {sorted(PRESETS)})")
+    raise CheckpointError(
+        f"cannot infer the number of attention heads for dim {dim} from shapes; pass a preset "
+        f"name or a DiTConfig as config (presets: {sorted(PRESETS)})"
+    )
 
 
-def infer_config(sd: Mapping[str, torch.Tensor], num_heads: int | None = None,
-                 source: PathLike | None = None) -> DiTConfig:
+def infer_config(
+    sd: Mapping[str, torch.Tensor], num_heads: int | None = None, source: PathLike | None = None
+) -> DiTConfig:
     """A `DiTConfig` from an official-layout state dict's shapes (heads: argument, matching preset, or dim/128)."""
     s = shape_summary(sd)
     absent = [f for f, v in s.items() if v is None]
     if absent:
         where = f"{source}: " if source else ""
-        raise CheckpointError(f"{where}cannot infer the DiT size, the shapes of {absent} are missing (keys "
-                              f"head.modulation, patch_embedding.weight, head.head.weight, blocks.0.ffn.0.weight, "
-                              f"text_embedding.0.weight, time_embedding.0.weight); is this a complete Wan DiT file? "
-                              f"{describe_shapes(sd)}")
+        raise CheckpointError(
+            f"{where}cannot infer the DiT size, the shapes of {absent} are missing (keys "
+            f"head.modulation, patch_embedding.weight, head.head.weight, blocks.0.ffn.0.weight, "
+            f"text_embedding.0.weight, time_embedding.0.weight); is this a complete Wan DiT file? "
+            f"{describe_shapes(sd)}"
+        )
     heads = _heads_for(s["dim"], s, num_heads)
     exact = match_preset(sd)
     base = PRESETS[exact] if exact else None
-    return DiTConfig(dim=s["dim"], ffn_dim=s["ffn_dim"], num_heads=heads, num_layers=s["num_layers"],
-                     in_dim=s["in_dim"], out_dim=s["out_dim"], text_dim=s["text_dim"], freq_dim=s["freq_dim"],
-                     patch_size=s["patch_size"], qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
-                     cross_attn_norm="blocks.0.norm3.weight" in sd,
-                     text_len=base.text_len if base else 512, eps=base.eps if base else 1e-6,
-                     name=exact or "custom")
+    return DiTConfig(
+        dim=s["dim"],
+        ffn_dim=s["ffn_dim"],
+        num_heads=heads,
+        num_layers=s["num_layers"],
+        in_dim=s["in_dim"],
+        out_dim=s["out_dim"],
+        text_dim=s["text_dim"],
+        freq_dim=s["freq_dim"],
+        patch_size=s["patch_size"],
+        qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
+        cross_attn_norm="blocks.0.norm3.weight" in sd,
+        text_len=base.text_len if base else 512,
+        eps=base.eps if base else 1e-6,
+        name=exact or "custom",
+    )
 
 
 # --------------------------------------------------------------------------- validation and loading
+
 
 @lru_cache(maxsize=16)
 def expected_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
@@ -284,16 +337,20 @@ def expected_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], config: DiTConfig, path: PathLike | None = None) -> None:
     """Raise a CheckpointError naming missing, unexpected and mis-shaped keys for `WanModel(config)`."""
-    check_keys(sd, expected_shapes(config),
-               f"{path or 'checkpoint'}: does not fit the DiT config {config.name!r} (dim {config.dim}, "
-               f"{config.num_layers} layers, in_dim {config.in_dim}):",
-               "Pick the preset that matches the file (or leave the config on auto), or pick the DiT file that "
-               "matches the preset; VAE, text-encoder and LoRA files do not go in the DiT loader.",
-               details=[f"The file's {describe_shapes(sd)}."])
+    check_keys(
+        sd,
+        expected_shapes(config),
+        f"{path or 'checkpoint'}: does not fit the DiT config {config.name!r} (dim {config.dim}, "
+        f"{config.num_layers} layers, in_dim {config.in_dim}):",
+        "Pick the preset that matches the file (or leave the config on auto), or pick the DiT file that "
+        "matches the preset; VAE, text-encoder and LoRA files do not go in the DiT loader.",
+        details=[f"The file's {describe_shapes(sd)}."],
+    )
 
 
-def resolve_config(config: DiTConfig | str | None, sd: Mapping[str, torch.Tensor],
-                   source: PathLike | None = None) -> DiTConfig:
+def resolve_config(
+    config: DiTConfig | str | None, sd: Mapping[str, torch.Tensor], source: PathLike | None = None
+) -> DiTConfig:
     """None: infer from shapes; a preset name: that preset; a DiTConfig: itself."""
     if config is None:
         return infer_config(sd, source=source)
@@ -305,8 +362,13 @@ def resolve_config(config: DiTConfig | str | None, sd: Mapping[str, torch.Tensor
     return config
 
 
-def load_dit(path: PathLike | Sequence[PathLike], *, config: DiTConfig | str | None = None,
-             dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+def load_dit(
+    path: PathLike | Sequence[PathLike],
+    *,
+    config: DiTConfig | str | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+):
     """Load a Wan DiT from safetensors into a `WanModel` in eval mode.
 
     `config`: None infers it from the shapes, or a preset name / DiTConfig (then validated).
@@ -344,5 +406,10 @@ def dit_config_from(raw: dict) -> DiTConfig:
 
 def load_dit_file(path: Path) -> WanModel:
     """A DiT written by `save_dit`; refuses a file without the config or with other weights."""
-    return load_module(path, key=DIT_CONFIG_KEY, build=lambda raw: WanModel(dit_config_from(raw)),
-                       what="a SemanticGen DiT file", fix="re-export it with save_dit")
+    return load_module(
+        path,
+        key=DIT_CONFIG_KEY,
+        build=lambda raw: WanModel(dit_config_from(raw)),
+        what="a SemanticGen DiT file",
+        fix="re-export it with save_dit",
+    )

@@ -5,6 +5,7 @@ parameters are stored in float8 or bf16 runs in float32 (or bf16) without a seco
 of the model. Norms follow Wan 2.2 `wan/modules/model.py` (`WanRMSNorm`, `WanLayerNorm`):
 statistics in float32, result in the input dtype.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ theta 10000, rotations applied to adjacent channel pairs and concatenated in (t,
 Wan builds tables for integer grid positions only; here the angle is `position * inv_freq`
 for any float position, so plan tokens can sit between latent frames and cells.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -60,8 +61,9 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
 
-def grid_positions(frames: int, height: int, width: int, t_start: float = 0.0,
-                   device: torch.device | str | None = None) -> torch.Tensor:
+def grid_positions(
+    frames: int, height: int, width: int, t_start: float = 0.0, device: torch.device | str | None = None
+) -> torch.Tensor:
     """(t, h, w) of every token of a `frames x height x width` token grid in (f, h, w) order: `[L, 3]`."""
     t = torch.arange(frames, dtype=torch.float64, device=device) + t_start
     h = torch.arange(height, dtype=torch.float64, device=device)

@@ -9,6 +9,7 @@ Features are token-level, never pooled: a pooled sentence vector barely sees wor
 ("right, then up" vs "up, then right"; see docs planshapes.md), and the order is the point.
 A folder holds `config.json`, `model.safetensors` and the tokenizer files (Hugging Face layout).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,9 +44,11 @@ class TextEncoder(torch.nn.Module):
         mask = torch.zeros(len(rows), self.text_len, dtype=torch.long)  # [B, L]
         for i, row in enumerate(rows):
             if len(row) > self.text_len:
-                raise ValueError(f"prompt {i} has {len(row)} tokens, more than this text encoder's "
-                                 f"{self.text_len}; shorten the prompt")
-            ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row, dtype=torch.long), 1
+                raise ValueError(
+                    f"prompt {i} has {len(row)} tokens, more than this text encoder's "
+                    f"{self.text_len}; shorten the prompt"
+                )
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row, dtype=torch.long), 1
         return ids, mask
 
     def forward(self, texts: list[str]) -> torch.Tensor:
@@ -55,13 +58,25 @@ class TextEncoder(torch.nn.Module):
         return hidden * mask[..., None].to(hidden.dtype)  # [B, L, dim], zero past each prompt
 
 
-def tiny_text_encoder(tokenizer, *, dim: int = 64, layers: int = 2, heads: int = 4, text_len: int = 32,
-                      seed: int = 0) -> TextEncoder:
+def tiny_text_encoder(
+    tokenizer, *, dim: int = 64, layers: int = 2, heads: int = 4, text_len: int = 32, seed: int = 0
+) -> TextEncoder:
     """A small, seeded umT5 encoder over `tokenizer` (gated-GELU, relative position buckets, as umT5)."""
-    config = UMT5Config(vocab_size=len(tokenizer), d_model=dim, d_kv=dim // heads, d_ff=4 * dim, num_layers=layers,
-                        num_heads=heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                        relative_attention_num_buckets=32, relative_attention_max_distance=64,
-                        is_encoder_decoder=False, use_cache=False, pad_token_id=tokenizer.pad_token_id)
+    config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=dim,
+        d_kv=dim // heads,
+        d_ff=4 * dim,
+        num_layers=layers,
+        num_heads=heads,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=64,
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = UMT5EncoderModel(config)
@@ -82,13 +97,17 @@ def load_text_encoder(folder, dtype: torch.dtype = torch.float32, device="cpu") 
     folder = Path(folder)
     weights = folder / "model.safetensors"
     if not (folder / "config.json").is_file() or not weights.is_file():
-        raise CheckpointError(f"{folder}: a text-encoder folder holds config.json, model.safetensors and "
-                              f"tokenizer.json (write one with save_text_encoder)")
+        raise CheckpointError(
+            f"{folder}: a text-encoder folder holds config.json, model.safetensors and "
+            f"tokenizer.json (write one with save_text_encoder)"
+        )
     check_safetensors_header(weights)
     config = UMT5Config.from_pretrained(folder, local_files_only=True)
     if getattr(config, "model_type", None) != "umt5" or not hasattr(config, "planx_text_len"):
-        raise CheckpointError(f"{folder}: config.json is not a Plan-X umT5 text encoder (model_type "
-                              f"{getattr(config, 'model_type', None)!r}); pick the embedded model's text-encoder folder")
+        raise CheckpointError(
+            f"{folder}: config.json is not a Plan-X umT5 text encoder (model_type "
+            f"{getattr(config, 'model_type', None)!r}); pick the embedded model's text-encoder folder"
+        )
     model = UMT5EncoderModel.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
     return TextEncoder(model.to(device).eval(), tokenizer, config.planx_text_len)

@@ -13,23 +13,54 @@ are processed chunk by chunk (frame 0, then groups of 4 frames; one latent frame
 decoding) with a cache holding the last frames each temporal convolution has seen, so activation
 memory does not grow with the clip length. Loading and saving files live in `vae_files.py`.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-# Per-module state carried from one time chunk to the next (keyed by the module itself).
-Cache = dict
+from .vae_layers import AttentionBlock, Cache, CausalConv3d, Resample, ResidualBlock, RMS_norm, run
 
 # Wan 2.1's per-channel latent statistics (diffusers `AutoencoderKLWan` defaults `latents_mean/std`).
-WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
-WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+WAN21_LATENTS_MEAN = (
+    -0.7571,
+    -0.7089,
+    -0.9113,
+    0.1075,
+    -0.1745,
+    0.9653,
+    -0.1517,
+    1.5508,
+    0.4134,
+    -0.0715,
+    0.5517,
+    -0.3632,
+    -0.1922,
+    -0.9497,
+    0.2503,
+    -0.2921,
+)
+WAN21_LATENTS_STD = (
+    2.8184,
+    1.4541,
+    2.3275,
+    2.6558,
+    1.2196,
+    1.7708,
+    2.6052,
+    2.0743,
+    3.2687,
+    2.1526,
+    2.8652,
+    1.5579,
+    1.6382,
+    1.1253,
+    2.8251,
+    1.9160,
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +91,10 @@ class VAEConfig:
         if len(self.dim_mult) < 2:
             raise ValueError(f"VAEConfig {self.name!r}: dim_mult needs at least 2 levels, got {self.dim_mult}")
         if len(self.temperal_downsample) != len(self.dim_mult) - 1:
-            raise ValueError(f"VAEConfig {self.name!r}: temperal_downsample needs one flag per downsampling step "
-                             f"({len(self.dim_mult) - 1} for dim_mult {self.dim_mult}), got {self.temperal_downsample}")
+            raise ValueError(
+                f"VAEConfig {self.name!r}: temperal_downsample needs one flag per downsampling step "
+                f"({len(self.dim_mult) - 1} for dim_mult {self.dim_mult}), got {self.temperal_downsample}"
+            )
         for f in ("latents_mean", "latents_std"):
             value = getattr(self, f)
             if value is not None and len(value) != self.z_dim:
@@ -77,8 +110,12 @@ class VAEConfig:
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """[z_dim, 1 + (frames - 1) / temporal_factor, height / s, width / s] for a valid clip size."""
-        return (self.z_dim, 1 + (frames - 1) // self.temporal_factor, height // self.spatial_factor,
-                width // self.spatial_factor)
+        return (
+            self.z_dim,
+            1 + (frames - 1) // self.temporal_factor,
+            height // self.spatial_factor,
+            width // self.spatial_factor,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,8 +140,9 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD, name="wan2.1"),
     # A 64x64, 17-frame world: 4x in time and space, [3, 17, 64, 64] -> [16, 5, 16, 16]; width 16 trains
     # at ~0.6 s per step of 8 windows of 5 x 32 x 32 on one CPU thread (width 32: ~2 s).
-    "tiny": VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(True, True),
-                      name="tiny"),
+    "tiny": VAEConfig(
+        dim=16, z_dim=16, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(True, True), name="tiny"
+    ),
 }
 
 
@@ -117,145 +155,9 @@ def get_vae_preset(name: str) -> VAEConfig:
 
 # --------------------------------------------------------------------------- layers
 
-class CausalConv3d(nn.Conv3d):
-    """A Conv3d padded only towards the past in time (2 x the temporal padding, none after).
-
-    With a `cache`, the last `time_pad` input frames are kept, and the next call continues the
-    clip: those frames replace the zero padding, so chunk-by-chunk output equals one pass.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, kernel, stride=1, padding=0):
-        super().__init__(in_dim, out_dim, kernel, stride=stride)
-        pt, ph, pw = padding if isinstance(padding, tuple) else (padding,) * 3
-        self.time_pad, self.space_pad = 2 * pt, (pw, pw, ph, ph)
-
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        past = cache.get(self) if cache is not None and self.time_pad else None
-        if past is not None:
-            x = torch.cat([past, x], dim=2)  # [B, C, past + T, H, W]
-        if cache is not None and self.time_pad:
-            cache[self] = x[:, :, -self.time_pad:].clone()
-        n_past = 0 if past is None else past.shape[2]
-        x = F.pad(x, (*self.space_pad, self.time_pad - n_past, 0))  # [B, C, time_pad + T, H + 2ph, W + 2pw]
-        return super().forward(x)
-
-
-class RMS_norm(nn.Module):  # noqa: N801  (the reference's name)
-    """L2-normalise over channels (dim 1), times sqrt(C) and `gamma`; statistics in float32."""
-
-    def __init__(self, dim: int, images: bool = True, bias: bool = False):
-        super().__init__()
-        shape = (dim, 1, 1) if images else (dim, 1, 1, 1)  # images: [N, C, H, W]; videos: [B, C, T, H, W]
-        self.scale = dim ** 0.5
-        self.gamma = nn.Parameter(torch.ones(shape))
-        self.bias = nn.Parameter(torch.zeros(shape)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.normalize(x.float(), dim=1).to(x.dtype) * self.scale * self.gamma.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
-
-
-def run(layers: nn.Sequential, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-    """Apply a Sequential, handing the cache to the layers that carry state across chunks."""
-    for layer in layers:
-        x = layer(x, cache) if isinstance(layer, (CausalConv3d, ResidualBlock, Resample)) else layer(x)
-    return x
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.residual = nn.Sequential(
-            RMS_norm(in_dim, images=False), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
-            RMS_norm(out_dim, images=False), nn.SiLU(), nn.Dropout(dropout),
-            CausalConv3d(out_dim, out_dim, 3, padding=1))
-        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
-
-    def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        return run(self.residual, x, cache) + self.shortcut(x)  # [B, out_dim, T, H, W]
-
-
-def frames_to_batch(x: torch.Tensor) -> torch.Tensor:
-    return x.transpose(1, 2).flatten(0, 1)  # [B, C, T, H, W] -> [B*T, C, H, W]
-
-
-def batch_to_frames(x: torch.Tensor, b: int) -> torch.Tensor:
-    return x.unflatten(0, (b, -1)).transpose(1, 2)  # [B*T, C, H, W] -> [B, C, T, H, W]
-
-
-class AttentionBlock(nn.Module):
-    """Single-head self-attention over the pixels of each frame separately (so it is causal)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = RMS_norm(dim)
-        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.proj = nn.Conv2d(dim, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w = x.shape[0], x.shape[3], x.shape[4]
-        qkv = self.to_qkv(self.norm(frames_to_batch(x)))  # [B*T, 3C, H, W]
-        q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)  # [B*T, 1, H*W, C] each
-        y = F.scaled_dot_product_attention(q, k, v)  # [B*T, 1, H*W, C]
-        y = y.squeeze(1).transpose(1, 2).unflatten(2, (h, w))  # [B*T, C, H, W]
-        return x + batch_to_frames(self.proj(y), b)
-
-
-class Resample(nn.Module):
-    """2x spatial up/downsampling per frame; the `3d` modes also double / halve time with `time_conv`.
-
-    Frame 0 of a clip never goes through `time_conv`: it stays a single frame (down) or is not
-    doubled (up), which is what makes 1 + 4n frames map to 1 + n latent frames and back.
-    """
-
-    MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
-
-    def __init__(self, dim: int, mode: str):
-        super().__init__()
-        if mode not in self.MODES:
-            raise ValueError(f"Resample mode {mode!r}: choose one of {self.MODES}")
-        self.mode = mode
-        if mode.startswith("up"):  # upsampling halves the channels
-            self.resample = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
-                                          nn.Conv2d(dim, dim // 2, 3, padding=1))
-        else:  # pad right/bottom, then a stride-2 conv
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
-        if mode == "upsample3d":
-            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
-        elif mode == "downsample3d":
-            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
-
-    def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        if self.mode == "upsample3d":
-            x = self.time_up(x, cache)
-        x = batch_to_frames(self.resample(frames_to_batch(x)), x.shape[0])  # [B, C', T, 2H or H/2, ...]
-        if self.mode == "downsample3d":
-            x = self.time_down(x, cache)
-        return x
-
-    def time_up(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        """[B, C, T, H, W] -> [B, C, 2T, H, W], or 2T - 1 frames when the chunk starts the clip."""
-        head = x[:, :, :1] if self not in cache else None  # clip frame 0 is not doubled
-        cache[self] = True
-        if head is not None:
-            x = x[:, :, 1:]
-        if x.shape[2]:
-            y = self.time_conv(x, cache)  # [B, 2C, T, H, W], causal over the frames after frame 0
-            x = y.unflatten(1, (2, -1)).permute(0, 2, 3, 1, 4, 5).flatten(2, 3)  # [B, C, 2T, H, W]
-        return x if head is None else torch.cat([head, x], dim=2)
-
-    def time_down(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        """Stride-2 windows of 3 frames, (f0), (f0, f1, f2), (f2, f3, f4)...: T -> (T - 1) / 2 + 1 at the start."""
-        past = cache.get(self)
-        cache[self] = x[:, :, -1:].clone()
-        if past is not None:
-            return self.time_conv(torch.cat([past, x], dim=2))  # [B, C, T / 2, H, W]
-        if x.shape[2] == 1:
-            return x
-        return torch.cat([x[:, :, :1], self.time_conv(x)], dim=2)  # [B, C, 1 + (T - 1) / 2, H, W]
-
 
 # --------------------------------------------------------------------------- encoder and decoder
+
 
 def _level_blocks(cin: int, cout: int, n: int, attn: bool, dropout: float) -> list[nn.Module]:
     blocks: list[nn.Module] = []
@@ -328,6 +230,7 @@ class Decoder3d(nn.Module):
 
 # --------------------------------------------------------------------------- the VAE
 
+
 class WanVAE(nn.Module):
     """Wan 2.1 video VAE. `encode`/`decode` work on normalised latents (the DiT's space).
 
@@ -352,18 +255,24 @@ class WanVAE(nn.Module):
     def check_video(self, video: torch.Tensor) -> None:
         """Refuse a video that is not [B, 3, 1 + 4n, H, W] with H and W multiples of the spatial factor."""
         if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"WanVAE.encode wants video [B, 3, T, H, W] in [-1, 1], got shape {list(video.shape)}; "
-                             f"add a batch axis or move channels first (a [T, H, W, 3] frame stack needs "
-                             f".permute(3, 0, 1, 2)[None])")
+            raise ValueError(
+                f"WanVAE.encode wants video [B, 3, T, H, W] in [-1, 1], got shape {list(video.shape)}; "
+                f"add a batch axis or move channels first (a [T, H, W, 3] frame stack needs "
+                f".permute(3, 0, 1, 2)[None])"
+            )
         t, (h, w), k, s = video.shape[2], video.shape[3:], self.config.temporal_factor, self.config.spatial_factor
         if t < 1 or (t - 1) % k:
             lo = t - (t - 1) % k  # the valid counts around t are lo and lo + k
             fix = f"trim the clip to {lo} frame{'s' * (lo > 1)} or pad it" if lo >= 1 else "pad the clip"
-            raise ValueError(f"WanVAE.encode: {t} frames cannot be encoded; the Wan VAE is causal in time and takes "
-                             f"1 + {k}n frames (1, {1 + k}, {1 + 2 * k}, {1 + 3 * k}, ...); {fix} to {lo + k}")
+            raise ValueError(
+                f"WanVAE.encode: {t} frames cannot be encoded; the Wan VAE is causal in time and takes "
+                f"1 + {k}n frames (1, {1 + k}, {1 + 2 * k}, {1 + 3 * k}, ...); {fix} to {lo + k}"
+            )
         if h % s or w % s:
-            raise ValueError(f"WanVAE.encode: frame size {h}x{w} is not a multiple of {s} (the spatial compression); "
-                             f"resize or crop to {h - h % s or s}x{w - w % s or s}")
+            raise ValueError(
+                f"WanVAE.encode: frame size {h}x{w} is not a multiple of {s} (the spatial compression); "
+                f"resize or crop to {h - h % s or s}x{w - w % s or s}"
+            )
 
     def encoder_chunks(self, frames: int) -> list[tuple[int, int]]:
         """Frame 0 alone, then groups of max(4, temporal_factor) frames, as the reference."""
@@ -401,8 +310,9 @@ class WanVAE(nn.Module):
         """Video [B, 3, T, H, W] in [-1, 1] -> normalised latent mean [B, z, 1 + (T - 1) / 4, H / s, W / s]."""
         return self.normalize(self.posterior(video, chunked)[0])
 
-    def sample(self, video: torch.Tensor, generator: torch.Generator | None = None,
-               chunked: bool = True) -> torch.Tensor:
+    def sample(
+        self, video: torch.Tensor, generator: torch.Generator | None = None, chunked: bool = True
+    ) -> torch.Tensor:
         """A normalised latent drawn from the posterior: mean + exp(logvar / 2) * noise (for training)."""
         mean, logvar = self.posterior(video, chunked)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -411,11 +321,13 @@ class WanVAE(nn.Module):
     def decode(self, latent: torch.Tensor, clamp: bool = True, chunked: bool = True) -> torch.Tensor:
         """Normalised latent [B, z, t, h, w] -> video [B, 3, 1 + 4(t - 1), h * s, w * s], float32 in [-1, 1]."""
         if latent.ndim != 5 or latent.shape[1] != self.config.z_dim:
-            raise ValueError(f"WanVAE.decode wants a latent [B, {self.config.z_dim}, t, h, w], got shape "
-                             f"{list(latent.shape)}; is it from a VAE with another z_dim (Wan 2.2's has 48)?")
+            raise ValueError(
+                f"WanVAE.decode wants a latent [B, {self.config.z_dim}, t, h, w], got shape "
+                f"{list(latent.shape)}; is it from a VAE with another z_dim (Wan 2.2's has 48)?"
+            )
         x, cache = self.conv2(self.denormalize(latent.float()).to(self.dtype)), {}  # [B, z, t, h, w]
         if chunked:
-            out = torch.cat([self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])], dim=2)
+            out = torch.cat([self.decoder(x[:, :, i : i + 1], cache) for i in range(x.shape[2])], dim=2)
         else:
             out = self.decoder(x, cache)  # [B, 3, T, H, W]
         return out.float().clamp(-1.0, 1.0) if clamp else out.float()

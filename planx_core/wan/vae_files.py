@@ -8,6 +8,7 @@ metadata the config is inferred from the shapes (width from `encoder.conv1.weigh
 `conv2.weight`, levels, blocks, attention and temporal steps from `encoder.downsamples.N`).
 DiT, text-encoder, Wan 2.2 VAE, truncated and mis-shaped files are refused with the fix.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,28 +33,43 @@ from .vae import VAE_PRESETS, VAEConfig, WanVAE, get_vae_preset
 
 PREFIXES = ("vae.", "first_stage_model.")
 METADATA_KEY = "planx_vae"
-_VAE_FILE_HINT = ("the Wan 2.1 VAE is ComfyUI's wan_2.1_vae.safetensors (models/vae) or Wan-AI's Wan2.1_VAE.pth "
-                  "converted to safetensors")
+_VAE_FILE_HINT = (
+    "the Wan 2.1 VAE is ComfyUI's wan_2.1_vae.safetensors (models/vae) or Wan-AI's Wan2.1_VAE.pth "
+    "converted to safetensors"
+)
 
 # --------------------------------------------------------------------------- official <-> diffusers names
 
 _TOP = (("conv1.", "quant_conv."), ("conv2.", "post_quant_conv."))
-_PARTS = (("conv1.", "conv_in."), ("head.0.", "norm_out."), ("head.2.", "conv_out."),
-          ("middle.0.", "mid_block.resnets.0."), ("middle.1.", "mid_block.attentions.0."),
-          ("middle.2.", "mid_block.resnets.1."), ("downsamples.", "down_blocks."))
-_RESNET = (("residual.0.", "norm1."), ("residual.2.", "conv1."), ("residual.3.", "norm2."),
-           ("residual.6.", "conv2."), ("shortcut.", "conv_shortcut."))
+_PARTS = (
+    ("conv1.", "conv_in."),
+    ("head.0.", "norm_out."),
+    ("head.2.", "conv_out."),
+    ("middle.0.", "mid_block.resnets.0."),
+    ("middle.1.", "mid_block.attentions.0."),
+    ("middle.2.", "mid_block.resnets.1."),
+    ("downsamples.", "down_blocks."),
+)
+_RESNET = (
+    ("residual.0.", "norm1."),
+    ("residual.2.", "conv1."),
+    ("residual.3.", "norm2."),
+    ("residual.6.", "conv2."),
+    ("shortcut.", "conv_shortcut."),
+)
 _UP_OFFICIAL = re.compile(r"^decoder\.upsamples\.(\d+)\.(.+)$")
 _UP_DIFFUSERS = re.compile(r"^decoder\.up_blocks\.(\d+)\.(?:resnets\.(\d+)|upsamplers\.0)\.(.+)$")
-_BLOCK_DIFFUSERS = re.compile(r"^((?:encoder|decoder)\.(?:down_blocks\.\d+|mid_block\.resnets\.\d+|"
-                              r"up_blocks\.\d+\.resnets\.\d+)\.)(.+)$")
+_BLOCK_DIFFUSERS = re.compile(
+    r"^((?:encoder|decoder)\.(?:down_blocks\.\d+|mid_block\.resnets\.\d+|"
+    r"up_blocks\.\d+\.resnets\.\d+)\.)(.+)$"
+)
 
 
 def _swap(name: str, table: Iterable[tuple[str, str]], reverse: bool = False) -> str | None:
     for a, b in table:
         src, dst = (b, a) if reverse else (a, b)
         if name.startswith(src):
-            return dst + name[len(src):]
+            return dst + name[len(src) :]
     return None
 
 
@@ -98,11 +114,12 @@ def diffusers_to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 # --------------------------------------------------------------------------- what a file holds
 
+
 def strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop a ComfyUI `vae.` / `first_stage_model.` prefix (and the other components of an all-in-one file)."""
     for prefix in PREFIXES:
         if any(k.startswith(prefix + "encoder.") or k.startswith(prefix + "decoder.") for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return dict(sd)
 
 
@@ -113,23 +130,28 @@ def describe_non_vae(keys: Iterable[str]) -> str | None:
     if any(LORA_KEY.search(k) for k in keys):
         return "a LoRA (low-rank adapter); it goes in models/loras and is applied to the DiT with a LoRA loader"
     if has(r"(^|\.)patch_embedding\.weight$|(^|\.)blocks\.\d+\.(self_attn|cross_attn|modulation)|head\.modulation$"):
-        return ("a Wan DiT (diffusion model), not a VAE; load it with the DiT loader (models/diffusion_models, "
-                f"planx_core.wan.load_dit); {_VAE_FILE_HINT}")
+        return (
+            "a Wan DiT (diffusion model), not a VAE; load it with the DiT loader (models/diffusion_models, "
+            f"planx_core.wan.load_dit); {_VAE_FILE_HINT}"
+        )
     if has(r"^(encoder\.)?block\.\d+\.layer\.|^shared\.weight$|token_embedding\.weight$|^blocks\.\d+\.attn\.q\."):
         return f"a text encoder (umT5), not a VAE; it goes in models/text_encoders; {_VAE_FILE_HINT}"
     if has(r"^(visual|vision_model|textual)\."):
         return f"a CLIP vision encoder, not a VAE; it goes in models/clip_vision; {_VAE_FILE_HINT}"
-    if has(r"^(encoder\.downsamples\.\d+\.downsamples|decoder\.upsamples\.\d+\.upsamples)\.") or \
-            has(r"^encoder\.down_blocks\.\d+\.resnets\."):  # official / diffusers Wan 2.2 residual blocks
-        return ("the Wan 2.2 VAE (z_dim 48, used by TI2V-5B); Plan-X's WanVAE is the Wan 2.1 VAE (z_dim 16, used "
-                f"by Wan 2.1 and Wan 2.2 A14B); {_VAE_FILE_HINT}")
+    if has(r"^(encoder\.downsamples\.\d+\.downsamples|decoder\.upsamples\.\d+\.upsamples)\.") or has(
+        r"^encoder\.down_blocks\.\d+\.resnets\."
+    ):  # official / diffusers Wan 2.2 residual blocks
+        return (
+            "the Wan 2.2 VAE (z_dim 48, used by TI2V-5B); Plan-X's WanVAE is the Wan 2.1 VAE (z_dim 16, used "
+            f"by Wan 2.1 and Wan 2.2 A14B); {_VAE_FILE_HINT}"
+        )
     if has(r"^(encoder|decoder)\.(down|up)\.\d+\.block\.") or has(r"^(encoder|decoder)\.mid\.block_1\."):
         return f"an image VAE (Stable Diffusion / Flux style), not the Wan video VAE; {_VAE_FILE_HINT}"
     return None
 
 
 def detect_vae_layout(keys: Iterable[str], source: PathLike | None = None) -> str:
-    """"official" or "diffusers"; anything else is refused with what it looks like."""
+    """ "official" or "diffusers"; anything else is refused with what it looks like."""
     keys = list(keys)
     where = f"{source}: " if source else ""
     if not keys:
@@ -141,9 +163,11 @@ def detect_vae_layout(keys: Iterable[str], source: PathLike | None = None) -> st
         return "diffusers"
     if any(k.startswith(("encoder.downsamples.", "decoder.upsamples.", "encoder.conv1.")) for k in keys):
         return "official"
-    raise CheckpointError(f"{where}not a Wan VAE: none of its keys look like Wan VAE weights (encoder.conv1, "
-                          f"encoder.downsamples.N, decoder.upsamples.N, conv1, conv2); first keys: {keys[:5]}; "
-                          f"{_VAE_FILE_HINT}")
+    raise CheckpointError(
+        f"{where}not a Wan VAE: none of its keys look like Wan VAE weights (encoder.conv1, "
+        f"encoder.downsamples.N, decoder.upsamples.N, conv1, conv2); first keys: {keys[:5]}; "
+        f"{_VAE_FILE_HINT}"
+    )
 
 
 # --------------------------------------------------------------------------- config from shapes
@@ -170,22 +194,32 @@ def _encoder_levels(sd: Mapping[str, torch.Tensor]) -> list[dict]:
 def infer_vae_config(sd: Mapping[str, torch.Tensor], source: PathLike | None = None) -> VAEConfig:
     """A `VAEConfig` from official-layout shapes; the latent statistics of a preset with the same architecture."""
     where = f"{source}: " if source else ""
-    absent = [k for k in ("encoder.conv1.weight", "conv2.weight", "encoder.downsamples.0.residual.6.weight")
-              if k not in sd]
+    absent = [
+        k for k in ("encoder.conv1.weight", "conv2.weight", "encoder.downsamples.0.residual.6.weight") if k not in sd
+    ]
     if absent:
-        raise CheckpointError(f"{where}cannot infer the VAE size, keys {absent} are missing; is this a complete "
-                              f"Wan 2.1 VAE file? {_VAE_FILE_HINT}")
+        raise CheckpointError(
+            f"{where}cannot infer the VAE size, keys {absent} are missing; is this a complete "
+            f"Wan 2.1 VAE file? {_VAE_FILE_HINT}"
+        )
     dim, z_dim = sd["encoder.conv1.weight"].shape[0], sd["conv2.weight"].shape[0]
     levels = _encoder_levels(sd)
     counts = {len(lv["widths"]) for lv in levels}
     widths = [lv["widths"][-1] if lv["widths"] else 0 for lv in levels]
     if len(counts) != 1 or any(w % dim for w in widths):
-        raise CheckpointError(f"{where}encoder.downsamples does not follow the Wan VAE pattern (residual blocks per "
-                              f"level {[len(lv['widths']) for lv in levels]}, widths {widths}, base width {dim}); "
-                              f"the file is damaged or another model; {_VAE_FILE_HINT}")
-    arch = VAEConfig(dim=dim, z_dim=z_dim, dim_mult=tuple(w // dim for w in widths), num_res_blocks=counts.pop(),
-                     attn_scales=tuple(1.0 / 2 ** i for i, lv in enumerate(levels) if lv["attn"]),
-                     temperal_downsample=tuple(lv["time"] for lv in levels[:-1]))
+        raise CheckpointError(
+            f"{where}encoder.downsamples does not follow the Wan VAE pattern (residual blocks per "
+            f"level {[len(lv['widths']) for lv in levels]}, widths {widths}, base width {dim}); "
+            f"the file is damaged or another model; {_VAE_FILE_HINT}"
+        )
+    arch = VAEConfig(
+        dim=dim,
+        z_dim=z_dim,
+        dim_mult=tuple(w // dim for w in widths),
+        num_res_blocks=counts.pop(),
+        attn_scales=tuple(1.0 / 2**i for i, lv in enumerate(levels) if lv["attn"]),
+        temperal_downsample=tuple(lv["time"] for lv in levels[:-1]),
+    )
     for preset in VAE_PRESETS.values():
         if _architecture(preset) == _architecture(arch):
             return preset
@@ -206,19 +240,25 @@ def expected_vae_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
 
 def check_vae_state_dict(sd: Mapping[str, torch.Tensor], cfg: VAEConfig, path: PathLike | None = None) -> None:
     """Raise a CheckpointError naming missing, unexpected and mis-shaped keys for `WanVAE(cfg)`."""
-    check_keys(sd, expected_vae_shapes(cfg),
-               f"{path or 'checkpoint'}: does not fit the VAE config {cfg.name!r} (dim {cfg.dim}, z_dim {cfg.z_dim}, "
-               f"dim_mult {list(cfg.dim_mult)}, {cfg.num_res_blocks} residual blocks per level):",
-               f"The file is incomplete or damaged (re-download or re-copy it), or the config does not match "
-               f"it (leave config=None to infer it from the shapes); {_VAE_FILE_HINT}.")
+    check_keys(
+        sd,
+        expected_vae_shapes(cfg),
+        f"{path or 'checkpoint'}: does not fit the VAE config {cfg.name!r} (dim {cfg.dim}, z_dim {cfg.z_dim}, "
+        f"dim_mult {list(cfg.dim_mult)}, {cfg.num_res_blocks} residual blocks per level):",
+        f"The file is incomplete or damaged (re-download or re-copy it), or the config does not match "
+        f"it (leave config=None to infer it from the shapes); {_VAE_FILE_HINT}.",
+    )
 
 
 # --------------------------------------------------------------------------- load and save
 
+
 def _resolve_file(path: Path) -> Path:
     if path.is_dir():
-        for candidate in (path / "diffusion_pytorch_model.safetensors",
-                          path / "vae" / "diffusion_pytorch_model.safetensors"):
+        for candidate in (
+            path / "diffusion_pytorch_model.safetensors",
+            path / "vae" / "diffusion_pytorch_model.safetensors",
+        ):
             if candidate.is_file():
                 return candidate
         raise CheckpointError(f"{path}: a folder; pass the VAE .safetensors file itself ({_VAE_FILE_HINT})")
@@ -242,20 +282,28 @@ def _config_from(config: VAEConfig | str | None, header: dict, sd: Mapping, path
     try:
         return VAEConfig.from_dict(raw)
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: its {METADATA_KEY!r} metadata is not a valid VAE config ({e}); re-save it "
-                              f"with save_vae, or strip the metadata to infer the config from the shapes") from None
+        raise CheckpointError(
+            f"{path}: its {METADATA_KEY!r} metadata is not a valid VAE config ({e}); re-save it "
+            f"with save_vae, or strip the metadata to infer the config from the shapes"
+        ) from None
 
 
-def load_vae(path: PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             config: VAEConfig | str | None = None) -> WanVAE:
+def load_vae(
+    path: PathLike,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    config: VAEConfig | str | None = None,
+) -> WanVAE:
     """Load a Wan 2.1 VAE from safetensors into a `WanVAE` in eval mode (computes in `dtype`).
 
     `config`: None uses the file's "planx_vae" metadata or infers it from the shapes; a preset
     name or a `VAEConfig` is used as given (and validated against the file).
     """
     if dtype in FLOAT8_DTYPES or not dtype.is_floating_point:
-        raise CheckpointError(f"load_vae: dtype {dtype} is not supported; the VAE computes in its storage dtype, "
-                              f"use torch.float32, torch.bfloat16 or torch.float16")
+        raise CheckpointError(
+            f"load_vae: dtype {dtype} is not supported; the VAE computes in its storage dtype, "
+            f"use torch.float32, torch.bfloat16 or torch.float16"
+        )
     path = _resolve_file(Path(path))
     header = check_safetensors_header(path)
     sd = strip_prefix(read_safetensors(path, dtype=dtype, device=device))

@@ -26,6 +26,7 @@ linear in the video length for a fixed G; when the semantic tokens grow with the
 about 1/16 of the latent tokens), the Lv x G term grows quadratically, at 1/16 of full attention's
 rate, and passes the window term once the video is longer than 16 windows.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,13 +53,16 @@ class WindowLayout:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"WindowLayout.{name} must be an int, got {value!r}")
         if self.frames < 1 or self.tokens_per_frame < 1:
-            raise ValueError(f"WindowLayout needs at least one frame of at least one token, got frames="
-                             f"{self.frames}, tokens_per_frame={self.tokens_per_frame}")
+            raise ValueError(
+                f"WindowLayout needs at least one frame of at least one token, got frames="
+                f"{self.frames}, tokens_per_frame={self.tokens_per_frame}"
+            )
         if self.window < 1:
             raise ValueError(f"attention window must be at least 1 latent frame, got {self.window}")
         if not 0 <= self.shift < self.window:
-            raise ValueError(f"window shift must be in 0..{self.window - 1} for a window of {self.window} "
-                             f"frames, got {self.shift}")
+            raise ValueError(
+                f"window shift must be in 0..{self.window - 1} for a window of {self.window} frames, got {self.shift}"
+            )
         if self.num_global < 0:
             raise ValueError(f"WindowLayout.num_global must be >= 0, got {self.num_global}")
 
@@ -88,21 +92,30 @@ def layer_shift(window: int, layer: int) -> int:
     return window // 2 if layer % 2 else 0
 
 
-def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: WindowLayout, *,
-                       global_bias: float | None = None, backend: str | None = None) -> torch.Tensor:
+def windowed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: WindowLayout,
+    *,
+    global_bias: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Attention of q, k, v `[B, Lv + G, H, D]` under the window rule of `layout` -> `[B, Lv + G, H, D]`.
 
     `global_bias`: added to the video queries' logits of the global keys; -inf hides them.
     """
     if q.shape[1] != layout.num_tokens or k.shape[1] != layout.num_tokens:
-        raise ValueError(f"windowed attention got {q.shape[1]} queries and {k.shape[1]} keys, but the layout has "
-                         f"{layout.frames} frames x {layout.tokens_per_frame} tokens + {layout.num_global} global "
-                         f"= {layout.num_tokens}")
+        raise ValueError(
+            f"windowed attention got {q.shape[1]} queries and {k.shape[1]} keys, but the layout has "
+            f"{layout.frames} frames x {layout.tokens_per_frame} tokens + {layout.num_global} global "
+            f"= {layout.num_tokens}"
+        )
     if global_bias is not None and (math.isnan(global_bias) or global_bias == math.inf):
         raise ValueError(f"global_bias must be a finite float or -inf, got {global_bias}")
     lv, hide_globals = layout.video_tokens, global_bias == -math.inf
     visible = 0 if hide_globals else layout.num_global  # global keys the video queries see
-    kg, vg = k[:, lv:lv + visible], v[:, lv:lv + visible]  # [B, G or 0, H, D]
+    kg, vg = k[:, lv : lv + visible], v[:, lv : lv + visible]  # [B, G or 0, H, D]
     bias = None if hide_globals else global_bias
     out = [_window_run(q, k, v, kg, vg, layout, run, bias, backend) for run in layout.runs()]
     if layout.num_global:
@@ -111,8 +124,9 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout
     return torch.cat(out, dim=1)  # [B, Lv + G, H, D]
 
 
-def _window_run(q, k, v, kg, vg, layout: WindowLayout, run: tuple[int, int, int], bias: float | None,
-                backend: str | None) -> torch.Tensor:
+def _window_run(
+    q, k, v, kg, vg, layout: WindowLayout, run: tuple[int, int, int], bias: float | None, backend: str | None
+) -> torch.Tensor:
     """One run of equal windows, batched: queries `[B * n, w * HW, H, D]` over their window plus the globals."""
     first, count, frames = run
     size = frames * layout.tokens_per_frame

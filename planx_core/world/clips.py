@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -8,6 +9,7 @@ from functools import cache
 import numpy as np
 import torch
 
+from .sample import sample_composition
 from .scenes import (
     _PAIR_STREAM,
     BACKGROUND,
@@ -29,7 +31,6 @@ from .scenes import (
     keyframe_frames,
     motion_text,
     offsets,
-    sample_composition,
     scene_text,
     stage_bounds,
     validate_composition,
@@ -75,8 +76,9 @@ def _clear_of_wall(path: np.ndarray, radius: np.ndarray, wall: tuple[int, int], 
     return not hits.any()
 
 
-def _anchor_occlusion(start: np.ndarray, composition: Composition, paths: Sequence[np.ndarray],
-                      config: WorldConfig, bounds: np.ndarray):
+def _anchor_occlusion(
+    start: np.ndarray, composition: Composition, paths: Sequence[np.ndarray], config: WorldConfig, bounds: np.ndarray
+):
     """Put the wall, or the occluder, at the middle of the passing object's path (edits `start`).
 
     Returns (wall or None, pairs allowed to overlap), or None when the occluder leaves its bounds.
@@ -94,8 +96,13 @@ def _anchor_occlusion(start: np.ndarray, composition: Composition, paths: Sequen
     return None, {(action.obj, action.behind)}
 
 
-def _try_place(rng: np.random.Generator, composition: Composition, paths: Sequence[np.ndarray],
-               config: WorldConfig, bounds: np.ndarray):
+def _try_place(
+    rng: np.random.Generator,
+    composition: Composition,
+    paths: Sequence[np.ndarray],
+    config: WorldConfig,
+    bounds: np.ndarray,
+):
     """One random placement; returns (starts [n, 2], wall) or None if it breaks a rule."""
     start = rng.integers(bounds[:, 0], bounds[:, 1] + 1).astype(np.float64)  # [n, 2]
     anchored = _anchor_occlusion(start, composition, paths, config, bounds)
@@ -128,7 +135,7 @@ def place(rng: np.random.Generator, compositions: Sequence[Composition], config:
 @cache
 def stamp(shape: str, radius: int) -> np.ndarray:
     """Hard-edged mask of a shape centred in a `[2r+1, 2r+1]` box (read-only)."""
-    y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]  # [2r+1, 2r+1] each
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]  # [2r+1, 2r+1] each
     if shape == "circle":
         mask = x * x + y * y <= radius * radius + radius / 2  # fill 0.72..0.76 of the box
     elif shape == "square":
@@ -147,12 +154,13 @@ def _draw_mask(canvas: np.ndarray, mask: np.ndarray, cx: int, cy: int, value: in
     height, width = canvas.shape
     y0, y1, x0, x1 = max(cy - r, 0), min(cy + r + 1, height), max(cx - r, 0), min(cx + r + 1, width)
     if y0 < y1 and x0 < x1:
-        sub = mask[y0 - cy + r:y1 - cy + r, x0 - cx + r:x1 - cx + r]
+        sub = mask[y0 - cy + r : y1 - cy + r, x0 - cx + r : x1 - cx + r]
         canvas[y0:y1, x0:x1][sub] = value
 
 
-def id_buffer(positions: np.ndarray, objects: Sequence[ObjectSpec], wall: tuple[int, int] | None,
-              size: int) -> np.ndarray:
+def id_buffer(
+    positions: np.ndarray, objects: Sequence[ObjectSpec], wall: tuple[int, int] | None, size: int
+) -> np.ndarray:
     """What each pixel shows: object index, -1 background, -2 wall: `[T, H, W]` int8."""
     centres = np.floor(positions + 0.5).astype(np.int64)  # [T, n, 2]
     ids = np.full((positions.shape[0], size, size), -1, dtype=np.int8)  # [T, H, W]
@@ -160,7 +168,7 @@ def id_buffer(positions: np.ndarray, objects: Sequence[ObjectSpec], wall: tuple[
         for i, o in enumerate(objects):
             _draw_mask(ids[t], stamp(o.shape, o.radius), centres[t, i, 0], centres[t, i, 1], i)
     if wall is not None:
-        ids[:, :, max(wall[0], 0):max(wall[1], 0)] = -2
+        ids[:, :, max(wall[0], 0) : max(wall[1], 0)] = -2
     return ids
 
 
@@ -187,8 +195,15 @@ def visibility(ids: np.ndarray, objects: Sequence[ObjectSpec]) -> tuple[np.ndarr
     return counts >= np.minimum(MIN_VISIBLE_PIXELS, full), (counts / full).astype(np.float32)
 
 
-def render(composition: Composition, start: np.ndarray, wall: tuple[int, int] | None, back: np.ndarray,
-           config: WorldConfig, seed: int, split: str) -> Clip:
+def render(
+    composition: Composition,
+    start: np.ndarray,
+    wall: tuple[int, int] | None,
+    back: np.ndarray,
+    config: WorldConfig,
+    seed: int,
+    split: str,
+) -> Clip:
     """Draw a placed composition: frames, captions and per-frame ground truth."""
     positions = (start[None] + offsets(composition, config)).astype(np.float32)  # [T, n, 2]
     ids = id_buffer(positions, composition.objects, wall, config.size)  # [T, H, W]
@@ -196,12 +211,29 @@ def render(composition: Composition, start: np.ndarray, wall: tuple[int, int] | 
     visible, fraction = visibility(ids, composition.objects)
     bounds = stage_bounds(len(composition.stages), config.num_frames)
     stages = tuple(Stage(a, b, actions) for (a, b), actions in zip(bounds, composition.stages))
-    return Clip(paint(ids, rgb, back), scene_text(composition), motion_text(composition), composition, stages,
-                positions, visible, fraction, wall, seed, split, config)
+    return Clip(
+        paint(ids, rgb, back),
+        scene_text(composition),
+        motion_text(composition),
+        composition,
+        stages,
+        positions,
+        visible,
+        fraction,
+        wall,
+        seed,
+        split,
+        config,
+    )
 
 
-def make_clip(seed: int, config: WorldConfig | None = None, composition: Composition | None = None,
-              split: str = "train", kind: str | None = None) -> Clip:
+def make_clip(
+    seed: int,
+    config: WorldConfig | None = None,
+    composition: Composition | None = None,
+    split: str = "train",
+    kind: str | None = None,
+) -> Clip:
     """One clip, deterministic by `seed`; a random `split` composition unless `composition` is given."""
     config = config or WorldConfig()
     _check_split(split, kind)
@@ -213,12 +245,12 @@ def make_clip(seed: int, config: WorldConfig | None = None, composition: Composi
             raise ValueError(f"cannot place {composition} inside {config.size}x{config.size} without overlaps")
     else:
         composition, placed = _sample_placed(rng, config, split, kind)
-    return render(composition, placed[0], placed[1], background(rng, composition.textured, config),
-                  config, seed, split)
+    return render(composition, placed[0], placed[1], background(rng, composition.textured, config), config, seed, split)
 
 
-def _sample_placed(rng: np.random.Generator, config: WorldConfig, split: str, kind: str | None,
-                   num_stages: int | None = None):
+def _sample_placed(
+    rng: np.random.Generator, config: WorldConfig, split: str, kind: str | None, num_stages: int | None = None
+):
     for _ in range(1000):
         composition = sample_composition(rng, config, split, kind, num_stages)
         placed = place(rng, [composition], config)
@@ -232,29 +264,33 @@ def clip_seed(seed: int, stream: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, stream, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def iter_dataset(split: str, count: int, seed: int = 0, config: WorldConfig | None = None,
-                 kind: str | None = None) -> Iterator[Clip]:
+def iter_dataset(
+    split: str, count: int, seed: int = 0, config: WorldConfig | None = None, kind: str | None = None
+) -> Iterator[Clip]:
     """`count` clips of `split`, clip k made from `clip_seed(seed, split index, k)`."""
     _check_split(split, kind)
     for k in range(count):
         yield make_clip(clip_seed(seed, SPLITS.index(split), k), config, split=split, kind=kind)
 
 
-def dataset(split: str, count: int, seed: int = 0, config: WorldConfig | None = None,
-            kind: str | None = None) -> list[Clip]:
+def dataset(
+    split: str, count: int, seed: int = 0, config: WorldConfig | None = None, kind: str | None = None
+) -> list[Clip]:
     """`iter_dataset` as a list."""
     return list(iter_dataset(split, count, seed, config, kind))
 
 
-def _reorder(rng: np.random.Generator, composition: Composition, config: WorldConfig,
-             split: str) -> Composition | None:
+def _reorder(rng: np.random.Generator, composition: Composition, config: WorldConfig, split: str) -> Composition | None:
     """The same stages in another order that changes the motion, still in `split`; None if none found."""
     stages, motion = composition.stages, offsets(composition, config)
     for _ in range(20):
         order = rng.permutation(len(stages))
         other = replace(composition, stages=tuple(stages[i] for i in order))
-        if (not np.array_equal(offsets(other, config), motion) and not _repeats(other)
-                and is_heldout(other) == (split == "heldout")):
+        if (
+            not np.array_equal(offsets(other, config), motion)
+            and not _repeats(other)
+            and is_heldout(other) == (split == "heldout")
+        ):
             return other
     return None
 
@@ -302,9 +338,18 @@ def keyframe_layout(clip: Clip, times: Sequence[int] | None = None) -> list[list
     for t in times:
         if not 0 <= t < clip.config.num_frames:
             raise ValueError(f"keyframe {t} outside frames 0..{clip.config.num_frames - 1}")
-        layout.append([{"colour": o.colour, "shape": o.shape, "x": float(clip.positions[t, i, 0]),
-                        "y": float(clip.positions[t, i, 1]), "visible": bool(clip.visible[t, i])}
-                       for i, o in enumerate(clip.objects)])
+        layout.append(
+            [
+                {
+                    "colour": o.colour,
+                    "shape": o.shape,
+                    "x": float(clip.positions[t, i, 0]),
+                    "y": float(clip.positions[t, i, 1]),
+                    "visible": bool(clip.visible[t, i]),
+                }
+                for i, o in enumerate(clip.objects)
+            ]
+        )
     return layout
 
 

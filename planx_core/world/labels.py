@@ -11,6 +11,7 @@ is measured (pixels split across cell borders count by area). The largest cover 
 least `threshold` (25 %): an object gives its colour word ("red", ...), the wall gives "wall";
 otherwise the cell is "background". Labels are code indices: code k <-> `tiny.ANCHOR_WORDS[k]`.
 """
+
 from __future__ import annotations
 
 import numpy as np

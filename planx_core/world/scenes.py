@@ -44,17 +44,24 @@ triangle, blue circle, yellow square) nor a held-out motion bigram (`HELDOUT_BIG
 every `"heldout"` composition contains at least one of them. `order_pairs` gives minimal pairs
 whose stage lists differ only in order (same objects, start positions and background).
 """
+
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..plan import timing
 
-PALETTE = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
-           "yellow": (235, 215, 40), "magenta": (215, 50, 215), "cyan": (40, 215, 215)}
+PALETTE = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (235, 215, 40),
+    "magenta": (215, 50, 215),
+    "cyan": (40, 215, 215),
+}
 COLOURS = tuple(PALETTE)
 PALETTE_RGB = np.array([PALETTE[c] for c in COLOURS], dtype=np.uint8)  # [6, 3]
 SHAPES = ("circle", "square", "triangle")
@@ -71,8 +78,27 @@ HELDOUT_BIGRAMS = frozenset({("left", "down"), ("up", "right")})
 SPLITS = ("train", "heldout")
 KINDS = ("plain", "wall", "behind")
 
-WORDS = ("a", "and", "on", "dark", "textured", "background", "the", "moves", "stays", "still", "then",
-         "while", "passing", "behind", "gray", "wall", *COLOURS, *SHAPES, *DIRECTIONS)
+WORDS = (
+    "a",
+    "and",
+    "on",
+    "dark",
+    "textured",
+    "background",
+    "the",
+    "moves",
+    "stays",
+    "still",
+    "then",
+    "while",
+    "passing",
+    "behind",
+    "gray",
+    "wall",
+    *COLOURS,
+    *SHAPES,
+    *DIRECTIONS,
+)
 PUNCTUATION = (",", ".")
 _TOKEN_RE = re.compile(r"[a-z]+|[^\sa-z]")
 _PAIR_STREAM = 7  # seed-sequence tag of `order_pairs`, apart from the split streams 0, 1
@@ -81,22 +107,23 @@ _PAIR_STREAM = 7  # seed-sequence tag of `order_pairs`, apart from the split str
 @dataclass(frozen=True)
 class WorldConfig:
     """Size, timing and sampling knobs of the world; validated on construction."""
+
     size: int = 64
-    num_frames: int = 17             # 4n+1, as Wan's VAE wants
+    num_frames: int = 17  # 4n+1, as Wan's VAE wants
     fps: int = 8
-    keyframe_stride: int = 4         # 2-fps keyframes at 8 fps: frames 0, 4, 8, 12, 16
-    max_objects: int = 2             # 1..3
-    max_stages: int = 3              # 1..(num_frames - 1) // 4
-    speed: float = 2.0               # px per frame of a moving object
+    keyframe_stride: int = 4  # 2-fps keyframes at 8 fps: frames 0, 4, 8, 12, 16
+    max_objects: int = 2  # 1..3
+    max_stages: int = 3  # 1..(num_frames - 1) // 4
+    speed: float = 2.0  # px per frame of a moving object
     radii: tuple[int, ...] = (4, 5, 6)
     textured_probability: float = 0.5
-    texture_sigma: float = 8.0       # <= 10
+    texture_sigma: float = 8.0  # <= 10
     occluder_probability: float = 0.15
     wall_width: int = 16
     while_probability: float = 0.3
     still_probability: float = 0.15  # a stage's first action is "stays still"
-    margin: int = 1                  # px kept free between an object and the frame edge
-    min_gap: int = 2                 # px kept free between two objects' boxes
+    margin: int = 1  # px kept free between an object and the frame edge
+    min_gap: int = 2  # px kept free between two objects' boxes
 
     def __post_init__(self):
         intervals = self.num_frames - 1
@@ -119,11 +146,15 @@ class WorldConfig:
         travel = self.speed * (self.num_frames - 1)
         need = 2 * (max(self.radii) + self.margin) + 1 + travel
         if need > self.size:
-            raise ValueError(f"a {travel:g}-px path of a radius-{max(self.radii)} object needs {need:g} px, "
-                             f"more than size={self.size}; lower speed or radii")
+            raise ValueError(
+                f"a {travel:g}-px path of a radius-{max(self.radii)} object needs {need:g} px, "
+                f"more than size={self.size}; lower speed or radii"
+            )
         if self.occluder_probability > 0 and max(self.radii) > (travel - self.wall_width) / 2 - 1:
-            raise ValueError(f"wall_width={self.wall_width}: a {travel:g}-px path cannot cross it with radius "
-                             f"{max(self.radii)}; narrow the wall or set occluder_probability=0")
+            raise ValueError(
+                f"wall_width={self.wall_width}: a {travel:g}-px path cannot cross it with radius "
+                f"{max(self.radii)}; narrow the wall or set occluder_probability=0"
+            )
 
     @property
     def travel(self) -> float:
@@ -145,14 +176,16 @@ class ObjectSpec:
 @dataclass(frozen=True)
 class Action:
     """One object's motion during one stage."""
+
     obj: int
-    verb: str                 # one of VERBS
+    verb: str  # one of VERBS
     behind: int | None = None  # WALL, or the index of the object it passes behind
 
 
 @dataclass(frozen=True)
 class Composition:
     """What a clip shows, without positions: objects, stages of actions, background kind."""
+
     objects: tuple[ObjectSpec, ...]
     stages: tuple[tuple[Action, ...], ...]
     textured: bool = False
@@ -170,20 +203,21 @@ class Composition:
 @dataclass(frozen=True)
 class Stage:
     start: int  # first frame
-    end: int    # last frame (the next stage's first)
+    end: int  # last frame (the next stage's first)
     actions: tuple[Action, ...]
 
 
 @dataclass
 class Clip:
     """A rendered clip with its captions and exact per-frame ground truth."""
-    frames: np.ndarray            # [T, H, W, 3] uint8
+
+    frames: np.ndarray  # [T, H, W, 3] uint8
     scene: str
     motion: str
     composition: Composition
     stages: tuple[Stage, ...]
-    positions: np.ndarray         # [T, n, 2] float32 centres (x, y)
-    visible: np.ndarray           # [T, n] bool, >= MIN_VISIBLE_PIXELS of the object show
+    positions: np.ndarray  # [T, n, 2] float32 centres (x, y)
+    visible: np.ndarray  # [T, n] bool, >= MIN_VISIBLE_PIXELS of the object show
     visible_fraction: np.ndarray  # [T, n] float32, shown pixels / the shape's pixels
     wall: tuple[int, int] | None  # columns [x0, x1) of the wall
     seed: int
@@ -217,6 +251,7 @@ class Clip:
 
 # ---------------------------------------------------------------- timing and trajectories
 
+
 def stage_bounds(num_stages: int, num_frames: int = 17) -> list[tuple[int, int]]:
     """Frame spans of the stages: the intervals split as evenly as possible, longer stages first."""
     intervals = num_frames - 1
@@ -247,6 +282,7 @@ def offsets(composition: Composition, config: WorldConfig) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- captions and words
+
 
 def _subject(composition: Composition, index: int) -> str:
     return f"the {composition.objects[index].name}"
@@ -303,6 +339,7 @@ def tokenize(text: str, strict: bool = True) -> list[str]:
 
 # ---------------------------------------------------------------- validation and splits
 
+
 def validate_composition(composition: Composition, config: WorldConfig) -> None:
     """Raise ValueError naming the first thing this world cannot render."""
     objects, n = composition.objects, len(composition.objects)
@@ -310,8 +347,9 @@ def validate_composition(composition: Composition, config: WorldConfig) -> None:
         raise ValueError(f"need 1..3 objects of distinct colours, got {[o.name for o in objects]}")
     for o in objects:
         if o.colour not in PALETTE or o.shape not in SHAPES or o.radius not in config.radii:
-            raise ValueError(f"{o}: colour must be one of {COLOURS}, shape one of {SHAPES}, radius one of "
-                             f"{config.radii}")
+            raise ValueError(
+                f"{o}: colour must be one of {COLOURS}, shape one of {SHAPES}, radius one of {config.radii}"
+            )
     if not 1 <= len(composition.stages) <= (config.num_frames - 1) // 4:
         raise ValueError(f"{len(composition.stages)} stages: must be 1..{(config.num_frames - 1) // 4}")
     for k, stage in enumerate(composition.stages):
@@ -360,107 +398,3 @@ def _check_split(split: str, kind: str | None = None) -> None:
         raise ValueError(f"split={split!r}: must be one of {SPLITS}")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind={kind!r}: must be None (random) or one of {KINDS}")
-
-
-# ---------------------------------------------------------------- sampling compositions
-
-def _pick_kind(rng: np.random.Generator, config: WorldConfig) -> str:
-    if rng.random() >= config.occluder_probability:
-        return "plain"
-    return "behind" if config.max_objects >= 2 and rng.random() < 0.5 else "wall"
-
-
-def _draw_objects(rng: np.random.Generator, config: WorldConfig, n: int) -> list[ObjectSpec]:
-    colours = rng.choice(len(COLOURS), size=n, replace=False)
-    return [ObjectSpec(COLOURS[c], SHAPES[rng.integers(3)], int(rng.choice(config.radii))) for c in colours]
-
-
-def _draw_verb(rng: np.random.Generator, last: str | None, still_probability: float) -> str:
-    """A verb other than the object's verb in the previous stage (no "right, then right")."""
-    if last != "still" and rng.random() < still_probability:
-        return "still"
-    choices = [d for d in DIRECTIONS if d != last]
-    return choices[rng.integers(len(choices))]
-
-
-def _draw_stage(rng: np.random.Generator, config: WorldConfig, n: int, last: dict[int, str]) -> tuple[Action, ...]:
-    actor = int(rng.integers(n))
-    actions = [Action(actor, _draw_verb(rng, last.get(actor), config.still_probability))]
-    if n >= 2 and rng.random() < config.while_probability:
-        other = int(rng.choice([i for i in range(n) if i != actor]))
-        still = 0.0 if actions[0].verb == "still" else 0.5  # one of the two moves
-        actions.append(Action(other, _draw_verb(rng, last.get(other), still)))
-    return tuple(actions)
-
-
-def _draw_plain(rng: np.random.Generator, config: WorldConfig, objects: list[ObjectSpec],
-                num_stages: int | None) -> tuple[tuple[Action, ...], ...]:
-    """Stages of a plain clip; at least one action moves (no clip where nothing happens)."""
-    count = num_stages or int(rng.integers(1, config.max_stages + 1))
-    for _ in range(1000):
-        stages, last = [], {}
-        for _ in range(count):
-            stage = _draw_stage(rng, config, len(objects), last)
-            last = {a.obj: a.verb for a in stage}
-            stages.append(stage)
-        if any(a.verb != "still" for stage in stages for a in stage):
-            return tuple(stages)
-    raise ValueError(f"still_probability={config.still_probability}: no moving {count}-stage plan in 1000 draws")
-
-
-def _draw_wall(rng: np.random.Generator, config: WorldConfig, objects: list[ObjectSpec]) -> tuple:
-    mover = int(rng.integers(len(objects)))
-    actions = [Action(mover, ("left", "right")[rng.integers(2)], WALL)]
-    if len(objects) >= 2 and rng.random() < config.while_probability:
-        other = int(rng.choice([i for i in range(len(objects)) if i != mover]))
-        actions.append(Action(other, ("still", "up", "down")[rng.integers(3)]))
-    return (tuple(actions),)
-
-
-def _draw_behind(rng: np.random.Generator, config: WorldConfig, objects: list[ObjectSpec]) -> tuple:
-    """Smallest radius passes behind the largest, a circle or square drawn on top (higher index)."""
-    objects[0] = replace(objects[0], radius=min(config.radii))
-    objects[1] = replace(objects[1], radius=max(config.radii), shape=("circle", "square")[rng.integers(2)])
-    return ((Action(0, ("left", "right")[rng.integers(2)], 1),),)
-
-
-def _draw(rng: np.random.Generator, config: WorldConfig, kind: str | None, num_stages: int | None) -> Composition:
-    kind = kind or _pick_kind(rng, config)
-    low = 2 if kind == "behind" else 1
-    if low > config.max_objects:
-        raise ValueError(f"kind='behind' needs max_objects >= 2, got {config.max_objects}")
-    objects = _draw_objects(rng, config, int(rng.integers(low, config.max_objects + 1)))
-    if kind == "plain":
-        stages = _draw_plain(rng, config, objects, num_stages)
-    else:
-        stages = _draw_wall(rng, config, objects) if kind == "wall" else _draw_behind(rng, config, objects)
-    return Composition(tuple(objects), stages, bool(rng.random() < config.textured_probability))
-
-
-def sample_composition(rng: np.random.Generator, config: WorldConfig | None = None, split: str = "train",
-                       kind: str | None = None, num_stages: int | None = None) -> Composition:
-    """A random composition of `split` ("train" never holds a held-out feature, "heldout" always does).
-
-    `kind` forces "plain", "wall" or "behind" (occlusion); `num_stages` forces the stage count of a
-    plain clip.
-    """
-    config = config or WorldConfig()
-    _check_split(split, kind)
-    if num_stages is not None and not 1 <= num_stages <= config.max_stages:
-        raise ValueError(f"num_stages={num_stages}: must be 1..max_stages={config.max_stages}")
-    for _ in range(10_000):
-        composition = _draw(rng, config, kind, num_stages)
-        if is_heldout(composition) == (split == "heldout"):
-            return composition
-    raise RuntimeError(f"no {split} composition found in 10000 draws for kind={kind}; widen the config")
-
-
-# ---------------------------------------------------------------- placement
-
-
-# ---------------------------------------------------------------- rendering
-
-
-# ---------------------------------------------------------------- clips, data sets, minimal pairs
-
-

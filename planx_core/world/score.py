@@ -32,6 +32,7 @@ ground-truth render passed through the same detector, so ground truth scores exa
 * trajectory_error: mean centroid distance (px) to the reference where both find the object
   (nan when never); keyframe_error: the same at the 2-fps keyframes.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,29 +52,29 @@ from .scenes import (
     keyframe_frames,
 )
 
-L1_THRESHOLD = 120       # L1 residual from the background-to-colour segment
+L1_THRESHOLD = 120  # L1 residual from the background-to-colour segment
 MIN_AREA = MIN_VISIBLE_PIXELS
 SQUARE_FILL, TRIANGLE_FILL, TRIANGLE_OFFSET = 0.87, 0.64, 0.07
-MOVE_THRESHOLD = 4.0      # px: below it a displacement is "still"
-AREA_TOLERANCE = 0.35     # relative deviation from the median area still counted as stable
-JUMP_TOLERANCE = 4.0      # px beyond the reference's longest step
-FULLY_VISIBLE = 0.999     # ground-truth visible fraction of an unoccluded object
+MOVE_THRESHOLD = 4.0  # px: below it a displacement is "still"
+AREA_TOLERANCE = 0.35  # relative deviation from the median area still counted as stable
+JUMP_TOLERANCE = 4.0  # px beyond the reference's longest step
+FULLY_VISIBLE = 0.999  # ground-truth visible fraction of an unoccluded object
 _AXES = PALETTE_RGB.astype(np.float32) - np.float32(BACKGROUND)  # [6, 3] palette colour minus background
 # alpha >= 0.5 needs <p - b, a> >= |a|^2 / 2, so |p - b|_1 >= |a|^2 / (2 |a|_inf) (Hoelder): pixels nearer skip
 _MIN_OFFSET = float(min((a @ a) / (2 * np.abs(a).max()) for a in _AXES)) - 1e-3
-METRICS = ("accuracy", "completeness", "fidelity", "consistency", "trajectory_error", "keyframe_error",
-           "visibility")
+METRICS = ("accuracy", "completeness", "fidelity", "consistency", "trajectory_error", "keyframe_error", "visibility")
 
 
 @dataclass
 class Detections:
     """Per frame and palette colour: the largest blob of that colour."""
-    found: np.ndarray     # [T, 6] bool
+
+    found: np.ndarray  # [T, 6] bool
     centroid: np.ndarray  # [T, 6, 2] float64 (x, y); nan where not found
-    area: np.ndarray      # [T, 6] int64
-    fill: np.ndarray      # [T, 6] float64, filled area / box area
-    offset: np.ndarray    # [T, 6] float64, (filled mass centre y - box centre y) / box height
-    shape: np.ndarray     # [T, 6] int64 index into SHAPES; -1 where not found
+    area: np.ndarray  # [T, 6] int64
+    fill: np.ndarray  # [T, 6] float64, filled area / box area
+    offset: np.ndarray  # [T, 6] float64, (filled mass centre y - box centre y) / box height
+    shape: np.ndarray  # [T, 6] int64 index into SHAPES; -1 where not found
 
 
 def to_uint8(frames) -> np.ndarray:
@@ -144,7 +145,7 @@ def _largest_blob(mask: np.ndarray):
     x, y, w, h, area = stats[best]
     if area < MIN_AREA:
         return None
-    solid = _filled((labels[y:y + h, x:x + w] == best).astype(np.uint8))  # [h, w]
+    solid = _filled((labels[y : y + h, x : x + w] == best).astype(np.uint8))  # [h, w]
     rows = solid.sum(axis=1)  # [h]
     mass_y = float(rows @ np.arange(h)) / rows.sum()
     cx, cy = centroids[best]
@@ -263,11 +264,15 @@ def score_clip(frames, clip: Clip, reference: Detections | None = None) -> dict[
     stages = _stage_results(gen, clip)
     visibility = (gen.found[:, index] == ref.found[:, index]).mean()
     consistency = [_object_consistency(gen, ref, c, full[:, i]) for i, c in enumerate(index)]
-    return {"accuracy": float(np.mean(stages)), "completeness": float(all(stages)),
-            "fidelity": _fidelity(gen, ref, clip, full), "consistency": float(np.mean(consistency)),
-            "trajectory_error": _trajectory_error(gen, ref, index, range(clip.config.num_frames)),
-            "keyframe_error": _trajectory_error(gen, ref, index, keyframe_frames(clip.config)),
-            "visibility": float(visibility)}
+    return {
+        "accuracy": float(np.mean(stages)),
+        "completeness": float(all(stages)),
+        "fidelity": _fidelity(gen, ref, clip, full),
+        "consistency": float(np.mean(consistency)),
+        "trajectory_error": _trajectory_error(gen, ref, index, range(clip.config.num_frames)),
+        "keyframe_error": _trajectory_error(gen, ref, index, keyframe_frames(clip.config)),
+        "visibility": float(visibility),
+    }
 
 
 def score_many(frames_list: Sequence, clips: Sequence[Clip]) -> dict[str, float]:
@@ -291,5 +296,8 @@ def score_pairs(frames_pairs: Sequence, pairs: Sequence[tuple[Clip, Clip]]) -> d
         raise ValueError(f"{len(frames_pairs)} generated pairs for {len(pairs)} pairs")
     members = [score_clip(f, c) for fs, cs in zip(frames_pairs, pairs) for f, c in zip(fs, cs)]
     both = [members[k]["completeness"] * members[k + 1]["completeness"] for k in range(0, len(members), 2)]
-    return {"order_accuracy": float(np.mean(both)), "accuracy": float(np.mean([m["accuracy"] for m in members])),
-            "count": len(pairs)}
+    return {
+        "order_accuracy": float(np.mean(both)),
+        "accuracy": float(np.mean([m["accuracy"] for m in members])),
+        "count": len(pairs),
+    }

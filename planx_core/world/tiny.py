@@ -19,6 +19,7 @@ The text-aligned codebook, tied to the planner:
   `<I*>` rows are frozen in every stage, so the tie holds for as long as TA-Tok is not retrained;
   a planner is exported together with the TA-Tok it is tied to.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -78,11 +79,26 @@ VIDEO = TinyVideo()
 
 def planner_config(vocab_size: int, tokenizer=None) -> Qwen2Config:
     """The tiny Qwen2 planner: hidden 128, 4 layers, 4 heads (2 KV heads), MLP 384, 1024 positions."""
-    ids = {} if tokenizer is None else dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                            pad_token_id=tokenizer.pad_token_id)
-    return Qwen2Config(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
-                       tie_word_embeddings=False, **ids)
+    ids = (
+        {}
+        if tokenizer is None
+        else dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    return Qwen2Config(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        **ids,
+    )
 
 
 def tatok_config(bottleneck_dim: int = 128) -> TATokConfig:
@@ -91,12 +107,23 @@ def tatok_config(bottleneck_dim: int = 128) -> TATokConfig:
     The last layer's output is used (`select_layer` -1: a 2-layer encoder has no spare layer) and
     SigLIP's pooling head is left out. `bottleneck_dim` must equal the planner's hidden size.
     """
-    return TATokConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                       patch_size=2, image_size=54, use_head=False, select_layer=-1, bottleneck_dim=bottleneck_dim,
-                       codebook_size=NUM_CODES, name="ta-tok-planshapes")
+    return TATokConfig(
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=2,
+        image_size=54,
+        use_head=False,
+        select_layer=-1,
+        bottleneck_dim=bottleneck_dim,
+        codebook_size=NUM_CODES,
+        name="ta-tok-planshapes",
+    )
 
 
 # ----------------------------------------------------------------------------- building
+
 
 def build_planner(seed: int = 0) -> tuple[Qwen2ForCausalLM, object, PlanVocab]:
     """A fresh, seeded tiny planner: (model, word tokenizer with the plan tokens, PlanVocab).
@@ -148,11 +175,13 @@ def tie(model, tokenizer, vocab: PlanVocab, tatok: TATok) -> None:
     weight = model.get_input_embeddings().weight  # [V, hidden]
     anchors = tatok.bottleneck.regularizer.embedding.weight  # [N, D]
     if anchors.shape != (vocab.num_image_tokens, weight.shape[1]):
-        raise ValueError(f"TA-Tok codebook {list(anchors.shape)} does not fit a planner with "
-                         f"{vocab.num_image_tokens} image tokens of width {weight.shape[1]}; use the tiny configs")
+        raise ValueError(
+            f"TA-Tok codebook {list(anchors.shape)} does not fit a planner with "
+            f"{vocab.num_image_tokens} image tokens of width {weight.shape[1]}; use the tiny configs"
+        )
     with torch.no_grad():
         weight[anchor_ids(tokenizer)] = anchors.to(weight)
-        weight[vocab.image_start:vocab.image_end] = tatok.codebook().to(weight)  # [N, hidden]
+        weight[vocab.image_start : vocab.image_end] = tatok.codebook().to(weight)  # [N, hidden]
 
 
 def frozen_rows(tokenizer, vocab: PlanVocab) -> list[int]:
@@ -166,8 +195,15 @@ def code_word_check(codebook: torch.Tensor, anchors: torch.Tensor, codes) -> lis
     words = torch.nn.functional.normalize(anchors.float(), dim=1)  # [N, D]
     sims = rows @ words.T  # [N, N]
     best = sims.max(dim=1)
-    return [{"code": int(k), "word": ANCHOR_WORDS[k], "nearest": ANCHOR_WORDS[int(best.indices[k])],
-             "cos": round(float(best.values[k]), 4)} for k in sorted({int(c) for c in codes})]
+    return [
+        {
+            "code": int(k),
+            "word": ANCHOR_WORDS[k],
+            "nearest": ANCHOR_WORDS[int(best.indices[k])],
+            "cos": round(float(best.values[k]), 4),
+        }
+        for k in sorted({int(c) for c in codes})
+    ]
 
 
 SHORT_WORLD = world.WorldConfig()  # 17 frames at 8 fps: the training clip length
@@ -176,8 +212,14 @@ SHORT_WORLD = world.WorldConfig()  # 17 frames at 8 fps: the training clip lengt
 LONG_WORLD = world.WorldConfig(num_frames=65, speed=0.5, max_stages=4)  # 4x: the long-video mode (4 stages
 
 
-def random_bundle(dit: DiTConfig | str = "planx-tiny", *, vae: VAEConfig | str = "tiny", seed: int = 0,
-                  spec: BundleSpec | None = None, plan_weight_std: float = 0.02) -> Bundle:
+def random_bundle(
+    dit: DiTConfig | str = "planx-tiny",
+    *,
+    vae: VAEConfig | str = "tiny",
+    seed: int = 0,
+    spec: BundleSpec | None = None,
+    plan_weight_std: float = 0.02,
+) -> Bundle:
     """An untrained bundle at the tiny sizes (tests, smoke runs, timing): seeded random weights.
 
     Planner and TA-Tok are the tied pair of `tiny.build_pair`; the text encoder is a tiny umT5
@@ -188,19 +230,37 @@ def random_bundle(dit: DiTConfig | str = "planx-tiny", *, vae: VAEConfig | str =
     dit_config = get_preset(dit) if isinstance(dit, str) else dit
     model, tokenizer, vocab, tatok = build_pair(seed)
     planner = SemanticPlanner(model, tokenizer, vocab, name="random-planner")
-    encoder = tiny_text_encoder(build_word_tokenizer(list(world.WORDS)), dim=dit_config.text_dim,
-                                text_len=dit_config.text_len, seed=seed)
+    encoder = tiny_text_encoder(
+        build_word_tokenizer(list(world.WORDS)), dim=dit_config.text_dim, text_len=dit_config.text_len, seed=seed
+    )
     torch.manual_seed(seed)
     vae_model, dit_model = WanVAE(vae).eval(), WanModel(dit_config).eval()
-    branch = SemanticBranch(BranchConfig(code_dim=tatok.config.bottleneck_dim, dim=dit_config.dim,
-                                         num_heads=dit_config.num_heads, num_layers=dit_config.num_layers)).eval()
+    branch = SemanticBranch(
+        BranchConfig(
+            code_dim=tatok.config.bottleneck_dim,
+            dim=dit_config.dim,
+            num_heads=dit_config.num_heads,
+            num_layers=dit_config.num_layers,
+        )
+    ).eval()
     with torch.no_grad():
         for attn in branch.attn.values():
             attn.v.weight.normal_(0.0, plan_weight_std)  # [dim, dim]
-    spec = spec or BundleSpec(dit=dit_config, name="planx-random", planner_name="random-planner",
-                              notes="untrained random weights (bundle.random_bundle); output is noise")
-    return Bundle(spec=replace(spec, dit=dit_config), planner=planner, tatok=tatok.eval(), text_encoder=encoder,
-                  vae=vae_model, dit=dit_model, branch=branch).check()
+    spec = spec or BundleSpec(
+        dit=dit_config,
+        name="planx-random",
+        planner_name="random-planner",
+        notes="untrained random weights (bundle.random_bundle); output is noise",
+    )
+    return Bundle(
+        spec=replace(spec, dit=dit_config),
+        planner=planner,
+        tatok=tatok.eval(),
+        text_encoder=encoder,
+        vae=vae_model,
+        dit=dit_model,
+        branch=branch,
+    ).check()
 
 
 def render_clip_semantics(model, clip, *, use_semantics: bool = True, seed: int = 0, window: int | None = None):
@@ -208,6 +268,7 @@ def render_clip_semantics(model, clip, *, use_semantics: bool = True, seed: int 
     semantics, or from its text alone."""
     n = clip.config.num_frames
     plan = model.semantic_plan(model.encode_semantics(clip_video([clip])[0]), num_frames=n) if use_semantics else None
-    latent = model.render_latent(plan, clip.scene, clip.motion, num_frames=clip.config.num_frames, seed=seed,
-                                 window=window)
+    latent = model.render_latent(
+        plan, clip.scene, clip.motion, num_frames=clip.config.num_frames, seed=seed, window=window
+    )
     return model.decode(latent)

@@ -8,6 +8,7 @@ Without a checkout every test using it is SKIPPED with the suite's loud message.
 
 Websocket events come through aiohttp, which ComfyUI itself requires, so nothing extra is installed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,10 @@ def pytest_plugin_registered(plugin, manager):
     suite's conftest module goes back into sys.modules."""
     if plugin is sys.modules.get("conftest") and getattr(plugin, "__file__", None) == __file__:
         wanted = REPO / "tests" / "conftest.py"
-        suite = next((p for p in manager.get_plugins()
-                      if getattr(p, "__file__", None) and Path(p.__file__).resolve() == wanted), None)
+        suite = next(
+            (p for p in manager.get_plugins() if getattr(p, "__file__", None) and Path(p.__file__).resolve() == wanted),
+            None,
+        )
         if suite is not None:
             sys.modules["conftest"] = suite
 
@@ -65,8 +68,12 @@ class ComfyServer:
             return json.loads(resp.read())
 
     def post(self, path: str, body: dict | None = None):
-        request = urllib.request.Request(self.base_url + path, data=json.dumps(body or {}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=json.dumps(body or {}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=30) as resp:
             data = resp.read()
             return json.loads(data) if data else None
@@ -152,14 +159,32 @@ def _start(comfy: Path, root: Path) -> ComfyServer:
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}), encoding="utf-8")
     port = _free_port()
     log_path = root / "server.log"
-    command = [sys.executable, str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--extra-model-paths-config", str(config), "--input-directory", str(dirs["input"]),
-               "--output-directory", str(dirs["output"]), "--temp-directory", str(dirs["temp"]),
-               "--user-directory", str(dirs["user"]), "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch"]
+    command = [
+        sys.executable,
+        str(comfy / "main.py"),
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--extra-model-paths-config",
+        str(config),
+        "--input-directory",
+        str(dirs["input"]),
+        "--output-directory",
+        str(dirs["output"]),
+        "--temp-directory",
+        str(dirs["temp"]),
+        "--user-directory",
+        str(dirs["user"]),
+        "--database-url",
+        "sqlite:///:memory:",
+        "--disable-auto-launch",
+    ]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(
+            command, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     server = ComfyServer(f"http://127.0.0.1:{port}", dirs, process, log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -213,4 +238,3 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and _SERVERS and "comfy_server" in getattr(item, "fixturenames", ()):
         report.sections.append(("ComfyUI server log (tail)", _SERVERS[-1].log_tail()))
-

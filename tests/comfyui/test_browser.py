@@ -5,6 +5,7 @@ workflow (the frontend's own serialisation), reload the page, load the saved fil
 the "edits" widget and change the plan that reaches the sampler (Save Plan's file). Screenshots go
 to $PLANX_ARTIFACTS (default: the test's tmp folder) and their paths are printed.
 """
+
 import json
 import os
 import shutil
@@ -33,8 +34,9 @@ def browser():
 def _open(browser, server):
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.goto(server.base_url)
-    page.wait_for_function("window.app && window.app.graph && window.__planx_editor && window.__planx_editor.ready",
-                           timeout=60_000)
+    page.wait_for_function(
+        "window.app && window.app.graph && window.__planx_editor && window.__planx_editor.ready", timeout=60_000
+    )
     return page
 
 
@@ -106,8 +108,9 @@ def test_editor_edits_survive_save_and_reload_and_reach_the_sampler(browser, com
 
     saved = page.evaluate("async () => (await window.app.graphToPrompt()).workflow")
     page.reload()
-    page.wait_for_function("window.app && window.app.graph && window.__planx_editor && window.__planx_editor.ready",
-                           timeout=60_000)
+    page.wait_for_function(
+        "window.app && window.app.graph && window.__planx_editor && window.__planx_editor.ready", timeout=60_000
+    )
     _load(page, saved)
     reloaded = page.evaluate(f"window.__planx_editor.get({EDIT_NODE})")
     assert reloaded["text"] == edited["text"]

@@ -3,6 +3,7 @@
 This pins planx_core to the host the plan patch will run in: the Inject 3D RoPE Guidance node
 patches ComfyUI's model, so both must agree on the base computation first.
 """
+
 import pytest
 import torch
 from conftest import randomize
@@ -20,15 +21,29 @@ def comfy_wan(comfy_modules):
     from comfy.ldm.wan.model import WanModel as ComfyWanModel
 
     def build(cfg):
-        return ComfyWanModel(model_type="t2v", patch_size=cfg.patch_size, text_len=cfg.text_len, in_dim=cfg.in_dim,
-                             dim=cfg.dim, ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim,
-                             out_dim=cfg.out_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-                             eps=cfg.eps, operations=comfy.ops.disable_weight_init, dtype=torch.float32)
+        return ComfyWanModel(
+            model_type="t2v",
+            patch_size=cfg.patch_size,
+            text_len=cfg.text_len,
+            in_dim=cfg.in_dim,
+            dim=cfg.dim,
+            ffn_dim=cfg.ffn_dim,
+            freq_dim=cfg.freq_dim,
+            text_dim=cfg.text_dim,
+            out_dim=cfg.out_dim,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            eps=cfg.eps,
+            operations=comfy.ops.disable_weight_init,
+            dtype=torch.float32,
+        )
+
     return build
 
 
-@pytest.mark.parametrize("timestep", [torch.tensor([650.0]), torch.tensor([[0.0, 650.0, 650.0]])],
-                         ids=["per_sample", "per_frame"])
+@pytest.mark.parametrize(
+    "timestep", [torch.tensor([650.0]), torch.tensor([[0.0, 650.0, 650.0]])], ids=["per_sample", "per_frame"]
+)
 def test_matches_comfyui_native_wan(tiny_config, comfy_wan, timestep):
     ours = randomize(WanModel(tiny_config))
     native = comfy_wan(tiny_config).eval()

@@ -6,6 +6,7 @@ keep their ids and input order (shared workflows); the planner must leave the ac
 unless told to stay; the tiny model's stand-ins must match planx_core; SemanticGen's continuous
 plans must go from Load Planner to the sampler, and plans of the wrong kind be refused with a fix.
 """
+
 import importlib.util
 import sys
 from dataclasses import replace
@@ -28,13 +29,44 @@ ROOT = Path(__file__).resolve().parents[2]
 # inputs at the end (optional); never rename, remove or reorder.
 NODE_INPUTS = {
     "PlanX_LoadPlanner": ["planner", "dtype", "attention", "keep_loaded"],
-    "PlanX_GenerateSemanticPlan": ["planner", "scene", "motion", "width", "height", "length", "fps", "keyframe_rate",
-                                   "seed", "temperature", "top_k", "top_p", "cfg", "first_frame", "context_frames",
-                                   "locked_plan"],
+    "PlanX_GenerateSemanticPlan": [
+        "planner",
+        "scene",
+        "motion",
+        "width",
+        "height",
+        "length",
+        "fps",
+        "keyframe_rate",
+        "seed",
+        "temperature",
+        "top_k",
+        "top_p",
+        "cfg",
+        "first_frame",
+        "context_frames",
+        "locked_plan",
+    ],
     "PlanX_EditPlanTokens": ["plan", "edits", "planner"],
     "PlanX_InjectRoPEGuidance": ["model", "plan", "branch", "strength", "start", "end", "mode", "rope"],
-    "PlanX_Sampler": ["model", "positive", "negative", "seed", "steps", "text_cfg", "plan_cfg", "shift", "solver",
-                      "width", "height", "length", "latent", "start_image", "vae", "attention_window"],
+    "PlanX_Sampler": [
+        "model",
+        "positive",
+        "negative",
+        "seed",
+        "steps",
+        "text_cfg",
+        "plan_cfg",
+        "shift",
+        "solver",
+        "width",
+        "height",
+        "length",
+        "latent",
+        "start_image",
+        "vae",
+        "attention_window",
+    ],
     "PlanX_PlanPreview": ["plan", "planner"],
     "PlanX_SavePlan": ["plan", "filename_prefix"],
     "PlanX_LoadPlan": ["plan_file"],
@@ -47,8 +79,9 @@ NODE_INPUTS = {
 def pack(comfy_modules):
     """The pack imported as ComfyUI imports a custom node folder (a package under another name)."""
     if "planx_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("planx_pack", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
+        spec = importlib.util.spec_from_file_location(
+            "planx_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules["planx_pack"] = module
         spec.loader.exec_module(module)
@@ -85,14 +118,19 @@ def _velocity(patcher, x, sigma, context, **kwargs):
 def semanticgen(pack):
     """The embedded SemanticGen (as the nodes load it) and a 65-frame continuous plan from its planner node."""
     from planx_pack.nodes.model_files import cached_semanticgen
+
     nodes = pack.NODE_CLASS_MAPPINGS
     planner = nodes["PlanX_LoadPlanner"].execute(SEMANTICGEN_PLANNER, "auto", "sdpa", False).args[0]
-    plan, picture = nodes["PlanX_GenerateSemanticPlan"].execute(planner, SCENE, MOTION, 64, 64, 65, 8.0, 2.0, 0,
-                                                                1.0, 0, 1.0, 1.0).args
+    plan, picture = (
+        nodes["PlanX_GenerateSemanticPlan"]
+        .execute(planner, SCENE, MOTION, 64, 64, 65, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0)
+        .args
+    )
     return cached_semanticgen(), planner, plan, picture
 
 
 # ----------------------------------------------------------------------------- schemas
+
 
 def test_node_ids_and_input_order_are_stable(nodes):
     assert sorted(nodes) == sorted(NODE_INPUTS)
@@ -112,9 +150,11 @@ def test_every_input_has_a_tooltip_and_every_node_a_description(nodes):
 
 # ----------------------------------------------------------------------------- the plan patch
 
+
 def _branch_for(config: DiTConfig, code_dim: int, seed: int = 1) -> SemanticBranch:
-    branch = SemanticBranch(BranchConfig(code_dim=code_dim, dim=config.dim, num_heads=config.num_heads,
-                                         num_layers=config.num_layers))
+    branch = SemanticBranch(
+        BranchConfig(code_dim=code_dim, dim=config.dim, num_heads=config.num_heads, num_layers=config.num_layers)
+    )
     return randomize(branch, std=0.2, seed=seed)
 
 
@@ -122,6 +162,7 @@ def _branch_for(config: DiTConfig, code_dim: int, seed: int = 1) -> SemanticBran
 def test_patch_matches_planx_dit(pack, embedded, rope, strength):
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PlanPatch
+
     bundle, pipe, plan = embedded
     model = tiny_model(bundle, TinyLatent())
     conditioning = pipe.condition(plan, strength=strength, rope=rope)
@@ -139,6 +180,7 @@ def test_patch_matches_with_per_frame_timesteps(pack, embedded):
     """TI2V: a noise mask keeps latent frame 0, so frame 0 runs at timestep 0 (WAN22.process_timestep)."""
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PlanPatch
+
     bundle, pipe, plan = embedded
     conditioning = pipe.condition(plan)
     patched = PlanPatch(conditioning).apply_to(tiny_model(bundle, TinyLatent()))
@@ -157,6 +199,7 @@ def test_stock_loader_and_patch_on_a_wan_shaped_dit(pack, comfy_modules):
     from planx_pack.nodes.wan_plan_patch import PlanPatch
 
     from planx_core.wan.dit import WanModel
+
     cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48, name="wan-shaped")
     ours = randomize(WanModel(cfg), std=0.05)
     sd = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
@@ -173,23 +216,33 @@ def test_stock_loader_and_patch_on_a_wan_shaped_dit(pack, comfy_modules):
 
 
 def _in_context_branch(config: DiTConfig, code_dim: int = 8, seed: int = 3) -> SemanticBranch:
-    branch = SemanticBranch(BranchConfig(code_dim=code_dim, dim=config.dim, num_heads=config.num_heads,
-                                         num_layers=config.num_layers, mode="in_context"))
+    branch = SemanticBranch(
+        BranchConfig(
+            code_dim=code_dim,
+            dim=config.dim,
+            num_heads=config.num_heads,
+            num_layers=config.num_layers,
+            mode="in_context",
+        )
+    )
     return randomize(branch, std=0.2, seed=seed)
 
 
-@pytest.mark.parametrize("rope,strength", [(True, 1.0), (False, 1.0), (True, 0.5), (True, 0.0)],
-                         ids=["rope", "no_rope", "half", "off"])
+@pytest.mark.parametrize(
+    "rope,strength", [(True, 1.0), (False, 1.0), (True, 0.5), (True, 0.0)], ids=["rope", "no_rope", "half", "off"]
+)
 def test_in_context_patch_matches_planx_dit(pack, embedded, rope, strength):
     """An in-context plan (semantic tokens appended to the self-attention sequence at timestep 0) on ComfyUI's
     WanModel equals planx_core's forward with the same weights; a random branch, so no trained value matters."""
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PlanPatch
+
     bundle = embedded[0]
     model = tiny_model(bundle, TinyLatent())
     branch = _in_context_branch(bundle.dit.config)
-    conditioning = branch.condition(torch.randn(1, 5 * 16, 8), [0.0, 1.0, 2.0, 3.0, 4.0], (4, 4), strength=strength,
-                                    use_rope=rope)
+    conditioning = branch.condition(
+        torch.randn(1, 5 * 16, 8), [0.0, 1.0, 2.0, 3.0, 4.0], (4, 4), strength=strength, use_rope=rope
+    )
     patched = PlanPatch(conditioning).apply_to(model)
     x, sigma, context = torch.randn(1, 16, 5, 16, 16), torch.tensor([0.6]), torch.randn(1, 64, 64)
     got = _velocity(patched, x, sigma, context)
@@ -206,12 +259,14 @@ def test_attention_window_matches_planx_dit(pack, embedded, plan_mode):
     (a start image's frame 0 at t = 0) and a batch of two (CFG) included."""
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PlanPatch, with_window
+
     bundle, pipe, plan = embedded
     model = tiny_model(bundle, TinyLatent())
     conditioning = None
     if plan_mode == "in_context":
         conditioning = _in_context_branch(bundle.dit.config).condition(
-            torch.randn(1, 9 * 16, 8), [float(k) for k in range(9)], (4, 4), strength=0.7)
+            torch.randn(1, 9 * 16, 8), [float(k) for k in range(9)], (4, 4), strength=0.7
+        )
     elif plan_mode == "cross_attn":
         conditioning = pipe.condition(plan)
     planned = model if conditioning is None else PlanPatch(conditioning).apply_to(model)
@@ -227,8 +282,9 @@ def test_attention_window_matches_planx_dit(pack, embedded, plan_mode):
     mask[:, :, 0] = 0
     got = _velocity(windowed, x[:1], sigma[:1], context[:1], denoise_mask=mask)
     t = torch.tensor([[0.0] + [700.0] * 8])
-    torch.testing.assert_close(got, bundle.dit(x[:1], t, context[:1], plan=conditioning, window=2), atol=1e-4,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        got, bundle.dit(x[:1], t, context[:1], plan=conditioning, window=2), atol=1e-4, rtol=1e-4
+    )
     assert not model.wrappers  # the input MODEL is untouched
 
 
@@ -238,6 +294,7 @@ def test_in_context_and_window_on_a_wan_shaped_dit(pack, comfy_modules):
     from planx_pack.nodes.wan_plan_patch import PlanPatch, with_window
 
     from planx_core.wan.dit import WanModel
+
     cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=48, out_dim=48, name="wan-shaped")
     ours = randomize(WanModel(cfg), std=0.05)
     sd = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
@@ -255,6 +312,7 @@ def test_embedded_dit_needs_the_pack_loader(pack, comfy_modules):
     import comfy.sd
 
     from planx_core.files.safetensors import read_safetensors
+
     sd = read_safetensors(Path(pack.nodes.model_files.EMBEDDED) / "dit.safetensors")
     with pytest.raises(Exception):  # noqa: B017 (whatever ComfyUI raises: it cannot build this size)
         model = comfy.sd.load_diffusion_model_state_dict(dict(sd))
@@ -264,6 +322,7 @@ def test_embedded_dit_needs_the_pack_loader(pack, comfy_modules):
 def test_plan_window_and_plan_off(pack, embedded):
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PLAN_OFF_KEY, PlanPatch
+
     bundle, pipe, plan = embedded
     model = tiny_model(bundle, TinyLatent())
     late = PlanPatch(replace(pipe.condition(plan), start=0.5)).apply_to(model)
@@ -278,6 +337,7 @@ def test_plan_window_and_plan_off(pack, embedded):
 def test_plan_longer_than_the_video_is_refused(pack, embedded):
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PlanPatch
+
     bundle, pipe, plan = embedded
     patched = PlanPatch(pipe.condition(plan)).apply_to(tiny_model(bundle, TinyLatent()))
     short = torch.randn(1, 16, 2, 16, 16)  # 5 frames; the plan's last keyframe is at frame 16
@@ -287,6 +347,7 @@ def test_plan_longer_than_the_video_is_refused(pack, embedded):
 
 def test_foreign_codebook_is_refused_with_a_fix(pack, embedded):
     from planx_pack.nodes.model_files import codebook_for
+
     _, _, plan = embedded
     foreign = plan.copy()
     foreign.codebook = CodebookId("other-tok", plan.codebook.size, "0123456789abcdef")
@@ -297,19 +358,33 @@ def test_foreign_codebook_is_refused_with_a_fix(pack, embedded):
 
 # ----------------------------------------------------------------------------- the nodes
 
+
 def test_sampler_renders_the_plan_and_keeps_the_start_image(nodes, embedded):
     import nodes as comfy_nodes
+
     bundle, pipe, plan = embedded
     model, clip, vae = nodes["PlanX_LoadTinyModel"].execute("embedded: planx-tiny").args
-    patched = nodes["PlanX_InjectRoPEGuidance"].execute(model, plan, "embedded: planx-tiny", 1.0, 0.0, 1.0,
-                                                       "from branch file", True).args[0]
-    positive = comfy_nodes.CLIPTextEncode().encode(clip, "a red circle on a dark background. the red circle moves right.")[0]
+    patched = (
+        nodes["PlanX_InjectRoPEGuidance"]
+        .execute(model, plan, "embedded: planx-tiny", 1.0, 0.0, 1.0, "from branch file", True)
+        .args[0]
+    )
+    positive = comfy_nodes.CLIPTextEncode().encode(
+        clip, "a red circle on a dark background. the red circle moves right."
+    )[0]
     negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
-    image = torch.from_numpy(pipe.render(plan, "a red circle on a dark background", "the red circle moves right",
-                                         steps=4, progress=False)[0]).float()[None] / 255  # [1, H, W, 3]
+    image = (
+        torch.from_numpy(
+            pipe.render(
+                plan, "a red circle on a dark background", "the red circle moves right", steps=4, progress=False
+            )[0]
+        ).float()[None]
+        / 255
+    )  # [1, H, W, 3]
     sampler = nodes["PlanX_Sampler"]
-    latent = sampler.execute(patched, positive, negative, 0, 6, 1.0, 2.0, 0.0, "euler", 64, 64, 17,
-                             start_image=image, vae=vae).args[0]["samples"]
+    latent = sampler.execute(
+        patched, positive, negative, 0, 6, 1.0, 2.0, 0.0, "euler", 64, 64, 17, start_image=image, vae=vae
+    ).args[0]["samples"]
     assert latent.shape == (1, 16, 5, 16, 16) and torch.isfinite(latent).all()
     torch.testing.assert_close(latent[:, :, :1], vae.encode(image)[:, :, :1], atol=1e-4, rtol=0)
     plain = sampler.execute(model, positive, negative, 0, 6, 1.0, 1.0, 0.0, "euler", 64, 64, 17).args[0]["samples"]
@@ -331,10 +406,27 @@ def test_tiny_clip_and_vae_match_planx_core(nodes, embedded):
 @pytest.mark.parametrize("keep", [False, True])
 def test_planner_leaves_the_device_unless_kept(nodes, keep):
     import comfy.model_management as mm
+
     planner = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", keep).args[0]
-    plan, picture = nodes["PlanX_GenerateSemanticPlan"].execute(
-        planner, "a red circle on a dark background", "the red circle moves right", 64, 64, 17, 8.0, 2.0, 0,
-        1.0, 0, 1.0, 1.0).args
+    plan, picture = (
+        nodes["PlanX_GenerateSemanticPlan"]
+        .execute(
+            planner,
+            "a red circle on a dark background",
+            "the red circle moves right",
+            64,
+            64,
+            17,
+            8.0,
+            2.0,
+            0,
+            1.0,
+            0,
+            1.0,
+            1.0,
+        )
+        .args
+    )
     assert len(plan.keyframes) == 5 and picture.ndim == 4
     loaded = any(m.model is planner.patcher for m in mm.current_loaded_models)
     assert loaded == keep
@@ -356,6 +448,7 @@ def test_edit_node_applies_edits_and_sends_the_editor_view(nodes, embedded):
 
 def test_save_and_load_plan_stay_inside_comfyui_folders(nodes, embedded, tmp_path, monkeypatch):
     import folder_paths
+
     _, _, plan = embedded
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
@@ -371,11 +464,13 @@ def test_save_and_load_plan_stay_inside_comfyui_folders(nodes, embedded, tmp_pat
 
 def test_encode_video_to_plan_reads_the_frames(nodes, embedded):
     _, pipe, plan = embedded
-    frames = pipe.render(plan, "a red circle on a dark background", "the red circle moves right", steps=4,
-                         progress=False)
+    frames = pipe.render(
+        plan, "a red circle on a dark background", "the red circle moves right", steps=4, progress=False
+    )
     planner = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
-    encoded = nodes["PlanX_EncodeVideoToPlan"].execute(torch.from_numpy(frames).float() / 255, planner, 8.0,
-                                                       2.0).args[0]
+    encoded = (
+        nodes["PlanX_EncodeVideoToPlan"].execute(torch.from_numpy(frames).float() / 255, planner, 8.0, 2.0).args[0]
+    )
     assert encoded.times == plan.times and encoded.codebook == plan.codebook
 
 
@@ -384,6 +479,7 @@ def test_a_branch_for_another_model_is_refused(pack, embedded):
     from planx_pack.nodes.wan_plan_patch import PlanPatch
 
     from planx_core.wan.configs import get_preset
+
     bundle = embedded[0]
     branch = _branch_for(get_preset("tiny"), code_dim=32)  # a 64-wide, 2-block DiT's branch
     conditioning = branch.condition(torch.randn(1, 81, 32), [0.0], (9, 9))
@@ -392,6 +488,7 @@ def test_a_branch_for_another_model_is_refused(pack, embedded):
 
 
 # ----------------------------------------------------------------------------- SemanticGen (continuous plans)
+
 
 def test_semanticgen_planner_makes_a_continuous_plan_for_the_length(semanticgen):
     model, planner, plan, picture = semanticgen
@@ -408,12 +505,14 @@ def test_semanticgen_planner_refuses_what_it_cannot_plan(nodes, semanticgen):
     with pytest.raises(PlanError, match="fps 8"):
         generate.execute(planner, SCENE, MOTION, 64, 64, 17, 24.0, 2.0, 0, 1.0, 0, 1.0, 1.0)
     with pytest.raises(PlanError, match="first_frame"):
-        generate.execute(planner, SCENE, MOTION, 64, 64, 17, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0,
-                         first_frame=torch.zeros(1, 64, 64, 3))
+        generate.execute(
+            planner, SCENE, MOTION, 64, 64, 17, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0, first_frame=torch.zeros(1, 64, 64, 3)
+        )
 
 
 def test_continuous_plan_through_preview_save_load_and_edit(nodes, semanticgen, tmp_path, monkeypatch):
     import folder_paths
+
     _, planner, plan, _ = semanticgen
     for connected in (None, planner):
         assert nodes["PlanX_PlanPreview"].execute(plan, connected).args[0].shape[-1] == 3
@@ -421,8 +520,9 @@ def test_continuous_plan_through_preview_save_load_and_edit(nodes, semanticgen, 
     monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
     (tmp_path / "input").mkdir()
     saved = nodes["PlanX_SavePlan"].execute(plan, "planx/long").ui["planx_plans"][0]
-    (tmp_path / "input" / "long.plan.json").write_bytes((tmp_path / "output" / saved["subfolder"] /
-                                                         saved["filename"]).read_bytes())
+    (tmp_path / "input" / "long.plan.json").write_bytes(
+        (tmp_path / "output" / saved["subfolder"] / saved["filename"]).read_bytes()
+    )
     loaded = nodes["PlanX_LoadPlan"].execute("long.plan.json").args[0]
     assert loaded.to_dict() == plan.to_dict()
     edit = nodes["PlanX_EditPlanTokens"]
@@ -432,7 +532,9 @@ def test_continuous_plan_through_preview_save_load_and_edit(nodes, semanticgen, 
     assert view["base"]["kind"] == "continuous" and view["palette"] == [] and view["words"] == {}
     assert len(view["cell_colours"]["plan"]) == 17 and len(view["cell_colours"]["plan"][0]) == plan.cells
     vector = [0.5] * plan.codebook.size
-    edits = f'[{{"op": "fill", "keyframe": 3, "rect": [0, 0, 1, 1], "vector": {vector}}}, {{"op": "lock", "keyframe": 3}}]'
+    edits = (
+        f'[{{"op": "fill", "keyframe": 3, "rect": [0, 0, 1, 1], "vector": {vector}}}, {{"op": "lock", "keyframe": 3}}]'
+    )
     edited = edit.execute(loaded, edits, planner).args[0]
     assert edited.keyframes[3].vectors[0] == vector and edited.keyframes[3].locked
     with pytest.raises(PlanError, match="fill_word"):
@@ -450,10 +552,14 @@ def test_semanticgen_model_and_branch_render_the_plan_like_planx_core(nodes, sem
     """Load Plan-X Tiny Model (semanticgen) + Inject (semanticgen branch, a continuous plan): the MODEL's
     velocity equals SemanticGen's stage-2 DiT with the in-context plan, windowed or not."""
     from planx_pack.nodes.wan_plan_patch import with_window
+
     model, _, plan, _ = semanticgen
     tiny, clip, vae = nodes["PlanX_LoadTinyModel"].execute(SEMANTICGEN).args
-    patched = nodes["PlanX_InjectRoPEGuidance"].execute(tiny, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file",
-                                                        True).args[0]
+    patched = (
+        nodes["PlanX_InjectRoPEGuidance"]
+        .execute(tiny, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file", True)
+        .args[0]
+    )
     conditioning = model.branch.condition_plan(plan, None, num_frames=65, fps=8.0)
     x, sigma, context = torch.randn(1, 16, 17, 16, 16), torch.tensor([0.6]), torch.randn(1, 64, 64)
     for window in (None, 2):
@@ -467,14 +573,21 @@ def test_semanticgen_model_and_branch_render_the_plan_like_planx_core(nodes, sem
 
 def test_semanticgen_sampler_renders_a_long_video_with_a_window(nodes, semanticgen):
     import nodes as comfy_nodes
+
     _, _, plan, _ = semanticgen
     model, clip, vae = nodes["PlanX_LoadTinyModel"].execute(SEMANTICGEN).args
-    patched = nodes["PlanX_InjectRoPEGuidance"].execute(model, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file",
-                                                        True).args[0]
+    patched = (
+        nodes["PlanX_InjectRoPEGuidance"]
+        .execute(model, plan, SEMANTICGEN, 1.0, 0.0, 1.0, "from branch file", True)
+        .args[0]
+    )
     positive = comfy_nodes.CLIPTextEncode().encode(clip, f"{SCENE}. {MOTION}.")[0]
     negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
-    latent = nodes["PlanX_Sampler"].execute(patched, positive, negative, 0, 3, 1.0, 1.0, 0.0, "unipc", 64, 64, 65,
-                                            attention_window=2).args[0]["samples"]
+    latent = (
+        nodes["PlanX_Sampler"]
+        .execute(patched, positive, negative, 0, 3, 1.0, 1.0, 0.0, "unipc", 64, 64, 65, attention_window=2)
+        .args[0]["samples"]
+    )
     assert latent.shape == (1, 16, 17, 16, 16) and torch.isfinite(latent).all()
 
 
@@ -503,6 +616,7 @@ def test_new_choices_are_appended(nodes):
         types = nodes[node_id].INPUT_TYPES()
         spec = {**types.get("required", {}), **types.get("optional", {})}[name]
         return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
     assert options("PlanX_LoadPlanner", "planner")[0] == "embedded: planx-tiny"
     assert options("PlanX_LoadPlanner", "planner")[-1] == SEMANTICGEN_PLANNER
     for node_id, name in (("PlanX_LoadTinyModel", "model"), ("PlanX_InjectRoPEGuidance", "branch")):

@@ -4,6 +4,7 @@ Loading and schema hygiene, every shipped workflow run to the end on the embedde
 errors a user can act on (a plan longer than the video, a plan from another tokenizer), and an
 interrupt mid-sampling; after each failure the server must still run the next prompt.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,9 +24,18 @@ pytestmark = pytest.mark.comfyui
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-PLANX_NODES = {"PlanX_LoadPlanner", "PlanX_GenerateSemanticPlan", "PlanX_EditPlanTokens", "PlanX_InjectRoPEGuidance",
-               "PlanX_Sampler", "PlanX_PlanPreview", "PlanX_SavePlan", "PlanX_LoadPlan", "PlanX_EncodeVideoToPlan",
-               "PlanX_LoadTinyModel"}
+PLANX_NODES = {
+    "PlanX_LoadPlanner",
+    "PlanX_GenerateSemanticPlan",
+    "PlanX_EditPlanTokens",
+    "PlanX_InjectRoPEGuidance",
+    "PlanX_Sampler",
+    "PlanX_PlanPreview",
+    "PlanX_SavePlan",
+    "PlanX_LoadPlan",
+    "PlanX_EncodeVideoToPlan",
+    "PlanX_LoadTinyModel",
+}
 
 
 def load_api(server, name: str) -> dict:
@@ -55,6 +65,7 @@ def fresh_text_to_video(server, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- loading and schemas
+
 
 def test_pack_loads_without_import_errors(comfy_server):
     failed = [line for line in comfy_server.log().splitlines() if "IMPORT FAILED" in line and "planx" in line]
@@ -86,14 +97,22 @@ def test_every_node_and_input_is_documented(comfy_server):
 
 # ----------------------------------------------------------------------------- the shipped workflows
 
+
 def test_workflows_are_what_the_build_script_writes():
     """workflows/*.json follow the nodes' current schemas (widget order): regenerate them when a node changes."""
     from conftest import _COMFY_SKIP, comfyui_path
+
     comfy = comfyui_path()
     if comfy is None:
         pytest.skip(_COMFY_SKIP)
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_workflows.py"), "--check"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "COMFYUI_PATH": str(comfy)})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_workflows.py"), "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COMFYUI_PATH": str(comfy)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -105,7 +124,8 @@ def test_workflow_runs(comfy_server, path):
             image = node["inputs"]["image"]
             assert (comfy_server.dirs["input"] / image).is_file(), (
                 f"{image} is not in ComfyUI's input folder: the pack installs it at load time "
-                f"(nodes/example_inputs.install_example_inputs, called from nodes/__init__.py)")
+                f"(nodes/example_inputs.install_example_inputs, called from nodes/__init__.py)"
+            )
     events = comfy_server.run(prompt, timeout=240)
     assert_success(events)
     prompt_id = last(events)["data"]["prompt_id"]
@@ -127,6 +147,7 @@ def test_workflow_runs(comfy_server, path):
 
 # ----------------------------------------------------------------------------- errors a user can act on
 
+
 def test_plan_longer_than_video_is_reported_then_server_recovers(comfy_server):
     prompt = fresh_text_to_video(comfy_server, seed=11)
     prompt[node_of(prompt, "PlanX_GenerateSemanticPlan")]["inputs"]["length"] = 33
@@ -141,8 +162,9 @@ def test_plan_longer_than_video_is_reported_then_server_recovers(comfy_server):
 def test_plan_from_another_tokenizer_is_reported_then_server_recovers(comfy_server):
     foreign = CodebookId("some-other-ta-tok", 64, digest="0123456789abcdef" * 4)
     times = keyframe_times(17, 8.0)
-    plan = make_plan([[0] * 81 for _ in times], times=times, fps=8.0, num_frames=17, width=64, height=64,
-                     codebook=foreign)
+    plan = make_plan(
+        [[0] * 81 for _ in times], times=times, fps=8.0, num_frames=17, width=64, height=64, codebook=foreign
+    )
     (comfy_server.dirs["input"] / "foreign.plan.json").write_text(plan.to_json(indent=1), encoding="utf-8")
     prompt = fresh_text_to_video(comfy_server, seed=21)
     prompt["900"] = {"class_type": "PlanX_LoadPlan", "inputs": {"plan_file": "foreign.plan.json"}}
@@ -165,6 +187,7 @@ def test_interrupt_mid_sampling_then_server_recovers(comfy_server):
         if event["type"] == "progress" and event["data"].get("node") == sampler and not sent:
             sent.append(event["data"]["value"])
             comfy_server.interrupt()
+
     events = comfy_server.run(prompt, timeout=240, on_event=interrupt_on_progress)
     assert sent, "no progress event from the Plan-X Sampler"
     assert last(events)["type"] == "execution_interrupted", [e["type"] for e in events]
@@ -181,4 +204,11 @@ def test_api_conversion_matches_schema_order(comfy_server):
     assert (plan_inputs["seed"], plan_inputs["temperature"], plan_inputs["top_k"]) == (0, 1.0, 0)
     sampler = copy.deepcopy(prompt[node_of(prompt, "PlanX_Sampler")]["inputs"])
     assert {k: sampler[k] for k in ("seed", "steps", "text_cfg", "plan_cfg", "shift", "solver", "length")} == {
-        "seed": 0, "steps": 20, "text_cfg": 1.0, "plan_cfg": 1.0, "shift": 0.0, "solver": "unipc", "length": 17}
+        "seed": 0,
+        "steps": 20,
+        "text_cfg": 1.0,
+        "plan_cfg": 1.0,
+        "shift": 0.0,
+        "solver": "unipc",
+        "length": 17,
+    }

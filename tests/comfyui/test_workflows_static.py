@@ -5,6 +5,7 @@ from both ends, and which says in `extra.planx.real_weights` how to run it on Wa
 SemanticGen long-video workflow says why it has no such variant). That they also run is checked
 against a real server in test_server.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,28 @@ import pytest
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[2] / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-PLANX = {"PlanX_LoadPlanner", "PlanX_GenerateSemanticPlan", "PlanX_EditPlanTokens", "PlanX_InjectRoPEGuidance",
-         "PlanX_Sampler", "PlanX_PlanPreview", "PlanX_SavePlan", "PlanX_LoadPlan", "PlanX_EncodeVideoToPlan",
-         "PlanX_LoadTinyModel"}
+PLANX = {
+    "PlanX_LoadPlanner",
+    "PlanX_GenerateSemanticPlan",
+    "PlanX_EditPlanTokens",
+    "PlanX_InjectRoPEGuidance",
+    "PlanX_Sampler",
+    "PlanX_PlanPreview",
+    "PlanX_SavePlan",
+    "PlanX_LoadPlan",
+    "PlanX_EncodeVideoToPlan",
+    "PlanX_LoadTinyModel",
+}
 STOCK = {"CLIPTextEncode", "VAEDecode", "SaveImage", "LoadImage"}
 REAL_LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
 LONG_VIDEO = "planx_long_video_semanticgen.json"  # SemanticGen: 65 frames, attention window, no real weights
-EXPECTED = {"planx_text_to_video.json", "planx_image_to_video.json", "planx_edit_plan.json",
-            "planx_semantic_transfer.json", LONG_VIDEO}
+EXPECTED = {
+    "planx_text_to_video.json",
+    "planx_image_to_video.json",
+    "planx_edit_plan.json",
+    "planx_semantic_transfer.json",
+    LONG_VIDEO,
+}
 
 
 def load(path: Path) -> dict:
@@ -101,7 +116,9 @@ def test_real_weights_variant_is_described(workflow, request):
     assert changed["PlanX_LoadPlanner"]["widgets"] == {"planner": "planx-wan22"}
     assert changed["PlanX_LoadPlanner"]["properties"]["models"] == [{"name": "planx-wan22", "directory": "planx"}]
     assert changed["PlanX_InjectRoPEGuidance"]["widgets"] == {"branch": "planx-wan22/branch.safetensors"}
-    assert changed["PlanX_Sampler"]["widgets"]["text_cfg"] == 5.0 and changed["PlanX_Sampler"]["widgets"]["shift"] == 8.0
+    assert (
+        changed["PlanX_Sampler"]["widgets"]["text_cfg"] == 5.0 and changed["PlanX_Sampler"]["widgets"]["shift"] == 8.0
+    )
     names = {(m["name"], m["directory"]) for m in real["models"]}
     assert ("wan2.2_ti2v_5B_fp16.safetensors", "diffusion_models") in names
     assert ("planx-wan22/branch.safetensors", "planx") in names
@@ -112,9 +129,11 @@ def test_shipped_settings_run_on_the_tiny_model(workflow, request):
     attention. The long-video workflow: the embedded SemanticGen, 65 frames, attention window 2."""
     long = _name(request) == LONG_VIDEO
     length, window = (65, 2) if long else (17, 0)
-    loaders = {"PlanX_LoadPlanner": "embedded: semanticgen-tiny (diffusion)" if long else "embedded: planx-tiny",
-               "PlanX_LoadTinyModel": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny",
-               "PlanX_InjectRoPEGuidance": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny"}
+    loaders = {
+        "PlanX_LoadPlanner": "embedded: semanticgen-tiny (diffusion)" if long else "embedded: planx-tiny",
+        "PlanX_LoadTinyModel": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny",
+        "PlanX_InjectRoPEGuidance": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny",
+    }
     for node in workflow["nodes"]:
         values = node["widgets_values"]
         if node["type"] in loaders:

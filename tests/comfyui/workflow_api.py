@@ -6,6 +6,7 @@ The frontend saves one extra value after each input with `control_after_generate
 "fixed"/"randomize"), which is skipped. Muted (mode 2) and bypassed (mode 4) nodes are left out;
 our workflows have no notes, reroutes, primitives or groups-as-nodes, so those are not handled.
 """
+
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -49,6 +50,9 @@ def to_api(workflow: dict, object_info: dict) -> dict:
             link = links.get(socket.get("link"))
             if link is not None and link[1] in live:
                 inputs[socket["name"]] = [str(link[1]), link[2]]
-        prompt[str(node_id)] = {"class_type": node["type"], "inputs": inputs,
-                                "_meta": {"title": node.get("title", node["type"])}}
+        prompt[str(node_id)] = {
+            "class_type": node["type"],
+            "inputs": inputs,
+            "_meta": {"title": node.get("title", node["type"])},
+        }
     return prompt
