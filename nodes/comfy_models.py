@@ -2,7 +2,7 @@
 
 Every planx_core module the pack runs outside sampling (planner, TA-Tok, the tiny text encoder and
 VAE) sits in a `ModelPatcher`, so `comfy.model_management.load_models_gpu` moves it to the
-accelerator, frees room for it, and offloads it again under memory pressure (comfyui-host.md 5g).
+accelerator, frees room for it, and offloads it again under memory pressure (docs/comfyui-host.md 5g).
 
 The tiny DiT keeps Wan's key layout, but ComfyUI's detection derives heads as dim // 128 and a
 256-wide time embedding (`model_detection`, the `head.modulation` branch), which the tiny model

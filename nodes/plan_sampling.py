@@ -1,12 +1,12 @@
 """The Plan-X Sampler's recipe on ComfyUI's sampler stack: shift, latent, start image, plan guidance.
 
-Guidance (design.md): v = v(-,-) + s_plan (v(-,plan) - v(-,-)) + s_text (v(text,plan) - v(-,plan)).
+Guidance (docs/design.md section 5): v = v(-,-) + s_plan (v(-,plan) - v(-,-)) + s_text (v(text,plan) - v(-,plan)).
 With s_plan = 1 that is ordinary text CFG with the plan on in both branches, what the stock
 KSampler does with a patched MODEL; s_plan != 1 adds a pass with the plan off (`PLAN_OFF_KEY`).
 ComfyUI guides denoised predictions, which are affine in v with weights summing to one, so the
 same combination holds for them.
 
-Image-to-video follows Wan 2.2 TI2V as ComfyUI runs it (comfyui-host.md 5b, 5c): the start image's
+Image-to-video follows Wan 2.2 TI2V as ComfyUI runs it (docs/comfyui-host.md 5b, 5c): the start image's
 latent is written into latent frame 0 and a noise mask keeps it, so that frame gets timestep 0.
 """
 

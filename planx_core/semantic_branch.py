@@ -149,8 +149,7 @@ class SemanticBranch(nn.Module):
         plan's vectors go into the MLP as they are (`codebook` is not used, None is fine). Refuses a
         plan that does not fit the video, indexes another codebook size or has another vector width.
         """
-        plan.validate()
-        plan.check_video(num_frames, fps)
+        plan.check_video(num_frames, fps)  # a valid plan (validated where it was made) that must fit this video
         if plan.kind == "continuous":
             vectors = self._continuous_vectors(plan)
         else:

@@ -13,4 +13,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/pip" install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
 "$VENV/bin/pip" install -q -e ".[dev]"
+# torchvision, for the tests that compare with transformers' image processors: PyPI's builds are CUDA builds
+# that fail to import beside the CPU torch, so the pure-Python 0.16.2 (its compiled ops are never used).
+if ! "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+  "$VENV/bin/pip" install -q --no-deps "torchvision==0.16.2"
+fi
 echo "environment ready: $VENV"

@@ -42,7 +42,7 @@ def sample_plan(grid=(9, 9), count=None, size=65536) -> Plan:
 
 
 def test_keyframe_times_follow_the_alignment_example():
-    assert keyframe_times(121, 24.0, 2.0) == [i / 2 for i in range(11)]  # design.md: 11 keyframes
+    assert keyframe_times(121, 24.0, 2.0) == [i / 2 for i in range(11)]  # docs/design.md 4.3: 11 keyframes
     assert keyframe_times(17, 8.0, 2.0) == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert keyframe_times(1, 24.0) == [0.0]
     plan = sample_plan()

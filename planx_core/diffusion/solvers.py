@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Flow-matching ODE solvers: Euler, and UniPC as Wan 2.2 runs it (bh2, data prediction, order 2).
+
+Source: behaviour of Wan-Video/Wan2.2 `wan/utils/fm_solvers_unipc.py` (flow-matching UniPC,
+"bh2" variant, lower order at the start and on the final step); the method is UniPC (Zhao et al.
+2023). Written from those descriptions; the schedule and the sampling loop are in `sampling`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""The job commands: `python -m planx_core generate` (Plan-X) and `python -m planx_core semanticgen`.
+
+`generate` plans with the bundle's planner (or reads `--plan`), renders, and writes the video, the
+plan JSON and the plan picture beside it; `semanticgen` plans a continuous plan with stage 1 (or
+reads `--plan`, rendered at its own keyframe times) and renders it with windowed stage 2. Both
+exit 2 with the error's message on bad input; the argument definitions live in `__main__`.
+"""
 
 from __future__ import annotations
 

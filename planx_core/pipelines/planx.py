@@ -174,8 +174,8 @@ class PlanXPipeline:
             bar.close()
 
     def check_plan(self, plan: Plan) -> Plan:
-        """Refuse a plan this bundle cannot render: invalid, another codebook, or longer than the video."""
-        plan.validate()
+        """Refuse a plan this bundle cannot render: another codebook, or longer than the video. The plan itself
+        was validated where it was made (a file, the planner, `make_plan`, `apply_edits`), not again here."""
         plan.check_codebook(self.codebook_id)
         plan.check_video(self.spec.video.num_frames, self.spec.video.fps)
         return plan
@@ -222,8 +222,9 @@ class PlanXPipeline:
         drops the plan tokens' 3D RoPE positions (the ablation)."""
         s, v = self.spec.sampling, self.spec.video
         codebook = self.bundle.tatok.codebook().to(self.device)  # [N, D]
-        return self.bundle.branch.condition_plan(
-            self.check_plan(plan),
+        plan.check_codebook(self.codebook_id)
+        return self.bundle.branch.condition_plan(  # refuses a plan longer than the video
+            plan,
             codebook,
             num_frames=v.num_frames,
             fps=v.fps,
@@ -298,14 +299,12 @@ class PlanXPipeline:
 
         `planning`: keyword arguments of `plan` (temperature, top_k, ...); `render_options`: those of
         `render` (steps, shift, solver, text_scale, plan_scale, strength). A given plan is checked
-        against the bundle's codebook and video first.
+        against the bundle's codebook and video before the DiT runs (`render`).
         """
         if plan is not None and not use_plan:
             raise ValueError("a plan was given but use_plan is False; drop one of the two (--plan or --no-plan)")
         seconds, start = {}, time.perf_counter()
-        if plan is not None:
-            self.check_plan(plan)
-        elif use_plan:
+        if plan is None and use_plan:
             plan = self.plan(scene, motion, seed=seed, progress=progress, first_frame=first_frame, **(planning or {}))
         seconds["plan"] = time.perf_counter() - start
         start = time.perf_counter()

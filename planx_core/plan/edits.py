@@ -1,6 +1,6 @@
 """Edit operations on a Plan as small JSON steps, replayable on a freshly generated plan.
 
-This project's own design (Plan-X gives artists no editor; design.md asks for one). An edit
+This project's own design (Plan-X gives artists no editor; docs/design.md sections 1-2 ask for one). An edit
 list is a JSON array of objects, each with an "op" and its fields; the editor in the graph
 keeps that list in a STRING widget, so a saved workflow carries every edit and re-running the
 planner re-applies them. Cells are addressed [row, col]; a rectangle is [top, left, bottom,

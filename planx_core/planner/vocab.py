@@ -1,7 +1,7 @@
 """The planner's vocabulary: Tar's plan tokens added to a causal LM, and a word-level tokenizer.
 
 Source: Tar (github csuhan/Tar, `llava/model/llava_arch.py::initialize_vision_tokenizer`), as
-summarised in the method reference section 3.8: `<im_start>`, `<im_end>` (special), then
+summarised in docs/method.md section 3.5: `<im_start>`, `<im_end>` (special), then
 `<S0>`, `<S1>`, `<S2>` and `<I0>` .. `<I{N-1}>` (non-special), with contiguous ids so that code
 k is token `image_start + k`. The `<I*>` rows of the input and output embeddings start at the
 mean of the rows that existed before; when a codebook `[N, hidden]` is given, the input rows

@@ -336,7 +336,6 @@ class SemanticGen:
     def check_plan(self, plan: Plan, num_frames: int | None = None) -> Plan:
         """Refuse a plan this model cannot render: not continuous, another semantic space, grid or fps, or
         (with `num_frames`) keyframes after the video's end."""
-        plan.validate()
         if plan.kind != "continuous":
             raise PlanError(
                 "SemanticGen renders continuous plans; this plan holds TA-Tok tokens (use the Plan-X sampler)"
@@ -368,5 +367,6 @@ class SemanticGen:
     def condition(self, plan: Plan, num_frames: int):
         """Stage 2's conditioning on a continuous plan, at the plan's keyframe times, for `num_frames` frames
         (the branch's `condition_plan`, as Inject 3D RoPE Guidance calls it)."""
-        self.check_plan(plan, num_frames)
+        self.check_plan(plan)
+        # condition_plan refuses a plan longer than the video
         return self.branch.condition_plan(plan, None, num_frames=num_frames, fps=self.spec.fps)

@@ -1,6 +1,6 @@
 """Training entry point of the tiny Plan-X: `python -m planx_core train --stage {vae,tatok,planner,dit} ...`.
 
-This project's own loop (stages after Plan-X, arXiv 2511.17986; costs after docs planshapes.md
+This project's own loop (stages after Plan-X, arXiv 2511.17986; costs after docs/planshapes.md
 section 4). Runs as one process, or under `torchrun --nproc_per_node N` with DDP (gloo on CPU,
 NCCL on CUDA; `torch.distributed` set up from torchrun's environment variables). Each rank draws
 its own clips of the seeded world: global step s, rank r take clip seeds from global indices

@@ -83,7 +83,7 @@ PRESETS: dict[str, DiTConfig] = {
     ),
     # The embedded model's renderer: 16 latent channels (the tiny Wan-architecture VAE), a 16x16
     # latent of a 64x64 frame -> 8x8 tokens per latent frame; patch dim 64 is below the width 128,
-    # so velocity prediction is safe (planshapes.md 4.1), text from the tiny umT5 (64 wide).
+    # so velocity prediction is safe (docs/planshapes.md section 4.1), text from the tiny umT5 (64 wide).
     "planx-tiny": DiTConfig(
         dim=128,
         ffn_dim=512,

@@ -6,7 +6,7 @@ class here at any size: the embedded tiny model uses a small umT5 over the synth
 word-level tokenizer; the real umT5-XXL is ComfyUI's own text-encoder loader's business.
 
 Features are token-level, never pooled: a pooled sentence vector barely sees word order
-("right, then up" vs "up, then right"; see docs planshapes.md), and the order is the point.
+("right, then up" vs "up, then right"; see docs/planshapes.md section 3.2), and the order is the point.
 A folder holds `config.json`, `model.safetensors` and the tokenizer files (Hugging Face layout).
 """
 

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""PlanShapes clips: placement, rendering, clips, data sets and minimal pairs of the synthetic world.
+
+This project's own design (docs/planshapes.md section 3), plain numpy and deterministic by seed:
+start positions that keep objects apart and inside the frame (`place`), stamped shapes and the
+object-id buffer (`stamp`, `id_buffer`), painted frames (`render`, `paint`), `make_clip` and the
+seeded streams of `dataset`, `order_pairs` for semantic transfer, and `clip_video` (clips as a
+video tensor in [-1, 1]).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """PlanShapes: a procedural world of coloured shapes moving through multi-stage motions.
 
-This project's own design, after the team's PlanShapes proposal (docs planshapes.md section 3:
+This project's own design, after the team's PlanShapes proposal (docs/planshapes.md section 3:
 rendering spec, caption grammar, splits), scaled down to one Wan VAE chunk: 64x64 pixels,
 17 frames (4n+1) at 8 fps, so keyframes at 2 fps fall on frames 0, 4, 8, 12, 16 = latent
 frames 0..4. Plain numpy, deterministic by seed; the scorer lives in `world_score`.

@@ -1,6 +1,6 @@
 """Scores of PlanShapes clips computed from RGB frames alone: find objects by colour, track them.
 
-This project's own design, after the team's detector and metrics (docs planshapes.md section 3.4).
+This project's own design, after the team's detector and metrics (docs/planshapes.md section 3.4).
 
 Detection (`detect`): a pixel p belongs to palette colour c when, projected on the segment from
 the background grey b = (40, 40, 40) to c, it is at least half covered (alpha = <p - b, c - b> /
@@ -10,7 +10,8 @@ frame and colour the largest 8-connected component of at least `MIN_AREA` = 8 pi
 object: centroid, area, and, with holes filled, fill ratio of its box and vertical mass offset.
 Shape: square if fill > 0.87, else triangle if fill < 0.64 or the mass sits low (offset > 0.07),
 else circle (rendered fills: square 1.0, circle 0.72..0.76, triangle 0.51..0.55).
-Departure from section 3.4 (a plain L1 < 110 to the colour): that test erodes blurred edges of
+Departure from the first draft (a plain L1 < 110 to the colour; docs/planshapes.md section 3.4):
+that test erodes blurred edges of
 bright colours (a 3x3 box blur turned small cyan circles into "triangles" and "squares");
 segment projection keeps half-covered pixels, and filled holes keep noisy squares square.
 

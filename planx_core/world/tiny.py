@@ -5,7 +5,7 @@ at 2 fps = frames 0, 4, 8, 12, 16, a 9x9 token grid), after the paper's structur
 2511.17986: a Qwen2.5 planner writes TA-Tok keyframe tokens) and Tar's text-aligned codebook
 (github csuhan/Tar: codebook = normalize(embedding_proj(embedding.weight)) with `embedding` the
 LLM's frozen word embeddings, and the LLM's `<I*>` input rows set to the codebook when the widths
-match). Cost grounding: docs planshapes.md section 4 (a 4-layer, 128-256 wide LM is what trains
+match). Cost grounding: docs/planshapes.md section 4 (a 4-layer, 128-256 wide LM is what trains
 on this CPU in one sitting).
 
 The text-aligned codebook, tied to the planner:
