@@ -4,6 +4,7 @@ ComfyUI's nodes use planx_core's public API only, and no module grows past 450 l
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,13 @@ def test_no_module_over_450_lines(folder):
         if (n := len(p.read_text().splitlines())) > 450
     }
     assert not long, f"split these modules: {long}"
+
+
+RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+
+
+@pytest.mark.skipif(RUFF is None, reason="ruff is not installed (pip install -e .[dev] brings it)")
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_ruff_is_clean(command):
+    done = subprocess.run([RUFF, *command, "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
