@@ -1,15 +1,16 @@
 """planx_core: Plan-X and SemanticGen as a plain PyTorch library (no ComfyUI import anywhere).
 
-Modules: `configs` (DiT presets), `dit` (Wan 2.1/2.2 WanModel), `rope` (3D RoPE with explicit
-positions), `attention` (one entry point, several backends), `semantic_branch` (plan tokens into
-the DiT), `sampling` (flow matching, Euler/UniPC, text+plan guidance), `checkpoint` (safetensors
-loading of official, ComfyUI and diffusers layouts), `plan` / `plan_schema` / `plan_edits` /
-`plan_picture` (the keyframe plan, its JSON, edits and picture), `tokenizer` / `tokenizer_files`
-(TA-Tok), `planner*` (the semantic planner and its constrained decoding), `world` /
-`world_score` (the synthetic world and its scorer), `vae` / `vae_files` (the Wan 2.1 video VAE),
-`text_encoder` (umT5 features), `tiny` / `cell_labels` / `flow_training` / `train*` (the embedded
-model and its training entry point, `train_e2e` the end-to-end stage), `assemble` (a bundle from
-the training runs), `bundle` / `pipeline` / `video_io` (the generate job), `eval` (the ablations).
+The runtime, each subpackage naming its public API in its `__init__`: `plan` (the keyframe plan,
+its JSON, edits, picture and the one alignment rule, `plan.timing`), `files` (safetensors and
+video files, model files with their config in the metadata), `wan` (the Wan DiT, VAE, umT5, 3D
+RoPE, attention, windows, DiT file layouts), `tatok` (Tar's TA-Tok), `planner` (the semantic
+planner), `semantic_branch` (plan tokens into the DiT), `diffusion` (flow sigmas, solvers,
+guidance, render), `semanticgen` (continuous plans, two stages), `pipelines` (bundles, the Plan-X
+pipeline, the generate and semanticgen commands). `python -m planx_core` holds every command.
+
+The outer ring, which the runtime never imports (tests/test_layout.py checks it): `world` (the
+synthetic world, its scorer, the tiny configs), `training` (every stage, assemble), `eval` (the
+ablation table, long-video drift). `EMBEDDED` is the folder of the shipped tiny models.
 """
 
 from pathlib import Path
