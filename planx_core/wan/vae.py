@@ -1,11 +1,16 @@
-"""The Wan 2.1 causal video VAE (`WanVAE`): 3-channel video <-> 16-channel latents, 4x in time, 8x in space.
+"""The Wan causal video VAEs (`WanVAE`): Wan 2.1 (3-channel video <-> 16-channel latents, 4x in time,
+8x in space) and Wan 2.2 (the TI2V-5B's: 48 channels, 4x in time, 16x in space).
 
-Source: Wan-Video/Wan2.1 `wan/modules/vae.py` (architecture, module names, the causal chunking
-of `encode`/`decode` and its feature cache), written from a reading of it, of ComfyUI's
-`comfy/ldm/wan/vae.py` and of diffusers' `AutoencoderKLWan`, never copied. Module names follow
-the official checkpoint (`Wan2.1_VAE.pth`, ComfyUI's `wan_2.1_vae.safetensors`), so
+Source: Wan-Video/Wan2.1 `wan/modules/vae.py` and Wan2.2 `wan/modules/vae2_2.py` (architecture,
+module names, the causal chunking of `encode`/`decode` and its feature cache), written from a
+reading of them, of ComfyUI's `comfy/ldm/wan/vae.py`, `vae2_2.py` and of diffusers'
+`AutoencoderKLWan`, never copied. Module names follow the official checkpoints (`Wan2.1_VAE.pth`,
+`Wan2.2_VAE.pth`; ComfyUI's `wan_2.1_vae.safetensors`, `wan2.2_vae.safetensors`), so
 `state_dict()` keys are the official ones: `encoder.conv1`, `encoder.downsamples.N.residual.K`,
 `encoder.middle.1.to_qkv`, `encoder.head.0.gamma`, `conv1`, `conv2`, `decoder.upsamples.N.time_conv`...
+A config with `residual=True` builds Wan 2.2's levels (`vae22.py`: residual down/up blocks with
+parameter-free shortcuts, `encoder.downsamples.N.downsamples.J...`) and `patch_size=2` its 2x2
+patchify; the rest is shared.
 
 Everything is causal in time: latent frame 0 encodes video frame 0 alone, and each later latent
 frame encodes the next `temporal_factor` (4) frames; clips therefore have 1 + 4n frames. Clips
@@ -22,6 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
+from .vae22 import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, down_levels, patchify, unpatchify, up_levels
 from .vae_layers import AttentionBlock, Cache, CausalConv3d, Resample, ResidualBlock, RMS_norm, run
 
 # Wan 2.1's per-channel latent statistics (diffusers `AutoencoderKLWan` defaults `latents_mean/std`).
@@ -68,7 +74,9 @@ class VAEConfig:
     """Constructor arguments of `WanVAE`; names (typos included) follow the Wan reference.
 
     `latents_mean`/`latents_std` (None: 0 and 1) normalise the posterior mean per channel:
-    `latent = (mean - latents_mean) / latents_std`, the space the DiT works in.
+    `latent = (mean - latents_mean) / latents_std`, the space the DiT works in. Wan 2.2: `residual`
+    (residual down/up levels with parameter-free shortcuts), `patch_size` 2 (2x2 patchify to 12
+    channels) and `dec_dim` (the decoder's base width; None: `dim`).
     """
 
     dim: int = 96
@@ -80,6 +88,9 @@ class VAEConfig:
     latents_mean: tuple[float, ...] | None = None
     latents_std: tuple[float, ...] | None = None
     dropout: float = 0.0
+    dec_dim: int | None = None
+    patch_size: int = 1
+    residual: bool = False
     name: str = "custom"
 
     def __post_init__(self):
@@ -88,6 +99,14 @@ class VAEConfig:
             if value is not None:
                 object.__setattr__(self, f, tuple(value))  # lists are accepted, stored as tuples
         object.__setattr__(self, "temperal_downsample", tuple(bool(b) for b in self.temperal_downsample))
+        if self.dec_dim == self.dim:
+            object.__setattr__(self, "dec_dim", None)  # one spelling of "the decoder is as wide as the encoder"
+        if self.residual and self.attn_scales:
+            raise ValueError(
+                f"VAEConfig {self.name!r}: the residual (Wan 2.2) levels have no attention; attn_scales=()"
+            )
+        if self.patch_size < 1:
+            raise ValueError(f"VAEConfig {self.name!r}: patch_size must be >= 1, got {self.patch_size}")
         if len(self.dim_mult) < 2:
             raise ValueError(f"VAEConfig {self.name!r}: dim_mult needs at least 2 levels, got {self.dim_mult}")
         if len(self.temperal_downsample) != len(self.dim_mult) - 1:
@@ -106,7 +125,21 @@ class VAEConfig:
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.dim_mult) - 1)
+        return 2 ** (len(self.dim_mult) - 1) * self.patch_size
+
+    @property
+    def decoder_dim(self) -> int:
+        return self.dim if self.dec_dim is None else self.dec_dim
+
+    @property
+    def video_channels(self) -> int:
+        """Channels the encoder sees and the decoder writes: RGB, times the patch area."""
+        return 3 * self.patch_size**2
+
+    @property
+    def version(self) -> str:
+        """ "2.2" for the residual (Wan 2.2) architecture, else "2.1" (the tiny presets included)."""
+        return "2.2" if self.residual else "2.1"
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """[z_dim, 1 + (frames - 1) / temporal_factor, height / s, width / s] for a valid clip size."""
@@ -143,6 +176,19 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "tiny": VAEConfig(
         dim=16, z_dim=16, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(True, True), name="tiny"
     ),
+    # Wan 2.2 (TI2V-5B): ~705M parameters; [3, 121, 704, 1280] -> [48, 31, 44, 80].
+    "wan2.2": VAEConfig(
+        dim=160,
+        dec_dim=256,
+        z_dim=48,
+        patch_size=2,
+        residual=True,
+        latents_mean=WAN22_LATENTS_MEAN,
+        latents_std=WAN22_LATENTS_STD,
+        name="wan2.2",
+    ),
+    # Wan 2.2's architecture at widths 16 / 24 (tests): the same levels, patchify, z_dim and time steps.
+    "tiny2.2": VAEConfig(dim=16, dec_dim=24, z_dim=48, patch_size=2, residual=True, name="tiny2.2"),
 }
 
 
@@ -151,9 +197,6 @@ def get_vae_preset(name: str) -> VAEConfig:
         return VAE_PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown VAE preset {name!r}; choose one of {sorted(VAE_PRESETS)}") from None
-
-
-# --------------------------------------------------------------------------- layers
 
 
 # --------------------------------------------------------------------------- encoder and decoder
@@ -178,18 +221,21 @@ def _head(dim: int, out_dim: int) -> nn.Sequential:
 
 
 class Encoder3d(nn.Module):
-    """Video [B, 3, T, H, W] -> posterior moments [B, 2 * z_dim, latent T, H / s, W / s]."""
+    """Video [B, 3 * p * p, T, H, W] (patchified) -> posterior moments [B, 2 * z_dim, latent T, H / s, W / s]."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         dims = [cfg.dim * m for m in (1, *cfg.dim_mult)]
-        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
-        blocks, scale = [], 1.0
-        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
-            blocks += _level_blocks(cin, cout, cfg.num_res_blocks, scale in cfg.attn_scales, cfg.dropout)
-            if i < len(cfg.temperal_downsample):
-                blocks.append(Resample(cout, "downsample3d" if cfg.temperal_downsample[i] else "downsample2d"))
-                scale /= 2.0
+        self.conv1 = CausalConv3d(cfg.video_channels, dims[0], 3, padding=1)
+        if cfg.residual:
+            blocks = down_levels(dims, cfg.num_res_blocks, cfg.temperal_downsample, cfg.dropout)
+        else:
+            blocks, scale = [], 1.0
+            for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+                blocks += _level_blocks(cin, cout, cfg.num_res_blocks, scale in cfg.attn_scales, cfg.dropout)
+                if i < len(cfg.temperal_downsample):
+                    blocks.append(Resample(cout, "downsample3d" if cfg.temperal_downsample[i] else "downsample2d"))
+                    scale /= 2.0
         self.downsamples = nn.Sequential(*blocks)
         self.middle = _middle(dims[-1], cfg.dropout)
         self.head = _head(dims[-1], cfg.z_dim * 2)
@@ -202,24 +248,26 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    """Latent [B, z_dim, t, h, w] -> video [B, 3, 1 + (t - 1) * temporal_factor, h * s, w * s]."""
+    """Latent [B, z_dim, t, h, w] -> video [B, 3 * p * p, 1 + (t - 1) * temporal_factor, h * s / p, w * s / p]."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        dims = [cfg.dim * m for m in (cfg.dim_mult[-1], *reversed(cfg.dim_mult))]
+        dims = [cfg.decoder_dim * m for m in (cfg.dim_mult[-1], *reversed(cfg.dim_mult))]
         temperal_upsample = cfg.temperal_downsample[::-1]
-        scale = 1.0 / 2 ** (len(cfg.dim_mult) - 2)
         self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
         self.middle = _middle(dims[0], cfg.dropout)
-        blocks = []
-        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
-            cin = cin // 2 if i > 0 else cin  # each upsampling conv halved the channels
-            blocks += _level_blocks(cin, cout, cfg.num_res_blocks + 1, scale in cfg.attn_scales, cfg.dropout)
-            if i < len(temperal_upsample):
-                blocks.append(Resample(cout, "upsample3d" if temperal_upsample[i] else "upsample2d"))
-                scale *= 2.0
+        if cfg.residual:
+            blocks = up_levels(dims, cfg.num_res_blocks + 1, temperal_upsample, cfg.dropout)
+        else:
+            blocks, scale = [], 1.0 / 2 ** (len(cfg.dim_mult) - 2)
+            for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+                cin = cin // 2 if i > 0 else cin  # each upsampling conv halved the channels
+                blocks += _level_blocks(cin, cout, cfg.num_res_blocks + 1, scale in cfg.attn_scales, cfg.dropout)
+                if i < len(temperal_upsample):
+                    blocks.append(Resample(cout, "upsample3d" if temperal_upsample[i] else "upsample2d"))
+                    scale *= 2.0
         self.upsamples = nn.Sequential(*blocks)
-        self.head = _head(dims[-1], 3)
+        self.head = _head(dims[-1], cfg.video_channels)
 
     def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
         x = self.conv1(x, cache)  # [B, dim * dim_mult[-1], t, h, w]
@@ -232,11 +280,12 @@ class Decoder3d(nn.Module):
 
 
 class WanVAE(nn.Module):
-    """Wan 2.1 video VAE. `encode`/`decode` work on normalised latents (the DiT's space).
+    """Wan 2.1 or 2.2 video VAE (the config says which). `encode`/`decode` work on normalised latents (the DiT's space).
 
     `chunked=True` (default) runs the reference's causal chunks with a feature cache: memory
     stays flat in the clip length. `chunked=False` runs the clip in one pass (faster, and the
-    natural choice for training with gradients); both give the same result.
+    natural choice for training with gradients); both give the same result. Wan 2.2 patchifies
+    the video 2x2 before the encoder and un-patchifies after the decoder.
     """
 
     def __init__(self, config: VAEConfig | str = "wan2.1"):
@@ -282,7 +331,7 @@ class WanVAE(nn.Module):
     def posterior(self, video: torch.Tensor, chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised posterior (mean, logvar), each [B, z_dim, 1 + (T - 1) / 4, H / s, W / s], float32."""
         self.check_video(video)
-        x, cache = video.to(self.dtype), {}
+        x, cache = patchify(video.to(self.dtype), self.config.patch_size), {}  # [B, 3 * p * p, T, H / p, W / p]
         if chunked:
             out = torch.cat([self.encoder(x[:, :, a:b], cache) for a, b in self.encoder_chunks(x.shape[2])], dim=2)
         else:
@@ -323,11 +372,12 @@ class WanVAE(nn.Module):
         if latent.ndim != 5 or latent.shape[1] != self.config.z_dim:
             raise ValueError(
                 f"WanVAE.decode wants a latent [B, {self.config.z_dim}, t, h, w], got shape "
-                f"{list(latent.shape)}; is it from a VAE with another z_dim (Wan 2.2's has 48)?"
+                f"{list(latent.shape)}; is it from a VAE with another z_dim (Wan 2.1's has 16, Wan 2.2's has 48)?"
             )
         x, cache = self.conv2(self.denormalize(latent.float()).to(self.dtype)), {}  # [B, z, t, h, w]
         if chunked:
             out = torch.cat([self.decoder(x[:, :, i : i + 1], cache) for i in range(x.shape[2])], dim=2)
         else:
-            out = self.decoder(x, cache)  # [B, 3, T, H, W]
+            out = self.decoder(x, cache)  # [B, 3 * p * p, T, H / p, W / p]
+        out = unpatchify(out, self.config.patch_size)  # [B, 3, T, H, W]
         return out.float().clamp(-1.0, 1.0) if clamp else out.float()

@@ -1,7 +1,8 @@
 """The Wan video VAE's layers: causal 3D convolutions with a per-chunk cache, RMS norm, residual,
-attention and resampling blocks.
+attention and resampling blocks (shared by the Wan 2.1 and Wan 2.2 VAEs).
 
-Source: Wan-Video/Wan2.2 `wan/modules/vae2_1.py` (names and layout kept, so the official keys load)."""
+Source: Wan-Video/Wan2.2 `wan/modules/vae2_1.py` and `vae2_2.py` (names and layout kept, so the
+official keys load); the Wan 2.2 residual levels built on these are in `vae22.py`."""
 
 from __future__ import annotations
 
@@ -51,14 +52,18 @@ class RMS_norm(nn.Module):  # noqa: N801  (the reference's name)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
 
+class CachedBlock(nn.Module):
+    """A block whose `forward(x, cache)` carries state from one time chunk to the next."""
+
+
 def run(layers: nn.Sequential, x: torch.Tensor, cache: Cache) -> torch.Tensor:
     """Apply a Sequential, handing the cache to the layers that carry state across chunks."""
     for layer in layers:
-        x = layer(x, cache) if isinstance(layer, (CausalConv3d, ResidualBlock, Resample)) else layer(x)
+        x = layer(x, cache) if isinstance(layer, (CausalConv3d, CachedBlock)) else layer(x)
     return x
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(CachedBlock):
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
         super().__init__()
         self.residual = nn.Sequential(
@@ -102,23 +107,25 @@ class AttentionBlock(nn.Module):
         return x + batch_to_frames(self.proj(y), b)
 
 
-class Resample(nn.Module):
+class Resample(CachedBlock):
     """2x spatial up/downsampling per frame; the `3d` modes also double / halve time with `time_conv`.
 
     Frame 0 of a clip never goes through `time_conv`: it stays a single frame (down) or is not
     doubled (up), which is what makes 1 + 4n frames map to 1 + n latent frames and back.
+    Upsampling halves the channels (Wan 2.1) unless `up_dim` says otherwise (Wan 2.2 keeps them).
     """
 
     MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
 
-    def __init__(self, dim: int, mode: str):
+    def __init__(self, dim: int, mode: str, up_dim: int | None = None):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"Resample mode {mode!r}: choose one of {self.MODES}")
         self.mode = mode
-        if mode.startswith("up"):  # upsampling halves the channels
+        if mode.startswith("up"):
             self.resample = nn.Sequential(
-                nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1)
+                nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
+                nn.Conv2d(dim, dim // 2 if up_dim is None else up_dim, 3, padding=1),
             )
         else:  # pad right/bottom, then a stride-2 conv
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
