@@ -85,14 +85,33 @@ class _Call:
     plan: _PlacedPlan | None = None
     window: int | None = None  # latent frames per window; None = full attention
     block: int = -1
-    attention_calls: int = 0
+    self_length: int = 0  # tokens in the running block's self-attention (video, context latents, plan)
+    seen_self: bool = False  # the running block's self-attention has been called
+    seen_cross: bool = False  # the running block has had its (first) cross-attention call
     video_freqs: torch.Tensor | None = field(default=None, repr=False)
     semantic: torch.Tensor | None = field(default=None, repr=False)  # in-context tokens between blocks [B, P, C]
     _rows: tuple | None = field(default=None, repr=False)  # (e given, e with the plan's rows)
     _freqs: tuple | None = field(default=None, repr=False)  # (freqs given, freqs with the plan's)
 
-    def enter(self, block: int, video_freqs: torch.Tensor) -> None:
-        self.block, self.attention_calls, self.video_freqs = block, 0, video_freqs
+    def enter(self, block: int, video_freqs: torch.Tensor, self_length: int) -> None:
+        self.block, self.video_freqs, self.self_length = block, video_freqs, self_length
+        self.seen_self = self.seen_cross = False
+
+    def is_self_attention(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """Is this attention call the block's self-attention? Its queries and keys are the block's whole token
+        sequence; a cross-attention's keys are the text (or image) context. Told apart by length, not by call
+        order (newer ComfyUI adds calls); only when a context happens to be as long as the video does the
+        first such call decide."""
+        hit = not self.seen_self and q.shape[1] == k.shape[1] == self.self_length
+        self.seen_self = self.seen_self or hit
+        return hit
+
+    def takes_plan_attention(self) -> bool:
+        """Is this cross-attention call the one that gets the block's plan attention (the first; an image and a
+        text cross-attention are summed before the output projection, so either would do, but only once)?"""
+        first = not self.seen_cross
+        self.seen_cross = True
+        return first and self.plan is not None and self.plan.bound.has_attention(self.block)
 
     def set_window(self, window: int) -> None:
         self.window = check_window(int(window), self.grid[0])  # None when it covers every latent frame
@@ -356,10 +375,10 @@ def _recording_block(index: int, previous):
         call = args["transformer_options"].get(STATE_KEY)
         if call is None:
             return run(args, extra)
-        call.enter(index, args["pe"])
+        length = args["img"].shape[1]
+        call.enter(index, args["pe"], length + call.num_global)
         if not call.in_context:
             return run(args, extra)
-        length = args["img"].shape[1]
         out = run(call.with_plan(args), extra)
         tokens = out["img"]  # [B, Lv + P, C]
         call.semantic = tokens[:, length:]
@@ -380,19 +399,28 @@ def plan_attention(call: _Call, func, q: torch.Tensor, heads: int, **kwargs) -> 
 
 
 def attention_override(func, *args, **kwargs):
-    """ComfyUI's attention override: per block, the first call (self-attention) windowed or with the plan-key
-    bias when needed; the others plain (or the override already set), plus the plan attention on a
-    cross_attn-planned block's second call, its text cross-attention."""
+    """ComfyUI's attention override. In a block of a planned or windowed call: the self-attention (found by its
+    length) windowed or with the plan-key bias when needed; every other call plain (or through the override
+    already set), and the block's first cross-attention gets the cross_attn plan's attention added."""
     options = kwargs.get("transformer_options") or {}
     call: _Call | None = options.get(STATE_KEY)
     previous = None if call is None else call.previous_override
-    if call is not None and call.block >= 0:
-        call.attention_calls += 1
-        if call.attention_calls == 1 and call.replaces_self_attention:
+    if call is None or call.block < 0:
+        return _plain(func, previous, args, kwargs)
+    block = options.get("block_index", call.block)  # newer ComfyUI names the running block itself
+    if block != call.block:
+        call.enter(block, call.video_freqs, call.self_length)
+    q, k = args[0], args[1]
+    if call.is_self_attention(q, k):
+        if call.replaces_self_attention:
             return call.self_attention(func, previous, *args, **kwargs)
-    out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
-    plan = None if call is None else call.plan
-    if plan is None or call.attention_calls != 2 or not plan.bound.has_attention(call.block):
+        return _plain(func, previous, args, kwargs)
+    out = _plain(func, previous, args, kwargs)
+    if not call.takes_plan_attention():
         return out
     heads = kwargs["heads"] if "heads" in kwargs else args[3]
-    return out + plan_attention(call, func, args[0], heads)
+    return out + plan_attention(call, func, q, heads)
+
+
+def _plain(func, previous, args, kwargs):
+    return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)

@@ -176,6 +176,37 @@ def test_patch_matches_planx_dit(pack, embedded, rope, strength):
     assert not model.wrappers  # the input MODEL is untouched
 
 
+def test_patch_matches_when_the_text_is_as_long_as_the_video(pack, embedded):
+    """Self- and cross-attention are told apart by their key length, not by call order; when the text context
+    happens to be as long as the video (320 tokens here), the block's first such call is the self-attention."""
+    from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
+    from planx_pack.nodes.wan_plan_patch import PlanPatch
+
+    bundle, pipe, plan = embedded
+    conditioning = pipe.condition(plan)
+    patched = PlanPatch(conditioning).apply_to(tiny_model(bundle, TinyLatent()))
+    x, sigma, context = torch.randn(1, 16, 5, 16, 16), torch.tensor([0.6]), torch.randn(1, 320, 64)
+    got = _velocity(patched, x, sigma, context)
+    want = bundle.dit(x, sigma * 1000, context, plan=conditioning)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_calls_are_classified_by_length(pack):
+    """An extra call before the self-attention (newer ComfyUI: image context, context latents) is not taken for
+    it, and only the block's first cross-attention call gets the plan attention."""
+    from planx_pack.nodes.wan_plan_patch import _Call
+
+    call = _Call(dm=None, grid=(5, 8, 8))
+    call.enter(3, None, self_length=320)
+    q, image, text = torch.zeros(1, 320, 8), torch.zeros(1, 257, 8), torch.zeros(1, 512, 8)
+    assert not call.is_self_attention(q, image)
+    assert call.is_self_attention(q, q) and not call.is_self_attention(q, q)  # one self-attention per block
+    assert not call.is_self_attention(q, text)
+    assert not call.takes_plan_attention()  # no plan: nothing to add
+    call.enter(4, None, self_length=320)
+    assert call.is_self_attention(q, q)
+
+
 def test_patch_matches_with_per_frame_timesteps(pack, embedded):
     """TI2V: a noise mask keeps latent frame 0, so frame 0 runs at timestep 0 (WAN22.process_timestep)."""
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
