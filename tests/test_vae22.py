@@ -248,6 +248,7 @@ def test_official_layout_files_load_and_round_trip(tmp_path, small, video):
 
 
 def test_diffusers_layout_file_and_folder(diffusers_file, small):
+    assert vae_files.is_vae_file(diffusers_file.parent)
     described = describe_vae_file(diffusers_file.parent)  # a diffusers vae/ folder
     assert described.startswith("kind:       Wan 2.2 VAE") and "diffusers (AutoencoderKLWan)" in described
     assert (
@@ -266,6 +267,9 @@ def test_wan21_and_wan22_files_are_told_apart(tmp_path, small):
         load_vae(tmp_path / "wan_2.1_vae.safetensors", config="wan2.2")
     with pytest.raises(CheckpointError, match=r"wan2.2_vae.safetensors: this file is the Wan 2.2 VAE.*'wan2.1'"):
         load_vae(tmp_path / "wan2.2_vae.safetensors", config="wan2.1")
+    assert vae_files.is_vae_file(tmp_path / "wan_2.1_vae.safetensors") and not vae_files.is_vae_file(tmp_path)
+    save_safetensors({"patch_embedding.weight": torch.zeros(2, 2)}, tmp_path / "dit.safetensors")
+    assert not vae_files.is_vae_file(tmp_path / "dit.safetensors") and not vae_files.is_vae_file(tmp_path / "none")
     with torch.device("meta"):
         assert infer_vae_config(shapes(WanVAE("wan2.1").state_dict())).name == "wan2.1"
         assert vae_files.vae_version(WanVAE("wan2.2").state_dict()) == "2.2"

@@ -377,6 +377,17 @@ def save_vae(model: WanVAE, path: PathLike) -> None:
     save_module(model.state_dict(), path, key=METADATA_KEY, config=model.config.to_dict())
 
 
+def is_vae_file(path: PathLike) -> bool:
+    """True when `path` (a file, or a diffusers folder) holds Wan VAE weights by its header's keys (nothing read):
+    lets `inspect` pick `describe_vae_file`; a damaged or non-VAE file gives False."""
+    try:
+        path = _resolve_file(Path(path))
+        detect_vae_layout(strip_prefix(header_shapes(check_safetensors_header(path))), path)
+    except (CheckpointError, OSError):
+        return False
+    return True
+
+
 _LAYOUTS = {"official": "official/ComfyUI (Wan2.x_VAE.pth names)", "diffusers": "diffusers (AutoencoderKLWan)"}
 
 
@@ -399,7 +410,7 @@ def describe_vae_file(path: PathLike) -> str:
         "kind": VERSIONS[cfg.version],
         "layout": f"{source}{_LAYOUTS[layout]}" + (f", behind the prefix {prefix!r}" if prefix else ""),
         "config": f"{cfg.name!r}: dim {cfg.dim}{decoder}, dim_mult {list(cfg.dim_mult)}, "
-        f"{cfg.num_res_blocks} residual blocks per level, patch {cfg.patch_size}",
+        f"{cfg.num_res_blocks} residual block{'s' * (cfg.num_res_blocks != 1)} per level, patch {cfg.patch_size}",
         "latents": f"[3, 1 + {t}n, H, W] -> [{z}, 1 + n, H / {s}, W / {s}]",
         "tensors": f"{len(shapes)}, {sum(math.prod(v) for v in shapes.values()) / 1e6:.1f} M parameters",
         "dtypes": ", ".join(f"{d} x{n}" for d, n in dtypes.most_common()),
