@@ -27,8 +27,14 @@ _WAN22_KEY = re.compile(
     r"^(encoder\.downsamples\.\d+\.downsamples\.|decoder\.upsamples\.\d+\.upsamples\.|"
     r"encoder\.down_blocks\.\d+\.(resnets|downsampler)\.|decoder\.up_blocks\.\d+\.upsampler\.)"
 )
-_RESNET = {"residual.0.": "norm1.", "residual.2.": "conv1.", "residual.3.": "norm2.", "residual.6.": "conv2."}
-_RESNET.update({"shortcut.": "conv_shortcut."})
+# a residual block's official -> diffusers names
+_RESNET = {
+    "residual.0.": "norm1.",
+    "residual.2.": "conv1.",
+    "residual.3.": "norm2.",
+    "residual.6.": "conv2.",
+    "shortcut.": "conv_shortcut.",
+}
 _LEVEL_OFFICIAL = re.compile(
     r"^(encoder\.downsamples|decoder\.upsamples)\.(\d+)\.(?:downsamples|upsamples)\.(\d+)\.(.+)$"
 )
