@@ -94,6 +94,7 @@ def tar_layout(hidden, inter, layers, patch, grid, dim, codes, head=True) -> dic
 
 
 TINY_LAYOUT = tar_layout(32, 64, 2, 2, 27, 16, 256)
+TEMPERATURE = "bottleneck.regularizer.stochastic_temperature_inv"  # in releases trained with a learnable one
 TAR_EXTRAS = {
     "decoder.vision_model.embeddings.patch_embedding.weight": (32, 16),  # the de-tokenizer (dropped)
     "decoder.vision_model.post_layernorm.weight": (32,),
@@ -295,6 +296,7 @@ def test_loader_takes_tars_key_names_without_metadata(tmp_path):
     sd = random_state(TINY_LAYOUT)
     extras = {k: torch.zeros(s) for k, s in TAR_EXTRAS.items()}
     path = tmp_path / "plain.safetensors"
+    extras[TEMPERATURE] = torch.tensor(33.3)
     save_safetensors({**sd, **extras, "encoder.embeddings.position_ids": torch.arange(729)[None]}, path)
     with pytest.raises(CheckpointError, match="number of attention heads"):
         load_tatok(path)  # width 32 is no known SigLIP: the heads cannot be read from shapes
@@ -421,6 +423,7 @@ def save_released(path, args: dict, sd: dict) -> None:
 def test_converter_reads_tars_pth_safely_and_drops_the_decoder(tmp_path):
     sd = random_state(TINY_LAYOUT, seed=7)
     extras = {k: torch.randn(s) for k, s in TAR_EXTRAS.items()}
+    extras[TEMPERATURE] = torch.tensor(33.3)  # a release with the learnable quantiser temperature
     src, dst = tmp_path / "ta_tok.pth", tmp_path / "ta_tok.safetensors"
     save_released(src, released_args(), {**sd, **extras})
     assert b"easydict" in src.read_bytes()  # the pickle really names easydict.EasyDict
@@ -430,7 +433,8 @@ def test_converter_reads_tars_pth_safely_and_drops_the_decoder(tmp_path):
     meta = check_safetensors_header(dst)["__metadata__"]
     source = json.loads(meta["planx_tatok_source"])
     assert source["args"]["bottleneck"]["args"]["regularizer"]["args"]["codebook_size"] == 256
-    assert source["dropped"] == {"decoder": 2, "decode_task_layer": 2, "teacher": 1}
+    assert source["dropped"] == {"decoder": 2, "decode_task_layer": 2, "teacher": 1, TEMPERATURE: 1}
+    assert TEMPERATURE not in check_safetensors_header(dst)
     loaded = load_tatok(dst)
     assert set(loaded.state_dict()) == set(TINY_LAYOUT)
     reference = TATok(TINY).eval()

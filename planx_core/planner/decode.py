@@ -7,19 +7,75 @@ inside a keyframe only `<I*>` ids can be drawn. Sampling (temperature, top-k, to
 the CPU with a seeded `torch.Generator`, so a seed gives the same plan on any device. With a
 guidance scale s != 1 a second stream (the unconditional prompt) runs beside the first and the
 logits become u + s * (c - u), as in classifier-free guidance for autoregressive image models.
+
+transformers versions: this module is also the one place of Plan-X's transformers shims
+(`new_cache`, `cache_kwargs`, `dtype_kwargs`, `vision_rotary`) for the supported range, 4.50 to
+5.x: `DynamicCache(config=)` is newer than 4.50, the cache argument is `past_key_values` before
+5.x's `cache`, `from_pretrained` takes `torch_dtype` before 4.56's `dtype`, and the Qwen2.5-VL
+vision rotary embedding is built from (dim, theta) before 5.x's config. Each shim asks the
+installed signature (or, for `dtype`, the version), never a guess.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import DynamicCache
 
 from .vocab import PlanVocab
+
+# ----------------------------------------------------------------------------- transformers versions
+
+
+@lru_cache(maxsize=64)
+def _accepts(function, name: str) -> bool:
+    """Whether `function` (through decorators that keep `__wrapped__`) has a parameter `name`."""
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def new_cache(config) -> DynamicCache:
+    """An empty KV cache for a model with `config` (layer types from the config where transformers can)."""
+    return DynamicCache(config=config) if _accepts(DynamicCache.__init__, "config") else DynamicCache()
+
+
+@lru_cache(maxsize=64)
+def _cache_name(cls) -> str:
+    """The first forward along the class's MRO that names its cache argument (a subclass may take **kwargs)."""
+    for klass in cls.__mro__:
+        forward = klass.__dict__.get("forward")
+        for name in ("cache", "past_key_values"):
+            if forward is not None and _accepts(forward, name):
+                return name
+    return "past_key_values"
+
+
+def cache_kwargs(model, cache: DynamicCache) -> dict:
+    """The cache keyword of `model.forward`: `cache` in transformers 5.x, `past_key_values` before."""
+    return {_cache_name(type(model)): cache, "use_cache": True}
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """`from_pretrained`'s dtype keyword: `dtype` from transformers 4.56, `torch_dtype` before."""
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def vision_rotary(rotary_cls, config):
+    """A Qwen2.5-VL vision rotary embedding: from the config in 5.x, from (head_dim / 2, theta) before."""
+    if _accepts(rotary_cls.__init__, "config"):
+        return rotary_cls(config)
+    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    return rotary_cls(config.hidden_size // config.num_heads // 2, theta)
 
 
 class PlanningInterrupted(RuntimeError):
@@ -118,9 +174,10 @@ class ImageHead:
         """Feed ids `[1, T]` through the model with `cache`; float32 CPU logits `[N]` after the last one."""
         rows = slice(self.vocab.image_start, self.vocab.image_end)
         if not self.sliced:
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, logits_to_keep=1, **cache_kwargs(self.model, cache))
             return out.logits[0, -1, rows].float().cpu()  # [N]
-        hidden = self.model.base_model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+        base = self.model.base_model
+        hidden = base(input_ids=ids, **cache_kwargs(base, cache)).last_hidden_state  # [1, T, hidden]
         head = self.model.get_output_embeddings()
         bias = None if head.bias is None else head.bias[rows]
         return F.linear(hidden[0, -1], head.weight[rows], bias).float().cpu()  # [N]
@@ -136,8 +193,8 @@ def make_head(model, vocab: PlanVocab, device: torch.device) -> ImageHead:
         return full
     fast = ImageHead(model, vocab, sliced=True)
     probe = torch.tensor([[vocab.im_start, vocab.scales[-1], vocab.image_start]], device=device)  # [1, 3]
-    want = full.forward(probe, DynamicCache(config=model.config))  # [N]
-    got = fast.forward(probe, DynamicCache(config=model.config))  # [N]
+    want = full.forward(probe, new_cache(model.config))  # [N]
+    got = fast.forward(probe, new_cache(model.config))  # [N]
     tol = 1e-4 if head.weight.dtype == torch.float32 else 3e-2
     return fast if torch.allclose(want, got, rtol=tol, atol=tol * (1 + float(want.abs().max()))) else full
 
@@ -147,7 +204,7 @@ class Stream:
 
     def __init__(self, head: ImageHead, prompt: list[int], device: torch.device):
         self.head, self.prompt, self.device = head, list(prompt), device
-        self.cache = DynamicCache(config=head.model.config)
+        self.cache = new_cache(head.model.config)
 
     def feed(self, ids: list[int]) -> torch.Tensor:
         """Append ids; return the image logits `[N]` that follow them."""

@@ -100,8 +100,9 @@ def check_vision_config(config) -> None:
 
 
 def vision_arch(config) -> dict:
-    """The architecture fields of a vision config, as plain JSON-able values."""
-    out = {k: getattr(config, k) for k in ARCH_FIELDS}
+    """The architecture fields of a vision config, as plain JSON-able values (those it has: transformers
+    4.5x's vision config has no `rope_parameters`)."""
+    out = {k: getattr(config, k) for k in ARCH_FIELDS if hasattr(config, k)}
     out["fullatt_block_indexes"] = list(out["fullatt_block_indexes"])
     return out
 

@@ -221,9 +221,11 @@ def load_semantic_encoder(
 
 def _materialise(encoder: SemanticEncoder, device) -> None:
     """Rebuild the non-persistent buffers (rotary frequencies, CLIP mean/std) left on the meta device."""
+    from ..planner.decode import vision_rotary  # the one place of transformers version shims
+
     rotary = type(encoder.visual.rotary_pos_emb)
     with torch.device(device):
-        encoder.visual.rotary_pos_emb = rotary(encoder.config)
+        encoder.visual.rotary_pos_emb = vision_rotary(rotary, encoder.config)
     encoder.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
     encoder.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
     left = [n for n, t in (*encoder.named_parameters(), *encoder.named_buffers()) if t.is_meta]

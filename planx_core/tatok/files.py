@@ -4,7 +4,9 @@ Source: Tar (github csuhan/Tar), `TextAlignedTokenizer.from_checkpoint`: the rel
 `{"model": {"args": {...}, "sd": state_dict}}`, a pickle. It is read once, by the converter, with
 `torch.load(weights_only=True)` (Tar's EasyDict args allow-listed through a stand-in); everything
 at run time is safetensors. Key names are Tar's, minus the parts encoding never uses (see
-`TAR_EXTRA_PREFIXES`). Config comes from the file's metadata, else from the tensor shapes.
+`TAR_EXTRA_PREFIXES` and `TAR_EXTRA_KEYS`: the de-tokenizer, the teacher, the position-id buffer
+and the stochastic quantiser's learnable `stochastic_temperature_inv`, present in some releases).
+Config comes from the file's metadata, else from the tensor shapes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ CONFIG_KEY = "planx_tatok"  # safetensors metadata: the TATokConfig as JSON
 SOURCE_KEY = "planx_tatok_source"  # safetensors metadata: the converted file's name, Tar args, dropped keys
 TAR_EXTRA_PREFIXES = ("teacher", "decoder.", "decode_task_layer.")  # parts of ta_tok.pth that encoding never uses
 _POSITION_IDS = "encoder.embeddings.position_ids"  # a non-persistent arange buffer, if a file has it
+# the learnable temperature of Tar's stochastic quantiser (training only; the lookup at inference is the argmax)
+_TEMPERATURE = "bottleneck.regularizer.stochastic_temperature_inv"
+TAR_EXTRA_KEYS = (_POSITION_IDS, _TEMPERATURE)  # single keys of a Tar state dict that encoding never uses
 _KNOWN_HEADS = {1152: 16}  # SigLIP so400m; heads cannot be read from shapes
 _KNOWN_IMAGE = {(14, 27): 384}  # (patch, patch grid) -> input size; 378..391 px all give 27 patches of 14
 _CONVERT_CMD = "python -m planx_core convert-tatok ta_tok.pth ta_tok.safetensors"
@@ -47,8 +52,8 @@ def strip_tar_extras(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     kept, dropped = {}, collections.Counter()
     for key, value in sd.items():
         part = next((p for p in TAR_EXTRA_PREFIXES if key.startswith(p)), None)
-        if part is None and key == _POSITION_IDS:
-            part = _POSITION_IDS
+        if part is None and key in TAR_EXTRA_KEYS:
+            part = key
         if part is None:
             kept[key] = value
         else:
@@ -333,7 +338,8 @@ def convert_ta_tok_pth(
     """Convert Tar's `ta_tok.pth` to a Plan-X TA-Tok safetensors file (encoder half, config in metadata).
 
     Reads with `torch.load(weights_only=True)` (EasyDict allow-listed by a stand-in); drops
-    `teacher*`, `decoder.*`, `decode_task_layer.*`; records Tar's args and what was dropped in
+    `teacher*`, `decoder.*`, `decode_task_layer.*` and the quantiser's `stochastic_temperature_inv`;
+    records Tar's args and what was dropped in
     the `planx_tatok_source` metadata. `dtype` None keeps the stored dtypes. `num_heads` is only
     needed for an encoder width other than so400m's (heads cannot be read from shapes).
     """
