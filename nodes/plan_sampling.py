@@ -22,9 +22,11 @@ import comfy.utils
 import latent_preview
 import torch
 
+from .flow_samplers import FLOW_SOLVERS, sampler_for, sigmas_for, table_shift
 from .wan_plan_patch import PLAN_OFF_KEY, with_window
 
-SOLVERS = {"unipc": "uni_pc", "euler": "euler", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
+COMFY_SOLVERS = {"unipc": "uni_pc", "euler": "euler", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
+SOLVERS = [*COMFY_SOLVERS, *FLOW_SOLVERS]  # the node's options, new ones appended; old workflows keep theirs
 _SPATIAL_BY_CHANNELS = {48: 16, 16: 8}
 
 
@@ -56,7 +58,10 @@ class _FlowShift(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sam
 
 
 def with_shift(model, shift: float):
-    """A clone of the MODEL sampling with this flow shift (0: the model's own)."""
+    """A clone of the MODEL sampling with this flow shift; 0: planx_core's default for the model's preset
+    (`planx_core.wan.SAMPLING`, e.g. 5.0 for Wan 2.2 TI2V-5B), else the model's own."""
+    if shift <= 0:
+        shift = table_shift(model) or 0.0
     if shift <= 0:
         return model
     sampling = _FlowShift(model.model.model_config)
@@ -120,9 +125,11 @@ def sample_with_plan(
     start_image=None,
     vae=None,
     window: int = 0,
+    scheduler: str = "simple",
 ) -> dict:
     """Sample a video latent; progress, latent previews and ComfyUI's cancel come from the callback.
-    `window`: self-attention in shifted windows of that many latent frames (0: full attention)."""
+    `window`: self-attention in shifted windows of that many latent frames (0: full attention);
+    `scheduler`: ComfyUI's "simple" sigmas or Wan's own ("wan")."""
     model = with_window(with_shift(model, shift), window)
     latent = dict(latent) if latent is not None else empty_latent(model, size, vae)
     if start_image is not None:
@@ -131,12 +138,12 @@ def sample_with_plan(
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     guider = PlanGuider(model, text_cfg, plan_cfg)
     guider.set_conds(positive, negative)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
+    sigmas = sigmas_for(model, scheduler, steps)
     callback = latent_preview.prepare_callback(model, steps)
     samples = guider.sample(
         noise,
         latent_image,
-        comfy.samplers.sampler_object(SOLVERS[solver]),
+        sampler_for(solver, COMFY_SOLVERS, scheduler),
         sigmas,
         denoise_mask=latent.get("noise_mask"),
         callback=callback,

@@ -13,6 +13,7 @@ from planx_core.plan import Plan, PlanError
 from planx_core.semantic_branch import load_branch
 
 from . import comfy_models
+from .flow_samplers import SCHEDULERS
 from .model_files import (
     SEMANTICGEN_CHOICE,
     SEMANTICGEN_PLANNER_CHOICE,
@@ -231,9 +232,17 @@ class PlanXSampler(io.ComfyNode):
                     min=0.0,
                     max=100.0,
                     step=0.1,
-                    tooltip="Timestep shift; 0 keeps the model's own (tiny: 3, Wan 2.2 5B: 8).",
+                    tooltip="Timestep shift; 0 takes the model's default: Wan 2.2 TI2V-5B 5.0 (its config; "
+                    "ComfyUI's own default is 8), Wan 2.1 5.0, the tiny models 3; an unknown model keeps its own.",
                 ),
-                io.Combo.Input("solver", options=list(SOLVERS), default="unipc", tooltip="The ODE solver."),
+                io.Combo.Input(
+                    "solver",
+                    options=SOLVERS,
+                    default="flow_unipc",
+                    tooltip="The ODE solver. flow_unipc is Wan 2.2's own sampler (flow UniPC, bh2), flow_euler "
+                    "plain Euler on the flow; unipc, euler, dpmpp_2m and res_multistep are ComfyUI's samplers "
+                    "(its unipc is another UniPC variant, further from Wan's).",
+                ),
                 io.Int.Input(
                     "width",
                     default=64,
@@ -274,6 +283,14 @@ class PlanXSampler(io.ComfyNode):
                     "grow linearly with the video length instead of quadratically. A window "
                     "covering all latent frames is full attention.",
                 ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=list(SCHEDULERS),
+                    default="simple",
+                    optional=True,
+                    tooltip="The sigma schedule: simple (ComfyUI's: shifted steps from sigma 1) or wan (Wan's own "
+                    "sampler: from sigma 0.999, as the official code runs it).",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video latent, for VAE Decode.")],
         )
@@ -301,6 +318,7 @@ class PlanXSampler(io.ComfyNode):
         start_image=None,
         vae=None,
         attention_window=0,
+        scheduler="simple",
     ) -> io.NodeOutput:
         out = sample_with_plan(
             model,
@@ -317,6 +335,7 @@ class PlanXSampler(io.ComfyNode):
             start_image=start_image,
             vae=vae,
             window=attention_window,
+            scheduler=scheduler,
         )
         return io.NodeOutput(out)
 

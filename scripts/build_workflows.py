@@ -292,7 +292,9 @@ def real_weights(g: Graph, summary: str) -> dict:
                 "widgets": {"branch": REAL_BRANCH["name"]},
                 "properties": {"models": [REAL_BRANCH]},
             },
-            "PlanX_Sampler": {"widgets": {**REAL_VIDEO, "text_cfg": 5.0, "shift": 8.0}},
+            "PlanX_Sampler": {
+                "widgets": {**REAL_VIDEO, "steps": 50, "text_cfg": 5.0, "shift": 5.0, "scheduler": "wan"}
+            },
             "PlanX_EncodeVideoToPlan": {"widgets": {"fps": REAL_FPS}},
         }.get(node["type"])
         if change:

@@ -471,3 +471,17 @@ def test_callback_every_step(solver):
     assert torch.equal(records[-1][2], out)
     torch.testing.assert_close(records[-1][3], out)  # the last step lands on its x0 prediction
     assert not torch.allclose(records[0][2], records[0][3])
+
+
+def test_wan_schedule_starts_at_0_999_and_ends_at_zero():
+    """Wan's sampler: linspace(0.999, 0) without its last point, shifted, then 0; `flow_sigmas` starts at 1."""
+    from planx_core.diffusion import schedule_sigmas, shift_sigma, wan_sigmas
+
+    sigmas = wan_sigmas(50, 5.0)
+    assert sigmas.shape == (51,) and sigmas[-1] == 0 and bool((sigmas[1:] < sigmas[:-1]).all())
+    assert abs(float(sigmas[0]) - float(shift_sigma(0.999, 5.0))) < 1e-12
+    assert abs(float(sigmas[1]) - float(shift_sigma(0.999 * 49 / 50, 5.0))) < 1e-12
+    assert abs(float(flow_sigmas(50, 5.0)[0]) - float(sigmas[0])) < 3e-4  # the two schedules differ at the start
+    assert torch.equal(schedule_sigmas("wan", 50, 5.0), sigmas)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedule_sigmas("karras", 50, 5.0)

@@ -10,13 +10,16 @@ Public API: `shift_sigma`, `flow_sigmas`, `Guidance`, `guided_velocity`, `initia
 from .rendering import latent_shape, make_denoiser, pad_text_context, render
 from .sampling import (
     NUM_TRAIN_TIMESTEPS,
+    SCHEDULES,
     Guidance,
     SamplingInterrupted,
     flow_sigmas,
     guided_velocity,
     initial_noise,
     sample,
+    schedule_sigmas,
     shift_sigma,
+    wan_sigmas,
 )
 from .solvers import SOLVERS, EulerSolver, UniPCSolver, make_solver
 
@@ -36,5 +39,8 @@ __all__ = [
     "pad_text_context",
     "render",
     "sample",
+    "SCHEDULES",
+    "schedule_sigmas",
     "shift_sigma",
+    "wan_sigmas",
 ]

@@ -78,10 +78,12 @@ def render(
     callback=None,
     interrupt=None,
     window: int | None = None,
+    schedule: str = "flow",
 ) -> torch.Tensor:
     """Denoise `noise` `[B, C, F, H, W]` into a clean latent, guided by text and (optionally) a plan.
 
-    `window`: shifted-window attention over the latent frames (`WanModel.forward`); None = full."""
+    `window`: shifted-window attention over the latent frames (`WanModel.forward`); None = full.
+    `schedule`: the sigma schedule, "flow" or "wan" (`sampling.schedule_sigmas`)."""
     text_len = model.config.text_len
     positive, negative = pad_text_context(positive, text_len), pad_text_context(negative, text_len)
     options = {} if window is None else {"window": window}
@@ -97,4 +99,5 @@ def render(
         first_frame_latent=first_frame_latent,
         callback=callback,
         interrupt=interrupt,
+        schedule=schedule,
     )

@@ -64,6 +64,25 @@ def flow_sigmas(steps: int, shift: float) -> Tensor:
     return shift_sigma(t, float(shift))  # [steps + 1]
 
 
+def schedule_sigmas(schedule: str, steps: int, shift: float) -> Tensor:
+    """The sigmas of a named schedule: "flow" (`flow_sigmas`) or "wan" (`wan_sigmas`)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    return flow_sigmas(steps, shift) if schedule == "flow" else wan_sigmas(steps, shift)
+
+
+SCHEDULES = ("flow", "wan")
+WAN_SIGMA_MAX = 0.999  # the official sampler's first sigma: 1 - 1/num_train_timesteps
+
+
+def wan_sigmas(steps: int, shift: float) -> Tensor:
+    """Wan 2.2's own schedule (`FlowUniPCMultistepScheduler.set_timesteps`): `steps` sigmas linspace(0.999, 0)
+    without the last, shifted, then a final 0. It differs from `flow_sigmas` by about 3e-4 at the first step."""
+    flow_sigmas(steps, shift)  # the same argument checks
+    t = torch.linspace(WAN_SIGMA_MAX, 0.0, steps + 1, dtype=torch.float64)[:-1]  # [steps]
+    return torch.cat([shift_sigma(t, float(shift)), t.new_zeros(1)])  # [steps + 1]
+
+
 # ----------------------------------------------------------------------------- solvers
 
 
@@ -160,8 +179,11 @@ def sample(
     first_frame_latent: Tensor | None = None,
     callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
     interrupt: Callable[[], bool] | None = None,
+    schedule: str = "flow",
 ) -> Tensor:
     """Integrate the flow ODE from `noise` (sigma = 1) to a clean latent (sigma = 0).
+
+    `schedule`: "flow" (`flow_sigmas`, from sigma 1) or "wan" (`wan_sigmas`, Wan's own, from 0.999).
 
     denoise(x [B, C, F, H, W], t [B, F], *, text, plan) returns the velocity; t is sigma * 1000
     per latent frame. With `first_frame_latent` [B, C, 1, H, W] (TI2V), frame 0 is that latent at
@@ -171,7 +193,7 @@ def sample(
     """
     if noise.ndim != 5:
         raise ValueError(f"noise must be a latent [B, C, F, H, W], got shape {list(noise.shape)}")
-    sigmas = flow_sigmas(steps, shift)  # [steps + 1]
+    sigmas = schedule_sigmas(schedule, steps, shift)  # [steps + 1]
     stepper = make_solver(solver, sigmas)
     first_frame = _check_first_frame(noise, first_frame_latent)  # [B, C, 1, H, W] or None
     x = _pin_first_frame(noise, first_frame)  # [B, C, F, H, W]

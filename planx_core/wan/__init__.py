@@ -14,7 +14,7 @@ features).
 """
 
 from .attention import available_backends
-from .configs import PRESETS, DiTConfig, get_preset
+from .configs import PRESETS, SAMPLING, DiTConfig, SamplingPreset, default_shift, get_preset, preset_named
 from .dit import WanModel, check_window
 from .dit_files import (
     describe_shapes,
@@ -32,6 +32,10 @@ from .vae_files import load_vae, save_vae
 from .windows import WindowLayout, layer_shift, windowed_attention
 
 __all__ = [
+    "SAMPLING",
+    "SamplingPreset",
+    "default_shift",
+    "preset_named",
     "PRESETS",
     "DiTConfig",
     "Rope",

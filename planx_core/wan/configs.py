@@ -2,7 +2,8 @@
 
 Source: Wan-Video/Wan2.2 `wan/configs/wan_ti2v_5B.py` and `shared_config.py` (dim, layers,
 heads, ffn, freq dim, patch, eps); Wan 2.1 sizes from the same repository's 2.1 configs.
-The presets describe architecture only; sampling defaults live in `sampling.py`.
+The presets describe architecture; `SAMPLING` holds each preset's sampling defaults (the one table
+the pipelines and the ComfyUI sampler take a default shift from).
 """
 
 from __future__ import annotations
@@ -104,3 +105,37 @@ def get_preset(name: str) -> DiTConfig:
         return PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class SamplingPreset:
+    """A model's sampling defaults: flow shift, steps, text guidance, frames per second."""
+
+    shift: float
+    steps: int
+    text_scale: float
+    fps: float
+
+
+# Wan's own configs (`sample_shift`, `sample_steps`, `sample_guide_scale`, `sample_fps`). TI2V-5B: shift 5.0 as its
+# config and the official sampler use; ComfyUI's WAN22 model sampling defaults to 8, its own choice for fewer steps.
+# The tiny presets: what the embedded models were trained and evaluated with.
+SAMPLING: dict[str, SamplingPreset] = {
+    "wan2.2-ti2v-5b": SamplingPreset(shift=5.0, steps=50, text_scale=5.0, fps=24.0),
+    "wan2.1-t2v-1.3b": SamplingPreset(shift=5.0, steps=50, text_scale=5.0, fps=16.0),
+    "wan2.1-t2v-14b": SamplingPreset(shift=5.0, steps=50, text_scale=5.0, fps=16.0),
+    "planx-tiny": SamplingPreset(shift=3.0, steps=20, text_scale=1.0, fps=8.0),
+}
+
+
+def preset_named(dim: int, num_layers: int, num_heads: int, in_dim: int) -> str | None:
+    """The preset with these sizes (how a loaded model is recognised), or None."""
+    for name, cfg in PRESETS.items():
+        if (cfg.dim, cfg.num_layers, cfg.num_heads, cfg.in_dim) == (dim, num_layers, num_heads, in_dim):
+            return name
+    return None
+
+
+def default_shift(preset: str | None) -> float | None:
+    """The flow shift `SAMPLING` gives a preset, or None for a model it does not know."""
+    return SAMPLING[preset].shift if preset in SAMPLING else None

@@ -66,6 +66,7 @@ NODE_INPUTS = {
         "start_image",
         "vae",
         "attention_window",
+        "scheduler",
     ],
     "PlanX_PlanPreview": ["plan", "planner"],
     "PlanX_SavePlan": ["plan", "filename_prefix"],
@@ -420,6 +421,47 @@ def test_sampler_renders_the_plan_and_keeps_the_start_image(nodes, embedded):
     torch.testing.assert_close(latent[:, :, :1], vae.encode(image)[:, :, :1], atol=1e-4, rtol=0)
     plain = sampler.execute(model, positive, negative, 0, 6, 1.0, 1.0, 0.0, "euler", 64, 64, 17).args[0]["samples"]
     assert (plain - latent).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("scheduler", ["simple", "wan"])
+def test_node_sampler_matches_planx_core_sample(nodes, embedded, scheduler):
+    """Plan-X Sampler with flow_unipc (the default) renders what planx_core's own sampler renders for the same
+    model, plan, prompt and seed (ComfyUI guides x0 instead of v, in float32); ComfyUI's uni_pc lands further."""
+    import nodes as comfy_nodes
+    from planx_core.diffusion import Guidance, initial_noise, render
+
+    bundle, pipe, plan = embedded
+    model, clip, _ = nodes["PlanX_LoadTinyModel"].execute("embedded: planx-tiny").args
+    patched = (
+        nodes["PlanX_InjectRoPEGuidance"]
+        .execute(model, plan, "embedded: planx-tiny", 1.0, 0.0, 1.0, "from branch file", True)
+        .args[0]
+    )
+    positive = comfy_nodes.CLIPTextEncode().encode(
+        clip, "a red circle on a dark background. the red circle moves right."
+    )[0]
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    sampler = nodes["PlanX_Sampler"]
+    args = (patched, positive, negative, 7, 20, 1.0, 1.0, 0.0)
+    got = sampler.execute(*args, "flow_unipc", 64, 64, 17, scheduler=scheduler).args[0]["samples"]
+    comfy_unipc = sampler.execute(*args, "unipc", 64, 64, 17, scheduler=scheduler).args[0]["samples"]
+    want = render(
+        bundle.dit,
+        initial_noise((1, 16, 5, 16, 16), 7),
+        positive[0][0],
+        negative[0][0],
+        plan=pipe.condition(plan),
+        steps=20,
+        shift=3.0,
+        solver="unipc",
+        guidance=Guidance(1.0, 1.0),
+        schedule="flow" if scheduler == "simple" else "wan",
+    )
+    ours, theirs = (got - want).abs().max().item(), (comfy_unipc - want).abs().max().item()
+    print(
+        f"scheduler {scheduler}: max |flow_unipc - planx_core| {ours:.2e}, |ComfyUI uni_pc - planx_core| {theirs:.2e}"
+    )
+    assert ours < 2e-3 and theirs > 10 * ours
 
 
 def test_tiny_clip_and_vae_match_planx_core(nodes, embedded):
