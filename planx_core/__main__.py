@@ -43,7 +43,12 @@ def cmd_info(_args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    from .wan.vae_files import describe_vae_file, is_vae_file
+
     try:
+        if is_vae_file(args.path):
+            print(f"file:       {args.path}\n{describe_vae_file(args.path)}")
+            return 0
         sd = read_safetensors(args.path)
         layout = detect_layout(sd.keys(), args.path)
         official = to_official(sd, args.path)
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m planx_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="presets and attention backends").set_defaults(fn=cmd_info)
-    inspect = sub.add_parser("inspect", help="what a DiT checkpoint file is")
+    inspect = sub.add_parser("inspect", help="what a model file is (a Wan DiT or VAE, ...)")
     inspect.add_argument("path", help="a .safetensors file, a folder of shards or an index json")
     inspect.set_defaults(fn=cmd_inspect)
     check = sub.add_parser("check-plan", help="validate and summarise a plan JSON file")

@@ -3,14 +3,15 @@
 Sources: Wan-Video/Wan2.2 (`wan/modules`, `wan/configs`), ComfyUI's `comfy/ldm/wan` for per-frame
 timesteps; each module names its own.
 
-Public API: `DiTConfig`, `PRESETS`, `get_preset` (configs); `WanModel` (dit); `load_dit`,
-`detect_layout`, `to_official`, `infer_config`, `describe_shapes`, `save_dit`, `load_dit_file`
-(DiT files in the official, ComfyUI and diffusers layouts); `available_backends` (the one
-attention entry point is the module `attention`, function `attention.attention`); `Rope`,
-`rope_frequencies`, `apply_rope`, `grid_positions` (3D RoPE); `WindowLayout`,
-`windowed_attention` (shifted windows along time); `WanVAE`, `VAEConfig`, `load_vae`, `save_vae`
-(video VAE); `TextEncoder`, `load_text_encoder`, `save_text_encoder`, `join_prompt` (umT5
-features).
+Public API: `DiTConfig`, `PRESETS`, `get_preset`, `SAMPLING`, `default_shift`, `preset_named`
+(configs and sampling defaults); `WanModel` (dit); `load_dit`, `detect_layout`, `to_official`,
+`infer_config`, `describe_shapes`, `save_dit`, `load_dit_file` (DiT files in the official, ComfyUI
+and diffusers layouts); `available_backends` (the one attention entry point is the module
+`attention`, function `attention.attention`); `Rope`, `rope_frequencies`, `apply_rope`,
+`grid_positions` (3D RoPE); `WindowLayout`, `windowed_attention` (shifted windows along time);
+`WanVAE`, `VAEConfig`, `VAE_PRESETS`, `load_vae`, `save_vae`, `describe_vae_file`, `is_vae_file`
+(the Wan 2.1 and 2.2 video VAEs); `TextEncoder`, `load_text_encoder`, `save_text_encoder`,
+`join_prompt` (umT5 features).
 """
 
 from .attention import available_backends
@@ -27,8 +28,8 @@ from .dit_files import (
 )
 from .rope import Rope, apply_rope, grid_positions, rope_frequencies
 from .text_encoder import TextEncoder, join_prompt, load_text_encoder, save_text_encoder
-from .vae import VAEConfig, WanVAE
-from .vae_files import load_vae, save_vae
+from .vae import VAE_PRESETS, VAEConfig, WanVAE
+from .vae_files import describe_vae_file, is_vae_file, load_vae, save_vae
 from .windows import WindowLayout, layer_shift, windowed_attention
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Rope",
     "TextEncoder",
     "VAEConfig",
+    "VAE_PRESETS",
     "WanModel",
     "WanVAE",
     "WindowLayout",
@@ -48,10 +50,12 @@ __all__ = [
     "available_backends",
     "check_window",
     "describe_shapes",
+    "describe_vae_file",
     "detect_layout",
     "get_preset",
     "grid_positions",
     "infer_config",
+    "is_vae_file",
     "join_prompt",
     "layer_shift",
     "load_dit",
