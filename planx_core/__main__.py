@@ -100,6 +100,9 @@ def cmd_convert_tatok(args) -> int:
     return convert_main([args.src, args.dst])
 
 
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}  # --dtype choices (torch names)
+
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `generate`, declared here so that the other commands do not import the pipeline."""
     parser.add_argument(
@@ -126,6 +129,18 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="enlarge the video by this integer factor, nearest-neighbour (default 4; 1 = as rendered)",
     )
     parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="weights and sampling dtype (default float32; bfloat16 for the real 5B model on a GPU)",
+    )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep the parts on the CPU and move each stage's parts to --device only while it runs (planner, "
+        "text encoder, DiT, VAE): what a 5B model on one GPU needs",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import planx_core.pipelines.bundle as bundle_module
 import planx_core.pipelines.commands as commands_module
@@ -328,3 +329,31 @@ def test_video_round_trip_and_nearest_upscale(tmp_path):
     assert np.abs(back[:, 4:28, 8:56].astype(int) - [200, 40, 40]).max() < 20  # red stays red, RGB order kept
     with pytest.raises(ValueError, match="frames \\[T, H, W, 3\\]"):
         write_video(np.zeros((3, 8, 8)), tmp_path / "bad.mp4", fps=4)
+
+
+def test_offload_moves_each_stage_parts_in_and_out(bundle_dir):
+    """With offload every stage moves only its own parts to the device and back: the planner and TA-Tok, then
+    the text encoder, then DiT and branch, then the VAE; none of them is on the device with another stage's."""
+    pipe = PlanXPipeline.from_folder(bundle_dir, device="cpu", offload=True)
+    moves = []
+    parts = {
+        "planner": pipe.bundle.planner.model,
+        "tatok": pipe.bundle.tatok,
+        "text": pipe.bundle.text_encoder,
+        "dit": pipe.bundle.dit,
+        "branch": pipe.bundle.branch,
+        "vae": pipe.bundle.vae,
+    }
+    for name, module in parts.items():
+        real = module.to
+        module.to = lambda *a, _name=name, _real=real, **k: (moves.append(_name), _real(*a, **k))[1]
+    pipe.generate("a red circle on a dark background", "the red circle moves right", seed=1, progress=False)
+    stages = ["planner", "tatok"] * 2 + ["text"] * 2 + ["dit", "branch"] * 2 + ["vae"] * 2
+    assert moves == stages
+
+
+def test_bfloat16_weights_sample_in_bfloat16(bundle_dir):
+    pipe = PlanXPipeline.from_folder(bundle_dir, dtype=torch.bfloat16)
+    assert pipe.dtype == torch.bfloat16 and pipe.bundle.dit.patch_embedding.weight.dtype == torch.bfloat16
+    out = pipe.generate("a red circle on a dark background", "the red circle moves right", seed=1, progress=False)
+    assert out.frames.shape == (17, 64, 64, 3) and out.frames.std() > 0

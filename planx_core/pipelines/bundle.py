@@ -123,6 +123,7 @@ class SamplingDefaults:
     plan_scale: float = 1.0
     plan_strength: float = 1.0
     plan_rope: bool = True
+    schedule: str = "flow"  # the sigma schedule: "flow" (from sigma 1) or "wan" (Wan's own, from 0.999)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,12 @@ def generate_command(args) -> int:
             torch.set_num_threads(args.threads)
         plan = load_plan_file(args.plan) if args.plan else None
         plan_bytes = Path(args.plan).read_bytes() if args.plan else None
-        pipe = PlanXPipeline.from_folder(args.bundle or EMBEDDED, device=args.device)
+        pipe = PlanXPipeline.from_folder(
+            args.bundle or EMBEDDED,
+            device=args.device,
+            dtype=getattr(torch, getattr(args, "dtype", "float32")),
+            offload=getattr(args, "offload", False),
+        )
         loaded = time.perf_counter()
         if plan is not None:
             _check_given_plan(pipe, plan, args.plan)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,16 +111,47 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 class PlanXPipeline:
-    """Plan and render with one bundle (`bundle.load_bundle`). Defaults come from its bundle.json."""
+    """Plan and render with one bundle (`bundle.load_bundle`). Defaults come from its bundle.json.
 
-    def __init__(self, bundle: Bundle):
+    `device`: where every stage runs (default: where the DiT is). `offload`: the parts live on the CPU
+    and each stage moves only its own parts to `device` and back (planner and TA-Tok; the text encoder;
+    DiT and branch; the VAE), so a 5B DiT, its umT5-XXL and its VAE never share the accelerator. On a
+    CPU offload changes nothing. The DiT computes in its weights' dtype (bf16 weights: bf16 sampling).
+    """
+
+    def __init__(self, bundle: Bundle, device: str | torch.device | None = None, offload: bool = False):
         self.bundle = bundle.check()
         self.spec = bundle.spec
-        self.device = bundle.dit.patch_embedding.weight.device
+        self.device = torch.device(device) if device is not None else bundle.dit.patch_embedding.weight.device
+        self.offload = bool(offload)
+        self.dtype = bundle.dit.patch_embedding.weight.dtype  # compute dtype of sampling
 
     @classmethod
-    def from_folder(cls, folder=EMBEDDED, device: str | torch.device = "cpu") -> PlanXPipeline:
-        return cls(load_bundle(folder, device=device))
+    def from_folder(
+        cls,
+        folder=EMBEDDED,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        offload: bool = False,
+    ) -> PlanXPipeline:
+        """Load a bundle folder: on `device`, or on the CPU when offloading (each stage moves its parts)."""
+        return cls(load_bundle(folder, device="cpu" if offload else device, dtype=dtype), device, offload)
+
+    @contextmanager
+    def using(self, *parts: torch.nn.Module):
+        """The parts of one stage on the pipeline's device; with `offload`, back on the CPU afterwards."""
+        if not self.offload:
+            yield
+            return
+        for part in parts:
+            part.to(self.device)
+        try:
+            yield
+        finally:
+            for part in parts:
+                part.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     @property
     def codebook_id(self):
@@ -151,25 +183,26 @@ class PlanXPipeline:
             bar.update(done - bar.n)
 
         try:
-            return self.bundle.planner.plan(
-                _clean(scene),
-                _clean(motion),
-                fps=v.fps,
-                num_frames=v.num_frames,
-                width=v.width,
-                height=v.height,
-                codebook=self.codebook_id,
-                keyframe_rate=v.keyframe_rate,
-                grid=(v.grid, v.grid),
-                seed=seed,
-                temperature=_pick(temperature, p.temperature),
-                top_k=_pick(top_k, p.top_k),
-                top_p=_pick(top_p, p.top_p),
-                guidance_scale=_pick(guidance_scale, p.guidance_scale),
-                lock_from=lock_from,
-                progress=step,
-                first_frame_codes=None if first_frame is None else first_frame.codes,
-            )
+            with self.using(self.bundle.planner.model, self.bundle.tatok):
+                return self.bundle.planner.plan(
+                    _clean(scene),
+                    _clean(motion),
+                    fps=v.fps,
+                    num_frames=v.num_frames,
+                    width=v.width,
+                    height=v.height,
+                    codebook=self.codebook_id,
+                    keyframe_rate=v.keyframe_rate,
+                    grid=(v.grid, v.grid),
+                    seed=seed,
+                    temperature=_pick(temperature, p.temperature),
+                    top_k=_pick(top_k, p.top_k),
+                    top_p=_pick(top_p, p.top_p),
+                    guidance_scale=_pick(guidance_scale, p.guidance_scale),
+                    lock_from=lock_from,
+                    progress=step,
+                    first_frame_codes=None if first_frame is None else first_frame.codes,
+                )
         finally:
             bar.close()
 
@@ -193,15 +226,18 @@ class PlanXPipeline:
                 f"{v.height}x{v.width} RGB frames; resize the image to {v.width}x{v.height}"
             )
         nchw = unit.permute(2, 0, 1)[None]  # [1, 3, H, W]
-        codes = self.bundle.tatok.encode(nchw, grid=v.grid)[0].cpu()  # [g*g]
-        latent = self.bundle.vae.encode(nchw[:, :, None] * 2 - 1)  # [1, C, 1, h, w]
+        with self.using(self.bundle.tatok, self.bundle.vae):
+            codes = self.bundle.tatok.encode(nchw, grid=v.grid)[0].cpu()  # [g*g]
+            latent = self.bundle.vae.encode(nchw[:, :, None] * 2 - 1)  # [1, C, 1, h, w]
         return FirstFrame(codes=codes, latent=latent)
 
     # -- rendering -------------------------------------------------------------------
     @torch.inference_mode()
     def text_features(self, scene: str, motion: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(positive, negative) text features `[1, text_len, text_dim]` each: the prompt and the empty prompt."""
-        features = self.bundle.text_encoder([prompt_text(scene, motion), prompt_text("", "")])  # [2, L, D]
+        with self.using(self.bundle.text_encoder):
+            features = self.bundle.text_encoder([prompt_text(scene, motion), prompt_text("", "")])  # [2, L, D]
+        features = features.to(self.device)
         return features[:1], features[1:]
 
     def latent_shape(self) -> tuple[int, int, int, int, int]:
@@ -255,24 +291,26 @@ class PlanXPipeline:
         s = self.spec.sampling
         positive, negative = self.text_features(scene, motion)  # [1, L, D] each
         conditioning = None if plan is None else self.condition(plan, strength, rope)
-        noise = initial_noise(self.latent_shape(), seed).to(self.device)  # [1, C, F, H, W]
+        noise = initial_noise(self.latent_shape(), seed, self.dtype).to(self.device)  # [1, C, F, H, W]
         steps = _pick(steps, s.steps)
         guidance = Guidance(text_scale=_pick(text_scale, s.text_scale), plan_scale=_pick(plan_scale, s.plan_scale))
         bar = _bar(steps, "render", progress)
         try:
-            latent = render(
-                self.bundle.dit,
-                noise,
-                positive,
-                negative,
-                plan=conditioning,
-                steps=steps,
-                shift=_pick(shift, s.shift),
-                solver=_pick(solver, s.solver),
-                guidance=guidance,
-                first_frame_latent=None if first_frame is None else first_frame.latent,
-                callback=lambda i, n, x, x0: bar.update(1),
-            )  # [1, C, F, H, W]
+            with self.using(self.bundle.dit, self.bundle.branch):
+                latent = render(
+                    self.bundle.dit,
+                    noise,
+                    positive,
+                    negative,
+                    plan=conditioning,
+                    steps=steps,
+                    shift=_pick(shift, s.shift),
+                    solver=_pick(solver, s.solver),
+                    guidance=guidance,
+                    first_frame_latent=None if first_frame is None else first_frame.latent,
+                    callback=lambda i, n, x, x0: bar.update(1),
+                    schedule=s.schedule,
+                )  # [1, C, F, H, W]
         finally:
             bar.close()
         return video_to_frames(self.decode(latent))[0]  # [T, H, W, 3]
@@ -280,7 +318,8 @@ class PlanXPipeline:
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent `[1, C, F, H, W]` -> video `[1, 3, T, H', W']` in [-1, 1]; small clips in one pass
         (about twice as fast as the causal chunks, same result), larger ones chunk by chunk."""
-        return self.bundle.vae.decode(latent, chunked=latent[0, 0].numel() > _ONE_PASS_LATENT)
+        with self.using(self.bundle.vae):
+            return self.bundle.vae.decode(latent, chunked=latent[0, 0].numel() > _ONE_PASS_LATENT)
 
     def generate(
         self,
