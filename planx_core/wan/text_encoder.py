@@ -1,23 +1,35 @@
-"""The DiT's text encoder: a umT5 encoder (transformers' `UMT5EncoderModel`) and its tokenizer.
+"""The DiT's text encoder: a umT5 encoder (transformers' `UMT5EncoderModel`), its tokenizer and Wan's prompt rules.
 
-Source: Wan 2.1/2.2 (`wan/modules/t5.py`): umT5-XXL encodes the prompt, each sequence is cut to
-its true length and the DiT zero-pads it to `text_len` (512) before its text embedding. Same
-class here at any size: the embedded tiny model uses a small umT5 over the synthetic world's
-word-level tokenizer; the real umT5-XXL is ComfyUI's own text-encoder loader's business.
+Source: Wan 2.1/2.2 (`wan/modules/t5.py`, `wan/modules/tokenizers.py`): umT5-XXL encodes the
+prompt after Wan's cleaning (`text_encoder_prompt.clean_prompt`: ftfy, HTML unescaped twice,
+whitespace collapsed), padded and truncated to `text_len` (512) tokens with the tokenizer's end
+token kept; each sequence is cut to its true length and the DiT zero-pads it to `text_len` before
+its text embedding. Same class at any size: the embedded tiny model uses a small umT5 over the
+synthetic world's word-level tokenizer.
 
 Features are token-level, never pooled: a pooled sentence vector barely sees word order
 ("right, then up" vs "up, then right"; see docs/planshapes.md section 3.2), and the order is the point.
-A folder holds `config.json`, `model.safetensors` and the tokenizer files (Hugging Face layout).
+
+Files (`load_text_encoder`; forms, names and checks in `text_encoder_files`): a folder written by
+`save_text_encoder` (config.json, model.safetensors, tokenizer files); a google/umt5-xxl style
+Hugging Face folder; one safetensors file in transformers' names, as ComfyUI ships umT5-XXL
+(`umt5_xxl_fp8_e4m3fn_scaled.safetensors`, fp16 / bf16), or in Wan's own names; Wan's
+`models_t5_umt5-xxl-enc-bf16.pth` once converted (`text_encoder_convert`, `convert-umt5`). The
+tokenizer always comes from the user's files, never a hub.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from safetensors import safe_open
+from transformers import UMT5Config, UMT5EncoderModel
 
-from ..files.safetensors import CheckpointError, check_safetensors_header
+from ..files.safetensors import CheckpointError, cast_tensor, fold_fp8_scales
+from .text_encoder_files import find_tokenizer, load_tokenizer, locate
+from .text_encoder_prompt import clean_prompt
 
 
 def join_prompt(scene: str, motion: str) -> str:
@@ -27,26 +39,47 @@ def join_prompt(scene: str, motion: str) -> str:
 
 
 class TextEncoder(torch.nn.Module):
-    """Prompts -> token features `[B, text_len, dim]`, zero after each prompt's last token."""
+    """Prompts -> token features `[B, text_len, dim]`, zero after each prompt's last token.
 
-    def __init__(self, model: UMT5EncoderModel, tokenizer, text_len: int):
+    `source` says where the weights came from (form, files, keys left out), for messages."""
+
+    def __init__(self, model: UMT5EncoderModel, tokenizer, text_len: int, source: dict | None = None):
         super().__init__()
         self.model, self.tokenizer, self.text_len = model, tokenizer, int(text_len)
+        self.source = dict(source or {})
 
     @property
     def dim(self) -> int:
         return self.model.config.d_model
 
+    def _rows(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt, truncated to text_len (the end token kept); truncation is reported."""
+        options = dict(truncation=True, max_length=self.text_len)
+        fast = getattr(self.tokenizer, "is_fast", False)
+        out = self.tokenizer(texts, return_overflowing_tokens=fast, **options)
+        if not fast:
+            return list(out["input_ids"])
+        owners = list(out["overflow_to_sample_mapping"])  # one row per window; overflow rows follow their prompt
+        rows = [out["input_ids"][owners.index(i)] for i in range(len(texts))]
+        cut = sorted({i for i in owners if owners.count(i) > 1})
+        if cut:
+            warnings.warn(
+                f"prompt(s) {cut} are longer than the text encoder's {self.text_len} tokens; only the first "
+                f"{self.text_len} are encoded (Wan truncates the same way)",
+                stacklevel=4,
+            )
+        return rows
+
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ids and mask `[B, text_len]`; a prompt longer than text_len tokens is refused."""
-        rows = self.tokenizer(list(texts))["input_ids"]
+        """Ids and mask `[B, text_len]` of the cleaned prompts, each truncated to text_len tokens."""
+        rows = self._rows([clean_prompt(t) for t in texts])
         ids = torch.full((len(rows), self.text_len), self.tokenizer.pad_token_id or 0)  # [B, L]
         mask = torch.zeros(len(rows), self.text_len, dtype=torch.long)  # [B, L]
         for i, row in enumerate(rows):
-            if len(row) > self.text_len:
+            if len(row) > self.text_len:  # a tokenizer that could not truncate (its own tokens need more)
                 raise ValueError(
-                    f"prompt {i} has {len(row)} tokens, more than this text encoder's "
-                    f"{self.text_len}; shorten the prompt"
+                    f"prompt {i} has {len(row)} tokens even after truncation, more than this text encoder's "
+                    f"{self.text_len}; its tokenizer adds more special tokens than text_len allows: raise text_len"
                 )
             ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row, dtype=torch.long), 1
         return ids, mask
@@ -92,22 +125,47 @@ def save_text_encoder(encoder: TextEncoder, folder) -> Path:
     return folder
 
 
-def load_text_encoder(folder, dtype: torch.dtype = torch.float32, device="cpu") -> TextEncoder:
-    """Load a folder written by `save_text_encoder`, checking it first."""
-    folder = Path(folder)
-    weights = folder / "model.safetensors"
-    if not (folder / "config.json").is_file() or not weights.is_file():
-        raise CheckpointError(
-            f"{folder}: a text-encoder folder holds config.json, model.safetensors and "
-            f"tokenizer.json (write one with save_text_encoder)"
-        )
-    check_safetensors_header(weights)
-    config = UMT5Config.from_pretrained(folder, local_files_only=True)
-    if getattr(config, "model_type", None) != "umt5" or not hasattr(config, "planx_text_len"):
-        raise CheckpointError(
-            f"{folder}: config.json is not a Plan-X umT5 text encoder (model_type "
-            f"{getattr(config, 'model_type', None)!r}); pick the embedded model's text-encoder folder"
-        )
-    model = UMT5EncoderModel.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-    return TextEncoder(model.to(device).eval(), tokenizer, config.planx_text_len)
+def _scale_key(key: str) -> str:
+    return key[: -len("weight")] + "scale_weight"
+
+
+def read_weights(found: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The encoder's tensors of `locate`'s files, renamed to transformers' names, cast to `dtype` as read;
+    fp8_scaled weights are folded with their scale (`fold_fp8_scales`). Other keys are never read."""
+    sd = {}
+    for file in found["files"]:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:  # memory-mapped
+                keys = set(f.keys())
+                for key in sorted(keys & set(found["names"])):
+                    t = f.get_tensor(key)
+                    if _scale_key(key) in keys:
+                        t = fold_fp8_scales({key: t, _scale_key(key): f.get_tensor(_scale_key(key))}, dtype)[key]
+                    sd[found["names"][key]] = cast_tensor(key, t, dtype)
+        except Exception as e:  # safetensors' own error types
+            raise CheckpointError(
+                f"{file}: safetensors could not read it ({e}); the file is corrupted or truncated, re-download it"
+            ) from e
+    return sd
+
+
+def load_text_encoder(
+    path, dtype: torch.dtype = torch.float32, device="cpu", *, tokenizer=None, text_len: int | None = None
+) -> TextEncoder:
+    """Load a umT5 text encoder from any released form (see the module docstring), checked before reading.
+
+    `tokenizer`: a tokenizer folder (or a loaded tokenizer) for a single file; by default the
+    folder itself, or google/umt5-xxl (and the other `TOKENIZER_PLACES`) beside the file.
+    `text_len`: tokens per prompt; by default the folder's recorded value, else Wan's 512.
+    """
+    found = locate(path, text_len)
+    config = found["config"]
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(find_tokenizer(path, tokenizer), config.vocab_size, path)
+    sd = read_weights(found, dtype)
+    sd["encoder.embed_tokens.weight"] = sd["shared.weight"]  # tied
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    model.load_state_dict(sd, strict=True, assign=True)
+    source = {k: found[k] for k in ("layout", "left_out")} | {"files": [str(f) for f in found["files"]]}
+    return TextEncoder(model.to(device).eval(), tokenizer, found["text_len"], source)
