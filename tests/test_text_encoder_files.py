@@ -23,7 +23,13 @@ from planx_core.files.safetensors import CheckpointError, check_safetensors_head
 from planx_core.planner.vocab import build_word_tokenizer
 from planx_core.wan.text_encoder import load_text_encoder
 from planx_core.wan.text_encoder_convert import convert_main
-from planx_core.wan.text_encoder_files import expected_shapes, umt5_config, umt5_xxl_config
+from planx_core.wan.text_encoder_files import (
+    describe_text_encoder,
+    expected_shapes,
+    is_umt5_keys,
+    umt5_config,
+    umt5_xxl_config,
+)
 from planx_core.world.scenes import WORDS
 
 TEXTS = ["the red circle moves right, then up.", "a blue square on a dark background."]
@@ -212,7 +218,8 @@ def test_pth_converter_and_its_refusals(tokenizer, tmp_path, capsys):
     ids, mask = encoder.tokenize(TEXTS)
     with torch.no_grad():
         diff = max_diff(encoder(TEXTS), wan_t5_forward({k: v.float() for k, v in sd.items()}, ids, mask))
-    print(f"converted .pth vs Wan's forward on the same bfloat16 weights: max |diff| {diff:.2e}")
+    with capsys.disabled():
+        print(f"converted .pth vs Wan's forward on the same bfloat16 weights: max |diff| {diff:.2e}")
     assert diff <= 2e-5
     import types
 
@@ -247,6 +254,19 @@ def test_google_umt5_style_folder(tokenizer, tmp_path):
         diff = max_diff(encoder(TEXTS), features(own, encoder))
     print(f"google/umt5-xxl style folder vs UMT5EncoderModel.from_pretrained: max |diff| {diff:.2e}")
     assert diff <= 1e-6
+    pickles = tmp_path / "umt5-bin"  # the same release with .bin shards only: refused, then converted
+    pickles.mkdir()
+    state = {k: v.detach().clone() for k, v in full.state_dict().items()}
+    for i, part in enumerate((dict(list(state.items())[::2]), dict(list(state.items())[1::2]))):
+        torch.save(part, pickles / f"pytorch_model-0000{i + 1}-of-00002.bin")
+    (pickles / "config.json").write_text((folder / "config.json").read_text())
+    tokenizer.save_pretrained(pickles)
+    with pytest.raises(CheckpointError, match=r"pickles only .*`python -m planx_core convert-umt5 .*umt5-bin"):
+        load_text_encoder(pickles)
+    assert convert_main([str(pickles), str(tmp_path / "encoder.safetensors")]) == 0
+    converted = load_text_encoder(tmp_path / "encoder.safetensors", tokenizer=pickles)
+    with torch.no_grad():
+        assert max_diff(converted(TEXTS), encoder(TEXTS)) == 0
 
 
 # ----------------------------------------------------------------------------- refusals and sizes
@@ -258,6 +278,18 @@ def test_real_size_on_the_meta_device():
     assert shapes["encoder.block.23.layer.1.DenseReluDense.wi_0.weight"] == (10240, 4096)
     assert shapes["encoder.block.5.layer.0.SelfAttention.relative_attention_bias.weight"] == (32, 64)
     assert sum(math.prod(s) for s in shapes.values()) == 5_680_910_336  # umT5-XXL's encoder: 5.68 B parameters
+
+
+def test_inspect_helpers(reference, tmp_path):
+    stored, _ = fp8_scaled(hf_state(reference))
+    save_safetensors(stored, tmp_path / "fp8.safetensors")
+    save_safetensors(official_state(), tmp_path / "wan.safetensors")
+    assert is_umt5_keys(stored) and is_umt5_keys(official_state()) and not is_umt5_keys(["blocks.0.self_attn.q.weight"])
+    assert describe_text_encoder(tmp_path / "fp8.safetensors") == (
+        "umT5 text encoder (transformers / ComfyUI names, fp8_scaled): 2 blocks of 32, 4 heads of 8, FFN 48, "
+        f"vocabulary {reference.config.vocab_size}"
+    )
+    assert describe_text_encoder(tmp_path / "wan.safetensors").startswith("umT5 text encoder (Wan names): 2 blocks")
 
 
 def test_wrong_files_are_refused_with_the_fix(reference, tokenizer, tmp_path):

@@ -57,14 +57,28 @@ def read_pickled_state(src: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _read_source(src: Path) -> dict[str, torch.Tensor]:
+    """One pickle, or every pytorch_model*.bin of a folder (a google/umt5-xxl release without safetensors)."""
+    if not src.is_dir():
+        return read_pickled_state(src)
+    shards = sorted(src.glob("pytorch_model*.bin"))
+    if not shards:
+        raise CheckpointError(f"{src}: no pytorch_model*.bin files in this folder to convert")
+    sd = {}
+    for shard in shards:
+        sd.update(read_pickled_state(shard))
+    return sd
+
+
 def convert_umt5_pth(src, dst, dtype: torch.dtype | None = None):
-    """Convert a umT5 encoder pickle to a safetensors file in transformers' names; returns its UMT5Config.
+    """Convert a umT5 encoder pickle (or a folder of `pytorch_model*.bin` shards) to one safetensors file in
+    transformers' names; returns its UMT5Config.
 
     `dtype` None keeps the stored dtypes (bfloat16 for Wan's file). Keys outside the encoder
     (a decoder, an LM head) are left out and listed in the `planx_umt5_source` metadata.
     """
     src, dst = Path(src), Path(dst)
-    sd = read_pickled_state(src)
+    sd = _read_source(src)
     names, left_out, layout = canonical_names(sd.keys(), src)
     renamed = {names[k]: sd[k] for k in names}
     config = infer_config({k: tuple(v.shape) for k, v in renamed.items()}, src)
@@ -83,7 +97,9 @@ def convert_main(argv: list[str] | None = None) -> int:
         description="Convert Wan's models_t5_umt5-xxl-enc-bf16.pth (or a umT5 pytorch_model.bin) to a "
         ".safetensors text encoder (transformers' names, ComfyUI's layout).",
     )
-    parser.add_argument("src", help="Wan's models_t5_umt5-xxl-enc-bf16.pth (from the Wan2.2 release folder)")
+    parser.add_argument(
+        "src", help="Wan's models_t5_umt5-xxl-enc-bf16.pth (the Wan2.2 release), or a folder of pytorch_model*.bin"
+    )
     parser.add_argument(
         "dst", help="output .safetensors, e.g. ComfyUI/models/text_encoders/umt5-xxl-enc-bf16.safetensors"
     )

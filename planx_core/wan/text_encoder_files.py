@@ -257,6 +257,12 @@ def locate(path, text_len: int | None = None) -> dict:
             f"with save_text_encoder, or use a google/umt5-xxl folder); for a single file pass the file"
         )
     data = _folder_config(folder) if folder is not None else None
+    if folder is not None and not any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin")):
+        raise CheckpointError(
+            f"{folder}: the weights are PyTorch pickles only (pytorch_model*.bin), which Plan-X never loads at run "
+            f"time; convert the encoder once with `python -m planx_core convert-umt5 {folder} "
+            f"{folder / 'umt5-encoder.safetensors'}` and load that file (tokenizer={folder})"
+        )
     files = resolve_shards(folder) if folder is not None else [path]
     headers = {f: _header(f) for f in files}
     keys = [k for h in headers.values() for k in h if k != "__metadata__"]
@@ -278,6 +284,24 @@ def locate(path, text_len: int | None = None) -> dict:
         tokenizer=folder,
         scaled=any(_is_scale(k) for k in keys),
     )
+
+
+def is_umt5_keys(keys: Iterable[str]) -> bool:
+    """Whether a file's keys look like a umT5 encoder in transformers' / ComfyUI's or Wan's names (nothing read)."""
+    keys = list(keys)
+    hf = any(k.endswith(_HF_ANCHOR) for k in keys) and any(".SelfAttention.relative_attention_bias." in k for k in keys)
+    return hf or (any(k.endswith(_OFFICIAL_ANCHOR) for k in keys) and any(".attn.q.weight" in k for k in keys))
+
+
+def describe_text_encoder(path) -> str:
+    """One line naming a umT5 file or folder (layout, sizes, fp8 scaling), for `inspect`; CheckpointError if not one."""
+    found = locate(path)
+    c = found["config"]
+    name = "umT5-XXL" if _config_key(c) == _config_key(umt5_xxl_config()) else "umT5"
+    names = "Wan" if found["layout"] == "official" else "transformers / ComfyUI"
+    scaled = ", fp8_scaled" if found["scaled"] else ""
+    sizes = f"{c.num_layers} blocks of {c.d_model}, {c.num_heads} heads of {c.d_kv}, FFN {c.d_ff}"
+    return f"{name} text encoder ({names} names{scaled}): {sizes}, vocabulary {c.vocab_size}"
 
 
 def find_tokenizer(path, given=None) -> Path:
