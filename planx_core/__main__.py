@@ -193,6 +193,8 @@ def _outer_ring(command: str):
         from .training.assemble import main
     elif command == "eval":
         from .eval.ablations import main
+    elif command == "eval-prompts":
+        from .eval.prompts import main
     else:
         from .eval.drift import main
     return main
@@ -203,6 +205,7 @@ OUTER_RING = {
     "assemble": "build a bundle folder and its model card from training runs",
     "eval": "the ablation table of a bundle on held-out clips of the world",
     "eval-drift": "long-video drift of the embedded SemanticGen",
+    "eval-prompts": "held-out prompts (text- and image-to-video) and the README example, scored from the mp4s",
 }
 
 
