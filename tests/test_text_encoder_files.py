@@ -30,6 +30,7 @@ from planx_core.wan.text_encoder_files import (
     umt5_config,
     umt5_xxl_config,
 )
+from planx_core.wan.text_encoder_prompt import clean_prompt
 from planx_core.world.scenes import WORDS
 
 TEXTS = ["the red circle moves right, then up.", "a blue square on a dark background."]
@@ -269,6 +270,56 @@ def test_google_umt5_style_folder(tokenizer, tmp_path):
         assert max_diff(converted(TEXTS), encoder(TEXTS)) == 0
 
 
+# ----------------------------------------------------------------------------- ComfyUI's embedded tokenizer
+
+
+def spiece_bytes() -> bytes:
+    """A small unigram sentencepiece model with umT5's special ids (pad 0, end 1, unknown 2, no start token)."""
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece (ComfyUI installs it) is not installed here")
+    import io
+
+    corpus = [" ".join(WORDS[i : i + 7]) for i in range(0, len(WORDS), 3)] + TEXTS * 3
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=out,
+        vocab_size=60,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
+    return out.getvalue()
+
+
+def test_comfyui_file_carries_its_tokenizer(reference, tokenizer, tmp_path):
+    proto = spiece_bytes()
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    sd = hf_state(reference) | {"spiece_model": torch.frombuffer(bytearray(proto), dtype=torch.uint8)}
+    path = tmp_path / "umt5_xxl_fp16.safetensors"  # alone in its folder, as in ComfyUI's models/text_encoders
+    save_safetensors(sd, path)
+    encoder = load_text_encoder(path, text_len=24)
+    assert type(encoder.tokenizer).__name__ == "SentencePieceTokenizer" and len(encoder.tokenizer) <= 78
+    ids, mask = encoder.tokenize(TEXTS)
+    assert ids[0, : int(mask[0].sum())].tolist() == [*sp.encode(clean_prompt(TEXTS[0])), 1]  # ComfyUI's ids: + end
+    with torch.no_grad():
+        assert max_diff(encoder(TEXTS), features(reference, encoder)) <= 1e-6
+    with pytest.warns(UserWarning, match=r"prompt\(s\) \[0\] are longer than the text encoder's 24 tokens"):
+        ids, mask = encoder.tokenize([" ".join(WORDS[:40])])
+    assert int(mask.sum()) == 24 and ids[0, 23] == 1  # truncated, the end token kept
+    tokenizer_beside(tokenizer, tmp_path)  # a tokenizer folder beside the file is preferred (Wan's own)
+    assert type(load_text_encoder(path).tokenizer).__name__ != "SentencePieceTokenizer"
+    lone = tmp_path / "spiece-only"
+    encoder.tokenizer.save_pretrained(lone)  # a folder with spiece.model alone
+    again = load_text_encoder(path, tokenizer=lone, text_len=24)
+    assert torch.equal(again.tokenize(TEXTS)[0], encoder.tokenize(TEXTS)[0])
+
+
 # ----------------------------------------------------------------------------- refusals and sizes
 
 
@@ -304,7 +355,7 @@ def test_wrong_files_are_refused_with_the_fix(reference, tokenizer, tmp_path):
     small = build_word_tokenizer(["red"])
     small.add_tokens([f"w{i}" for i in range(200)])
     small.save_pretrained(tmp_path / "big")
-    with pytest.raises(CheckpointError, match="tokenizer has 2.. tokens but the text encoder .* embeds only"):
+    with pytest.raises(CheckpointError, match="tokenizer has 2.. tokens but this text encoder embeds only 78"):
         load_text_encoder(bare / "umt5.safetensors", tokenizer=tmp_path / "big")
     bad = dict(sd, **{"encoder.block.1.layer.0.SelfAttention.k.weight": torch.zeros(16, DIM)})
     save_safetensors(bad, tmp_path / "bad.safetensors")

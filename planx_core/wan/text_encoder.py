@@ -28,7 +28,7 @@ from safetensors import safe_open
 from transformers import UMT5Config, UMT5EncoderModel
 
 from ..files.safetensors import CheckpointError, cast_tensor, fold_fp8_scales
-from .text_encoder_files import find_tokenizer, load_tokenizer, locate
+from .text_encoder_files import locate, tokenizer_for
 from .text_encoder_prompt import clean_prompt
 
 
@@ -54,14 +54,14 @@ class TextEncoder(torch.nn.Module):
 
     def _rows(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, truncated to text_len (the end token kept); truncation is reported."""
-        options = dict(truncation=True, max_length=self.text_len)
-        fast = getattr(self.tokenizer, "is_fast", False)
-        out = self.tokenizer(texts, return_overflowing_tokens=fast, **options)
-        if not fast:
-            return list(out["input_ids"])
-        owners = list(out["overflow_to_sample_mapping"])  # one row per window; overflow rows follow their prompt
-        rows = [out["input_ids"][owners.index(i)] for i in range(len(texts))]
-        cut = sorted({i for i in owners if owners.count(i) > 1})
+        out = self.tokenizer(texts, truncation=True, max_length=self.text_len, return_overflowing_tokens=True)
+        if "overflow_to_sample_mapping" in out:  # a fast tokenizer: one row per window, overflow after its prompt
+            owners = list(out["overflow_to_sample_mapping"])
+            rows = [out["input_ids"][owners.index(i)] for i in range(len(texts))]
+            cut = sorted({i for i in owners if owners.count(i) > 1})
+        else:  # sentencepiece (and transformers' slow tokenizers) count the tokens cut
+            rows = list(out["input_ids"])
+            cut = [i for i, n in enumerate(out.get("num_truncated_tokens") or []) if n > 0]
         if cut:
             warnings.warn(
                 f"prompt(s) {cut} are longer than the text encoder's {self.text_len} tokens; only the first "
@@ -155,13 +155,14 @@ def load_text_encoder(
     """Load a umT5 text encoder from any released form (see the module docstring), checked before reading.
 
     `tokenizer`: a tokenizer folder (or a loaded tokenizer) for a single file; by default the
-    folder itself, or google/umt5-xxl (and the other `TOKENIZER_PLACES`) beside the file.
+    folder itself, or google/umt5-xxl (and the other `TOKENIZER_PLACES`) beside the file, else
+    the sentencepiece model inside ComfyUI's umT5 files (`text_encoder_spiece`).
     `text_len`: tokens per prompt; by default the folder's recorded value, else Wan's 512.
     """
     found = locate(path, text_len)
     config = found["config"]
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(find_tokenizer(path, tokenizer), config.vocab_size, path)
+        tokenizer = tokenizer_for(path, tokenizer, found)
     sd = read_weights(found, dtype)
     sd["encoder.embed_tokens.weight"] = sd["shared.weight"]  # tied
     with torch.device("meta"):

@@ -244,8 +244,9 @@ def _folder_config(folder: Path) -> dict:
 def locate(path, text_len: int | None = None) -> dict:
     """What a text-encoder path holds: shards, names, config, text_len and a tokenizer folder candidate.
 
-    Returns a dict with `files`, `names` (file key -> transformers key per file), `left_out`,
-    `layout`, `config`, `text_len`, `tokenizer` (a folder or None) and `scaled` (fp8 scales present).
+    Returns a dict with `files`, `names` (file key -> transformers key), `left_out`, `layout`,
+    `config`, `text_len`, `scaled` (fp8 scales present) and `spiece` ((file, key) of ComfyUI's
+    embedded sentencepiece tokenizer, or None).
     """
     path = Path(path)
     if not path.exists():
@@ -274,6 +275,7 @@ def locate(path, text_len: int | None = None) -> dict:
     else:
         config, length = infer_config(shapes, path), text_len or WAN_TEXT_LEN
     check_encoder(shapes, config, path)
+    spiece = next(((f, k) for f, h in headers.items() for k in h if k.endswith("spiece_model")), None)
     return dict(
         files=files,
         names=names,
@@ -281,8 +283,8 @@ def locate(path, text_len: int | None = None) -> dict:
         layout=layout,
         config=config,
         text_len=int(length),
-        tokenizer=folder,
         scaled=any(_is_scale(k) for k in keys),
+        spiece=spiece,
     )
 
 
@@ -326,27 +328,54 @@ def find_tokenizer(path, given=None) -> Path:
         f"{path}: no umT5 tokenizer found (looked for tokenizer.json or spiece.model in {looked}). A single-file "
         f"text encoder needs the google/umt5-xxl tokenizer files (tokenizer.json, tokenizer_config.json, "
         f"special_tokens_map.json, spiece.model; the folder google/umt5-xxl of the Wan2.2 release): put that "
-        f"folder beside the file as google/umt5-xxl, or pass its path (load_text_encoder(..., tokenizer=FOLDER))"
+        f"folder beside the file as google/umt5-xxl, or pass its path (load_text_encoder(..., tokenizer=FOLDER)). "
+        f"ComfyUI's own umT5 files carry their tokenizer (spiece_model) and need none"
     )
 
 
-def load_tokenizer(folder: Path, vocab_size: int, source):
-    """The tokenizer of a folder: tokenizer.json as it is, else transformers' AutoTokenizer (spiece.model)."""
+def _folder_tokenizer(folder: Path):
+    """tokenizer.json as it is; else transformers' AutoTokenizer on spiece.model, else sentencepiece itself."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    if (folder / "tokenizer.json").is_file():
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{folder}: transformers cannot load tokenizer.json ({str(e).splitlines()[0][:200]}); re-copy the "
+                f"google/umt5-xxl tokenizer folder"
+            ) from None
     try:
-        if (folder / "tokenizer.json").is_file():
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, ImportError) as e:
-        raise CheckpointError(
-            f"{folder}: transformers cannot load the tokenizer ({str(e).splitlines()[0][:200]}); a spiece.model "
-            f"alone needs the sentencepiece and protobuf packages, or add the release's tokenizer.json"
-        ) from None
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, ImportError, KeyError):  # no tokenizer_config.json, or no protobuf to convert
+        from .text_encoder_spiece import from_file
+
+        return from_file(folder / "spiece.model")
+
+
+def tokenizer_for(path, given, found: dict):
+    """The tokenizer of a text encoder: `given` (a folder), a folder beside it (`find_tokenizer`), else the
+    sentencepiece model ComfyUI stores inside its umT5 files; the vocabulary checked against the embedding."""
+    try:
+        tokenizer = _folder_tokenizer(find_tokenizer(path, given))
+    except CheckpointError:
+        if given is not None or found["spiece"] is None:
+            raise
+        from safetensors import safe_open
+
+        from .text_encoder_spiece import from_tensor
+
+        file, key = found["spiece"]
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            tokenizer = from_tensor(f.get_tensor(key), file)
+    return check_tokenizer(tokenizer, found["config"].vocab_size, path)
+
+
+def check_tokenizer(tokenizer, vocab_size: int, source):
+    """Refuse a tokenizer whose ids reach past the model's embedding."""
     if len(tokenizer) > vocab_size:
         raise CheckpointError(
-            f"{folder}: the tokenizer has {len(tokenizer)} tokens but the text encoder {source} embeds only "
+            f"{source}: the tokenizer has {len(tokenizer)} tokens but this text encoder embeds only "
             f"{vocab_size}; the tokenizer belongs to another model (umT5-XXL's is google/umt5-xxl's)"
         )
     return tokenizer
