@@ -11,7 +11,9 @@ sentencepiece model as a `spiece_model` entry.
 
 Every form is reduced to transformers' names here (`canonical_names`), its sizes read from the
 file's shapes or config.json, and checked against `UMT5EncoderModel` built on the meta device;
-`text_encoder.load_text_encoder` then reads only the encoder's tensors.
+`text_encoder.load_text_encoder` then reads only the encoder's tensors. The tokenizer
+(`tokenizer_for`) is a folder given by the caller, else one beside the file (`TOKENIZER_PLACES`:
+google/umt5-xxl as in the Wan2.2 release, ...), else the `spiece_model` inside a ComfyUI file.
 """
 
 from __future__ import annotations
