@@ -1,5 +1,5 @@
 """Command line of planx_core: every command. `generate`, `semanticgen`, `info`, `inspect FILE`, `check-plan FILE`,
-`convert-tatok SRC DST`, and the outer ring's `train`, `assemble`, `eval`, `eval-drift`.
+`convert-tatok`, `convert-umt5`, `convert-planner`, and the outer ring's `train`, `assemble`, `eval`, `eval-drift`.
 
 `generate --prompt "scene. motion." --out clip.mp4` plans and renders a clip with the embedded
 model (or `--bundle DIR`) and writes clip.mp4, clip.plan.json and clip.plan.png; see `pipeline`.
@@ -11,7 +11,8 @@ embedded SemanticGen (a continuous semantic plan, then windowed rendering); see 
 checkpoint's header and shapes (safetensors only; nothing is unpickled) and says what it is:
 layout, the preset it matches, storage dtypes and parameter count. `check-plan` validates a plan
 JSON file (any schema version) and summarises it, optionally after applying an edit list.
-`convert-tatok` turns the released `ta_tok.pth` into a safetensors file for the models folder.
+`convert-tatok`, `convert-umt5` and `convert-planner` turn released pickles (Tar's `ta_tok.pth`, Wan's
+umT5 `.pth`, `.bin`-only planner folders) into safetensors once, with `torch.load(weights_only=True)`.
 
 `train`, `assemble`, `eval` and `eval-drift` hand their arguments to the outer ring
 (`planx_core.training`, `planx_core.training.assemble`, `planx_core.eval`, `planx_core.eval.drift`;
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
 import sys
 
-from .files.safetensors import CheckpointError, read_safetensors
+from .files.safetensors import CheckpointError, check_safetensors_header, read_safetensors
 from .wan.attention import available_backends
 from .wan.configs import PRESETS
 from .wan.dit_files import describe_shapes, detect_layout, to_official
@@ -42,12 +44,38 @@ def cmd_info(_args) -> int:
     return 0
 
 
-def cmd_inspect(args) -> int:
+def _describe_other(path) -> str | None:
+    """What a file or folder is when it is not a DiT: a VAE, a umT5 text encoder, a planner folder, or one of this
+    project's own files (named by its metadata); None for a DiT (or anything else, which the DiT reader refuses)."""
+    from pathlib import Path
+
+    from .files.modules import describe_file_kind, file_metadata
+    from .wan.text_encoder_files import describe_text_encoder, is_umt5_keys
     from .wan.vae_files import describe_vae_file, is_vae_file
 
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        kind = json.loads((path / "config.json").read_text()).get("model_type")
+        if kind in ("umt5", "t5", "mt5"):
+            return describe_text_encoder(path)
+        return f"a planner (causal LM) folder, model_type {kind!r}; Load Planner and `--bundle` read it"
+    if is_vae_file(path):
+        return describe_vae_file(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        header = check_safetensors_header(path)
+        if is_umt5_keys(header):
+            return describe_text_encoder(path)
+        kind = describe_file_kind(file_metadata(path), but_not="planx_dit_config")
+        if kind is not None:
+            return f"{kind} (Plan-X's own file: {len(header) - 1} tensors, its config in the metadata)"
+    return None
+
+
+def cmd_inspect(args) -> int:
     try:
-        if is_vae_file(args.path):
-            print(f"file:       {args.path}\n{describe_vae_file(args.path)}")
+        other = _describe_other(args.path)
+        if other is not None:
+            print(f"file:       {args.path}\n{other if other.startswith('kind:') else 'kind:       ' + other}")
             return 0
         sd = read_safetensors(args.path)
         layout = detect_layout(sd.keys(), args.path)
@@ -94,10 +122,18 @@ def cmd_check_plan(args) -> int:
     return 0
 
 
-def cmd_convert_tatok(args) -> int:
-    from .tatok.files import convert_main
+# One-off converters of released pickles to safetensors (torch.load(weights_only=True)); each parses its own options.
+CONVERTERS = {
+    "convert-tatok": ("tatok.files", "Tar's ta_tok.pth -> a TA-Tok safetensors file (convert-tatok SRC DST --help)"),
+    "convert-umt5": ("wan.text_encoder_convert", "Wan's umT5 .pth or a .bin folder -> safetensors (SRC DST)"),
+    "convert-planner": ("planner.files", "a planner folder of pytorch_model*.bin -> safetensors (SRC [DST])"),
+}
 
-    return convert_main([args.src, args.dst])
+
+def _converter(command: str):
+    import importlib
+
+    return importlib.import_module(f"planx_core.{CONVERTERS[command][0]}").convert_main
 
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}  # --dtype choices (torch names)
@@ -211,8 +247,14 @@ OUTER_RING = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["assemble"] and "--real" in argv:  # a bundle from released files: the runtime's own
+        from .pipelines.real_bundle import main as assemble_real
+
+        return assemble_real(argv[1:])
     if argv and argv[0] in OUTER_RING:
         return _outer_ring(argv[0])(argv[1:])
+    if argv and argv[0] in CONVERTERS:
+        return _converter(argv[0])(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m planx_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="presets and attention backends").set_defaults(fn=cmd_info)
@@ -223,17 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("path", help="a plan .json file")
     check.add_argument("--edits", help="a JSON edit list to apply first")
     check.set_defaults(fn=cmd_check_plan)
-    convert = sub.add_parser("convert-tatok", help="released ta_tok.pth -> safetensors")
-    convert.add_argument("src", help="ta_tok.pth (read with torch.load(weights_only=True))")
-    convert.add_argument("dst", help="output .safetensors file")
-    convert.set_defaults(fn=cmd_convert_tatok)
     generate = sub.add_parser("generate", help="plan and render a clip from a prompt (the embedded model)")
     add_generate_arguments(generate)
     generate.set_defaults(fn=cmd_generate)
     semgen = sub.add_parser("semanticgen", help="a long video from a prompt with the embedded SemanticGen")
     add_semanticgen_arguments(semgen)
     semgen.set_defaults(fn=cmd_semanticgen)
-    for name, text in OUTER_RING.items():  # listed in --help; dispatched above with their own parsers
+    for name, text in {**{k: v[1] for k, v in CONVERTERS.items()}, **OUTER_RING}.items():  # own parsers, above
         sub.add_parser(name, help=text, add_help=False)
     args = parser.parse_args(argv)
     return args.fn(args)

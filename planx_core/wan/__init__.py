@@ -11,7 +11,8 @@ and diffusers layouts); `available_backends` (the one attention entry point is t
 `grid_positions` (3D RoPE); `WindowLayout`, `windowed_attention` (shifted windows along time);
 `WanVAE`, `VAEConfig`, `VAE_PRESETS`, `load_vae`, `save_vae`, `describe_vae_file`, `is_vae_file`
 (the Wan 2.1 and 2.2 video VAEs); `TextEncoder`, `load_text_encoder`, `save_text_encoder`,
-`join_prompt` (umT5 features).
+`join_prompt`, `clean_prompt`, `describe_text_encoder`, `convert_umt5_pth` (umT5 features from
+every released form).
 """
 
 from .attention import available_backends
@@ -28,6 +29,9 @@ from .dit_files import (
 )
 from .rope import Rope, apply_rope, grid_positions, rope_frequencies
 from .text_encoder import TextEncoder, join_prompt, load_text_encoder, save_text_encoder
+from .text_encoder_convert import convert_umt5_pth
+from .text_encoder_files import describe_text_encoder, is_umt5_keys, umt5_xxl_config
+from .text_encoder_prompt import clean_prompt
 from .vae import VAE_PRESETS, VAEConfig, WanVAE
 from .vae_files import describe_vae_file, is_vae_file, load_vae, save_vae
 from .windows import WindowLayout, layer_shift, windowed_attention
@@ -48,6 +52,9 @@ __all__ = [
     "WindowLayout",
     "apply_rope",
     "available_backends",
+    "clean_prompt",
+    "convert_umt5_pth",
+    "describe_text_encoder",
     "check_window",
     "describe_shapes",
     "describe_vae_file",
@@ -55,6 +62,7 @@ __all__ = [
     "get_preset",
     "grid_positions",
     "infer_config",
+    "is_umt5_keys",
     "is_vae_file",
     "join_prompt",
     "layer_shift",
@@ -67,5 +75,6 @@ __all__ = [
     "save_text_encoder",
     "save_vae",
     "to_official",
+    "umt5_xxl_config",
     "windowed_attention",
 ]

@@ -391,15 +391,27 @@ def is_vae_file(path: PathLike) -> bool:
 _LAYOUTS = {"official": "official/ComfyUI (Wan2.x_VAE.pth names)", "diffusers": "diffusers (AutoencoderKLWan)"}
 
 
-def describe_vae_file(path: PathLike) -> str:
-    """What a VAE file is, from its header alone (nothing read, nothing allocated), as `inspect` lines:
-    the Wan VAE version, layout, config, latent shape, parameter count and dtypes. CheckpointError when
-    it is not a Wan VAE file (or does not fit the config it carries), naming what it is and the fix."""
+def _checked_header(path: PathLike):
+    """(file, header, official shapes, layout, config) of a VAE file, checked from its header alone."""
     path = _resolve_file(Path(path))
     header = check_safetensors_header(path)
     shapes, layout = _official_shapes(header, path)
     cfg = _config_from(None, header, shapes, path)
     check_vae_state_dict(shapes, cfg, path)
+    return path, header, shapes, layout, cfg
+
+
+def vae_file_config(path: PathLike) -> VAEConfig:
+    """The config of a VAE file, from its header alone (nothing read, nothing allocated); CheckpointError if it is
+    not a Wan VAE file."""
+    return _checked_header(path)[-1]
+
+
+def describe_vae_file(path: PathLike) -> str:
+    """What a VAE file is, from its header alone (nothing read, nothing allocated), as `inspect` lines:
+    the Wan VAE version, layout, config, latent shape, parameter count and dtypes. CheckpointError when
+    it is not a Wan VAE file (or does not fit the config it carries), naming what it is and the fix."""
+    path, header, shapes, layout, cfg = _checked_header(path)
     prefix = vae_prefix(header_shapes(header))
     stored = METADATA_KEY in (header.get("__metadata__") or {})
     source = "Plan-X save_vae, " if stored else ""
