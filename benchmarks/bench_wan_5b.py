@@ -52,6 +52,7 @@ from common import common_args, interleaved_times, report, setup_runtime
 from planx_core.wan.attention import BACKENDS, use_backend
 from planx_core.wan.configs import PRESETS, DiTConfig, get_preset
 from planx_core.wan.dit import WanModel
+from planx_core.wan.dit_files import comfyui_unet_config
 from planx_core.wan.vae import VAE_PRESETS, VAEConfig, WanVAE, get_vae_preset
 
 # Wan architecture at CPU size: heads of 128 as the 5B, its text width (umT5 4096, 512 tokens), 48 channels.
@@ -97,28 +98,6 @@ def import_comfyui(device: torch.device):
     return comfy, None
 
 
-def comfy_unet_config(cfg: DiTConfig) -> dict:
-    """ComfyUI's Wan unet config of a planx_core DiT config (as `nodes/comfy_models.tiny_unet_config`)."""
-    return {
-        "image_model": "wan2.1",
-        "model_type": "t2v",
-        "dim": cfg.dim,
-        "ffn_dim": cfg.ffn_dim,
-        "num_heads": cfg.num_heads,
-        "num_layers": cfg.num_layers,
-        "in_dim": cfg.in_dim,
-        "out_dim": cfg.out_dim,
-        "freq_dim": cfg.freq_dim,
-        "text_dim": cfg.text_dim,
-        "text_len": cfg.text_len,
-        "patch_size": tuple(cfg.patch_size),
-        "window_size": (-1, -1),
-        "qk_norm": cfg.qk_norm,
-        "cross_attn_norm": cfg.cross_attn_norm,
-        "eps": cfg.eps,
-    }
-
-
 def check_same_keys(ours: torch.nn.Module, theirs: torch.nn.Module, what: str) -> None:
     a, b = ours.state_dict(), theirs.state_dict()
     if set(a) != set(b) or any(a[k].shape != b[k].shape for k in a):
@@ -128,7 +107,7 @@ def check_same_keys(ours: torch.nn.Module, theirs: torch.nn.Module, what: str) -
 
 def comfy_dit(comfy, cfg: DiTConfig, ours: WanModel, device: torch.device, dtype: torch.dtype):
     """ComfyUI's WAN22 model on `device` in `dtype` (no init: its ops skip it), loaded with our weights."""
-    config = comfy.supported_models.WAN22_T2V(comfy_unet_config(cfg))
+    config = comfy.supported_models.WAN22_T2V(comfyui_unet_config(cfg))
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, "", device=device)
     model.load_model_weights(dict(ours.state_dict()), "")  # copies; the dict is consumed

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from planx_core.pipelines import Bundle, prompt_text, split_prompt
+from planx_core.wan import comfyui_unet_config
 
 
 class Holder(nn.Module):
@@ -72,25 +73,7 @@ class TinyLatent(comfy.latent_formats.LatentFormat):
 
 def tiny_unet_config(source) -> dict:
     """ComfyUI's Wan unet config of a planx_core DiT (or of a bundle's DiT)."""
-    cfg = getattr(source, "dit", source).config
-    return {
-        "image_model": "wan2.1",
-        "model_type": "t2v",
-        "dim": cfg.dim,
-        "ffn_dim": cfg.ffn_dim,
-        "num_heads": cfg.num_heads,
-        "num_layers": cfg.num_layers,
-        "in_dim": cfg.in_dim,
-        "out_dim": cfg.out_dim,
-        "freq_dim": cfg.freq_dim,
-        "text_dim": cfg.text_dim,
-        "text_len": cfg.text_len,
-        "patch_size": tuple(cfg.patch_size),
-        "window_size": (-1, -1),
-        "qk_norm": cfg.qk_norm,
-        "cross_attn_norm": cfg.cross_attn_norm,
-        "eps": cfg.eps,
-    }
+    return comfyui_unet_config(getattr(source, "dit", source).config)
 
 
 def wan_model(dit, latent_format: TinyLatent, shift: float) -> comfy.model_patcher.ModelPatcher:

@@ -297,3 +297,12 @@ def check_keys(
     ]
     lines.append(f"  {fix}")
     raise CheckpointError("\n".join(lines))
+
+
+def torch_load_reason(err: Exception) -> str:
+    """The informative line of a `torch.load(weights_only=True)` failure (the unsupported global, if any), without
+    colour codes: what a converter of a released pickle reports."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL [\w.]+|WeightsUnpickler error: [^\n]+", text)
+    lines = text.strip().splitlines()
+    return (found.group(0) if found else lines[0] if lines else type(err).__name__)[:300]

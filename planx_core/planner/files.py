@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import warnings
@@ -23,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ..files.safetensors import CheckpointError, check_safetensors_header, resolve_shards, save_safetensors
+from ..files.safetensors import (
+    CheckpointError,
+    check_safetensors_header,
+    resolve_shards,
+    save_safetensors,
+    torch_load_reason,
+)
 from .decode import dtype_kwargs
 from .model import _TOKENIZER_FILES, SemanticPlanner
 from .vocab import PlanVocab
@@ -235,14 +240,6 @@ def _bin_shards(folder: Path) -> list[Path]:
     return shards
 
 
-def _load_reason(err: Exception) -> str:
-    """The informative line of a torch.load failure (the unsupported global, if any), without colour codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    found = re.search(r"Unsupported global: GLOBAL [\w.]+|WeightsUnpickler error: [^\n]+", text)
-    lines = text.strip().splitlines()
-    return (found.group(0) if found else lines[0] if lines else type(err).__name__)[:300]
-
-
 def read_bin(path: Path) -> dict[str, torch.Tensor]:
     """A `.bin` state dict read with `torch.load(weights_only=True)`: tensors and plain containers only."""
     try:
@@ -254,7 +251,7 @@ def read_bin(path: Path) -> dict[str, torch.Tensor]:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError of torch's zip reader, EOFError, ...
         raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({_load_reason(e)}); only tensors and "
+            f"{path}: cannot be read with torch.load(weights_only=True) ({torch_load_reason(e)}); only tensors and "
             f"plain containers are accepted: re-download the file if it is truncated"
         ) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -31,6 +31,7 @@ from ..files.safetensors import (
     check_safetensors_header,
     read_safetensors,
     save_safetensors,
+    torch_load_reason,
 )
 from .model import PathLike, TATok, TATokConfig
 
@@ -258,14 +259,6 @@ def _plain(value):
     return value
 
 
-def _load_reason(err: Exception) -> str:
-    """The informative line of a torch.load failure (the unsupported global, if any), without colour codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    found = re.search(r"Unsupported global: GLOBAL [\w.]+|WeightsUnpickler error: [^\n]+", text)
-    lines = text.strip().splitlines()
-    return (found.group(0) if found else lines[0] if lines else type(err).__name__)[:300]
-
-
 def read_tar_checkpoint(src: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(args, state dict) of Tar's `ta_tok.pth` = {"model": {"args": EasyDict, "sd": state_dict}}, read safely."""
     try:
@@ -276,7 +269,7 @@ def read_tar_checkpoint(src: PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     except Exception as err:  # UnpicklingError, RuntimeError from torch's zip reader, ...
         raise CheckpointError(
             f"{src}: cannot be read as a Tar ta_tok.pth with torch.load(weights_only=True): "
-            f"{_load_reason(err)}. Only tensors, plain containers and EasyDict are accepted "
+            f"{torch_load_reason(err)}. Only tensors, plain containers and EasyDict are accepted "
             f"(nothing else is unpickled); use the ta_tok.pth released in csuhan/TA-Tok, and "
             f"re-download it if it is truncated"
         ) from None

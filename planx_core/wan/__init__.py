@@ -19,6 +19,7 @@ from .attention import available_backends
 from .configs import PRESETS, SAMPLING, DiTConfig, SamplingPreset, default_shift, get_preset, preset_named
 from .dit import WanModel, check_window
 from .dit_files import (
+    comfyui_unet_config,
     describe_shapes,
     detect_layout,
     infer_config,
@@ -53,6 +54,7 @@ __all__ = [
     "apply_rope",
     "available_backends",
     "clean_prompt",
+    "comfyui_unet_config",
     "convert_umt5_pth",
     "describe_text_encoder",
     "check_window",

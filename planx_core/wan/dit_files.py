@@ -413,3 +413,26 @@ def load_dit_file(path: Path) -> WanModel:
         what="a SemanticGen DiT file",
         fix="re-export it with save_dit",
     )
+
+
+def comfyui_unet_config(cfg: DiTConfig) -> dict:
+    """ComfyUI's Wan unet config (`comfy.ldm.wan.model.WanModel` arguments) of a DiT config: a plain dict, no
+    ComfyUI import; the pack's loader and the benchmarks build ComfyUI's own class from it."""
+    return {
+        "image_model": "wan2.1",
+        "model_type": "t2v",
+        "dim": cfg.dim,
+        "ffn_dim": cfg.ffn_dim,
+        "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers,
+        "in_dim": cfg.in_dim,
+        "out_dim": cfg.out_dim,
+        "freq_dim": cfg.freq_dim,
+        "text_dim": cfg.text_dim,
+        "text_len": cfg.text_len,
+        "patch_size": tuple(cfg.patch_size),
+        "window_size": (-1, -1),
+        "qk_norm": cfg.qk_norm,
+        "cross_attn_norm": cfg.cross_attn_norm,
+        "eps": cfg.eps,
+    }

@@ -13,24 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import torch
 
-from ..files.safetensors import CheckpointError, save_safetensors
+from ..files.safetensors import CheckpointError, save_safetensors, torch_load_reason
 from .text_encoder_files import canonical_names, check_encoder, infer_config
 
 SOURCE_KEY = "planx_umt5_source"  # safetensors metadata: the converted file's name, its layout, the keys left out
-
-
-def _load_reason(err: Exception) -> str:
-    """The informative line of a torch.load failure (the unsupported global, if any), without colour codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    found = re.search(r"Unsupported global: GLOBAL [\w.]+|WeightsUnpickler error: [^\n]+", text)
-    lines = text.strip().splitlines()
-    return (found.group(0) if found else lines[0] if lines else type(err).__name__)[:300]
 
 
 def read_pickled_state(src: Path) -> dict[str, torch.Tensor]:
@@ -46,7 +37,7 @@ def read_pickled_state(src: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{src}: no such file") from None
     except Exception as err:  # UnpicklingError, RuntimeError of torch's zip reader, EOFError, ...
         raise CheckpointError(
-            f"{src}: cannot be read with torch.load(weights_only=True): {_load_reason(err)}. Only tensors and "
+            f"{src}: cannot be read with torch.load(weights_only=True): {torch_load_reason(err)}. Only tensors and "
             f"plain containers are accepted (nothing else is unpickled); use Wan's models_t5_umt5-xxl-enc-bf16.pth "
             f"and re-download it if it is truncated"
         ) from None
