@@ -209,6 +209,6 @@ def test_api_conversion_matches_schema_order(comfy_server):
         "text_cfg": 1.0,
         "plan_cfg": 1.0,
         "shift": 0.0,
-        "solver": "unipc",
+        "solver": "flow_unipc",
         "length": 17,
     }

@@ -116,9 +116,8 @@ def test_real_weights_variant_is_described(workflow, request):
     assert changed["PlanX_LoadPlanner"]["widgets"] == {"planner": "planx-wan22"}
     assert changed["PlanX_LoadPlanner"]["properties"]["models"] == [{"name": "planx-wan22", "directory": "planx"}]
     assert changed["PlanX_InjectRoPEGuidance"]["widgets"] == {"branch": "planx-wan22/branch.safetensors"}
-    assert (
-        changed["PlanX_Sampler"]["widgets"]["text_cfg"] == 5.0 and changed["PlanX_Sampler"]["widgets"]["shift"] == 8.0
-    )
+    sampling = changed["PlanX_Sampler"]["widgets"]  # Wan 2.2 TI2V-5B's own: 50 steps, CFG 5, shift 5, Wan's schedule
+    assert (sampling["steps"], sampling["text_cfg"], sampling["shift"], sampling["scheduler"]) == (50, 5.0, 5.0, "wan")
     names = {(m["name"], m["directory"]) for m in real["models"]}
     assert ("wan2.2_ti2v_5B_fp16.safetensors", "diffusion_models") in names
     assert ("planx-wan22/branch.safetensors", "planx") in names
