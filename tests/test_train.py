@@ -221,6 +221,60 @@ def test_resume_equals_a_straight_run(tmp_path, stage):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
 
 
+def test_ema_resumes_like_a_straight_run_and_is_what_gets_exported(tmp_path):
+    for name, steps in (("split", 2), ("split", 4), ("straight", 4)):
+        assert (
+            train.main(
+                [
+                    "--stage",
+                    "tatok",
+                    "--out",
+                    str(tmp_path / name),
+                    *FAST,
+                    "--steps",
+                    str(steps),
+                    "--eval-clips",
+                    "0",
+                    "--ema",
+                    "0.5",
+                ]
+            )
+            == 0
+        )
+    a, b = (read_safetensors(tmp_path / name / "checkpoint" / "model.safetensors") for name in ("split", "straight"))
+    assert any(k.startswith("ema::") for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
+    exported = load_tatok(tmp_path / "straight" / "ta_tok.safetensors").state_dict()
+    averaged = {k[len("ema::tatok.") :]: v for k, v in a.items() if k.startswith("ema::tatok.")}
+    assert averaged and all(torch.equal(exported[k], v) for k, v in averaged.items())
+    assert any(not torch.equal(a[f"tatok.{k}"], v) for k, v in averaged.items()), "export must be the average"
+
+
+def test_cooldown_decays_the_rate_over_the_last_steps(tmp_path):
+    assert (
+        train.main(
+            [
+                "--stage",
+                "tatok",
+                "--out",
+                str(tmp_path),
+                *FAST,
+                "--steps",
+                "4",
+                "--eval-clips",
+                "0",
+                "--cooldown",
+                "3",
+                "--min-lr-ratio",
+                "0.1",
+            ]
+        )
+        == 0
+    )
+    lrs = [r["lr"] for r in events(tmp_path, "step")]
+    assert np.allclose(lrs, [1e-2, 7e-3, 4e-3, 1e-3]), lrs  # steps 0..3; steps 1..3 decay towards 0.1 x lr
+
+
 def test_resume_refuses_other_settings(tmp_path, capsys):
     run_in_process("planner", tmp_path, 1)
     code = train.main(["--stage", "planner", "--out", str(tmp_path), *FAST, "--seed", "1"])

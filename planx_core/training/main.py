@@ -15,7 +15,10 @@ every `--save-every-min` minutes and at the end, together with the stage's runti
 (`ta_tok.safetensors`; `planner/` + its tied `ta_tok.safetensors`). A run whose `--out` holds a
 checkpoint resumes from it (unless `--no-resume`); its settings must match (seed, global batch,
 ...). The learning rate warms up linearly over `--warmup` steps and then stays constant, so a
-run may be extended with a larger `--steps` and follow the same trajectory.
+run may be extended with a larger `--steps` and follow the same trajectory; `--cooldown N` decays
+it linearly over the last N steps before `--steps` (warm-up, stable, decay: extend a run before its
+cooldown starts). `--ema D` keeps an exponential moving average of the trained weights (in the
+checkpoint as `ema::NAME`); exports and evaluations use the average.
 
 Logging: a JSON line per event in `<out>/log.jsonl` (rank 0) and a short line on stdout:
 "start" (settings, the command line, clip seeds and a parameter sha256 of each rank), "step"
@@ -82,6 +85,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4, help="clips per rank per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then a constant rate")
+    p.add_argument(
+        "--cooldown",
+        type=int,
+        default=0,
+        help="the last N steps before --steps decay the rate linearly "
+        "to --min-lr-ratio x --lr (warm-up, stable, decay; 0 = constant to the end)",
+    )
+    p.add_argument("--min-lr-ratio", type=float, default=0.0, help="rate at the end of --cooldown, as a share of --lr")
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="decay of an exponential moving average of the trained "
+        "weights (e.g. 0.999; 0 = off); exports and evaluations then use the averaged weights",
+    )
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clip (0 = off)")
     p.add_argument("--seed", type=int, default=0)
@@ -207,9 +225,35 @@ class Trainer:
         self.names = {id(p): n for g in self.optimizer.param_groups for n, p in zip(g["names"], g["params"])}
         if self._resume_optim is not None:
             restore_optimizer(self.optimizer, self.names, self._resume_optim, self.out)
+        self.ema = self._ema_init() if args.ema > 0 else None
+
+    # -- exponential moving average of the trained weights (checkpointed as "ema::NAME" tensors)
+    def _ema_init(self) -> dict[str, torch.Tensor]:
+        trained = {n: p for n, p in self.stage.module.named_parameters() if p.requires_grad}
+        saved = self._resume_ema or {}
+        return {
+            n: (saved[n] if n in saved else p.detach()).to(p.device, torch.float32).clone() for n, p in trained.items()
+        }
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        params = dict(self.stage.module.named_parameters())
+        for name, avg in self.ema.items():
+            avg.lerp_(params[name].detach().float(), 1.0 - self.args.ema)
+
+    def _swap_ema(self) -> None:
+        """Exchange the live weights with the averaged ones (call twice to undo)."""
+        if self.ema is None:
+            return
+        params = dict(self.stage.module.named_parameters())
+        with torch.no_grad():
+            for name, avg in self.ema.items():
+                live = params[name].detach().clone()
+                params[name].copy_(avg.to(params[name].dtype))
+                avg.copy_(live.float())
 
     def _restore_or_init(self) -> int:
-        self._resume_optim = None
+        self._resume_optim = self._resume_ema = None
         folder = checkpoint_dir(self.out) if self.args.resume else None
         if folder is None:
             if self.args.init_from:
@@ -217,11 +261,18 @@ class Trainer:
             return 0
         state, tensors, self._resume_optim = load_checkpoint(folder)
         check_fingerprint(state["fingerprint"], self.stage.fingerprint(), folder)
+        self._resume_ema = {k[len("ema::") :]: v for k, v in tensors.items() if k.startswith("ema::")}
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("ema::")}
         self.stage.load_state_tensors({k: v.to(self.ranks.device) for k, v in tensors.items()})
         return int(state["step"])
 
     def lr(self, step: int) -> float:
-        return self.args.lr * min(1.0, (step + 1) / max(self.args.warmup, 1))
+        a = self.args
+        rate = a.lr * min(1.0, (step + 1) / max(a.warmup, 1))
+        if a.cooldown > 0 and step >= a.steps - a.cooldown:
+            left = max(a.steps - step - 1, 0) / a.cooldown  # 1 -> 0 over the last `cooldown` steps
+            rate *= a.min_lr_ratio + (1.0 - a.min_lr_ratio) * left
+        return rate
 
     def train_step(self, step: int) -> float:
         inputs, _ = self.stage.batch(step)
@@ -233,6 +284,8 @@ class Trainer:
         if self.args.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.stage.module.parameters(), self.args.clip_grad)
         self.optimizer.step()
+        if self.ema is not None:
+            self._ema_update()
         value, self.stopping = reduce_step(loss, self.stop_requested, self.ranks)
         return value
 
@@ -243,22 +296,27 @@ class Trainer:
 
     def save(self) -> None:
         if self.ranks.main:
+            tensors = self.stage.state_tensors()
+            if self.ema is not None:
+                tensors.update({f"ema::{n}": v.detach().cpu() for n, v in self.ema.items()})
             save_checkpoint(
-                self.out,
-                self.step,
-                self.stage.state_tensors(),
-                self.optimizer,
-                self.names,
-                self.stage.fingerprint(),
-                vars(self.args),
+                self.out, self.step, tensors, self.optimizer, self.names, self.stage.fingerprint(), vars(self.args)
             )
-            self.stage.export(self.out)
+            self._swap_ema()
+            try:
+                self.stage.export(self.out)
+            finally:
+                self._swap_ema()
             self.log("checkpoint", step=self.step)
 
     def evaluate(self) -> dict:
         if self.args.eval_clips <= 0:
             return {}
-        metrics = self.stage.evaluate() if self.ranks.main else {}
+        self._swap_ema()
+        try:
+            metrics = self.stage.evaluate() if self.ranks.main else {}
+        finally:
+            self._swap_ema()
         self.log("eval", step=self.step, **metrics)
         return metrics
 
