@@ -11,6 +11,14 @@ A continuous plan (SemanticGen's vectors, `planx_core.plan_continuous`) has no c
 its cells are coloured by the top three principal components of the plan's own vectors (signs
 fixed as above), each scaled linearly so the plan's range spans 0..255 (`vector_colours`).
 
+A tokenizer file may carry a colour per code (`colour_table`: the mean colour of the cells each code
+labels, measured on real frames); those codes take that colour instead of the projection's, so a
+code that means "yellow" is drawn yellow. Codes the table leaves out keep the projection's colour.
+
+A picture may wrap its keyframes into rows (`columns`) and end in a legend (colour swatch and word
+per entry), so a preview stays readable when the node shows it at a few hundred pixels wide. Times are
+written by `format_time` (3 decimals at most, 0.625 s stays 0.625 s), the rule the web editor shares.
+
 Images are float32 torch tensors `[H, W, 3]` in [0, 1], the layout of a ComfyUI IMAGE without its
 batch axis.
 """
@@ -65,15 +73,41 @@ def principal_axes(codebook: torch.Tensor, sample: int = 8192) -> tuple[torch.Te
     return mean, axes
 
 
-def code_colours(codebook: torch.Tensor, key: str | None = None, sample: int = 8192) -> torch.Tensor:
+def hex_colour(rgb) -> str:
+    """`(r, g, b)` in [0, 1] -> "#rrggbb"."""
+    return "#" + "".join(f"{int(round(min(max(float(v), 0.0), 1.0) * 255)):02x}" for v in rgb)
+
+
+def parse_hex(text: str) -> tuple[float, float, float]:
+    """ "#rrggbb" -> `(r, g, b)` in [0, 1]; ValueError for anything else."""
+    value = str(text).strip()
+    if len(value) != 7 or value[0] != "#":
+        raise ValueError(f"colour {text!r} is not #rrggbb")
+    return tuple(int(value[i : i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def code_colours(
+    codebook: torch.Tensor, key: str | None = None, sample: int = 8192, table: dict | None = None
+) -> torch.Tensor:
     """An RGB colour per code, `[N, 3]` float32 in [0, 1], from the codebook's top-3 principal components.
 
     `key` identifies the codebook for the cache (e.g. `CodebookId.digest`); without it the
     codebook's bytes are hashed. Component k maps to channel k by 0.5 + 0.5 tanh(p / 2 sigma_k).
+    `table` ({code: "#rrggbb" or (r, g, b)}, a tokenizer file's colour table) overrides the codes it names.
     """
     if codebook.ndim != 2 or codebook.shape[0] < 1:
         raise ValueError(f"code_colours needs a codebook [N, D], got {list(codebook.shape)}")
-    key = key or tensor_key(codebook)
+    colours = _projected_colours(codebook, key or tensor_key(codebook), sample)
+    if not table:
+        return colours
+    colours = colours.clone()
+    for code, rgb in table.items():
+        if 0 <= int(code) < len(colours):
+            colours[int(code)] = torch.tensor(parse_hex(rgb) if isinstance(rgb, str) else rgb, dtype=torch.float32)
+    return colours
+
+
+def _projected_colours(codebook: torch.Tensor, key: str, sample: int) -> torch.Tensor:
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -107,6 +141,14 @@ def vector_colours(plan) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- drawing
+
+
+def format_time(seconds: float) -> str:
+    """A keyframe time as the editor writes it: milliseconds rounded half-to-even, 2 or 3 decimals
+    ("0.50", "0.625", "1.00")."""
+    ms = round(float(seconds) * 1000)
+    text = f"{'-' if ms < 0 else ''}{abs(ms) // 1000}.{abs(ms) % 1000:03d}"
+    return text[:-1] if text.endswith("0") else text
 
 
 def _fit_scale(text: str, width: int, height: int, thickness: int = 1) -> float:
@@ -167,7 +209,11 @@ def _panel(plan, index: int, colours: np.ndarray, cell: int, words) -> np.ndarra
     img[label:] = cells.repeat(cell, axis=0).repeat(cell, axis=1)  # [gh*cell, gw*cell, 3]
     lock = label - 6 if keyframe.locked else 0
     _put_centred(
-        img, f"{keyframe.time:.2f} s", (lock, 0, gw * cell - 2 * lock, label), TEXT_COLOUR, max(0.45, label / 40)
+        img,
+        f"{format_time(keyframe.time)} s",
+        (lock, 0, gw * cell - 2 * lock, label),
+        TEXT_COLOUR,
+        max(0.45, label / 40),
     )
     if keyframe.locked:
         _draw_lock(img, 3, 3, label - 6)
@@ -227,22 +273,69 @@ def _to_image(img: np.ndarray) -> torch.Tensor:
 
 
 def plan_picture(
-    plan, colours: torch.Tensor | None = None, *, cell: int = 24, words=None, gap: int = 6
+    plan,
+    colours: torch.Tensor | None = None,
+    *,
+    cell: int = 24,
+    words=None,
+    gap: int = 6,
+    columns: int | None = None,
+    legend=None,
 ) -> torch.Tensor:
     """All keyframes side by side, `gap` pixels apart: float `[H, W, 3]` in [0, 1].
 
     `colours`: a token plan's code colours `[N, 3]` (`code_colours`); None for a continuous plan
     (its vectors' principal components).
     `words`: optional list per keyframe of gh*gw strings, drawn in the cells (cells grow to 64 px).
+    `columns`: keyframes per row (default: all in one row); rows are `gap` pixels apart.
+    `legend`: optional `[(rgb in [0, 1] or "#rrggbb", word), ...]` drawn under the keyframes, one swatch and
+    word per entry, its text as tall as a cell.
     """
     table, cell = _prepare(plan, colours, cell, words)
     panels = [_panel(plan, k, table, cell, words) for k in range(len(plan.keyframes))]
     height, width = panels[0].shape[0], panels[0].shape[1]
-    img = np.empty((height, len(panels) * width + (len(panels) - 1) * gap, 3), np.uint8)
+    per_row = max(1, min(columns or len(panels), len(panels)))
+    rows = -(-len(panels) // per_row)
+    img = np.empty((rows * height + (rows - 1) * gap, per_row * width + (per_row - 1) * gap, 3), np.uint8)
     img[:] = BACKGROUND
     for k, panel in enumerate(panels):
-        img[:, k * (width + gap) : k * (width + gap) + width] = panel
+        y, x = (k // per_row) * (height + gap), (k % per_row) * (width + gap)
+        img[y : y + height, x : x + width] = panel
+    if legend:
+        img = np.concatenate([img, _legend(legend, img.shape[1], cell, gap)], axis=0)
     return _to_image(img)  # [H, W, 3]
+
+
+def _legend(entries, width: int, cell: int, gap: int) -> np.ndarray:
+    """Rows of (swatch, word) entries filling `width` pixels: uint8 `[H, width, 3]`."""
+    size = max(cell, 16)
+    scale = 0.9 * size / 22
+    items = []
+    for rgb, word in entries:
+        colour = parse_hex(rgb) if isinstance(rgb, str) else tuple(float(v) for v in rgb)
+        text_w = cv2.getTextSize(str(word), FONT, scale, 1)[0][0]
+        items.append((tuple(int(round(v * 255)) for v in colour), str(word), size + 6 + text_w + 2 * size // 2))
+    lines, line, used = [], [], 0
+    for item in items:
+        if line and used + item[2] > width:
+            lines.append(line)
+            line, used = [], 0
+        line.append(item)
+        used += item[2]
+    lines.append(line)
+    img = np.empty((gap + len(lines) * (size + gap), width, 3), np.uint8)
+    img[:] = BACKGROUND
+    for i, line in enumerate(lines):
+        y, x = gap + i * (size + gap), 0
+        for colour, word, step in line:
+            cv2.rectangle(img, (x, y), (x + size - 1, y + size - 1), colour, -1)
+            cv2.rectangle(img, (x, y), (x + size - 1, y + size - 1), (0, 0, 0), 1)
+            (_, th), base = cv2.getTextSize(word, FONT, scale, 1)
+            cv2.putText(
+                img, word, (x + size + 6, y + (size + th) // 2 - base // 2), FONT, scale, TEXT_COLOUR, 1, cv2.LINE_AA
+            )
+            x += step
+    return img
 
 
 def plan_picture_frames(plan, colours: torch.Tensor | None = None, *, cell: int = 24, words=None) -> torch.Tensor:
@@ -251,4 +344,14 @@ def plan_picture_frames(plan, colours: torch.Tensor | None = None, *, cell: int 
     return _to_image(np.stack([_panel(plan, k, table, cell, words) for k in range(len(plan.keyframes))]))
 
 
-__all__ = ["code_colours", "plan_picture", "plan_picture_frames", "principal_axes", "tensor_key", "vector_colours"]
+__all__ = [
+    "code_colours",
+    "format_time",
+    "hex_colour",
+    "parse_hex",
+    "plan_picture",
+    "plan_picture_frames",
+    "principal_axes",
+    "tensor_key",
+    "vector_colours",
+]

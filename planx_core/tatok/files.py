@@ -6,7 +6,10 @@ Source: Tar (github csuhan/Tar), `TextAlignedTokenizer.from_checkpoint`: the rel
 at run time is safetensors. Key names are Tar's, minus the parts encoding never uses (see
 `TAR_EXTRA_PREFIXES` and `TAR_EXTRA_KEYS`: the de-tokenizer, the teacher, the position-id buffer
 and the stochastic quantiser's learnable `stochastic_temperature_inv`, present in some releases).
-Config comes from the file's metadata, else from the tensor shapes.
+Config comes from the file's metadata, else from the tensor shapes. An optional colour table
+(`planx_tatok_colours`: a "#rrggbb" per code and the codebook hash it was measured for) gives the
+plan pictures and the editor a meaningful colour per code; `load_tatok` sets it as `colour_table`
+when the hash matches the loaded codebook (None otherwise), `save_tatok` writes it back.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import collections
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -37,6 +41,8 @@ from .model import PathLike, TATok, TATokConfig
 
 CONFIG_KEY = "planx_tatok"  # safetensors metadata: the TATokConfig as JSON
 SOURCE_KEY = "planx_tatok_source"  # safetensors metadata: the converted file's name, Tar args, dropped keys
+COLOURS_KEY = "planx_tatok_colours"  # safetensors metadata: {"codebook": hash, "colours": {code: "#rrggbb"}, "source"}
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 TAR_EXTRA_PREFIXES = ("teacher", "decoder.", "decode_task_layer.")  # parts of ta_tok.pth that encoding never uses
 _POSITION_IDS = "encoder.embeddings.position_ids"  # a non-persistent arange buffer, if a file has it
 # the learnable temperature of Tar's stochastic quantiser (training only; the lookup at inference is the argmax)
@@ -163,9 +169,44 @@ def describe_foreign(keys, metadata: Mapping[str, str]) -> str | None:
 
 
 def save_tatok(model: TATok, path: PathLike, source: Mapping | None = None) -> None:
-    """Write a TA-Tok as safetensors with its config (and optional provenance) in the metadata."""
+    """Write a TA-Tok as safetensors with its config (and optional provenance and colour table) in the metadata."""
     extra = {} if source is None else {SOURCE_KEY: json.dumps(source, default=str)}
+    table = getattr(model, "colour_table", None)
+    if table:
+        extra[COLOURS_KEY] = json.dumps({"codebook": model.digest(), "colours": {str(k): v for k, v in table.items()}})
     save_module(model.state_dict(), path, key=CONFIG_KEY, config=model.config.to_dict(), metadata=extra)
+
+
+def colour_table(metadata: Mapping[str, str], path: PathLike, codebook_size: int, digest: str) -> dict | None:
+    """{code: "#rrggbb"} from a file's colour table, or None: no table, or one measured for another codebook
+    (the hash differs: the codebook was retrained after the colours were measured)."""
+    raw = config_in_metadata(metadata, COLOURS_KEY, path, "write the colour table again")
+    if raw is None or raw.get("codebook") != digest:
+        return None
+    colours = raw.get("colours")
+    ok = isinstance(colours, dict) and all(
+        str(k).isdigit() and int(k) < codebook_size and isinstance(v, str) and _HEX.match(v) for k, v in colours.items()
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{path}: the '{COLOURS_KEY}' metadata must map codes 0..{codebook_size - 1} to \"#rrggbb\" colours; "
+            f"write the colour table again"
+        )
+    return {int(k): v.lower() for k, v in colours.items()}
+
+
+def write_colour_table(path: PathLike, colours: Mapping[int, str], digest: str, source: str = "") -> None:
+    """Rewrite a TA-Tok file with a colour per code in its metadata (for the codebook with hash `digest`).
+    Every tensor and every other metadata entry is written back unchanged."""
+    meta = dict(_header(path).get("__metadata__") or {})
+    meta.pop("format", None)
+    meta[COLOURS_KEY] = json.dumps(
+        {"codebook": digest, "colours": {str(k): colours[k] for k in sorted(colours)}, "source": source}
+    )
+    tensors = read_safetensors(path)
+    temporary = Path(f"{path}.tmp")
+    save_safetensors(tensors, temporary, metadata=meta)
+    os.replace(temporary, path)
 
 
 def _header(path: PathLike) -> dict:
@@ -220,6 +261,7 @@ def load_tatok(
         model = TATok(config, attn=attn)
     model.load_state_dict(_cast_parts(sd, dtype), strict=True, assign=True)
     _materialise_buffers(model, device)
+    model.colour_table = colour_table(meta, path, config.codebook_size, model.digest()) if COLOURS_KEY in meta else None
     return model.requires_grad_(False).eval()
 
 
