@@ -231,6 +231,8 @@ def _outer_ring(command: str):
         from .eval.ablations import main
     elif command == "eval-prompts":
         from .eval.prompts import main
+    elif command == "prepare":
+        from .training.prepare import main
     else:
         from .eval.drift import main
     return main
@@ -242,6 +244,7 @@ OUTER_RING = {
     "eval": "the ablation table of a bundle on held-out clips of the world",
     "eval-drift": "long-video drift of the embedded SemanticGen",
     "eval-prompts": "held-out prompts (text- and image-to-video) and the README example, scored from the mp4s",
+    "prepare": "videos with captions -> a cache of latents, text features and keyframe ids for training",
 }
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from .diffusion.sampling import shift_sigma
 from .files.modules import load_module, save_module
+from .limits import check_config
 from .plan.core import Plan, PlanError
 from .plan.timing import keyframe_latent_frames, plan_positions
 from .tatok.model import codebook_vectors
@@ -52,6 +53,15 @@ class BranchConfig:
     eps: float = 1e-6
 
     def __post_init__(self):
+        check_config(
+            "BranchConfig",
+            code_dim=("channels", self.code_dim),
+            dim=("model_dim", self.dim),
+            num_heads=("model_heads", self.num_heads),
+            num_layers=("model_layers", self.num_layers),
+        )
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ValueError(f"semantic branch: dim {self.dim} must split into {self.num_heads} heads of even width")
         if self.mode not in MODES:
             raise ValueError(f"semantic branch mode {self.mode!r} is not one of {MODES}")
         bad = [b for b in (self.blocks or ()) if not 0 <= b < self.num_layers]

@@ -11,9 +11,9 @@ the one error type of every model-file boundary. Format reference: huggingface/s
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import stat
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .jsontext import parse_json
 
 PathLike = str | os.PathLike
 FLOAT8_DTYPES = tuple(
@@ -55,9 +57,17 @@ def _sniff_format(head: bytes) -> str | None:
 
 
 def check_safetensors_header(path: PathLike) -> dict:
-    """Validate the 8-byte header length, the JSON header and the data size; return the header."""
+    """Validate the 8-byte header length, the JSON header, every tensor entry and the data size; return the
+    header. Only regular files are opened (a FIFO or a device would block or stream forever)."""
     path = Path(path)
-    size = path.stat().st_size
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror or err}); check the path") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise CheckpointError(f"{path}: {kind}, not a safetensors file; pass the .safetensors file itself")
+    size = info.st_size
     with open(path, "rb") as f:
         head = f.read(9)
         kind = _sniff_format(head)
@@ -83,13 +93,8 @@ def check_safetensors_header(path: PathLike) -> dict:
             )
         f.seek(8)
         raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"{path}: safetensors header is not valid JSON ({e}); the file is corrupted or not "
-            f"safetensors, re-download it or {_CONVERT_HINT}"
-        ) from None
+    fix = f"the file is corrupted or not safetensors, re-download it or {_CONVERT_HINT}"
+    header = parse_json(raw, f"{path}: the safetensors header", CheckpointError, fix)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object; the file is corrupted")
     need = 8 + n + _data_end(header, path)
@@ -101,13 +106,24 @@ def check_safetensors_header(path: PathLike) -> dict:
     return header
 
 
+def _entry_ok(entry) -> bool:
+    """A tensor entry: a dtype name, a shape of non-negative ints, two ordered non-negative int offsets."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    ints = lambda v: isinstance(v, list) and all(type(x) is int and 0 <= x < 2**62 for x in v)  # noqa: E731
+    return ints(shape) and len(shape) <= 16 and ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]
+
+
 def _data_end(header: dict, path: Path) -> int:
-    try:
-        return max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (KeyError, TypeError, IndexError, ValueError):
+    meta = header.get("__metadata__", {})
+    bad = [k for k, v in header.items() if k != "__metadata__" and not _entry_ok(v)]
+    if bad or not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        what = f"tensor entries {bad[:3]}" if bad else "metadata (it must map strings to strings)"
         raise CheckpointError(
-            f"{path}: safetensors header has malformed tensor entries; the file is corrupted, re-download or re-copy it"
-        ) from None
+            f"{path}: safetensors header has malformed {what}; the file is corrupted, re-download or re-copy it"
+        )
+    return max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
 
 
 def _read_one(path: Path, cast) -> dict[str, torch.Tensor]:
@@ -129,12 +145,30 @@ def _read_one(path: Path, cast) -> dict[str, torch.Tensor]:
     return out
 
 
+def inside(folder: Path, name: str, source: Path, what: str) -> Path:
+    """`folder / name`, refused (CheckpointError) when its real path leaves `folder` (.., an absolute path, a
+    symlink pointing out): a model folder only ever loads its own files."""
+    root = folder.resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(root):
+        raise CheckpointError(
+            f"{source}: {what} {name!r} is outside {folder} (it resolves to {path}); a model folder may only name "
+            f"its own files: move the file into the folder, or fix the name"
+        )
+    return path
+
+
 def _shards_from_index(index: Path) -> list[Path]:
+    fix = "re-download the index with its shards"
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: not a valid shard index (needs a JSON 'weight_map'): {e}") from None
-    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
+        raw = index.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{index}: cannot read the shard index ({err.strerror or err})") from None
+    data = parse_json(raw, f"{index}: the shard index", CheckpointError, fix)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a valid shard index (needs a 'weight_map' of tensor -> file); {fix}")
+    shards = [inside(index.parent, name, index, "a shard") for name in sorted(set(weight_map.values()))]
     missing = [s.name for s in shards if not s.is_file()]
     if missing:
         raise CheckpointError(
@@ -158,9 +192,9 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[Path]:
         raise CheckpointError(f"{path}: several shard indexes ({[i.name for i in indexes]}); pass the one to load")
     if indexes:
         return _shards_from_index(indexes[0])
-    files = sorted(path.glob("*.safetensors"))
+    files = [inside(path, p.name, path, "the file") for p in sorted(path.glob("*.safetensors")) if p.is_file()]
     if files:
-        return files
+        return files  # regular files only: a FIFO or a folder named x.safetensors is not a shard
     if (path / "transformer").is_dir():  # a diffusers pipeline folder
         return resolve_shards(path / "transformer")
     others = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".ckpt", ".bin", ".gguf"))

@@ -7,14 +7,16 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ..limits import LIMITS
 from .errors import PlanError
 
 if TYPE_CHECKING:
     from .core import Keyframe, Plan
 
-MAX_GRID = 64
-MAX_FRAMES = 1_000_000
+MAX_GRID = LIMITS["grid"]
+MAX_FRAMES = 1_000_000  # of a plan's video (a plan may describe a longer video than one render takes)
 MAX_SIDE = 65_536
+MAX_FPS = 1000.0
 
 
 def _is_int(value) -> bool:
@@ -30,9 +32,28 @@ def _is_number(value) -> bool:
         return False
 
 
+def _is_text(value: str) -> bool:
+    """A string that can be written as UTF-8 (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_size(plan: Plan) -> None:
+    """Refuse a plan larger than the limits before its keyframes are checked one by one."""
+    count = len(plan.keyframes) if isinstance(plan.keyframes, list) else 0
+    if count > LIMITS["keyframes"] or count * plan.cells > LIMITS["plan_cells"]:
+        raise PlanError(
+            f"the plan has {count} keyframes of {plan.cells} cells, more than a plan may hold (limits: "
+            f"{LIMITS['keyframes']} keyframes, {LIMITS['plan_cells']} cells in all); resample it to fewer keyframes"
+        )
+
+
 def _check_video(plan: Plan) -> None:
-    if not _is_number(plan.fps) or plan.fps <= 0:
-        raise PlanError(f"video fps must be a positive number, got {plan.fps!r}")
+    if not _is_number(plan.fps) or not 0 < plan.fps <= MAX_FPS:
+        raise PlanError(f"video fps must be a number in (0, {MAX_FPS:g}], got {plan.fps!r}")
     for name, top in (("num_frames", MAX_FRAMES), ("width", MAX_SIDE), ("height", MAX_SIDE)):
         value = getattr(plan, name)
         if not _is_int(value) or not 1 <= value <= top:
@@ -57,11 +78,11 @@ def _check_codebook_fields(codebook) -> None:
 
     if not isinstance(codebook, CodebookId):
         raise PlanError(f"codebook must be a CodebookId, got {type(codebook).__name__}")
-    if not isinstance(codebook.name, str) or not codebook.name:
-        raise PlanError(f"codebook name must be a non-empty string, got {codebook.name!r}")
+    if not isinstance(codebook.name, str) or not codebook.name or not _is_text(codebook.name):
+        raise PlanError(f"codebook name must be a non-empty string of valid Unicode, got {codebook.name!r}")
     if not _is_int(codebook.size) or codebook.size < 1:
         raise PlanError(f"codebook size must be a positive integer, got {codebook.size!r}")
-    if not isinstance(codebook.digest, str):
+    if not isinstance(codebook.digest, str) or not _is_text(codebook.digest):
         raise PlanError(f"codebook hash must be a string, got {codebook.digest!r}")
 
 
@@ -69,12 +90,13 @@ def _check_keyframe(plan: Plan, index: int, keyframe: Keyframe) -> None:
     where = f"keyframe {index}"
     if not _is_number(keyframe.time):
         raise PlanError(f"{where}: time must be a finite number of seconds, got {keyframe.time!r}")
-    if keyframe.time < 0 or keyframe.time > plan.duration + 1e-6:
+    late = keyframe.time > plan.duration + 1e-6 or round(keyframe.time * plan.fps) > plan.num_frames - 1
+    if keyframe.time < 0 or late:
         raise PlanError(
             f"{where} at {keyframe.time:g} s is outside the video (0..{plan.duration:g} s, "
             f"{plan.num_frames} frames at {plan.fps:g} fps); move or delete it"
         )
-    if not isinstance(keyframe.locked, bool) or not isinstance(keyframe.note, str):
+    if not isinstance(keyframe.locked, bool) or not isinstance(keyframe.note, str) or not _is_text(keyframe.note):
         raise PlanError(f"{where}: locked must be true/false and note a string")
     if plan.kind == "continuous":
         from .continuous import check_vectors

@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..files.jsontext import parse_json
 from .checks import (
     _check_codebook_fields,
     _check_grid,
     _check_keyframe,
     _check_order,
     _check_video,
+    check_size,
 )
 from .errors import PlanError
 from .timing import keyframe_latent_frames, video_frame
@@ -176,6 +178,7 @@ class Plan:
         """Raise PlanError naming the first problem; return self when the plan is sound."""
         _check_video(self)
         _check_grid(self.grid)
+        check_size(self)
         _check_codebook_fields(self.codebook)
         if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise PlanError(f"plan kind {self.kind!r} is not supported; expected one of {', '.join(KINDS)}")
@@ -259,20 +262,8 @@ class Plan:
 
     @classmethod
     def from_json(cls, text) -> Plan:
-        """Parse plan JSON text; any problem (syntax, fields, values) raises PlanError."""
-        if isinstance(text, (bytes, bytearray)):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise PlanError(f"plan JSON is not UTF-8 text ({exc}); save the plan as UTF-8") from None
-        if not isinstance(text, str):
-            raise PlanError(f"plan JSON must be text, got {type(text).__name__}")
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise PlanError(
-                f"plan JSON does not parse ({str(exc)[:120]}); re-export the plan or fix the file"
-            ) from None
+        """Parse plan JSON text (str, or UTF-8 bytes with or without a BOM); any problem raises PlanError."""
+        data = parse_json(text, "the plan", PlanError, "re-export the plan or fix the file (UTF-8 JSON)")
         return cls.from_dict(data)
 
     # -- Tar token text ------------------------------------------------------------------

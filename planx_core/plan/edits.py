@@ -34,10 +34,11 @@ EditError (a PlanError) naming the step and the fix.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..files.jsontext import parse_json
+from ..limits import check_limit
 from .checks import _is_int, _is_number
 from .continuous import check_vector, interpolate_vectors
 from .core import Keyframe, Plan, PlanError
@@ -58,38 +59,36 @@ class EditContext:
 
 def parse_edits(text) -> list[dict]:
     """Widget text -> edit list. Empty text is no edits; anything malformed raises EditError."""
+    fix = "clear the widget or fix the text"
     if isinstance(text, list):
         edits = text
-    elif not isinstance(text, str):
-        raise EditError(f"edits must be JSON text, got {type(text).__name__}")
-    elif not text.strip():
+    elif isinstance(text, str) and not text.strip():
         return []
     else:
-        try:
-            edits = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise EditError(
-                f"edit list does not parse as JSON ({str(exc)[:100]}); clear the widget or fix the text"
-            ) from None
+        edits = parse_json(text, "the edit list", EditError, fix)
     if not isinstance(edits, list):
         raise EditError(f"the edit list must be a JSON array of steps, got {type(edits).__name__}")
+    check_limit("edit_steps", len(edits) or 1, f"the edit list's length ({len(edits)} steps)", EditError, fix)
     for index, step in enumerate(edits):
-        if not isinstance(step, dict) or step.get("op") not in OPS:
-            op = step.get("op") if isinstance(step, dict) else step
-            raise EditError(f"edit {index}: unknown step {op!r}; known ops: {', '.join(sorted(OPS))}")
+        op = step.get("op") if isinstance(step, dict) else step
+        if not isinstance(op, str) or op not in OPS:
+            shown = op if isinstance(op, (str, int, float, type(None))) else type(op).__name__
+            raise EditError(f"edit {index}: unknown step {shown!r}; known ops: {', '.join(sorted(OPS))}")
     return edits
 
 
 def apply_edits(
     plan: Plan, edits, *, sources: dict[str, Plan] | None = None, word_to_code: Callable[[str], int] | None = None
 ) -> Plan:
-    """Apply the steps in order to a copy of `plan`; the input plan is never changed."""
+    """Apply the steps in order to a copy of `plan`; the input plan is never changed. The copy is made once and
+    each step changes it in place (a step that reads the plan itself, source "self", reads a snapshot), then the
+    plan is validated, so a step that leaves it unusable is named."""
     context = EditContext(dict(sources or {}), word_to_code)
     result = plan.copy()
     for index, step in enumerate(parse_edits(edits)):
         context.sources["self"] = result
         try:
-            result = OPS[step["op"]](result.copy(), _Step(step), context).validate()
+            result = OPS[step["op"]](result, _Step(step), context).validate()
         except PlanError as exc:
             raise EditError(f"edit {index} ({step['op']}): {exc}") from None
     return result
@@ -281,7 +280,7 @@ def _source(plan: Plan, step: _Step, ctx: EditContext) -> Plan:
     name = step.get("source", "self")
     if not isinstance(name, str) or name not in ctx.sources:
         raise PlanError(f"source plan {name!r} is not connected (available: {', '.join(sorted(ctx.sources))})")
-    source = ctx.sources[name]
+    source = plan.copy() if name == "self" else ctx.sources[name]  # the plan as it was before this step
     if source.kind != plan.kind:
         raise PlanError(
             f"source plan {name!r} is a {source.kind} plan but this plan is {plan.kind}: token ids and "

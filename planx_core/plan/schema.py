@@ -57,6 +57,8 @@ def plan_from_dict(data, cls=Plan) -> Plan:
 def migrate_v1(old: dict) -> dict:
     """Schema 1 -> 2: frame indices -> seconds, rows -> flat tokens, flat metadata -> objects."""
     fps = _number(old, "fps", "plan (schema 1)")
+    if fps <= 0:
+        raise PlanError(f"plan (schema 1): fps must be a positive number, got {fps!r}; fix the file's fps")
     side = old.get("grid", 9)
     if not _is_int(side):
         raise PlanError(f"plan (schema 1): grid must be one integer side, got {side!r}")

@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ..limits import LIMITS
 from .errors import PlanError
 
 TEMPORAL_FACTOR = 4  # Wan's VAE: video frame n is latent frame n / 4 (frame 0 is latent frame 0)
@@ -31,6 +32,11 @@ def keyframe_times(num_frames: int, fps: float, rate: float = 2.0) -> list[float
         raise PlanError(f"keyframe times need num_frames >= 1, fps > 0 and rate > 0 (got {num_frames}, {fps}, {rate})")
     duration = (num_frames - 1) / fps
     count = int(math.floor(duration * rate + 1e-9)) + 1
+    if count > LIMITS["keyframes"]:
+        raise PlanError(
+            f"{num_frames} frames at {fps:g} fps with {rate:g} keyframes a second make {count} keyframes, more than "
+            f"the {LIMITS['keyframes']} a plan may hold (limit 'keyframes'); use a lower keyframe rate"
+        )
     return [round(k / rate, 6) for k in range(count)]
 
 

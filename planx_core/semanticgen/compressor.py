@@ -52,6 +52,7 @@ from ..files.safetensors import (
     check_keys,
     read_safetensors,
 )
+from ..limits import check_config
 
 CONFIG_KEY = "planx_semantic_compressor"  # safetensors metadata: the CompressorConfig as JSON
 DIGEST_KEY = "planx_semantic_compressor_digest"  # safetensors metadata: the compressor's digest when saved
@@ -74,11 +75,13 @@ class CompressorConfig:
     name: str = "semanticgen"
 
     def __post_init__(self):
-        sizes = {k: getattr(self, k) for k in ("feature_dim", "dim", "hidden")}
-        bad = {k: v for k, v in sizes.items() if not (isinstance(v, int) and v > 0)}
-        if bad:
-            raise ValueError(f"CompressorConfig {self.name!r}: sizes must be positive integers, got {bad}")
-        if not (isinstance(self.depth, int) and self.depth >= 0):
+        check_config(
+            f"CompressorConfig {self.name!r}",
+            feature_dim=("model_dim", self.feature_dim),
+            dim=("vector_width", self.dim),
+            hidden=("model_dim", self.hidden),
+        )
+        if not (isinstance(self.depth, int) and 0 <= self.depth <= 64):
             raise ValueError(f"CompressorConfig {self.name!r}: depth must be an integer >= 0, got {self.depth!r}")
         if not (isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0):
             raise ValueError(

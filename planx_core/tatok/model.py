@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files.safetensors import CheckpointError, PathLike
+from ..limits import check_config
 
 _SIMILARITY_BLOCK = 1 << 26  # similarities computed at once by nearest_codes (256 MB in float32)
 
@@ -68,6 +69,17 @@ class TATokConfig:
     name: str = "ta-tok-so400m"
 
     def __post_init__(self):
+        check_config(
+            f"TATokConfig {self.name!r}",
+            hidden_size=("model_dim", self.hidden_size),
+            intermediate_size=("ffn_dim", self.intermediate_size),
+            num_hidden_layers=("model_layers", self.num_hidden_layers),
+            num_attention_heads=("model_heads", self.num_attention_heads),
+            patch_size=("grid", self.patch_size),
+            image_size=("side", self.image_size),
+            bottleneck_dim=("model_dim", self.bottleneck_dim),
+            codebook_size=("codebook", self.codebook_size),
+        )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"TATokConfig {self.name!r}: hidden_size {self.hidden_size} is not divisible by "

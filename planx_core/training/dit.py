@@ -55,8 +55,9 @@ POOL_STREAM = 200  # world.clip_seed stream of the pool's clips (training stream
 class DiTObjective(nn.Module):
     """`forward(x0, ids, mask, codes, seed, text_p, plan_p, first_p) -> flow-matching loss`."""
 
-    def __init__(self, dit: WanModel, branch: SemanticBranch, text: TextEncoder, codebook: torch.Tensor,
-                 shift: float = 5.0):
+    def __init__(
+        self, dit: WanModel, branch: SemanticBranch, text: TextEncoder, codebook: torch.Tensor, shift: float = 5.0
+    ):
         super().__init__()
         self.dit, self.branch, self.text, self.shift = dit, branch, text.model, float(shift)
         self.register_buffer("codebook", codebook.float().clone())  # [N, D], frozen
@@ -124,9 +125,13 @@ class DiTStage(Stage):
         parser.add_argument("--plan-dropout", type=float, default=0.1, help="dit: steps trained without the plan")
         parser.add_argument("--first-frame", type=float, default=0.25, help="dit: samples with frame 0 pinned")
         parser.add_argument("--shift", type=float, default=3.0, help="dit: timestep shift of the evaluation's sampler")
-        parser.add_argument("--train-shift", type=float, default=5.0,
-                            help="dit: timestep shift of the training noise levels, sigma = shift(U(0, 1)) "
-                                 "(5.0 is what the shipped DiT was trained with; --shift never reached training)")
+        parser.add_argument(
+            "--train-shift",
+            type=float,
+            default=5.0,
+            help="dit: timestep shift of the training noise levels, sigma = shift(U(0, 1)) "
+            "(5.0 is what the shipped DiT was trained with; --shift never reached training)",
+        )
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -136,8 +141,9 @@ class DiTStage(Stage):
         self.vae = load_vae(run_file(a.vae, "vae.safetensors")).to(ctx.device).eval()
         self.tatok = load_tatok(resolve_tatok_file(a.tatok)).to(ctx.device).eval()
         self.dit, self.branch, self.text = build_models(a.seed, self.tatok.config.bottleneck_dim)
-        self.module = DiTObjective(self.dit, self.branch, self.text, self.tatok.codebook(),
-                                   shift=a.train_shift).to(ctx.device)
+        self.module = DiTObjective(self.dit, self.branch, self.text, self.tatok.codebook(), shift=a.train_shift).to(
+            ctx.device
+        )
         self.pool = self._pool()
 
     def fingerprint(self) -> dict:

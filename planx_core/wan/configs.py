@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ..limits import check_config
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -35,6 +37,20 @@ class DiTConfig:
         return self.dim // self.num_heads
 
     def __post_init__(self):
+        check_config(
+            f"DiTConfig {self.name!r}",
+            dim=("model_dim", self.dim),
+            ffn_dim=("ffn_dim", self.ffn_dim),
+            num_heads=("model_heads", self.num_heads),
+            num_layers=("model_layers", self.num_layers),
+            in_dim=("channels", self.in_dim),
+            out_dim=("channels", self.out_dim),
+            text_dim=("model_dim", self.text_dim),
+            freq_dim=("model_dim", self.freq_dim),
+            text_len=("text_len", self.text_len),
+        )
+        if len(self.patch_size) != 3 or not all(isinstance(p, int) and 1 <= p <= 16 for p in self.patch_size):
+            raise ValueError(f"DiTConfig {self.name!r}: patch_size must be three whole numbers in 1..16")
         if self.dim % self.num_heads:
             raise ValueError(f"DiTConfig {self.name!r}: dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 2:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
+from ..limits import check_config
 from .vae22 import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, down_levels, patchify, unpatchify, up_levels
 from .vae_layers import AttentionBlock, Cache, CausalConv3d, Resample, ResidualBlock, RMS_norm, run
 
@@ -101,6 +102,17 @@ class VAEConfig:
         object.__setattr__(self, "temperal_downsample", tuple(bool(b) for b in self.temperal_downsample))
         if self.dec_dim == self.dim:
             object.__setattr__(self, "dec_dim", None)  # one spelling of "the decoder is as wide as the encoder"
+        check_config(
+            f"VAEConfig {self.name!r}",
+            dim=("model_dim", self.dim),
+            z_dim=("channels", self.z_dim),
+            num_res_blocks=("model_layers", self.num_res_blocks),
+            levels=("model_layers", len(self.dim_mult)),
+            patch_size=("grid", self.patch_size),
+            dec_dim=("model_dim", self.dec_dim or self.dim),
+        )
+        if self.dim * max(self.dim_mult) > 4 * 16384:
+            raise ValueError(f"VAEConfig {self.name!r}: dim x dim_mult reaches {self.dim * max(self.dim_mult)}")
         if self.residual and self.attn_scales:
             raise ValueError(
                 f"VAEConfig {self.name!r}: the residual (Wan 2.2) levels have no attention; attn_scales=()"
