@@ -42,5 +42,6 @@ def check_config(owner: str, **sizes: tuple[str, object]) -> None:
     for field, (limit, value) in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMITS[limit]:
             raise ValueError(
-                f"{owner}: {field} must be a positive whole number up to {LIMITS[limit]} (limit '{limit}'), got {value!r}"
+                f"{owner}: {field} must be a positive whole number up to {LIMITS[limit]} (limit '{limit}'), "
+                f"got {value!r}"
             )
