@@ -28,6 +28,7 @@ import math
 import sys
 
 from .files.safetensors import CheckpointError, check_safetensors_header, read_safetensors
+from .limits import bounded
 from .wan.attention import available_backends
 from .wan.configs import PRESETS
 from .wan.dit_files import describe_shapes, detect_layout, to_official
@@ -156,11 +157,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "reads it and the video starts from it",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the planner and of the DiT noise (default 0)")
-    parser.add_argument("--steps", type=int, help="DiT sampling steps (default: the bundle's)")
+    parser.add_argument("--steps", type=bounded("steps"), help="DiT sampling steps (default: the bundle's)")
     parser.add_argument("--bundle", help="bundle folder (default: planx_core/embedded, the embedded model)")
     parser.add_argument(
         "--scale",
-        type=int,
+        type=bounded("scale"),
         default=4,
         help="enlarge the video by this integer factor, nearest-neighbour (default 4; 1 = as rendered)",
     )
@@ -192,7 +193,7 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="video file to write (.mp4 or .avi); the plan goes next to it")
     parser.add_argument(
         "--frames",
-        type=int,
+        type=bounded("frames"),
         help="video frames, 4n+1 (default: the --plan file's, else 65 = 8 s at 8 fps, 4x the training "
         "clip of 17); a --plan must fit in them",
     )
@@ -205,7 +206,7 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plan", action="store_true", help="stage 2 alone, without a semantic plan")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")
-    parser.add_argument("--scale", type=int, default=4, help="enlarge the video by this factor (nearest)")
+    parser.add_argument("--scale", type=bounded("scale"), default=4, help="enlarge the video by this factor (nearest)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
 
 

@@ -9,7 +9,7 @@ far above anything a real model or video needs (Wan 2.2 5B: dim 3072, 30 layers;
 from __future__ import annotations
 
 LIMITS = {
-    "frames": 4097,  # video frames of one clip (a minute at 64 fps)
+    "frames": 1025,  # video frames of one render (128 s at 8 fps; Wan 2.2 renders 121)
     "side": 8192,  # pixels of a video side
     "steps": 1000,  # sampling steps
     "scale": 16,  # nearest-neighbour enlargement of a written video
@@ -45,3 +45,20 @@ def check_config(owner: str, **sizes: tuple[str, object]) -> None:
                 f"{owner}: {field} must be a positive whole number up to {LIMITS[limit]} (limit '{limit}'), "
                 f"got {value!r}"
             )
+
+
+def bounded(name: str):
+    """An argparse `type` for a whole-number option within `LIMITS[name]` (the refusal names the limit)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 1 <= value <= LIMITS[name]:
+            raise argparse.ArgumentTypeError(f"{value} is outside 1..{LIMITS[name]} (limit '{name}')")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse

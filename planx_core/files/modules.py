@@ -20,6 +20,7 @@ from torch import nn
 from .safetensors import (
     CheckpointError,
     PathLike,
+    check_float_weights,
     check_keys,
     check_safetensors_header,
     header_shapes,
@@ -98,8 +99,10 @@ def load_module(
             expected = {k: tuple(v.shape) for k, v in build(config).state_dict().items()}
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: its '{key}' config cannot build {what} ({err}); {fix}") from None
+    header = check_safetensors_header(path)
+    check_float_weights(header, expected, path, fix)
     check_keys(
-        header_shapes(check_safetensors_header(path)),
+        header_shapes(header),
         expected,
         f"{path}: the weights do not fit the file's own config {config}:",
         f"The file is damaged; {fix}.",

@@ -126,6 +126,50 @@ def _data_end(header: dict, path: Path) -> int:
     return max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
 
 
+def _float8_bad(t: torch.Tensor) -> torch.Tensor:
+    """NaN / infinity bit patterns of a float8 tensor (e4m3fn: S.1111.111; e5m2: exponent all ones)."""
+    bits = t.view(torch.uint8)
+    if t.dtype in (torch.float8_e5m2, getattr(torch, "float8_e5m2fnuz", None)):
+        return (bits & 0x7C) == 0x7C
+    return (bits & 0x7F) == 0x7F
+
+
+def check_finite(key: str, t: torch.Tensor, path) -> None:
+    """Refuse a weight holding NaN or infinity, naming it: such a model renders black frames and exits 0."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    bad = _float8_bad(t) if t.dtype in FLOAT8_DTYPES else ~torch.isfinite(t)
+    if bool(bad.any()):
+        count = int(bad.sum())
+        raise CheckpointError(
+            f"{path}: the weight {key!r} holds {count} NaN or infinite value{'s' * (count != 1)}; the file is "
+            f"damaged (or was saved from a diverged training run): re-download it or export it again"
+        )
+
+
+FLOAT_DTYPE_NAMES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}  # safetensors' names of float dtypes
+
+
+def check_float_weights(header: Mapping, keys, path, fix: str) -> None:
+    """Refuse integer or boolean tensors where a model holds floating-point weights (the header alone)."""
+    bad = [k for k in keys if k in header and header[k].get("dtype") not in FLOAT_DTYPE_NAMES]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight(s) are stored as {header[bad[0]]['dtype']}, not as floating-point numbers "
+            f"({bad[:3]}); the file is damaged or is not this model's; {fix}"
+        )
+
+
+def refuse_non_float(sd: Mapping[str, torch.Tensor], path, fix: str) -> None:
+    """Refuse integer or boolean tensors in a state dict of a model whose weights are all floating point."""
+    bad = [k for k, t in sd.items() if not t.is_floating_point()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight(s) are stored as {sd[bad[0]].dtype}, not as floating-point numbers "
+            f"({bad[:3]}); the file is damaged or is not this model's; {fix}"
+        )
+
+
 def _read_one(path: Path, cast) -> dict[str, torch.Tensor]:
     check_safetensors_header(path)
     out: dict[str, torch.Tensor] = {}
@@ -134,7 +178,9 @@ def _read_one(path: Path, cast) -> dict[str, torch.Tensor]:
             keys = list(f.keys())
             lookup = set(keys)
             for key in keys:
-                out[key] = cast(key, f.get_tensor(key), lookup)
+                tensor = f.get_tensor(key)
+                check_finite(key, tensor, path)
+                out[key] = cast(key, tensor, lookup)
     except CheckpointError:
         raise
     except Exception as e:  # safetensors raises its own SafetensorError / OSError types

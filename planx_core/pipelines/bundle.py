@@ -29,9 +29,11 @@ from pathlib import Path
 import torch
 
 from .. import EMBEDDED
+from ..files.jsontext import parse_json
 from ..files.modules import config_in_metadata, file_metadata
 from ..files.safetensors import (
     CheckpointError,
+    inside,
 )
 from ..planner.files import load_planner, save_planner
 from ..planner.model import SemanticPlanner
@@ -153,12 +155,9 @@ class BundleSpec:
         return json.dumps({"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, **asdict(self)}, indent=2)
 
     @classmethod
-    def from_json(cls, text: str, source: Path) -> BundleSpec:
-        """Parse bundle.json, naming the field that is wrong."""
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise BundleError(f"{source}: not valid JSON ({err}); restore the file or re-save the bundle") from None
+    def from_json(cls, text, source: Path) -> BundleSpec:
+        """Parse bundle.json (text or bytes), naming the field that is wrong."""
+        data = parse_json(text, f"{source}", BundleError, "restore the file or re-save the bundle")
         if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{source}: not a Plan-X bundle description (format must be {BUNDLE_FORMAT!r})")
         if data.get("version") != BUNDLE_VERSION:
@@ -261,10 +260,18 @@ def _video_fits(v: VideoDefaults, step: int, temporal: int) -> tuple[bool, str]:
 
 
 def _require(folder: Path, part: str) -> Path:
+    """A part's file or folder, which must be inside the bundle folder with everything in it (symlinks included:
+    a bundle only ever loads its own files; `assemble --real` hard-links released files in)."""
     path = folder / FILES[part]
     is_dir = part in ("planner", "text_encoder")
     if not (path.is_dir() if is_dir else path.is_file()):
         raise BundleError(f"{folder}: missing {FILES[part]}{'/' if is_dir else ''} ({_WHAT[part]}); {_fix(folder)}")
+    try:
+        inside(folder, FILES[part], folder, "the part")
+        for item in sorted(path.iterdir()) if is_dir else ():
+            inside(folder, str(item.relative_to(folder)), folder, "the file")
+    except CheckpointError as err:
+        raise BundleError(str(err)) from None
     return path
 
 
@@ -272,7 +279,7 @@ def read_spec(folder) -> BundleSpec:
     """bundle.json of a bundle folder."""
     folder = Path(folder)
     path = _require(folder, "spec")
-    return BundleSpec.from_json(path.read_text(encoding="utf-8"), path)
+    return BundleSpec.from_json(path.read_bytes(), path)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import EMBEDDED
+from ..files.atomic import staged, temp_for
 from ..files.safetensors import CheckpointError
 from ..files.video import read_image, write_png, write_video
 from ..plan.core import Plan, PlanError
@@ -69,16 +70,31 @@ def _check_given_plan(pipe: PlanXPipeline, plan: Plan, path) -> None:
 
 
 def _write_outputs(pipe: PlanXPipeline, result: Generation, args, plan_bytes: bytes | None) -> list[Path]:
-    """Video, then plan JSON and picture; a given plan file is copied byte for byte (never rewritten)."""
+    """Video, plan JSON and picture as one set: all written under temp names, then renamed together (`staged`),
+    so an interruption leaves the previous set or the new one; a given plan file is copied byte for byte. Without
+    a plan, a previous run's plan files beside the video are removed with the same commit."""
     video_path, plan_path, picture_path = output_paths(args.out)
-    written = [write_video(result.frames, video_path, pipe.spec.video.fps, scale=args.scale)]
-    if result.plan is not None:
-        if plan_bytes is None:
-            plan_path.write_text(result.plan.to_json(indent=1) + "\n", encoding="utf-8")
-        elif Path(args.plan).resolve() != plan_path.resolve():
-            plan_path.write_bytes(plan_bytes)
-        written += [plan_path, write_png(pipe.plan_picture(result.plan), picture_path)]
-    return written
+    with staged() as pairs:
+        video_temp = write_video(result.frames, temp_for(video_path), pipe.spec.video.fps, scale=args.scale)
+        pairs.append((video_temp, video_path.with_suffix(video_temp.suffix)))
+        if result.plan is not None and not (
+            plan_bytes is not None and Path(args.plan).resolve() == plan_path.resolve()
+        ):
+            temp = temp_for(plan_path)
+            temp.write_bytes(plan_bytes if plan_bytes is not None else (result.plan.to_json(indent=1) + "\n").encode())
+            pairs.insert(0, (temp, plan_path))
+        if result.plan is not None:
+            pairs.insert(1, (write_png(pipe.plan_picture(result.plan), temp_for(picture_path)), picture_path))
+        else:
+            _drop_stale(plan_path, picture_path)
+    return [target for _, target in pairs]
+
+
+def _drop_stale(*paths: Path) -> None:
+    """Remove a previous run's plan files (a video rendered without a plan has none)."""
+    for path in paths:
+        if path.exists():
+            path.unlink()
 
 
 def generate_command(args) -> int:
@@ -149,9 +165,14 @@ def semanticgen_command(args) -> int:
         plan, frames = _semanticgen_plan(model, args, scene, motion)
         planned = time.perf_counter()
         video = model.decode(model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed))
-        write_video(video, video_path, model.spec.fps, scale=args.scale)
+        with staged() as pairs:
+            temp = write_video(video, temp_for(video_path), model.spec.fps, scale=args.scale)
+            pairs.append((temp, video_path.with_suffix(temp.suffix)))
+            if plan is not None and not args.plan:
+                plan_temp = temp_for(plan_path)
+                plan_temp.write_text(plan.to_json(indent=1) + "\n", encoding="utf-8")
+                pairs.insert(0, (plan_temp, plan_path))
         if plan is not None and not args.plan:
-            plan_path.write_text(plan.to_json(indent=1) + "\n", encoding="utf-8")
             print(f"wrote    {plan_path}")
     except (CheckpointError, PlanError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

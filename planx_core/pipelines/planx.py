@@ -209,9 +209,21 @@ class PlanXPipeline:
     def check_plan(self, plan: Plan) -> Plan:
         """Refuse a plan this bundle cannot render: another codebook, or longer than the video. The plan itself
         was validated where it was made (a file, the planner, `make_plan`, `apply_edits`), not again here."""
-        plan.check_codebook(self.codebook_id)
+        self.check_fit(plan)
         plan.check_video(self.spec.video.num_frames, self.spec.video.fps)
         return plan
+
+    def check_fit(self, plan: Plan) -> None:
+        """The plan indexes this bundle's codebook and is timed and sized for its video: a plan made at another fps
+        would put its keyframes on other frames (two of them can land on one latent frame)."""
+        plan.check_codebook(self.codebook_id)
+        v = self.spec.video
+        if plan.fps != v.fps or (plan.width, plan.height) != (v.width, v.height):
+            raise PlanError(
+                f"the plan is for a {plan.width}x{plan.height} video at {plan.fps:g} fps, but bundle "
+                f"{self.spec.name!r} renders {v.width}x{v.height} at {v.fps:g} fps; plan again with this bundle "
+                f"(or resample the plan's keyframes and set its video to match)"
+            )
 
     # -- image-to-video --------------------------------------------------------------
     @torch.inference_mode()
@@ -258,7 +270,7 @@ class PlanXPipeline:
         drops the plan tokens' 3D RoPE positions (the ablation)."""
         s, v = self.spec.sampling, self.spec.video
         codebook = self.bundle.tatok.codebook().to(self.device)  # [N, D]
-        plan.check_codebook(self.codebook_id)
+        self.check_fit(plan)
         return self.bundle.branch.condition_plan(  # refuses a plan longer than the video
             plan,
             codebook,

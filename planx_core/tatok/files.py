@@ -34,6 +34,7 @@ from ..files.safetensors import (
     check_keys,
     check_safetensors_header,
     read_safetensors,
+    refuse_non_float,
     save_safetensors,
     torch_load_reason,
 )
@@ -255,6 +256,7 @@ def load_tatok(
     if what:
         raise CheckpointError(f"{path}: this is {what}" if what.startswith("a ") else f"{path}: {what}")
     sd, _ = strip_tar_extras(sd)
+    refuse_non_float(sd, path, "convert the TA-Tok file again with `python -m planx_core convert-tatok`")
     config = config or config_from_metadata(meta, path) or infer_config(sd, path)
     check_tatok_state_dict(sd, config, path)
     with torch.device("meta"):

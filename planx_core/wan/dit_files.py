@@ -28,6 +28,7 @@ from ..files.safetensors import (
     check_keys,
     fold_fp8_scales,
     read_safetensors,
+    refuse_non_float,
 )
 from .configs import PRESETS, DiTConfig, get_preset
 from .dit import WanModel
@@ -378,6 +379,7 @@ def load_dit(
     """
     sd = read_safetensors(path, dtype=dtype, device=device)
     sd = fold_fp8_scales(to_official(sd, source=path), dtype)
+    refuse_non_float(sd, path, "pick the Wan DiT file itself")
     cfg = resolve_config(config, sd, path)
     check_state_dict(sd, cfg, path)
     with torch.device("meta"):

@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from transformers import UMT5Config, UMT5EncoderModel
 
-from ..files.safetensors import CheckpointError, cast_tensor, fold_fp8_scales
+from ..files.safetensors import CheckpointError, cast_tensor, check_finite, fold_fp8_scales, refuse_non_float
 from .text_encoder_files import locate, tokenizer_for
 from .text_encoder_prompt import clean_prompt
 
@@ -141,11 +141,13 @@ def read_weights(found: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
                     t = f.get_tensor(key)
                     if _scale_key(key) in keys:
                         t = fold_fp8_scales({key: t, _scale_key(key): f.get_tensor(_scale_key(key))}, dtype)[key]
+                    check_finite(key, t, file)
                     sd[found["names"][key]] = cast_tensor(key, t, dtype)
         except Exception as e:  # safetensors' own error types
             raise CheckpointError(
                 f"{file}: safetensors could not read it ({e}); the file is corrupted or truncated, re-download it"
             ) from e
+    refuse_non_float(sd, found["files"][0], "pick the umT5 encoder file itself")
     return sd
 
 

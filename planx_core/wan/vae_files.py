@@ -35,6 +35,7 @@ from ..files.safetensors import (
     check_safetensors_header,
     header_shapes,
     read_safetensors,
+    refuse_non_float,
 )
 from .vae import VAE_PRESETS, VAEConfig, WanVAE, get_vae_preset
 from .vae22_files import diffusers22_to_official, infer_config22, is_wan22, official22_to_diffusers
@@ -364,6 +365,7 @@ def load_vae(
     cfg = _config_from(config, header, shapes, path)
     check_vae_state_dict(shapes, cfg, path)
     sd = strip_prefix(read_safetensors(path, dtype=dtype, device=device))
+    refuse_non_float(sd, path, _VAE_FILE_HINT)
     if layout == "diffusers":
         sd = diffusers_to_official(sd)
     with torch.device("meta"):
