@@ -1,15 +1,23 @@
-"""Resumable training checkpoints: weights and AdamW state in safetensors, scalars in JSON.
+"""Resumable training checkpoints with `torch.distributed.checkpoint` (DCP): sharded, reshardable, atomic.
 
-This project's own format (nothing is pickled, so loading runs no code). A checkpoint is a folder
-`<out>/checkpoint/` with:
+A checkpoint is the folder `<out>/checkpoint/`:
 
-* `model.safetensors`: every tensor the stage needs to continue (`Stage.state_tensors()`),
-* `optim.safetensors`: per trained parameter `NAME::exp_avg`, `NAME::exp_avg_sq`, `NAME::step`,
-* `state.json`: {"step", "fingerprint" (what must match to resume: stage, seed, global batch, ...),
-  "args", "time"}.
+* DCP files (`.metadata`, one `.distcp` per rank) of the nested state `{"model": the trained
+  parameters and the buffers (frozen parameters are left out: they come from their files), "optim":
+  AdamW's moments and step counts by parameter name, "ema": the moving average when on}`; the
+  tensors are FSDP shards, so a checkpoint written by N ranks loads on M (DCP reads each rank's
+  slices),
+* `rng_rank{R}.safetensors`: each rank's torch RNG states (CPU, CUDA),
+* `state.json`, written last (a folder without it is incomplete): {"step" (the data cursor: every
+  batch is a function of the global step), "world", "fingerprint" (what must match to resume),
+  "ema", "args", "time", "format": "dcp"}. The learning-rate schedule is a function of the step.
 
-A new checkpoint is written to `checkpoint.tmp/` and swapped in with renames, so an interrupted
-write leaves the previous checkpoint intact.
+Every rank writes its shards into `checkpoint.tmp/`; rank 0 then writes state.json and swaps the
+folders (`checkpoint` -> `checkpoint.old`, `checkpoint.tmp` -> `checkpoint`, the old one removed),
+so the last good checkpoint stays until the new one is complete, and `newest` picks the complete
+folder with the highest step of the three. DCP's `.metadata` is a pickle: load only run folders
+you made. Checkpoints of earlier versions (`model.safetensors` + `optim.safetensors`, all tensors
+whole) still resume (`read_legacy`).
 """
 
 from __future__ import annotations
@@ -17,100 +25,139 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from ..files.safetensors import CheckpointError, read_safetensors, save_safetensors
 
 FOLDER = "checkpoint"
-_SLOTS = ("exp_avg", "exp_avg_sq", "step")
+_ORDER = (f"{FOLDER}", f"{FOLDER}.tmp", f"{FOLDER}.old")  # equal steps: the first wins
 
 
-def checkpoint_dir(out: Path) -> Path | None:
-    """The checkpoint folder of a run's output folder, or None when there is none yet."""
-    folder = Path(out) / FOLDER
-    return folder if (folder / "state.json").is_file() else None
+def read_state(folder: Path) -> dict | None:
+    """state.json of a complete checkpoint folder (DCP or legacy), else None."""
+    folder = Path(folder)
+    has_data = (folder / ".metadata").is_file() or (folder / "model.safetensors").is_file()
+    if not has_data or not (folder / "state.json").is_file():
+        return None
+    try:
+        return json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
-    """AdamW moments and step counts keyed `NAME::slot`; `names` maps id(param) -> name."""
-    out = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for slot in _SLOTS:
-                if slot in state:
-                    out[f"{names[id(param)]}::{slot}"] = torch.as_tensor(state[slot]).detach().cpu()
-    return out
+def newest(out: Path) -> Path | None:
+    """The complete checkpoint folder of a run with the highest step (None when there is none)."""
+    found = [(s["step"], -i, Path(out) / n) for i, n in enumerate(_ORDER) if (s := read_state(Path(out) / n))]
+    return max(found)[2] if found else None
 
 
-def restore_optimizer(
-    optimizer: torch.optim.Optimizer, names: dict[int, str], tensors: dict[str, torch.Tensor], source: Path
-) -> None:
-    """Put saved moments back into a freshly built optimizer (its hyper-parameters stay as built)."""
-    known = set(names.values())
-    stray = sorted({k.split("::")[0] for k in tensors} - known)
-    if stray:
-        raise CheckpointError(
-            f"{source}: optimizer state for parameters this stage does not train: {stray[:5]}; "
-            f"the checkpoint belongs to another stage or model, start a new --out"
-        )
-    state, index = {}, 0
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            slots = {s: tensors[f"{names[id(param)]}::{s}"] for s in _SLOTS if f"{names[id(param)]}::{s}" in tensors}
-            if slots:
-                state[index] = {s: v.to(param.device) if s != "step" else v for s, v in slots.items()}
-            index += 1
-    saved = optimizer.state_dict()
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+checkpoint_dir = newest  # the name earlier versions used
 
 
-def save_checkpoint(
-    out: Path,
-    step: int,
-    tensors: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    names: dict[int, str],
-    fingerprint: dict,
-    args: dict,
-) -> Path:
-    """Write `<out>/checkpoint/` atomically (rank 0 only); return its path."""
+def is_legacy(folder: Path) -> bool:
+    return not (Path(folder) / ".metadata").is_file()
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def save(out: Path, state: dict, info: dict, *, rank: int, device: torch.device) -> Path:
+    """Write `<out>/checkpoint/` from every rank (a collective); `info` goes into state.json."""
     out = Path(out)
-    tmp, final, old = out / f"{FOLDER}.tmp", out / FOLDER, out / f"{FOLDER}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_safetensors(tensors, tmp / "model.safetensors")
-    save_safetensors(optimizer_tensors(optimizer, names), tmp / "optim.safetensors")
-    state = {"step": step, "fingerprint": fingerprint, "args": args, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp, final, old = (out / n for n in (f"{FOLDER}.tmp", FOLDER, f"{FOLDER}.old"))
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dcp.save(state, checkpoint_id=tmp)
+    save_safetensors(rng_states(device), tmp / f"rng_rank{rank}.safetensors")
+    dist.barrier()
+    if rank == 0:
+        record = {**info, "format": "dcp", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (tmp / "state.json.part").write_text(json.dumps(record, indent=1, default=str))
+        (tmp / "state.json.part").rename(tmp / "state.json")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
 
 
-def load_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(state.json, model tensors, optimizer tensors) of a checkpoint folder."""
-    try:
-        state = json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{folder}/state.json cannot be read ({err}); delete that folder, or start over with --no-resume"
-        ) from None
-    return state, read_safetensors(folder / "model.safetensors"), read_safetensors(folder / "optim.safetensors")
+def saved_keys(folder: Path) -> set[str]:
+    """Flattened names of every tensor in a DCP checkpoint ("model.dit.blocks.0...", "optim.NAME.exp_avg", ...)."""
+    meta = dcp.FileSystemReader(str(folder)).read_metadata()
+    return {k for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
 
-def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
-    """Refuse to resume a run whose data order or tied partners would differ."""
-    diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
+def load(folder: Path, state: dict, *, rank: int, device: torch.device) -> None:
+    """Fill `state` (nested dicts of sharded tensors, any world size) in place; restore this rank's RNG."""
+    dcp.load(state, checkpoint_id=Path(folder))
+    rng = Path(folder) / f"rng_rank{rank}.safetensors"
+    if rng.is_file():  # ranks beyond the saved world size keep their fresh generators
+        set_rng_states(read_safetensors(rng), device)
+
+
+def read_tensors(folder: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a DCP checkpoint whose flattened name starts with `prefix`, whole, on the CPU,
+    without a process group (for tests and tools): {"model.NAME": tensor, "ema.NAME": tensor, ...}."""
+    meta = dcp.FileSystemReader(str(folder)).read_metadata()
+    state = {
+        k: torch.empty(tuple(v.size), dtype=v.properties.dtype)
+        for k, v in meta.state_dict_metadata.items()
+        if isinstance(v, TensorStorageMetadata) and k.startswith(prefix)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process": it is
+        dcp.load(state, checkpoint_id=Path(folder), no_dist=True)
+    return state
+
+
+def read_legacy(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """(model tensors incl. "ema::NAME", optimizer state by name {NAME: {slot: tensor}}) of a legacy checkpoint."""
+    tensors = read_safetensors(Path(folder) / "model.safetensors")
+    optim: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in read_safetensors(Path(folder) / "optim.safetensors").items():
+        name, slot = key.rsplit("::", 1)
+        optim.setdefault(name, {})[slot] = value
+    return tensors, optim
+
+
+def check_fingerprint(saved: dict, current: dict, folder: Path, keys=None) -> None:
+    """Refuse to resume a run whose data order or tied partners would differ (only `keys` when given)."""
+    names = set(saved) | set(current) if keys is None else set(keys)
+    diff = {k: (saved.get(k), current.get(k)) for k in names if saved.get(k) != current.get(k)}
     if diff:
         listed = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise CheckpointError(
             f"{folder}: cannot resume, the run settings differ ({listed}); pass the same "
             f"settings, start a new run with another --out, or start over here with --no-resume "
             f"(the checkpoint is replaced at the next save)"
+        )
+
+
+def check_keys(saved: set[str], wanted: set[str], folder: Path, what: str) -> None:
+    """Refuse a checkpoint that lacks tensors this run needs (another stage or model)."""
+    missing = sorted(wanted - saved)
+    if missing:
+        raise CheckpointError(
+            f"{folder}: the checkpoint has no {what} {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+            f"it belongs to another stage or model: start a new --out, or start over with --no-resume"
         )

@@ -28,7 +28,9 @@ from .. import world
 from ..diffusion.rendering import render
 from ..diffusion.sampling import Guidance
 from ..files.safetensors import read_safetensors, save_safetensors
-from ..files.video import video_to_frames
+from ..files.video import video_to_frames, write_png, write_video
+from ..plan.core import make_plan
+from ..plan.picture import code_colours, plan_picture
 from ..planner.vocab import build_word_tokenizer
 from ..semantic_branch import BranchConfig, SemanticBranch, load_branch, save_branch
 from ..tatok.files import load_tatok
@@ -46,6 +48,7 @@ from ..wan.vae_files import load_vae
 from ..world import score as world_score
 from ..world import tiny
 from ..world.clips import clip_video
+from .engine_eval import flow_losses
 from .flow import Dropout, flow_loss
 from .stages import Stage, StageContext, eval_clips, resolve_tatok_file, run_file
 
@@ -210,7 +213,43 @@ class DiTStage(Stage):
         )
         return inputs, rows.tolist()
 
+    def shard_blocks(self, module: DiTObjective) -> list:
+        return list(module.dit.blocks)  # each DiT block is an FSDP unit (the branch stays with the root)
+
     # -- evaluation and export -------------------------------------------------------------
+    @torch.no_grad()
+    def eval_losses(self, sigmas) -> dict[str, float]:
+        """The flow loss of the pool's first 4 clips, with their text and plans, at fixed sigmas and noise."""
+        rows = {k: v[:4].to(self.ctx.device) for k, v in self.pool.items()}
+        context, plan = self.module.conditions(rows["ids"], rows["mask"], rows["codes"])
+        return flow_losses(self.dit, rows["x0"], context, plan=plan, seed=self.args.seed, sigmas=sigmas)
+
+    @torch.no_grad()
+    def preview(self, out: Path, step: int) -> list[Path]:
+        """The first held-out clip | rendered with its plan | from text alone (fixed noise) as an mp4,
+        and its ground-truth plan's picture, under `out/previews/`."""
+        clip = eval_clips("heldout", 1, self.args.seed)
+        batch = {k: v.to(self.ctx.device) for k, v in self.encode_clips(clip).items()}
+        self.module.eval()
+        frames = [video_to_frames(clip_video(clip))[0], self.sample(batch, True)[0], self.sample(batch, False)[0]]
+        self.module.train()
+        v, folder = tiny.VIDEO, Path(out) / "previews"
+        plan = make_plan(
+            batch["codes"][0].cpu(),
+            times=v.keyframe_times,
+            fps=v.fps,
+            num_frames=v.num_frames,
+            width=v.size,
+            height=v.size,
+            codebook=self.tatok.identity(),
+            grid=(v.grid, v.grid),
+        )
+        picture = plan_picture(plan, code_colours(self.tatok.codebook().cpu()), cell=12)
+        return [
+            write_video(np.concatenate(frames, axis=2), folder / f"step_{step:06d}.mp4", v.fps, scale=2),
+            write_png(picture, folder / f"step_{step:06d}_plan.png"),
+        ]
+
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], plan: bool, steps: int = 20) -> np.ndarray:
         """Render clips from their prompts (and ground-truth plans): uint8 frames `[B, T, H, W, 3]`."""

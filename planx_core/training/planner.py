@@ -47,22 +47,20 @@ from .stages import (
     clip_seeds,
     eval_clips,
     resolve_tatok_file,
+    zero_grad_rows,
 )
 
 IGNORE = -100
 
 
 class PlannerObjective(nn.Module):
-    """Plan-token cross-entropy of a causal LM; gradient rows of `frozen_rows` are zeroed."""
+    """Plan-token cross-entropy of a causal LM; the trainer zeroes the gradient rows of `frozen_rows`
+    (`PlannerStage.after_backward`, on the FSDP-sharded gradient)."""
 
     def __init__(self, model: nn.Module, frozen_rows: list[int]):
         super().__init__()
         self.model = model
-        weight = model.get_input_embeddings().weight  # [V, hidden]
-        mask = torch.ones(weight.shape[0], 1, device=weight.device)  # [V, 1]
-        mask[frozen_rows] = 0
-        self.row_mask = mask
-        weight.register_hook(lambda grad: grad * self.row_mask.to(grad))  # runs before DDP's all-reduce
+        self.frozen_rows = list(frozen_rows)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
@@ -119,6 +117,12 @@ class PlannerStage(Stage):
         self._eval = None
 
     # -- state -------------------------------------------------------------------------
+    def shard_blocks(self, module: PlannerObjective) -> list:
+        return list(module.model.model.layers)  # each decoder layer is an FSDP unit
+
+    def after_backward(self, module: PlannerObjective) -> None:
+        zero_grad_rows(module.model.get_input_embeddings().weight, module.frozen_rows)
+
     def init_from(self, path: Path) -> None:
         path = Path(path)
         folder = path / "planner" if (path / "planner").is_dir() else path

@@ -49,6 +49,7 @@ from ..wan.vae_files import load_vae
 from ..world import score as world_score
 from ..world.clips import clip_video
 from ..world.tiny import LONG_WORLD, SHORT_WORLD, render_clip_semantics
+from .engine_eval import flow_losses
 from .flow import Dropout, flow_loss
 from .stages import Stage, StageContext, StageError, run_file
 
@@ -208,6 +209,21 @@ class SemLatentStage(PoolMixin, Stage):
         state = read_safetensors(run_file(path, "dit.safetensors"))
         self.module.dit.load_state_dict(state, strict=True)
 
+    def shard_blocks(self, module: nn.Module) -> list:
+        return list(module.dit.blocks)  # each DiT block is an FSDP unit
+
+    @torch.no_grad()
+    def eval_losses(self, sigmas) -> dict[str, float]:
+        """The flow loss of the short pool's first 4 clips with their own compressed semantics, at fixed sigmas."""
+        rows = {k: v[:4].to(self.ctx.device) for k, v in self.pools["short"].items()}
+        m, feats = self.module, rows["feats"]
+        code = m.compressor(feats, sample=False)
+        k, gh, gw = feats.shape[1:4]
+        times = semantic_keyframes((rows["x0"].shape[2] - 1) * TEMPORAL_FACTOR + 1)[0][:k]
+        plan = m.branch.condition(code.z.flatten(1, 3), keyframe_latent_frames(times, SPEC.fps), (gh, gw))
+        context = self.context(rows["ids"], rows["mask"])
+        return flow_losses(m.dit, rows["x0"], context, plan=plan, seed=self.args.seed, sigmas=sigmas, window=m.window)
+
     @torch.no_grad()
     def context(self, ids, mask) -> torch.Tensor:
         return self.text.model(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]  # [B, L, Dt]
@@ -315,6 +331,16 @@ class SemSemanticStage(SemLatentStage):
 
     def init_from(self, path: Path) -> None:
         self.module.model.load_state_dict(read_safetensors(run_file(path, "semantic_generator.safetensors")))
+
+    def shard_blocks(self, module: nn.Module) -> list:
+        return list(module.model.blocks)
+
+    @torch.no_grad()
+    def eval_losses(self, sigmas) -> dict[str, float]:
+        """The flow loss of the semantic generator on the short pool's first 4 clips, at fixed sigmas."""
+        rows = {k: v[:4].to(self.ctx.device) for k, v in self.pools["short"].items()}
+        context = self.context(rows["ids"], rows["mask"])
+        return flow_losses(self.module.model, to_latent(rows["z"]), context, seed=self.args.seed, sigmas=sigmas)
 
     def batch(self, step: int):
         b = self.draw(step)

@@ -4,16 +4,38 @@ This project's own training recipe for the synthetic world, staged as in Plan-X 
 2511.17986): first the text-aligned tokenizer, then the semantic planner on plans encoded from
 clips (`train_planner`); the VAE, DiT and end-to-end stages plug in the same way.
 
-A stage is a class registered in `train.STAGES`, built as `Stage(ctx)` (`StageContext`: args,
-device, rank, world size). It provides:
+A stage is a class registered in `main.STAGES`, built as `Stage(ctx)` (`StageContext`: args,
+device, rank, world size), and trained by the engine (`engine.Trainer`: torchrun + FSDP2 + DCP).
+It provides:
 
-* `module`: the nn.Module `train.py` optimises (DDP wraps it); `module(**inputs)` returns the loss,
+* `module`: the nn.Module to optimise; `module(**inputs)` returns this rank's loss, the mean over
+  its share of the global batch (FSDP averages gradients over ranks). Trained = `requires_grad`;
+  frozen parameters are sharded with the rest but never checkpointed (they come from their files
+  or the seed, through the constructor and `init_from`, on every start and resume),
+* `shard_blocks(module) -> [submodule or [submodules], ...]`: the FSDP units of `module` (each DiT
+  block, each decoder layer; a list puts several modules in one unit); default none: the whole
+  module is one unit. `--checkpointing` recomputes each unit's first module in the backward pass,
+* `forward_methods`: names of `module` methods that evaluation calls instead of forward (e.g. a
+  velocity without the loss); FSDP gathers the root's weights for them as for forward,
+* `find_unused_parameters`: some trained parameters may get no gradient on a rank in a step (a
+  dropped plan): zeros are reduced for them. Every rank must still run every FSDP unit's forward
+  and backward each step (draw a decision that skips a unit from the step, not the rank),
 * `batch(step) -> (inputs, seeds)`: this rank's share of global step `step`, drawn from the seeded
-  world (`clip_seeds`: clip seeds depend on seed, stage, step, rank and batch only, so a resumed
-  run sees the data it would have seen),
-* `evaluate() -> dict` (rank 0), `export(out)` (the runtime files), `init_from(path)`,
-* `state_tensors()` / `load_state_tensors(sd)`: everything a resume needs (frozen partners too),
-* `fingerprint()`: settings that must match to resume; `add_arguments(parser)`: its own options.
+  world (`clip_seeds`: clip seeds depend on seed, stage, step, rank and batch only, and global
+  item `(step * world + rank) * batch + i`, so a resumed run, on any number of ranks with the
+  same global batch, sees the data it would have seen),
+* `after_backward(module)`: gradient edits before clipping (`zero_grad_rows`), e.g. frozen rows,
+* `evaluate() -> dict`, `eval_losses(sigmas) -> dict | None` (flow stages: the loss at fixed noise
+  levels, `engine_eval.flow_losses`), `preview(out, step)` (optional renders),
+* `export(out)`: the runtime files; `init_from(path)`; `fingerprint()`: settings that must match
+  to resume; `add_arguments(parser)`: its own options.
+
+`replica` (default True) says where evaluation and export run: the engine trains a sharded copy
+of `module` and, before `evaluate`, `eval_losses`, `preview` and `export`, loads the trained (or
+EMA) weights into `module` itself on rank 0, so those methods use plain modules. A stage with a
+large frozen base sets `replica = False`: `module` itself is sharded, `evaluate`, `eval_losses`
+and `preview` run on every rank (FSDP gathers weights inside forward: take the same calls on
+every rank), and `export_state(out, state)` gets the full trainable state on rank 0.
 
 TA-Tok stage. There is no SigLIP2 teacher in this world, so TA-Tok is not distilled as in Tar:
 each pooled 9x9 cell of a keyframe is taught the word it shows (`cell_labels`: a colour, "wall"
@@ -22,7 +44,7 @@ z_cell is the pooled, task-layer, `in_linear` output and codebook = normalize(W 
 frozen planner word rows (`tiny`). So the deterministic cosine-nearest lookup of `TATok.encode`
 returns the label word's code. Trained: patch/position embeddings, the encoder layers that are
 run, the task layer, `in_linear`, W and b. Frozen: E, the post-layernorm and `out_linear` (not
-used by encoding; DDP needs every trained parameter to get a gradient).
+used by encoding, so they would get no gradient).
 """
 
 from __future__ import annotations
@@ -34,6 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .. import world
 from ..tatok.files import load_tatok, save_tatok
@@ -111,25 +134,59 @@ class Stage:
     def __init__(self, ctx: StageContext):
         self.ctx, self.args = ctx, ctx.args
 
+    replica = True
+    find_unused_parameters = False
+    forward_methods: tuple[str, ...] = ()  # methods of `module` that run like forward (FSDP gathers for them)
+
     def init_from(self, path: Path) -> None:
         raise StageError(f"--init-from is not supported by the {self.name} stage")
+
+    def shard_blocks(self, module: nn.Module) -> list:
+        return []
+
+    def after_backward(self, module: nn.Module) -> None:
+        """Edit the (sharded) gradients of `module` after each backward pass, before clipping."""
 
     def evaluate(self) -> dict:
         return {}
 
-    def param_groups(self) -> list[dict]:
-        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+    def eval_losses(self, sigmas: tuple[float, ...]) -> dict[str, float] | None:
+        """Loss at each fixed noise level on a fixed batch with fixed noise (flow stages); None: no such loss."""
+        return None
+
+    preview = None  # optional: preview(out, step) writes renders of fixed clips under out/previews/
+
+    def export_state(self, out: Path, state: dict[str, torch.Tensor]) -> None:
+        raise StageError(f"the {self.name} stage has no export of a trained state (replica = False stages do)")
+
+    def param_groups(self, module: nn.Module | None = None) -> list[dict]:
+        module = self.module if module is None else module
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         return decay_groups(named, self.args.weight_decay)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything the stage's modules hold (the legacy safetensors checkpoints held this)."""
         return dict(self.module.state_dict())
 
     def load_state_tensors(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load a legacy checkpoint's tensors (`state_tensors`) into the stage's modules."""
         self.module.load_state_dict(sd, strict=True)
 
     def fingerprint(self) -> dict:
         a, c = self.args, self.ctx
         return {"stage": self.name, "seed": a.seed, "global_batch": a.batch * c.world_size}
+
+
+def zero_grad_rows(param: torch.Tensor, rows: list[int] | torch.Tensor) -> None:
+    """Zero the gradient rows `rows` of `param` (dim 0), plain or FSDP-sharded (a DTensor sharded on dim 0)."""
+    grad = param.grad
+    if grad is None:
+        return
+    mask = torch.ones(param.shape[0], *([1] * (param.dim() - 1)), dtype=grad.dtype, device=grad.device)
+    mask[torch.as_tensor(rows, dtype=torch.long)] = 0
+    if isinstance(grad, DTensor):  # every rank holds the whole mask: keep the local rows, no communication
+        mask = distribute_tensor(mask, grad.device_mesh, grad.placements, src_data_rank=None)
+    grad.mul_(mask)
 
 
 # ----------------------------------------------------------------------------- TA-Tok
