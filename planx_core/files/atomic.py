@@ -66,12 +66,12 @@ def staged() -> Iterator[list[tuple[Path, Path]]]:
     pairs: list[tuple[Path, Path]] = []
     try:
         yield pairs
+        commit(pairs)
     except BaseException:
-        for temp, _ in pairs:
+        for temp, _ in pairs:  # those not renamed yet (a rename moves the temp away)
             with contextlib.suppress(OSError):
                 temp.unlink()
         raise
-    commit(pairs)
 
 
 def write_text(path: Path, text: str) -> Path:

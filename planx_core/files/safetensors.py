@@ -231,6 +231,8 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[Path]:
     path = Path(path)
     if path.is_file():
         return _shards_from_index(path) if path.name.endswith(".index.json") else [path]
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: not a regular file (a FIFO, a socket or a device); pass the .safetensors file")
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such file or folder")
     indexes = sorted(path.glob("*.safetensors.index.json"))
