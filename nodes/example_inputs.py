@@ -1,6 +1,6 @@
 """Example inputs the shipped workflows load: copied into ComfyUI's input folder when missing.
 
-`workflows/planx_image_to_video.json` loads `planx_red_circle.png` with the stock Load Image node,
+`workflows/Plan-X image to video.json` loads `planx_red_circle.png` with the stock Load Image node,
 which only lists files in the input folder. A file already there is never overwritten.
 """
 

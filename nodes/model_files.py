@@ -13,6 +13,7 @@ in-context branch) is appended last to the planner, model and branch lists. Noth
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -36,12 +37,17 @@ _EXTENSIONS = {".safetensors", ".json"}
 
 
 def register_folder() -> None:
-    """Register `models/planx` (keeping any directories extra_model_paths.yaml gave the key)."""
+    """Register `models/planx` (keeping any directories extra_model_paths.yaml gave the key) and create it, so
+    the user sees where model folders go."""
     default = os.path.join(folder_paths.models_dir, FOLDER)
     if FOLDER in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(FOLDER, default, is_default=True)
     else:
         folder_paths.folder_names_and_paths[FOLDER] = ([default], set(_EXTENSIONS))
+    try:
+        os.makedirs(default, exist_ok=True)
+    except OSError as err:  # a read-only models folder must not stop the pack from loading
+        logging.warning("Plan-X: could not create %s: %s", default, err)
 
 
 def planx_dirs() -> list[Path]:
@@ -151,7 +157,7 @@ def compressor_digest(folder: Path) -> str:
     return _DIGESTS[key]
 
 
-_CODEBOOKS: dict[str, tuple[float, str, torch.Tensor]] = {}
+_CODEBOOKS: dict[str, tuple[float, str, torch.Tensor, dict | None]] = {}
 
 
 def _tatok_files() -> list[Path]:
@@ -163,15 +169,25 @@ def _tatok_files() -> list[Path]:
 
 def codebook_for(plan: Plan) -> torch.Tensor:
     """The codebook `[N, D]` the plan's tokens index, found by hash among the known TA-Tok files."""
+    return _tatok_for(plan)[2]
+
+
+def colour_table_for(plan: Plan) -> dict | None:
+    """The colour table ({code: "#rrggbb"}) of the TA-Tok file the plan's hash names, None when it has none."""
+    return _tatok_for(plan)[3]
+
+
+def _tatok_for(plan: Plan) -> tuple:
     want = plan.codebook.digest
     for path in _tatok_files():
         stamp = path.stat().st_mtime
         cached = _CODEBOOKS.get(str(path))
         if cached is None or cached[0] != stamp:
             tatok = load_tatok(path)
-            _CODEBOOKS[str(path)] = cached = (stamp, tatok.digest(), tatok.codebook().detach().cpu())
+            cached = (stamp, tatok.digest(), tatok.codebook().detach().cpu(), tatok.colour_table)
+            _CODEBOOKS[str(path)] = cached
         if cached[1] == want or (not want and cached[2].shape[0] == plan.codebook.size):
-            return cached[2]
+            return cached
     raise PlanError(
         f"no TA-Tok file matches the plan's codebook {plan.codebook.describe()}: the plan was made with "
         f"another tokenizer. Put that tokenizer's ta_tok.safetensors in models/{FOLDER}, or re-plan "

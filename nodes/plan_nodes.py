@@ -1,6 +1,7 @@
 """Planning nodes: Load Planner, Generate Semantic Plan, Edit Plan Tokens, and the plan companions
-(Plan Preview, Save Plan, Load Plan, Encode Video To Plan). Each execute is a short recipe over
-`planner_handle` and planx_core.
+(Plan Preview, Encode Video To Plan; Save Plan and Load Plan are in `plan_files`). Each execute is a
+short recipe over `planner_handle` and planx_core. Display names carry the pack's name ("Plan-X ...");
+the node ids never change.
 
 Node ids and input names are a promise to every shared workflow: never rename or reorder them;
 new inputs go last, optional, with defaults that keep old behaviour.
@@ -8,12 +9,8 @@ new inputs go last, optional, with defaults that keep old behaviour.
 
 from __future__ import annotations
 
-import os
-
-import folder_paths
 from comfy_api.latest import io, ui
 
-from planx_core.pipelines import load_plan_file
 from planx_core.plan import (
     PlanError,
     apply_edits,
@@ -21,11 +18,10 @@ from planx_core.plan import (
 )
 
 from .model_files import planner_choices
-from .plan_views import editor_view, picture_of, token_planner
+from .plan_files import LoadPlan, SavePlan
+from .plan_views import editor_view, ordered_palette, picture_of, token_planner, word_lookup
 from .planner_handle import ATTENTION, DTYPES, load_planner_handle
 from .sockets import CATEGORY, PLAN, PLANNER
-
-PLAN_SUFFIX = ".plan.json"
 
 
 def _plan_in(
@@ -43,7 +39,8 @@ def _planner_in(optional: bool = False, tooltip: str = "The planner from Load Pl
 def _preview_out():
     return io.Image.Output(
         display_name="preview",
-        tooltip="Every keyframe's 9x9 grid in the plan's colours, with the nearest word in each cell.",
+        tooltip="Every keyframe's grid in the plan's colours, in rows, with a legend naming the most frequent "
+        "codes (their words with a planner).",
     )
 
 
@@ -52,7 +49,7 @@ class LoadPlanner(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PlanX_LoadPlanner",
-            display_name="Load Planner",
+            display_name="Plan-X Load Planner",
             category=CATEGORY,
             description="Loads a Plan-X semantic planner (a language model that writes keyframe plans) and its "
             "TA-Tok tokenizer from models/planx, or the embedded tiny model that runs on a CPU. "
@@ -63,6 +60,7 @@ class LoadPlanner(io.ComfyNode):
                 io.Combo.Input(
                     "planner",
                     options=planner_choices(),
+                    default=planner_choices()[0],
                     tooltip="A folder in models/planx holding "
                     "planner/ and ta_tok.safetensors, the embedded tiny model, or the embedded SemanticGen "
                     "planner (continuous plans; dtype and attention do not apply to it).",
@@ -98,7 +96,7 @@ class GenerateSemanticPlan(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PlanX_GenerateSemanticPlan",
-            display_name="Generate Semantic Plan",
+            display_name="Plan-X Generate Semantic Plan",
             category=CATEGORY,
             description="The planner writes a keyframe plan: every 1/keyframe_rate seconds a 9x9 grid of "
             "text-aligned visual tokens saying what is where. Re-runs only when an input changes. "
@@ -120,17 +118,40 @@ class GenerateSemanticPlan(io.ComfyNode):
                     default="the red circle moves right, then up",
                     tooltip="What happens, in order (the rest of the prompt).",
                 ),
-                io.Int.Input("width", default=64, min=16, max=4096, step=16, tooltip="Video width in pixels."),
-                io.Int.Input("height", default=64, min=16, max=4096, step=16, tooltip="Video height in pixels."),
+                io.Int.Input(
+                    "width",
+                    default=64,
+                    min=16,
+                    max=4096,
+                    step=16,
+                    tooltip="Video width in pixels. The Plan-X Sampler renders the plan's size, so set it here.",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=64,
+                    min=16,
+                    max=4096,
+                    step=16,
+                    tooltip="Video height in pixels. The Plan-X Sampler renders the plan's size, so set it here.",
+                ),
                 io.Int.Input(
                     "length",
                     default=17,
                     min=1,
                     max=4097,
                     step=4,
-                    tooltip="Video frames (4n+1 for Wan's VAE); the plan covers them all.",
+                    tooltip="Video frames (4n+1 for Wan's VAE); the plan covers them all, and the Plan-X "
+                    "Sampler renders this many.",
                 ),
-                io.Float.Input("fps", default=8.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second."),
+                io.Float.Input(
+                    "fps",
+                    default=8.0,
+                    min=1.0,
+                    max=120.0,
+                    step=1.0,
+                    tooltip="Frames per second; keyframe times are in seconds, and the Plan-X Sampler's fps "
+                    "output passes it on to the video.",
+                ),
                 io.Float.Input(
                     "keyframe_rate",
                     default=2.0,
@@ -219,8 +240,7 @@ class GenerateSemanticPlan(io.ComfyNode):
             first_frame=first_frame,
             context_frames=context_frames,
         )
-        picture = planner.picture(plan)
-        return io.NodeOutput(plan, picture, ui=ui.PreviewImage(picture, cls=cls))
+        return io.NodeOutput(plan, picture_of(plan, planner))  # no picture on the node: Plan Preview shows one
 
 
 class EditPlanTokens(io.ComfyNode):
@@ -228,7 +248,7 @@ class EditPlanTokens(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PlanX_EditPlanTokens",
-            display_name="Edit Plan Tokens",
+            display_name="Plan-X Edit Plan Tokens",
             category=CATEGORY,
             description="Edits a plan with the editor drawn on this node: paint cells, retime, duplicate, delete "
             "and lock keyframes. The edits are kept as a list in the 'edits' text, saved with the "
@@ -256,11 +276,12 @@ class EditPlanTokens(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan, edits, planner=None) -> io.NodeOutput:
+        """The editor draws the plan itself, so the node shows no picture (it would grow over its neighbours)."""
         words = token_planner(planner)
-        edited = apply_edits(plan, edits, word_to_code=None if words is None else words.planner.word_to_code)
+        lookup = None if words is None else word_lookup(words, ordered_palette(words.palette(), {}, None))
+        edited = apply_edits(plan, edits, word_to_code=lookup)
         picture = picture_of(edited, planner)
-        view = {**ui.PreviewImage(picture, cls=cls).as_dict(), "planx_editor": [editor_view(plan, edited, planner)]}
-        return io.NodeOutput(edited, picture, ui=view)
+        return io.NodeOutput(edited, picture, ui={"planx_editor": [editor_view(plan, edited, planner)]})
 
 
 class PlanPreview(io.ComfyNode):
@@ -268,12 +289,13 @@ class PlanPreview(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PlanX_PlanPreview",
-            display_name="Plan Preview",
+            display_name="Plan-X Plan Preview",
             category=CATEGORY,
             is_output_node=True,
-            description="A picture of a plan: each keyframe's grid in the plan's colours (words with a planner).",
+            description="A picture of a plan: each keyframe's grid in the plan's colours, in rows, with a legend "
+            "naming the most frequent codes (their words with a planner connected).",
             inputs=[_plan_in(), _planner_in(True, "Optional: labels each cell with its nearest word.")],
-            outputs=[io.Image.Output(display_name="image", tooltip="The plan picture.")],
+            outputs=[io.Image.Output(display_name="preview", tooltip="The plan picture.")],
         )
 
     @classmethod
@@ -282,100 +304,12 @@ class PlanPreview(io.ComfyNode):
         return io.NodeOutput(picture, ui=ui.PreviewImage(picture, cls=cls))
 
 
-class SavePlan(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="PlanX_SavePlan",
-            display_name="Save Plan",
-            category=CATEGORY,
-            is_output_node=True,
-            description="Writes the plan as JSON into ComfyUI's output folder (prefix_00001_.plan.json).",
-            inputs=[
-                _plan_in(),
-                io.String.Input(
-                    "filename_prefix", default="planx/plan", tooltip="Path under the output folder, without extension."
-                ),
-            ],
-            outputs=[],
-        )
-
-    @classmethod
-    def execute(cls, plan, filename_prefix) -> io.NodeOutput:
-        output = os.path.abspath(folder_paths.get_output_directory())
-        if os.path.commonpath([os.path.abspath(os.path.join(output, filename_prefix)), output]) != output:
-            raise ValueError(
-                f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative path such as planx/plan"
-            )
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output)
-        filename = f"{name}_{counter:05}_{PLAN_SUFFIX}"
-        path = os.path.join(folder, filename)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(plan.to_json(indent=1))
-        return io.NodeOutput(ui={"planx_plans": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
-
-
-def _input_plans() -> list[str]:
-    root = folder_paths.get_input_directory()
-    found = []
-    for folder, _, files in os.walk(root):
-        found += [
-            os.path.relpath(os.path.join(folder, f), root)
-            for f in files
-            if f.endswith(PLAN_SUFFIX) or f.endswith(".json") and "plan" in f
-        ]
-    return sorted(found) or ["(put .plan.json files in ComfyUI's input folder)"]
-
-
-class LoadPlan(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="PlanX_LoadPlan",
-            display_name="Load Plan",
-            category=CATEGORY,
-            description="Reads a plan JSON file from ComfyUI's input folder (older plan versions are migrated).",
-            inputs=[
-                io.Combo.Input(
-                    "plan_file",
-                    options=_input_plans(),
-                    tooltip="A .plan.json file in the input folder (Save Plan writes them to output).",
-                )
-            ],
-            outputs=[PLAN.Output(display_name="plan", tooltip="The plan read from the file.")],
-        )
-
-    @classmethod
-    def fingerprint_inputs(cls, plan_file):
-        path = _input_path(plan_file)
-        return os.path.getmtime(path) if path else plan_file
-
-    @classmethod
-    def validate_inputs(cls, plan_file):
-        return (
-            True
-            if _input_path(plan_file)
-            else (f"plan file {plan_file!r} is not in ComfyUI's input folder; copy it there or pick another")
-        )
-
-    @classmethod
-    def execute(cls, plan_file) -> io.NodeOutput:
-        return io.NodeOutput(load_plan_file(_input_path(plan_file)))
-
-
-def _input_path(name: str) -> str | None:
-    root = os.path.abspath(folder_paths.get_input_directory())
-    path = os.path.abspath(os.path.join(root, name))
-    inside = os.path.commonpath([path, root]) == root
-    return path if inside and os.path.isfile(path) else None
-
-
 class EncodeVideoToPlan(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="PlanX_EncodeVideoToPlan",
-            display_name="Encode Video To Plan",
+            display_name="Plan-X Encode Video To Plan",
             category=CATEGORY,
             description="Turns video frames into a plan with TA-Tok (semantic transfer: render another prompt "
             "with this clip's layout and motion); with the SemanticGen planner, into a continuous plan "
@@ -394,9 +328,8 @@ class EncodeVideoToPlan(io.ComfyNode):
     @classmethod
     def execute(cls, images, planner, fps, keyframe_rate) -> io.NodeOutput:
         plan = planner.plan_from_frames(images, fps, keyframe_rate, grid=9)
-        picture = planner.picture(plan)
-        return io.NodeOutput(plan, picture, ui=ui.PreviewImage(picture, cls=cls))
+        return io.NodeOutput(plan, picture_of(plan, planner))  # no picture on the node: Plan Preview shows one
 
 
 NODES = [LoadPlanner, GenerateSemanticPlan, EditPlanTokens, PlanPreview, SavePlan, LoadPlan, EncodeVideoToPlan]
-__all__ = ["NODES", "PLAN", "PLANNER", "editor_view"]
+__all__ = ["NODES", "PLAN", "PLANNER", "editor_view", "LoadPlan", "SavePlan"]

@@ -25,6 +25,7 @@ import torch
 from .flow_samplers import FLOW_SOLVERS, sampler_for, sigmas_for, table_shift
 from .wan_plan_patch import PLAN_OFF_KEY, with_window
 
+PLAN_VIDEO = "planx_video"  # MODEL option set by Inject 3D RoPE Guidance: the plan's width, height, length, fps
 COMFY_SOLVERS = {"unipc": "uni_pc", "euler": "euler", "dpmpp_2m": "dpmpp_2m", "res_multistep": "res_multistep"}
 SOLVERS = [*COMFY_SOLVERS, *FLOW_SOLVERS]  # the node's options, new ones appended; old workflows keep theirs
 _SPATIAL_BY_CHANNELS = {48: 16, 16: 8}
@@ -71,16 +72,52 @@ def with_shift(model, shift: float):
     return shifted
 
 
+def _spatial(model, vae=None) -> int:
+    """Pixels per latent cell: the VAE's, else the latent format's (16 for Wan 2.2's 48 channels, else 8)."""
+    if vae is not None:
+        return vae.spacial_compression_encode()
+    fmt = model.get_model_object("latent_format")
+    return getattr(fmt, "spatial_factor", _SPATIAL_BY_CHANNELS.get(fmt.latent_channels, 8))
+
+
+def video_size(model, planned: dict | None, widgets: tuple[int, int, int], from_plan: bool, latent=None, vae=None):
+    """(width, height, length) to render. With a plan on the MODEL (`planned`, from Inject 3D RoPE Guidance) and
+    `from_plan`, the plan's; otherwise the widgets'. A connected latent fixes the size. Whatever overrides the
+    plan must fit it: a length other than the plan's, or another shape (a plan's layout is resolution-free
+    but not stretchable), raises naming both values and the fixes."""
+    if latent is not None:
+        frames, height, width = latent["samples"].shape[-3:]
+        spatial = _spatial(model, vae)
+        size, what = (width * spatial, height * spatial, (frames - 1) * 4 + 1), "the connected latent"
+    elif planned is None or from_plan:
+        return (planned["width"], planned["height"], planned["length"]) if planned else widgets
+    else:
+        size, what = widgets, "the sampler's width, height and length, with size_from_plan off"
+    if planned is None:
+        return size
+    width, height, length = size
+    pw, ph, pl, fps = planned["width"], planned["height"], planned["length"], planned["fps"]
+    fix = "disconnect the latent" if latent is not None else "turn size_from_plan on"
+    if length != pl:
+        raise ValueError(
+            f"the plan covers {pl} frames ({(pl - 1) / fps:g} s at {fps:g} fps) but the video would have {length} "
+            f"(from {what}); "
+            f"{fix}, set length to {pl}, or plan {length} frames on Generate Semantic Plan"
+        )
+    if width * ph != height * pw:
+        raise ValueError(
+            f"the plan was made for a {pw}x{ph} video but the video would be {width}x{height} (from {what}): "
+            f"its layout would be stretched; {fix}, use {pw}x{ph} (or the same shape at another size, e.g. "
+            f"{2 * pw}x{2 * ph}), or plan at {width}x{height} on Generate Semantic Plan"
+        )
+    return size
+
+
 def empty_latent(model, size: tuple[int, int, int], vae=None) -> dict:
     """A zero latent `[1, C, 1 + (length - 1) / 4, H / s, W / s]` for the MODEL's latent format."""
     width, height, length = size
-    fmt = model.get_model_object("latent_format")
-    channels = fmt.latent_channels
-    spatial = (
-        vae.spacial_compression_encode()
-        if vae is not None
-        else getattr(fmt, "spatial_factor", _SPATIAL_BY_CHANNELS.get(channels, 8))
-    )
+    channels = model.get_model_object("latent_format").latent_channels
+    spatial = _spatial(model, vae)
     if width % spatial or height % spatial:
         raise ValueError(
             f"{width}x{height} is not a multiple of the VAE's {spatial}x{spatial} pixels per latent "

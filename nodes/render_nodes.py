@@ -2,7 +2,12 @@
 of the embedded tiny models (whose sizes ComfyUI's stock loaders cannot detect; see `comfy_models`):
 the Plan-X renderer and SemanticGen's stage 2 (the latent generator for continuous plans).
 
-Node ids and input names are a promise to every shared workflow: never rename or reorder them.
+One source of truth for the video's size, length and fps: the plan. Inject 3D RoPE Guidance records the
+plan's video on the MODEL it returns (`PLAN_VIDEO` in its model options); the Plan-X Sampler renders that
+size and length unless `size_from_plan` is off, and passes the plan's fps on to the video (its fps output).
+
+Node ids and input names are a promise to every shared workflow: never rename or reorder them; new inputs
+go last, optional, with defaults that keep what shipped workflows do; new outputs go last.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .model_files import (
     compressor_digest,
     semanticgen_folder_of_branch,
 )
-from .plan_sampling import SOLVERS, sample_with_plan
+from .plan_sampling import PLAN_VIDEO, SOLVERS, sample_with_plan, video_size
 from .sockets import CATEGORY, PLAN
 from .wan_plan_patch import PlanPatch
 
@@ -38,7 +43,7 @@ class LoadTinyModel(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PlanX_LoadTinyModel",
-            display_name="Load Plan-X Tiny Model",
+            display_name="Plan-X Load Tiny Model",
             category=CATEGORY,
             description="The embedded tiny Plan-X renderer (a 4-block Wan DiT, its umT5 text encoder and VAE, "
             "trained on a world of moving shapes) as MODEL, CLIP and VAE for the stock nodes. Runs on a "
@@ -50,15 +55,16 @@ class LoadTinyModel(io.ComfyNode):
                 io.Combo.Input(
                     "model",
                     options=bundle_choices(),
+                    default=bundle_choices()[0],
                     tooltip="The embedded model, a bundle folder in models/planx, or the embedded "
                     "SemanticGen latent generator (use it with the semanticgen-tiny branch "
                     "and a continuous plan).",
                 )
             ],
             outputs=[
-                io.Model.Output(display_name="MODEL", tooltip="The Wan DiT (ComfyUI's own Wan 2.2 class)."),
-                io.Clip.Output(display_name="CLIP", tooltip="Its text encoder, for CLIP Text Encode."),
-                io.Vae.Output(display_name="VAE", tooltip="Its video VAE, for VAE Decode and image-to-video."),
+                io.Model.Output(display_name="model", tooltip="The Wan DiT (ComfyUI's own Wan 2.2 class)."),
+                io.Clip.Output(display_name="clip", tooltip="Its text encoder, for CLIP Text Encode."),
+                io.Vae.Output(display_name="vae", tooltip="Its video VAE, for VAE Decode and image-to-video."),
             ],
         )
 
@@ -74,7 +80,7 @@ class InjectRoPEGuidance(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PlanX_InjectRoPEGuidance",
-            display_name="Inject 3D RoPE Guidance",
+            display_name="Plan-X Inject 3D RoPE Guidance",
             category=CATEGORY,
             description="Returns a copy of the MODEL that renders with the plan: its tokens go through the semantic "
             "branch into every block's cross-attention (Plan-X), or join the self-attention sequence "
@@ -87,6 +93,7 @@ class InjectRoPEGuidance(io.ComfyNode):
                 io.Combo.Input(
                     "branch",
                     options=branch_choices(),
+                    default=branch_choices()[0],
                     tooltip="Semantic-branch weights made for this MODEL (models/planx). "
                     "'embedded: semanticgen-tiny' is SemanticGen's in-context branch: for "
                     "continuous plans, on the semanticgen-tiny MODEL.",
@@ -125,7 +132,13 @@ class InjectRoPEGuidance(io.ComfyNode):
                     "rope", default=True, tooltip="3D RoPE positions for the plan tokens; off is the paper's ablation."
                 ),
             ],
-            outputs=[io.Model.Output(display_name="MODEL", tooltip="A patched copy; the input MODEL is untouched.")],
+            outputs=[
+                io.Model.Output(
+                    display_name="model",
+                    tooltip="A patched copy that also carries the plan's video size, length and fps for the "
+                    "Plan-X Sampler; the input MODEL is untouched.",
+                )
+            ],
         )
 
     @classmethod
@@ -153,7 +166,14 @@ class InjectRoPEGuidance(io.ComfyNode):
             start=start,
             end=end,
         )
-        return io.NodeOutput(PlanPatch(conditioning).apply_to(model))
+        patched = PlanPatch(conditioning).apply_to(model)
+        patched.model_options[PLAN_VIDEO] = {
+            "width": plan.width,
+            "height": plan.height,
+            "length": plan.num_frames,
+            "fps": plan.fps,
+        }
+        return io.NodeOutput(patched)
 
 
 def check_plan_fits_branch(plan: Plan, choice: str, path) -> object:
@@ -167,14 +187,14 @@ def check_plan_fits_branch(plan: Plan, choice: str, path) -> object:
             raise PlanError(
                 f"the plan is continuous ({plan.describe_codebook()}: SemanticGen's semantic vectors), "
                 f"but the branch {choice!r} is a Plan-X branch that reads TA-Tok token plans; pick the "
-                f"branch {SEMANTICGEN_CHOICE!r} (with Load Plan-X Tiny Model {SEMANTICGEN_CHOICE!r}), or "
+                f"branch {SEMANTICGEN_CHOICE!r} (with Plan-X Load Tiny Model {SEMANTICGEN_CHOICE!r}), or "
                 f"plan with a Plan-X planner"
             )
         return codebook_for(plan)
     if plan.kind != "continuous":
         raise PlanError(
             f"the branch {choice!r} renders SemanticGen's continuous plans, but this plan holds TA-Tok "
-            f"tokens of {plan.codebook.describe()}; plan with Load Planner {SEMANTICGEN_PLANNER_CHOICE!r}, "
+            f"tokens of {plan.codebook.describe()}; plan with Plan-X Load Planner {SEMANTICGEN_PLANNER_CHOICE!r}, "
             f"or pick a Plan-X branch such as 'embedded: planx-tiny' for token plans"
         )
     digest = compressor_digest(folder)
@@ -196,7 +216,9 @@ class PlanXSampler(io.ComfyNode):
             display_name="Plan-X Sampler",
             category=CATEGORY,
             description="Samples a Wan video latent with separate text and plan guidance (flow matching with a "
-            "timestep shift). Give a start image and its VAE for image-to-video (Wan 2.2 TI2V).",
+            "timestep shift). The video's size and length come from the plan the MODEL carries (set them on "
+            "Generate Semantic Plan) unless size_from_plan is off; the fps output is the plan's frame rate, for "
+            "Create Video. Give a start image and its VAE for image-to-video (Wan 2.2 TI2V).",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL, usually from Inject 3D RoPE Guidance."),
                 io.Conditioning.Input("positive", tooltip="The prompt (CLIP Text Encode)."),
@@ -249,7 +271,8 @@ class PlanXSampler(io.ComfyNode):
                     min=16,
                     max=4096,
                     step=16,
-                    tooltip="Video width, used when no latent is connected.",
+                    tooltip="Video width, used when the MODEL carries no plan or size_from_plan is off, and no "
+                    "latent is connected.",
                 ),
                 io.Int.Input(
                     "height",
@@ -257,7 +280,8 @@ class PlanXSampler(io.ComfyNode):
                     min=16,
                     max=4096,
                     step=16,
-                    tooltip="Video height, used when no latent is connected.",
+                    tooltip="Video height, used when the MODEL carries no plan or size_from_plan is off, and no "
+                    "latent is connected.",
                 ),
                 io.Int.Input(
                     "length",
@@ -265,7 +289,8 @@ class PlanXSampler(io.ComfyNode):
                     min=1,
                     max=4097,
                     step=4,
-                    tooltip="Video frames (4n+1), used when no latent is connected.",
+                    tooltip="Video frames (4n+1), used when the MODEL carries no plan or size_from_plan is off, "
+                    "and no latent is connected.",
                 ),
                 io.Latent.Input("latent", optional=True, tooltip="A latent to start from (its size wins)."),
                 io.Image.Input("start_image", optional=True, tooltip="Image-to-video: the first frame."),
@@ -291,8 +316,32 @@ class PlanXSampler(io.ComfyNode):
                     tooltip="The sigma schedule: simple (ComfyUI's: shifted steps from sigma 1) or wan (Wan's own "
                     "sampler: from sigma 0.999, as the official code runs it).",
                 ),
+                io.Boolean.Input(
+                    "size_from_plan",
+                    default=True,
+                    optional=True,
+                    tooltip="On: render the width, height and length of the plan the MODEL carries (from Inject "
+                    "3D RoPE Guidance); the widgets above apply only to a MODEL without a plan. Off: the widgets "
+                    "override the plan; a size of another shape or a length other than the plan's is refused, "
+                    "naming both.",
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=24.0,
+                    min=1.0,
+                    max=120.0,
+                    step=1.0,
+                    optional=True,
+                    tooltip="Frame rate for the fps output when the MODEL carries no plan; with a plan, the "
+                    "plan's own fps is passed on.",
+                ),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video latent, for VAE Decode.")],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The video latent, for VAE Decode."),
+                io.Float.Output(
+                    display_name="fps", tooltip="The plan's frames per second (else the fps input), for Create Video."
+                ),
+            ],
         )
 
     @classmethod
@@ -319,7 +368,11 @@ class PlanXSampler(io.ComfyNode):
         vae=None,
         attention_window=0,
         scheduler="simple",
+        size_from_plan=True,
+        fps=24.0,
     ) -> io.NodeOutput:
+        planned = model.model_options.get(PLAN_VIDEO)
+        size = video_size(model, planned, (width, height, length), size_from_plan, latent, vae)
         out = sample_with_plan(
             model,
             positive,
@@ -330,14 +383,14 @@ class PlanXSampler(io.ComfyNode):
             plan_cfg=plan_cfg,
             shift=shift,
             solver=solver,
-            size=(width, height, length),
+            size=size,
             latent=latent,
             start_image=start_image,
             vae=vae,
             window=attention_window,
             scheduler=scheduler,
         )
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, float(planned["fps"]) if planned else float(fps))
 
 
 NODES = [LoadTinyModel, InjectRoPEGuidance, PlanXSampler]

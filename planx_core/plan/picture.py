@@ -152,17 +152,19 @@ def format_time(seconds: float) -> str:
 
 
 def _fit_scale(text: str, width: int, height: int, thickness: int = 1) -> float:
-    """The largest Hershey font scale (<= 1) at which `text` fits in width x height pixels."""
+    """The largest Hershey font scale at which `text` fits in width x height pixels."""
     (w, h), base = cv2.getTextSize(text, FONT, 1.0, thickness)
-    return max(0.2, min(1.0, (width - 2) / max(w, 1), (height - 2) / max(h + base, 1)))
+    return max(0.2, min((width - 2) / max(w, 1), (height - 2) / max(h + base, 1)))
 
 
-def _put_centred(img: np.ndarray, text: str, box: tuple[int, int, int, int], colour, max_scale: float) -> None:
+def _put_centred(
+    img: np.ndarray, text: str, box: tuple[int, int, int, int], colour, max_scale: float, thickness: int = 1
+) -> None:
     x0, y0, w, h = box
-    scale = min(max_scale, _fit_scale(text, w, h))
-    (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
+    scale = min(max_scale, _fit_scale(text, w, h, thickness))
+    (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
     org = (x0 + max((w - tw) // 2, 0), y0 + (h + th) // 2 - base // 2)
-    cv2.putText(img, text, org, FONT, scale, colour, 1, cv2.LINE_AA)
+    cv2.putText(img, text, org, FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
 def _shorten(word: str, width: int, scale: float) -> str:
@@ -195,25 +197,29 @@ def _label_height(cell: int) -> int:
     return max(18, int(round(cell * 0.75)))
 
 
-def _panel(plan, index: int, colours: np.ndarray, cell: int, words) -> np.ndarray:
+def _panel(plan, index: int, colours: np.ndarray, cell: int, words, text: int | None = None) -> np.ndarray:
     """One keyframe: a label strip (time, lock) over its gh x gw colour grid; uint8 `[H, gw*cell, 3]`.
 
-    `colours`: uint8 cell colours of every keyframe, `[K, gh*gw, 3]`.
+    `colours`: uint8 cell colours of every keyframe, `[K, gh*gw, 3]`; `text`: the label's text height in pixels
+    (default: from the cell size).
     """
     gh, gw = plan.grid
     keyframe = plan.keyframes[index]
-    label = _label_height(cell)
+    label = text + 16 if text else _label_height(cell)
     img = np.empty((label + gh * cell, gw * cell, 3), np.uint8)
     img[:] = BACKGROUND
     cells = colours[index].reshape(gh, gw, 3)  # [gh, gw, 3]
     img[label:] = cells.repeat(cell, axis=0).repeat(cell, axis=1)  # [gh*cell, gw*cell, 3]
+    if text:  # an outline, so a grid shows against a background of its own colour
+        cv2.rectangle(img, (0, label), (gw * cell - 1, img.shape[0] - 1), (90, 90, 90), 1)
     lock = label - 6 if keyframe.locked else 0
     _put_centred(
         img,
         f"{format_time(keyframe.time)} s",
         (lock, 0, gw * cell - 2 * lock, label),
         TEXT_COLOUR,
-        max(0.45, label / 40),
+        text / 22 if text else max(0.45, label / 40),
+        2 if text and text >= 24 else 1,
     )
     if keyframe.locked:
         _draw_lock(img, 3, 3, label - 6)
@@ -281,6 +287,7 @@ def plan_picture(
     gap: int = 6,
     columns: int | None = None,
     legend=None,
+    text: int | None = None,
 ) -> torch.Tensor:
     """All keyframes side by side, `gap` pixels apart: float `[H, W, 3]` in [0, 1].
 
@@ -290,9 +297,11 @@ def plan_picture(
     `columns`: keyframes per row (default: all in one row); rows are `gap` pixels apart.
     `legend`: optional `[(rgb in [0, 1] or "#rrggbb", word), ...]` drawn under the keyframes, one swatch and
     word per entry, its text as tall as a cell.
+    `text`: the height in pixels of the time labels' and the legend's text (default: from the cell size), so a
+    picture shown small stays readable.
     """
     table, cell = _prepare(plan, colours, cell, words)
-    panels = [_panel(plan, k, table, cell, words) for k in range(len(plan.keyframes))]
+    panels = [_panel(plan, k, table, cell, words, text) for k in range(len(plan.keyframes))]
     height, width = panels[0].shape[0], panels[0].shape[1]
     per_row = max(1, min(columns or len(panels), len(panels)))
     rows = -(-len(panels) // per_row)
@@ -302,18 +311,18 @@ def plan_picture(
         y, x = (k // per_row) * (height + gap), (k % per_row) * (width + gap)
         img[y : y + height, x : x + width] = panel
     if legend:
-        img = np.concatenate([img, _legend(legend, img.shape[1], cell, gap)], axis=0)
+        img = np.concatenate([img, _legend(legend, img.shape[1], text or max(cell, 16), gap)], axis=0)
     return _to_image(img)  # [H, W, 3]
 
 
-def _legend(entries, width: int, cell: int, gap: int) -> np.ndarray:
-    """Rows of (swatch, word) entries filling `width` pixels: uint8 `[H, width, 3]`."""
-    size = max(cell, 16)
+def _legend(entries, width: int, size: int, gap: int) -> np.ndarray:
+    """Rows of (swatch, word) entries filling `width` pixels, text `size` pixels tall: uint8 `[H, width, 3]`."""
     scale = 0.9 * size / 22
+    weight = 2 if size >= 24 else 1
     items = []
     for rgb, word in entries:
         colour = parse_hex(rgb) if isinstance(rgb, str) else tuple(float(v) for v in rgb)
-        text_w = cv2.getTextSize(str(word), FONT, scale, 1)[0][0]
+        text_w = cv2.getTextSize(str(word), FONT, scale, weight)[0][0]
         items.append((tuple(int(round(v * 255)) for v in colour), str(word), size + 6 + text_w + 2 * size // 2))
     lines, line, used = [], [], 0
     for item in items:
@@ -330,10 +339,9 @@ def _legend(entries, width: int, cell: int, gap: int) -> np.ndarray:
         for colour, word, step in line:
             cv2.rectangle(img, (x, y), (x + size - 1, y + size - 1), colour, -1)
             cv2.rectangle(img, (x, y), (x + size - 1, y + size - 1), (0, 0, 0), 1)
-            (_, th), base = cv2.getTextSize(word, FONT, scale, 1)
-            cv2.putText(
-                img, word, (x + size + 6, y + (size + th) // 2 - base // 2), FONT, scale, TEXT_COLOUR, 1, cv2.LINE_AA
-            )
+            (_, th), base = cv2.getTextSize(word, FONT, scale, weight)
+            org = (x + size + 6, y + (size + th) // 2 - base // 2)
+            cv2.putText(img, word, org, FONT, scale, TEXT_COLOUR, weight, cv2.LINE_AA)
             x += step
     return img
 

@@ -1,9 +1,11 @@
 """Layer 3 fixtures: one real ComfyUI server for the session, with this pack loaded, driven over HTTP.
 
 `comfy_server` starts `main.py --cpu` from the ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI) on a free
-port, with temporary input/output/temp/user folders and an in-memory database, so the checkout is
-only read. The pack is loaded the way ComfyUI's own execution tests load theirs: an
-extra_model_paths YAML maps `custom_nodes:` to a temporary folder holding `planx -> <repo root>`.
+port with `--base-directory` a temporary folder (its own models/, custom_nodes/, input/, output/, temp/
+and user/) and an in-memory database, so the checkout is only read, and only this pack is loaded: the
+checkout's own custom_nodes/ folder is not (were the pack installed there too, it would load twice).
+custom_nodes/ holds `planx -> <repo root>`. `PLANX_FRONTEND_ROOT` serves another frontend build (the
+`static/` folder of a comfyui-frontend-package) through `--front-end-root`; the pinned one otherwise.
 Without a checkout every test using it is SKIPPED with the suite's loud message.
 
 Websocket events come through aiohttp, which ComfyUI itself requires, so nothing extra is installed.
@@ -147,13 +149,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(comfy: Path, root: Path) -> ComfyServer:
-    dirs = {name: root / name for name in ("input", "output", "temp", "user", "custom_nodes")}
+def _start(comfy: Path, root: Path, frontend: str | None = None) -> ComfyServer:
+    dirs = {name: root / name for name in ("input", "output", "temp", "user", "custom_nodes", "models")}
     for folder in dirs.values():
         folder.mkdir(parents=True)
     (dirs["custom_nodes"] / "planx").symlink_to(REPO, target_is_directory=True)
-    config = root / "extra_model_paths.yaml"
-    config.write_text(f"planx_tests:\n  custom_nodes: {dirs['custom_nodes']}\n", encoding="utf-8")
     settings = dirs["user"] / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}), encoding="utf-8")
@@ -167,8 +167,8 @@ def _start(comfy: Path, root: Path) -> ComfyServer:
         "127.0.0.1",
         "--port",
         str(port),
-        "--extra-model-paths-config",
-        str(config),
+        "--base-directory",
+        str(root),
         "--input-directory",
         str(dirs["input"]),
         "--output-directory",
@@ -180,6 +180,7 @@ def _start(comfy: Path, root: Path) -> ComfyServer:
         "--database-url",
         "sqlite:///:memory:",
         "--disable-auto-launch",
+        *(["--front-end-root", frontend] if frontend else []),
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -222,7 +223,7 @@ def comfy_server(tmp_path_factory):
     comfy = comfyui_path()
     if comfy is None:
         pytest.skip(_COMFY_SKIP)
-    server = _start(comfy, tmp_path_factory.mktemp("comfyui"))
+    server = _start(comfy, tmp_path_factory.mktemp("comfyui"), os.environ.get("PLANX_FRONTEND_ROOT") or None)
     _SERVERS.append(server)
     try:
         yield server

@@ -67,6 +67,8 @@ NODE_INPUTS = {
         "vae",
         "attention_window",
         "scheduler",
+        "size_from_plan",
+        "fps",
     ],
     "PlanX_PlanPreview": ["plan", "planner"],
     "PlanX_SavePlan": ["plan", "filename_prefix"],

@@ -1,8 +1,10 @@
 """Layer 3: the pack inside a real ComfyUI server (the `comfy_server` fixture), driven over HTTP and /ws.
 
-Loading and schema hygiene, every shipped workflow run to the end on the embedded tiny model,
-errors a user can act on (a plan longer than the video, a plan from another tokenizer), and an
-interrupt mid-sampling; after each failure the server must still run the next prompt.
+Loading and schema hygiene (the pack loaded once, models/planx created), every shipped workflow run to
+the end on the embedded tiny model into a playable MP4 at the plan's fps beside its frames, the plan as
+the one source of the video's size and length (a mismatched override refused naming both values), errors
+a user can act on (a plan from another tokenizer), and an interrupt mid-sampling; after each failure the
+server must still run the next prompt.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import pytest
 from workflow_api import to_api
 
@@ -24,6 +27,8 @@ pytestmark = pytest.mark.comfyui
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+TEXT_TO_VIDEO = "Plan-X text to video.json"
+LONG_VIDEO = "Plan-X long video (SemanticGen).json"
 PLANX_NODES = {
     "PlanX_LoadPlanner",
     "PlanX_GenerateSemanticPlan",
@@ -59,9 +64,18 @@ def assert_success(events: list[dict]) -> None:
 
 def fresh_text_to_video(server, seed: int) -> dict:
     """The text-to-video prompt with another sampler seed, so the sampler and below really run again."""
-    prompt = load_api(server, "planx_text_to_video.json")
+    prompt = load_api(server, TEXT_TO_VIDEO)
     prompt[node_of(prompt, "PlanX_Sampler")]["inputs"]["seed"] = seed
     return prompt
+
+
+def video_of(server, outputs: dict, node_id: str) -> tuple[int, float, tuple[int, int]]:
+    """(frames, fps, (width, height)) of the file a Save Video node wrote, read back with PyAV."""
+    (saved,) = outputs[node_id]["images"]
+    with av.open(str(server.dirs["output"] / saved["subfolder"] / saved["filename"])) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, float(stream.average_rate), (stream.width, stream.height)
 
 
 # ----------------------------------------------------------------------------- loading and schemas
@@ -75,6 +89,11 @@ def test_pack_loads_without_import_errors(comfy_server):
     assert {k for k in comfy_server.object_info if k.startswith("PlanX_")} == PLANX_NODES
     modules = {comfy_server.object_info[k]["python_module"] for k in PLANX_NODES}
     assert modules == {"custom_nodes.planx"}
+    log = comfy_server.log()
+    assert log.count("custom_nodes/planx") <= 1 and "websocket_image_save" not in log  # only this pack, once
+    assert (comfy_server.dirs["models"] / "planx").is_dir()  # the pack shows where model folders go
+    templates = comfy_server.get("/workflow_templates")
+    assert sorted(templates["planx"]) == sorted(p.stem for p in WORKFLOWS)
 
 
 def test_every_node_and_input_is_documented(comfy_server):
@@ -132,7 +151,12 @@ def test_workflow_runs(comfy_server, path):
     outputs = comfy_server.history(prompt_id)["outputs"]
     saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
     assert saves
-    frames = 65 if path.name == "planx_long_video_semanticgen.json" else 17  # the long one: 8 s at 8 fps
+    frames = 65 if path.name == LONG_VIDEO else 17  # the long one: 8 s at 8 fps
+    videos = [k for k, v in prompt.items() if v["class_type"] == "SaveVideo"]
+    assert videos
+    for node_id in videos:  # an H.264 MP4 at the plan's 8 fps
+        assert outputs[node_id]["images"][0]["filename"].endswith(".mp4")
+        assert video_of(comfy_server, outputs, node_id) == (frames, 8.0, (64, 64))
     for node_id in saves:
         images = outputs[node_id]["images"]
         assert len(images) == frames, images
@@ -148,15 +172,30 @@ def test_workflow_runs(comfy_server, path):
 # ----------------------------------------------------------------------------- errors a user can act on
 
 
-def test_plan_longer_than_video_is_reported_then_server_recovers(comfy_server):
+def test_the_plan_sets_the_videos_size_and_a_mismatched_override_is_refused(comfy_server):
+    """A 33-frame plan renders 33 frames though the sampler's widgets still say 17; with size_from_plan off the
+    same widgets are refused, naming both lengths, as is a 80x64 override of a 64x64 plan; then the server
+    runs the next prompt."""
     prompt = fresh_text_to_video(comfy_server, seed=11)
     prompt[node_of(prompt, "PlanX_GenerateSemanticPlan")]["inputs"]["length"] = 33
+    events = comfy_server.run(prompt, timeout=300)
+    assert_success(events)
+    outputs = comfy_server.history(last(events)["data"]["prompt_id"])["outputs"]
+    assert video_of(comfy_server, outputs, node_of(prompt, "SaveVideo")) == (33, 8.0, (64, 64))
+    sampler = node_of(prompt, "PlanX_Sampler")
+    prompt[sampler]["inputs"]["size_from_plan"] = False
+    end = last(comfy_server.run(prompt, timeout=240))
+    assert end["type"] == "execution_error" and end["data"]["node_type"] == "PlanX_Sampler", end
+    message = end["data"]["exception_message"]
+    assert "the plan covers 33 frames" in message and "would have 17" in message, message
+    assert "turn size_from_plan on" in message and "set length to 33" in message, message
+    prompt = fresh_text_to_video(comfy_server, seed=12)
+    prompt[node_of(prompt, "PlanX_Sampler")]["inputs"].update(size_from_plan=False, width=80)
     end = last(comfy_server.run(prompt, timeout=240))
     assert end["type"] == "execution_error", end
-    assert end["data"]["node_type"] == "PlanX_Sampler", end["data"]
     message = end["data"]["exception_message"]
-    assert "longer than the video" in message and "render more frames" in message, message
-    assert_success(comfy_server.run(fresh_text_to_video(comfy_server, seed=12), timeout=240))
+    assert "64x64" in message and "80x64" in message and "stretched" in message, message
+    assert_success(comfy_server.run(fresh_text_to_video(comfy_server, seed=13), timeout=240))
 
 
 def test_plan_from_another_tokenizer_is_reported_then_server_recovers(comfy_server):
@@ -199,7 +238,7 @@ def test_interrupt_mid_sampling_then_server_recovers(comfy_server):
 
 def test_api_conversion_matches_schema_order(comfy_server):
     """Widgets land on the right inputs: spot-check a node with a seed's extra control value."""
-    prompt = load_api(comfy_server, "planx_text_to_video.json")
+    prompt = load_api(comfy_server, TEXT_TO_VIDEO)
     plan_inputs = prompt[node_of(prompt, "PlanX_GenerateSemanticPlan")]["inputs"]
     assert (plan_inputs["seed"], plan_inputs["temperature"], plan_inputs["top_k"]) == (0, 1.0, 0)
     sampler = copy.deepcopy(prompt[node_of(prompt, "PlanX_Sampler")]["inputs"])

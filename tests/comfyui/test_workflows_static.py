@@ -1,9 +1,11 @@
 """The shipped workflows (workflows/*.json) as files: no server and no ComfyUI needed.
 
 Each is a frontend workflow (version 0.4) using only Plan-X and stock node types, whose links agree
-from both ends, and which says in `extra.planx.real_weights` how to run it on Wan 2.2 TI2V 5B (the
-SemanticGen long-video workflow says why it has no such variant). That they also run is checked
-against a real server in test_server.py.
+from both ends, which ends in a video (Create Video at the sampler's fps, the plan's, into Save Video)
+beside its frames, whose nodes do not overlap and fit one 1600x1000 screen at the shipped zoom, which
+has a thumbnail for the Templates browser, and which says in `extra.planx.real_weights` how to run it on
+Wan 2.2 TI2V 5B (the SemanticGen long-video workflow says why it has no such variant). That they also
+run is checked against a real server in test_server.py.
 """
 
 from __future__ import annotations
@@ -27,24 +29,29 @@ PLANX = {
     "PlanX_EncodeVideoToPlan",
     "PlanX_LoadTinyModel",
 }
-STOCK = {"CLIPTextEncode", "VAEDecode", "SaveImage", "LoadImage"}
+STOCK = {"CLIPTextEncode", "VAEDecode", "SaveImage", "LoadImage", "CreateVideo", "SaveVideo"}
 REAL_LOADERS = {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "VAELoader": "vae"}
-LONG_VIDEO = "planx_long_video_semanticgen.json"  # SemanticGen: 65 frames, attention window, no real weights
+LONG_VIDEO = "Plan-X long video (SemanticGen).json"  # SemanticGen: 65 frames, attention window, no real weights
 EXPECTED = {
-    "planx_text_to_video.json",
-    "planx_image_to_video.json",
-    "planx_edit_plan.json",
-    "planx_semantic_transfer.json",
+    "Plan-X text to video.json",
+    "Plan-X image to video.json",
+    "Plan-X edit a plan.json",
+    "Plan-X semantic transfer.json",
     LONG_VIDEO,
 }
+TITLE = 30  # LiteGraph's title bar above a node's pos
+SCREEN_UNITS = ((1536 - 32) / 0.75, (922 - 32) / 0.75)  # a 1600x1000 window's canvas at the shipped zoom 0.75
 
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_the_five_workflows_are_shipped():
-    assert EXPECTED <= {p.name for p in WORKFLOWS}
+def test_the_five_workflows_are_shipped_with_thumbnails():
+    assert EXPECTED == {p.name for p in WORKFLOWS}
+    for path in WORKFLOWS:  # the Templates browser shows /api/workflow_templates/<pack>/<name>.jpg
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file() and thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", thumbnail.name
 
 
 @pytest.fixture(params=WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
@@ -66,6 +73,37 @@ def test_format_and_node_types(workflow):
     orders = sorted(n["order"] for n in workflow["nodes"])
     assert orders == list(range(len(orders)))
     assert any(n["type"] == "SaveImage" for n in workflow["nodes"])
+
+
+def test_every_render_ends_in_a_video_at_the_plans_fps(workflow):
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    samplers = [n for n in nodes.values() if n["type"] == "PlanX_Sampler"]
+    videos = [n for n in nodes.values() if n["type"] == "SaveVideo"]
+    assert samplers and len(videos) == len(samplers)
+    for save in videos:
+        create = nodes[links[save["inputs"][0]["link"]][1]]
+        assert create["type"] == "CreateVideo"
+        fps = next(s for s in create["inputs"] if s["name"] == "fps")
+        source, slot = links[fps["link"]][1:3]
+        assert nodes[source]["type"] == "PlanX_Sampler" and slot == 1  # the sampler's fps output: the plan's
+
+
+def test_layout_fits_one_screen_without_overlaps(workflow):
+    boxes = {
+        n["id"]: (n["pos"][0], n["pos"][1] - TITLE, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+        for n in workflow["nodes"]
+    }
+    for a, box_a in boxes.items():
+        for b, box_b in boxes.items():
+            apart = box_a[2] <= box_b[0] or box_b[2] <= box_a[0] or box_a[3] <= box_b[1] or box_b[3] <= box_a[1]
+            assert a == b or apart, (a, b)
+    ds = workflow["extra"]["ds"]
+    assert ds["scale"] == 0.75
+    for x0, y0, x1, y1 in boxes.values():  # on screen: (pos + offset) * scale inside the canvas
+        assert (x0 + ds["offset"][0]) >= 0 and (y0 + ds["offset"][1]) >= 0
+        assert (x1 + ds["offset"][0]) <= SCREEN_UNITS[0] + 32 / 0.75
+        assert (y1 + ds["offset"][1]) <= SCREEN_UNITS[1] + 32 / 0.75
 
 
 def test_links_agree_from_both_ends(workflow):

@@ -1,54 +1,66 @@
 /**
- * PlanEditor: the editor of one Edit Plan Tokens node. Its only state is the node's "edits" text
- * (see web/README.md): it reads it, draws replay(base, edits) and appends steps to it. What it
- * needs of ComfyUI comes in `host` from the entry module (../planx_plan_editor.js), so this module
- * imports nothing of ComfyUI and runs nothing on import.
+ * PlanEditor: the editor of one Edit Plan Tokens node (or, as a `viewer`, the read-only view on a Plan
+ * Preview node). Its only document state is the node's "edits" text (see web/README.md): it reads it, draws
+ * replay(base, edits) and appends steps to it. What it needs of ComfyUI comes in `host` from the entry
+ * module (../planx_plan_editor.js), so this module imports nothing of ComfyUI and runs nothing on import.
  *
  * host = { app,                       ComfyUI's app (graph, extensionManager)
  *          storedPayload(nodeId),     the node's last payload kept across node rebuilds, or null
  *          remember(nodeId, data),    keep a payload for that
+ *          uiState(nodeId),           an object kept across node rebuilds (Ctrl+Z, Ctrl+Y): brush, selection,
+ *                                     the editor's undo and redo texts, the last good view
  *          runSteps,                  WeakMap: payload -> the edit steps of the run that produced it
  *          track(kind, delta),        count live "observers" / "listeners" (for tests)
  *          forget(editor) }           drop a disposed editor from the registry
  */
+import * as actions from "./actions.js";
 import { fallbackColour, paintCells } from "./grid.js";
-import { buildDom, pickCell, renderPalette, renderStatus, renderSteps, renderTools, setBrushFromText } from "./panels.js";
-import { clonePlan, duplicateFrame, formatEdits, frameOf, frameTime, isInt, parseEdits } from "./replay.js";
-import { cellCenter, frameHolder, GRID_Y, headCenter, renderTimeline, timeToClientX } from "./timeline.js";
+import { pickCell, renderBrush, renderPalette, setBrushFromText, showSuggestions } from "./palette.js";
+import { buildDom, disabledReason, renderStatus, renderSteps, renderTools } from "./panels.js";
+import { clonePlan, formatEdits, parseEdits } from "./replay.js";
+import { cellCenter, headCenter, renderTimeline, timeToClientX, timelineHeight } from "./timeline.js";
 import { planView } from "./view.js";
+import { findWord, nearestWords } from "./words.js";
 
 export const NODE_TYPE = "PlanX_EditPlanTokens";
 const EDITS_WIDGET = "edits";
 const EDITOR_WIDGET = "planx_plan_editor";
-const ZOOMS = [6, 8, 10, 12, 16, 20, 24];
-const DEFAULT_CELL = 10;
-const EDITS_HEIGHT = 64;    // the edits text box keeps this height: the editor lists the steps itself
+const TEXT_HEIGHTS = [48, 180];   // the edits text box: closed (two lines) / open ("Text")
 
 export class PlanEditor {
-  constructor(node, host) {
+  constructor(node, host, { viewer = false } = {}) {
     this.node = node;
     this.host = host;
-    this.server = null;       // the last planx_editor payload, plus the steps it ran with
-    this.selected = 0;
-    this.brush = null;        // {code, word} | {word} (fill_word) | null
+    this.viewer = viewer;
+    this.ui = host.uiState?.(String(node.id)) ?? {};
+    this.ui.history ??= [];     // texts before each editor action, for Undo
+    this.ui.redo ??= [];        // texts Undo took back, for Redo
+    this.server = null;         // the last planx_editor payload, plus the steps it ran with
     this.pickMode = false;
-    this.cell = DEFAULT_CELL;
-    this.history = [];        // texts before each editor action, for undo
-    this.lastWritten = null;
+    this.cell = 12;
     this.seenText = null;
     this.view = null;
     this.stroke = null;
     this.drag = null;
+    this.grip = null;
     this.disposed = false;
     this.abort = new AbortController();   // every listener the editor adds goes with dispose()
     this.listeners = 0;       // those on elements outside the editor's own DOM
     this.observer = null;
     this.dom = buildDom(this);
     this.widget = this.addWidget();
-    this.hookEditsWidget();
+    if (!viewer) this.hookEditsWidget();
     this.watchWidth();
     this.sync(true);
   }
+
+  // kept in host.uiState, so they survive the node being rebuilt by ComfyUI's undo and redo
+  get brush() { return this.ui.brush ?? null; }
+  set brush(value) { this.ui.brush = value; }
+  get selected() { return this.ui.selected ?? 0; }
+  set selected(value) { this.ui.selected = value; }
+  get history() { return this.ui.history; }
+  get redoStack() { return this.ui.redo; }
 
   /** A listener on one of the editor's own elements, removed by dispose(). */
   on(target, type, handler) {
@@ -64,9 +76,9 @@ export class PlanEditor {
   }
 
   /**
-   * Release what the editor holds outside its own DOM: the ResizeObserver, every listener, the
-   * hook on the edits widget's callback, its place in the registry. The node calls this from
-   * onRemoved; the editor draws nothing afterwards.
+   * Release what the editor holds outside its own DOM: the ResizeObserver, every listener, the hook on the
+   * edits widget's callback, its place in the registry. The node calls this from onRemoved; the editor
+   * draws nothing afterwards.
    */
   dispose() {
     if (this.disposed) return;
@@ -88,13 +100,13 @@ export class PlanEditor {
     this.host.forget?.(this);
   }
 
-  /** Re-lay the timeline when the node's width changes (not in the middle of a stroke or drag). */
+  /** Re-lay the timeline (cells sized to the node) when its width changes, not mid-stroke or mid-drag. */
   watchWidth() {
     if (typeof ResizeObserver === "undefined") return;
     let width = 0;
     this.observer = new ResizeObserver(() => {
       const now = this.dom.timeline.clientWidth;
-      if (this.disposed || Math.abs(now - width) < 8 || this.stroke || this.drag || !this.view) return;
+      if (this.disposed || Math.abs(now - width) < 4 || this.stroke || this.drag || !this.view) return;
       width = now;
       renderTimeline(this);
     });
@@ -119,17 +131,18 @@ export class PlanEditor {
   }
 
   /**
-   * Follow the edits widget: re-read on its callback and on typing. Its height is fixed, so that a
-   * change in the node's free space (the preview picture appearing after a run) resizes the step
-   * list at the editor's bottom instead of shifting the timeline under the pointer.
+   * Follow the edits widget: re-read on its callback and on typing. Its height is fixed (two lines, or
+   * taller with "Text"), so the preview of a run never shifts the timeline under the pointer.
    */
   hookEditsWidget() {
     const widget = this.editsWidget();
     if (!widget) return;
     if (widget.options && "element" in widget) {
-      widget.options.getMinHeight = () => EDITS_HEIGHT;
-      widget.options.getMaxHeight = () => EDITS_HEIGHT;
+      widget.options.getMinHeight = () => this.textHeight();
+      widget.options.getMaxHeight = () => this.textHeight();
     }
+    const input = widget.inputEl ?? widget.element;
+    if (input?.style) input.style.fontSize = "15px";
     const editor = this;
     const previous = widget.callback;
     this.previousCallback = previous;
@@ -139,7 +152,20 @@ export class PlanEditor {
       return result;
     };
     widget.callback = this.editsCallback;
-    this.listen(widget.inputEl ?? widget.element, "input", () => this.sync(false));
+    this.listen(input, "input", () => this.sync(false));
+  }
+
+  textHeight() {
+    return TEXT_HEIGHTS[this.ui.showText ? 1 : 0];
+  }
+
+  toggleText() {
+    this.ui.showText = !this.ui.showText;
+    this.node.setSize?.([this.node.size[0], this.node.size[1]]);
+    this.host.app?.graph?.setDirtyCanvas(true, true);
+    renderTools(this);
+    this.say(this.ui.showText ? "The edit list as JSON text is open above" : "The JSON text is folded to two lines");
+    return { ok: true };
   }
 
   editsLinked() {
@@ -156,17 +182,24 @@ export class PlanEditor {
     return parseEdits(text, Array.isArray(this.server?.ops) ? this.server.ops : null);
   }
 
-  /** Write steps into the "edits" widget, remembering the text before for undo. */
-  writeSteps(steps) {
-    this.writeText(formatEdits(steps), true);
+  writeSteps(steps, why = "edit") {
+    this.writeText(formatEdits(steps), why);
   }
 
-  /** Set the "edits" widget's text: callback, dirty canvas, workflow change tracking, redraw. */
-  writeText(text, remember) {
+  /**
+   * Set the "edits" widget's text: callback, dirty canvas, workflow change tracking, redraw. `why`: "edit"
+   * (remember the text before for Undo, forget Redo), "undo" or "redo" (keep the stacks as the action left them).
+   */
+  writeText(text, why = "edit") {
     const widget = this.editsWidget();
     if (!widget) return;
-    if (remember) this.history.push(this.readText());
-    this.lastWritten = text;
+    if (why === "edit") {
+      this.history.push(this.readText());
+      this.redoStack.length = 0;
+    } else if (why === "redo") {
+      this.history.push(this.readText());
+    }
+    this.ui.lastWritten = text;
     this.seenText = text;
     widget.value = text;                      // a DOM widget's setter also calls its callback
     if (!("element" in widget)) widget.callback?.(text);
@@ -180,10 +213,10 @@ export class PlanEditor {
     this.render();
   }
 
-  /** Status, tools, timeline (+ scrollbar), info, palette, three step lines, gaps and padding. */
+  /** Status, tools, suggestions, timeline, message line, palette, three step lines, grip, gaps, padding. */
   minHeight() {
-    const gh = this.view?.plan?.grid?.[0] ?? 9;
-    return 16 + 26 + (GRID_Y + gh * this.cell + 6 + 14) + 16 + 58 + 40 + 6 * 4 + 12;
+    if (this.viewer) return 22 + timelineHeight(this) + 22 + 40 + 3 * 6 + 14;
+    return 22 + 64 + timelineHeight(this) + 22 + 72 + 3 * 22 + 10 + 7 * 6 + 14;
   }
 
   // -- state ---------------------------------------------------------------------------------
@@ -209,14 +242,13 @@ export class PlanEditor {
       base: data.base ?? null, plan: data.plan ?? null, error: data.error ?? null,
       colours: data.colours ?? {}, words: data.words ?? {}, palette: data.palette ?? [],
       cellColours: data.cell_colours ?? null, steps: runSteps.get(data) ?? null, ops,
+      colourSource: data.colour_source ?? null,
     };
     this.render();
   }
 
-  /**
-   * A fresh editor (Ctrl+Z and workflow tabs rebuild the nodes) takes the node's last payload that
-   * the host kept (see storedPayload in the entry module). Returns whether it found one.
-   */
+  /** A fresh editor (Ctrl+Z, Ctrl+Y and workflow tabs rebuild the nodes) takes the node's last payload that
+   * the host kept (see storedPayload in the entry module). Returns whether it found one. */
   adoptStoredOutput() {
     const data = this.host.storedPayload?.(String(this.node.id));
     if (!data?.base) return false;
@@ -232,21 +264,24 @@ export class PlanEditor {
   }
 
   codeOfWord(word) {
-    const hit = (this.server?.palette ?? []).find((p) => p.word === word);
-    return hit ? hit.code : undefined;
+    return findWord(this.server?.palette, word)?.code;
   }
 
   colourOf(code) {
-    return this.server?.colours?.[String(code)] ?? fallbackColour(code);
+    return this.server?.colours?.[String(code)] ?? fallbackColour(code ?? 0);
   }
 
   wordOf(code) {
     return this.server?.words?.[String(code)] ?? "";
   }
 
-  /** What to draw: {plan, steps, source, status, bad, editable, failedAt, skipFrom, unchecked}. */
+  /** What to draw: see view.js. The last view with a plan stays on screen while the text does not parse. */
   computeView() {
-    const view = planView(this.server, this.parse(), (w) => this.codeOfWord(w));
+    const suggest = (word) => nearestWords(word, this.server?.palette ?? []);
+    const view = planView(this.server, this.parse(), (w) => this.codeOfWord(w), this.ui.lastGood, suggest);
+    if (view.plan && !view.broken) {
+      this.ui.lastGood = { plan: view.plan, steps: view.steps, cellColours: view.cellColours ?? null };
+    }
     if (this.runError && this.runError.text === this.readText()) {
       view.status = `The last run failed: ${this.runError.message} · ${view.status}`;
       view.bad = true;
@@ -260,29 +295,49 @@ export class PlanEditor {
     const { dom, view } = this;
     dom.root.dataset.planxNode = String(this.node.id);
     dom.root.dataset.source = view.source;
+    if (view.plan) this.selected = Math.max(0, Math.min(this.selected, view.plan.keyframes.length - 1));
     renderStatus(this);
-    if (view.plan) this.selected = Math.min(this.selected, view.plan.keyframes.length - 1);
     renderTools(this);
     renderTimeline(this);
     renderPalette(this);
     renderSteps(this);
   }
 
+  renderTools() {
+    renderTools(this);
+  }
+
+  renderBrush() {
+    renderBrush(this);
+  }
+
   canEdit() {
-    return !!(this.view?.editable && this.view.plan && !this.editsLinked());
+    return !disabledReason(this, "paint");
   }
 
-  say(text) {
+  /** The message line: what the last action did, or why it could not. */
+  say(text, bad = false) {
     this.dom.info.textContent = text;
+    this.dom.info.title = text;
+    this.dom.info.classList.toggle("bad", !!bad);
   }
 
-  // -- brush (see panels.js) ----------------------------------------------------------------
+  refuse(reason) {
+    return actions.refuse(this, reason);
+  }
+
+  guard(i, action = "paint") {
+    return actions.guard(this, i, action);
+  }
+
+  // -- brush (see palette.js) ----------------------------------------------------------------
   pickCell(i, row, col) {
     return pickCell(this, i, row, col);
   }
 
   setBrush(brush) {
     this.brush = brush;
+    if (brush) showSuggestions(this, []);
     renderTools(this);
     renderPalette(this);
   }
@@ -291,15 +346,12 @@ export class PlanEditor {
     return setBrushFromText(this, text);
   }
 
-  // -- actions -------------------------------------------------------------------------------
-  append(steps) {
-    const parsed = this.parse();
-    this.writeSteps([...(parsed.steps ?? []), ...steps]);
-  }
-
+  // -- actions (see actions.js) ----------------------------------------------------------------
   select(i, redraw = true) {
     if (!this.view?.plan) return;
     this.selected = Math.max(0, Math.min(i, this.view.plan.keyframes.length - 1));
+    const k = this.view.plan.keyframes[this.selected];
+    this.say(`Keyframe ${this.selected} selected (${k.time} s${k.locked ? ", locked" : ""})`);
     if (redraw) this.render();
     else this.markSelection();
   }
@@ -311,120 +363,48 @@ export class PlanEditor {
     renderTools(this);
   }
 
-  runAction(action) {
-    const handlers = {
-      pick: () => { this.pickMode = !this.pickMode; renderTools(this); },
-      duplicate: () => this.duplicate(this.selected),
-      delete: () => this.remove(this.selected),
-      lock: () => this.lock(this.selected, !this.view.plan?.keyframes[this.selected]?.locked),
-      undo: () => this.undo(),
-      clear: () => this.clear(),
-      "zoom-out": () => this.zoom(-1),
-      "zoom-in": () => this.zoom(1),
-    };
-    const result = handlers[action]?.();
-    if (result && result.ok === false) this.say(result.reason);
-    return result;
+  /** Scroll keyframe i's grid into view (a duplicate lands where it can be seen). */
+  reveal(i) {
+    const grid = this.dom.track.querySelector(`canvas[data-keyframe="${i}"]`);
+    grid?.scrollIntoView?.({ block: "nearest", inline: "nearest" });
   }
 
-  refuse(reason) {
-    this.say(reason);
-    return { ok: false, reason };
+  focus() {
+    this.dom.root.focus?.({ preventScroll: true });
   }
 
-  guard(i) {
-    if (!this.canEdit()) {
-      return this.refuse(this.view?.plan ? "This view cannot be edited; see the status line" : "Run the workflow first");
-    }
-    if (!isInt(i) || i < 0 || i >= this.view.plan.keyframes.length) return this.refuse(`No keyframe ${i}`);
-    return null;
-  }
-
-  retime(i, time) {
-    const refused = this.guard(i);
-    if (refused) return refused;
-    const plan = this.view.plan;
-    const frame = Math.max(0, Math.min(plan.video.num_frames - 1, frameOf(plan, time)));
-    const snapped = frameTime(plan, frame);
-    const holder = frameHolder(plan, frame, i);
-    if (holder !== null) return this.refuse(`Frame ${frame} holds keyframe ${holder}: cannot move keyframe ${i} there`);
-    if (frame === frameOf(plan, plan.keyframes[i].time)) return this.refuse(`Keyframe ${i} already sits on frame ${frame}`);
-    const after = plan.keyframes.filter((k, j) => j !== i && k.time < snapped).length;
-    this.selected = after;
-    this.append([{ op: "move_keyframe", keyframe: i, time: snapped }]);
-    return { ok: true, time: snapped, frame, index: after };
-  }
-
-  duplicate(i) {
-    const refused = this.guard(i);
-    if (refused) return refused;
-    const plan = this.view.plan;
-    const frame = duplicateFrame(plan, i);
-    if (frame === null) return this.refuse("Every video frame already holds a keyframe");
-    const time = frameTime(plan, frame);
-    this.selected = plan.keyframes.filter((k) => k.time < time).length;
-    this.append([{ op: "duplicate_keyframe", keyframe: i, time }]);
-    return { ok: true, time, frame, index: this.selected };
-  }
-
-  remove(i) {
-    const refused = this.guard(i);
-    if (refused) return refused;
-    if (this.view.plan.keyframes.length === 1) return this.refuse("Cannot delete the only keyframe");
-    this.append([{ op: "delete_keyframe", keyframe: i }]);
-    return { ok: true };
-  }
-
-  lock(i, locked = true) {
-    const refused = this.guard(i);
-    if (refused) return refused;
-    this.append([{ op: "lock", keyframe: i, locked: !!locked }]);
-    return { ok: true };
-  }
+  runAction(action) { return actions.runAction(this, action); }
+  retime(i, time) { return actions.retime(this, i, time); }
+  duplicate(i) { return actions.duplicate(this, i); }
+  remove(i) { return actions.remove(this, i); }
+  lock(i, locked = true) { return actions.lock(this, i, locked); }
+  undo() { return actions.undo(this); }
+  redo() { return actions.redo(this); }
+  clear() { return actions.clear(this); }
+  removeStep(i) { return actions.removeStep(this, i); }
+  onKey(e) { return actions.onKey(this, e); }
 
   /** Paint cells [[row, col], ...] of keyframe i with a brush {code} or {word}, as one stroke. */
   paintCells(i, cells, brush) {
     return paintCells(this, i, cells, brush);
   }
 
-  /** Undo: restore the text before the editor's last action, or drop the last step. */
-  undo() {
-    const text = this.readText();
-    if (this.history.length && text === this.lastWritten) {
-      this.writeText(this.history.pop(), false);
-      return { ok: true };
-    }
-    const steps = this.parse(text).steps;
-    if (!steps?.length) return this.refuse("Nothing to undo");
-    this.writeSteps(steps.slice(0, -1));
-    return { ok: true };
-  }
-
-  clear() {
-    this.writeSteps([]);
-    return { ok: true };
-  }
-
-  zoom(direction) {
-    const at = ZOOMS.indexOf(this.cell);
-    this.cell = ZOOMS[Math.max(0, Math.min(ZOOMS.length - 1, (at < 0 ? 2 : at) + direction))];
-    this.render();
-    const size = this.node.computeSize?.();
-    if (size) this.node.setSize([Math.max(this.node.size[0], size[0]), Math.max(this.node.size[1], size[1])]);
-    this.host.app?.graph?.setDirtyCanvas(true, true);
-  }
-
   // -- for tests -----------------------------------------------------------------------------
   describe() {
     this.sync(false);
     const view = this.view;
+    const buttons = Object.fromEntries(Object.keys(this.dom.buttons).map((a) => [a, disabledReason(this, a)]));
     return {
-      nodeId: this.node.id, source: view.source, status: view.status, editable: this.canEdit(),
-      selected: this.selected, brush: this.brush, cell: this.cell, text: this.readText(), steps: view.steps,
-      plan: view.plan ? clonePlan(view.plan) : null, grid: view.plan?.grid ?? null,
+      nodeId: this.node.id, source: view.source, status: view.status, info: this.dom.info.textContent,
+      editable: this.canEdit(), selected: this.selected, brush: this.brush, cell: this.cell, text: this.readText(),
+      steps: view.steps, plan: view.plan ? clonePlan(view.plan) : null, grid: view.plan?.grid ?? null,
       times: view.plan?.keyframes.map((k) => k.time) ?? [], locked: view.plan?.keyframes.map((k) => k.locked) ?? [],
       serverPlan: this.server?.plan ?? null, serverError: this.server?.error ?? null, hasRun: !!this.server,
-      unchecked: view.unchecked ?? [], ops: this.server?.ops ?? null, disposed: this.disposed,
+      unchecked: view.unchecked ?? [], ops: this.server?.ops ?? null, disposed: this.disposed, marks: view.marks,
+      problems: view.problems, buttons, showAll: !!this.ui.showAll, bad: !!view.bad,
+      palette: [...this.dom.palette.querySelectorAll("button[data-word]")].map((b) => b.dataset.word),
+      suggestions: [...this.dom.suggest.querySelectorAll("button[data-suggest]")].map((b) => b.dataset.suggest),
+      colourSource: this.server?.colourSource ?? null, viewer: this.viewer,
     };
   }
 

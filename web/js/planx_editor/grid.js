@@ -3,9 +3,10 @@
  * (strokes -> fill steps, the eyedropper, the hover tip). Functions of a PlanEditor; nothing runs
  * on import.
  */
-import { el } from "./panels.js";
+import { disabledReason, el } from "./panels.js";
 import { coverCells, isContinuous, isInt } from "./replay.js";
 import { plural } from "./view.js";
+import { findWord, nearestWords } from "./words.js";
 
 /** The colour of a code the payload does not name: spread round the hue circle. */
 export function fallbackColour(code) {
@@ -46,7 +47,7 @@ export function drawGrid(editor, canvas, i, hover = null) {
   const vectorColours = isContinuous(plan) ? (editor.view.cellColours?.[i] ?? []) : null;
   const ctx = canvas.getContext("2d");
   const painted = editor.stroke?.keyframe === i ? editor.stroke.cells : null;
-  const paint = painted ? strokeStyle(editor, ctx) : null;
+  const paint = painted ? strokeStyle(editor) : null;
   for (let r = 0; r < gh; r++) {
     for (let c = 0; c < gw; c++) {
       const index = r * gw + c;
@@ -72,17 +73,9 @@ function drawCellLines(ctx, gh, gw, cell) {
   ctx.stroke();
 }
 
-/** The brush's colour, or a hatch for a word whose code only the server knows. */
-function strokeStyle(editor, ctx) {
-  if (editor.brush?.code != null) return editor.colourOf(editor.brush.code);
-  const tile = document.createElement("canvas");
-  tile.width = tile.height = 6;
-  const t = tile.getContext("2d");
-  t.fillStyle = "#555";
-  t.fillRect(0, 0, 6, 6);
-  t.strokeStyle = "#ccc";
-  t.beginPath(); t.moveTo(0, 6); t.lineTo(6, 0); t.stroke();
-  return ctx.createPattern(tile, "repeat");
+/** The brush's colour. */
+function strokeStyle(editor) {
+  return editor.colourOf(editor.brush?.code);
 }
 
 /** Pointer -> {row, col} on keyframe i's grid (null outside), through the node's CSS transform. */
@@ -100,14 +93,16 @@ function gridDown(editor, e, i) {
   if (!cell) return;
   e.preventDefault();
   e.stopPropagation();
+  editor.focus();
   editor.select(i, false);
   if (editor.pickMode || e.altKey || e.button === 2) {
     editor.pickCell(i, cell.row, cell.col);
     return;
   }
   if (e.button !== 0) return;
-  if (!editor.canEdit()) return editor.say("This view cannot be edited; see the status line");
-  if (!editor.brush) return editor.say("Pick a brush first: a palette swatch, a typed word, or alt/right-click a cell");
+  const reason = disabledReason(editor, "paint");
+  if (reason) return editor.say(reason, true);
+  if (!editor.brush) return editor.say("Pick a brush first: a palette swatch, a typed word, or alt/right-click a cell", true);
   e.currentTarget.setPointerCapture?.(e.pointerId);
   editor.stroke = { keyframe: i, cells: new Set() };
   extendStroke(editor, i, cell);
@@ -149,27 +144,27 @@ function extendStroke(editor, i, { row, col }) {
   drawGrid(editor, gridCanvas(editor, i), i);
 }
 
-/** Painted cells -> the fewest fill / fill_word steps (rectangles), appended as one action. */
+/** Painted cells -> the fewest fill steps (rectangles), appended as one action. */
 export function commitStroke(editor, i, cells) {
   const plan = editor.view.plan;
   const [gh, gw] = plan.grid;
   const tokens = plan.keyframes[i].tokens;
-  const code = editor.brush?.code;
-  const must = new Set([...cells].filter((c) => code == null || tokens[c] !== code));
-  const free = new Set(code == null ? [] : tokens.flatMap((t, c) => (t === code ? [c] : [])));
-  const steps = coverCells(must, free, gh, gw).map((rect) => (code != null
-    ? { op: "fill", keyframe: i, rect, token: code }
-    : { op: "fill_word", keyframe: i, rect, word: editor.brush.word }));
+  const code = editor.brush.code;
+  const must = new Set([...cells].filter((c) => tokens[c] !== code));
+  const free = new Set(tokens.flatMap((t, c) => (t === code ? [c] : [])));
+  const steps = coverCells(must, free, gh, gw).map((rect) => ({ op: "fill", keyframe: i, rect, token: code }));
   if (!steps.length) {
     editor.say("Those cells already hold the brush");
     return editor.render();
   }
-  editor.append(steps);
-  editor.say(`Painted ${plural(must.size, "cell")} of keyframe ${i} in ${plural(steps.length, "step")}`);
+  const parsed = editor.parse();
+  editor.writeSteps([...(parsed.steps ?? []), ...steps]);
+  const word = editor.brush.word ? `"${editor.brush.word}"` : `code ${code}`;
+  editor.say(`Painted ${plural(must.size, "cell")} of keyframe ${i} with ${word} in ${plural(steps.length, "step")}`);
 }
 
 export function paintCells(editor, i, cells, brush) {
-  const refused = editor.guard(i);
+  const refused = editor.guard(i, "paint");
   if (refused) return refused;
   const [gh, gw] = editor.view.plan.grid;
   const set = new Set();
@@ -179,8 +174,16 @@ export function paintCells(editor, i, cells, brush) {
   }
   editor.select(i, false);
   if (brush?.code != null) editor.setBrush({ code: brush.code, word: editor.wordOf(brush.code) });
-  else if (brush?.word) editor.setBrush({ word: brush.word });
-  if (!editor.brush) return editor.refuse("No brush");
+  else if (brush?.word) {
+    const entry = findWord(editor.server?.palette, brush.word);
+    if (!entry) {
+      const near = nearestWords(brush.word, editor.server?.palette ?? []);
+      return { ...editor.refuse(`"${brush.word}" is not a word the planner knows; nearest known words: ${near.join(", ")}`),
+        suggestions: near };
+    }
+    editor.setBrush({ code: entry.code, word: entry.word });
+  }
+  if (!editor.brush) return editor.refuse("No brush: pick a palette word first");
   const before = editor.parse().steps?.length ?? 0;
   commitStroke(editor, i, set);
   const after = editor.parse().steps?.length ?? 0;
@@ -200,7 +203,7 @@ function showCellTip(editor, e, i, { row, col }) {
     const code = plan.keyframes[i].tokens[index];
     const word = editor.wordOf(code);
     short = word ? `${word} · ${code}` : `code ${code}`;
-    text = `${word ? `${word} · ` : ""}code ${code} — keyframe ${i}, row ${row}, col ${col}`;
+    text = `${word ? `"${word}" · ` : ""}code ${code} — keyframe ${i}, row ${row}, col ${col}`;
   }
   editor.dom.info.textContent = text;
   const tip = editor.dom.tip;

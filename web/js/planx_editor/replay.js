@@ -21,6 +21,14 @@ export function round6(x) {
   return parseFloat(x.toFixed(6));
 }
 
+/** A keyframe time as planx_core.plan.picture.format_time writes it: 2 or 3 decimals ("0.50", "0.625"). */
+export function formatTime(seconds) {
+  const ms = roundHalfEven(seconds * 1000);
+  const whole = Math.trunc(Math.abs(ms) / 1000);
+  const text = `${ms < 0 ? "-" : ""}${whole}.${String(Math.abs(ms) % 1000).padStart(3, "0")}`;
+  return text.endsWith("0") ? text.slice(0, -1) : text;
+}
+
 export function frameOf(plan, time) {
   return roundHalfEven(time * plan.video.fps);
 }
