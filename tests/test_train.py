@@ -227,6 +227,29 @@ def test_resume_equals_a_straight_run(tmp_path, stage):
     assert a and a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
 
 
+def test_a_checkpoint_of_the_earlier_format_resumes(tmp_path):
+    """A run checkpointed by the earlier trainer (whole tensors in safetensors, frozen ones too) goes on."""
+    from planx_core.files.safetensors import save_safetensors
+    from planx_core.training.stages import StageContext, TATokStage
+
+    new, legacy = tmp_path / "new", tmp_path / "legacy"
+    run_in_process("tatok", new, 2)
+    tensors = read_tensors(new / "checkpoint")
+    stage = TATokStage(StageContext(train.parse_args(["--stage", "tatok", "--out", str(new), "--steps", "2"]), "cpu"))
+    model = {**stage.state_tensors(), **{k[6:]: v for k, v in tensors.items() if k.startswith("model.")}}
+    optim = {"::".join(k[6:].rsplit(".", 1)): v for k, v in tensors.items() if k.startswith("optim.")}
+    (legacy / "checkpoint").mkdir(parents=True)
+    save_safetensors(model, legacy / "checkpoint" / "model.safetensors")
+    save_safetensors(optim, legacy / "checkpoint" / "optim.safetensors")
+    state = json.loads((new / "checkpoint" / "state.json").read_text())
+    (legacy / "checkpoint" / "state.json").write_text(json.dumps({"step": 2, "fingerprint": state["fingerprint"]}))
+    run_in_process("tatok", legacy, 4)
+    run_in_process("tatok", new, 4)
+    a, b = ({r["step"]: r["last_loss"] for r in events(out, "step")} for out in (legacy, new))
+    assert sorted(a) == [3, 4] and np.allclose([a[3], a[4]], [b[3], b[4]], rtol=1e-6, atol=0)
+    assert (legacy / "checkpoint" / ".metadata").is_file(), "the next checkpoint is written in the new format"
+
+
 def test_ema_resumes_like_a_straight_run_and_is_what_gets_exported(tmp_path):
     for name, steps in (("split", 2), ("split", 4), ("straight", 4)):
         assert (

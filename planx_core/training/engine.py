@@ -103,6 +103,7 @@ class Trainer:
             precision=a.precision,
             checkpointing=a.checkpointing,
             unused_parameters=stage.find_unused_parameters,
+            fp32_modules=stage.fp32_modules(model),
         )
         for name in stage.forward_methods:  # methods that gather the root's weights as forward does
             register_fsdp_forward_method(model, name)

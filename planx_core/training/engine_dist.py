@@ -121,11 +121,16 @@ def shard(
     precision: str = "auto",
     checkpointing: bool = False,
     unused_parameters: bool = False,
+    fp32_modules: list | None = None,
 ) -> nn.Module:
-    """`fully_shard` each unit (a module or a list of modules), then the whole module, in place; returns it."""
+    """`fully_shard` each unit (a module or a list of modules), then the whole module, in place; returns it.
+    `fp32_modules` (e.g. a plain LayerNorm fed float32 on purpose) become units that stay in float32 under bf16."""
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = precision_policy(precision, device)
     module.to(device)
+    if policy.param_dtype is not None:
+        for small in fp32_modules or []:
+            fully_shard(small, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32))
     for unit in units:
         modules = list(unit) if isinstance(unit, (list, tuple)) else [unit]
         if checkpointing:

@@ -15,6 +15,8 @@ It provides:
 * `shard_blocks(module) -> [submodule or [submodules], ...]`: the FSDP units of `module` (each DiT
   block, each decoder layer; a list puts several modules in one unit); default none: the whole
   module is one unit. `--checkpointing` recomputes each unit's first module in the backward pass,
+* `fp32_modules(module)`: modules that keep float32 weights under bf16 (a plain `nn.LayerNorm` fed
+  float32 on purpose; default: each semantic branch's input norm),
 * `forward_methods`: names of `module` methods that evaluation calls instead of forward (e.g. a
   velocity without the loss); FSDP gathers the root's weights for them as for forward,
 * `find_unused_parameters`: some trained parameters may get no gradient on a rank in a step (a
@@ -59,6 +61,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .. import world
+from ..semantic_branch import SemanticBranch
 from ..tatok.files import load_tatok, save_tatok
 from ..tatok.model import TATok
 from ..world import tiny
@@ -143,6 +146,11 @@ class Stage:
 
     def shard_blocks(self, module: nn.Module) -> list:
         return []
+
+    def fp32_modules(self, module: nn.Module) -> list:
+        """Modules of `module` that must keep float32 weights under `--precision bf16`, each a small float32
+        unit; default: the input LayerNorm of every semantic branch (`SemanticBranch.embed` feeds it float32)."""
+        return [m.proj[0] for m in module.modules() if isinstance(m, SemanticBranch)]
 
     def after_backward(self, module: nn.Module) -> None:
         """Edit the (sharded) gradients of `module` after each backward pass, before clipping."""
