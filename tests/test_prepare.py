@@ -98,7 +98,7 @@ def assert_same_cache(a: Path, b: Path) -> None:
         for key in TENSORS:
             assert torch.equal(getattr(ca, key), getattr(cb, key)), (entry["file"], key)
     for folder in (a, b):
-        assert not list(folder.rglob("*.tmp")) and not (folder / ".work").exists()
+        assert not list(folder.rglob(".*.partial-*")) and not (folder / ".work").exists()
         assert sorted(p.name for p in (folder / "clips").iterdir()) == sorted(Path(e["file"]).name for e in ma["clips"])
 
 
@@ -242,8 +242,17 @@ def test_prepare_modules_stay_small():
     assert len(sizes) >= 1 and max(sizes.values()) < 450, sizes
 
 
-def test_a_jsonl_lists_its_videos_and_what_is_wrong_with_each_line(tmp_path):
+def test_captions_from_sidecars_and_a_jsonl_and_what_is_wrong_with_each(tmp_path):
     from planx_core.training.prepare_sources import list_sources
+
+    (tmp_path / "clips").mkdir()
+    for name, text in {"b": "\ufeffa scene\n\n a motion \n", "c": "one line", "d": "1\n2\n3"}.items():
+        (tmp_path / "clips" / f"{name}.mp4").write_bytes(b"")
+        (tmp_path / "clips" / f"{name}.txt").write_text(text, encoding="utf-8")
+    found = {s.key: s for s in list_sources(tmp_path / "clips")}
+    assert (found["b.mp4"].scene, found["b.mp4"].motion, found["b.mp4"].problem) == ("a scene", "a motion", None)
+    assert found["c.mp4"].problem == "caption has no motion line (c.txt needs a scene line and a motion line)"
+    assert found["d.mp4"].problem == "caption has 3 lines (d.txt holds one scene line and one motion line)"
 
     (tmp_path / "a.mp4").write_bytes(b"")
     lines = [

@@ -255,13 +255,16 @@ def start_folder(out: Path, rebuild: bool, manifest: dict) -> None:
 def run(args) -> int:
     from .prepare_encode import Encoder, pending  # PyAV is imported here: the reader above does not need it
     from .prepare_plan import finish, plan, probe_all, unique
-    from .prepare_sources import VIDEO_SUFFIXES, list_sources
+    from .prepare_sources import VIDEO_SUFFIXES, SourceError, list_sources
 
     settings, model = check_settings(args)
     source, out, bundle = Path(args.source), Path(args.out), Path(args.bundle)
     if not source.exists():
         raise PrepareError(f"{source}: no such folder or JSONL file")
-    sources, repeated = unique(list_sources(source))
+    try:
+        sources, repeated = unique(list_sources(source))
+    except (OSError, SourceError) as err:
+        raise PrepareError(f"{source}: {err}") from None
     if not sources:
         raise PrepareError(f"{source}: no videos found (looked for {', '.join(VIDEO_SUFFIXES)}, recursively)")
     ranks = Ranks(args)

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..files.atomic import staged, temp_for, write_text
+from ..files.jsontext import parse_json
 from ..files.safetensors import CheckpointError, check_safetensors_header, save_safetensors
 
 CACHE_FORMAT = "planx.prepared"
@@ -28,6 +30,7 @@ CLIPS = "clips"
 WORK = ".work"  # per-run intermediate files (text features, keyframe ids); removed when a run completes
 TENSORS = ("latent", "first_latent", "text", "keyframe_ids", "keyframe_times")
 ENCODER_PARTS = ("vae.safetensors", "text_encoder", "ta_tok.safetensors")  # what `prepare` reads of a bundle
+TEMPS = ".*.partial-*"  # `files.atomic.temp_for` names
 FIX = "pass --rebuild to rebuild the cache in this folder, or write it to another --out"
 _BLOCK, _BLOCKS = 1 << 16, 16  # content sample: 16 blocks of 64 KiB spread over the file (whole file below 1 MiB)
 _UMASK = os.umask(0o022)
@@ -102,39 +105,25 @@ def differences(old: dict, new: dict) -> list[str]:
 # ----------------------------------------------------------------------------- atomic writes
 
 
-def temp_name(path: Path) -> Path:
-    """A hidden temporary name in the same folder (so os.replace is atomic): .NAME.PID.tmp"""
-    return path.parent / f".{path.name}.{os.getpid()}.tmp"
-
-
 def save_atomic(tensors: dict, path: Path, metadata: dict) -> None:
-    """A safetensors file under a temporary name, then renamed: readers see the whole file or none."""
-    tmp = temp_name(path)
-    try:
-        save_safetensors(tensors, tmp, metadata)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors writes 0600; a cache is read by whoever trains
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A safetensors file under a hidden temporary name beside it, fsynced and renamed (`files.atomic`): readers
+    see the whole file or none."""
+    temp = temp_for(path)
+    with staged() as pairs:
+        pairs.append((temp, path))
+        save_safetensors(tensors, temp, metadata)
+        os.chmod(temp, 0o666 & ~_UMASK)  # safetensors writes 0600; a cache is read by whoever trains
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = temp_name(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def remove_temporaries(out: Path) -> int:
-    """Delete the temporary files an interrupted run left (only .*.tmp names, in the cache's own folders)."""
-    found = [p for folder in (out, out / CLIPS) if folder.is_dir() for p in folder.glob(".*.tmp")]
-    found += list((out / WORK).rglob(".*.tmp")) if (out / WORK).is_dir() else []
+    """Delete the temporary files an interrupted run left (`files.atomic` names, in the cache's own folders)."""
+    found = [p for folder in (out, out / CLIPS) if folder.is_dir() for p in folder.glob(TEMPS)]
+    found += list((out / WORK).rglob(TEMPS)) if (out / WORK).is_dir() else []
     for path in found:
         path.unlink(missing_ok=True)
     return len(found)
@@ -144,10 +133,7 @@ def read_manifest(out: Path) -> dict | None:
     path = out / MANIFEST
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise CacheError(f"{path}: not valid JSON ({err}); {FIX}") from None
+    data = parse_json(path.read_bytes(), str(path), CacheError, FIX)
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         raise CacheError(f"{path}: not a Plan-X prepared cache (format must be {CACHE_FORMAT!r}); {FIX}")
     if data.get("version") != CACHE_VERSION:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ import av
 import av.logging
 import cv2
 import numpy as np
+
+from ..files.jsontext import decode_text, parse_json
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".gif")
 FPS_TOLERANCE = 1e-3  # an fps up to 0.1% above the source's counts as equal (29.97 vs 30 does not)
@@ -68,9 +69,10 @@ def _sidecar(video: Path) -> tuple[str, str, str | None]:
     if not txt.is_file():
         return "", "", f"caption missing (no {txt.name} beside the video)"
     try:
-        lines = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        return "", "", f"caption unreadable ({txt.name}: {err})"
+        text = decode_text(txt.read_bytes(), txt.name, SourceError, "save it as UTF-8 text")
+    except (OSError, SourceError) as err:
+        return "", "", f"caption unreadable ({err})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 2:
         return "", "", f"caption has {len(lines)} lines ({txt.name} holds one scene line and one motion line)"
     scene, motion = (lines + ["", ""])[:2]
@@ -79,15 +81,16 @@ def _sidecar(video: Path) -> tuple[str, str, str | None]:
 
 def _jsonl(path: Path) -> list[Source]:
     found = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text = decode_text(path.read_bytes(), str(path), SourceError, "save the captions as UTF-8 JSONL")
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path.name} line {number}"
         try:
-            row = json.loads(line)
+            row = parse_json(line, where, SourceError, 'write one {"path", "scene", "motion"} object per line')
             if not isinstance(row, dict) or not isinstance(row.get("path"), str):
-                raise ValueError('no "path" string')
-        except ValueError as err:
+                raise SourceError(f'{where} has no "path" string')
+        except SourceError as err:
             found.append(Source(where, path, problem=f"bad JSONL line ({err})"))
             continue
         video = (path.parent / row["path"]).resolve()
