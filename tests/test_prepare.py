@@ -183,6 +183,16 @@ def test_a_changed_vae_is_refused_and_a_copied_bundle_is_not(one_rank, videos, t
     with pytest.raises(prepare.CacheError, match="vae.safetensors changed"):
         open_cache(out).check_bundle(other)
     open_cache(out).check_bundle(EMBEDDED)
+    edited = tmp_path / "edited"  # an edited caption remakes that video's clips, and only those
+    shutil.copytree(videos, edited)
+    (edited / "bikes.txt").write_text("cyclists on a city street.\npeople ride bikes from right to left.\n")
+    assert prepare.main([str(edited), "--out", str(out), *OPTIONS]) == 0
+    assert "2 new, 2 kept" in capsys.readouterr().out
+    motions = {c.meta["source"]: c.motion for c in open_cache(out)}
+    assert motions == {
+        "bikes.mp4": "people ride bikes from right to left.",
+        "bigbuckbunny.mp4": motions["bigbuckbunny.mp4"],
+    }
 
 
 @needs_clips

@@ -282,13 +282,14 @@ def run(args) -> int:
         if ranks.rank == 0:
             start_folder(out, args.rebuild, manifest)
         ranks.gather(None)  # nobody writes a clip before the folder is ready
-        mine = pending(out, jobs[ranks.rank :: ranks.world], fp["digest"])
+        by_key = {s.key: s for s in sources}
+        mine = pending(out, jobs[ranks.rank :: ranks.world], fp["digest"], by_key)
         label = f" [rank 0's share of {ranks.world}]" if ranks.world > 1 else ""
         encoder = Encoder(
             out,
             bundle,
             settings,
-            {s.key: s for s in sources},
+            by_key,
             videos,
             digest=fp["digest"],
             device=ranks.device,

@@ -141,8 +141,8 @@ def read_manifest(out: Path) -> dict | None:
     return data
 
 
-def clip_digest(path: Path) -> str | None:
-    """The fingerprint digest a clip file was written under; None when the file is missing or damaged."""
+def clip_meta(path: Path) -> dict | None:
+    """A complete clip file's metadata (from its header); None when the file is missing or damaged."""
     try:
         header = check_safetensors_header(path)
     except (OSError, CheckpointError):
@@ -150,7 +150,12 @@ def clip_digest(path: Path) -> str | None:
     meta = header.get("__metadata__") or {}
     if meta.get("planx_format") != CLIP_FORMAT or not set(TENSORS) <= set(header):
         return None
-    return meta.get("fingerprint")
+    return meta
+
+
+def clip_digest(path: Path) -> str | None:
+    """The fingerprint digest a clip file was written under; None when the file is missing or damaged."""
+    return (clip_meta(path) or {}).get("fingerprint")
 
 
 # ----------------------------------------------------------------------------- the reader

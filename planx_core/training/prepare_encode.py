@@ -27,7 +27,7 @@ from ..tatok.files import load_tatok
 from ..tatok.model import frames_to_nchw
 from ..wan.text_encoder import join_prompt, load_text_encoder
 from ..wan.vae_files import load_vae
-from .prepare_cache import CLIP_FORMAT, CLIPS, WORK, clip_digest, save_atomic
+from .prepare_cache import CLIP_FORMAT, CLIPS, WORK, clip_meta, save_atomic
 from .prepare_sources import Probe, Source, SourceError, choose_bucket, crop_box, decode, probe, resample
 
 
@@ -72,7 +72,7 @@ class Encoder:
         self.quiet, self.label = run["quiet"], run["label"]
         self.fps, self.frames = settings["fps"], settings["frames"]
         self.buckets = [tuple(int(v) for v in b.split("x")) for b in settings["buckets"]]
-        self.probes: dict[str, Probe] = {}
+        self.probes: dict[str, tuple[Probe, list[int]]] = {}
         self.dropped: dict[str, dict] = {}
 
     # -- helpers ---------------------------------------------------------------------------
@@ -80,7 +80,8 @@ class Encoder:
         return self.out / WORK / kind / f"{name}.safetensors"
 
     def _text_file(self, key: str) -> Path:
-        return self._work("text", hashlib.sha1(key.encode()).hexdigest()[:16])
+        prompt = join_prompt(self.sources[key].scene, self.sources[key].motion)  # an edited caption: a new file
+        return self._work("text", hashlib.sha1(f"{key}\n{prompt}".encode()).hexdigest()[:16])
 
     def _bar(self, jobs, phase: str):
         return tqdm(jobs, desc=f"prepare {phase}{self.label}", unit="clip", disable=self.quiet, dynamic_ncols=True)
@@ -90,13 +91,12 @@ class Encoder:
 
     def _geometry(self, job: Job):
         """(source frame indices of the clip, probe, crop box, bucket)."""
-        video = self.videos[job.key]
         if job.key not in self.probes:
-            self.probes[job.key] = probe(self.sources[job.key].path)
-        found = self.probes[job.key]
-        picks = resample(found.times, self.fps)
-        if len(picks) != video.frames:
-            raise SourceError(f"undecodable (probing gave {len(picks)} frames, then {video.frames}: unstable file)")
+            found = probe(self.sources[job.key].path)
+            self.probes[job.key] = found, resample(found.times, self.fps)
+        found, picks = self.probes[job.key]
+        if len(picks) != self.videos[job.key].frames:
+            raise SourceError(f"undecodable (it gave {self.videos[job.key].frames} frames, now {len(picks)})")
         bucket = choose_bucket(found.width, found.height, self.buckets)
         return picks[job.start : job.start + self.frames], found, crop_box(found.width, found.height, bucket), bucket
 
@@ -196,6 +196,15 @@ class Encoder:
         }
 
 
-def pending(out: Path, jobs: list[Job], digest: str) -> list[Job]:
-    """The jobs without a complete clip file written under this fingerprint."""
-    return [j for j in jobs if clip_digest(out / CLIPS / f"{j.name}.safetensors") != digest]
+def is_done(path: Path, digest: str, source: Source) -> bool:
+    """A complete clip file written under this fingerprint, from the caption the source has now."""
+    meta = clip_meta(path) or {}
+    return meta.get("fingerprint") == digest and (meta.get("scene"), meta.get("motion")) == (
+        source.scene,
+        source.motion,
+    )
+
+
+def pending(out: Path, jobs: list[Job], digest: str, sources: dict[str, Source]) -> list[Job]:
+    """The jobs still to make: no complete clip file under this fingerprint and caption."""
+    return [j for j in jobs if not is_done(out / CLIPS / f"{j.name}.safetensors", digest, sources[j.key])]

@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from .prepare_cache import CLIPS, DROPPED, MANIFEST, WORK, clip_digest, write_json_atomic
-from .prepare_encode import Job, Video, clip_name
+from .prepare_cache import CLIPS, DROPPED, MANIFEST, WORK, write_json_atomic
+from .prepare_encode import Job, Video, clip_name, is_done
 from .prepare_sources import FPS_TOLERANCE, Source, SourceError, choose_bucket, clip_starts, crop_box, probe, resample
 
 
@@ -128,7 +128,7 @@ def finish(
     clips = []
     for job in jobs:
         file = f"{CLIPS}/{job.name}.safetensors"
-        if clip_digest(out / file) != digest:
+        if not is_done(out / file, digest, sources[job.key]):
             if (job.key, job.start) not in dropped_names:
                 drops.append(_drop(job.key, "not written (a rank stopped early); rerun the command", job.start))
             continue
