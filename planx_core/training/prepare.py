@@ -14,7 +14,10 @@ default to the bundle's video (bundle.json); impossible ones are refused before 
 The encoders are run one at a time (`prepare_encode`). Under torchrun, rank r makes every
 world-size-th clip and rank 0 writes the manifest; a rerun skips the clips already made.
 
-The cache (`--out`), a contract the training stages read through `open_cache` (`prepare_cache`):
+The cache (`--out`), a contract the training stages read through `open_cache(folder)` (`prepare_cache`; no
+PyAV needed): a `PreparedCache` with `clips` (the manifest's entries), `model`, `settings`, `len()`, `[i]` ->
+`PreparedClip` (the five tensors below and `meta`), and `check_bundle(folder)`, which refuses encoders other
+than the cache's:
 
     manifest.json   {"format": "planx.prepared", "version": 1, "complete": bool (false until a run ends),
                      "fingerprint": {"digest": 16 hex, "settings": {fps, frames, stride, max_clips, buckets
