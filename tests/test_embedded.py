@@ -11,7 +11,7 @@ import pytest
 from planx_core import EMBEDDED, world
 from planx_core.pipelines.bundle import load_bundle
 from planx_core.pipelines.planx import PlanXPipeline
-from planx_core.tatok.model import plan_from_video
+from planx_core.tatok import plan_from_video
 from planx_core.world import score as world_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -36,12 +36,11 @@ from planx_core.tatok.files import (
 from planx_core.tatok.model import (
     TATok,
     TATokConfig,
-    frames_to_nchw,
     nearest_codes,
-    plan_from_video,
     pool_scale_for,
     pool_tokens,
 )
+from planx_core.tatok.video import frames_to_nchw, plan_from_video
 
 TINY = TATokConfig.tiny()
 

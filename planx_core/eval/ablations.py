@@ -46,7 +46,7 @@ from ..pipelines.bundle import EMBEDDED, load_bundle
 from ..pipelines.planx import FirstFrame, PlanXPipeline
 from ..plan.core import Plan
 from ..semantic_branch import load_branch
-from ..tatok.model import plan_from_video
+from ..tatok import plan_from_video
 from ..wan.dit_files import load_dit
 from ..world import score as world_score
 

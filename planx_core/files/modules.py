@@ -11,6 +11,7 @@ they never change (old files keep loading).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 
@@ -73,6 +74,47 @@ def config_in_metadata(metadata: Mapping[str, str], key: str, path: PathLike, fi
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the '{key}' metadata is not a JSON object (a {type(config).__name__}); {fix}")
     return config
+
+
+_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _fits(annotation: str, value) -> bool:
+    """Whether `value` (from JSON) fits a field annotated int, float, str, bool, `X | None` or
+    `tuple[X, ...]` (a JSON list); a bool is no number; other annotations are left to the dataclass."""
+    if annotation.endswith(" | None"):
+        return value is None or _fits(annotation[: -len(" | None")], value)
+    if annotation.startswith("tuple[") and annotation.endswith(", ...]"):
+        inner = annotation[len("tuple[") : -len(", ...]")]
+        return isinstance(value, (list, tuple)) and all(_fits(inner, v) for v in value)
+    if annotation not in _KINDS:
+        return True
+    return isinstance(value, _KINDS[annotation]) and (annotation == "bool" or not isinstance(value, bool))
+
+
+def check_field_types(cls, data: Mapping, source, what: str, fix: str) -> None:
+    """Refuse stored config values of the wrong JSON type (a list for a number, null for a size) with a
+    CheckpointError naming the field, before the dataclass or the model builder sees them."""
+    for f in dataclasses.fields(cls):
+        if f.name in data and not _fits(str(f.type), data[f.name]):
+            raise CheckpointError(
+                f"{source or what}: {what} field {f.name!r} should be {f.type}, not {data[f.name]!r}; {fix}"
+            )
+
+
+def build_config(cls, data: Mapping, source, what: str, fix: str):
+    """A config dataclass from stored fields: unknown fields (a newer Plan-X wrote the file) and values the
+    dataclass refuses (wrong type, out of the limits) both become a CheckpointError naming `source` and `fix`."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise CheckpointError(
+            f"{source or what}: unknown {what} fields {unknown}; the file was written by a newer Plan-X, update Plan-X"
+        )
+    check_field_types(cls, data, source, what, fix)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source or what}: not a valid {what} ({err}); {fix}") from None
 
 
 def load_module(

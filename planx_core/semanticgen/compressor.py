@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files.modules import (
+    build_config,
     config_in_metadata,
     describe_file_kind,
     file_metadata,
@@ -100,13 +101,7 @@ class CompressorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping, source: PathLike | None = None) -> CompressorConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise CheckpointError(
-                f"{source or 'compressor config'}: unknown compressor config fields {unknown}; the "
-                f"file was written by a newer Plan-X, update Plan-X"
-            )
-        return cls(**data)
+        return build_config(cls, data, source, "compressor config", "train or export the compressor again")
 
     @classmethod
     def tiny(cls, dim: int = 8) -> CompressorConfig:

@@ -14,9 +14,8 @@ from .model import (
     TATokConfig,
     codebook_digest,
     codebook_vectors,
-    frames_to_nchw,
-    plan_from_video,
 )
+from .video import frames_to_nchw, plan_from_video
 
 __all__ = [
     "TATok",

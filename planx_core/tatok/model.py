@@ -11,7 +11,7 @@ checkpoint uses) -> penultimate hidden state, 27x27x1152 -> average pooling with
 column) -> `encode_task_layer` Linear+Tanh -> `bottleneck.in_linear` to 1536 -> cosine-nearest
 code in the 65536x1536 codebook `normalize(embedding_proj(embedding.weight))`.
 
-Loading, saving and the converter from the released `ta_tok.pth` live in `tokenizer_files`.
+Loading, saving and the converter from the released `ta_tok.pth` live in `files`; video -> plan in `video`.
 
 Differences from Tar, on purpose:
 - Only the encoder half is kept. The released `ta_tok.pth` also holds the feature de-tokenizer
@@ -35,13 +35,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..files.safetensors import CheckpointError, PathLike
+from ..files.modules import build_config
+from ..files.safetensors import PathLike
 from ..limits import check_config
 
 _SIMILARITY_BLOCK = 1 << 26  # similarities computed at once by nearest_codes (256 MB in float32)
@@ -95,6 +96,12 @@ class TATokConfig:
                 f"TATokConfig {self.name!r}: select_layer {self.select_layer} picks no encoder layer "
                 f"output of a {self.num_hidden_layers}-layer model (use -2 for the penultimate)"
             )
+        from transformers.activations import ACT2CLS
+
+        if self.hidden_act not in ACT2CLS:
+            raise ValueError(
+                f"TATokConfig {self.name!r}: hidden_act {self.hidden_act!r} is not an activation transformers knows"
+            )
 
     @property
     def patch_grid(self) -> int:
@@ -128,14 +135,7 @@ class TATokConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping, source: PathLike | None = None) -> TATokConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(
-                f"{source or 'TA-Tok config'}: unknown TA-Tok config fields {unknown}; the file "
-                f"was written by a newer Plan-X, update Plan-X or re-convert the file"
-            )
-        return cls(**data)
+        return build_config(cls, data, source, "TA-Tok config", "re-convert the file")
 
     @classmethod
     def so400m(cls) -> TATokConfig:
@@ -388,63 +388,6 @@ def codebook_digest(embedding: torch.Tensor, proj_weight: torch.Tensor, proj_bia
         h.update(repr(tuple(arr.shape)).encode())
         h.update(memoryview(arr).cast("B"))
     return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- video -> plan
-
-
-def frames_to_nchw(frames) -> torch.Tensor:
-    """Frames `[T, H, W, 3]` (ComfyUI IMAGE) or `[T, 3, H, W]`, float [0, 1] or uint8 -> float `[T, 3, H, W]`."""
-    frames = torch.as_tensor(frames)
-    if frames.ndim != 4 or 3 not in (frames.shape[1], frames.shape[-1]):
-        raise ValueError(f"video frames must be [T, H, W, 3] or [T, 3, H, W], got {list(frames.shape)}")
-    if frames.shape[-1] == 3:  # channels-last wins when both axes are 3 (ComfyUI's IMAGE layout)
-        frames = frames.permute(0, 3, 1, 2)
-    return to_unit_images(frames)  # [T, 3, H, W]
-
-
-def plan_from_video(
-    tatok: TATok,
-    frames,
-    fps: float,
-    *,
-    keyframe_rate: float = 2.0,
-    grid: int = 9,
-    codebook_name: str = "ta-tok",
-    width: int | None = None,
-    height: int | None = None,
-    batch_size: int = 8,
-    provenance=None,
-):
-    """Encode the frames at the keyframe times (frame round(t * fps)) into a `Plan` of grid x grid tokens.
-
-    Keyframes fall every 1/keyframe_rate s (`plan.keyframe_times`); when fps is below the rate, times
-    that land on an already used frame are skipped. width/height default to the frames' size.
-    """
-    from ..plan.core import Provenance, make_plan
-    from ..plan.timing import keyframe_frames
-
-    frames = torch.as_tensor(frames)
-    shape = frames_to_nchw(frames[:1]).shape  # checks the layout on one frame: [1, 3, H, W]
-    count = frames.shape[0]
-    times, indices = keyframe_frames(count, fps, keyframe_rate)
-    tokens = torch.cat(
-        [
-            tatok.encode(frames_to_nchw(frames[indices[i : i + batch_size]]), grid=grid)
-            for i in range(0, len(indices), batch_size)
-        ]
-    )  # [K, g*g]; only keyframes are converted
-    return make_plan(
-        tokens,
-        times=times,
-        fps=fps,
-        num_frames=count,
-        width=width or shape[-1],
-        height=height or shape[-2],
-        codebook=tatok.identity(codebook_name),
-        grid=(grid, grid),
-        provenance=provenance or Provenance(planner=f"encoded from video ({tatok.config.name})"),
-    )
 
 
 def codebook_vectors(token_ids: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from ..plan.timing import keyframe_frames
+from ..tatok import frames_to_nchw
 from ..tatok.files import load_tatok
-from ..tatok.model import frames_to_nchw
 from ..wan.text_encoder import join_prompt, load_text_encoder
 from ..wan.vae_files import load_vae
 from .prepare_cache import CLIP_FORMAT, CLIPS, WORK, clip_meta, save_atomic

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..files.modules import config_in_metadata, save_module
+from ..files.modules import check_field_types, config_in_metadata, save_module
 from ..files.safetensors import (
     FLOAT8_DTYPES,
     LORA_KEY,
@@ -319,6 +319,7 @@ def _stored_config(config: VAEConfig | str | None, header: dict, shapes: Mapping
     raw = config_in_metadata(header.get("__metadata__") or {}, METADATA_KEY, path, fix)
     if raw is None:
         return infer_vae_config(shapes, path)
+    check_field_types(VAEConfig, raw, path, "VAE config", fix)
     try:
         return VAEConfig.from_dict(raw)
     except (ValueError, TypeError) as e:

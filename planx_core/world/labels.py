@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import world
-from ..tatok.model import frames_to_nchw
+from ..tatok import frames_to_nchw
 from .tiny import ANCHOR_WORDS
 
 BACKGROUND_CODE = ANCHOR_WORDS.index("background")

@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-EDIT_NODE = 3  # PlanX_EditPlanTokens in workflows/planx_edit_plan.json
+EDIT_NODE = 3  # PlanX_EditPlanTokens in workflows/Plan-X edit a plan.json
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def _drag(page, start: dict, end_x: float) -> None:
 
 
 def test_editor_edits_survive_save_and_reload_and_reach_the_sampler(browser, comfy_server, tmp_path):
-    workflow = json.loads((ROOT / "workflows" / "planx_edit_plan.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / "Plan-X edit a plan.json").read_text())
     page = _open(browser, comfy_server)
     _load(page, workflow)
     first = _saved_plan(comfy_server, _run(page, comfy_server))
