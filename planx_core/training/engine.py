@@ -62,7 +62,7 @@ class Trainer:
         self.args, self.ranks, self.out = args, ranks, Path(args.out)
         self.log = Log(self.out, ranks.main)
         self.stop_requested = self.stopping = self.save_due = False
-        self.live_sha, self._synced = None, None
+        self.live_sha, self._synced, self.saved_at = None, None, time.monotonic()
         self.folder = checkpoint.newest(self.out) if args.resume else None
         saved = checkpoint.read_state(self.folder) if self.folder else None
         if saved:
@@ -305,6 +305,8 @@ class Trainer:
             resumed_from=str(self.folder) if self.folder else None,
             argv=getattr(a, "argv", sys.argv[1:]),
         )
+        if a.eval_loss_every and self.step < a.steps:
+            self.eval_loss()  # where this segment starts from
         self.saved_at = tick = time.monotonic()
         losses: list[float] = []
         bar = Progress(self.step, a.steps, r.main and a.progress, a.stage)

@@ -17,6 +17,7 @@ parameter names) recomputes each unit's first module in the backward pass.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import sys
@@ -72,8 +73,8 @@ def setup(args) -> Ranks:
     owned = False
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-        if launched:
-            dist.init_process_group(backend, init_method="env://")
+        if launched:  # ranks wait in a collective while rank 0 evaluates: allow an hour
+            dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(minutes=60))
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         owned = True

@@ -122,7 +122,8 @@ def plot_curves(log: Path, png: Path, title: str = "") -> Path | None:
 def _panels(train, evals) -> list[tuple[str, list]]:
     width = max(1, len(train) // 20)
     smooth = list(zip([s for s, _ in train], running_mean([v for _, v in train], width)))
-    panels = [("training loss", [("logged", train, (170, 170, 170)), (f"mean of {width}", smooth, COLOURS[0])])]
+    logged = [("logged", train, (170, 170, 170) if width > 1 else COLOURS[0])]
+    panels = [("training loss", logged + ([(f"mean of {width}", smooth, COLOURS[0])] if width > 1 else []))]
     if evals:
         ordered = sorted(evals, key=float)
         series = [(f"sigma {s}", evals[s], COLOURS[i % len(COLOURS)]) for i, s in enumerate(ordered)]

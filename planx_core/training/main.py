@@ -178,6 +178,7 @@ def check_settings(args, world: int) -> None:
         args.batch = 4
     if args.batch < 1:
         raise StageError("--batch must be >= 1")
+    STAGES[args.stage].check_args(args, world)
     if args.preview_every and STAGES[args.stage].preview is None:
         raise StageError(f"--preview-every: the {args.stage} stage has no preview renders")
     for name in ("log_every", "eval_every", "eval_loss_every", "preview_every"):

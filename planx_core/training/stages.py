@@ -30,14 +30,16 @@ It provides:
 * `evaluate() -> dict`, `eval_losses(sigmas) -> dict | None` (flow stages: the loss at fixed noise
   levels, `engine_eval.flow_losses`), `preview(out, step)` (optional renders),
 * `export(out)`: the runtime files; `init_from(path)`; `fingerprint()`: settings that must match
-  to resume; `add_arguments(parser)`: its own options.
+  to resume; `add_arguments(parser)`: its own options; `check_args(args, world)` (a classmethod):
+  refusals of impossible options before anything is loaded.
 
 `replica` (default True) says where evaluation and export run: the engine trains a sharded copy
 of `module` and, before `evaluate`, `eval_losses`, `preview` and `export`, loads the trained (or
 EMA) weights into `module` itself on rank 0, so those methods use plain modules. A stage with a
 large frozen base sets `replica = False`: `module` itself is sharded, `evaluate`, `eval_losses`
 and `preview` run on every rank (FSDP gathers weights inside forward: take the same calls on
-every rank), and `export_state(out, state)` gets the full trainable state on rank 0.
+every rank; write files on rank 0 only), and `export_state(out, state)` gets the full trainable
+state on rank 0.
 
 TA-Tok stage. There is no SigLIP2 teacher in this world, so TA-Tok is not distilled as in Tar:
 each pooled 9x9 cell of a keyframe is taught the word it shows (`cell_labels`: a colour, "wall"
@@ -133,6 +135,11 @@ class Stage:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Add this stage's own options. Options shared by stages (--tatok) live in `train.parse_args`;
         a re-declared option replaces the earlier one (the parser resolves conflicts), so keep meanings equal."""
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace, world_size: int) -> None:
+        """Refuse impossible options before anything is loaded (raise StageError naming the option to change):
+        e.g. frames that are not 4n+1, a size the model cannot take, a cache built for another model."""
 
     def __init__(self, ctx: StageContext):
         self.ctx, self.args = ctx, ctx.args
