@@ -22,6 +22,7 @@ import folder_paths
 import torch
 
 from planx_core import EMBEDDED
+from planx_core.files import plain_entry
 from planx_core.pipelines import FILES, load_bundle
 from planx_core.plan import Plan, PlanError
 from planx_core.semanticgen import FILES as SEMANTICGEN_FILES
@@ -81,9 +82,16 @@ def branch_choices() -> list[str]:
 
 
 def folder_for(choice: str) -> Path:
-    """The folder behind a planner / bundle choice; a clear error when it is gone."""
+    """The folder behind a planner / bundle choice; a clear error when it is gone or is not an entry of the
+    folder (`..`, an absolute path typed into a workflow). An entry that is a symlink the user made (a model
+    on another disk) is followed, as ComfyUI does; the bundle then loads only its own files."""
     if choice == EMBEDDED_CHOICE:
         return EMBEDDED
+    if not plain_entry(choice):
+        raise FileNotFoundError(
+            f"model folder {choice!r} is not an entry of models/{FOLDER} (an absolute path or '..'); pick an entry "
+            f"from the list, or move the folder into models/{FOLDER}"
+        )
     for root in planx_dirs():
         if (root / choice).is_dir():
             return root / choice

@@ -14,6 +14,7 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
+from planx_core.files import within, write_text_atomic
 from planx_core.pipelines import load_plan_file
 from planx_core.plan import PlanError
 
@@ -46,15 +47,15 @@ class SavePlan(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan, filename_prefix) -> io.NodeOutput:
-        output = os.path.abspath(folder_paths.get_output_directory())
-        if os.path.commonpath([os.path.abspath(os.path.join(output, filename_prefix)), output]) != output:
+        output = folder_paths.get_output_directory()
+        if within(output, filename_prefix) is None:
             raise ValueError(
-                f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative path such as planx/plan"
+                f"filename_prefix {filename_prefix!r} leaves the output folder (an absolute path, '..', or a "
+                f"symlinked folder pointing out); use a relative path such as planx/plan"
             )
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output)
         filename = f"{name}_{counter:05}_{PLAN_SUFFIX}"
-        with open(os.path.join(folder, filename), "w", encoding="utf-8") as handle:
-            handle.write(plan.to_json(indent=1))
+        write_text_atomic(within(output, os.path.join(subfolder, filename)), plan.to_json(indent=1))
         keyframes = len(plan.keyframes)
         saved = {
             "filename": filename,
@@ -90,10 +91,9 @@ def _input_plans() -> list[str]:
 
 
 def _input_path(name: str) -> str | None:
-    root = os.path.abspath(folder_paths.get_input_directory())
-    path = os.path.abspath(os.path.join(root, name))
-    inside = os.path.commonpath([path, root]) == root
-    return path if inside and os.path.isfile(path) else None
+    """The plan file's real path when it is a file inside the input folder (symlinks pointing out refused)."""
+    path = within(folder_paths.get_input_directory(), name)
+    return str(path) if path is not None and path.is_file() else None
 
 
 def not_a_plan(path: str, name: str) -> str | None:

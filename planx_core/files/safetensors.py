@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .jsontext import parse_json
+from .paths import within
 
 PathLike = str | os.PathLike
 FLOAT8_DTYPES = tuple(
@@ -194,11 +195,11 @@ def _read_one(path: Path, cast) -> dict[str, torch.Tensor]:
 def inside(folder: Path, name: str, source: Path, what: str) -> Path:
     """`folder / name`, refused (CheckpointError) when its real path leaves `folder` (.., an absolute path, a
     symlink pointing out): a model folder only ever loads its own files."""
-    root = folder.resolve()
-    path = (folder / name).resolve()
-    if not path.is_relative_to(root):
+    path = within(folder, name)
+    if path is None:
         raise CheckpointError(
-            f"{source}: {what} {name!r} is outside {folder} (it resolves to {path}); a model folder may only name "
+            f"{source}: {what} {name!r} is outside {folder} (it resolves to {(folder / name).resolve()}); a model "
+            f"folder may only name "
             f"its own files: move the file into the folder, or fix the name"
         )
     return path

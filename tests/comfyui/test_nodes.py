@@ -535,6 +535,24 @@ def test_save_and_load_plan_stay_inside_comfyui_folders(nodes, embedded, tmp_pat
     assert nodes["PlanX_LoadPlan"].validate_inputs("../output/planx/" + saved["filename"]) != True  # noqa: E712
     with pytest.raises(ValueError, match="output folder"):
         nodes["PlanX_SavePlan"].execute(plan, "../../escape")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "theirs.plan.json").write_bytes(path.read_bytes())
+    (tmp_path / "input" / "linked.plan.json").symlink_to(outside / "theirs.plan.json")
+    (tmp_path / "output" / "linked").symlink_to(outside, target_is_directory=True)
+    assert "input folder" in nodes["PlanX_LoadPlan"].validate_inputs("linked.plan.json")
+    with pytest.raises(ValueError, match="output folder"):
+        nodes["PlanX_SavePlan"].execute(plan, "linked/plan")
+    assert sorted(p.name for p in outside.iterdir()) == ["theirs.plan.json"]  # nothing written through the link
+    assert not list((tmp_path / "output" / saved["subfolder"]).glob(".*"))  # no temp left beside the saved plan
+
+
+def test_model_choices_are_entries_of_the_models_folder():
+    from planx_pack.nodes.model_files import folder_for
+
+    for typed in ("../..", "/etc", "planx/../../x"):
+        with pytest.raises(FileNotFoundError, match="not an entry"):
+            folder_for(typed)
 
 
 def test_encode_video_to_plan_reads_the_frames(nodes, embedded):
