@@ -293,7 +293,7 @@ def test_an_interrupted_generate_leaves_the_old_outputs(previous_run, tmp_path, 
         real = Plan.to_json
         monkeypatch.setattr(Plan, "to_json", lambda self, indent=None: (_ for _ in ()).throw(KeyboardInterrupt))
     elif point == "commit":
-        monkeypatch.setattr(atomic, "_fsync", interrupt)
+        monkeypatch.setattr(atomic, "fsync_file", interrupt)
     else:
         monkeypatch.setattr(commands, point, interrupt)
     with pytest.raises(KeyboardInterrupt):

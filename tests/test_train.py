@@ -227,6 +227,40 @@ def test_resume_equals_a_straight_run(tmp_path, stage):
     assert a and a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
 
 
+def test_a_run_killed_between_the_checkpoint_renames_resumes_from_the_newer_copy(tmp_path, monkeypatch):
+    """Killed after `checkpoint` -> `checkpoint.old` and before `checkpoint.tmp` -> `checkpoint`: the run
+    resumes from the newer copy, a save that dies while writing keeps it, and the next one completes."""
+    import shutil
+
+    from planx_core.training import checkpoint
+
+    out, straight = tmp_path / "out", tmp_path / "straight"
+    run_in_process("tatok", out, 2)
+    shutil.copytree(out / "checkpoint", tmp_path / "step2")
+    run_in_process("tatok", out, 3)
+    (out / "checkpoint").rename(out / "checkpoint.tmp")
+    (tmp_path / "step2").rename(out / "checkpoint.old")
+    assert checkpoint.newest(out) == out / "checkpoint.tmp"
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.dcp, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process("tatok", out, 4)
+    assert checkpoint.read_state(checkpoint.newest(out))["step"] == 3, "the save that died took the good copy"
+    monkeypatch.undo()
+    run_in_process("tatok", out, 4)
+    run_in_process("tatok", straight, 4)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    assert checkpoint.read_state(out / "checkpoint")["step"] == 4
+    trace = [(r["step"], r["last_loss"]) for r in events(out, "step")]
+    assert [s for s, _ in trace] == [1, 2, 3, 4, 4], "step 4 trained, its save died, then trained again from 3"
+    assert np.isclose(trace[-1][1], events(straight, "step")[-1]["last_loss"], rtol=1e-6, atol=0)
+    a, b = (read_tensors(folder / "checkpoint", "model.") for folder in (out, straight))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
+
+
 def test_a_checkpoint_of_the_earlier_format_resumes(tmp_path):
     """A run checkpointed by the earlier trainer (whole tensors in safetensors, frozen ones too) goes on."""
     from planx_core.files.safetensors import save_safetensors

@@ -23,9 +23,19 @@ def temp_for(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new entries in `folder` durable (skipped where the filesystem cannot sync a folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -45,17 +55,12 @@ def signals_held() -> Iterator[None]:
 def commit(pairs: list[tuple[Path, Path]]) -> list[Path]:
     """fsync every (temp, target) temp, then rename them all onto their targets, signals held; the targets."""
     for temp, _ in pairs:
-        _fsync(temp)
+        fsync_file(temp)
     with signals_held():
         for temp, target in pairs:
             os.replace(temp, target)
     for folder in {target.parent for _, target in pairs}:
-        with contextlib.suppress(OSError):  # not every filesystem syncs a directory
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_dir(folder)
     return [target for _, target in pairs]
 
 

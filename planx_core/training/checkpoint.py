@@ -14,10 +14,11 @@ A checkpoint is the folder `<out>/checkpoint/`:
 
 Every rank writes its shards into `checkpoint.tmp/`; rank 0 then writes state.json and swaps the
 folders (`checkpoint` -> `checkpoint.old`, `checkpoint.tmp` -> `checkpoint`, the old one removed),
-so the last good checkpoint stays until the new one is complete, and `newest` picks the complete
-folder with the highest step of the three. DCP's `.metadata` is a pickle: load only run folders
-you made. Checkpoints of earlier versions (`model.safetensors` + `optim.safetensors`, all tensors
-whole) still resume (`read_legacy`).
+so the last good checkpoint stays until the new one is complete and fsynced, and `newest` picks the
+complete folder with the highest step of the three. A run killed between the two renames resumes
+from `checkpoint.tmp`; its next save first moves that copy back to `checkpoint` (`settle`). DCP's
+`.metadata` is a pickle: load only run folders you made. Checkpoints of earlier versions
+(`model.safetensors` + `optim.safetensors`, all tensors whole) still resume (`read_legacy`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from ..files.atomic import fsync_dir, fsync_file, signals_held
+from ..files.atomic import write_text as write_text_atomic
 from ..files.safetensors import CheckpointError, read_safetensors, save_safetensors
 
 FOLDER = "checkpoint"
@@ -77,25 +80,45 @@ def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> Non
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
+def settle(out: Path) -> None:
+    """After a run killed mid-swap, make `checkpoint/` the newest complete copy again (rank 0, before a save):
+    a save removes `checkpoint.tmp` and `checkpoint.old` first, so neither may hold the only good copy."""
+    out = Path(out)
+    best, final = newest(out), out / FOLDER
+    if best is None or best == final:
+        return
+    with signals_held():
+        if final.exists():
+            final.rename(out / f"{FOLDER}.stale")
+        best.rename(final)
+        shutil.rmtree(out / f"{FOLDER}.stale", ignore_errors=True)
+    fsync_dir(out)
+
+
 def save(out: Path, state: dict, info: dict, *, rank: int, device: torch.device) -> Path:
-    """Write `<out>/checkpoint/` from every rank (a collective); `info` goes into state.json."""
+    """Write `<out>/checkpoint/` from every rank (a collective); `info` goes into state.json. Every file is
+    fsynced before the swap; the previous checkpoint is removed only after the new one is in place."""
     out = Path(out)
     tmp, final, old = (out / n for n in (f"{FOLDER}.tmp", FOLDER, f"{FOLDER}.old"))
     if rank == 0:
+        settle(out)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
     dcp.save(state, checkpoint_id=tmp)
     save_safetensors(rng_states(device), tmp / f"rng_rank{rank}.safetensors")
     dist.barrier()
     if rank == 0:
+        for file in tmp.iterdir():
+            fsync_file(file)
         record = {**info, "format": "dcp", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (tmp / "state.json.part").write_text(json.dumps(record, indent=1, default=str))
-        (tmp / "state.json.part").rename(tmp / "state.json")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
+        write_text_atomic(tmp / "state.json", json.dumps(record, indent=1, default=str))
+        with signals_held():  # a checkpoint named `checkpoint` exists at every moment but between these two
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+        fsync_dir(out)
         shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
