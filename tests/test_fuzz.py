@@ -3,7 +3,7 @@ configs stored in our files' metadata, and the command line. The only allowed ou
 boundary's own error type (PlanError, EditError, CheckpointError, BundleError, argparse's exit 2).
 
 Inputs are generated values and mutations of valid ones (a field replaced, deleted or retyped), so most cases
-reach deep into validation instead of failing at the first brace. `PLANX_FUZZ_EXAMPLES` (default 1500) sets the
+reach deep into validation instead of failing at the first brace. `PLANX_FUZZ_EXAMPLES` (default 2500) sets the
 cases per test; 20000 makes a long local run. Hypothesis runs derandomised, so a failure reproduces."""
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from planx_core.plan import EditError, Plan, PlanError, apply_edits, make_contin
 from planx_core.plan.core import CodebookId
 from planx_core.plan.edits import OPS
 
-EXAMPLES = int(os.environ.get("PLANX_FUZZ_EXAMPLES", "1500"))
+EXAMPLES = int(os.environ.get("PLANX_FUZZ_EXAMPLES", "2500"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-FEW = settings(FUZZ, max_examples=max(EXAMPLES // 3, 50))  # cases that write and load a model file
+FEW = settings(FUZZ, max_examples=max(EXAMPLES // 2, 50))  # cases that write and load a model file
 
 # ----------------------------------------------------------------------------- values and mutations
 
