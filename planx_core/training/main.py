@@ -49,6 +49,7 @@ from pathlib import Path
 
 from ..files.safetensors import CheckpointError
 from . import engine
+from .branch import BranchStage
 from .dit import DiTStage
 from .e2e import E2EStage
 from .engine_dist import Ranks, leave, setup, teardown
@@ -65,6 +66,7 @@ STAGES: dict[str, type[Stage]] = {
     "e2e": E2EStage,
     "semgen-latent": SemLatentStage,
     "semgen-semantic": SemSemanticStage,
+    "branch": BranchStage,
 }
 
 

