@@ -193,7 +193,8 @@ class BranchStage(Stage):
         precision = a.precision if a.precision != "auto" else ("bf16" if ctx.device.type == "cuda" else "fp32")
         auto = "bfloat16" if precision == "bf16" else "float32"
         base = BASE_DTYPES[auto if a.base_dtype == "auto" else a.base_dtype]
-        dit = load_dit(a.dit, dtype=base).requires_grad_(False)
+        self.empty = self._empty_text().to(ctx.device)  # [1, text_len, D]; the text encoder is freed before the DiT
+        dit = load_dit(a.dit, dtype=base).requires_grad_(False)  # on the CPU: the engine moves it while sharding
         for part in (dit.patch_embedding, dit.text_embedding, dit.time_embedding, dit.time_projection, dit.head):
             part.float()  # the root's FSDP unit (with the branch) is float32; the blocks stay in `base`
         cfg = dit.config
@@ -208,8 +209,7 @@ class BranchStage(Stage):
         )
         torch.manual_seed(a.seed)
         self.ti2v = is_ti2v(cfg)
-        self.module = BranchObjective(dit, SemanticBranch(self.branch_config), a.train_shift, self.ti2v).to(ctx.device)
-        self.empty = self._empty_text().to(ctx.device)  # [1, text_len, D]
+        self.module = BranchObjective(dit, SemanticBranch(self.branch_config), a.train_shift, self.ti2v)
         s = self.cache.settings
         self.grid = (int(s["grid"]), int(s["grid"]))
         self.buckets: dict[tuple[int, int], list[int]] = {}
@@ -229,6 +229,8 @@ class BranchStage(Stage):
             with torch.no_grad():
                 empty = encoder([join_prompt("", "")]).float().cpu()  # [1, text_len, D]
             del encoder
+            if self.ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
             save_safetensors({"empty": empty.contiguous()}, path, metadata={"bundle": str(self.bundle)})
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
