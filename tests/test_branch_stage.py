@@ -27,7 +27,7 @@ from planx_core.__main__ import main as cli  # noqa: E402
 from planx_core.files.safetensors import save_safetensors  # noqa: E402
 from planx_core.planner.files import save_planner  # noqa: E402
 from planx_core.planner.model import SemanticPlanner  # noqa: E402
-from planx_core.semantic_branch import BranchConfig, SemanticBranch, load_branch, save_branch  # noqa: E402
+from planx_core.semantic_branch import load_branch  # noqa: E402
 from planx_core.tatok.files import save_tatok  # noqa: E402
 from planx_core.training import main as train  # noqa: E402
 from planx_core.training import prepare  # noqa: E402
@@ -58,7 +58,7 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def released(tmp_path_factory) -> dict:
     """A user's files in the releases' layouts (as tests/test_real_bundle.py): a ComfyUI-prefixed bf16 TI2V DiT,
-    a Wan 2.2 VAE, a ComfyUI umT5 file with its tokenizer, a planner folder, TA-Tok, an untrained branch."""
+    a Wan 2.2 VAE, a ComfyUI umT5 file with its tokenizer, a planner folder, TA-Tok; no branch yet."""
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     dit = {f"model.diffusion_model.{k}": v.to(torch.bfloat16) for k, v in WanModel(DIT).state_dict().items()}
@@ -73,15 +73,12 @@ def released(tmp_path_factory) -> dict:
     tokenizer.save_pretrained(root / "google" / "umt5-xxl")
     save_planner(SemanticPlanner(model, tokenizer, vocab, "tar-small"), root / "Tar-small")
     save_tatok(tatok, root / "ta_tok.safetensors")
-    branch = SemanticBranch(BranchConfig(code_dim=tatok.config.bottleneck_dim, dim=64, num_heads=2, num_layers=2))
-    save_branch(branch, root / "untrained_branch.safetensors")
     return {
         "dit": root / "wan2.2_ti2v_small_bf16.safetensors",
         "vae": root / "wan2.2_vae_small.safetensors",
         "text-encoder": root / "umt5_small_bf16.safetensors",
         "planner": root / "Tar-small",
         "tatok": root / "ta_tok.safetensors",
-        "branch": root / "untrained_branch.safetensors",
     }
 
 
@@ -93,7 +90,8 @@ def assemble(files: dict, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(released, tmp_path_factory) -> dict:
-    """bikes.mp4 and bigbuckbunny.mp4 with captions, prepared with the assembled bundle: one clip each."""
+    """bikes.mp4 and bigbuckbunny.mp4 with captions, prepared with a bundle assembled without a branch (it has none
+    yet): one clip each."""
     root = tmp_path_factory.mktemp("prepared")
     bundle = assemble(released, root / "bundle")
     videos = root / "videos"

@@ -8,6 +8,8 @@ from its header first (kinds, sizes, and that the parts fit together) before any
 then each is hard-linked into the folder (copied when the folder is on another disk, or with
 `--copy`), so a bundle never points outside itself and 10 GB of weights are not duplicated.
 bundle.json takes the DiT's preset, the video and the sampling defaults from `wan.SAMPLING`.
+Without `--branch` the folder serves `prepare` and `train --stage branch` (which makes the branch);
+assemble again with `--branch` for `generate`.
 """
 
 from __future__ import annotations
@@ -44,20 +46,23 @@ def check_parts(dit: DiTConfig, args) -> dict:
     found = {"vae": vae_file_config(args.vae), "text": locate(args.text_encoder)}
     text, vae = found["text"]["config"], found["vae"]
     tatok = load_tatok(args.tatok)
-    raw = config_in_metadata(file_metadata(args.branch), BRANCH_CONFIG_KEY, args.branch, "re-export the branch")
-    if raw is None:
-        raise RealBundleError(f"{args.branch}: not a Plan-X semantic-branch file; train one for this DiT")
-    branch = branch_config_from(raw)
     checks = [
         (vae.z_dim == dit.in_dim, f"the VAE makes {vae.z_dim}-channel latents, the DiT reads {dit.in_dim}"),
         (text.d_model == dit.text_dim, f"the text encoder is {text.d_model} wide, the DiT reads {dit.text_dim}"),
-        (branch.code_dim == tatok.config.bottleneck_dim, "the branch's code width is not TA-Tok's codebook width"),
-        (
-            (branch.dim, branch.num_layers, branch.num_heads) == (dit.dim, dit.num_layers, dit.num_heads),
-            f"the branch was trained for a DiT of width {branch.dim}, this one is {dit.dim}",
-        ),
         ((Path(args.planner) / "config.json").is_file(), f"{args.planner}: no config.json; pass the planner folder"),
     ]
+    if args.branch is not None:  # without one the bundle serves `prepare` and `train --stage branch` only
+        raw = config_in_metadata(file_metadata(args.branch), BRANCH_CONFIG_KEY, args.branch, "re-export the branch")
+        if raw is None:
+            raise RealBundleError(f"{args.branch}: not a Plan-X semantic-branch file; train one for this DiT")
+        branch = branch_config_from(raw)
+        checks += [
+            (branch.code_dim == tatok.config.bottleneck_dim, "the branch's code width is not TA-Tok's codebook width"),
+            (
+                (branch.dim, branch.num_layers, branch.num_heads) == (dit.dim, dit.num_layers, dit.num_heads),
+                f"the branch was trained for a DiT of width {branch.dim}, this one is {dit.dim}",
+            ),
+        ]
     for ok, message in checks:
         if not ok:
             raise RealBundleError(f"{message}; pick files made for one another")
@@ -139,6 +144,8 @@ def assemble_real(args) -> Path:
     found = check_parts(dit, args)
     out.mkdir(parents=True, exist_ok=True)
     for part in ("dit", "vae", "tatok", "branch"):
+        if getattr(args, part) is None:
+            continue
         how = link(Path(getattr(args, part)), out / FILES[part], args.copy)
         print(f"{how:<7} {getattr(args, part)} -> {out / FILES[part]}")
     link_folder(Path(args.planner), out / FILES["planner"], args.copy)
@@ -156,10 +163,14 @@ def main(argv=None) -> int:
         ("--text-encoder", "umT5: a ComfyUI file, a google/umt5-xxl folder or a converted file"),
         ("--planner", "the planner folder (Tar-1.5B, or one trained with issue 16's planner stage)"),
         ("--tatok", "the TA-Tok .safetensors (python -m planx_core convert-tatok ta_tok.pth ...)"),
-        ("--branch", "the semantic branch trained for this DiT (branch.safetensors)"),
         ("--out", "the bundle folder to write"),
     ):
         p.add_argument(name, required=True, help=text)
+    p.add_argument(
+        "--branch",
+        help="the semantic branch trained for this DiT (branch.safetensors); without it the bundle serves "
+        "`prepare` and `train --stage branch` (which makes one), not `generate`",
+    )
     p.add_argument("--tokenizer", help="the umT5 tokenizer folder, when it is not beside the text-encoder file")
     p.add_argument("--name", default="planx-wan2.2-5b")
     p.add_argument("--fps", type=float, help="video fps (default: the DiT's, 24 for Wan 2.2 TI2V-5B)")
@@ -174,6 +185,12 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.branch is None:
+        print(
+            f"wrote bundle {out} without a semantic branch: prepare clips with it (python -m planx_core prepare "
+            f"VIDEOS --bundle {out} --out cache/), train one (train --stage branch), then assemble again with --branch"
+        )
+        return 0
     print(
         f"wrote bundle {out}; run it with: python -m planx_core generate --bundle {out} --device cuda "
         f'--dtype bfloat16 --offload --prompt "..." --out clip.mp4'
