@@ -31,7 +31,7 @@ from planx_core.plan import apply_edits, code_colours, plan_picture  # noqa: E40
 from planx_core.semanticgen import SemanticGen  # noqa: E402
 from planx_core.tatok import plan_from_video  # noqa: E402
 
-SIZE = (480, 270)
+SIZE = (480, 480)  # square: both frontends show thumbnails in square cards
 BACKGROUND = (24, 24, 28)
 
 
@@ -46,16 +46,16 @@ def _paste(canvas: np.ndarray, img: np.ndarray, x: int, y: int) -> None:
 
 
 def compose(title: str, picture: torch.Tensor, frames: np.ndarray) -> np.ndarray:
-    """Title on top; the plan picture on the left; four frames (first to last) in a 2x2 grid on the right."""
+    """Title on top; the plan picture under it; four frames (first to last) in a row at the bottom."""
     canvas = np.empty((SIZE[1], SIZE[0], 3), np.uint8)
     canvas[:] = BACKGROUND
-    cv2.putText(canvas, title, (12, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (235, 235, 235), 2, cv2.LINE_AA)
-    plan = _fit((picture.numpy() * 255).astype(np.uint8), 250, 210)
-    _paste(canvas, plan, 12, 48 + (210 - plan.shape[0]) // 2)
+    cv2.putText(canvas, title, (14, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.95, (235, 235, 235), 2, cv2.LINE_AA)
+    plan = _fit((picture.numpy() * 255).astype(np.uint8), 452, 250)
+    _paste(canvas, plan, (SIZE[0] - plan.shape[1]) // 2, 56 + (250 - plan.shape[0]) // 2)
     picks = np.linspace(0, len(frames) - 1, 4).round().astype(int)
     for i, index in enumerate(picks):
-        tile = _fit(frames[index], 100, 100, nearest=True)
-        _paste(canvas, tile, 272 + (i % 2) * 104, 48 + (i // 2) * 108)
+        tile = _fit(frames[index], 108, 108, nearest=True)
+        _paste(canvas, tile, 14 + i * 116, 330)
     return canvas
 
 
@@ -66,7 +66,7 @@ def renders() -> dict[str, tuple[str, torch.Tensor, np.ndarray]]:
     steps = graphs.SAMPLING["steps"]
 
     def picture(plan):
-        return plan_picture(plan, colours, columns=3)
+        return plan_picture(plan, colours, columns=3, text=32)
 
     out = {}
     plan = pipe.plan(graphs.SCENE, graphs.MOTION, seed=0, progress=False)
@@ -99,7 +99,7 @@ def renders() -> dict[str, tuple[str, torch.Tensor, np.ndarray]]:
         graphs.SCENE, graphs.LONG_MOTION, num_frames=length, seed=0, window=graphs.LONG_WINDOW
     )
     long_plan = semanticgen.semantic_plan(z, num_frames=length)
-    out[graphs.LONG_VIDEO_FILE] = ("Plan-X: long video", plan_picture(long_plan, columns=5), long_frames)
+    out[graphs.LONG_VIDEO_FILE] = ("Plan-X: long video", plan_picture(long_plan, columns=5, text=32), long_frames)
     return out
 
 
