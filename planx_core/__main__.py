@@ -1,5 +1,6 @@
 """Command line of planx_core: every command. `generate`, `semanticgen`, `info`, `inspect FILE`, `check-plan FILE`,
-`convert-tatok`, `convert-umt5`, `convert-planner`, and the outer ring's `train`, `assemble`, `eval`, `eval-drift`.
+`convert-tatok`, `convert-umt5`, `convert-planner`, and the outer ring's `prepare`, `train`, `assemble`, `eval`,
+`eval-drift`.
 
 `generate --prompt "scene. motion." --out clip.mp4` plans and renders a clip with the embedded
 model (or `--bundle DIR`) and writes clip.mp4, clip.plan.json and clip.plan.png; see `pipeline`.
@@ -14,9 +15,12 @@ JSON file (any schema version) and summarises it, optionally after applying an e
 `convert-tatok`, `convert-umt5` and `convert-planner` turn released pickles (Tar's `ta_tok.pth`, Wan's
 umT5 `.pth`, `.bin`-only planner folders) into safetensors once, with `torch.load(weights_only=True)`.
 
-`train`, `assemble`, `eval` and `eval-drift` hand their arguments to the outer ring
-(`planx_core.training`, `planx_core.training.assemble`, `planx_core.eval`, `planx_core.eval.drift`;
-`train --help` and so on list their options); nothing of the outer ring is imported otherwise.
+`prepare`, `train`, `assemble`, `eval` and `eval-drift` hand their arguments to the outer ring
+(`planx_core.training.prepare`, `planx_core.training`, `planx_core.training.assemble`, `planx_core.eval`,
+`planx_core.eval.drift`; `train --help` and so on list their options); nothing of the outer ring is imported
+otherwise. `prepare VIDEOS --bundle DIR --out cache/` turns your captioned videos into a training cache;
+`train --stage branch --cache cache/ --dit WAN.safetensors` trains a semantic branch on that frozen Wan DiT
+(`planx_core.training.branch`), the file `assemble --real --branch` and Inject 3D RoPE Guidance load.
 """
 
 from __future__ import annotations

@@ -233,5 +233,23 @@ def test_bf16_base_with_activation_checkpointing_trains(cache, released, tmp_pat
     assert load_branch(tmp_path / "bf16" / "branch.safetensors").proj[1].weight.dtype == torch.float32
 
 
+def test_a_run_resumes_and_a_changed_dit_is_refused(cache, released, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ("--batch", "1", "--branch-blocks", "1", "--eval-loss-every", "0")
+    assert train.main(branch_args(cache, released, out, "--steps", "1", *base)) == 0
+    assert train.main(branch_args(cache, released, out, "--steps", "2", *base)) == 0
+    starts = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in starts if r["event"] == "start"]
+    assert starts[-1]["step"] == 1 and starts[-1]["resumed_from"] and list(losses(out)) == [1, 2]
+    assert list(load_branch(out / "branch.safetensors").attn) == ["1"]
+    other = tmp_path / "other_dit.safetensors"
+    torch.manual_seed(1)
+    save_safetensors({f"model.diffusion_model.{k}": v for k, v in WanModel(DIT).state_dict().items()}, other)
+    argv = [*branch_args(cache, released, out, "--steps", "3", *base), "--dit", str(other)]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "dit: checkpoint" in err
+
+
 def test_branch_module_stays_small():
     assert len((ROOT / "planx_core" / "training" / "branch.py").read_text().splitlines()) <= 450

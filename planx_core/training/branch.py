@@ -238,7 +238,8 @@ class BranchStage(Stage):
 
     def fingerprint(self) -> dict:
         dit = {k: v for k, v in file_fingerprint(Path(self.args.dit)).items() if k != "mtime_ns"}
-        return {**super().fingerprint(), "cache": self.cache.digest, "dit": dit, **self.branch_config.to_dict()}
+        branch = json.loads(json.dumps(self.branch_config.to_dict()))  # as the checkpoint stores it (lists)
+        return {**super().fingerprint(), "cache": self.cache.digest, "dit": dit, "branch": branch}
 
     def init_from(self, path: Path) -> None:
         """Start from an earlier branch file (or the run folder that exported one) for this DiT."""
