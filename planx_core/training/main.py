@@ -54,6 +54,7 @@ from .dit import DiTStage
 from .e2e import E2EStage
 from .engine_dist import Ranks, leave, setup, teardown
 from .planner import PlannerStage
+from .planner_sft import PlannerSFTStage
 from .semanticgen import SemLatentStage, SemSemanticStage
 from .stages import Stage, StageError, TATokStage
 from .vae import VAEStage
@@ -67,6 +68,7 @@ STAGES: dict[str, type[Stage]] = {
     "semgen-latent": SemLatentStage,
     "semgen-semantic": SemSemanticStage,
     "branch": BranchStage,
+    "planner-sft": PlannerSFTStage,
 }
 
 
