@@ -208,6 +208,36 @@ def test_planner_stage_under_torchrun_keeps_the_tie(planner_run, tatok_run):
     assert not torch.equal(weight[v.im_start], fresh.get_input_embeddings().weight[v.im_start]), "trainable rows moved"
 
 
+def test_self_feed_replaces_only_plan_codes_with_the_models_own_draws():
+    """--self-feed: code inputs of the plan come from the model's draws (share 1: all of them), the prompt, the
+    delimiters and the targets stay; share 0 trains on the truth as before."""
+    from planx_core import world
+    from planx_core.training.planner import PlannerObjective, PlannerStage, pad
+    from planx_core.training.stages import StageContext
+
+    args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1"])
+    stage = PlannerStage(StageContext(args, "cpu"))
+    clips = [world.make_clip(s) for s in (1, 2)]
+    codes = stage.plan_codes(clips)  # [2, K, g*g]
+    batch = pad([stage.sequence(c, codes[b], b == 1) for b, c in enumerate(clips)], stage.tokenizer.pad_token_id)
+    v = stage.vocab
+    objective = PlannerObjective(stage.model, [], range(v.image_start, v.image_end), 1.0)
+    torch.manual_seed(0)
+    fed = objective.fed_own_codes(**batch)
+    target = batch["labels"][:, 1:]
+    is_code = (target >= v.image_start) & (target < v.image_end)
+    assert torch.equal(fed[:, 1:][~is_code], batch["input_ids"][:, 1:][~is_code]), "only plan codes are replaced"
+    drawn = fed[:, 1:][is_code]
+    assert ((drawn >= v.image_start) & (drawn < v.image_end)).all()
+    assert not torch.equal(drawn, batch["input_ids"][:, 1:][is_code]), "a fresh model's draws differ from the truth"
+    objective.self_feed = 0.0
+    objective.train()
+    loss = objective(**batch)
+    logits = stage.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), ignore_index=-100)
+    assert torch.allclose(loss, plain)
+
+
 def run_in_process(stage: str, out: Path, steps: int) -> None:
     args = ["--stage", stage, "--out", str(out), *FAST, "--steps", str(steps), "--eval-clips", "0"]
     assert train.main(args) == 0

@@ -57,14 +57,32 @@ class PlannerObjective(nn.Module):
     """Plan-token cross-entropy of a causal LM; the trainer zeroes the gradient rows of `frozen_rows`
     (`PlannerStage.after_backward`, on the FSDP-sharded gradient)."""
 
-    def __init__(self, model: nn.Module, frozen_rows: list[int]):
+    def __init__(self, model: nn.Module, frozen_rows: list[int], codes: range = range(0), self_feed: float = 0.0):
         super().__init__()
         self.model = model
         self.frozen_rows = list(frozen_rows)
+        self.codes, self.self_feed = codes, self_feed
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.self_feed > 0:
+            input_ids = self.fed_own_codes(input_ids, attention_mask, labels)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def fed_own_codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        """Parallel scheduled sampling (Duckworth et al. 2019): a share `self_feed` of the plan's `<I*>` inputs is
+        replaced by codes the model itself draws there (one teacher-forced pass, sampled at temperature 1, as
+        the planner decodes), so it learns to continue from its own mistakes; the targets stay the truth."""
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
+        code_logits = logits[:, :-1, self.codes.start : self.codes.stop].float()  # [B, S-1, C]
+        drawn = torch.distributions.Categorical(logits=code_logits).sample() + self.codes.start  # [B, S-1]
+        target = labels[:, 1:]  # [B, S-1]: the token at position t+1
+        is_code = (target >= self.codes.start) & (target < self.codes.stop)  # [B, S-1]
+        swap = is_code & (torch.rand(target.shape, device=target.device) < self.self_feed)  # [B, S-1]
+        fed = input_ids.clone()  # [B, S]
+        fed[:, 1:] = torch.where(swap, drawn, input_ids[:, 1:])
+        return fed
 
 
 def pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -96,6 +114,18 @@ class PlannerStage(Stage):
             help="planner: share of sequences whose prompt holds the first frame's codes",
         )
         parser.add_argument("--eval-decode", type=int, default=2, help="planner: clips decoded greedily per eval")
+        parser.add_argument(
+            "--self-feed",
+            type=float,
+            default=0.0,
+            help="planner: share of plan codes fed back from the model's own draws while training (scheduled "
+            "sampling against exposure bias; 0 = teacher forcing only)",
+        )
+
+    @classmethod
+    def check_args(cls, args, world_size: int) -> None:
+        if not 0 <= args.self_feed <= 1:
+            raise StageError(f"--self-feed is a share of the plan codes: between 0 and 1, got {args.self_feed}")
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -113,7 +143,8 @@ class PlannerStage(Stage):
         self.tatok.eval().to(ctx.device)
         tiny.tie(model, self.tokenizer, self.vocab, self.tatok)
         self.model = model.to(ctx.device)
-        self.module = PlannerObjective(self.model, tiny.frozen_rows(self.tokenizer, self.vocab))
+        codes = range(self.vocab.image_start, self.vocab.image_end)
+        self.module = PlannerObjective(self.model, tiny.frozen_rows(self.tokenizer, self.vocab), codes, a.self_feed)
         self._eval = None
 
     # -- state -------------------------------------------------------------------------
@@ -141,7 +172,8 @@ class PlannerStage(Stage):
 
     def fingerprint(self) -> dict:
         a = self.args
-        return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest()}
+        fed = {"self_feed": a.self_feed} if a.self_feed else {}  # absent when off: older runs keep resuming
+        return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed}
 
     # -- data --------------------------------------------------------------------------
     def plan_codes(self, clips: list[world.Clip]) -> torch.Tensor:
