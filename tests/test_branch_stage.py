@@ -143,11 +143,18 @@ def trained_planner(cache, released) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def final_bundle(trained, trained_planner, released, cache) -> Path:
+    """The released files with the trained branch and planner: the bundle `generate` runs."""
+    parts = {**released, "branch": trained / "branch.safetensors", "planner": trained_planner / "planner"}
+    return assemble(parts, cache["root"] / "final_bundle")
+
+
 # ----------------------------------------------------------------------------- tests
 
 
 def test_two_ranks_train_and_the_export_renders_through_generate(
-    trained, trained_planner, released, cache, tmp_path, capsys
+    trained, trained_planner, final_bundle, cache, tmp_path, capsys
 ):
     records = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     start = next(r for r in records if r["event"] == "start")
@@ -166,8 +173,7 @@ def test_two_ranks_train_and_the_export_renders_through_generate(
     assert next(r for r in planned if r["event"] == "eval")["codes_scored"] == 2 * 5 * 81  # 2 clips, 5 keyframes
     planner = load_planner(trained_planner / "planner")  # what Load Planner reads
     assert planner.num_image_tokens == open_cache(cache["cache"]).model["codebook"]["size"]
-    parts = {**released, "branch": trained / "branch.safetensors", "planner": trained_planner / "planner"}
-    bundle = assemble(parts, tmp_path / "bundle")
+    bundle = final_bundle
     clip = tmp_path / "clip.mp4"
     prompt = "cyclists on a city street. people ride bikes from left to right."
     code = cli(["generate", "--bundle", str(bundle), "--prompt", prompt, "--out", str(clip), "--steps", "2"])
@@ -177,6 +183,49 @@ def test_two_ranks_train_and_the_export_renders_through_generate(
     with av.open(str(clip)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 17 and frames[0].shape[-1] == 3
+
+
+def test_the_branch_renders_through_inject_3d_rope_guidance(comfy_modules, trained, final_bundle, released, tmp_path):
+    """In-process ComfyUI (no server): the exported file in models/planx, picked by Inject 3D RoPE Guidance on
+    the bundle's DiT as ComfyUI's native Wan 2.2 model, sampled by Plan-X Sampler and decoded."""
+    import importlib
+
+    import folder_paths
+
+    import nodes as comfy_nodes
+    from planx_core.pipelines.bundle import load_bundle
+    from planx_core.pipelines.planx import PlanXPipeline
+
+    if "planx_pack" not in sys.modules:  # the pack as ComfyUI imports a custom node folder
+        spec = importlib.util.spec_from_file_location(
+            "planx_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["planx_pack"] = module
+        spec.loader.exec_module(module)
+    pack = sys.modules["planx_pack"]
+    comfy_models = importlib.import_module("planx_pack.nodes.comfy_models")
+    models = tmp_path / "planx"
+    models.mkdir()
+    shutil.copy(trained / "branch.safetensors", models / "my_branch.safetensors")
+    shutil.copy(released["tatok"], models / "ta_tok.safetensors")  # the plan's codebook, found by hash
+    folder_paths.add_model_folder_path("planx", str(models))
+    bundle = load_bundle(final_bundle)
+    scene, motion = "cyclists on a city street", "people ride bikes from left to right"
+    plan = PlanXPipeline(bundle).plan(scene, motion, seed=0, progress=False)
+    model, clip, vae = comfy_models.tiny_parts(bundle)
+    nodes = pack.NODE_CLASS_MAPPINGS
+    inject = nodes["PlanX_InjectRoPEGuidance"]
+    patched = inject.execute(model, plan, "my_branch.safetensors", 1.0, 0.0, 1.0, "from branch file", True).args[0]
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, f"{scene}. {motion}.")[0]
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    sampler = nodes["PlanX_Sampler"]
+    latent = sampler.execute(patched, positive, negative, 0, 3, 1.0, 1.0, 0.0, "euler", 64, 64, 17).args[0]["samples"]
+    plain = sampler.execute(model, positive, negative, 0, 3, 1.0, 1.0, 0.0, "euler", 64, 64, 17).args[0]["samples"]
+    assert latent.shape == (1, 48, 5, 4, 4) and torch.isfinite(latent).all()
+    assert not torch.equal(latent, plain)  # the trained branch acts through the patch
+    frames = vae.decode(latent)  # [1, T, H, W, 3]
+    assert frames.shape == (1, 17, 64, 64, 3) and torch.isfinite(frames).all()
 
 
 def test_step_zero_branch_leaves_the_dit_bitwise_unchanged_and_pins_frame_zero(cache, released, tmp_path):
