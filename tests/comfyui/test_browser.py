@@ -17,7 +17,8 @@ import pytest
 pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-EDIT_NODE = 3  # PlanX_EditPlanTokens in workflows/Plan-X edit a plan.json
+EDIT_NODE = 4  # PlanX_EditPlanTokens in workflows/Plan-X edit a plan.json
+SAVE_PLAN_NODE = 5  # PlanX_SavePlan
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def _run(page, server) -> dict:
 
 
 def _saved_plan(server, entry: dict) -> dict:
-    saved = entry["outputs"][str(4)]["planx_plans"][0]
+    saved = entry["outputs"][str(SAVE_PLAN_NODE)]["planx_plans"][0]
     return json.loads((server.dirs["output"] / saved["subfolder"] / saved["filename"]).read_text())
 
 

@@ -32,9 +32,7 @@ export class PlanEditor {
     this.node = node;
     this.host = host;
     this.viewer = viewer;
-    this.ui = host.uiState?.(String(node.id)) ?? {};
-    this.ui.history ??= [];     // texts before each editor action, for Undo
-    this.ui.redo ??= [];        // texts Undo took back, for Redo
+    this.ownUi = {};            // the state when the host keeps none
     this.server = null;         // the last planx_editor payload, plus the steps it ran with
     this.pickMode = false;
     this.cell = 12;
@@ -52,6 +50,15 @@ export class PlanEditor {
     if (!viewer) this.hookEditsWidget();
     this.watchWidth();
     this.sync(true);
+  }
+
+  /** What survives the node being rebuilt by ComfyUI's undo and redo, looked up by the node's id each time: a
+   * rebuilt node is created with id -1 and gets its own id only when the graph configures it. */
+  get ui() {
+    const state = this.host.uiState?.(String(this.node.id)) ?? this.ownUi;
+    state.history ??= [];     // texts before each editor action, for Undo
+    state.redo ??= [];        // texts Undo took back, for Redo
+    return state;
   }
 
   // kept in host.uiState, so they survive the node being rebuilt by ComfyUI's undo and redo
