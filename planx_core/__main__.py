@@ -20,7 +20,8 @@ umT5 `.pth`, `.bin`-only planner folders) into safetensors once, with `torch.loa
 `planx_core.eval.drift`; `train --help` and so on list their options); nothing of the outer ring is imported
 otherwise. `prepare VIDEOS --bundle DIR --out cache/` turns your captioned videos into a training cache;
 `train --stage branch --cache cache/ --dit WAN.safetensors` trains a semantic branch on that frozen Wan DiT
-(`planx_core.training.branch`), the file `assemble --real --branch` and Inject 3D RoPE Guidance load.
+(`planx_core.training.branch`), the file `assemble --real --branch` and Inject 3D RoPE Guidance load;
+`train --stage planner-sft --cache cache/ --base-planner Tar-1.5B` fine-tunes the planner on the same cache.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ cached `keyframe_ids`). Loss: cross-entropy on the plan tokens only (`planner.Pl
 has the plan tokens, or a plain Qwen2 folder: its vocabulary is then extended as Load Planner expects
 (`planner.vocab.extend_vocabulary`, the `<I*>` input rows from the bundle's TA-Tok codebook when the
 widths match). Every parameter of the language model trains; each decoder layer is an FSDP unit
-(`--checkpointing` recomputes it). Refused before loading: no cache, a planner whose image-token count is
-not the cache's codebook size, a cache made with another TA-Tok than `--bundle`'s. Export: `<out>/planner/`
-(`save_planner`), the folder Load Planner and `assemble --real --planner` load.
+(`--checkpointing` recomputes it); the engine's unsharded replica (evaluation, export) stays on the
+CPU. Refused before loading: no cache, a planner whose image-token count is not the cache's codebook
+size, a cache made with another TA-Tok than `--bundle`'s. Export: `<out>/planner/` (`save_planner`),
+the folder Load Planner and `assemble --real --planner` load.
 """
 
 from __future__ import annotations
@@ -172,11 +173,12 @@ class PlannerSFTStage(Stage):
     def evaluate(self) -> dict:
         """Teacher-forced accuracy of the plan tokens (argmax over the `<I*>` logits) of the first clips."""
         vocab, model = self.planner.vocab, self.module.model
+        device = next(model.parameters()).device  # the engine's replica: on the CPU, so it costs no GPU memory
         model.eval()
         hits = total = 0
         for index in range(min(self.args.eval_clips, len(self.cache))):
             inputs = pad([self.sequence(index, False)], self.planner.tokenizer.pad_token_id or 0)
-            inputs = {k: t.to(self.ctx.device) for k, t in inputs.items()}
+            inputs = {k: t.to(device) for k, t in inputs.items()}
             logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits  # [1, S, V]
             image = logits[:, :-1, vocab.image_start : vocab.image_end].argmax(-1) + vocab.image_start  # [1, S-1]
             targets = inputs["labels"][:, 1:]  # [1, S-1]
