@@ -298,9 +298,17 @@ def test_one_process_equals_two_ranks_on_the_same_global_batch(trained, cache, r
     assert worst <= 5e-5, worst  # 1% of one AdamW step (lr 5e-3): summation order differs between 1 and 2 ranks
 
 
-def test_bf16_base_with_activation_checkpointing_trains(cache, released, tmp_path):
+def test_bf16_base_with_activation_checkpointing_trains_from_a_diffusers_folder(cache, released, tmp_path):
+    from planx_core.files.safetensors import read_safetensors
+    from planx_core.wan.dit_files import official_to_diffusers, to_official
+
+    folder = tmp_path / "transformer"  # the DiT as diffusers' WanTransformer3DModel folder
+    folder.mkdir()
+    official = to_official(read_safetensors(released["dit"]), released["dit"])
+    save_safetensors(official_to_diffusers(official), folder / "diffusion_pytorch_model.safetensors")
     extra = ("--steps", "2", "--batch", "1", "--precision", "bf16", "--checkpointing", "--eval-loss-every", "0")
-    assert train.main(branch_args(cache, released, tmp_path / "bf16", *extra)) == 0
+    argv = [*branch_args(cache, released, tmp_path / "bf16", *extra), "--dit", str(folder)]
+    assert train.main(argv) == 0
     assert all(math.isfinite(v) for v in losses(tmp_path / "bf16").values())
     start = json.loads((tmp_path / "bf16" / "log.jsonl").read_text().splitlines()[0])
     assert start["engine"] == {"fsdp2": True, "precision": "bf16", "checkpointing": True}

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..files.safetensors import read_safetensors, save_safetensors
+from ..files.safetensors import read_safetensors, resolve_shards, save_safetensors
 from ..plan.timing import keyframe_latent_frames
 from ..semantic_branch import MODES, BranchConfig, SemanticBranch, load_branch, save_branch
 from ..wan.configs import DiTConfig
@@ -237,7 +237,8 @@ class BranchStage(Stage):
         return read_safetensors(path)["empty"]
 
     def fingerprint(self) -> dict:
-        dit = {k: v for k, v in file_fingerprint(Path(self.args.dit)).items() if k != "mtime_ns"}
+        shards = resolve_shards(self.args.dit)  # a file, an .index.json or a folder of shards (diffusers)
+        dit = [{k: v for k, v in file_fingerprint(p).items() if k != "mtime_ns"} for p in shards]
         branch = json.loads(json.dumps(self.branch_config.to_dict()))  # as the checkpoint stores it (lists)
         return {**super().fingerprint(), "cache": self.cache.digest, "dit": dit, "branch": branch}
 
