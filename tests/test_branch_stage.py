@@ -124,6 +124,7 @@ def trained(cache, released) -> Path:
     out = cache["root"] / "run"
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     extra = ("--steps", "3", "--batch", "1", "--lr", "5e-3", "--first-frame", "1", "--plan-dropout", "0")
+    extra += ("--preview-every", "2", "--preview-steps", "2")
     command = [*launch, "-m", "planx_core", "train", *branch_args(cache, released, out, *extra)]
     done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -163,6 +164,15 @@ def test_two_ranks_train_and_the_export_renders_through_generate(
     assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["last_loss"]) for r in steps)
     evals = [r["mean"] for r in records if r["event"] == "eval_loss"]
     assert len(evals) == 2 and evals[1] < evals[0]  # the plan now lowers the fixed-noise loss of these clips
+    previews = [r for r in records if r["event"] == "preview"]
+    assert [r["step"] for r in previews] == [2, 3]
+    for name in ("step_000002.mp4", "step_000003.mp4", "step_000003_plan.png"):
+        assert (trained / "previews" / name).stat().st_size > 0
+    import av
+
+    with av.open(str(trained / "previews" / "step_000003.mp4")) as container:
+        shown = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(shown) == 17 and shown[0].shape == (64, 192, 3)  # reconstruction | with plan | text alone
     branch = load_branch(trained / "branch.safetensors")  # the runtime loader, unchanged
     assert json.loads((trained / "branch.json").read_text())["ti2v"] is True
     moved = max(float(m.v.weight.detach().abs().max()) for m in branch.attn.values())
@@ -178,8 +188,6 @@ def test_two_ranks_train_and_the_export_renders_through_generate(
     prompt = "cyclists on a city street. people ride bikes from left to right."
     code = cli(["generate", "--bundle", str(bundle), "--prompt", prompt, "--out", str(clip), "--steps", "2"])
     assert code == 0, capsys.readouterr().err
-    import av
-
     with av.open(str(clip)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 17 and frames[0].shape[-1] == 3

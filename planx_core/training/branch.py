@@ -71,6 +71,25 @@ def _blocks(text: str | None, layers: int) -> tuple[int, ...] | None:
         raise StageError(f"--branch-blocks {text!r}: write block numbers like 0,5,10 (0..{layers - 1})") from None
 
 
+class _WholeSchedule:
+    """The sampler's stand-in for a plan in previews: on at every step (the plan itself is made in `velocity`)."""
+
+    def active(self, sigma: float, shift: float) -> bool:
+        return True
+
+
+class _Velocity:
+    """`render`'s model in previews: the sharded objective's `velocity`, the plan built inside it."""
+
+    def __init__(self, objective, vectors: torch.Tensor, frames: list[float], grid: tuple[int, int]):
+        self.objective, self.vectors, self.frames, self.grid = objective, vectors, frames, grid
+        self.config = objective.dit.config
+
+    def __call__(self, x, t, context, plan=None):
+        vectors = self.vectors if plan is not None else None
+        return self.objective.velocity(x, t, context, vectors, self.frames, self.grid)  # [B, C, F, H, W]
+
+
 class BranchObjective(nn.Module):
     """`forward(x0, first, context, empty, vectors, seeds, ...) -> flow loss` of a frozen DiT with a trained branch."""
 
@@ -121,6 +140,7 @@ class BranchStage(Stage):
             default="auto",
             help="branch: storage of the frozen DiT blocks (auto: bfloat16 under --precision bf16, else float32)",
         )
+        parser.add_argument("--preview-steps", type=int, default=20, help="branch: sampling steps of a preview")
         parser.add_argument("--text-dropout-early", type=float, default=0.5, help="dit/branch: text dropout, phase 1")
         parser.add_argument("--text-dropout-late", type=float, default=0.1, help="dit/branch: text dropout, phase 2")
         parser.add_argument("--switch", type=int, default=2000, help="dit/branch: global step where phase 2 begins")
@@ -307,6 +327,66 @@ class BranchStage(Stage):
             return self.module.velocity(x_t, t, context, rows["vectors"], frames, self.grid)  # [B, C, F, H, W]
 
         return flow_losses(model, rows["x0"], rows["context"], seed=self.args.seed, sigmas=sigmas)
+
+    @torch.no_grad()
+    def preview(self, out: Path, step: int) -> list[Path]:
+        """The first clip of the first bucket, fixed noise (seed 0), the bundle's sampling (at most
+        `--preview-steps` steps): [its VAE reconstruction | rendered with its plan and text | from the text
+        alone] as an mp4 and its plan's picture, under `out/previews/` (rank 0 writes; every rank renders)."""
+        from ..diffusion.rendering import render
+        from ..diffusion.sampling import Guidance
+        from ..files.video import video_to_frames, write_png, write_video
+        from ..pipelines.bundle import read_spec
+        from ..plan.core import CodebookId, make_plan
+        from ..plan.picture import code_colours, plan_picture
+        from ..wan.vae_files import load_vae
+
+        rows = self.clips(self.buckets[self.bucket_keys[0]][:1])
+        frames = rows.pop("frames")
+        rows = {k: v.to(self.ctx.device) for k, v in rows.items()}
+        spec, vectors = read_spec(self.bundle), rows["vectors"]
+
+        model = _Velocity(self.module, vectors, frames, self.grid)
+        noise = torch.randn(rows["x0"].shape, generator=torch.Generator().manual_seed(0)).to(rows["x0"])
+        s = spec.sampling
+        options = dict(steps=min(s.steps, self.args.preview_steps), shift=s.shift, solver=s.solver, schedule=s.schedule)
+        first = rows["first"] if self.ti2v else None
+        latents = [rows["x0"]] + [
+            render(
+                model,
+                noise,
+                rows["context"],
+                self.empty,
+                plan=_WholeSchedule() if with_plan else None,
+                guidance=Guidance(text_scale=s.text_scale, plan_scale=1.0),
+                first_frame_latent=first,
+                **options,
+            )
+            for with_plan in (True, False)
+        ]  # 3 x [1, C, F, H, W]
+        if self.ctx.rank != 0:
+            return []
+        vae = load_vae(self.bundle / "vae.safetensors").to(self.ctx.device).eval()
+        videos = [video_to_frames(vae.decode(z.float(), chunked=True))[0] for z in latents]  # 3 x [T, H, W, 3]
+        del vae
+        clip, meta, folder = self.cache[self.buckets[self.bucket_keys[0]][0]], self.cache.model, Path(out) / "previews"
+        book = CodebookId(
+            name=meta["codebook"]["name"], size=meta["codebook"]["size"], digest=meta["codebook"]["digest"]
+        )
+        plan = make_plan(
+            clip.keyframe_ids,
+            times=clip.keyframe_times.tolist(),
+            fps=float(self.cache.settings["fps"]),
+            num_frames=int(clip.meta["frames"]),
+            width=int(clip.meta["width"]),
+            height=int(clip.meta["height"]),
+            codebook=book,
+            grid=self.grid,
+        )
+        return [
+            write_video(np.concatenate(videos, axis=2), folder / f"step_{step:06d}.mp4", plan.fps),
+            write_png(plan_picture(plan, code_colours(self.codebook)), folder / f"step_{step:06d}_plan.png"),
+        ]
 
     def export_state(self, out: Path, state: dict[str, torch.Tensor]) -> None:
         branch = SemanticBranch(self.branch_config)
