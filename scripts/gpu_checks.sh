@@ -9,10 +9,15 @@
 #              against SDPA math in float32 on the same bf16 inputs (parity), timed at the 5B's shape
 #   wan_5b     benchmarks/bench_wan_5b.py: the 5B DiT step + Wan 2.2 VAE decode at 121x704x1280 against
 #              ComfyUI's native Wan (issue 15, "On a GPU")
+#   train_branch  benchmarks/bench_train_branch_5b.py: the `--stage branch` training step on the 5B (random
+#              weights, bf16) at 480x832x81 and 704x1280x121, checkpointing on and off: s/step and peak memory
+#              (issue 16; fills in the README's memory table); it stops starting steps before its time box ends
 #   dit_diffusers  benchmarks/bench_dit_vs_diffusers.py at the 5B preset (when diffusers imports)
 #   vae        benchmarks/bench_vae.py: the real Wan 2.2 VAE decode at 121x704x1280 against diffusers
 # The whole run stays inside GPU_CHECKS_BUDGET seconds (default 470, under 8 minutes): each step gets
-# min(its cap, what is left), and a step with under 20 s left is skipped and says so.
+# min(its cap, what is left), and a step with under 20 s left is skipped and says so. GPU_CHECKS_STEPS (names,
+# space-separated) runs only those steps, e.g. GPU_CHECKS_STEPS="env train_branch" for the training benchmark
+# alone with the whole budget.
 #
 # Without CUDA (or with GPU_CHECKS_DRY=1) the same steps run at small sizes (on CUDA if present, else
 # CPU), so the script itself is tested anywhere:  GPU_CHECKS_DRY=1 bash scripts/gpu_checks.sh
@@ -81,12 +86,18 @@ step() {
   local t=$((cap < remaining ? cap : remaining))
   echo
   echo "=================== $name (up to ${t} s; $(left) s of the budget left) ==================="
+  if [ -n "${GPU_CHECKS_STEPS:-}" ] && [[ " $GPU_CHECKS_STEPS " != *" $name "* ]]; then
+    echo "(not in GPU_CHECKS_STEPS)"
+    echo "$name skipped (not in GPU_CHECKS_STEPS)" >>"$STATUS"
+    return
+  fi
   if [ "$t" -lt 20 ]; then
     echo "SKIPPED: under 20 s of the ${BUDGET} s budget left" | tee "$OUT/$name.log"
     echo "$name skipped (budget spent)" >>"$STATUS"
     return
   fi
   t0=$SECONDS
+  export STEP_TIMEOUT=$t  # a step that budgets itself (train_branch) reads its time box
   timeout --kill-after=10 "$t" "$@" 2>&1 | tee "$OUT/$name.log"
   rc=${PIPESTATUS[0]}
   secs=$((SECONDS - t0))
@@ -274,8 +285,18 @@ for kname in kernels:
 PYEOF
 }
 
+# ----------------------------------------------------------------------------- the training benchmark
+train_branch_check() {  # its own --budget-s: the step's time box less the start-up and a margin
+  local budget=$((STEP_TIMEOUT - 20))
+  if [ "$MODE" = gpu ]; then
+    "$PY" benchmarks/bench_train_branch_5b.py --device cuda --dtype bfloat16 --repeats 3 --budget-s "$budget"
+  else
+    "$PY" benchmarks/bench_train_branch_5b.py --dry --device "$DEVICE" --dtype "$DTYPE" --budget-s "$budget"
+  fi
+}
+
 export PY MODE DEVICE DTYPE
-export -f env_report attention_check  # `timeout` runs programs: the functions run in `bash -c`
+export -f env_report attention_check train_branch_check  # `timeout` runs programs: the functions run in `bash -c`
 
 has_diffusers() { "$PY" -c "import diffusers" >/dev/null 2>&1; }
 
@@ -292,6 +313,7 @@ if [ "$MODE" = gpu ]; then
 else
   step wan_5b 300 "$PY" benchmarks/bench_wan_5b.py --device "$DEVICE" --dtype "$DTYPE" --repeats 2 --fp32-reference
 fi
+step train_branch 180 bash -c train_branch_check
 if has_diffusers; then
   if [ "$MODE" = gpu ]; then
     step dit_diffusers 150 "$PY" benchmarks/bench_dit_vs_diffusers.py --preset wan2.2-ti2v-5b --device cuda \
@@ -317,7 +339,7 @@ fi
   echo "-- steps"
   cat "$STATUS"
   echo "-- results"
-  for log in env info attention wan_5b dit_diffusers vae; do
+  for log in env info attention wan_5b train_branch dit_diffusers vae; do
     [ -f "$OUT/$log.log" ] || continue
     grep -hE '^RESULT|^attention backends importable' "$OUT/$log.log" | awk -v s="$log" '!seen[$0]++ { print "[" s "] " $0 }'
   done

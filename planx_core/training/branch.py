@@ -121,6 +121,35 @@ class BranchObjective(nn.Module):
         return err.sum() / weight.expand_as(err).sum().clamp_min(1.0)
 
 
+def base_dtype(precision: str, base: str, device: torch.device) -> torch.dtype:
+    """Storage of the frozen DiT blocks: `--base-dtype`, or under `auto` bfloat16 when the compute is bf16
+    (`--precision bf16`, or `auto` on CUDA), else float32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    auto = "bfloat16" if precision == "bf16" else "float32"
+    return BASE_DTYPES[auto if base == "auto" else base]
+
+
+def branch_objective(dit: WanModel, code_dim: int, args) -> tuple[BranchObjective, BranchConfig]:
+    """The stage's module: `dit` frozen (its root parts made float32, its blocks left as stored) and a fresh
+    branch for plans of `code_dim` vectors, seeded by `--seed` (`--branch-mode`, `--branch-blocks`,
+    `--train-shift`); also what `benchmarks/bench_train_branch_5b.py` trains."""
+    dit.requires_grad_(False)
+    for part in (dit.patch_embedding, dit.text_embedding, dit.time_embedding, dit.time_projection, dit.head):
+        part.float()  # the root's FSDP unit (with the branch) is float32; the blocks stay in their dtype
+    cfg = dit.config
+    config = BranchConfig(
+        code_dim=code_dim,
+        dim=cfg.dim,
+        num_heads=cfg.num_heads,
+        num_layers=cfg.num_layers,
+        mode=args.branch_mode,
+        blocks=_blocks(args.branch_blocks, cfg.num_layers),
+    )
+    torch.manual_seed(args.seed)
+    return BranchObjective(dit, SemanticBranch(config), args.train_shift, is_ti2v(cfg)), config
+
+
 class BranchStage(Stage):
     name = "branch"
     replica = False  # the frozen DiT is sharded, never copied; evaluation runs on every rank
@@ -210,26 +239,12 @@ class BranchStage(Stage):
         a = self.args
         self.cache = open_cache(a.cache)
         self.bundle = _bundle(a, self.cache)
-        precision = a.precision if a.precision != "auto" else ("bf16" if ctx.device.type == "cuda" else "fp32")
-        auto = "bfloat16" if precision == "bf16" else "float32"
-        base = BASE_DTYPES[auto if a.base_dtype == "auto" else a.base_dtype]
+        base = base_dtype(a.precision, a.base_dtype, ctx.device)
         self.empty = self._empty_text().to(ctx.device)  # [1, text_len, D]; the text encoder is freed before the DiT
-        dit = load_dit(a.dit, dtype=base).requires_grad_(False)  # on the CPU: the engine moves it while sharding
-        for part in (dit.patch_embedding, dit.text_embedding, dit.time_embedding, dit.time_projection, dit.head):
-            part.float()  # the root's FSDP unit (with the branch) is float32; the blocks stay in `base`
-        cfg = dit.config
+        dit = load_dit(a.dit, dtype=base)  # on the CPU: the engine moves it while sharding
         self.codebook = load_tatok(self.bundle / "ta_tok.safetensors").codebook().detach().float()  # [N, code_dim]
-        self.branch_config = BranchConfig(
-            code_dim=self.codebook.shape[1],
-            dim=cfg.dim,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            mode=a.branch_mode,
-            blocks=_blocks(a.branch_blocks, cfg.num_layers),
-        )
-        torch.manual_seed(a.seed)
-        self.ti2v = is_ti2v(cfg)
-        self.module = BranchObjective(dit, SemanticBranch(self.branch_config), a.train_shift, self.ti2v)
+        self.module, self.branch_config = branch_objective(dit, self.codebook.shape[1], a)
+        self.ti2v = self.module.ti2v
         s = self.cache.settings
         self.grid = (int(s["grid"]), int(s["grid"]))
         self.buckets: dict[tuple[int, int], list[int]] = {}
@@ -396,4 +411,4 @@ class BranchStage(Stage):
         (Path(out) / "branch.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-__all__ = ["BranchObjective", "BranchStage", "is_ti2v"]
+__all__ = ["BranchObjective", "BranchStage", "base_dtype", "branch_objective", "is_ti2v"]
