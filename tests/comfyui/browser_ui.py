@@ -50,16 +50,17 @@ def shot(page, folder: Path, name: str, clip: dict | None = None) -> Path:
 def open_page(browser, server, frontend: str):
     """A fresh page on `server`; Vue-rendered nodes on or off as the frontend variant says."""
     if frontend != "pinned":
-        vue = frontend == "newest-vue"
-        server.post("/settings/Comfy.VueNodes.Enabled", vue)
-        server.post("/settings/Comfy.Minimap.Visible", True)
+        server.post("/settings", {"Comfy.VueNodes.Enabled": frontend == "newest-vue", "Comfy.Minimap.Visible": True})
     page = browser.new_page(viewport=VIEWPORT)
     page.on("dialog", lambda dialog: dialog.dismiss())
     page.goto(server.base_url)
     page.wait_for_function(READY, timeout=90_000)
     page.wait_for_timeout(1500)
     version = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__ || ''")
-    print(f"frontend {frontend}: {version}")
+    vue = page.evaluate("document.querySelector('[data-node-id]') != null")
+    print(f"frontend {frontend}: {version}{' (Vue nodes)' if vue else ''}")
+    if frontend != "pinned":
+        assert vue == (frontend == "newest-vue"), f"{frontend}: Vue-rendered nodes {'on' if vue else 'off'}"
     return page
 
 
@@ -143,6 +144,27 @@ def overlaps(boxes: list[dict], slack: float = 1.0) -> list[tuple[int, int]]:
             if not apart:
                 found.append((a["id"], b["id"]))
     return found
+
+
+EMPTY_SPOT = """() => {
+  const r = (window.app.canvasEl ?? window.app.canvas.canvas).getBoundingClientRect();
+  for (let y = r.bottom - 60; y > r.top + 60; y -= 20) {
+    for (let x = r.left + 80; x < r.right - 80; x += 20) {
+      const hit = document.elementFromPoint(x, y);
+      if (hit !== (window.app.canvasEl ?? window.app.canvas.canvas)) continue;
+      const [gx, gy] = window.app.canvas.convertEventToCanvasOffset({ clientX: x, clientY: y });
+      if (!window.app.graph.getNodeOnPos(gx, gy, window.app.graph._nodes, 40)) return { x, y };
+    }
+  }
+  return null;
+}"""
+
+
+def empty_spot(page) -> dict:
+    """A point of the canvas with no node, widget or overlay on it (to click before a canvas shortcut)."""
+    spot = page.evaluate(EMPTY_SPOT)
+    assert spot, "no empty spot on the canvas"
+    return spot
 
 
 def canvas_rect(page) -> dict:

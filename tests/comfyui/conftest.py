@@ -72,7 +72,7 @@ class ComfyServer:
     def post(self, path: str, body: dict | None = None):
         request = urllib.request.Request(
             self.base_url + path,
-            data=json.dumps(body or {}).encode(),
+            data=json.dumps({} if body is None else body).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
