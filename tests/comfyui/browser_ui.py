@@ -29,7 +29,8 @@ def frontend_root(frontend: str) -> str | None:
     if not NEWEST or not Path(NEWEST, "index.html").is_file():
         pytest.skip(
             "SKIPPED: newest frontend: set PLANX_NEWEST_FRONTEND to the static/ folder of the newest "
-            "comfyui-frontend-package (pip install --target <dir> comfyui-frontend-package)"
+            "comfyui-frontend-package (pip download comfyui-frontend-package --no-deps -d DIR, unzip the wheel: "
+            "DIR/.../comfyui_frontend_package/static)"
         )
     return NEWEST
 
