@@ -284,20 +284,39 @@ def test_delete_key_undo_and_redo(editor_page):
     page.locator("[data-action=redo]").first.click()
     page.wait_for_timeout(300)
     assert editor(page, edit)["times"] == deleted["times"]
-    # the graph's Ctrl+Z / Ctrl+Y (on the canvas) rebuild the node; the editor keeps its view and brush
+    page.mouse.move(5, 500)
+    page.wait_for_timeout(300)
+    node_shot(page, folder, "editor-node-after-edits", edit)
+
+
+def test_the_graphs_ctrl_z_and_ctrl_y_keep_the_editor(editor_page, frontend, request):
+    """The graph's Ctrl+Z / Ctrl+Y (on the canvas) rebuild the node: the editor keeps its view and brush."""
+    if frontend == "newest-vue":
+        request.node.add_marker(
+            pytest.mark.xfail(
+                reason="with Vue nodes the graph's Ctrl+Y does not bring back an edit (undiagnosed)", strict=True
+            )
+        )
+    page, edit, _, _ = editor_page
+    before = editor(page, edit)
+    head = page.evaluate(f"window.__planx_editor.headCenter({edit}, 1)")
+    page.mouse.click(head["x"], head["y"])
+    page.keyboard.press("Delete")
+    page.wait_for_timeout(300)
+    deleted = editor(page, edit)
+    assert len(deleted["times"]) == len(before["times"]) - 1
     spot = empty_spot(page)
     page.mouse.click(spot["x"], spot["y"])
     page.keyboard.press("Control+z")
     page.wait_for_timeout(800)
+    undone = editor(page, edit)
+    assert undone["times"] == before["times"] and undone["hasRun"], undone["status"]
     page.keyboard.press("Control+y")
     page.wait_for_timeout(800)
     after = editor(page, edit)
     assert after["plan"] is not None and after["hasRun"], after["status"]
     assert after["times"] == deleted["times"], (after["times"], deleted["times"])
-    assert after["brush"] == deleted["brush"]
-    page.mouse.move(5, 500)
-    page.wait_for_timeout(300)
-    node_shot(page, folder, "editor-node-after-edits", edit)
+    assert after["brush"] == deleted["brush"] and after["brush"] is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,8 +382,11 @@ def test_an_uploaded_plan_renders_and_a_size_it_cannot_honour_is_refused(browser
         arg=load_plan,
         timeout=15_000,
     )
-    message = panel.locator("[data-role=plan-file-message]").inner_text()
-    assert "my plan.plan.json" in message, message
+    message = panel.locator("[data-role=plan-file-message]")
+    page.wait_for_function(
+        "(e) => e.textContent.includes('my plan.plan.json')", arg=message.element_handle(), timeout=10_000
+    )
+    assert "5 keyframes" in message.inner_text(), message.inner_text()
     entry = run(page, server)
     videos = [o for o in entry["outputs"].values() if o.get("images") and o.get("animated")]
     assert videos or any("video" in json.dumps(o) or ".mp4" in json.dumps(o) for o in entry["outputs"].values())
