@@ -14,6 +14,7 @@ Websocket events come through aiohttp, which ComfyUI itself requires, so nothing
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import socket
@@ -106,7 +107,13 @@ class ComfyServer:
         first execution_success / execution_error / execution_interrupted. `on_event(event)` sees each
         event as it arrives (e.g. to POST /interrupt). Raises PromptRejected on a validation error, and
         TimeoutError (after interrupting the server) when the prompt does not finish in time."""
-        return asyncio.run(self._run(prompt, timeout, on_event))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._run(prompt, timeout, on_event))
+        # called from inside a running loop (Playwright's sync API keeps one in the test's thread): its own thread
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(lambda: asyncio.run(self._run(prompt, timeout, on_event))).result()
 
     async def _run(self, prompt: dict, timeout: float, on_event) -> list[dict]:
         import aiohttp
