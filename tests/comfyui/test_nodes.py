@@ -547,9 +547,8 @@ def test_save_and_load_plan_stay_inside_comfyui_folders(nodes, embedded, tmp_pat
     assert not list((tmp_path / "output" / saved["subfolder"]).glob(".*"))  # no temp left beside the saved plan
 
 
-def test_model_choices_are_entries_of_the_models_folder():
-    from planx_pack.nodes.model_files import folder_for
-
+def test_model_choices_are_entries_of_the_models_folder(pack):
+    folder_for = pack.nodes.model_files.folder_for
     for typed in ("../..", "/etc", "planx/../../x"):
         with pytest.raises(FileNotFoundError, match="not an entry"):
             folder_for(typed)
