@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -246,3 +247,18 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and _SERVERS and "comfy_server" in getattr(item, "fixturenames", ()):
         report.sections.append(("ComfyUI server log (tail)", _SERVERS[-1].log_tail()))
+
+
+# -- the browser (layer 3 browser tests) ------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("SKIPPED: browser test: no Debian chromium on PATH (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="SKIPPED: browser test: pip install playwright")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()

@@ -8,7 +8,6 @@ to $PLANX_ARTIFACTS (default: the test's tmp folder) and their paths are printed
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -16,20 +15,8 @@ import pytest
 
 pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EDIT_NODE = 4  # PlanX_EditPlanTokens in workflows/Plan-X edit a plan.json
 SAVE_PLAN_NODE = 5  # PlanX_SavePlan
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("SKIPPED: browser test: no Debian chromium on PATH (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="SKIPPED: browser test: pip install playwright")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield browser
-        browser.close()
 
 
 def _open(browser, server):

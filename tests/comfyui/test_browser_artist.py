@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -43,24 +42,12 @@ from browser_ui import (
 )
 
 pytestmark = pytest.mark.comfyui
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EDIT_WORKFLOW = "Plan-X edit a plan.json"
 WORKFLOWS = sorted(p.name for p in (ROOT / "workflows").glob("*.json"))
 # Every workflow is opened from the Templates browser; running one in the browser costs a minute on a CPU, and
 # test_server.py::test_workflow_runs already runs each of them through the API on the same kind of server, so
 # one is run and played here unless PLANX_BROWSER_RUN_ALL=1 (a long local run) asks for all of them.
 RUN_IN_BROWSER = set(WORKFLOWS) if os.environ.get("PLANX_BROWSER_RUN_ALL") == "1" else {"Plan-X text to video.json"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("SKIPPED: browser test: no Debian chromium on PATH (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="SKIPPED: browser test: pip install playwright")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
