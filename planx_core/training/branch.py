@@ -44,7 +44,7 @@ from ..semantic_branch import MODES, BranchConfig, SemanticBranch, load_branch, 
 from ..wan.configs import DiTConfig
 from ..wan.dit import WanModel
 from .engine_eval import flow_losses
-from .flow import drop_text, noise_latents
+from .flow import add_flow_arguments, drop_text, noise_latents
 from .prepare_cache import CacheError, PreparedCache, file_fingerprint, open_cache
 from .stages import Stage, StageContext, StageError, run_file
 
@@ -170,17 +170,7 @@ class BranchStage(Stage):
             help="branch: storage of the frozen DiT blocks (auto: bfloat16 under --precision bf16, else float32)",
         )
         parser.add_argument("--preview-steps", type=int, default=20, help="branch: sampling steps of a preview")
-        parser.add_argument("--text-dropout-early", type=float, default=0.5, help="dit/branch: text dropout, phase 1")
-        parser.add_argument("--text-dropout-late", type=float, default=0.1, help="dit/branch: text dropout, phase 2")
-        parser.add_argument("--switch", type=int, default=2000, help="dit/branch: global step where phase 2 begins")
-        parser.add_argument("--plan-dropout", type=float, default=0.1, help="dit/branch: steps trained without plan")
-        parser.add_argument("--first-frame", type=float, default=0.25, help="dit/branch: samples with frame 0 pinned")
-        parser.add_argument(
-            "--train-shift",
-            type=float,
-            default=5.0,
-            help="dit/branch: timestep shift of the training noise levels, sigma = shift(U(0, 1))",
-        )
+        add_flow_arguments(parser)
 
     @classmethod
     def check_args(cls, args: argparse.Namespace, world_size: int) -> None:

@@ -49,7 +49,7 @@ from ..world import score as world_score
 from ..world import tiny
 from ..world.clips import clip_video
 from .engine_eval import flow_losses
-from .flow import Dropout, flow_loss
+from .flow import Dropout, add_flow_arguments, flow_loss
 from .stages import Stage, StageContext, eval_clips, resolve_tatok_file, run_file
 
 POOL_STREAM = 200  # world.clip_seed stream of the pool's clips (training streams are 101, 102, ...)
@@ -122,19 +122,8 @@ class DiTStage(Stage):
     def add_arguments(cls, parser):
         parser.add_argument("--vae", help="dit: trained VAE file or `--stage vae` run folder")
         parser.add_argument("--pool", type=int, default=2048, help="dit: clips encoded once and trained on")
-        parser.add_argument("--text-dropout-early", type=float, default=0.5, help="dit: text dropout, first phase")
-        parser.add_argument("--text-dropout-late", type=float, default=0.1, help="dit: text dropout, second phase")
-        parser.add_argument("--switch", type=int, default=2000, help="dit: global step where the second phase begins")
-        parser.add_argument("--plan-dropout", type=float, default=0.1, help="dit: steps trained without the plan")
-        parser.add_argument("--first-frame", type=float, default=0.25, help="dit: samples with frame 0 pinned")
+        add_flow_arguments(parser)
         parser.add_argument("--shift", type=float, default=3.0, help="dit: timestep shift of the evaluation's sampler")
-        parser.add_argument(
-            "--train-shift",
-            type=float,
-            default=5.0,
-            help="dit: timestep shift of the training noise levels, sigma = shift(U(0, 1)) "
-            "(5.0 is what the shipped DiT was trained with; --shift never reached training)",
-        )
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)

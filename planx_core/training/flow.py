@@ -90,3 +90,19 @@ def flow_loss(
     err = (velocity.float() - sample.target.float()) ** 2 * sample.weight  # [B, C, F, H, W]
     counted = sample.weight.expand_as(err).sum().clamp_min(1.0)
     return err.sum() / counted
+
+
+def add_flow_arguments(parser) -> None:
+    """The flow-matching options the dit and branch stages share (one declaration, one meaning)."""
+    parser.add_argument("--text-dropout-early", type=float, default=0.5, help="dit/branch: text dropout, phase 1")
+    parser.add_argument("--text-dropout-late", type=float, default=0.1, help="dit/branch: text dropout, phase 2")
+    parser.add_argument("--switch", type=int, default=2000, help="dit/branch: global step where phase 2 begins")
+    parser.add_argument("--plan-dropout", type=float, default=0.1, help="dit/branch: steps trained without the plan")
+    parser.add_argument("--first-frame", type=float, default=0.25, help="dit/branch: samples with frame 0 pinned")
+    parser.add_argument(
+        "--train-shift",
+        type=float,
+        default=5.0,
+        help="dit/branch: timestep shift of the training noise levels, sigma = shift(U(0, 1)) "
+        "(5.0 is what the shipped DiT was trained with; --shift is the evaluation sampler's)",
+    )
