@@ -1,14 +1,18 @@
-"""Time and peak memory of one denoising step as the video grows: shifted-window vs full attention.
+"""Time and peak memory of one denoising step as the video grows: shifted windows (local or global
+semantics) vs full attention.
 
 One step = one WanModel forward with in-context semantic tokens at about 1/16 of the video tokens,
 SemanticGen's ratio (arXiv 2512.20619), laid out here as one keyframe of about H'W'/16 cells per
-latent frame (`--semantic-ratio`). The video
-grows 1x, 2x, 4x, 8x a base length; ratios are to the 1x row. Goal: windowed 8x <= 9x time (linear),
-while full attention grows about quadratically.
+latent frame (`--semantic-ratio`). Three modes side by side: `windowed-local` (each window sees the
+semantic tokens of its own span, `--margin` latent frames wider: `wan.windows`, the default),
+`windowed-global` (every window sees all semantic tokens) and `full` attention. The video grows 1x,
+2x, 4x, 8x and 16x a base length; ratios are to the 1x row. Goal: windowed-local 8x <= 9x time
+(linear); windowed-global's semantic term and full attention grow quadratically.
 
-Default (CPU, a few minutes on 2 cores): dim 256, 4 heads, 2 layers, 16x16 tokens per latent frame,
-base 8 latent frames, window Tw = 4, one torch thread (on a shared 2-core machine thread hand-offs
-make the timings of the small rows erratic); `--semantic-ratio 0` drops the semantic tokens.
+Default (CPU, about ten minutes on 2 cores): dim 256, 4 heads, 2 layers, 16x16 tokens per latent
+frame, base 8 latent frames, window Tw = 4, one torch thread (on a shared 2-core machine thread
+hand-offs make the timings of the small rows erratic); `--semantic-ratio 0` drops the semantic
+tokens; `--full-scales` limits full attention to the scales it can run in memory.
 GPU: `--device cuda --shape 5b` (Wan 2.2 TI2V-5B: dim 3072, 24 heads, 30 layers or `--layers N`,
 22x40 tokens per latent frame, bfloat16).
 Time: all configurations interleaved in one process, medians; a second table times the
@@ -17,6 +21,7 @@ separates the attention's growth from the rest of the step (on a CPU the linear 
 down per token once the activations leave the caches). Peak memory: on CUDA
 `torch.cuda.max_memory_allocated` above what was allocated before the forward; on CPU each
 configuration runs in a fresh subprocess and reports its peak RSS growth over one forward.
+The last line: `RESULT windowed-local 8x/1x time <ratio> (goal <= 9)`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from planx_core.semantic_branch import BranchConfig, SemanticBranch
 from planx_core.wan.attention import attention
 from planx_core.wan.configs import DiTConfig, get_preset
 from planx_core.wan.dit import WanModel
-from planx_core.wan.windows import WindowLayout, layer_shift, windowed_attention
+from planx_core.wan.windows import WindowSpec, windowed_attention
 
 SHAPES = {  # config, tokens per latent frame (H' x W'), default dtype
     "cpu": (
@@ -58,7 +63,7 @@ SHAPES = {  # config, tokens per latent frame (H' x W'), default dtype
     ),
     "5b": (get_preset("wan2.2-ti2v-5b"), (22, 40), "bfloat16"),
 }
-MODES = ("windowed", "full")
+MODES = ("windowed-local", "windowed-global", "full")
 
 
 def parse_args():
@@ -67,7 +72,9 @@ def parse_args():
     parser.add_argument("--layers", type=int, default=None, help="DiT blocks (default: the shape's)")
     parser.add_argument("--frames", type=int, default=8, help="latent frames of the 1x video")
     parser.add_argument("--window", type=int, default=4, help="Tw, latent frames per window")
-    parser.add_argument("--scales", default="1,2,4,8")
+    parser.add_argument("--scales", default="1,2,4,8,16")
+    parser.add_argument("--full-scales", default=None, help="scales full attention runs at (default: all)")
+    parser.add_argument("--margin", type=int, default=0, help="windowed-local: latent frames past each window end")
     parser.add_argument("--semantic-ratio", type=int, default=16, help="video tokens per semantic token (0: none)")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: "mode:scale"
     parser.set_defaults(repeats=3, dtype=None, threads=None)
@@ -126,6 +133,12 @@ class Step:
                 plan = self.branch.condition(vectors, [float(k) for k in range(f)], self.grid)
         self.inputs[scale] = (x, torch.tensor([700.0], device=self.device), context, plan)
 
+    def spec(self, mode: str) -> WindowSpec | None:
+        """The window of a mode (None: full attention)."""
+        if mode == "full":
+            return None
+        return WindowSpec(self.args.window, mode.removeprefix("windowed-"), self.args.margin)
+
     def run_attention(self, mode: str, scale: int):
         """Self-attention alone on random q/k/v of this video's length, as in an odd (shifted) block."""
         if ("qkv", scale) not in self.inputs:
@@ -133,23 +146,17 @@ class Step:
             shape = (1, video + sem, self.cfg.num_heads, self.cfg.head_dim)
             self.inputs[("qkv", scale)] = [torch.randn(shape, device=self.device, dtype=self.dtype) for _ in range(3)]
         q, k, v = self.inputs[("qkv", scale)]  # [1, Lv + G, H, D]
-        if mode == "full":
+        spec = self.spec(mode)
+        if spec is None:
             return attention(q, k, v)
-        w = self.args.window
-        layout = WindowLayout(
-            frames=self.frames(scale),
-            tokens_per_frame=self.h * self.w,
-            window=w,
-            shift=layer_shift(w, 1),
-            num_global=self.tokens(scale)[1],
-        )
+        grid, sem = (self.frames(scale), self.h, self.w), self.tokens(scale)[1]
+        layout = spec.layout(grid, 1, sem, [float(f) for f in range(self.frames(scale))] if sem else ())
         return windowed_attention(q, k, v, layout)
 
     def run(self, mode: str, scale: int):
         x, t, context, plan = self.inputs[scale]
-        window = self.args.window if mode == "windowed" else None
         with torch.inference_mode():
-            return self.model(x, t, context, plan=plan, window=window)
+            return self.model(x, t, context, plan=plan, window=self.spec(mode))
 
 
 def rss_kib() -> tuple[int, int]:
@@ -208,42 +215,40 @@ def child(args):
     print(json.dumps({"mib": mib, "method": method}))
 
 
-def print_table(step: Step, scales: list[int], times: dict, memory: dict, method: str):
+def print_table(step: Step, keys: list[tuple[str, int]], times: dict, memory: dict, method: str):
     ms = {key: statistics.median(samples) * 1000 for key, samples in times.items()}
-    base = scales[0]
+    base = min(s for _, s in keys)
     print(f"\npeak memory: {method}")
-    print(
-        f"{'scale':>5} {'frames':>6} {'video':>7} {'sem':>5} | {'windowed ms':>11} {'x1':>6} | {'full ms':>9} "
-        f"{'x1':>6} | {'full/win':>8} | {'win MiB':>8} {'x1':>6} | {'full MiB':>8} {'x1':>6}"
-    )
-    for s in scales:
+    head = f"{'mode':>15} {'scale':>5} {'frames':>6} {'video':>7} {'sem':>5}"
+    print(f"{head} | {'ms/step':>9} {'x1':>6} | {'MiB':>8} {'x1':>6}")
+    for mode, s in keys:
         video, sem = step.tokens(s)
-        w, f = ms[("windowed", s)], ms[("full", s)]
-        mw, mf = memory[("windowed", s)], memory[("full", s)]
+        t, m = ms[(mode, s)], memory[(mode, s)]
+        t1, m1 = ms[(mode, base)], memory[(mode, base)]
         print(
-            f"{s:>4}x {step.frames(s):>6} {video:>7} {sem:>5} | {w:>11.1f} {w / ms[('windowed', base)]:>6.2f} | "
-            f"{f:>9.1f} {f / ms[('full', base)]:>6.2f} | {f / w:>8.2f} | {mw:>8.1f} "
-            f"{mw / memory[('windowed', base)]:>6.2f} | {mf:>8.1f} {mf / memory[('full', base)]:>6.2f}"
+            f"{mode:>15} {s:>4}x {step.frames(s):>6} {video:>7} {sem:>5} | {t:>9.1f} {t / t1:>6.2f} | "
+            f"{m:>8.1f} {m / m1 if m1 > 0 else float('nan'):>6.2f}"
         )
-    top = scales[-1]
-    growth = ms[("windowed", top)] / ms[("windowed", base)]
-    print(
-        f"RESULT windowed {top // base}x video: {growth:.2f}x time per step (goal <= {1.125 * top / base:g}x); "
-        f"full: {ms[('full', top)] / ms[('full', base)]:.2f}x"
-    )
+    return ms, base
 
 
-def print_attention_table(scales: list[int], times: dict):
+def print_attention_table(keys: list[tuple[str, int]], times: dict):
     ms = {key: statistics.median(samples) * 1000 for key, samples in times.items()}
-    base = scales[0]
+    base = min(s for _, s in keys)
     print("\nself-attention alone (one shifted block's q/k/v, video + semantic tokens):")
-    print(f"{'scale':>5} | {'windowed ms':>11} {'x1':>6} | {'full ms':>9} {'x1':>6} | {'full/win':>8}")
-    for s in scales:
-        w, f = ms[("attn windowed", s)], ms[("attn full", s)]
-        print(
-            f"{s:>4}x | {w:>11.1f} {w / ms[('attn windowed', base)]:>6.2f} | {f:>9.1f} "
-            f"{f / ms[('attn full', base)]:>6.2f} | {f / w:>8.2f}"
-        )
+    print(f"{'mode':>15} {'scale':>5} | {'ms':>9} {'x1':>6}")
+    for mode, s in keys:
+        print(f"{mode:>15} {s:>4}x | {ms[(mode, s)]:>9.1f} {ms[(mode, s)] / ms[(mode, base)]:>6.2f}")
+
+
+def print_result(ms: dict, scales: list[int], base: int):
+    """The summary lines; the last is the goal's: windowed-local at 8x the base length."""
+    for mode in MODES:
+        grown = [f"{s // base}x {ms[(mode, s)] / ms[(mode, base)]:.2f}" for s in scales if (mode, s) in ms]
+        print(f"{mode}: time per step vs 1x: " + ", ".join(grown))
+    if ("windowed-local", 8 * base) in ms:
+        ratio = ms[("windowed-local", 8 * base)] / ms[("windowed-local", base)]
+        print(f"RESULT windowed-local 8x/1x time {ratio:.2f} (goal <= 9)")
 
 
 def main():
@@ -263,32 +268,29 @@ def main():
     print(
         f"config {cfg.name}: dim {cfg.dim}, {cfg.num_heads} heads, {cfg.num_layers} layers, {cfg.text_len} text "
         f"tokens; {step.h}x{step.w} tokens per latent frame, {semantic}; window {args.window} frames, "
-        f"shift {args.window // 2} on odd blocks; {args.repeats} timed repeats"
+        f"shift {args.window // 2} on odd blocks, local margin {args.margin}; {args.repeats} timed repeats"
     )
     for s in scales:
         step.prepare(s)
-    candidates = {(mode, s): (lambda mode=mode, s=s: step.run(mode, s)) for s in scales for mode in MODES}
+    full_scales = scales if args.full_scales is None else [int(s) for s in args.full_scales.split(",")]
+    keys = [(mode, s) for mode in MODES for s in scales if mode != "full" or s in full_scales]
+    candidates = {key: (lambda key=key: step.run(*key)) for key in keys}
     times = interleaved_times(candidates, args.repeats, sync=sync)
     with torch.inference_mode():
         attn_times = interleaved_times(
-            {
-                (f"attn {mode}", s): (lambda mode=mode, s=s: step.run_attention(mode, s))
-                for s in scales
-                for mode in MODES
-            },
-            args.repeats,
-            sync=sync,
+            {key: (lambda key=key: step.run_attention(*key)) for key in keys}, args.repeats, sync=sync
         )
     for s in scales:
         step.inputs.pop(("qkv", s))
     memory, method = {}, ""
-    for key in candidates:
+    for key in keys:
         if device.type == "cuda":
             memory[key], method = cuda_peak_growth(step, *key)
         else:
             memory[key], method = memory_in_subprocess(*key)
-    print_table(step, scales, times, memory, method)
-    print_attention_table(scales, attn_times)
+    ms, base = print_table(step, keys, times, memory, method)
+    print_attention_table(keys, attn_times)
+    print_result(ms, scales, base)
 
 
 if __name__ == "__main__":

@@ -163,11 +163,14 @@ def sample_with_plan(
     vae=None,
     window: int = 0,
     scheduler: str = "simple",
+    window_semantics: str = "global",
+    window_margin: int = 0,
 ) -> dict:
     """Sample a video latent; progress, latent previews and ComfyUI's cancel come from the callback.
-    `window`: self-attention in shifted windows of that many latent frames (0: full attention);
+    `window`: self-attention in shifted windows of that many latent frames (0: full attention), each seeing
+    its own span's plan tokens (`window_semantics` "local", `window_margin` latent frames wider) or all;
     `scheduler`: ComfyUI's "simple" sigmas or Wan's own ("wan")."""
-    model = with_window(with_shift(model, shift), window)
+    model = with_window(with_shift(model, shift), window, window_semantics, window_margin)
     latent = dict(latent) if latent is not None else empty_latent(model, size, vae)
     if start_image is not None:
         latent = add_start_image(latent, model, start_image, vae)

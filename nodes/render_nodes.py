@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from planx_core.plan import Plan, PlanError
 from planx_core.semantic_branch import load_branch
+from planx_core.wan import SEMANTICS
 
 from . import comfy_models
 from .flow_samplers import SCHEDULERS
@@ -303,10 +304,9 @@ class PlanXSampler(io.ComfyNode):
                     optional=True,
                     tooltip="0 = full attention. Otherwise each video token's self-attention sees only "
                     "a window of this many latent frames (4 video frames each), shifted by half a "
-                    "window on odd blocks so neighbouring windows mix; every window still sees "
-                    "the whole in-context plan (SemanticGen's long-video mode). Memory and time "
-                    "grow linearly with the video length instead of quadratically. A window "
-                    "covering all latent frames is full attention.",
+                    "window on odd blocks so neighbouring windows mix (SemanticGen's long-video "
+                    "mode); window_semantics says which in-context plan tokens a window sees. A "
+                    "window covering all latent frames is full attention.",
                 ),
                 io.Combo.Input(
                     "scheduler",
@@ -334,6 +334,26 @@ class PlanXSampler(io.ComfyNode):
                     optional=True,
                     tooltip="Frame rate for the fps output when the MODEL carries no plan; with a plan, the "
                     "plan's own fps is passed on.",
+                ),
+                io.Combo.Input(
+                    "window_semantics",
+                    options=list(SEMANTICS),
+                    default="global",
+                    optional=True,
+                    tooltip="With an attention_window and an in-context plan: global = every window sees the "
+                    "whole plan (time grows faster than the length on long videos); local = a window sees "
+                    "only the keyframes of its own frames (plus window_margin), so time and memory grow "
+                    "linearly with the length: SemanticGen's long mode (its stage 1 keeps the plan "
+                    "consistent).",
+                ),
+                io.Int.Input(
+                    "window_margin",
+                    default=0,
+                    min=0,
+                    max=1024,
+                    optional=True,
+                    tooltip="local window_semantics: latent frames of plan a window also sees before and after "
+                    "its own frames (0 = only its own).",
                 ),
             ],
             outputs=[
@@ -370,6 +390,8 @@ class PlanXSampler(io.ComfyNode):
         scheduler="simple",
         size_from_plan=True,
         fps=24.0,
+        window_semantics="global",
+        window_margin=0,
     ) -> io.NodeOutput:
         planned = model.model_options.get(PLAN_VIDEO)
         size = video_size(model, planned, (width, height, length), size_from_plan, latent, vae)
@@ -389,6 +411,8 @@ class PlanXSampler(io.ComfyNode):
             vae=vae,
             window=attention_window,
             scheduler=scheduler,
+            window_semantics=window_semantics,
+            window_margin=window_margin,
         )
         return io.NodeOutput(out, float(planned["fps"]) if planned else float(fps))
 

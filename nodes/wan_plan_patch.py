@@ -20,10 +20,10 @@ modes and an optional attention window. Here the same computation runs on ComfyU
 - an `optimized_attention_override` sees each block's attention calls, told apart by their order in
   the block: the first is the self-attention, the second the text cross-attention. A `cross_attn`
   plan adds its plan attention to the second (its queries normalised, not rotated). The first is
-  replaced by `planx_core.window_attention.windowed_attention` under an attention window (video
-  tokens in windows of Tw latent frames, shifted Tw/2 on odd blocks, every window seeing all
-  semantic tokens; semantic tokens see each other), and gets the in-context plan's key bias
-  log(strength) as an additive mask otherwise.
+  replaced by `planx_core.wan.windowed_attention` under an attention window (video tokens in windows
+  of Tw latent frames, shifted Tw/2 on odd blocks, each window seeing the semantic tokens of its own
+  span (`local`, widened by a margin) or all of them (`global`); `planx_core.wan.WindowSpec`), and
+  gets the in-context plan's key bias log(strength) as an additive mask otherwise.
 
 Nothing here is pickled or deep-copied: `PlanPatch.__deepcopy__` returns itself, since ModelPatcher
 deep-copies `model_options` on every clone.
@@ -40,7 +40,7 @@ from comfy.ldm.flux.math import apply_rope1
 from comfy.ldm.wan.model import sinusoidal_embedding_1d
 
 from planx_core.semantic_branch import BoundPlan, PlanConditioning
-from planx_core.wan import WindowLayout, check_window, layer_shift, windowed_attention
+from planx_core.wan import WindowSpec, check_window, windowed_attention
 
 STATE_KEY = "planx_plan_call"  # transformer_options key of the per-call state
 PLAN_OFF_KEY = "planx_plan_off"  # set (True) by a sampler for its plan-free pass
@@ -83,7 +83,7 @@ class _Call:
     grid: tuple[int, int, int]
     previous_override: object = None
     plan: _PlacedPlan | None = None
-    window: int | None = None  # latent frames per window; None = full attention
+    window: WindowSpec | None = None  # the attention window; None = full attention
     block: int = -1
     self_length: int = 0  # tokens in the running block's self-attention (video, context latents, plan)
     seen_self: bool = False  # the running block's self-attention has been called
@@ -113,8 +113,8 @@ class _Call:
         self.seen_cross = True
         return first and self.plan is not None and self.plan.bound.has_attention(self.block)
 
-    def set_window(self, window: int) -> None:
-        self.window = check_window(int(window), self.grid[0])  # None when it covers every latent frame
+    def set_window(self, window: WindowSpec) -> None:
+        self.window = check_window(window, self.grid[0])  # None when it covers every latent frame
 
     @property
     def in_context(self) -> bool:
@@ -188,13 +188,8 @@ class _Call:
             kwargs = {**kwargs, "mask": mask}
             return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
         frames, height, width = self.grid
-        layout = WindowLayout(
-            frames=frames,
-            tokens_per_frame=height * width,
-            window=self.window,
-            shift=layer_shift(self.window, self.block),
-            num_global=self.num_global,
-        )
+        keyframes = self.plan.bound.plan.latent_frames if self.in_context else ()
+        layout = self.window.layout(self.grid, self.block, self.num_global, keyframes)
         batch, length = q.shape[:2]
         if length != layout.num_tokens:
             raise ValueError(
@@ -315,10 +310,10 @@ class PlanPatch:
 
 class WindowWrapper:
     """APPLY_MODEL wrapper of the Plan-X Sampler's `attention_window`: self-attention in windows of this many
-    latent frames, shifted by half a window on odd blocks (`planx_core.window_attention`)."""
+    latent frames, shifted by half a window on odd blocks (`planx_core.wan.windows`)."""
 
-    def __init__(self, window: int):
-        self.window = int(window)
+    def __init__(self, window: WindowSpec):
+        self.window = window
 
     def __call__(
         self,
@@ -336,13 +331,17 @@ class WindowWrapper:
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
 
-def with_window(model, window: int):
+def with_window(model, window: int | WindowSpec, semantics: str = "global", margin: int = 0):
     """A clone of a Wan MODEL whose self-attention runs in shifted windows of `window` latent frames (0: the
-    model as it is). Every window sees all in-context plan tokens; cost grows linearly with the length."""
+    model as it is). Each window sees the in-context plan tokens of its own span, `margin` latent frames
+    wider (`semantics` "local"), or all of them ("global", the sampler's default, as before); a WindowSpec
+    gives all three."""
     if not window:
         return model
-    if window < 0:
-        raise ValueError(f"attention_window must be 0 (full attention) or a number of latent frames, got {window}")
+    if not isinstance(window, WindowSpec):
+        if window < 0:
+            raise ValueError(f"attention_window must be 0 (full attention) or a number of latent frames, got {window}")
+        window = WindowSpec(int(window), semantics, int(margin))
     check_wan(model.get_model_object("diffusion_model"), "attention_window")
     patched = model.clone()
     patched.remove_wrappers_with_key(APPLY_MODEL, WINDOW_WRAPPER_KEY)

@@ -207,6 +207,17 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="stage-2 attention window in latent frames (0 = full attention; default: the model's)",
     )
+    parser.add_argument(
+        "--window-semantics",
+        choices=("local", "global"),
+        help="stage-2 windows see the semantic keyframes of their own frames (local: time grows linearly with "
+        "the length) or all of them (global); default: the model's",
+    )
+    parser.add_argument(
+        "--window-margin",
+        type=int,
+        help="local: latent frames of semantics a window also sees before and after its own (default: the model's)",
+    )
     parser.add_argument("--plan", help="render this continuous plan JSON file instead of planning")
     parser.add_argument("--no-plan", action="store_true", help="stage 2 alone, without a semantic plan")
     parser.add_argument("--seed", type=int, default=0)

@@ -12,6 +12,7 @@ from planx_core.wan import attention as attention_module
 from planx_core.wan.dit import WanModel
 from planx_core.wan.windows import (
     WindowLayout,
+    WindowSpec,
     dense_window_mask,
     layer_shift,
     windowed_attention,
@@ -262,3 +263,120 @@ def test_bad_windows_are_refused(tiny_config, window):
     model, _, inputs, _ = dit_and_plan(tiny_config, "in_context", frames=3)
     with pytest.raises(ValueError, match="attention window must be a whole number"):
         run(model, inputs, window=window)
+
+
+# --- local semantics: a window sees only its own span's keyframes -------------------------------------
+
+LOCAL_CASES = [  # frames, tokens per frame, window, shift, keyframe latent frames, tokens per keyframe, margin, bias
+    (8, 3, 2, 0, (0.0, 2.0, 4.0, 6.0), 2, 0, None),
+    (8, 3, 2, 1, (0.0, 2.0, 4.0, 6.0), 2, 0, 0.4),
+    (7, 2, 3, 1, (0.0, 1.5, 3.0, 4.5, 6.0), 3, 1, None),  # fractional frames, short first and last windows
+    (8, 2, 2, 0, (0.0, 7.0), 4, 0, None),  # windows with no keyframe of their own see the nearest one
+    (6, 4, 4, 2, tuple(float(f) for f in range(6)), 1, 2, math.log(0.3)),
+    (6, 4, 4, 2, (1.0, 4.0), 2, 0, float("-inf")),  # strength 0: video tokens see no global key
+]
+
+
+def local_layout(frames, hw, window, shift, keyframes, per, margin):
+    return WindowLayout(
+        frames=frames,
+        tokens_per_frame=hw,
+        window=window,
+        shift=shift,
+        num_global=len(keyframes) * per,
+        global_frames=keyframes,
+        margin=margin,
+    )
+
+
+@pytest.mark.parametrize("frames,hw,window,shift,keyframes,per,margin,bias", LOCAL_CASES)
+def test_local_windowed_attention_matches_the_dense_masked_reference(
+    frames, hw, window, shift, keyframes, per, margin, bias
+):
+    layout = local_layout(frames, hw, window, shift, keyframes, per, margin)
+    q, k, v = qkv(layout)
+    got = windowed_attention(q, k, v, layout, global_bias=bias)
+    torch.testing.assert_close(got, reference(q, k, v, layout, bias), atol=1e-5, rtol=1e-5)
+
+
+def test_local_gradients_match_the_reference():
+    layout = local_layout(7, 2, 3, 1, (0.0, 2.0, 4.0, 6.0), 2, 1)
+    ours = [t.requires_grad_() for t in qkv(layout)]
+    ref = [t.detach().clone().requires_grad_() for t in ours]
+    weights = torch.randn(ours[0].shape)
+    (windowed_attention(*ours, layout, global_bias=-0.5) * weights).sum().backward()
+    (reference(*ref, layout, -0.5) * weights).sum().backward()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_local_rule_a_window_sees_its_span_and_the_margin():
+    # 6 frames of 1 token (0..5), keyframes at frames 0, 2, 4 with 1 token each (6, 7, 8); windows of 2 frames
+    layout = local_layout(6, 1, 2, 0, (0.0, 2.0, 4.0), 1, 0)
+    assert allowed(layout, 1) == [0, 1, 6]  # window [0, 2): keyframe 0 only
+    assert allowed(layout, 3) == [2, 3, 7]
+    assert allowed(layout, 7) == [7]  # keyframe 1's token sees what its window [2, 4) sees
+    wide = local_layout(6, 1, 2, 0, (0.0, 2.0, 4.0), 1, 1)
+    assert allowed(wide, 3) == [2, 3, 7, 8]  # [2 - 1, 4 + 1) holds the keyframes at 2 and 4
+    assert allowed(wide, 1) == [0, 1, 6, 7]  # [0 - 1, 2 + 1): keyframes at 0 and 2
+    shifted = local_layout(6, 1, 2, 1, (0.0, 2.0, 4.0), 1, 0)  # windows [0,1) [1,3) [3,5) [5,6)
+    assert allowed(shifted, 4) == [3, 4, 8]
+    assert allowed(shifted, 5) == [5, 8]  # no keyframe in [5, 6): the nearest one, frame 4
+    assert allowed(shifted, 6) == [6]
+
+
+def test_local_calls_stay_one_window_long_as_the_plan_grows(attention_calls):
+    layout = local_layout(32, 4, 4, 2, tuple(float(f) for f in range(32)), 3, 1)  # 96 global tokens
+    q, k, v = qkv(layout, batch=1)
+    windowed_attention(q, k, v, layout, global_bias=0.5)
+    assert max(lk for _, lk, _ in attention_calls) <= 4 * 4 + (4 + 2) * 3  # window + its span's keyframes
+    global_mode = WindowLayout(frames=32, tokens_per_frame=4, window=4, shift=2, num_global=96)
+    attention_calls.clear()
+    windowed_attention(q, k, v, global_mode, global_bias=0.5)
+    assert max(lk for _, lk, _ in attention_calls) == 4 * 4 + 96
+
+
+def test_local_dit_keeps_a_far_keyframe_out_of_a_window(tiny_config):
+    one_block = randomize(WanModel(tiny_config.with_(num_layers=1)))  # block 0: windows [0,2) [2,4) ...
+    branch = randomize(
+        SemanticBranch(BranchConfig(code_dim=16, dim=tiny_config.dim, num_heads=2, num_layers=1, mode="in_context")),
+        seed=1,
+    )
+    _, _, inputs, vectors = dit_and_plan(tiny_config, "in_context")
+    moved = vectors.clone()
+    moved[:, 18:] = torch.randn(1, 9, 16)  # the keyframe at latent frame 7 only
+    frames = [0.0, 3.0, 7.0]
+    plans = [branch.condition(v, frames, (3, 3)) for v in (vectors, moved)]
+    local = [run(one_block, inputs, plan=p, window=2) for p in plans]
+    torch.testing.assert_close(local[1][:, :, :6], local[0][:, :, :6], atol=1e-6, rtol=0)
+    assert (local[1][:, :, 6:] - local[0][:, :, 6:]).abs().max() > 1e-3
+    spread = [run(one_block, inputs, plan=p, window=WindowSpec(2, "global")) for p in plans]
+    assert (spread[1][:, :, 0] - spread[0][:, :, 0]).abs().max() > 1e-3  # global: every window sees it
+    wide = [run(one_block, inputs, plan=p, window=WindowSpec(2, margin=2)) for p in plans]
+    assert (wide[1][:, :, 4] - wide[0][:, :, 4]).abs().max() > 1e-3  # window [4, 6) + 2 reaches frame 7
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_global=5, global_frames=(0.0, 2.0)), "cannot be split into 2 equal keyframe groups"),
+        (dict(num_global=2, global_frames=(0.0, 4.0)), r"must lie in \[0, 4\)"),
+        (dict(num_global=2, global_frames=(0.0, 1.0), margin=-1), "margin must be >= 0"),
+    ],
+)
+def test_bad_local_layouts_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WindowLayout(**{**dict(frames=4, tokens_per_frame=2, window=2), **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(frames=0), "whole number"),
+        (dict(frames=2, semantics="near"), "one of"),
+        (dict(frames=2, margin=-1), "margin"),
+    ],
+)
+def test_bad_window_specs_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WindowSpec(**kwargs)

@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import world
 from ..semanticgen.model import EMBEDDED, SemanticGen
+from ..wan.windows import SEMANTICS
 from ..world.score import detect
 from ..world.tiny import LONG_WORLD, render_clip_semantics
 
@@ -83,11 +84,11 @@ def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) 
     return results
 
 
-def report(results: dict, clips: int, window: int, frames: int) -> str:
+def report(results: dict, clips: int, spec, frames: int) -> str:
     keys = ("identity_first", "identity_last", "identity_abs_drift", "extra_first", "extra_last", "first_last_jaccard")
     lines = [
         f"# Long-video drift ({clips} held-out prompts, {frames} frames = 4x the training clip, window "
-        f"{window} latent frames)",
+        f"{spec.window} latent frames, {spec.window_semantics} semantics, margin {spec.window_margin})",
         "",
         "| row | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",
@@ -102,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=24, help="held-out long prompts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=None, help="stage-2 window (default: the model's)")
+    p.add_argument(
+        "--window-semantics",
+        choices=SEMANTICS,
+        default=None,
+        help="stage-2 windows see their own span's semantics (local) or all (global); default: the model's",
+    )
+    p.add_argument("--window-margin", type=int, default=None, help="local: latent frames past each window end")
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--out", default="eval_report/drift")
     a = p.parse_args(argv)
@@ -110,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
-    if a.window is not None:
-        model = model.with_spec(window=a.window)
+    model = model.with_windowing(a.window, a.window_semantics, a.window_margin)
     clips = [
         world.make_clip(world.clip_seed(a.seed, 1, i), LONG_WORLD, split="heldout", kind="plain")
         for i in range(a.clips)
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "drift.json").write_text(json.dumps(results, indent=2))
-    text = report(results, a.clips, model.spec.window, LONG_WORLD.num_frames)
+    text = report(results, a.clips, model.spec, LONG_WORLD.num_frames)
     (out / "drift.md").write_text(text)
     print(text)
     return 0

@@ -159,8 +159,7 @@ def semanticgen_command(args) -> int:
         scene, motion = split_prompt(args.prompt)
         video_path, plan_path, _ = output_paths(args.out)
         model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
-        if args.window is not None:
-            model = model.with_spec(window=args.window)
+        model = model.with_windowing(args.window, args.window_semantics, args.window_margin)
         loaded = time.perf_counter()
         plan, frames = _semanticgen_plan(model, args, scene, motion)
         planned = time.perf_counter()
@@ -178,7 +177,8 @@ def semanticgen_command(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     done = time.perf_counter()
-    print(f"wrote    {video_path} ({frames} frames, window {model.spec.window})")
+    spec = model.spec
+    print(f"wrote    {video_path} ({frames} frames, window {spec.window}, {spec.window_semantics} semantics)")
     print(
         f"time:    {done - started:.1f} s (load {loaded - started:.1f} s, plan {planned - loaded:.1f} s, "
         f"render {done - planned:.1f} s)"

@@ -3,7 +3,9 @@
 Source: SemanticGen (arXiv 2512.20619), Fig. 3(c): at inference the semantic generator samples
 z_sem for the whole video with full attention; the latent generator denoises the VAE latents
 with z_sem appended in-context, `[z_t, z_sem]`, and for long videos attends over the latents in
-shifted windows along time while every window sees all semantic tokens (`window_attention`).
+shifted windows along time; each window sees the semantic tokens of its own time span (and a
+margin), or all of them with `window_semantics="global"` (`wan.windows`): stage 1's full
+attention makes the plan globally consistent, so stage 2 stays linear in the video length.
 
 A model folder holds `semanticgen.json` (`SemanticGenSpec`), `semantic_encoder.safetensors`,
 `compressor.safetensors`, `latent_dit.safetensors` + `latent_branch.safetensors` (stage 2) and
@@ -45,6 +47,7 @@ from ..wan.text_encoder import (
     save_text_encoder,
 )
 from ..wan.vae_files import load_vae, save_vae
+from ..wan.windows import SEMANTICS, WindowSpec
 from .compressor import SemanticCompressor, load_compressor
 from .encoder import SemanticEncoder
 from .encoder_files import load_semantic_encoder, save_semantic_encoder
@@ -65,6 +68,8 @@ class SemanticGenSpec:
     """Video layout and sampling defaults of a SemanticGen model folder."""
 
     window: int = 2  # latent frames per attention window of stage 2 (0 = full attention)
+    window_semantics: str = "local"  # stage 2: a window sees its own span's semantics ("local") or all ("global")
+    window_margin: int = 0  # local: latent frames of semantics a window sees past each of its ends
     sem_dim: int = 8  # compressed semantic width
     fps: float = 8.0
     size: int = 64
@@ -75,6 +80,12 @@ class SemanticGenSpec:
     text_scale: float = 1.0  # stage-2 text guidance
     semantic_text_scale: float = 1.0  # stage-1 text guidance
     name: str = "semanticgen-tiny"
+
+    def __post_init__(self):
+        if self.window_semantics not in SEMANTICS:
+            raise ValueError(f"window_semantics must be one of {SEMANTICS}, got {self.window_semantics!r}")
+        if not isinstance(self.window_margin, int) or isinstance(self.window_margin, bool) or self.window_margin < 0:
+            raise ValueError(f"window_margin must be a whole number of latent frames >= 0, got {self.window_margin!r}")
 
     def to_json(self) -> str:
         return json.dumps({"format": "planx.semanticgen", "version": 1, **asdict(self)}, indent=2)
@@ -178,6 +189,11 @@ class SemanticGen:
             self.vae,
         )
 
+    def with_windowing(self, window=None, semantics=None, margin=None) -> SemanticGen:
+        """This model with stage 2's window, window semantics and margin changed where given (None: keep)."""
+        changes = {"window": window, "window_semantics": semantics, "window_margin": margin}
+        return self.with_spec(**{k: v for k, v in changes.items() if v is not None})
+
     # -- pieces ------------------------------------------------------------------------------
     @property
     def keyframe_rate(self) -> float:
@@ -270,6 +286,7 @@ class SemanticGen:
         )
         cond = None if plan is None else self.condition(plan, num_frames)
         window = self.spec.window if window is None else window
+        spec = WindowSpec(window, self.spec.window_semantics, self.spec.window_margin) if window else None
         return render(
             self.latent_dit,
             initial_noise(shape, seed),
@@ -280,7 +297,7 @@ class SemanticGen:
             shift=self.spec.shift,
             solver="unipc",
             guidance=Guidance(text_scale=self.spec.text_scale, plan_scale=1.0),
-            window=window or None,
+            window=spec,
             callback=callback,
             interrupt=interrupt,
         )

@@ -8,7 +8,7 @@ Public API: `DiTConfig`, `PRESETS`, `get_preset`, `SAMPLING`, `default_shift`, `
 `infer_config`, `describe_shapes`, `save_dit`, `load_dit_file` (DiT files in the official, ComfyUI
 and diffusers layouts); `available_backends` (the one attention entry point is the module
 `attention`, function `attention.attention`); `Rope`, `rope_frequencies`, `apply_rope`,
-`grid_positions` (3D RoPE); `WindowLayout`, `windowed_attention` (shifted windows along time);
+`grid_positions` (3D RoPE); `WindowLayout`, `WindowSpec`, `windowed_attention` (shifted windows along time);
 `WanVAE`, `VAEConfig`, `VAE_PRESETS`, `load_vae`, `save_vae`, `describe_vae_file`, `is_vae_file`
 (the Wan 2.1 and 2.2 video VAEs); `TextEncoder`, `load_text_encoder`, `save_text_encoder`,
 `join_prompt`, `clean_prompt`, `describe_text_encoder`, `convert_umt5_pth` (umT5 features from
@@ -35,7 +35,7 @@ from .text_encoder_files import describe_text_encoder, is_umt5_keys, umt5_xxl_co
 from .text_encoder_prompt import clean_prompt
 from .vae import VAE_PRESETS, VAEConfig, WanVAE
 from .vae_files import describe_vae_file, is_vae_file, load_vae, save_vae
-from .windows import WindowLayout, layer_shift, windowed_attention
+from .windows import SEMANTICS, WindowLayout, WindowSpec, layer_shift, windowed_attention
 
 __all__ = [
     "SAMPLING",
@@ -50,7 +50,9 @@ __all__ = [
     "VAE_PRESETS",
     "WanModel",
     "WanVAE",
+    "SEMANTICS",
     "WindowLayout",
+    "WindowSpec",
     "apply_rope",
     "available_backends",
     "clean_prompt",

@@ -24,7 +24,7 @@ from .attention import attention
 from .configs import DiTConfig
 from .layers import CastConv3d, CastLinear, WanLayerNorm, WanRMSNorm
 from .rope import Rope, apply_rope, grid_positions, rope_frequencies
-from .windows import WindowLayout, layer_shift, windowed_attention
+from .windows import WindowSpec, windowed_attention
 
 
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -168,27 +168,25 @@ class Head(nn.Module):
         return self.head(h.to(dtype))  # [B, L, prod(patch) * out_dim]
 
 
-def check_window(window: int | None, frames: int) -> int | None:
-    """The attention window in latent frames, or None for full attention (None, 0, or >= F')."""
+def check_window(window: int | WindowSpec | None, frames: int) -> WindowSpec | None:
+    """The attention window (a number of latent frames, local semantics, or a WindowSpec), or None for full
+    attention (None, 0, or a window of >= F' frames)."""
     if window is None or window == 0:
         return None
-    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+    if isinstance(window, int) and not isinstance(window, bool) and window >= 0:
+        window = WindowSpec(window)
+    if not isinstance(window, WindowSpec):
         raise ValueError(
             f"attention window must be a whole number of latent frames >= 1 (0 or None for full "
-            f"attention), got {window!r}"
+            f"attention) or a WindowSpec, got {window!r}"
         )
-    return None if window >= frames else window
+    return None if window.frames >= frames else window
 
 
-def window_attend(grid: tuple[int, int, int], window: int, block: int, num_global: int, global_bias: float | None):
-    """The self-attention of block `block` under shifted windows of `window` latent frames."""
-    layout = WindowLayout(
-        frames=grid[0],
-        tokens_per_frame=grid[1] * grid[2],
-        window=window,
-        shift=layer_shift(window, block),
-        num_global=num_global,
-    )
+def window_attend(grid, window: WindowSpec, block: int, num_global: int, global_bias: float | None, global_frames):
+    """The self-attention of block `block` under shifted windows (`global_frames`: the latent frame of each
+    keyframe of in-context plan tokens)."""
+    layout = window.layout(grid, block, num_global, global_frames)
     return functools.partial(windowed_attention, layout=layout, global_bias=global_bias)
 
 
@@ -248,14 +246,16 @@ class WanModel(nn.Module):
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, plan=None, window: int | None = None
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, plan=None, window: int | WindowSpec | None = None
     ) -> torch.Tensor:
         """x `[B, C, F, H, W]`; t timesteps (0..1000) `[B]`, `[B, F']` or `[B, L]`; context `[B, Lt, text_dim]`.
 
         Computes in x's dtype (weights stored in another dtype are cast per layer); the residual
         stream and modulation stay in float32 as in the reference. `plan`: a PlanConditioning.
         `window`: self-attention in windows of that many latent frames, shifted by half a window
-        on odd blocks (None or 0: full attention). A window covering all F' latent frames is full
+        on odd blocks (None or 0: full attention); in-context plan tokens are seen by the windows
+        of their own span (a `WindowSpec` sets the margin, or `global`: every window sees all
+        of them). A window covering all F' latent frames is full
         attention (Swin's rule: no partition, no shift).
         """
         dtype, grid = x.dtype, self.token_grid(x.shape)
@@ -263,17 +263,18 @@ class WanModel(nn.Module):
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # [B, Lv, C]
         rows, layout = self.timestep_rows(t.to(x.device), grid, x.shape[0])
         rope = grid_rope(grid, self.config.head_dim, x.device)  # [Lv, D/2]
-        video_rope, attn_mask, num_global, global_bias = rope, None, 0, None
+        video_rope, attn_mask, num_global, global_bias, global_frames = rope, None, 0, None, ()
         if plan is not None:
             plan = plan.bind(grid, self.config.dim, self.config.num_layers)
             if plan.mode == "in_context":
                 tokens, rows, layout, rope, attn_mask = plan.append_tokens(tokens, rows, layout, rope, dtype)
                 num_global, global_bias = tokens.shape[1] - math.prod(grid), plan.key_bias
+                global_frames = plan.plan.latent_frames
         e, e0 = self.embed_time(rows)  # [B, S, C], [B, S, 6, C]
         context = self.text_embedding(context.to(dtype))  # [B, Lt, C]
         for i, block in enumerate(self.blocks):
             plan_attn = plan.cross_attention(i, video_rope) if plan is not None else None
-            attend = window_attend(grid, window, i, num_global, global_bias) if window else None
+            attend = window_attend(grid, window, i, num_global, global_bias, global_frames) if window else None
             tokens = block(tokens, e0, layout, context, rope, plan_attn, None if attend else attn_mask, attend)
         out = self.head(tokens, e, layout, dtype)  # [B, L, prod(patch) * C_out]
         return self.unpatchify(out[:, : math.prod(grid)], grid).to(dtype)

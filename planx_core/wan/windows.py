@@ -21,15 +21,25 @@ as [B * nW, Tw * HW + G, H, D], and the short first / last windows in their own 
 padding, no key-padding mask and no Lv x Lv mask is ever built. `dense_window_mask` spells the
 same rule out as a dense boolean mask, for tests only.
 
-Cost: Lv x (Tw * HW + G) + G x G logits per head, against (Lv + G)^2 for full attention. It is
-linear in the video length for a fixed G; when the semantic tokens grow with the video (SemanticGen:
-about 1/16 of the latent tokens), the Lv x G term grows quadratically, at 1/16 of full attention's
-rate, and passes the window term once the video is longer than 16 windows.
+Which global tokens a window sees (`WindowSpec.semantics`):
+- `global`: all of them, as above. Cost: Lv x (Tw * HW + G) + G x G logits per head, against
+  (Lv + G)^2 for full attention. When the semantic tokens grow with the video (SemanticGen: about
+  1/16 of the latent tokens) the Lv x G term grows quadratically, at 1/16 of full attention's rate.
+- `local` (the default): only the semantic keyframes of the window's own time span, widened by
+  `margin` latent frames on each side and shifted with the window. SemanticGen's split of the work:
+  stage 1 makes the semantic plan globally consistent with full attention over it, so stage 2's
+  windows need only the part of the plan that falls on their frames. The global tokens come in
+  groups, one per keyframe, each with its latent frame (`global_frames`, from the alignment rule in
+  `plan.timing`); a keyframe belongs to the window that holds its latent frame. A window's video
+  tokens see the groups in [first - margin, last + 1 + margin) (the nearest group when none falls
+  there), and a group's tokens see the groups its owning window sees. Every call is then one
+  window's size: the cost is linear in the video length.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +56,11 @@ class WindowLayout:
     window: int  # Tw, latent frames per window
     shift: int = 0  # where the window boundaries start: s, s + Tw, ...
     num_global: int = 0  # semantic tokens appended after the video tokens
+    global_frames: tuple[float, ...] = ()  # local mode: latent frame of each equal group of globals; () = global
+    margin: int = 0  # local mode: latent frames a window's semantic span reaches past each of its ends
 
     def __post_init__(self):
-        for name in ("frames", "tokens_per_frame", "window", "shift", "num_global"):
+        for name in ("frames", "tokens_per_frame", "window", "shift", "num_global", "margin"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"WindowLayout.{name} must be an int, got {value!r}")
@@ -65,6 +77,24 @@ class WindowLayout:
             )
         if self.num_global < 0:
             raise ValueError(f"WindowLayout.num_global must be >= 0, got {self.num_global}")
+        if self.margin < 0:
+            raise ValueError(f"the window margin must be >= 0 latent frames, got {self.margin}")
+        groups = len(self.global_frames)
+        if groups and (not self.num_global or self.num_global % groups):
+            raise ValueError(
+                f"{self.num_global} global tokens cannot be split into {groups} equal keyframe groups; "
+                f"give one latent frame per keyframe of the plan"
+            )
+        if any(not math.isfinite(t) or not 0 <= t < self.frames for t in self.global_frames):
+            raise ValueError(
+                f"the keyframes' latent frames {list(self.global_frames)} must lie in [0, {self.frames}): "
+                f"the plan is longer than the video; render more frames or retime the late keyframes"
+            )
+
+    @property
+    def local(self) -> bool:
+        """Do windows see only the global tokens of their own span (True), or all of them?"""
+        return bool(self.global_frames)
 
     @property
     def video_tokens(self) -> int:
@@ -85,6 +115,62 @@ class WindowLayout:
     def window_of_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """Window index of each latent frame (0 is the first window, short or not)."""
         return (frame + self.window - self.shift) // self.window
+
+    def windows(self) -> list[tuple[int, int]]:
+        """Every window as (first frame, frames), in order."""
+        return [(first + i * size, size) for first, count, size in self.runs() for i in range(count)]
+
+    def visible_groups(self, first: int, frames: int) -> list[int]:
+        """Local mode: the keyframe groups a window of `frames` frames from `first` sees (see the module)."""
+        low, high = first - self.margin, first + frames + self.margin
+        seen = [g for g, t in enumerate(self.global_frames) if low <= t < high]
+        if seen or not self.global_frames:
+            return seen
+        gap = [max(low - t, t - high + 1) for t in self.global_frames]  # > 0 for every group here
+        return [gap.index(min(gap))]
+
+    def owned_groups(self, first: int, frames: int) -> list[int]:
+        """Local mode: the keyframe groups whose latent frame falls in the window."""
+        return [g for g, t in enumerate(self.global_frames) if first <= math.floor(t) < first + frames]
+
+    @property
+    def tokens_per_group(self) -> int:
+        return self.num_global // max(len(self.global_frames), 1)
+
+
+SEMANTICS = ("local", "global")  # which global tokens a window sees (see the module docstring)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Shifted-window attention as a caller asks for it: Tw latent frames, which global tokens each window
+    sees (`local`: its span's keyframes, widened by `margin` latent frames; `global`: all)."""
+
+    frames: int
+    semantics: str = "local"
+    margin: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.frames, int) or isinstance(self.frames, bool) or self.frames < 1:
+            raise ValueError(f"attention window must be a whole number of latent frames >= 1, got {self.frames!r}")
+        if self.semantics not in SEMANTICS:
+            raise ValueError(f"window semantics must be one of {SEMANTICS}, got {self.semantics!r}")
+        if not isinstance(self.margin, int) or isinstance(self.margin, bool) or self.margin < 0:
+            raise ValueError(f"the window margin must be a whole number of latent frames >= 0, got {self.margin!r}")
+
+    def layout(self, grid: tuple[int, int, int], block: int, num_global: int, global_frames) -> WindowLayout:
+        """The window layout of block `block` on a token grid (F', H', W') with `num_global` tokens in groups at
+        `global_frames` (one latent frame per keyframe; ignored in global mode)."""
+        local = self.semantics == "local" and num_global > 0
+        return WindowLayout(
+            frames=grid[0],
+            tokens_per_frame=grid[1] * grid[2],
+            window=self.frames,
+            shift=layer_shift(self.frames, block),
+            num_global=num_global,
+            global_frames=tuple(float(t) for t in global_frames) if local else (),
+            margin=self.margin,
+        )
 
 
 def layer_shift(window: int, layer: int) -> int:
@@ -113,6 +199,8 @@ def windowed_attention(
         )
     if global_bias is not None and (math.isnan(global_bias) or global_bias == math.inf):
         raise ValueError(f"global_bias must be a finite float or -inf, got {global_bias}")
+    if layout.local:
+        return _local_attention(q, k, v, layout, global_bias, backend)
     lv, hide_globals = layout.video_tokens, global_bias == -math.inf
     visible = 0 if hide_globals else layout.num_global  # global keys the video queries see
     kg, vg = k[:, lv : lv + visible], v[:, lv : lv + visible]  # [B, G or 0, H, D]
@@ -137,6 +225,54 @@ def _window_run(
     mask = _global_bias_mask(size, kg.shape[1], bias, q)
     out = attention_module.attention(qw, kw, vw, attn_mask=mask, backend=backend)  # [B * n, w * HW, H, D]
     return out.reshape(q.shape[0], count * size, *q.shape[2:])  # [B, n * w * HW, H, D]
+
+
+def _local_attention(q, k, v, layout: WindowLayout, bias: float | None, backend: str | None) -> torch.Tensor:
+    """Local mode: each window's video queries over its frames plus its span's global groups, then each
+    group's queries over the groups its window sees. Windows with the same shape go in one call."""
+    out = torch.empty_like(q)  # [B, Lv + G, H, D]; every row is written below
+    hide = bias == -math.inf
+    video, groups = defaultdict(list), defaultdict(list)
+    for first, frames in layout.windows():
+        seen, owned = _group_rows(layout, layout.visible_groups(first, frames)), layout.owned_groups(first, frames)
+        keys = seen[:0] if hide else seen  # the video queries' global keys
+        video[frames, len(keys)].append((_frame_rows(layout, first, frames), keys))
+        if owned:
+            groups[len(owned), len(seen)].append((_group_rows(layout, owned), seen))
+    for members in video.values():
+        rows = torch.stack([r for r, _ in members])  # [n, S]
+        keys = torch.stack([torch.cat([r, g]) for r, g in members])  # [n, S + Gw]
+        mask = _global_bias_mask(rows.shape[1], keys.shape[1] - rows.shape[1], None if hide else bias, q)
+        out[:, rows.flatten()] = _gathered(q, k, v, rows, keys, mask, backend)
+    for members in groups.values():
+        rows = torch.stack([r for r, _ in members])  # [n, Go]
+        keys = torch.stack([g for _, g in members])  # [n, Gw]
+        out[:, rows.flatten()] = _gathered(q, k, v, rows, keys, None, backend)
+    return out
+
+
+def _frame_rows(layout: WindowLayout, first: int, frames: int) -> torch.Tensor:
+    """Sequence indices of the video tokens of frames [first, first + frames) `[frames * HW]`."""
+    hw = layout.tokens_per_frame
+    return torch.arange(first * hw, (first + frames) * hw)
+
+
+def _group_rows(layout: WindowLayout, groups: list[int]) -> torch.Tensor:
+    """Sequence indices of the global tokens of `groups` `[len(groups) * tokens per group]`."""
+    per, lv = layout.tokens_per_group, layout.video_tokens
+    if not groups:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([torch.arange(lv + g * per, lv + (g + 1) * per) for g in groups])
+
+
+def _gathered(q, k, v, rows: torch.Tensor, keys: torch.Tensor, mask, backend: str | None) -> torch.Tensor:
+    """Attention of the queries at `rows` `[n, S]` over the keys at `keys` `[n, Sk]`, n windows in one call
+    -> `[B, n * S, H, D]`."""
+    rows, keys = rows.to(q.device), keys.to(q.device)
+    qw = q[:, rows].flatten(0, 1)  # [B * n, S, H, D]
+    kw, vw = k[:, keys].flatten(0, 1), v[:, keys].flatten(0, 1)  # [B * n, Sk, H, D]
+    out = attention_module.attention(qw, kw, vw, attn_mask=mask, backend=backend)  # [B * n, S, H, D]
+    return out.reshape(q.shape[0], -1, *q.shape[2:])  # [B, n * S, H, D]
 
 
 def _windows(x: torch.Tensor, count: int) -> torch.Tensor:
@@ -169,5 +305,11 @@ def dense_window_mask(layout: WindowLayout) -> torch.Tensor:
     win = layout.window_of_frame(frame)  # [Lv]
     mask = torch.zeros(total, total, dtype=torch.bool)
     mask[:lv, :lv] = win[:, None] == win[None, :]  # video -> its window
-    mask[:, lv:] = True  # everyone -> globals
+    if not layout.local:
+        mask[:, lv:] = True  # everyone -> globals
+        return mask
+    for first, frames in layout.windows():
+        seen = _group_rows(layout, layout.visible_groups(first, frames))
+        mask[_frame_rows(layout, first, frames)[:, None], seen] = True  # the window -> its span's groups
+        mask[_group_rows(layout, layout.owned_groups(first, frames))[:, None], seen] = True  # its groups -> same
     return mask

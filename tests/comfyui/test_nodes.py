@@ -21,6 +21,7 @@ from planx_core.pipelines.planx import PlanXPipeline
 from planx_core.plan.core import CodebookId, PlanError
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
 from planx_core.wan.configs import DiTConfig
+from planx_core.wan.windows import WindowSpec
 
 pytestmark = pytest.mark.comfyui
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,11 +287,16 @@ def test_in_context_patch_matches_planx_dit(pack, embedded, rope, strength):
         assert (_velocity(model, x, sigma, context) - got).abs().max() > 1e-2  # the plan changes the output
 
 
-@pytest.mark.parametrize("plan_mode", [None, "in_context", "cross_attn"])
-def test_attention_window_matches_planx_dit(pack, embedded, plan_mode):
+@pytest.mark.parametrize(
+    "plan_mode,semantics,margin",
+    [(None, "global", 0), ("in_context", "global", 0), ("in_context", "local", 0), ("in_context", "local", 1)]
+    + [("cross_attn", "global", 0)],
+)
+def test_attention_window_matches_planx_dit(pack, embedded, plan_mode, semantics, margin):
     """The Plan-X Sampler's attention_window on ComfyUI's WanModel equals planx_core's forward(..., window=2):
-    shifted windows of 2 latent frames, every window seeing all in-context plan tokens; per-frame timesteps
-    (a start image's frame 0 at t = 0) and a batch of two (CFG) included."""
+    shifted windows of 2 latent frames, every window seeing all in-context plan tokens (global) or its own
+    span's (local, with a margin); per-frame timesteps (a start image's frame 0 at t = 0) and a batch of two
+    (CFG) included."""
     from planx_pack.nodes.comfy_models import TinyLatent, tiny_model
     from planx_pack.nodes.wan_plan_patch import PlanPatch, with_window
 
@@ -304,11 +310,12 @@ def test_attention_window_matches_planx_dit(pack, embedded, plan_mode):
     elif plan_mode == "cross_attn":
         conditioning = pipe.condition(plan)
     planned = model if conditioning is None else PlanPatch(conditioning).apply_to(model)
-    windowed = with_window(planned, 2)
+    windowed = with_window(planned, 2, semantics, margin)
+    spec = WindowSpec(2, semantics, margin)
     x, context = torch.randn(2, 16, 9, 16, 16), torch.randn(2, 64, 64)
     sigma = torch.tensor([0.7, 0.7])
     got = _velocity(windowed, x, sigma, context)
-    want = bundle.dit(x, sigma * 1000, context, plan=conditioning, window=2)
+    want = bundle.dit(x, sigma * 1000, context, plan=conditioning, window=spec)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     full = bundle.dit(x, sigma * 1000, context, plan=conditioning)
     assert (full - want).abs().max() > 1e-2  # the window changes the output
@@ -317,9 +324,12 @@ def test_attention_window_matches_planx_dit(pack, embedded, plan_mode):
     got = _velocity(windowed, x[:1], sigma[:1], context[:1], denoise_mask=mask)
     t = torch.tensor([[0.0] + [700.0] * 8])
     torch.testing.assert_close(
-        got, bundle.dit(x[:1], t, context[:1], plan=conditioning, window=2), atol=1e-4, rtol=1e-4
+        got, bundle.dit(x[:1], t, context[:1], plan=conditioning, window=spec), atol=1e-4, rtol=1e-4
     )
     assert not model.wrappers  # the input MODEL is untouched
+    if semantics == "local":  # and it differs from global: the span matters
+        spread = bundle.dit(x, sigma * 1000, context, plan=conditioning, window=WindowSpec(2, "global"))
+        assert (spread - want).abs().max() > 1e-3
 
 
 def test_in_context_and_window_on_a_wan_shaped_dit(pack, comfy_modules):
@@ -337,7 +347,11 @@ def test_in_context_and_window_on_a_wan_shaped_dit(pack, comfy_modules):
     patched = with_window(PlanPatch(conditioning).apply_to(model), 2)
     x, sigma, context = torch.randn(1, 48, 4, 8, 12), torch.tensor([0.5]), torch.randn(1, 16, 4096)
     got = _velocity(patched, x, sigma, context)
-    torch.testing.assert_close(got, ours(x, sigma * 1000, context, plan=conditioning, window=2), atol=2e-4, rtol=1e-3)
+    want = ours(x, sigma * 1000, context, plan=conditioning, window=WindowSpec(2, "global"))
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-3)
+    local = with_window(PlanPatch(conditioning).apply_to(model), 2, "local")
+    want = ours(x, sigma * 1000, context, plan=conditioning, window=2)  # planx_core's default: local
+    torch.testing.assert_close(_velocity(local, x, sigma, context), want, atol=2e-4, rtol=1e-3)
 
 
 def test_embedded_dit_needs_the_pack_loader(pack, comfy_modules):
@@ -654,7 +668,7 @@ def test_semanticgen_model_and_branch_render_the_plan_like_planx_core(nodes, sem
     )
     conditioning = model.branch.condition_plan(plan, None, num_frames=65, fps=8.0)
     x, sigma, context = torch.randn(1, 16, 17, 16, 16), torch.tensor([0.6]), torch.randn(1, 64, 64)
-    for window in (None, 2):
+    for window in (None, WindowSpec(2, "global"), WindowSpec(2, "local"), WindowSpec(2, "local", 1)):
         got = _velocity(with_window(patched, window or 0), x, sigma, context)
         want = model.latent_dit(x, sigma * 1000, context, plan=conditioning, window=window)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -677,7 +691,23 @@ def test_semanticgen_sampler_renders_a_long_video_with_a_window(nodes, semanticg
     negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
     latent = (
         nodes["PlanX_Sampler"]
-        .execute(patched, positive, negative, 0, 3, 1.0, 1.0, 0.0, "unipc", 64, 64, 65, attention_window=2)
+        .execute(
+            patched,
+            positive,
+            negative,
+            0,
+            3,
+            1.0,
+            1.0,
+            0.0,
+            "unipc",
+            64,
+            64,
+            65,
+            attention_window=2,
+            window_semantics="local",
+            window_margin=1,
+        )
         .args[0]["samples"]
     )
     assert latent.shape == (1, 16, 17, 16, 16) and torch.isfinite(latent).all()
