@@ -4,6 +4,8 @@
 
 `generate --prompt "scene. motion." --out clip.mp4` plans and renders a clip with the embedded
 model (or `--bundle DIR`) and writes clip.mp4, clip.plan.json and clip.plan.png; see `pipeline`.
+`torchrun --nproc_per_node N -m planx_core generate ... --sequence-parallel N` renders one video on N
+processes (GPUs), the DiT's sequence split across them (`wan.parallel`); `semanticgen` takes the same flag.
 
 `semanticgen --prompt "scene. motion." --frames 65 --out long.mp4` makes a long video with the
 embedded SemanticGen (a continuous semantic plan, then windowed rendering); see `semanticgen`.
@@ -190,6 +192,14 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "fastest for the tiny model, and much faster on a busy machine)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--sequence-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the DiT's token sequence over N processes (Ulysses attention); launch with "
+        "torchrun --nproc_per_node N -m planx_core ... (N must divide the DiT's heads); rank 0 writes the files",
+    )
 
 
 def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,6 +234,14 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")
     parser.add_argument("--scale", type=bounded("scale"), default=4, help="enlarge the video by this factor (nearest)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument(
+        "--sequence-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split stage 2's token sequence over N processes (Ulysses attention); launch with "
+        "torchrun --nproc_per_node N -m planx_core ... (N must divide stage 2's heads); rank 0 writes the files",
+    )
 
 
 def cmd_generate(args) -> int:

@@ -4,10 +4,15 @@
 plan JSON and the plan picture beside it; `semanticgen` plans a continuous plan with stage 1 (or
 reads `--plan`, rendered at its own keyframe times) and renders it with windowed stage 2. Both
 exit 2 with the error's message on bad input; the argument definitions live in `__main__`.
+
+Under `torchrun --nproc_per_node N ... --sequence-parallel N` every process runs the whole command with
+the same inputs, the DiT (semanticgen: stage 2) splits its sequence over the N processes
+(`wan.parallel`), and rank 0 alone shows progress and writes the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -20,6 +25,7 @@ from ..files.safetensors import CheckpointError
 from ..files.video import read_image, write_png, write_video
 from ..plan.core import Plan, PlanError
 from ..semanticgen.model import SemanticGen
+from ..wan.parallel import SequenceParallel, finish, init_from_torchrun, is_writer, sequence_parallel
 from .planx import (
     Generation,
     PlanXPipeline,
@@ -97,21 +103,28 @@ def _drop_stale(*paths: Path) -> None:
             path.unlink()
 
 
+def _parallel(model, parallel: SequenceParallel | None):
+    """`model` sequence-parallel over `parallel`'s ranks inside the block (as it is when None)."""
+    return contextlib.nullcontext(model) if parallel is None else sequence_parallel(model, parallel)
+
+
 def generate_command(args) -> int:
     """`python -m planx_core generate`: plan, render, write video + plan JSON + plan picture; errors exit 2."""
     from ..files.safetensors import CheckpointError
 
-    started = time.perf_counter()
+    started, writer = time.perf_counter(), True
     try:
         _check_options(args)
         scene, motion = _texts(args)
+        parallel, device = init_from_torchrun(args.sequence_parallel, args.device)
+        writer = is_writer()
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
         plan = load_plan_file(args.plan) if args.plan else None
         plan_bytes = Path(args.plan).read_bytes() if args.plan else None
         pipe = PlanXPipeline.from_folder(
             args.bundle or EMBEDDED,
-            device=args.device,
+            device=device,
             dtype=getattr(torch, getattr(args, "dtype", "float32")),
             offload=getattr(args, "offload", False),
         )
@@ -119,20 +132,25 @@ def generate_command(args) -> int:
         if plan is not None:
             _check_given_plan(pipe, plan, args.plan)
         first = pipe.first_frame(read_image(args.image)) if getattr(args, "image", None) else None
-        result = pipe.generate(
-            scene,
-            motion,
-            plan=plan,
-            use_plan=not args.no_plan,
-            seed=args.seed,
-            steps=args.steps,
-            progress=not args.quiet,
-            first_frame=first,
-        )
-        written = _write_outputs(pipe, result, args, plan_bytes)
+        with _parallel(pipe.bundle.dit, parallel):
+            result = pipe.generate(
+                scene,
+                motion,
+                plan=plan,
+                use_plan=not args.no_plan,
+                seed=args.seed,
+                steps=args.steps,
+                progress=writer and not args.quiet,
+                first_frame=first,
+            )
+        written = _write_outputs(pipe, result, args, plan_bytes) if writer else []
     except (CheckpointError, PlanError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        finish()
+    if not writer:
+        return 0
     _report(written, result, loaded - started, time.perf_counter() - started, scene, motion, args)
     return 0
 
@@ -152,8 +170,10 @@ def _semanticgen_plan(model: SemanticGen, args, scene: str, motion: str) -> tupl
 
 
 def semanticgen_command(args) -> int:
-    started = time.perf_counter()
+    started, writer = time.perf_counter(), True
     try:
+        parallel, _ = init_from_torchrun(args.sequence_parallel)
+        writer = is_writer()
         if args.threads:
             torch.set_num_threads(args.threads)
         scene, motion = split_prompt(args.prompt)
@@ -163,7 +183,11 @@ def semanticgen_command(args) -> int:
         loaded = time.perf_counter()
         plan, frames = _semanticgen_plan(model, args, scene, motion)
         planned = time.perf_counter()
-        video = model.decode(model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed))
+        with _parallel(model.latent_dit, parallel):
+            latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed)
+        if not writer:
+            return 0
+        video = model.decode(latent)
         with staged() as pairs:
             temp = write_video(video, temp_for(video_path), model.spec.fps, scale=args.scale)
             pairs.append((temp, video_path.with_suffix(temp.suffix)))
@@ -176,6 +200,8 @@ def semanticgen_command(args) -> int:
     except (CheckpointError, PlanError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        finish()
     done = time.perf_counter()
     spec = model.spec
     print(f"wrote    {video_path} ({frames} frames, window {spec.window}, {spec.window_semantics} semantics)")

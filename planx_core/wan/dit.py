@@ -245,8 +245,16 @@ class WanModel(nn.Module):
         x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
 
+    parallel = None  # a `parallel.SequenceParallel` every forward uses; set by `parallel.sequence_parallel`
+
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, plan=None, window: int | WindowSpec | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        plan=None,
+        window: int | WindowSpec | None = None,
+        parallel=None,
     ) -> torch.Tensor:
         """x `[B, C, F, H, W]`; t timesteps (0..1000) `[B]`, `[B, F']` or `[B, L]`; context `[B, Lt, text_dim]`.
 
@@ -256,7 +264,8 @@ class WanModel(nn.Module):
         on odd blocks (None or 0: full attention); in-context plan tokens are seen by the windows
         of their own span (a `WindowSpec` sets the margin, or `global`: every window sees all
         of them). A window covering all F' latent frames is full
-        attention (Swin's rule: no partition, no shift).
+        attention (Swin's rule: no partition, no shift). `parallel`: a `parallel.SequenceParallel` (default
+        the model's `parallel`): the sequence split over its ranks (Ulysses); every rank returns the whole output.
         """
         dtype, grid = x.dtype, self.token_grid(x.shape)
         window = check_window(window, grid[0])
@@ -270,11 +279,19 @@ class WanModel(nn.Module):
                 tokens, rows, layout, rope, attn_mask = plan.append_tokens(tokens, rows, layout, rope, dtype)
                 num_global, global_bias = tokens.shape[1] - math.prod(grid), plan.key_bias
                 global_frames = plan.plan.latent_frames
+        parallel = self.parallel if parallel is None else parallel
+        shard = None if parallel is None else parallel.shard(tokens.shape[1], self.config.num_heads)
+        if shard is not None:  # this rank's tokens, rows and RoPE (parallel.py)
+            tokens, rows, layout, rope, video_rope = shard.split(tokens, rows, layout, rope, video_rope)
         e, e0 = self.embed_time(rows)  # [B, S, C], [B, S, 6, C]
         context = self.text_embedding(context.to(dtype))  # [B, Lt, C]
         for i, block in enumerate(self.blocks):
             plan_attn = plan.cross_attention(i, video_rope) if plan is not None else None
             attend = window_attend(grid, window, i, num_global, global_bias, global_frames) if window else None
+            if shard is not None:
+                attend = shard.attend(attend, attn_mask)  # all-to-all around the attention
             tokens = block(tokens, e0, layout, context, rope, plan_attn, None if attend else attn_mask, attend)
         out = self.head(tokens, e, layout, dtype)  # [B, L, prod(patch) * C_out]
+        if shard is not None:
+            out = shard.gather(out)  # [B, L, prod(patch) * C_out] on every rank
         return self.unpatchify(out[:, : math.prod(grid)], grid).to(dtype)
