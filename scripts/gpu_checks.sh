@@ -14,6 +14,8 @@
 #              (issue 16; fills in the README's memory table); it stops starting steps before its time box ends
 #   dit_diffusers  benchmarks/bench_dit_vs_diffusers.py at the 5B preset (when diffusers imports)
 #   vae        benchmarks/bench_vae.py: the real Wan 2.2 VAE decode at 121x704x1280 against diffusers
+#   seq_parallel  benchmarks/bench_sequence_parallel.py under torchrun, one rank per GPU (nccl): the 5B step
+#              (6 blocks) at 27,280 tokens, sequence-parallel (issue 19); dry: 2 gloo CPU ranks, tiny shape
 # The whole run stays inside GPU_CHECKS_BUDGET seconds (default 470, under 8 minutes): each step gets
 # min(its cap, what is left), and a step with under 20 s left is skipped and says so. GPU_CHECKS_STEPS (names,
 # space-separated) runs only those steps, e.g. GPU_CHECKS_STEPS="env train_branch" for the training benchmark
@@ -331,6 +333,14 @@ else
   echo "dit_diffusers skipped (diffusers not importable)" >>"$STATUS"
   echo "vae skipped (diffusers not importable)" >>"$STATUS"
 fi
+
+if [ "$MODE" = gpu ]; then  # one rank per GPU; 24 heads: 1, 2, 3, 4, 6 or 8 GPUs
+  SP_ARGS="--nproc_per_node $(nvidia-smi -L | grep -c GPU) benchmarks/bench_sequence_parallel.py --device cuda --shape 5b --layers 6"
+else
+  SP_ARGS="--nproc_per_node 2 benchmarks/bench_sequence_parallel.py --device cpu"
+fi
+# shellcheck disable=SC2086  # SP_ARGS is a list of words
+step seq_parallel 150 "$PY" -m torch.distributed.run $SP_ARGS --repeats 2
 
 # ----------------------------------------------------------------------------- summary
 {
