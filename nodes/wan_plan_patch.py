@@ -27,6 +27,14 @@ modes and an optional attention window. Here the same computation runs on ComfyU
 
 Nothing here is pickled or deep-copied: `PlanPatch.__deepcopy__` returns itself, since ModelPatcher
 deep-copies `model_options` on every clone.
+
+Sequence-parallel packs (the sequence split over GPUs inside the Wan forward, Ulysses attention) reach the
+plan through a small public surface, described in the README ("Multi-GPU"): `planx_call(options)` (the
+running call, `PlanCall`), `PlanCall.extend_sequence` (the in-context plan tokens, their timestep-0 rows
+and 3D RoPE, appended once to the whole sequence before the pack splits it), `PlanCall.num_global`,
+`PlanCall.replaces_self_attention` / `PlanCall.self_attention` (the key bias or windows, on the gathered
+sequence of the rank's heads) and `plan_attention` (a cross-attention plan on the rank's queries, its keys
+and values replicated on every rank).
 """
 
 from __future__ import annotations
@@ -92,6 +100,7 @@ class _Call:
     semantic: torch.Tensor | None = field(default=None, repr=False)  # in-context tokens between blocks [B, P, C]
     _rows: tuple | None = field(default=None, repr=False)  # (e given, e with the plan's rows)
     _freqs: tuple | None = field(default=None, repr=False)  # (freqs given, freqs with the plan's)
+    sharded: bool = False  # a sequence-parallel pack carries the in-context plan tokens in its own sequence
 
     def enter(self, block: int, video_freqs: torch.Tensor, self_length: int) -> None:
         self.block, self.video_freqs, self.self_length = block, video_freqs, self_length
@@ -136,6 +145,17 @@ class _Call:
             "vec": self.rows(args["vec"], x),
             "pe": self.freqs(args["pe"]),
         }
+
+    def extend_sequence(
+        self, x: torch.Tensor, e: torch.Tensor, freqs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a sequence-parallel pack, once per call before it splits the sequence: video tokens x `[B, Lv, C]`,
+        timestep rows e and RoPE freqs -> the same with the in-context plan tokens appended (timestep-0 rows,
+        their 3D RoPE). The call is then `sharded`: the blocks no longer append the plan tokens themselves;
+        the pack splits these, gathers after the last block and drops the last `num_global` tokens."""
+        args = self.with_plan({"img": x, "vec": e, "pe": freqs})
+        self.sharded = True
+        return args["img"], args["vec"], args["pe"]  # [B, Lv + P, C], rows over Lv + P, [1, Lv + P, 1, D/2, 2, 2]
 
     def rows(self, e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Modulation rows e `[B, S, 6, C]` over Lv video tokens -> rows over Lv + P tokens, the plan's at
@@ -356,6 +376,15 @@ def token_grid(latent_shape, patch_size) -> tuple[int, int, int]:
     return -(-f // pt), -(-h // ph), -(-w // pw)
 
 
+PlanCall = _Call  # the public name of the per-call state, for sequence-parallel packs
+
+
+def planx_call(transformer_options: dict | None) -> PlanCall | None:
+    """The Plan-X state of the model call these transformer_options belong to (None: no plan or window on this
+    MODEL, or outside a call). For sequence-parallel packs; see the module docstring and the README."""
+    return (transformer_options or {}).get(STATE_KEY)
+
+
 def block_replacements(patches_replace: dict, num_blocks: int) -> dict:
     """A copy of patches_replace with a recording replacement on every block (chaining those already there)."""
     out = dict(patches_replace)
@@ -375,8 +404,8 @@ def _recording_block(index: int, previous):
         if call is None:
             return run(args, extra)
         length = args["img"].shape[1]
-        call.enter(index, args["pe"], length + call.num_global)
-        if not call.in_context:
+        call.enter(index, args["pe"], length + (0 if call.sharded else call.num_global))
+        if not call.in_context or call.sharded:
             return run(args, extra)
         out = run(call.with_plan(args), extra)
         tokens = out["img"]  # [B, Lv + P, C]

@@ -219,3 +219,28 @@ def test_local_layouts_cover_the_sequence_row_for_row(groups, ranks):
 def _expand(groups):
     """Groups of n rows as n groups of one row."""
     return [(1, m) for n, m in groups for _ in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["cross_attn", "in_context"])
+def test_bound_plan_gives_what_a_sequence_parallel_forward_needs(mode):
+    """The planx_core-level hooks (BoundPlan) a sequence-parallel DiT uses for the plan tokens: positions and
+    their rotation rows (in-context tokens split with the sequence), per-block keys and values (cross-attention,
+    replicated on every rank), the key bias, and the sequence with the tokens appended."""
+    from planx_core.wan.dit import TokenLayout, grid_rope
+
+    model = tiny_model()
+    cfg, grid = model.config, (4, 3, 5)
+    bound = tiny_plan(model, mode, 0.5).bind(grid, cfg.dim, cfg.num_layers)
+    count = 27
+    assert bound.positions.shape == (count, 3) and bound.rope.cos.shape == (count, cfg.head_dim // 2)
+    assert bound.key_bias == pytest.approx(-0.6931, abs=1e-4)
+    if mode == "cross_attn":
+        k, v = bound.keys_values(1, 2, torch.float32)
+        assert k.shape == v.shape == (2, count, cfg.num_heads, cfg.head_dim) and bound.has_attention(1)
+        return
+    tokens, rows = torch.randn(2, 60, cfg.dim), torch.zeros(2, 4)
+    rope = grid_rope(grid, cfg.head_dim, torch.device("cpu"))
+    out = bound.append_tokens(tokens, rows, TokenLayout(((4, 15),)), rope, torch.float32)
+    tokens2, rows2, layout2, rope2, mask = out
+    assert tokens2.shape[1] == rope2.cos.shape[0] == layout2.num_tokens == 60 + count and rows2.shape == (2, 5)
+    assert mask.shape[-1] == 60 + count
