@@ -28,13 +28,8 @@ modes and an optional attention window. Here the same computation runs on ComfyU
 Nothing here is pickled or deep-copied: `PlanPatch.__deepcopy__` returns itself, since ModelPatcher
 deep-copies `model_options` on every clone.
 
-Sequence-parallel packs (the sequence split over GPUs inside the Wan forward, Ulysses attention) reach the
-plan through a small public surface, described in the README ("Multi-GPU"): `planx_call(options)` (the
-running call, `PlanCall`), `PlanCall.extend_sequence` (the in-context plan tokens, their timestep-0 rows
-and 3D RoPE, appended once to the whole sequence before the pack splits it), `PlanCall.num_global`,
-`PlanCall.replaces_self_attention` / `PlanCall.self_attention` (the key bias or windows, on the gathered
-sequence of the rank's heads) and `plan_attention` (a cross-attention plan on the rank's queries, its keys
-and values replicated on every rank).
+Sequence-parallel packs reach the plan through `planx_call`, `PlanCall.extend_sequence`, `num_global`,
+`self_attention` and `plan_attention` (README, "Multi-GPU", says how).
 """
 
 from __future__ import annotations
