@@ -213,3 +213,37 @@ def test_a_retimed_plan_renders_at_its_own_times(model, tmp_path):
     assert frames == 17 and loaded.times == moved.times
     with pytest.raises(PlanError, match="does not fit the video"):  # keyframes up to 2 s, 9 frames end at 1 s
         _semanticgen_plan(model, Namespace(plan=str(path), frames=9, no_plan=False, seed=3), "a red circle", "")
+
+
+def test_window_semantics_reach_stage_2_and_round_trip(model, tmp_path):
+    """The spec's window semantics and margin decide what stage 2's windows see; the folder keeps them, and
+    an unknown value is refused when the spec is read."""
+    z = model.plan_semantics("a red circle", "the red circle moves up", num_frames=33, seed=1)
+    plan = model.semantic_plan(z, num_frames=33)
+    latents = {
+        key: model.with_windowing(semantics=key[0], margin=key[1]).render_latent(
+            plan, "a red circle", "", num_frames=33, seed=3
+        )
+        for key in (("local", 0), ("global", 0), ("local", 1))
+    }
+    assert model.spec.window_semantics == "local" and model.spec.window_margin == 0  # the default
+    assert not torch.allclose(latents["local", 0], latents["global", 0])
+    assert not torch.allclose(latents["local", 0], latents["local", 1])
+    wide = model.with_windowing(semantics="global", margin=2)
+    wide.save(tmp_path / "sg")
+    assert SemanticGen.load(tmp_path / "sg").spec == wide.spec
+    spec = tmp_path / "sg" / "semanticgen.json"
+    spec.write_text(spec.read_text().replace('"global"', '"everywhere"'))
+    with pytest.raises(ValueError, match="window_semantics must be one of"):
+        SemanticGen.load(tmp_path / "sg")
+    with pytest.raises(ValueError, match="window_margin"):
+        model.with_windowing(margin=-1)
+
+
+def test_semanticgen_command_refuses_a_negative_window_margin(tmp_path, capsys):
+    from planx_core.__main__ import main
+
+    out = tmp_path / "long.mp4"
+    code = main(["semanticgen", "--prompt", "a red circle. it moves up.", "--out", str(out), "--window-margin", "-1"])
+    assert code == 2 and "window_margin must be a whole number of latent frames >= 0" in capsys.readouterr().err
+    assert not out.exists()
