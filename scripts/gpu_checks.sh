@@ -16,6 +16,8 @@
 #   vae        benchmarks/bench_vae.py: the real Wan 2.2 VAE decode at 121x704x1280 against diffusers
 #   seq_parallel  benchmarks/bench_sequence_parallel.py under torchrun, one rank per GPU (nccl): the 5B step
 #              (6 blocks) at 27,280 tokens, sequence-parallel (issue 19); dry: 2 gloo CPU ranks, tiny shape
+#   windows    benchmarks/bench_window_attention.py: windowed-local / windowed-global / full attention on the
+#              5B's blocks as the video grows 1x to 16x (issue 19)
 # The whole run stays inside GPU_CHECKS_BUDGET seconds (default 470, under 8 minutes): each step gets
 # min(its cap, what is left), and a step with under 20 s left is skipped and says so. GPU_CHECKS_STEPS (names,
 # space-separated) runs only those steps, e.g. GPU_CHECKS_STEPS="env train_branch" for the training benchmark
@@ -341,6 +343,12 @@ else
 fi
 # shellcheck disable=SC2086  # SP_ARGS is a list of words
 step seq_parallel 150 "$PY" -m torch.distributed.run $SP_ARGS --repeats 2
+if [ "$MODE" = gpu ]; then  # the 5B's blocks at 8 to 128 latent frames (7,040 to 112,640 video tokens), Tw 4
+  step windows 120 "$PY" benchmarks/bench_window_attention.py --device cuda --shape 5b --layers 2 --frames 8 \
+    --scales 1,2,4,8,16 --repeats 2
+else
+  step windows 120 "$PY" benchmarks/bench_window_attention.py --device "$DEVICE" --frames 2 --scales 1,2 --repeats 1
+fi
 
 # ----------------------------------------------------------------------------- summary
 {

@@ -163,7 +163,7 @@ def test_real_weights_variant_is_described(workflow, request):
 
 def test_shipped_settings_run_on_the_tiny_model(workflow, request):
     """Tiny loaders and the embedded planner; 64x64, 17 frames at 8 fps, 20 steps, both CFGs 1, shift 0, full
-    attention. The long-video workflow: the embedded SemanticGen, 65 frames, attention window 2."""
+    attention. The long-video workflow: the embedded SemanticGen, 65 frames, attention window 2, local."""
     long = _name(request) == LONG_VIDEO
     length, window = (65, 2) if long else (17, 0)
     loaders = {
@@ -179,3 +179,5 @@ def test_shipped_settings_run_on_the_tiny_model(workflow, request):
             assert values[2:6] == [64, 64, length, 8.0]  # scene, motion, width, height, length, fps, ...
         if node["type"] == "PlanX_Sampler":  # seed, "fixed", steps, text_cfg, plan_cfg, shift, solver, w, h, length,
             assert values[2:6] == [20, 1.0, 1.0, 0.0] and values[7:11] == [64, 64, length, window]  # window
+            if long:  # window_semantics, window_margin: each window sees its own frames' keyframes
+                assert values[14:16] == ["local", 0]
