@@ -276,7 +276,7 @@ def long_video_semanticgen(g, name: str) -> dict:
         tiny,
         branch=SEMANTICGEN,
         video=LONG_VIDEO,
-        sampler_widgets={"attention_window": LONG_WINDOW},
+        sampler_widgets={"attention_window": LONG_WINDOW, "window_semantics": "local"},
     )
     return g.workflow(
         name,
@@ -286,7 +286,8 @@ def long_video_semanticgen(g, name: str) -> dict:
                 "Long video with SemanticGen (arXiv 2512.20619) on the embedded toy model: its diffusion planner "
                 "samples a continuous plan for all 65 frames at once (17 keyframes of compact semantic vectors), the "
                 "latent generator renders it in context with windowed attention (2 latent frames, shifted on odd "
-                "blocks; every window sees the whole plan). There are no Wan-scale SemanticGen weights for this pack, "
+                "blocks; each window sees the plan's keyframes of its own frames, so time grows linearly with "
+                "the length). There are no Wan-scale SemanticGen weights for this pack, "
                 "so this workflow has no real-weights variant; attention_window itself works on any Wan MODEL."
             ),
         },
