@@ -200,6 +200,17 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="split the DiT's token sequence over N processes (Ulysses attention); launch with "
         "torchrun --nproc_per_node N -m planx_core ... (N must divide the DiT's heads); rank 0 writes the files",
     )
+    add_split_guidance_argument(parser)
+
+
+def add_split_guidance_argument(parser: argparse.ArgumentParser) -> None:
+    """`--split-guidance`, for the commands that take `--sequence-parallel`."""
+    parser.add_argument(
+        "--split-guidance",
+        action="store_true",
+        help="with --sequence-parallel N: run each step's P guidance passes (text, plan, neither) at once on P "
+        "groups of N/P processes instead of one after another (when P divides N; otherwise as without)",
+    )
 
 
 def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
@@ -242,6 +253,7 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         help="split stage 2's token sequence over N processes (Ulysses attention); launch with "
         "torchrun --nproc_per_node N -m planx_core ... (N must divide stage 2's heads); rank 0 writes the files",
     )
+    add_split_guidance_argument(parser)
 
 
 def cmd_generate(args) -> int:

@@ -113,6 +113,33 @@ def refusals(world: int) -> dict[str, str]:
     return out
 
 
+def guidance_split() -> dict[str, list]:
+    """Whole renders (2 UniPC steps) with each step's guidance passes spread over groups of ranks
+    (`GuidanceSplit`), against one process: (largest difference, was the step split)."""
+    from planx_core.diffusion import Guidance, guidance_runner, render
+    from planx_core.wan.parallel import GuidanceSplit
+
+    model = tiny_model()
+    plan = tiny_plan(model, "cross_attn", 0.7)
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.randn(1, 48, 4, 6, 10, generator=gen)
+    positive, negative = torch.randn(1, 5, 32, generator=gen), torch.randn(1, 5, 32, generator=gen)
+    settings = {
+        "text guidance (2 passes)": (Guidance(3.0, 1.0), None),
+        "text guidance with a plan (2 passes)": (Guidance(3.0, 1.0), plan),
+        "text and plan guidance (3 passes)": (Guidance(3.0, 2.0), plan),
+    }
+    out = {}
+    for name, (guidance, conditioning) in settings.items():
+        with torch.inference_mode():
+            one = render(model, noise, positive, negative, plan=conditioning, steps=2, guidance=guidance)
+            runner = GuidanceSplit(model)
+            with sequence_parallel(model), guidance_runner(runner):
+                split = render(model, noise, positive, negative, plan=conditioning, steps=2, guidance=guidance)
+        out[name] = [float((split - one).abs().max()), any(v is not None for v in runner._groups.values())]
+    return out
+
+
 def generate(out: str, ranks: int) -> int:
     from planx_core.__main__ import main
 
@@ -125,7 +152,7 @@ def worker(rank: int, world: int, port: int, folder: str, run_generate: bool) ->
     env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
     os.environ.update({key: str(value) for key, value in env.items()})
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    result = {"forward": forward_differences()}
+    result = {"forward": forward_differences(), "guidance": guidance_split()}
     if world == 4 or rank == 0:
         result["refusals"] = refusals(world)
     if run_generate:  # the command tears the process group down when it is done
@@ -153,9 +180,19 @@ def test_two_ranks_match_one_process(two_ranks, name):
         assert result["forward"][name] <= TOLERANCE, f"rank {rank}, {name}"
 
 
+def test_two_ranks_split_guidance_passes(two_ranks):
+    """2 passes on 2 ranks: one pass per rank (then gathered); 3 passes do not split 2 ranks: as without."""
+    for result in two_ranks[1]:
+        for name, (diff, split) in result["guidance"].items():
+            assert diff <= TOLERANCE, name
+            assert split == ("2 passes" in name), name
+
+
 def test_four_ranks_match_one_process(tmp_path):
     results = spawn(4, tmp_path)
     for rank, result in enumerate(results):
+        for name, (diff, split) in result["guidance"].items():  # 2 passes: 2 groups of 2 sequence-parallel ranks
+            assert diff <= TOLERANCE and split == ("2 passes" in name), (rank, name, diff)
         bad = {name: diff for name, diff in result["forward"].items() if diff > TOLERANCE}
         assert not bad, f"rank {rank}: {bad}"
         assert "model has 2 heads" in result["refusals"]["heads"] and "1, 2" in result["refusals"]["heads"]
@@ -194,6 +231,13 @@ def test_cli_refuses_a_run_outside_torchrun_or_of_another_size(monkeypatch, tmp_
         monkeypatch.setenv(name, value)
     assert generate(str(tmp_path / "a.mp4"), 4) == 2
     assert "torchrun started 2 processes" in capsys.readouterr().err
+    for name in env:
+        monkeypatch.delenv(name)
+    from planx_core.__main__ import main
+
+    split = ["generate", "--prompt", PROMPT, "--out", str(tmp_path / "a.mp4"), "--quiet", "--split-guidance"]
+    assert main(split) == 2
+    assert "--split-guidance spreads the guidance passes over the ranks" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

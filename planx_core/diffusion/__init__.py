@@ -2,7 +2,8 @@
 
 Sources: Wan 2.2 (`wan/utils/fm_solvers_unipc.py`, `wan/textimage2video.py`); see `sampling`.
 
-Public API: `shift_sigma`, `flow_sigmas`, `Guidance`, `guided_velocity`, `initial_noise`,
+Public API: `shift_sigma`, `flow_sigmas`, `Guidance`, `guided_velocity`, `guidance_runner` (who evaluates
+the guidance passes), `initial_noise`,
 `sample`, `SamplingInterrupted` (sampling); `SOLVERS`, `make_solver` (solvers); `render`,
 `latent_shape`, `pad_text_context`, `make_denoiser` (a DiT bound to the sampler).
 """
@@ -14,6 +15,7 @@ from .sampling import (
     Guidance,
     SamplingInterrupted,
     flow_sigmas,
+    guidance_runner,
     guided_velocity,
     initial_noise,
     sample,
@@ -31,6 +33,7 @@ __all__ = [
     "SamplingInterrupted",
     "UniPCSolver",
     "flow_sigmas",
+    "guidance_runner",
     "guided_velocity",
     "initial_noise",
     "latent_shape",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,9 @@ __all__ = [
     "Guidance",
     "SamplingInterrupted",
     "flow_sigmas",
+    "combine_passes",
+    "guidance_passes",
+    "guidance_runner",
     "guided_velocity",
     "initial_noise",
     "sample",
@@ -100,8 +105,8 @@ class Guidance:
     plan_scale: float = 1.0
 
 
-def guided_velocity(denoise: Denoiser, x: Tensor, t: Tensor, guidance: Guidance, *, use_plan: bool) -> Tensor:
-    """Guided velocity, evaluating only the passes the scales need (called in the order listed):
+def guidance_passes(guidance: Guidance, *, use_plan: bool) -> list[tuple[bool, bool]]:
+    """The (text, plan) passes the scales need, in order:
 
     - no plan, text_scale == 1: v(text)                         1 pass
     - no plan:                  v(text), v(-)                   2 passes: v(-) + s_text (v(text) - v(-))
@@ -112,19 +117,51 @@ def guided_velocity(denoise: Denoiser, x: Tensor, t: Tensor, guidance: Guidance,
     """
     s_text, s_plan = guidance.text_scale, guidance.plan_scale
     if not use_plan:
-        v_text = denoise(x, t, text=True, plan=False)  # [B, C, F, H, W]
-        if s_text == 1:
-            return v_text
-        v_none = denoise(x, t, text=False, plan=False)
-        return v_none + s_text * (v_text - v_none)
-    v_text_plan = denoise(x, t, text=True, plan=True)  # [B, C, F, H, W]
+        return [(True, False)] if s_text == 1 else [(True, False), (False, False)]
     if s_plan == 1 and s_text == 1:
-        return v_text_plan
-    v_plan = denoise(x, t, text=False, plan=True)
-    if s_plan == 1:
-        return v_plan + s_text * (v_text_plan - v_plan)
-    v_none = denoise(x, t, text=False, plan=False)
-    return v_none + s_plan * (v_plan - v_none) + s_text * (v_text_plan - v_plan)
+        return [(True, True)]
+    return [(True, True), (False, True)] if s_plan == 1 else [(True, True), (False, True), (False, False)]
+
+
+def combine_passes(v: list[Tensor], guidance: Guidance, *, use_plan: bool) -> Tensor:
+    """The guided velocity from the velocities of `guidance_passes`, in their order."""
+    s_text, s_plan = guidance.text_scale, guidance.plan_scale
+    if len(v) == 1:
+        return v[0]
+    if not use_plan:
+        return v[1] + s_text * (v[0] - v[1])
+    if len(v) == 2:
+        return v[1] + s_text * (v[0] - v[1])
+    return v[2] + s_plan * (v[1] - v[2]) + s_text * (v[0] - v[1])
+
+
+PassRunner = Callable[[list[tuple[bool, bool]], Callable[[tuple[bool, bool]], Tensor]], list[Tensor]]
+_PASS_RUNNER: ContextVar[PassRunner | None] = ContextVar("planx_guidance_pass_runner", default=None)
+
+
+@contextmanager
+def guidance_runner(runner: PassRunner | None):
+    """Inside the block, `guided_velocity` hands its passes to `runner(passes, evaluate) -> velocities` (e.g.
+    `wan.parallel.GuidanceSplit`, which spreads them over groups of ranks) instead of evaluating them one
+    after another."""
+    token = _PASS_RUNNER.set(runner)
+    try:
+        yield runner
+    finally:
+        _PASS_RUNNER.reset(token)
+
+
+def guided_velocity(denoise: Denoiser, x: Tensor, t: Tensor, guidance: Guidance, *, use_plan: bool) -> Tensor:
+    """Guided velocity, evaluating only the passes the scales need (`guidance_passes`, called in that order
+    unless a `guidance_runner` is active)."""
+    passes = guidance_passes(guidance, use_plan=use_plan)
+    runner = _PASS_RUNNER.get()
+
+    def evaluate(which: tuple[bool, bool]) -> Tensor:
+        return denoise(x, t, text=which[0], plan=which[1])  # [B, C, F, H, W]
+
+    velocities = [evaluate(which) for which in passes] if runner is None else runner(passes, evaluate)
+    return combine_passes(velocities, guidance, use_plan=use_plan)
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -20,12 +20,20 @@ from pathlib import Path
 import torch
 
 from .. import EMBEDDED
+from ..diffusion.sampling import guidance_runner
 from ..files.atomic import staged, temp_for
 from ..files.safetensors import CheckpointError
 from ..files.video import read_image, write_png, write_video
 from ..plan.core import Plan, PlanError
 from ..semanticgen.model import SemanticGen
-from ..wan.parallel import SequenceParallel, finish, init_from_torchrun, is_writer, sequence_parallel
+from ..wan.parallel import (
+    GuidanceSplit,
+    SequenceParallel,
+    finish,
+    init_from_torchrun,
+    is_writer,
+    sequence_parallel,
+)
 from .planx import (
     Generation,
     PlanXPipeline,
@@ -103,9 +111,21 @@ def _drop_stale(*paths: Path) -> None:
             path.unlink()
 
 
-def _parallel(model, parallel: SequenceParallel | None):
-    """`model` sequence-parallel over `parallel`'s ranks inside the block (as it is when None)."""
-    return contextlib.nullcontext(model) if parallel is None else sequence_parallel(model, parallel)
+@contextlib.contextmanager
+def _parallel(model, parallel: SequenceParallel | None, split_guidance: bool = False):
+    """`model` sequence-parallel over `parallel`'s ranks inside the block (as it is when None); with
+    `split_guidance`, each step's guidance passes go to groups of those ranks (`wan.parallel.GuidanceSplit`)."""
+    if split_guidance and parallel is None:
+        raise ValueError(
+            "--split-guidance spreads the guidance passes over the ranks of --sequence-parallel N (N >= 2, "
+            "under torchrun); add --sequence-parallel, or drop --split-guidance"
+        )
+    if parallel is None:
+        yield model
+        return
+    runner = GuidanceSplit(model, parallel) if split_guidance else None
+    with sequence_parallel(model, parallel), guidance_runner(runner):
+        yield model
 
 
 def generate_command(args) -> int:
@@ -132,7 +152,7 @@ def generate_command(args) -> int:
         if plan is not None:
             _check_given_plan(pipe, plan, args.plan)
         first = pipe.first_frame(read_image(args.image)) if getattr(args, "image", None) else None
-        with _parallel(pipe.bundle.dit, parallel):
+        with _parallel(pipe.bundle.dit, parallel, args.split_guidance):
             result = pipe.generate(
                 scene,
                 motion,
@@ -183,7 +203,7 @@ def semanticgen_command(args) -> int:
         loaded = time.perf_counter()
         plan, frames = _semanticgen_plan(model, args, scene, motion)
         planned = time.perf_counter()
-        with _parallel(model.latent_dit, parallel):
+        with _parallel(model.latent_dit, parallel, args.split_guidance):
             latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed)
         if not writer:
             return 0

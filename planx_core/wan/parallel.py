@@ -20,8 +20,10 @@ Decisions (this module's rules):
   them); the queries are local and rotated by their own rows of the video RoPE.
 - The head's output is all-gathered: every rank returns the full velocity, so the sampler runs
   identically (and redundantly) on every rank.
-- CFG passes are not split across ranks: the sampler calls its guidance passes one after another
-  (`diffusion.sampling.guided_velocity`), and every rank takes part in each pass.
+- Guidance passes: by default every rank takes part in each pass, one after another. `GuidanceSplit`
+  (installed with `diffusion.guidance_runner`) spreads the P passes of a step over P groups of N/P ranks
+  when P divides N: each group runs its pass sequence-parallel over its own ranks, and the velocities
+  are all-gathered between the groups' ranks of the same position. Otherwise the passes run as by default.
 - Inference only: the collectives are not differentiable.
 
 Use: `with sequence_parallel(model):` (under torchrun, after `init_from_torchrun`) or
@@ -207,6 +209,44 @@ def sequence_parallel(model, parallel: SequenceParallel | None = None):
         yield model
     finally:
         model.parallel = previous
+
+
+class GuidanceSplit:
+    """A `diffusion.guidance_runner` that spreads a step's guidance passes over groups of ranks (see the module).
+
+    Every rank calls it with the same passes (they all run the same sampler), so the groups, made once per
+    pass count, are created in the same order everywhere, as `dist.new_group` requires."""
+
+    def __init__(self, model, parallel: SequenceParallel | None = None):
+        self.model, self.world = model, parallel or SequenceParallel()
+        self.ranks = (
+            list(range(self.world.size)) if self.world.group is None else dist.get_process_group_ranks(self.world.group)
+        )
+        self._groups: dict[int, tuple[SequenceParallel, dist.ProcessGroup, int] | None] = {}
+
+    def groups(self, passes: int) -> tuple[SequenceParallel, dist.ProcessGroup, int] | None:
+        """(this rank's pass group, its peers in the other groups, its pass), or None when P does not split N."""
+        n = self.world.size
+        if passes < 2 or n % passes or self.model.config.num_heads % (n // passes):
+            return None
+        if passes not in self._groups:
+            per = n // passes
+            teams = [dist.new_group(self.ranks[p * per : (p + 1) * per]) for p in range(passes)]
+            peers = [dist.new_group(self.ranks[i::per]) for i in range(per)]
+            me = self.world.rank
+            self._groups[passes] = (SequenceParallel(teams[me // per]), peers[me % per], me // per)
+        return self._groups[passes]
+
+    def __call__(self, passes: list, evaluate) -> list[torch.Tensor]:
+        split = self.groups(len(passes))
+        if split is None:
+            return [evaluate(which) for which in passes]
+        team, peers, mine = split
+        with sequence_parallel(self.model, team):
+            out = evaluate(passes[mine]).contiguous()  # [B, C, F, H, W], the whole velocity on every team rank
+        velocities = [torch.empty_like(out) for _ in passes]
+        dist.all_gather(velocities, out, group=peers)  # peers are ordered by pass
+        return velocities
 
 
 def init_from_torchrun(ranks: int, device: str = "cpu") -> tuple[SequenceParallel | None, str]:
