@@ -2,8 +2,9 @@
 
 After SemanticGen (arXiv 2512.20619), Sec. 4 and supplementary B.2: long videos made with
 shifted-window attention drift (objects change or vanish late in the video); a global semantic
-plan that every window attends to should reduce it. The paper's Delta^M_drift is the absolute
-difference of a metric between the start and the end of a video; here the two ends are the first
+plan that the windows attend to (each its own span's part, `window_semantics`) should reduce it. The
+paper's Delta^M_drift is the absolute difference of a metric between the start and the end of a video;
+here the two ends are the first
 and the last second, and everything is computed from the frames alone (`world_score.detect`). A
 colour is *present* in a second when it is found in at least half of that second's frames (an
 object keeps its colour in this world, so colour is its identity; shapes are not used, the tiny

@@ -1,4 +1,4 @@
-"""Shifted-window self-attention along time, with global (semantic) tokens seen by every window.
+"""Shifted-window self-attention along time, with global (semantic) tokens seen by the windows of their span.
 
 Source: SemanticGen (arXiv 2512.20619), Sec. 3.4: for long videos the stage-2 generator keeps
 the semantic tokens in context with the VAE latent tokens, but restricts attention among the
