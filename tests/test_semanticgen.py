@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from planx_core import EMBEDDED, world
-from planx_core.files.safetensors import CheckpointError
+from planx_core.files.safetensors import CheckpointError, read_safetensors
 from planx_core.plan.core import Plan
 from planx_core.plan.timing import keyframe_latent_frames, keyframe_times
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
@@ -163,6 +163,18 @@ def test_training_stages_run_and_assemble(tmp_path):
     sg = SemanticGen.load(folder).with_spec(steps=1, semantic_steps=1)
     frames, z = sg.generate("a blue square", "the blue square moves left", num_frames=65, seed=0)
     assert frames.shape == (65, 64, 64, 3) and z.shape == (17, 4, 4, 8)
+
+
+def test_semantic_stage_encodes_its_own_pools_from_a_model_folder(tmp_path):
+    """`--semantic-pools`: stage 1 trains on pools of a SemanticGen folder's own encoder (no latent run needed):
+    features and prompts only, no latents."""
+    out = tmp_path / "semantic"
+    args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
+    common = ["--steps", "1", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-clips", "1", "--threads", "1"]
+    assert train.main([*args, "--semantic-pools", *common, "--eval-every", "0"]) == 0
+    pool = read_safetensors(out / "pool_short.safetensors")
+    assert set(pool) == {"feats", "ids", "mask"} and pool["feats"].shape[:2] == (2, 5)
+    assert (out / "pool_long.safetensors").is_file() and (out / "semantic_generator.safetensors").is_file()
 
 
 def test_semantic_stage_needs_latent_run(tmp_path, capsys):

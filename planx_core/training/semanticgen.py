@@ -62,15 +62,21 @@ def semantic_keyframes(num_frames: int) -> tuple[list[float], list[int]]:
     return keyframe_frames(num_frames, SPEC.fps, SPEC.fps / SPEC.keyframe_stride)
 
 
-def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) -> dict[str, torch.Tensor]:
-    """Latents `[B, z, F, h, w]`, semantic features `[B, K, gh, gw, Fd]` of the ~2-fps keyframes, prompt ids/mask."""
-    video = clip_video(clips)  # [B, 3, T, H, W]
-    latents = torch.cat([vae.encode(video[i : i + 4]) for i in range(0, len(clips), 4)])
+def encode_features(clips: list[world.Clip], encoder: SemanticEncoder, text, video=None) -> dict[str, torch.Tensor]:
+    """Semantic features `[B, K, gh, gw, Fd]` of the ~2-fps keyframes and the prompts' ids / mask `[B, L]`."""
+    video = clip_video(clips) if video is None else video  # [B, 3, T, H, W]
     keys = semantic_keyframes(video.shape[2])[1]  # 2 fps at 8 fps
     frames = video[:, :, keys].transpose(1, 2).flatten(0, 1)  # [B*K, 3, H, W]
     feats = encoder.encode(frames).unflatten(0, (len(clips), len(keys)))  # [B, K, gh, gw, Fd]
     ids, mask = text.tokenize([join_prompt(c.scene, c.motion) for c in clips])  # [B, L]
-    return {"x0": latents, "feats": feats, "ids": ids, "mask": mask}
+    return {"feats": feats, "ids": ids, "mask": mask}
+
+
+def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) -> dict[str, torch.Tensor]:
+    """Latents `[B, z, F, h, w]` and `encode_features`."""
+    video = clip_video(clips)  # [B, 3, T, H, W]
+    latents = torch.cat([vae.encode(video[i : i + 4]) for i in range(0, len(clips), 4)])
+    return {"x0": latents, **encode_features(clips, encoder, text, video)}
 
 
 class PoolMixin:
@@ -297,7 +303,17 @@ class SemSemanticStage(SemLatentStage):
 
     @classmethod
     def add_arguments(cls, parser):
-        parser.add_argument("--latent-run", help="semgen-semantic: the finished `--stage semgen-latent` run folder")
+        parser.add_argument(
+            "--latent-run",
+            help="semgen-semantic: the finished `--stage semgen-latent` run folder, or a SemanticGen model folder "
+            "with --semantic-pools",
+        )
+        parser.add_argument(
+            "--semantic-pools",
+            action="store_true",
+            help="semgen-semantic: encode its own pools (--pool short, --long-pool long clips: the frozen encoder's "
+            "features and the prompts) into --out instead of reading the --latent-run's",
+        )
 
     def __init__(self, ctx: StageContext):
         Stage.__init__(self, ctx)
@@ -309,12 +325,23 @@ class SemSemanticStage(SemLatentStage):
         cfg = semantic_generator_config(self.latent.spec.sem_dim, text_dim=self.text.dim)
         torch.manual_seed(a.seed)
         self.module = SemanticObjective(WanModel(cfg))
-        self.pools = {name: self._means(Path(a.latent_run) / f"pool_{name}.safetensors") for name in ("short", "long")}
+        source = Path(a.latent_run)
+        if a.semantic_pools:
+            self.build_pools(self._encode_features)
+            source = Path(a.out)
+        self.pools = {name: self._means(source / f"pool_{name}.safetensors") for name in ("short", "long")}
+
+    @torch.no_grad()
+    def _encode_features(self, clips):
+        return encode_features(clips, self.encoder, self.text)
 
     @torch.no_grad()
     def _means(self, path: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
-            raise StageError(f"{path} is missing: --latent-run must be the folder of a `--stage semgen-latent` run")
+            raise StageError(
+                f"{path} is missing: --latent-run must be the folder of a `--stage semgen-latent` run, or add "
+                f"--semantic-pools to encode this run's own pools"
+            )
         pool = read_safetensors(path)
         z = self.latent.compressor(pool["feats"], sample=False).mean  # [N, K, gh, gw, D]
         return {"z": z, "ids": pool["ids"], "mask": pool["mask"]}
@@ -327,6 +354,7 @@ class SemSemanticStage(SemLatentStage):
             "global_batch": a.batch * self.ctx.world_size,
             "latent_run": str(Path(a.latent_run).resolve()),
             "long_every": a.long_every,
+            **({"semantic_pools": [a.pool, a.long_pool]} if a.semantic_pools else {}),
         }
 
     def init_from(self, path: Path) -> None:
