@@ -70,6 +70,8 @@ NODE_INPUTS = {
         "scheduler",
         "size_from_plan",
         "fps",
+        "window_semantics",
+        "window_margin",
     ],
     "PlanX_PlanPreview": ["plan", "planner"],
     "PlanX_SavePlan": ["plan", "filename_prefix"],
