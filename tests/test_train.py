@@ -238,6 +238,46 @@ def test_self_feed_replaces_only_plan_codes_with_the_models_own_draws():
     assert torch.allclose(loss, plain)
 
 
+def test_motion_weight_weighs_the_cells_that_change(tmp_path, capsys):
+    """--motion-weight: the plan codes whose cell differs from the previous keyframe (keyframe 0: from an empty
+    grid) get the weight, every other plan token 1, the prompt none; the loss is their weighted mean; the stage's
+    batches carry the weights and the option is refused below 1."""
+    from planx_core import world
+    from planx_core.training.planner import PlannerObjective, PlannerStage, motion_weights, pad
+    from planx_core.training.stages import StageContext
+    from planx_core.world.labels import BACKGROUND_CODE
+
+    args = train.parse_args(
+        ["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2", "--motion-weight", "5"]
+    )
+    stage = PlannerStage(StageContext(args, "cpu"))
+    clips = [world.make_clip(s) for s in (3, 4)]
+    codes = stage.plan_codes(clips)  # [2, K, g*g]
+    batch = pad([stage.sequence(c, codes[b], b == 1) for b, c in enumerate(clips)], stage.tokenizer.pad_token_id)
+    v = stage.vocab
+    image = range(v.image_start, v.image_end)
+    weights = motion_weights(batch["labels"], codes, image, 5.0)  # [2, S]
+    is_code = (batch["labels"] >= v.image_start) & (batch["labels"] < v.image_end)
+    assert torch.all(weights[~is_code] == 1.0)
+    for b in range(2):
+        kf = codes[b]  # [K, g*g]
+        moved = torch.cat([kf[:1] != BACKGROUND_CODE, kf[1:] != kf[:-1]]).flatten()  # by hand
+        assert moved.any() and not moved.all()
+        assert torch.equal(weights[b][is_code[b]], torch.where(moved, 5.0, 1.0))
+    assert "weights" in stage.batch(0)[0]
+    objective = PlannerObjective(stage.model, [], image).train()
+    loss = objective(**batch, weights=weights)
+    logits = stage.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    target = batch["labels"][:, 1:].flatten()
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), target, ignore_index=-100, reduction="none")
+    w = weights[:, 1:].flatten() * (target != -100)
+    assert torch.allclose(loss, (ce * w).sum() / w.sum())
+    assert not torch.allclose(loss, objective(**batch)), "the weights change the loss"
+    out = ["--stage", "planner", "--out", str(tmp_path / "p"), "--steps", "1", "--motion-weight", "0.5"]
+    assert train.main(out) == 2
+    assert "--motion-weight" in capsys.readouterr().err
+
+
 def run_in_process(stage: str, out: Path, steps: int) -> None:
     args = ["--stage", stage, "--out", str(out), *FAST, "--steps", str(steps), "--eval-clips", "0"]
     assert train.main(args) == 0

@@ -63,11 +63,22 @@ class PlannerObjective(nn.Module):
         self.frozen_rows = list(frozen_rows)
         self.codes, self.self_feed = codes, self_feed
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.training and self.self_feed > 0:
             input_ids = self.fed_own_codes(input_ids, attention_mask, labels)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        target = labels[:, 1:].flatten()  # [B*(S-1)]
+        if weights is None:
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target, ignore_index=IGNORE)
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target, ignore_index=IGNORE, reduction="none")
+        w = weights[:, 1:].flatten().float() * (target != IGNORE)  # [B*(S-1)]
+        return (ce * w).sum() / w.sum().clamp_min(1.0)
 
     @torch.no_grad()
     def fed_own_codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
@@ -96,6 +107,20 @@ def pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def motion_weights(labels: torch.Tensor, codes: torch.Tensor, code_range: range, weight: float) -> torch.Tensor:
+    """Per-token loss weights `[B, S]`: `weight` on the plan codes whose cell changes from the previous keyframe
+    (keyframe 0 against an empty grid of background), 1 elsewhere. `labels` `[B, S]` (IGNORE on the prompt),
+    `codes` `[B, K, g*g]` the plan they spell. Most cells repeat the previous keyframe, so under a plain mean the
+    few tokens that say where an object moves weigh almost nothing; this is the motion they carry."""
+    before = torch.cat([torch.full_like(codes[:, :1], BACKGROUND_CODE), codes[:, :-1]], dim=1)  # [B, K, g*g]
+    moved = (codes != before).flatten(1)  # [B, K*g*g], in plan order
+    is_code = (labels >= code_range.start) & (labels < code_range.stop)  # [B, S]
+    weights = torch.ones(labels.shape, dtype=torch.float32)  # [B, S]
+    for b in range(labels.shape[0]):
+        weights[b, is_code[b]] = torch.where(moved[b], weight, 1.0)
+    return weights
+
+
 class PlannerStage(Stage):
     name = "planner"
 
@@ -115,6 +140,13 @@ class PlannerStage(Stage):
         )
         parser.add_argument("--eval-decode", type=int, default=2, help="planner: clips decoded greedily per eval")
         parser.add_argument(
+            "--motion-weight",
+            type=float,
+            default=1.0,
+            help="planner: loss weight of the plan cells that change from the previous keyframe (where objects "
+            "appear and move; 1 = a plain mean over the plan tokens)",
+        )
+        parser.add_argument(
             "--self-feed",
             type=float,
             default=0.0,
@@ -126,6 +158,8 @@ class PlannerStage(Stage):
     def check_args(cls, args, world_size: int) -> None:
         if not 0 <= args.self_feed <= 1:
             raise StageError(f"--self-feed is a share of the plan codes: between 0 and 1, got {args.self_feed}")
+        if not args.motion_weight >= 1:
+            raise StageError(f"--motion-weight weighs moving cells up: 1 or more, got {args.motion_weight}")
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -173,7 +207,8 @@ class PlannerStage(Stage):
     def fingerprint(self) -> dict:
         a = self.args
         fed = {"self_feed": a.self_feed} if a.self_feed else {}  # absent when off: older runs keep resuming
-        return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed}
+        moved = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
+        return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **moved}
 
     # -- data --------------------------------------------------------------------------
     def plan_codes(self, clips: list[world.Clip]) -> torch.Tensor:
@@ -211,6 +246,9 @@ class PlannerStage(Stage):
         inputs = pad(
             [self.sequence(clip, codes[b], i2v[b]) for b, clip in enumerate(clips)], self.tokenizer.pad_token_id
         )
+        if a.motion_weight != 1:
+            image = range(self.vocab.image_start, self.vocab.image_end)
+            inputs["weights"] = motion_weights(inputs["labels"], codes, image, a.motion_weight)
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
 
     # -- evaluation --------------------------------------------------------------------
