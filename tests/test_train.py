@@ -278,6 +278,28 @@ def test_motion_weight_weighs_the_cells_that_change(tmp_path, capsys):
     assert "--motion-weight" in capsys.readouterr().err
 
 
+def test_order_pairs_put_both_orders_of_a_scene_in_one_batch(tmp_path, capsys):
+    """--order-pairs 0.5 with batch 4: items 0-1 are one order pair (same scene, the stages swapped), items 2-3
+    ordinary clips, deterministic by step; refused outside [0, 1]."""
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+
+    argv = ["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "4", "--order-pairs", "0.5"]
+    stage = PlannerStage(StageContext(train.parse_args(argv), "cpu"))
+    seeds = [11, 12, 13, 14]
+    clips = stage.training_clips(seeds)
+    first, second = clips[0], clips[1]
+    assert first.scene == second.scene and first.motion != second.motion
+    assert sorted(first.motion.replace(",", "").split()) == sorted(second.motion.replace(",", "").split())
+    assert [c.motion for c in stage.training_clips(seeds)] == [c.motion for c in clips]
+    plain = PlannerStage(StageContext(train.parse_args(argv[:-2]), "cpu")).training_clips(seeds)
+    assert [c.motion for c in clips[2:]] == [c.motion for c in plain[2:]]
+    assert stage.fingerprint()["order_pairs"] == 0.5
+    out = ["--stage", "planner", "--out", str(tmp_path / "p"), "--steps", "1", "--order-pairs", "2"]
+    assert train.main(out) == 2
+    assert "--order-pairs" in capsys.readouterr().err
+
+
 def run_in_process(stage: str, out: Path, steps: int) -> None:
     args = ["--stage", stage, "--out", str(out), *FAST, "--steps", str(steps), "--eval-clips", "0"]
     assert train.main(args) == 0

@@ -147,6 +147,13 @@ class PlannerStage(Stage):
             "appear and move; 1 = a plain mean over the plan tokens)",
         )
         parser.add_argument(
+            "--order-pairs",
+            type=float,
+            default=0.0,
+            help="planner: share of each batch drawn as minimal order pairs (the same scene, its stages in two "
+            "orders: 'right, then up' and 'up, then right'), so the plan must follow the order of the text",
+        )
+        parser.add_argument(
             "--self-feed",
             type=float,
             default=0.0,
@@ -160,6 +167,8 @@ class PlannerStage(Stage):
             raise StageError(f"--self-feed is a share of the plan codes: between 0 and 1, got {args.self_feed}")
         if not args.motion_weight >= 1:
             raise StageError(f"--motion-weight weighs moving cells up: 1 or more, got {args.motion_weight}")
+        if not 0 <= args.order_pairs <= 1:
+            raise StageError(f"--order-pairs is a share of each batch: between 0 and 1, got {args.order_pairs}")
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -207,8 +216,9 @@ class PlannerStage(Stage):
     def fingerprint(self) -> dict:
         a = self.args
         fed = {"self_feed": a.self_feed} if a.self_feed else {}  # absent when off: older runs keep resuming
-        moved = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
-        return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **moved}
+        extra = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
+        extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
+        return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
     def plan_codes(self, clips: list[world.Clip]) -> torch.Tensor:
@@ -240,7 +250,7 @@ class PlannerStage(Stage):
     def batch(self, step: int):
         a, c = self.args, self.ctx
         seeds = clip_seeds(a.seed, self.name, step, c.rank, c.world_size, a.batch)
-        clips = [world.make_clip(s) for s in seeds]
+        clips = self.training_clips(seeds)
         codes = self.plan_codes(clips)  # [B, K, g*g]
         i2v = [np.random.default_rng([s, 1]).random() < a.i2v for s in seeds]
         inputs = pad(
@@ -250,6 +260,14 @@ class PlannerStage(Stage):
             image = range(self.vocab.image_start, self.vocab.image_end)
             inputs["weights"] = motion_weights(inputs["labels"], codes, image, a.motion_weight)
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
+
+    def training_clips(self, seeds: list[int]) -> list[world.Clip]:
+        """One clip per seed; with `--order-pairs`, the first items go in twos, each two an order pair made from
+        the first seed of the two."""
+        clips = [world.make_clip(s) for s in seeds]
+        for i in range(0, 2 * int(round(len(seeds) * self.args.order_pairs / 2)), 2):
+            clips[i : i + 2] = world.order_pair(seeds[i])
+        return clips
 
     # -- evaluation --------------------------------------------------------------------
     def _eval_sets(self):

@@ -327,15 +327,22 @@ def order_pairs(seed: int, n: int, config: WorldConfig | None = None, split: str
 
     Both members share objects, start positions and background; each is a `split` composition.
     """
+    config = _pair_config(config, split)
+    return [order_pair(clip_seed(seed, _PAIR_STREAM, k), config, split) for k in range(n)]
+
+
+def order_pair(seed: int, config: WorldConfig | None = None, split: str = "train") -> tuple[Clip, Clip]:
+    """One minimal order pair (see `order_pairs`), deterministic by `seed`."""
+    config = _pair_config(config, split)
+    return _order_pair(np.random.default_rng(seed), config, split, seed)
+
+
+def _pair_config(config: WorldConfig | None, split: str) -> WorldConfig:
     config = config or WorldConfig()
     _check_split(split)
     if config.max_stages < 2:
         raise ValueError("order pairs need max_stages >= 2")
-    pairs = []
-    for k in range(n):
-        pair_seed = clip_seed(seed, _PAIR_STREAM, k)
-        pairs.append(_order_pair(np.random.default_rng(pair_seed), config, split, pair_seed))
-    return pairs
+    return config
 
 
 def keyframe_layout(clip: Clip, times: Sequence[int] | None = None) -> list[list[dict]]:
