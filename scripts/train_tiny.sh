@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Train the whole embedded tiny Plan-X stack in the shipped model's order, then assemble and evaluate it.
+#
+#   bash scripts/train_tiny.sh                 # full step counts (a GPU: minutes; this 2-core CPU: about a day)
+#   RUNS=runs/tiny SCALE=0.01 bash scripts/train_tiny.sh   # a smoke run: 1 % of the steps, small pools
+#
+# The stages and settings are those of planx_core/embedded/MODEL_CARD.md (vae, decoder, tatok, planner, dit,
+# e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tune), with the step counts the
+# shipped runs ended at. Every stage resumes when run again (the same command), so a stopped script is rerun.
+# Environment: RUNS (run folders and the bundle, default runs/tiny), SCALE (share of every step count,
+# default 1), DEVICE (auto, cpu or cuda; default auto), THREADS (torch CPU threads, default 0 = all),
+# PY (python, default .venv/bin/python), EVAL_CLIPS (held-out clips of the final evaluation, default 32).
+# The result is "$RUNS/bundle" (pass it as --bundle; copy it over planx_core/embedded to ship it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+RUNS=${RUNS:-runs/tiny}
+SCALE=${SCALE:-1}
+DEVICE=${DEVICE:-auto}
+THREADS=${THREADS:-0}
+EVAL_CLIPS=${EVAL_CLIPS:-32}
+mkdir -p "$RUNS"
+
+steps() {  # the step count scaled, at least 2
+  "$PY" -c "import sys; print(max(2, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$1" "$SCALE"
+}
+small() {  # a pool or clip count: scaled in a smoke run, never below the given floor
+  "$PY" -c "import sys; print(max(int(sys.argv[3]), round(float(sys.argv[1]) * min(1.0, float(sys.argv[2]) * 10))))" \
+    "$1" "$SCALE" "$2"
+}
+train() {  # train STAGE OUT STEPS [options...]
+  local stage=$1 out=$2 n=$3
+  shift 3
+  echo "== $stage -> $RUNS/$out ($n steps)"
+  "$PY" -m planx_core train --stage "$stage" --out "$RUNS/$out" --steps "$n" --device "$DEVICE" \
+    --threads "$THREADS" --no-progress --eval-clips "$(small 8 2)" "$@"
+}
+warm=$(steps 20)  # warm-up of the fine-tunes (10-50 in the shipped runs)
+
+train vae vae "$(steps 3806)" --batch 8 --lr 1e-3 --vae-frames 5 --stats-clips "$(small 64 4)"
+train vae vae_dec "$(steps 754)" --batch 8 --lr 5e-4 --warmup "$warm" --init-from "$RUNS/vae" \
+  --vae-decoder-only --vae-frames 17 --vae-crop 32
+train tatok tatok "$(steps 450)" --batch 4
+train planner planner "$(steps 5764)" --batch 8 --tatok "$RUNS/tatok" --eval-decode 2
+train dit dit "$(steps 5483)" --batch 8 --lr 1e-3 --switch "$(steps 1500)" --first-frame 0.5 \
+  --vae "$RUNS/vae" --tatok "$RUNS/tatok" --pool "$(small 2048 16)"
+train e2e e2e "$(steps 150)" --batch 8 --lr 1e-4 --warmup "$warm" --switch 0 --vae "$RUNS/vae" \
+  --tatok "$RUNS/tatok" --init-from "$RUNS/dit" --planner "$RUNS/planner" --pool "$(small 128 8)"
+
+echo "== assemble $RUNS/bundle0 (planner, decoder, e2e DiT)"
+"$PY" -m planx_core assemble --planner "$RUNS/planner" --vae "$RUNS/vae_dec" --dit "$RUNS/e2e" \
+  --no-e2e "$RUNS/dit" --out "$RUNS/bundle0" --text-scale 1
+
+# The renderer on ground-truth plans from the e2e DiT, cooled and averaged; the planner on its moving cells,
+# both orders of a scene and part of its own draws (the shipped recipe; the card says why).
+train dit ft_cool "$(steps 600)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 600)" --ema 0.99 \
+  --switch 0 --first-frame 0.5 --vae "$RUNS/bundle0" --tatok "$RUNS/bundle0" --init-from "$RUNS/bundle0" \
+  --pool "$(small 2048 16)"
+train planner planner_ft "$(steps 1500)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 800)" \
+  --ema 0.99 --init-from "$RUNS/bundle0" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
+  --self-feed 0.3
+
+echo "== assemble $RUNS/bundle"
+"$PY" -m planx_core assemble --planner "$RUNS/planner_ft" --vae "$RUNS/vae_dec" --dit "$RUNS/ft_cool" \
+  --no-e2e "$RUNS/dit" --out "$RUNS/bundle" --text-scale 1 --plan-scale 3
+echo "== evaluate $RUNS/bundle"
+"$PY" -m planx_core.eval --bundle "$RUNS/bundle" --rows full,text_only,no_rope,gt_plan \
+  --clips "$EVAL_CLIPS" --pairs "$(small 12 2)" --out "$RUNS/eval_report"
+echo "done: $RUNS/bundle, its table in $RUNS/eval_report/report.md"
