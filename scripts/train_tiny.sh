@@ -2,7 +2,7 @@
 # Train the whole embedded tiny Plan-X stack in the shipped model's order, then assemble and evaluate it.
 #
 #   bash scripts/train_tiny.sh                 # full step counts (a GPU: minutes; this 2-core CPU: about a day)
-#   RUNS=runs/tiny SCALE=0.01 bash scripts/train_tiny.sh   # a smoke run: 1 % of the steps, small pools
+#   SCALE=0.002 EVAL_CLIPS=2 bash scripts/train_tiny.sh   # a smoke run: every stage a few steps, small pools
 #
 # The stages and settings are those of planx_core/embedded/MODEL_CARD.md (vae, decoder, tatok, planner, dit,
 # e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tune), with the step counts the
@@ -22,11 +22,10 @@ EVAL_CLIPS=${EVAL_CLIPS:-32}
 mkdir -p "$RUNS"
 
 steps() {  # the step count scaled, at least 2
-  "$PY" -c "import sys; print(max(2, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$1" "$SCALE"
+  awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v < 2 ? 2 : v) }'
 }
-small() {  # a pool or clip count: scaled in a smoke run, never below the given floor
-  "$PY" -c "import sys; print(max(int(sys.argv[3]), round(float(sys.argv[1]) * min(1.0, float(sys.argv[2]) * 10))))" \
-    "$1" "$SCALE" "$2"
+small() {  # a pool or clip count: scaled in a smoke run (SCALE x 10, at most 1), never below the floor $2
+  awk -v n="$1" -v f="$2" -v s="$SCALE" 'BEGIN { k = s * 10; if (k > 1) k = 1; v = int(n * k + 0.5); print (v < f ? f : v) }'
 }
 train() {  # train STAGE OUT STEPS [options...]
   local stage=$1 out=$2 n=$3
