@@ -140,6 +140,15 @@ def test_a_fifo_in_a_shard_folder_does_not_hang(tmp_path):
         read_safetensors(tmp_path / "stuck.safetensors")
 
 
+def test_hidden_files_in_a_shard_folder_are_not_shards(tmp_path):
+    """An interrupted write's temp and a macOS copy's `._` file hold the same keys; loading them too would be
+    refused as duplicates (or worse, load a half-written tensor)."""
+    save_safetensors({"a": torch.zeros(1)}, tmp_path / "model.safetensors")
+    for hidden in (".model.partial-123.safetensors", "._model.safetensors"):
+        shutil.copy(tmp_path / "model.safetensors", tmp_path / hidden)
+    assert list(read_safetensors(tmp_path)) == ["a"]
+
+
 @pytest.mark.parametrize(
     "config,message",
     [({"dim": 40000, "num_heads": 4}, "limit 'model_dim'"), ({"dim": "x"}, "positive whole number"), ([1], "object")],

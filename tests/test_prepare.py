@@ -24,6 +24,7 @@ import torch
 pytest.importorskip("av", reason="PyAV (av) decodes the videos; it belongs in the dev extras")
 
 from planx_core import EMBEDDED  # noqa: E402
+from planx_core.files.safetensors import weight_files  # noqa: E402
 from planx_core.plan.timing import keyframe_frames  # noqa: E402
 from planx_core.training import prepare  # noqa: E402
 from planx_core.training.prepare_cache import TENSORS, open_cache, read_clip  # noqa: E402
@@ -196,18 +197,24 @@ def test_a_changed_vae_is_refused_and_a_copied_bundle_is_not(one_rank, videos, t
 
 
 @needs_clips
+def _clip_files(out: Path) -> list[Path]:
+    """The finished clip files: a clip still under its hidden temp name (`.x.partial-PID.safetensors`, which
+    pathlib's `*` matches) is not one, and a resumed run rightly removes it."""
+    return weight_files(out / "clips")
+
+
 def test_a_killed_run_resumes_to_the_same_cache(one_rank, videos, tmp_path):
     out = tmp_path / "cache"
     command = [sys.executable, "-m", "planx_core", "prepare", str(videos), "--out", str(out), *OPTIONS]
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and not list((out / "clips").glob("*.safetensors")):
+        while time.time() < deadline and proc.poll() is None and not _clip_files(out):
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    made = list((out / "clips").glob("*.safetensors"))
+    made = _clip_files(out)
     assert 1 <= len(made) < CLIPS, f"the run was not killed midway ({len(made)} clips made)"
     assert not json.loads((out / "manifest.json").read_text())["complete"]
     for path in made:  # whole files only: each one reads back

@@ -241,7 +241,7 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[Path]:
         raise CheckpointError(f"{path}: several shard indexes ({[i.name for i in indexes]}); pass the one to load")
     if indexes:
         return _shards_from_index(indexes[0])
-    files = [inside(path, p.name, path, "the file") for p in sorted(path.glob("*.safetensors")) if p.is_file()]
+    files = [inside(path, p.name, path, "the file") for p in weight_files(path)]
     if files:
         return files  # regular files only: a FIFO or a folder named x.safetensors is not a shard
     if (path / "transformer").is_dir():  # a diffusers pipeline folder
@@ -249,6 +249,12 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[Path]:
     others = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".ckpt", ".bin", ".gguf"))
     hint = f" (found {others[:3]}: {_CONVERT_HINT})" if others else ""
     raise CheckpointError(f"{path}: no .safetensors files in this folder{hint}")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The regular `*.safetensors` files of a folder, sorted, hidden names left out: a write still under its
+    temp name (`.x.partial-PID.safetensors`) or a copy's macOS `._x.safetensors` is not a shard."""
+    return [p for p in sorted(folder.glob("*.safetensors")) if not p.name.startswith(".") and p.is_file()]
 
 
 def read_safetensors(

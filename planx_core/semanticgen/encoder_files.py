@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from ..files.modules import config_in_metadata, file_metadata, save_module
-from ..files.safetensors import CheckpointError, PathLike, check_keys, check_safetensors_header
+from ..files.safetensors import CheckpointError, PathLike, check_keys, check_safetensors_header, weight_files
 from .encoder import (
     _FIX_FOLDER,
     ARCH_FIELDS,
@@ -118,7 +118,7 @@ def _folder_files(folder: Path) -> list[Path]:
         )
     if indexes:
         return _index_shards(indexes[0])
-    files = sorted(folder.glob("*.safetensors"))
+    files = weight_files(folder)
     if not files:
         others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         raise CheckpointError(
