@@ -177,6 +177,27 @@ def test_semantic_stage_encodes_its_own_pools_from_a_model_folder(tmp_path):
     assert (out / "pool_long.safetensors").is_file() and (out / "semantic_generator.safetensors").is_file()
 
 
+def test_order_pairs_shape_the_pools_stage_1_encodes(tmp_path, capsys):
+    """`--order-pairs 1 --semantic-pools`: the short pool's clips go in twos, one scene in both stage orders (the
+    planner's lesson for stage 1); without --semantic-pools the latent run's pools are fixed, so it is refused."""
+    from planx_core.wan.text_encoder import join_prompt
+    from planx_core.world.tiny import SHORT_WORLD
+
+    out = tmp_path / "semantic"
+    args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
+    common = ["--steps", "1", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-every", "0", "--threads", "1"]
+    assert train.main([*args, *common, "--order-pairs", "1"]) != 0
+    assert "add --semantic-pools" in capsys.readouterr().err and not list(out.glob("*"))  # nothing made
+    assert train.main([*args, *common, "--semantic-pools", "--order-pairs", "1"]) == 0
+    pair = world.order_pair(world.clip_seed(0, 230, 0), SHORT_WORLD)  # the short pool's stream, its first seed
+    assert pair[0].scene == pair[1].scene and pair[0].motion != pair[1].motion
+    text = SemanticGen.load(EMBEDDED / "semanticgen", need_semantic=False).text
+    ids, _ = text.tokenize([join_prompt(c.scene, c.motion) for c in pair])  # [2, L]
+    assert torch.equal(read_safetensors(out / "pool_short.safetensors")["ids"], ids)
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logs[0]["event"] == "start" and logs[0]["fingerprint"]["order_pairs"] == 1.0  # a resume must match
+
+
 def test_semantic_stage_needs_latent_run(tmp_path, capsys):
     assert train.main(["--stage", "semgen-semantic", "--out", str(tmp_path / "s"), "--steps", "1"]) != 0
     assert "needs --latent-run" in capsys.readouterr().err

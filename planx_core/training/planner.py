@@ -151,7 +151,8 @@ class PlannerStage(Stage):
             type=float,
             default=0.0,
             help="planner: share of each batch drawn as minimal order pairs (the same scene, its stages in two "
-            "orders: 'right, then up' and 'up, then right'), so the plan must follow the order of the text",
+            "orders: 'right, then up' and 'up, then right'), so the plan must follow the order of the text; "
+            "semgen-semantic with --semantic-pools: the same share of its pools' clips",
         )
         parser.add_argument(
             "--self-feed",
@@ -264,10 +265,7 @@ class PlannerStage(Stage):
     def training_clips(self, seeds: list[int]) -> list[world.Clip]:
         """One clip per seed; with `--order-pairs`, the first items go in twos, each two an order pair made from
         the first seed of the two."""
-        clips = [world.make_clip(s) for s in seeds]
-        for i in range(0, 2 * int(round(len(seeds) * self.args.order_pairs / 2)), 2):
-            clips[i : i + 2] = world.order_pair(seeds[i])
-        return clips
+        return world.clips_with_pairs(seeds, self.args.order_pairs)
 
     # -- evaluation --------------------------------------------------------------------
     def _eval_sets(self):

@@ -13,7 +13,9 @@ frozen encoder and MLP. Here:
   clips and, every `--long-every` steps, on 4x longer clips (`semanticgen.LONG_WORLD`). Loss: flow matching
   + `--kl-weight` KL + `--rec-weight` feature reconstruction. The text encoder stays frozen.
 * `semgen-semantic` trains `semantic_generator` (full attention) on the compressor means of the
-  `semgen-latent` run's pool (`--latent-run`), text dropout for guidance.
+  `semgen-latent` run's pool (`--latent-run`), text dropout for guidance; or, with `--semantic-pools`, on pools it
+  encodes itself, `--order-pairs` of them minimal order pairs (the planner's lesson: the contrast of one scene in
+  both stage orders teaches the order of the text).
 
 Both draw batches from pools encoded once into the run folder, as the `dit` stage does.
 """
@@ -82,7 +84,8 @@ def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) ->
 class PoolMixin:
     """Short and long pools built once by rank 0 in the run folder; batches drawn by (seed, step, rank)."""
 
-    def build_pools(self, encode) -> dict[str, dict[str, torch.Tensor]]:
+    def build_pools(self, encode, pairs: float = 0.0) -> dict[str, dict[str, torch.Tensor]]:
+        """With `pairs`, that share of each 16 clips of a pool are minimal order pairs (`world.clips_with_pairs`)."""
         a = self.args
         sizes = {"short": (a.pool, SHORT_WORLD), "long": (a.long_pool, LONG_WORLD)}
         pools = {}
@@ -90,7 +93,8 @@ class PoolMixin:
             path = Path(a.out) / f"pool_{name}.safetensors"
             if self.ctx.rank == 0 and not path.is_file():
                 seeds = [world.clip_seed(a.seed, POOL_STREAMS[name], i) for i in range(count)]
-                parts = [encode([world.make_clip(s, config) for s in seeds[i : i + 16]]) for i in range(0, count, 16)]
+                chunks = [seeds[i : i + 16] for i in range(0, count, 16)]  # 16 clips in memory at a time
+                parts = [encode(world.clips_with_pairs(chunk, pairs, config)) for chunk in chunks]
                 print(f"[pool] {name}: {count} clips encoded", flush=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_safetensors(
@@ -315,6 +319,16 @@ class SemSemanticStage(SemLatentStage):
             "features and the prompts) into --out instead of reading the --latent-run's",
         )
 
+    @classmethod
+    def check_args(cls, args, world_size: int) -> None:
+        if not 0 <= args.order_pairs <= 1:
+            raise StageError(f"--order-pairs is a share of the pools' clips: between 0 and 1, got {args.order_pairs}")
+        if args.order_pairs and not args.semantic_pools:
+            raise StageError(
+                "--order-pairs shapes the pools this run encodes: add --semantic-pools (the --latent-run's pools are "
+                "already made)"
+            )
+
     def __init__(self, ctx: StageContext):
         Stage.__init__(self, ctx)
         a = self.args
@@ -327,7 +341,7 @@ class SemSemanticStage(SemLatentStage):
         self.module = SemanticObjective(WanModel(cfg))
         source = Path(a.latent_run)
         if a.semantic_pools:
-            self.build_pools(self._encode_features)
+            self.build_pools(self._encode_features, a.order_pairs)
             source = Path(a.out)
         self.pools = {name: self._means(source / f"pool_{name}.safetensors") for name in ("short", "long")}
 
@@ -355,6 +369,7 @@ class SemSemanticStage(SemLatentStage):
             "latent_run": str(Path(a.latent_run).resolve()),
             "long_every": a.long_every,
             **({"semantic_pools": [a.pool, a.long_pool]} if a.semantic_pools else {}),
+            **({"order_pairs": a.order_pairs} if a.order_pairs else {}),
         }
 
     def init_from(self, path: Path) -> None:

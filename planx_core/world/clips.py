@@ -337,6 +337,15 @@ def order_pair(seed: int, config: WorldConfig | None = None, split: str = "train
     return _order_pair(np.random.default_rng(seed), config, split, seed)
 
 
+def clips_with_pairs(seeds: Sequence[int], share: float, config: WorldConfig | None = None) -> list[Clip]:
+    """One training clip per seed; the first `share` of them in twos, each two a minimal order pair (one scene,
+    its stages in two orders) made from the first seed of the two: the contrast that teaches the text's order."""
+    clips = [make_clip(s, config) for s in seeds]
+    for i in range(0, 2 * int(round(len(seeds) * share / 2)), 2):
+        clips[i : i + 2] = order_pair(seeds[i], config)
+    return clips
+
+
 def _pair_config(config: WorldConfig | None, split: str) -> WorldConfig:
     config = config or WorldConfig()
     _check_split(split)
