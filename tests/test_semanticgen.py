@@ -198,6 +198,49 @@ def test_order_pairs_shape_the_pools_stage_1_encodes(tmp_path, capsys):
     assert logs[0]["event"] == "start" and logs[0]["fingerprint"]["order_pairs"] == 1.0  # a resume must match
 
 
+def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_path, capsys):
+    """`semgen-latent --init-from` a SemanticGen folder: its encoder encodes the pools, its DiT and branch train on,
+    its compressor stays as it was, so the folder's stage 1 (trained on that compressor's means) still fits."""
+    from planx_core.semanticgen.compressor import load_compressor
+    from planx_core.semanticgen.encoder_files import save_semantic_encoder
+    from planx_core.training.semanticgen import same_weights
+
+    source, out = EMBEDDED / "semanticgen", tmp_path / "latent"
+    common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--long-every", "2", "--threads", "1"]
+    args = ["--stage", "semgen-latent", "--out", str(out), "--init-from", str(source), *common, "--eval-every", "0"]
+    assert train.main([*args, "--lr", "1e-2"]) == 0
+    assert assemble(out, source, tmp_path / "model").is_dir()
+    tuned, shipped = SemanticGen.load(tmp_path / "model"), SemanticGen.load(source)
+    assert same_weights(tuned.compressor, shipped.compressor) and same_weights(tuned.encoder, shipped.encoder)
+    assert load_compressor(out / "compressor.safetensors").digest() == shipped.compressor.digest()
+    assert not same_weights(tuned.latent_dit, shipped.latent_dit) and not same_weights(tuned.branch, shipped.branch)
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(5)
+    save_semantic_encoder(SemanticEncoder(tiny_vision_config()), other / "semantic_encoder.safetensors")
+    assert train.main([*args[:3], str(other), *args[4:]]) != 0
+    assert "holds another semantic encoder" in capsys.readouterr().err
+
+
+def test_stage_2_plan_guidance_is_a_spec_setting_that_old_folders_leave_at_1(model, tmp_path):
+    """`plan_scale` (stage 2 guided by the semantic plan: v(-,-) + s (v(-,plan) - v(-,-)) + ...): read from
+    semanticgen.json, 1 when the file predates it, and it changes the render."""
+    spec = json.loads((EMBEDDED / "semanticgen" / "semanticgen.json").read_text())
+    spec.pop("plan_scale", None)
+    assert SemanticGenSpec.from_json(json.dumps(spec), tmp_path).plan_scale == 1.0
+    assert SemanticGenSpec.from_json(SemanticGenSpec(plan_scale=2.5).to_json(), tmp_path).plan_scale == 2.5
+    z = model.plan_semantics("a red circle", "the red circle moves up", num_frames=17, seed=1)
+    plan = model.semantic_plan(z, num_frames=17, scene="a red circle", motion="the red circle moves up")
+    fast = model.with_spec(steps=2)
+    one = fast.render_latent(plan, "a red circle", "", num_frames=17, seed=3)  # [1, C, F, h, w]
+    assert torch.equal(
+        one, fast.with_spec(plan_scale=1.0).render_latent(plan, "a red circle", "", num_frames=17, seed=3)
+    )
+    assert not torch.allclose(
+        one, fast.with_spec(plan_scale=3.0).render_latent(plan, "a red circle", "", num_frames=17, seed=3)
+    )
+
+
 def test_semantic_stage_needs_latent_run(tmp_path, capsys):
     assert train.main(["--stage", "semgen-semantic", "--out", str(tmp_path / "s"), "--steps", "1"]) != 0
     assert "needs --latent-run" in capsys.readouterr().err

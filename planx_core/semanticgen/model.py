@@ -78,6 +78,7 @@ class SemanticGenSpec:
     semantic_steps: int = 30  # stage-1 Euler steps
     shift: float = 3.0
     text_scale: float = 1.0  # stage-2 text guidance
+    plan_scale: float = 1.0  # stage-2 guidance by the semantic plan (its tokens dropped in training)
     semantic_text_scale: float = 1.0  # stage-1 text guidance
     name: str = "semanticgen-tiny"
 
@@ -296,7 +297,7 @@ class SemanticGen:
             steps=steps or self.spec.steps,
             shift=self.spec.shift,
             solver="unipc",
-            guidance=Guidance(text_scale=self.spec.text_scale, plan_scale=1.0),
+            guidance=Guidance(text_scale=self.spec.text_scale, plan_scale=self.spec.plan_scale),
             window=spec,
             callback=callback,
             interrupt=interrupt,

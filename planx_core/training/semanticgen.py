@@ -11,7 +11,9 @@ frozen encoder and MLP. Here:
   (`semantic_encoder`: the tiny Qwen2.5-VL-architecture tower), and trains the DiT, branch,
   compressor and its decoder with shifted-window attention (`--window` latent frames) on short
   clips and, every `--long-every` steps, on 4x longer clips (`semanticgen.LONG_WORLD`). Loss: flow matching
-  + `--kl-weight` KL + `--rec-weight` feature reconstruction. The text encoder stays frozen.
+  + `--kl-weight` KL + `--rec-weight` feature reconstruction. The text encoder stays frozen. With `--init-from`
+  a SemanticGen model folder instead, stage 2 is fine-tuned from that folder's DiT and branch with its encoder
+  and compressor frozen, so the folder's stage 1 still fits (assemble the run with that folder as the semantic run).
 * `semgen-semantic` trains `semantic_generator` (full attention) on the compressor means of the
   `semgen-latent` run's pool (`--latent-run`), text dropout for guidance; or, with `--semantic-pools`, on pools it
   encodes itself, `--order-pairs` of them minimal order pairs (the planner's lesson: the contrast of one scene in
@@ -33,16 +35,18 @@ from .. import EMBEDDED, world
 from ..files.safetensors import read_safetensors, save_safetensors
 from ..pipelines.bundle import read_spec
 from ..plan.timing import TEMPORAL_FACTOR, keyframe_frames, keyframe_latent_frames
-from ..semantic_branch import BranchConfig, SemanticBranch
+from ..semantic_branch import BranchConfig, SemanticBranch, load_branch
 from ..semanticgen.compressor import (
     CompressorConfig,
     SemanticCompressor,
     SemanticDecoder,
     kl_loss,
+    load_compressor,
 )
 from ..semanticgen.encoder import SemanticEncoder, tiny_vision_config
-from ..semanticgen.encoder_files import save_semantic_encoder
+from ..semanticgen.encoder_files import load_semantic_encoder, save_semantic_encoder
 from ..semanticgen.generator import semantic_generator_config, to_latent
+from ..semanticgen.model import FILES as SEMANTICGEN_FILES
 from ..semanticgen.model import SemanticGen, SemanticGenSpec
 from ..wan.dit import WanModel
 from ..wan.dit_files import save_dit
@@ -79,6 +83,11 @@ def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) ->
     video = clip_video(clips)  # [B, 3, T, H, W]
     latents = torch.cat([vae.encode(video[i : i + 4]) for i in range(0, len(clips), 4)])
     return {"x0": latents, **encode_features(clips, encoder, text, video)}
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 class PoolMixin:
@@ -192,12 +201,20 @@ class SemLatentStage(PoolMixin, Stage):
         self.pools = self.build_pools(self._encode)
 
     def _encoder_state(self) -> dict:
-        """The frozen tiny encoder: the one saved in the run folder, else this seed's fresh one (then saved)."""
+        """The frozen tiny encoder: the one saved in the run folder, else the `--init-from` SemanticGen folder's,
+        else this seed's fresh one (then saved: the pools and a resume use the same)."""
         path = Path(self.args.out) / "semantic_encoder.safetensors"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_semantic_encoder(self.encoder, path)
+            source = self._model_folder(self.args.init_from)
+            encoder = load_semantic_encoder(source / SEMANTICGEN_FILES["encoder"]) if source else self.encoder
+            save_semantic_encoder(encoder, path)
         return read_safetensors(path)
+
+    @staticmethod
+    def _model_folder(path) -> Path | None:
+        """`path` when it is a SemanticGen model folder (it holds a stage-2 DiT), else None."""
+        return Path(path) if path and (Path(path) / SEMANTICGEN_FILES["latent_dit"]).is_file() else None
 
     @torch.no_grad()
     def _encode(self, clips):
@@ -215,9 +232,24 @@ class SemLatentStage(PoolMixin, Stage):
         }
 
     def init_from(self, path: Path) -> None:
+        """A Plan-X run or bundle (`dit.safetensors`: stage 2 starts from its DiT), or a SemanticGen model folder:
+        stage 2 fine-tuned from its DiT and branch, its compressor frozen, so its stage 1 stays valid."""
         path = Path(path)
-        state = read_safetensors(run_file(path, "dit.safetensors"))
-        self.module.dit.load_state_dict(state, strict=True)
+        if self._model_folder(path) is None:
+            state = read_safetensors(run_file(path, "dit.safetensors"))
+            self.module.dit.load_state_dict(state, strict=True)
+            return
+        m, files = self.module, SEMANTICGEN_FILES
+        if not same_weights(load_semantic_encoder(path / files["encoder"]), self.encoder):  # it encoded the pools
+            raise StageError(f"{self.args.out} holds another semantic encoder than {path}'s; pass a new --out")
+        try:
+            m.dit.load_state_dict(read_safetensors(path / files["latent_dit"]), strict=True)
+            m.branch.load_state_dict(load_branch(path / files["branch"]).state_dict(), strict=True)
+            m.compressor.load_state_dict(load_compressor(path / files["compressor"]).state_dict(), strict=True)
+        except RuntimeError as err:
+            raise StageError(f"{path} does not fit this run's model (--sem-dim {self.args.sem_dim}): {err}") from None
+        m.compressor.requires_grad_(False)
+        m.decoder.requires_grad_(False)  # reconstruction only shaped the compressor
 
     def shard_blocks(self, module: nn.Module) -> list:
         return list(module.dit.blocks)  # each DiT block is an FSDP unit
