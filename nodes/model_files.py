@@ -22,7 +22,7 @@ import folder_paths
 import torch
 
 from planx_core import EMBEDDED
-from planx_core.files import plain_entry
+from planx_core.files import CheckpointError, plain_entry
 from planx_core.pipelines import FILES, load_bundle
 from planx_core.plan import Plan, PlanError
 from planx_core.semanticgen import FILES as SEMANTICGEN_FILES
@@ -169,10 +169,23 @@ _CODEBOOKS: dict[str, tuple[float, str, torch.Tensor, dict | None]] = {}
 
 
 def _tatok_files() -> list[Path]:
+    """The embedded TA-Tok, then every `*ta_tok*.safetensors` under the planx folders (hidden names, such as a
+    copy still under its temp name, left out)."""
     files = [EMBEDDED / FILES["tatok"]]
     for root in planx_dirs():
-        files += sorted(root.rglob("*ta_tok*.safetensors"))
+        files += sorted(p for p in root.rglob("*ta_tok*.safetensors") if not p.name.startswith("."))
     return files
+
+
+def _codebook_entry(path: Path) -> tuple:
+    """(mtime, digest, codebook `[N, D]`, colour table) of one TA-Tok file, cached by mtime."""
+    stamp = path.stat().st_mtime
+    cached = _CODEBOOKS.get(str(path))
+    if cached is None or cached[0] != stamp:
+        tatok = load_tatok(path)
+        cached = (stamp, tatok.digest(), tatok.codebook().detach().cpu(), tatok.colour_table)
+        _CODEBOOKS[str(path)] = cached
+    return cached
 
 
 def codebook_for(plan: Plan) -> torch.Tensor:
@@ -186,18 +199,18 @@ def colour_table_for(plan: Plan) -> dict | None:
 
 
 def _tatok_for(plan: Plan) -> tuple:
-    want = plan.codebook.digest
+    want, unreadable = plan.codebook.digest, []
     for path in _tatok_files():
-        stamp = path.stat().st_mtime
-        cached = _CODEBOOKS.get(str(path))
-        if cached is None or cached[0] != stamp:
-            tatok = load_tatok(path)
-            cached = (stamp, tatok.digest(), tatok.codebook().detach().cpu(), tatok.colour_table)
-            _CODEBOOKS[str(path)] = cached
+        try:
+            cached = _codebook_entry(path)
+        except (OSError, CheckpointError) as err:  # one damaged file must not hide the others
+            unreadable.append(f"{path}: {err}")
+            continue
         if cached[1] == want or (not want and cached[2].shape[0] == plan.codebook.size):
             return cached
+    skipped = "; skipped, unreadable: " + "; ".join(unreadable) if unreadable else ""
     raise PlanError(
         f"no TA-Tok file matches the plan's codebook {plan.codebook.describe()}: the plan was made with "
         f"another tokenizer. Put that tokenizer's ta_tok.safetensors in models/{FOLDER}, or re-plan "
-        f"with this model's planner"
+        f"with this model's planner{skipped}"
     )

@@ -406,6 +406,23 @@ def test_foreign_codebook_is_refused_with_a_fix(pack, embedded):
     assert codebook_for(plan).shape[0] == plan.codebook.size
 
 
+def test_a_damaged_tatok_file_in_the_models_folder_is_named_not_fatal(pack, embedded, tmp_path, monkeypatch):
+    """A truncated `*ta_tok*.safetensors` is skipped and named in the error, a hidden temp never read; the
+    embedded plan still finds its codebook (once, a damaged file stopped every plan preview)."""
+    from planx_pack.nodes import model_files
+
+    _, _, plan = embedded
+    (tmp_path / "broken_ta_tok.safetensors").write_bytes(b"\x10\x00\x00")
+    (tmp_path / ".x_ta_tok.partial-1.safetensors").write_bytes(b"\x10\x00\x00")
+    monkeypatch.setattr(model_files, "planx_dirs", lambda: [tmp_path])
+    foreign = plan.copy()
+    foreign.codebook = CodebookId("other-tok", plan.codebook.size, "0123456789abcdef")
+    with pytest.raises(PlanError, match="another tokenizer") as err:
+        model_files.codebook_for(foreign)
+    assert "broken_ta_tok.safetensors" in str(err.value) and "partial" not in str(err.value)
+    assert model_files.codebook_for(plan).shape[0] == plan.codebook.size
+
+
 # ----------------------------------------------------------------------------- the nodes
 
 
