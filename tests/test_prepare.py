@@ -196,13 +196,13 @@ def test_a_changed_vae_is_refused_and_a_copied_bundle_is_not(one_rank, videos, t
     }
 
 
-@needs_clips
 def _clip_files(out: Path) -> list[Path]:
     """The finished clip files: a clip still under its hidden temp name (`.x.partial-PID.safetensors`, which
     pathlib's `*` matches) is not one, and a resumed run rightly removes it."""
     return weight_files(out / "clips")
 
 
+@needs_clips
 def test_a_killed_run_resumes_to_the_same_cache(one_rank, videos, tmp_path):
     out = tmp_path / "cache"
     command = [sys.executable, "-m", "planx_core", "prepare", str(videos), "--out", str(out), *OPTIONS]

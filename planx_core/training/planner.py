@@ -263,8 +263,7 @@ class PlannerStage(Stage):
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
 
     def training_clips(self, seeds: list[int]) -> list[world.Clip]:
-        """One clip per seed; with `--order-pairs`, the first items go in twos, each two an order pair made from
-        the first seed of the two."""
+        """One clip per seed, `--order-pairs` of them as order pairs (`world.clips_with_pairs`)."""
         return world.clips_with_pairs(seeds, self.args.order_pairs)
 
     # -- evaluation --------------------------------------------------------------------

@@ -55,6 +55,7 @@ from ..wan.vae_files import load_vae
 from ..world import score as world_score
 from ..world.clips import clip_video
 from ..world.tiny import LONG_WORLD, SHORT_WORLD, render_clip_semantics
+from .engine_dist import state_sha
 from .engine_eval import flow_losses
 from .flow import Dropout, flow_loss
 from .stages import Stage, StageContext, StageError, run_file
@@ -83,11 +84,6 @@ def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) ->
     video = clip_video(clips)  # [B, 3, T, H, W]
     latents = torch.cat([vae.encode(video[i : i + 4]) for i in range(0, len(clips), 4)])
     return {"x0": latents, **encode_features(clips, encoder, text, video)}
-
-
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 class PoolMixin:
@@ -240,7 +236,8 @@ class SemLatentStage(PoolMixin, Stage):
             self.module.dit.load_state_dict(state, strict=True)
             return
         m, files = self.module, SEMANTICGEN_FILES
-        if not same_weights(load_semantic_encoder(path / files["encoder"]), self.encoder):  # it encoded the pools
+        folder_encoder = load_semantic_encoder(path / files["encoder"])
+        if state_sha(folder_encoder.state_dict()) != state_sha(self.encoder.state_dict()):  # it encoded the pools
             raise StageError(f"{self.args.out} holds another semantic encoder than {path}'s; pass a new --out")
         try:
             m.dit.load_state_dict(read_safetensors(path / files["latent_dit"]), strict=True)
