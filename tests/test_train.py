@@ -238,6 +238,35 @@ def test_self_feed_replaces_only_plan_codes_with_the_models_own_draws():
     assert torch.allclose(loss, plain)
 
 
+def test_a_deeper_planner_starts_from_a_shallower_ones_plans(tmp_path, capsys):
+    """--planner-layers 6 --init-from a 4-layer planner: the source's layers are spread over the six, the two new
+    ones are identities, so the deeper planner's logits are the source's; a deeper source is refused."""
+    from planx_core.planner.files import save_planner
+    from planx_core.planner.model import SemanticPlanner
+    from planx_core.tatok.files import save_tatok
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+
+    model, tokenizer, vocab, tatok = tiny.build_pair(3)
+    with torch.no_grad():  # a source whose layers are not all alike (a fresh one has zero-mean noise only)
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.normal_(0, 0.05)
+    save_planner(SemanticPlanner(model, tokenizer, vocab, "t"), tmp_path / "src" / "planner")
+    save_tatok(tatok, tmp_path / "src" / "ta_tok.safetensors")
+    common = ["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2", "--tatok", str(tmp_path / "src")]
+    args = train.parse_args([*common, "--planner-layers", "6"])
+    stage = PlannerStage(StageContext(args, "cpu"))
+    stage.init_from(tmp_path / "src")
+    assert len(stage.model.model.layers) == 6
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(list(tiny.ANCHOR_WORDS[:5])) + [vocab.image_start]])
+    with torch.no_grad():
+        torch.testing.assert_close(stage.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=0)
+    assert stage.fingerprint()["planner_layers"] == 6
+    shallow = train.parse_args([*common, "--planner-layers", "2"])
+    with pytest.raises(train.StageError, match="--planner-layers 4"):
+        PlannerStage(StageContext(shallow, "cpu")).init_from(tmp_path / "src")
+
+
 def test_motion_weight_weighs_the_cells_that_change(tmp_path, capsys):
     """--motion-weight: the plan codes whose cell differs from the previous keyframe (keyframe 0: from an empty
     grid) get the weight, every other plan token 1, the prompt none; the loss is their weighted mean; the stage's

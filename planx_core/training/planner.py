@@ -121,6 +121,26 @@ def motion_weights(labels: torch.Tensor, codes: torch.Tensor, code_range: range,
     return weights
 
 
+def load_deepened(source: nn.Module, target: nn.Module) -> None:
+    """Load a causal LM into one as wide and at least as deep (in place): source layer i goes to target layer
+    i * depth_t // depth_s, every other target layer becomes an identity (its attention and MLP output
+    projections zero, so its residual branches add nothing) and the rest is copied, so the target computes
+    what the source does (depth up-scaling; the new layers learn from the first step)."""
+    src, dst = source.model.layers, target.model.layers
+    placed = {i * len(dst) // len(src): layer for i, layer in enumerate(src)}
+    state = {k: v for k, v in source.state_dict().items() if ".layers." not in k}
+    for j, layer in enumerate(dst):
+        if j in placed:
+            layer.load_state_dict(placed[j].state_dict())
+            continue
+        with torch.no_grad():
+            layer.self_attn.o_proj.weight.zero_()  # [hidden, heads*head_dim]
+            layer.mlp.down_proj.weight.zero_()  # [hidden, mlp]
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if unexpected or any(".layers." not in k for k in missing):
+        raise StageError(f"planner --init-from: the source does not fit this planner ({unexpected or missing})")
+
+
 class PlannerStage(Stage):
     name = "planner"
 
@@ -155,6 +175,14 @@ class PlannerStage(Stage):
             "semgen-semantic with --semantic-pools: the same share of its pools' clips",
         )
         parser.add_argument(
+            "--planner-layers",
+            type=int,
+            default=tiny.PLANNER_LAYERS,
+            help="planner: decoder layers of the planner (4 shipped). With --init-from a shallower planner, its "
+            "layers are spread over the deeper one and the new layers start as identities (their output "
+            "projections zero), so training starts from the source's plans",
+        )
+        parser.add_argument(
             "--self-feed",
             type=float,
             default=0.0,
@@ -170,6 +198,8 @@ class PlannerStage(Stage):
             raise StageError(f"--motion-weight weighs moving cells up: 1 or more, got {args.motion_weight}")
         if not 0 <= args.order_pairs <= 1:
             raise StageError(f"--order-pairs is a share of each batch: between 0 and 1, got {args.order_pairs}")
+        if args.planner_layers < 1:
+            raise StageError(f"--planner-layers is a number of decoder layers: 1 or more, got {args.planner_layers}")
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -179,7 +209,7 @@ class PlannerStage(Stage):
                 "--codes tatok encodes the plans with a trained TA-Tok: pass --tatok runs/<tatok run> "
                 "(or use --codes labels)"
             )
-        model, self.tokenizer, self.vocab = tiny.build_planner(a.seed)
+        model, self.tokenizer, self.vocab = tiny.build_planner(a.seed, a.planner_layers)
         if a.tatok:
             self.tatok = load_tatok(resolve_tatok_file(a.tatok))
         else:
@@ -201,7 +231,14 @@ class PlannerStage(Stage):
     def init_from(self, path: Path) -> None:
         path = Path(path)
         folder = path / "planner" if (path / "planner").is_dir() else path
-        self.model.load_state_dict(load_planner(folder).model.state_dict())
+        source = load_planner(folder).model
+        have, want = len(source.model.layers), len(self.model.model.layers)
+        if have > want:
+            raise StageError(
+                f"--init-from {path}: its planner has {have} decoder layers, more than --planner-layers {want}; "
+                f"pass --planner-layers {have} (or more)"
+            )
+        load_deepened(source, self.model)
         tiny.tie(self.model, self.tokenizer, self.vocab, self.tatok)  # re-tie to this run's TA-Tok
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -219,6 +256,7 @@ class PlannerStage(Stage):
         fed = {"self_feed": a.self_feed} if a.self_feed else {}  # absent when off: older runs keep resuming
         extra = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
         extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
+        extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------

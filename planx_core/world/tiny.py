@@ -77,8 +77,12 @@ class TinyVideo:
 VIDEO = TinyVideo()
 
 
-def planner_config(vocab_size: int, tokenizer=None) -> Qwen2Config:
-    """The tiny Qwen2 planner: hidden 128, 4 layers, 4 heads (2 KV heads), MLP 384, 1024 positions."""
+PLANNER_LAYERS = 4  # the shipped planner's depth; `train --stage planner --planner-layers` builds deeper ones
+
+
+def planner_config(vocab_size: int, tokenizer=None, layers: int = PLANNER_LAYERS) -> Qwen2Config:
+    """The tiny Qwen2 planner: hidden 128 (the TA-Tok codebook's width), `layers` layers (4 shipped), 4 heads
+    (2 KV heads), MLP 384, 1024 positions."""
     ids = (
         {}
         if tokenizer is None
@@ -91,7 +95,7 @@ def planner_config(vocab_size: int, tokenizer=None) -> Qwen2Config:
     return Qwen2Config(
         hidden_size=128,
         intermediate_size=384,
-        num_hidden_layers=4,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=vocab_size,
@@ -125,14 +129,15 @@ def tatok_config(bottleneck_dim: int = 128) -> TATokConfig:
 # ----------------------------------------------------------------------------- building
 
 
-def build_planner(seed: int = 0) -> tuple[Qwen2ForCausalLM, object, PlanVocab]:
-    """A fresh, seeded tiny planner: (model, word tokenizer with the plan tokens, PlanVocab).
+def build_planner(seed: int = 0, layers: int = PLANNER_LAYERS) -> tuple[Qwen2ForCausalLM, object, PlanVocab]:
+    """A fresh, seeded tiny planner of `layers` decoder layers: (model, word tokenizer with the plan tokens,
+    PlanVocab).
 
     The `<I*>` input rows start at the mean of the word rows; `tie` sets them to a codebook.
     """
     tokenizer = build_word_tokenizer(list(world.WORDS))
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(planner_config(len(tokenizer), tokenizer))
+    model = Qwen2ForCausalLM(planner_config(len(tokenizer), tokenizer, layers))
     vocab = extend_vocabulary(model, tokenizer, NUM_CODES)
     return model, tokenizer, vocab
 
