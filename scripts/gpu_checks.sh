@@ -357,7 +357,7 @@ fi
   echo "-- steps"
   cat "$STATUS"
   echo "-- results"
-  for log in env info attention wan_5b train_branch dit_diffusers vae; do
+  for log in env info attention wan_5b train_branch dit_diffusers vae seq_parallel windows; do
     [ -f "$OUT/$log.log" ] || continue
     grep -hE '^RESULT|^attention backends importable' "$OUT/$log.log" | awk -v s="$log" '!seen[$0]++ { print "[" s "] " $0 }'
   done

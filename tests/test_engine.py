@@ -331,6 +331,26 @@ def test_bf16_and_activation_checkpointing_train(tmp_path, toy_stage):
     assert all(v.dtype == torch.float32 for v in checkpoint.read_tensors(bf16 / "checkpoint", "model.").values())
 
 
+def test_unused_parameter_reduction_on_a_torch_without_the_switch(monkeypatch):
+    """FSDP2's set_reduce_scatter_unused_params (newer torch) is used where it exists; on a torch without it (the
+    lent GPU's 2.11) one rank trains without it and several ranks are refused naming the switch and the fix."""
+    from planx_core.training import engine_dist
+
+    calls = []
+
+    class Newer(nn.Module):
+        def set_reduce_scatter_unused_params(self, on):
+            calls.append(on)
+
+    monkeypatch.setattr(engine_dist.dist, "get_world_size", lambda: 2)
+    engine_dist.reduce_unused(Newer())
+    assert calls == [True]
+    with pytest.raises(RuntimeError, match="set_reduce_scatter_unused_params.*newer"):
+        engine_dist.reduce_unused(nn.Linear(2, 2))
+    monkeypatch.setattr(engine_dist.dist, "get_world_size", lambda: 1)
+    engine_dist.reduce_unused(nn.Linear(2, 2))  # one rank: nothing to reduce across
+
+
 if __name__ == "__main__":
     train.STAGES["toy-branch"] = ToyBranchStage
     sys.exit(train.main())

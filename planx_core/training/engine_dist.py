@@ -139,8 +139,21 @@ def shard(
         fully_shard(modules if len(modules) > 1 else modules[0], mesh=mesh, mp_policy=policy)
     fully_shard(module, mesh=mesh, mp_policy=policy)
     if unused_parameters:
-        module.set_reduce_scatter_unused_params(True)
+        reduce_unused(module)
     return module
+
+
+def reduce_unused(module: nn.Module) -> None:
+    """Let FSDP2 reduce-scatter parameters that got no gradient this step (so ranks whose steps use different
+    parameters do not wait on each other). Older torch lacks the switch: one rank needs none, several are refused."""
+    if hasattr(module, "set_reduce_scatter_unused_params"):
+        module.set_reduce_scatter_unused_params(True)
+    elif dist.get_world_size() > 1:
+        raise RuntimeError(
+            f"torch {torch.__version__}'s FSDP2 cannot reduce parameters unused in a step "
+            "(no set_reduce_scatter_unused_params), which this stage needs on several ranks: install a newer "
+            "torch (the one in pyproject's tested range) or train on one rank"
+        )
 
 
 def full_state(module: nn.Module, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
