@@ -10,6 +10,11 @@ import torch
 
 from planx_core.wan.configs import get_preset
 
+# The suite is the CPU suite (gloo ranks, CPU references), also on a machine with a GPU, where `--device auto`
+# would otherwise put two test ranks on one GPU; the GPU checks are scripts/gpu_checks.sh. Setting
+# CUDA_VISIBLE_DEVICES yourself keeps your choice. Set before torch first touches CUDA (it does so lazily).
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
 
 def comfyui_path() -> Path | None:
     """A ComfyUI checkout: $COMFYUI_PATH, else ~/ComfyUI; None when neither holds `comfy/`."""

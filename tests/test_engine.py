@@ -351,6 +351,21 @@ def test_unused_parameter_reduction_on_a_torch_without_the_switch(monkeypatch):
     engine_dist.reduce_unused(nn.Linear(2, 2))  # one rank: nothing to reduce across
 
 
+def test_more_ranks_than_gpus_are_refused_before_cuda_is_touched(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine (met on the lent H200): a StageError naming the GPU count
+    and the fix, not CUDA's 'invalid device ordinal'."""
+    from planx_core.training import engine_dist
+
+    monkeypatch.setattr(engine_dist.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engine_dist.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(engine_dist.torch.cuda, "set_device", lambda d: pytest.fail(f"set_device({d}) was called"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--device", "cuda"])
+    with pytest.raises(StageError, match=r"1 CUDA device.*--nproc_per_node 1.*--device cpu"):
+        engine_dist.setup(args)
+
+
 if __name__ == "__main__":
     train.STAGES["toy-branch"] = ToyBranchStage
     sys.exit(train.main())

@@ -59,7 +59,7 @@ def _integrate(solver, x: torch.Tensor, field) -> torch.Tensor:
 
 
 def _diffusers_unipc(steps: int, shift: float, order: int = 2, sigmas=None):
-    from diffusers import UniPCMultistepScheduler
+    UniPCMultistepScheduler = pytest.importorskip("diffusers").UniPCMultistepScheduler  # noqa: N806
 
     sched = UniPCMultistepScheduler(
         prediction_type="flow_prediction",

@@ -65,6 +65,12 @@ def setup(args) -> Ranks:
     launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise StageError(
+                f"local rank {local_rank} of {local_world} has no GPU: this machine has {gpus} CUDA device(s); "
+                f"launch torchrun --nproc_per_node {gpus} (or fewer), or train on the CPU with --device cpu"
+            )
         device = torch.device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // local_world) if launched else 0)
