@@ -60,12 +60,14 @@ def test_first_frame_of_the_wrong_size_is_refused(pipe):
 def test_plan_accuracy_counts_keyframes_after_the_first(pipe):
     clip = world.make_clip(12)
     truth = planx_eval.Evaluator(pipe, None, "i2v", 0).inputs(clip).truth
-    assert planx_eval.plan_accuracy([truth], [truth], 0) == {"plan_cells": 1.0, "plan_objects": 1.0}
+    same = {"plan_cells": 1.0, "plan_objects": 1.0, "plan_moves": 1.0}
+    assert planx_eval.plan_accuracy([truth], [truth], planx_eval.background_code([truth])) == same
     data, size = truth.to_dict(), truth.codebook.size
     data["keyframes"][1]["tokens"] = [(t + 1) % size for t in data["keyframes"][1]["tokens"]]
     wrong = type(truth).from_dict(data)
     scores = planx_eval.plan_accuracy([wrong], [truth], planx_eval.background_code([truth]))
     assert scores["plan_cells"] == pytest.approx(3 / 4)
+    assert scores["plan_moves"] < 1, "keyframe 1 shifted every code: its objects' steps are not the truth's"
 
 
 def test_eval_command_writes_the_report(bundle_dir, tmp_path):

@@ -7,6 +7,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -349,3 +350,23 @@ def test_scorer_refuses_bad_frames():
         score_clip(clip.frames.astype(np.float32), clip)
     with pytest.raises(ValueError, match="16 frames"):
         score_clip(clip.frames[:16], clip)
+
+
+def test_code_moves_read_each_objects_step_and_agreement_counts_them():
+    """A red cell steps right then up beside a still wall: code_moves says so; a plan whose red stays put agrees
+    on the wall's two steps only; one that loses the red says 'gone'."""
+    from planx_core.world.labels import BACKGROUND_CODE, COLOUR_CODES, WALL_CODE, code_moves, move_agreement
+
+    red = COLOUR_CODES["red"]
+    truth = torch.full((3, 81), BACKGROUND_CODE)  # [K, 9*9]
+    truth[:, 0] = WALL_CODE
+    truth[0, 4 * 9 + 4], truth[1, 4 * 9 + 5], truth[2, 3 * 9 + 5] = red, red, red
+    assert code_moves(truth, 9, BACKGROUND_CODE) == {WALL_CODE: ["still", "still"], red: ["right", "up"]}
+    still = truth.clone()
+    still[1:] = truth[0]
+    assert move_agreement(truth[None], truth[None], 9, BACKGROUND_CODE) == 1.0
+    assert move_agreement(still[None], truth[None], 9, BACKGROUND_CODE) == 0.5
+    lost = truth.clone()
+    lost[2, 3 * 9 + 5] = BACKGROUND_CODE
+    assert code_moves(lost, 9, BACKGROUND_CODE)[red] == ["right", "gone"]
+    assert move_agreement(lost[None], truth[None], 9, BACKGROUND_CODE) == 0.75

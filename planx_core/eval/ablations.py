@@ -49,6 +49,7 @@ from ..semantic_branch import load_branch
 from ..tatok import plan_from_video
 from ..wan.dit_files import load_dit
 from ..world import score as world_score
+from ..world.labels import move_agreement
 
 ROWS = {
     "full": "Plan-X: the planner's plan",
@@ -128,7 +129,12 @@ def plan_accuracy(planned: list[Plan], truth: list[Plan], background: int) -> di
     pred = torch.stack([p.token_tensor()[1:] for p in planned])  # [N, K-1, g*g]
     gold = torch.stack([t.token_tensor()[1:] for t in truth])  # [N, K-1, g*g]
     hit = pred == gold
-    return {"plan_cells": float(hit.float().mean()), "plan_objects": float(hit[gold != background].float().mean())}
+    every = (torch.stack([p.token_tensor() for p in planned]), torch.stack([t.token_tensor() for t in truth]))
+    return {
+        "plan_cells": float(hit.float().mean()),
+        "plan_objects": float(hit[gold != background].float().mean()),
+        "plan_moves": move_agreement(*every, planned[0].grid[1], background),  # [N, K, g*g] each
+    }
 
 
 def background_code(truth: list[Plan]) -> int:
@@ -208,7 +214,8 @@ def report_markdown(scores: dict, transfer: dict | None, meta: dict) -> str:
         lines += [
             "",
             f"Planner plan accuracy (keyframes 1.., against the TA-Tok codes of the real keyframes): "
-            f"all cells {p['plan_cells']:.3f}, object cells {p['plan_objects']:.3f}.",
+            f"all cells {p['plan_cells']:.3f}, object cells {p['plan_objects']:.3f}; keyframe moves "
+            f"{p.get('plan_moves', float('nan')):.3f} (each object's step from keyframe to keyframe, as the truth's).",
         ]
     if transfer:
         lines += [

@@ -39,7 +39,7 @@ from ..planner.prompt import prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
-from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels
+from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels, move_agreement
 from .stages import (
     Stage,
     StageContext,
@@ -354,7 +354,9 @@ class PlannerStage(Stage):
                 for b, c in enumerate(clips)
             ]  # each [K, g*g]
             first, name = (1, "greedy_i2v") if i2v else (0, "greedy_t2v")
-            out.update(self._scores(torch.stack(preds)[:, first:], codes[:, first:], name))  # [n, K-first, g*g]
+            plans = torch.stack(preds)  # [n, K, g*g]
+            out.update(self._scores(plans[:, first:], codes[:, first:], name))  # [n, K-first, g*g]
+            out[f"{name}_moves"] = round(move_agreement(plans, codes, v.grid, BACKGROUND_CODE), 4)
         return out
 
     @torch.no_grad()
