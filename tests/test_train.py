@@ -267,6 +267,36 @@ def test_a_deeper_planner_starts_from_a_shallower_ones_plans(tmp_path, capsys):
         PlannerStage(StageContext(shallow, "cpu")).init_from(tmp_path / "src")
 
 
+def test_move_weight_asks_each_keyframes_moves_before_its_cells():
+    """--move-weight: the targets are every object's move into keyframes 1.. (the truth's, via code_moves), read
+    at the position just before each keyframe's first cell; the auxiliary loss trains its head and the planner,
+    and the head is not exported (the runtime planner is unchanged)."""
+    from planx_core import world
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+    from planx_core.world.labels import BACKGROUND_CODE, MOVES, code_moves
+
+    args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2"])
+    args.move_weight = 1.0
+    stage = PlannerStage(StageContext(args, "cpu"))
+    batch, seeds = stage.batch(0)
+    codes = stage.plan_codes([world.make_clip(s) for s in seeds])  # [B, K, g*g]
+    v = stage.vocab
+    for b in range(2):
+        for k in range(codes.shape[1] - 1):
+            at = int(batch["move_at"][b, k])
+            assert int(batch["input_ids"][b, at]) in v.scales, "the scale token right before the cells"
+            assert batch["labels"][b, at + 1] == v.image_start + codes[b, k + 1, 0]
+        for code, steps in code_moves(codes[b], 9, BACKGROUND_CODE).items():
+            assert [MOVES[i] for i in batch["moves"][b, :, code]] == steps
+    loss = stage.module(**batch)
+    loss.backward()
+    assert stage.module.move_head.weight.grad.abs().sum() > 0
+    assert stage.module.model.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
+    assert stage.fingerprint()["move_weight"] == 1.0
+    assert not any("move_head" in k for k in stage.model.state_dict()), "the head is not part of the planner"
+
+
 def test_motion_weight_weighs_the_cells_that_change(tmp_path, capsys):
     """--motion-weight: the plan codes whose cell differs from the previous keyframe (keyframe 0: from an empty
     grid) get the weight, every other plan token 1, the prompt none; the loss is their weighted mean; the stage's

@@ -39,7 +39,8 @@ from ..planner.prompt import prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
-from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels, move_agreement
+from ..world.labels import BACKGROUND_CODE, MOVES, clip_images, clip_labels, code_moves, move_agreement
+from ..world.tiny import NUM_CODES
 from .stages import (
     Stage,
     StageContext,
@@ -57,11 +58,20 @@ class PlannerObjective(nn.Module):
     """Plan-token cross-entropy of a causal LM; the trainer zeroes the gradient rows of `frozen_rows`
     (`PlannerStage.after_backward`, on the FSDP-sharded gradient)."""
 
-    def __init__(self, model: nn.Module, frozen_rows: list[int], codes: range = range(0), self_feed: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        frozen_rows: list[int],
+        codes: range = range(0),
+        self_feed: float = 0.0,
+        move_weight: float = 0.0,
+    ):
         super().__init__()
         self.model = model
         self.frozen_rows = list(frozen_rows)
-        self.codes, self.self_feed = codes, self_feed
+        self.codes, self.self_feed, self.move_weight = codes, self_feed, move_weight
+        # training only (not exported): each keyframe's move of every code, read from the state before its cells
+        self.move_head = nn.Linear(model.config.hidden_size, NUM_CODES * len(MOVES)) if move_weight else None
 
     def forward(
         self,
@@ -69,16 +79,36 @@ class PlannerObjective(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         weights: torch.Tensor | None = None,
+        moves: torch.Tensor | None = None,
+        move_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.training and self.self_feed > 0:
             input_ids = self.fed_own_codes(input_ids, attention_mask, labels)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
+        wanted = self.move_head is not None and moves is not None
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=wanted)
+        loss = self.plan_loss(out.logits, labels, weights)  # logits [B, S, V]
+        if wanted:
+            loss = loss + self.move_weight * self.move_loss(out.hidden_states[-1], moves, move_at)
+        return loss
+
+    @staticmethod
+    def plan_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Next-token cross-entropy on the plan tokens, weighted per token when `weights` `[B, S]` is given."""
         target = labels[:, 1:].flatten()  # [B*(S-1)]
         if weights is None:
             return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target, ignore_index=IGNORE)
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target, ignore_index=IGNORE, reduction="none")
         w = weights[:, 1:].flatten().float() * (target != IGNORE)  # [B*(S-1)]
         return (ce * w).sum() / w.sum().clamp_min(1.0)
+
+    def move_loss(self, hidden: torch.Tensor, moves: torch.Tensor, move_at: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of every code's move into keyframe k (`moves` `[B, K-1, NUM_CODES]`, indices of `MOVES`,
+        IGNORE for codes not in keyframe 0), read from the last hidden state `[B, S, H]` at the position just
+        before keyframe k's first cell (`move_at` `[B, K-1]`): the model must know where objects go before it
+        writes the cells that put them there."""
+        at = hidden.gather(1, move_at[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, K-1, H]
+        logits = self.move_head(at.float()).unflatten(-1, (NUM_CODES, len(MOVES)))  # [B, K-1, NUM_CODES, M]
+        return F.cross_entropy(logits.flatten(0, 2), moves.flatten(), ignore_index=IGNORE)
 
     @torch.no_grad()
     def fed_own_codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
@@ -119,6 +149,22 @@ def motion_weights(labels: torch.Tensor, codes: torch.Tensor, code_range: range,
     for b in range(labels.shape[0]):
         weights[b, is_code[b]] = torch.where(moved[b], weight, 1.0)
     return weights
+
+
+def move_targets(labels: torch.Tensor, codes: torch.Tensor, code_range: range) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of `PlannerObjective.move_loss`: each code's move into keyframes 1.. (`world.labels.code_moves`,
+    as indices of `MOVES`; IGNORE for codes not in keyframe 0) `[B, K-1, NUM_CODES]`, and the position before
+    each of those keyframes' first cell `[B, K-1]`. `labels` `[B, S]`, `codes` `[B, K, g*g]` the plan they spell."""
+    batch, keyframes, cells = codes.shape
+    moves = torch.full((batch, keyframes - 1, NUM_CODES), IGNORE, dtype=torch.long)  # [B, K-1, NUM_CODES]
+    at = torch.zeros((batch, keyframes - 1), dtype=torch.long)  # [B, K-1]
+    is_code = (labels >= code_range.start) & (labels < code_range.stop)  # [B, S]
+    for b in range(batch):
+        for code, steps in code_moves(codes[b], tiny.VIDEO.grid, BACKGROUND_CODE).items():
+            moves[b, :, code] = torch.tensor([MOVES.index(m) for m in steps])
+        first = is_code[b].nonzero().flatten()[cells::cells]  # [K-1]: the first cell of keyframes 1..
+        at[b] = first - 1  # the state that predicts that cell
+    return moves, at
 
 
 def load_deepened(source: nn.Module, target: nn.Module) -> None:
@@ -183,6 +229,13 @@ class PlannerStage(Stage):
             "projections zero), so training starts from the source's plans",
         )
         parser.add_argument(
+            "--move-weight",
+            type=float,
+            default=0.0,
+            help="planner: weight of an auxiliary loss (training only, not exported) that asks the state just "
+            "before each keyframe's cells which way every object moves into it (0 = off)",
+        )
+        parser.add_argument(
             "--self-feed",
             type=float,
             default=0.0,
@@ -198,6 +251,8 @@ class PlannerStage(Stage):
             raise StageError(f"--motion-weight weighs moving cells up: 1 or more, got {args.motion_weight}")
         if not 0 <= args.order_pairs <= 1:
             raise StageError(f"--order-pairs is a share of each batch: between 0 and 1, got {args.order_pairs}")
+        if args.move_weight < 0:
+            raise StageError(f"--move-weight weighs an auxiliary loss: 0 (off) or more, got {args.move_weight}")
         if args.planner_layers < 1:
             raise StageError(f"--planner-layers is a number of decoder layers: 1 or more, got {args.planner_layers}")
 
@@ -218,7 +273,8 @@ class PlannerStage(Stage):
         tiny.tie(model, self.tokenizer, self.vocab, self.tatok)
         self.model = model.to(ctx.device)
         codes = range(self.vocab.image_start, self.vocab.image_end)
-        self.module = PlannerObjective(self.model, tiny.frozen_rows(self.tokenizer, self.vocab), codes, a.self_feed)
+        rows = tiny.frozen_rows(self.tokenizer, self.vocab)
+        self.module = PlannerObjective(self.model, rows, codes, a.self_feed, a.move_weight)
         self._eval = None
 
     # -- state -------------------------------------------------------------------------
@@ -257,6 +313,7 @@ class PlannerStage(Stage):
         extra = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
         extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
+        extra |= {"move_weight": a.move_weight} if a.move_weight else {}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
@@ -295,9 +352,11 @@ class PlannerStage(Stage):
         inputs = pad(
             [self.sequence(clip, codes[b], i2v[b]) for b, clip in enumerate(clips)], self.tokenizer.pad_token_id
         )
+        image = range(self.vocab.image_start, self.vocab.image_end)
         if a.motion_weight != 1:
-            image = range(self.vocab.image_start, self.vocab.image_end)
             inputs["weights"] = motion_weights(inputs["labels"], codes, image, a.motion_weight)
+        if a.move_weight:
+            inputs["moves"], inputs["move_at"] = move_targets(inputs["labels"], codes, image)
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
 
     def training_clips(self, seeds: list[int]) -> list[world.Clip]:
