@@ -24,6 +24,18 @@ def comfyui_path() -> Path | None:
     return None
 
 
+def skip_unless_ranks_can_train(stage: str) -> None:
+    """Skip a multi-rank training test of `stage` where its steps can leave parameters unused (a dropped plan) and
+    this torch's FSDP2 cannot reduce those (2.11 and older: training refuses it, `engine_dist.reduce_unused`)."""
+    from planx_core.training import main as train
+    from planx_core.training.engine_dist import reduces_unused
+
+    if train.STAGES[stage].find_unused_parameters and not reduces_unused():
+        pytest.skip(
+            f"{stage} on several ranks needs FSDP2's unused-parameter reduction, absent in torch {torch.__version__}"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

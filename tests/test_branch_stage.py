@@ -24,6 +24,8 @@ from transformers import UMT5EncoderModel
 
 pytest.importorskip("av", reason="PyAV (av) decodes the videos; it belongs in the dev extras")
 
+from conftest import skip_unless_ranks_can_train  # noqa: E402
+
 from planx_core.__main__ import main as cli  # noqa: E402
 from planx_core.files.safetensors import save_safetensors  # noqa: E402
 from planx_core.planner.files import load_planner, save_planner  # noqa: E402
@@ -121,6 +123,7 @@ def branch_args(cache: dict, released: dict, out: Path, *extra: str) -> list[str
 @pytest.fixture(scope="module")
 def trained(cache, released) -> Path:
     """3 steps on 2 gloo ranks (global batch 2), every sample's first frame pinned, the plan always on."""
+    skip_unless_ranks_can_train("branch")
     out = cache["root"] / "run"
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     extra = ("--steps", "3", "--batch", "1", "--lr", "5e-3", "--first-frame", "1", "--plan-dropout", "0")

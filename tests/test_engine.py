@@ -338,17 +338,20 @@ def test_unused_parameter_reduction_on_a_torch_without_the_switch(monkeypatch):
 
     calls = []
 
-    class Newer(nn.Module):
+    class Sharded(nn.Module):
         def set_reduce_scatter_unused_params(self, on):
             calls.append(on)
 
     monkeypatch.setattr(engine_dist.dist, "get_world_size", lambda: 2)
-    engine_dist.reduce_unused(Newer())
+    monkeypatch.setattr(engine_dist, "reduces_unused", lambda: True)
+    engine_dist.reduce_unused(Sharded())
     assert calls == [True]
+    monkeypatch.setattr(engine_dist, "reduces_unused", lambda: False)
     with pytest.raises(RuntimeError, match="set_reduce_scatter_unused_params.*newer"):
-        engine_dist.reduce_unused(nn.Linear(2, 2))
+        engine_dist.reduce_unused(Sharded())
     monkeypatch.setattr(engine_dist.dist, "get_world_size", lambda: 1)
-    engine_dist.reduce_unused(nn.Linear(2, 2))  # one rank: nothing to reduce across
+    engine_dist.reduce_unused(Sharded())  # one rank: nothing to reduce across
+    assert calls == [True]
 
 
 def test_more_ranks_than_gpus_are_refused_before_cuda_is_touched(monkeypatch):

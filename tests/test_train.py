@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import skip_unless_ranks_can_train
 
 from planx_core.files.safetensors import read_safetensors
 from planx_core.planner.files import load_planner
@@ -60,6 +61,7 @@ def events(out: Path, kind: str) -> list[dict]:
 
 
 def torchrun(stage: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    skip_unless_ranks_can_train(stage)
     cmd = [
         sys.executable,
         "-m",

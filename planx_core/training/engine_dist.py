@@ -29,7 +29,7 @@ from torch import nn
 from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from .stages import StageError
@@ -149,10 +149,15 @@ def shard(
     return module
 
 
+def reduces_unused() -> bool:
+    """Whether this torch's FSDP2 can reduce-scatter parameters a step left without gradients (newer torch)."""
+    return hasattr(FSDPModule, "set_reduce_scatter_unused_params")
+
+
 def reduce_unused(module: nn.Module) -> None:
     """Let FSDP2 reduce-scatter parameters that got no gradient this step (so ranks whose steps use different
     parameters do not wait on each other). Older torch lacks the switch: one rank needs none, several are refused."""
-    if hasattr(module, "set_reduce_scatter_unused_params"):
+    if reduces_unused():
         module.set_reduce_scatter_unused_params(True)
     elif dist.get_world_size() > 1:
         raise RuntimeError(
