@@ -2,7 +2,7 @@
 # Planner candidates of issue 14 trained side by side on one lent GPU inside a time box, each from the shipped
 # planner with the shipped fine-tune recipe (MODEL_CARD.md: motion weight 10, order pairs 0.5, EMA 0.99, cooled),
 # differing in depth (--planner-layers: the shipped 4 layers spread over 8 or 12, the new ones starting as
-# identities) and in the self-fed share. A short probe of all of them at once measures each one's s/step, so
+# identities), in the self-fed share and in the auxiliary move loss (--move-weight). A short probe of all of them at once measures each one's s/step, so
 # every run gets the step count that fits the box and keeps its cool-down (a run cut by the box would not).
 #
 #   bash scripts/gpu_planner.sh                                  # on the GPU machine (box 240 s)
@@ -36,8 +36,11 @@ declare -A VARIANT=(
   [d8_sf5]="--planner-layers 8 --self-feed 0.5"
   [d12_sf3]="--planner-layers 12 --self-feed 0.3"
   [d8_b16]="--planner-layers 8 --self-feed 0.3 --batch 16 --lr 4e-4"
+  [d4_mv]="--planner-layers 4 --self-feed 0.3 --move-weight 0.5"
+  [d8_mv]="--planner-layers 8 --self-feed 0.3 --move-weight 0.5"
 )
-NAMES=${PLANNER_VARIANTS:-d4_sf3 d8_sf3 d8_sf5 d12_sf3 d8_b16}
+# the 2026-12-04 lease ran the first five (MODEL_CARD.md); the move-weight ones came after it
+NAMES=${PLANNER_VARIANTS:-d4_mv d8_mv d12_sf3 d8_sf3}
 
 train() {  # train FOLDER STEPS COOLDOWN EVAL_CLIPS EXTRA...
   local folder=$1 steps=$2 cool=$3 clips=$4
