@@ -16,11 +16,15 @@ The TA-Tok comes from `--tatok` (a file or a finished tatok run folder; pass it 
 a trained tokenizer), else a fresh one from the seed (its codebook = the normalised word rows).
 It is exported next to the planner: `<out>/planner/` (save_planner) and `<out>/ta_tok.safetensors`.
 
+Options: `--planner-layers` a deeper planner (from a shallower `--init-from`: `load_deepened`); `--motion-weight`,
+`--order-pairs`, `--self-feed` and `--move-weight` (an auxiliary, training-only head that reads each keyframe's
+object moves from the state before its cells) are the recipe changes of issue 14, each in the run fingerprint.
+
 Metrics on unseen clips (`train`-split clips from the world's own stream) and held-out
 compositions: teacher-forced plan-token accuracy over all cells and over object/wall cells, for
 text-to-video (5 keyframes) and image-to-video (keyframes 1..4; keyframe 0 is given), the
 copy-the-first-frame baseline, and greedy decoding (`SemanticPlanner.generate`, temperature 0)
-of a few clips.
+of a few clips: cell accuracies and keyframe moves (`world.labels.move_agreement`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Label rule: the exact visible fraction of each cell covered by each object and b
 is measured (pixels split across cell borders count by area). The largest cover wins if it is at
 least `threshold` (25 %): an object gives its colour word ("red", ...), the wall gives "wall";
 otherwise the cell is "background". Labels are code indices: code k <-> `tiny.ANCHOR_WORDS[k]`.
+
+`code_moves` / `move_agreement` read a plan of such codes back as motion: which way each object's cells go from
+keyframe to keyframe (the planner's evaluation and its training's auxiliary move targets).
 """
 
 from __future__ import annotations
