@@ -347,7 +347,7 @@ def test_unused_parameter_reduction_on_a_torch_without_the_switch(monkeypatch):
     engine_dist.reduce_unused(Sharded())
     assert calls == [True]
     monkeypatch.setattr(engine_dist, "reduces_unused", lambda: False)
-    with pytest.raises(RuntimeError, match="set_reduce_scatter_unused_params.*newer"):
+    with pytest.raises(StageError, match="set_reduce_scatter_unused_params.*newer"):
         engine_dist.reduce_unused(Sharded())
     monkeypatch.setattr(engine_dist.dist, "get_world_size", lambda: 1)
     engine_dist.reduce_unused(Sharded())  # one rank: nothing to reduce across

@@ -160,7 +160,7 @@ def reduce_unused(module: nn.Module) -> None:
     if reduces_unused():
         module.set_reduce_scatter_unused_params(True)
     elif dist.get_world_size() > 1:
-        raise RuntimeError(
+        raise StageError(
             f"torch {torch.__version__}'s FSDP2 cannot reduce parameters unused in a step "
             "(no set_reduce_scatter_unused_params), which this stage needs on several ranks: install a newer "
             "torch (the one in pyproject's tested range) or train on one rank"
