@@ -61,6 +61,8 @@ print(steps[-1]["s_per_step"] if steps else 0)
 PYEOF
 }
 
+export PY
+export -f train  # `timeout` runs programs: the runs call it through `bash -c`
 echo "gpu_planner: python $PY, box ${BOX} s, probe ${PROBE} steps, variants: $NAMES" | tee "$SUMMARY"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$SUMMARY"
 for name in $NAMES; do  # the probe: all at once, as they will run
@@ -79,8 +81,7 @@ for name in $NAMES; do
   n=${STEPS[$name]}
   [ "$n" -ge "$MIN" ] || continue
   # shellcheck disable=SC2086
-  timeout -s TERM $((BOX + 90)) bash -c "$(declare -f train); PY=$PY; train $WORK/$name $n $((n / 2)) 16 ${VARIANT[$name]}" \
-    >"$WORK/$name.log" 2>&1 &
+  timeout -s TERM $((BOX + 90)) bash -c "train $WORK/$name $n $((n / 2)) 16 ${VARIANT[$name]}" >"$WORK/$name.log" 2>&1 &
 done
 wait
 for name in $NAMES; do  # a run the box cut: export its last checkpoint (uncooled) rather than lose it

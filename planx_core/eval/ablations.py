@@ -125,15 +125,14 @@ class Evaluator:
 
 def plan_accuracy(planned: list[Plan], truth: list[Plan], background: int) -> dict[str, float]:
     """Cell accuracy of plans against the truth over keyframes 1..: over all cells, and over the
-    cells where the truth is not `background`."""
-    pred = torch.stack([p.token_tensor()[1:] for p in planned])  # [N, K-1, g*g]
-    gold = torch.stack([t.token_tensor()[1:] for t in truth])  # [N, K-1, g*g]
-    hit = pred == gold
-    every = (torch.stack([p.token_tensor() for p in planned]), torch.stack([t.token_tensor() for t in truth]))
+    cells where the truth is not `background`; and their keyframe moves (`move_agreement`)."""
+    plans = torch.stack([p.token_tensor() for p in planned])  # [N, K, g*g]
+    truths = torch.stack([t.token_tensor() for t in truth])  # [N, K, g*g]
+    hit = plans[:, 1:] == truths[:, 1:]  # [N, K-1, g*g]
     return {
         "plan_cells": float(hit.float().mean()),
-        "plan_objects": float(hit[gold != background].float().mean()),
-        "plan_moves": move_agreement(*every, planned[0].grid[1], background),  # [N, K, g*g] each
+        "plan_objects": float(hit[truths[:, 1:] != background].float().mean()),
+        "plan_moves": move_agreement(plans, truths, planned[0].grid[1], background),
     }
 
 
