@@ -526,3 +526,17 @@ def test_word_to_code_and_back(folder):
         planner.word_to_code("zzzz")
     with pytest.raises(ValueError, match="outside this planner's codebook"):
         planner.code_words([N])
+
+
+def test_keyframe_cues_give_each_step_the_stage_that_holds_its_middle():
+    """`keyframe_cues`: stages are the clauses joined by "then", sharing the duration equally; keyframe 0 has no
+    cue, keyframe k the stage holding the middle of the step from k-1 to k; no stage, no cue."""
+    from planx_core.planner.prompt import keyframe_cues, motion_stages
+
+    assert motion_stages("the red circle moves right, then up.") == ["the red circle moves right", "up"]
+    assert motion_stages("A walks in and then sits; then waves") == ["A walks in", "sits", "waves"]
+    assert keyframe_cues("a moves right, then up.", 5, 2.0) == ["", "a moves right", "a moves right", "up", "up"]
+    three = keyframe_cues("a, then b, then c", 5, 2.0, duration=2.0)  # middles 0.25 0.75 1.25 1.75 of 2 s
+    assert three == ["", "a", "b", "b", "c"]
+    assert keyframe_cues("a, then b", 11, 2.0, duration=5.0) == [""] + ["a"] * 5 + ["b"] * 5
+    assert keyframe_cues("", 3, 2.0) == ["", "", ""] and keyframe_cues("a", 1, 2.0) == [""]

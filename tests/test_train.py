@@ -607,3 +607,54 @@ def test_model_card_lists_the_runs_commands_and_time(dit_run, tmp_path):
     assert card.startswith("# Card") and "python -m planx_core train --stage dit" in card
     assert "--nproc_per_node" not in card and "from step 0 on cpu x2" in card
     assert "### Plan-X evaluation: x" in card and '"plan_accuracy"' in card
+
+
+def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path):
+    """--keyframe-cues: each keyframe's stage is in the training sequence right before its image block, given
+    (IGNORE labels); the exported config.json says so; a planner loaded from it feeds exactly the training
+    sequence when it plans the same clip (the ids its model first sees, with keyframes 0..K-2 locked to the
+    clip's codes, up to the last keyframe's first cell), and without the flag neither feeds a cue."""
+    from planx_core import world
+    from planx_core.planner.files import load_planner
+    from planx_core.planner.prompt import keyframe_cues
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+    from planx_core.world import tiny
+
+    args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2"])
+    args.keyframe_cues = True
+    stage = PlannerStage(StageContext(args, "cpu"))
+    clip = next(c for c in map(world.make_clip, range(50)) if len(set(keyframe_cues(c.motion, 5, 2.0))) > 2)
+    codes = stage.plan_codes([clip])[0]  # [K, g*g]
+    ids, labels = stage.sequence(clip, codes, False)
+    text = " ".join(stage.tokenizer.convert_ids_to_tokens(ids))
+    for cue in {c for c in keyframe_cues(clip.motion, 5, 2.0) if c}:
+        assert " ".join(stage.tokenizer.tokenize(cue + ".")) in text.split("assistant", 1)[-1].lower()
+    v = stage.vocab
+    assert all(label == -100 for i, label in zip(ids, labels) if not v.im_start <= i < v.image_end)
+    assert stage.fingerprint()["keyframe_cues"] is True
+    stage.export(tmp_path)
+
+    def first_feed(planner) -> list[int]:
+        seen, forward = [], planner.head.forward
+
+        def record(ids, cache):
+            seen.append(ids[0].tolist())
+            return forward(ids, cache)
+
+        planner.head.forward = record
+        locked = {k: codes[k].tolist() for k in range(codes.shape[0] - 1)}
+        vid = tiny.VIDEO
+        planner.generate(
+            clip.scene, clip.motion, num_keyframes=5, fps=vid.fps, keyframe_rate=vid.keyframe_rate, grid=(9, 9),
+            duration=vid.duration, locked=locked, temperature=0,
+        )  # fmt: skip
+        return seen[0]
+
+    planner = load_planner(tmp_path / "planner")
+    assert planner.uses_cues
+    cued = first_feed(planner)
+    assert cued == ids[: len(cued)] and ids[len(cued)] == v.image_start + codes[-1, 0]
+    planner.model.config.keyframe_cues, planner.uses_cues, args.keyframe_cues = False, False, False
+    plain, plain_ids = first_feed(planner), stage.sequence(clip, codes, False)[0]
+    assert plain == plain_ids[: len(plain)] and len(plain) < len(cued)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -214,12 +214,17 @@ class Stream:
 
 @dataclass
 class Grammar:
-    """K keyframes of `cells` codes, written with one scale token; locked keyframes are given."""
+    """K keyframes of `cells` codes, written with one scale token; locked keyframes are given; `cues[k]` (token
+    ids, `planner_prompt.cue_ids`) are fed before keyframe k's image block (none when empty)."""
 
     num_keyframes: int
     cells: int
     scale_id: int
     locked: dict[int, list[int]]
+    cues: list[list[int]] = field(default_factory=list)
+
+    def cue(self, k: int) -> list[int]:
+        return list(self.cues[k]) if k < len(self.cues) else []
 
     @property
     def total(self) -> int:
@@ -236,7 +241,7 @@ def decode(
     interrupt: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Run the grammar over one stream (or two: conditional, unconditional); codes `[K, cells]`."""
-    pending = [vocab.im_start, grammar.scale_id]  # forced tokens not yet fed
+    pending = [*grammar.cue(0), vocab.im_start, grammar.scale_id]  # forced tokens not yet fed
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
     done = 0
     for k in range(grammar.num_keyframes):
@@ -254,7 +259,7 @@ def decode(
             done += 1
             if progress is not None:
                 progress(done, grammar.total)
-        pending += [vocab.im_end, vocab.im_start, grammar.scale_id]
+        pending += [vocab.im_end, *grammar.cue(k + 1), vocab.im_start, grammar.scale_id]
     return plan
 
 

@@ -32,7 +32,7 @@ from .decode import (
     decode,
     make_head,
 )
-from .prompt import flat_codes, prompt_ids
+from .prompt import cue_ids, flat_codes, keyframe_cues, prompt_ids
 from .vocab import PlanVocab, build_word_tokenizer, extend_vocabulary, scale_index
 
 __all__ = [
@@ -67,6 +67,7 @@ class SemanticPlanner:
             )
         self.head = make_head(model, self.vocab, self.device) if slice_head else ImageHead(model, self.vocab, False)
         self._cache: dict = {}  # kind -> (key, value): derived from the embedding, see _cached
+        self.uses_cues = bool(getattr(model.config, "keyframe_cues", False))  # config.json: trained with cues
 
     @property
     def device(self) -> torch.device:
@@ -104,6 +105,12 @@ class SemanticPlanner:
             first_frame_codes=first_frame_codes,
             context_codes=context_codes,
         )
+
+    def cues(self, motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None) -> list[list[int]]:
+        """Token ids fed before each keyframe (`planner_prompt.keyframe_cues`); none unless trained with them."""
+        if not self.uses_cues:
+            return []
+        return [cue_ids(self.tokenizer, c) for c in keyframe_cues(motion, num_keyframes, keyframe_rate, duration)]
 
     # -- decoding ----------------------------------------------------------------------
     @property
@@ -157,7 +164,11 @@ class SemanticPlanner:
         sampling = Sampling(float(temperature), top_k, float(top_p), float(guidance_scale))
         cells = grid[0] * grid[1]
         grammar = Grammar(
-            num_keyframes, cells, self.vocab.scales[scale_index(grid)], self._check_locked(locked, num_keyframes, cells)
+            num_keyframes,
+            cells,
+            self.vocab.scales[scale_index(grid)],
+            self._check_locked(locked, num_keyframes, cells),
+            self.cues(motion, num_keyframes, keyframe_rate, duration),
         )
         common = dict(
             num_keyframes=num_keyframes,

@@ -110,3 +110,35 @@ def prompt_ids(
     parts = _PromptParts(scene, motion, vocab, first_frame_codes, context_codes)
     system = system_text(num_keyframes, fps, keyframe_rate, duration, grid)
     return _encode(tokenizer, _render(tokenizer, system, parts.user), parts.blocks)
+
+
+# ----------------------------------------------------------------------------- keyframe cues
+
+_THEN = re.compile(r"(?:\s*[,;]\s*|\s+)(?:and\s+)?then\s+", re.IGNORECASE)
+
+
+def motion_stages(motion: str) -> list[str]:
+    """The motion text's stages in order: its clauses joined by "then" ("..., then ...", "... and then ...")."""
+    return [s for s in (part.strip(" \t\n.,;") for part in _THEN.split(motion.strip())) if s]
+
+
+def keyframe_cues(motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None = None) -> list[str]:
+    """The stage each keyframe is written under: "" for keyframe 0, then for keyframe k the stage that holds the
+    middle of the step from keyframe k-1 to k, the stages sharing the video's `duration` equally (the convention
+    of a motion text with several "then": each stage as long as the others). A planner trained with cues reads
+    the stage right before the keyframe it steers, so the order of the stages is decided by this rule, not by
+    the planner; an editor or a user who wants other timing writes the plan (or locks keyframes) instead."""
+    stages = motion_stages(motion)
+    duration = (num_keyframes - 1) / keyframe_rate if duration is None else duration
+    if not stages or duration <= 0:
+        return [""] * num_keyframes
+    cues = [""]
+    for k in range(1, num_keyframes):
+        middle = (k - 0.5) / keyframe_rate  # seconds
+        cues.append(stages[min(len(stages) - 1, int(middle / duration * len(stages)))])
+    return cues
+
+
+def cue_ids(tokenizer, cue: str) -> list[int]:
+    """Token ids of one keyframe's cue as fed before its image block: the stage and a full stop ([] if none)."""
+    return tokenizer(f"{cue}.", add_special_tokens=False)["input_ids"] if cue else []

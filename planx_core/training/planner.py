@@ -39,7 +39,7 @@ from torch import nn
 from .. import world
 from ..planner.files import load_planner, save_planner
 from ..planner.model import SemanticPlanner
-from ..planner.prompt import prompt_ids
+from ..planner.prompt import cue_ids, keyframe_cues, prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
@@ -240,6 +240,13 @@ class PlannerStage(Stage):
             "before each keyframe's cells which way every object moves into it (0 = off)",
         )
         parser.add_argument(
+            "--keyframe-cues",
+            action="store_true",
+            help="planner: feed each keyframe's stage of the motion text right before its codes "
+            "(`keyframe_cues`: the stages share the video equally), so each keyframe is written under the stage "
+            "that steers it; recorded in the exported config.json, and the runtime then feeds the same cues",
+        )
+        parser.add_argument(
             "--self-feed",
             type=float,
             default=0.0,
@@ -276,6 +283,7 @@ class PlannerStage(Stage):
         self.tatok.eval().to(ctx.device)
         tiny.tie(model, self.tokenizer, self.vocab, self.tatok)
         self.model = model.to(ctx.device)
+        self.model.config.keyframe_cues = a.keyframe_cues  # the runtime feeds cues when this is set
         codes = range(self.vocab.image_start, self.vocab.image_end)
         rows = tiny.frozen_rows(self.tokenizer, self.vocab)
         self.module = PlannerObjective(self.model, rows, codes, a.self_feed, a.move_weight)
@@ -318,6 +326,7 @@ class PlannerStage(Stage):
         extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
+        extra |= {"keyframe_cues": True} if a.keyframe_cues else {}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
@@ -344,8 +353,14 @@ class PlannerStage(Stage):
             duration=v.duration,
             first_frame_codes=codes[0] if i2v else None,
         )
-        plan = [t for row in codes.tolist() for t in self.vocab.block(row, scale_index(grid))]
-        return prompt + plan, [IGNORE] * len(prompt) + plan
+        cues = keyframe_cues(clip.motion, codes.shape[0], v.keyframe_rate, v.duration)
+        ids, labels = list(prompt), [IGNORE] * len(prompt)
+        for k, row in enumerate(codes.tolist()):
+            cue = cue_ids(self.tokenizer, cues[k]) if self.args.keyframe_cues else []
+            block = self.vocab.block(row, scale_index(grid))
+            ids += cue + block
+            labels += [IGNORE] * len(cue) + block  # the cue is given, never predicted
+        return ids, labels
 
     def batch(self, step: int):
         a, c = self.args, self.ctx
