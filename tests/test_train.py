@@ -622,7 +622,7 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
     from planx_core.world import tiny
 
     args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2"])
-    args.keyframe_cues = True
+    args.keyframe_cues = 24
     stage = PlannerStage(StageContext(args, "cpu"))
     clip = next(c for c in map(world.make_clip, range(50)) if len(set(keyframe_cues(c.motion, 5, 2.0))) > 2)
     codes = stage.plan_codes([clip])[0]  # [K, g*g]
@@ -632,7 +632,9 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
         assert " ".join(stage.tokenizer.tokenize(cue + ".")) in text.split("assistant", 1)[-1].lower()
     v = stage.vocab
     assert all(label == -100 for i, label in zip(ids, labels) if not v.im_start <= i < v.image_end)
-    assert stage.fingerprint()["keyframe_cues"] is True
+    assert stage.fingerprint()["keyframe_cues"] == 24
+    starts = [i for i, t in enumerate(ids) if t == v.im_start][-5:]  # the plan's five image blocks
+    assert {b - a for a, b in zip(starts, starts[1:])} == {81 + 3 + 24}, "every keyframe as far from the last"
     stage.export(tmp_path)
 
     def first_feed(planner) -> list[int]:
@@ -652,9 +654,9 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
         return seen[0]
 
     planner = load_planner(tmp_path / "planner")
-    assert planner.uses_cues
+    assert planner.cue_length == 24
     cued = first_feed(planner)
     assert cued == ids[: len(cued)] and ids[len(cued)] == v.image_start + codes[-1, 0]
-    planner.model.config.keyframe_cues, planner.uses_cues, args.keyframe_cues = False, False, False
+    planner.model.config.keyframe_cues, planner.cue_length, args.keyframe_cues = 0, 0, 0
     plain, plain_ids = first_feed(planner), stage.sequence(clip, codes, False)[0]
     assert plain == plain_ids[: len(plain)] and len(plain) < len(cued)

@@ -67,7 +67,7 @@ class SemanticPlanner:
             )
         self.head = make_head(model, self.vocab, self.device) if slice_head else ImageHead(model, self.vocab, False)
         self._cache: dict = {}  # kind -> (key, value): derived from the embedding, see _cached
-        self.uses_cues = bool(getattr(model.config, "keyframe_cues", False))  # config.json: trained with cues
+        self.cue_length = int(getattr(model.config, "keyframe_cues", 0) or 0)  # config.json: ids per cue, 0 = none
 
     @property
     def device(self) -> torch.device:
@@ -108,9 +108,10 @@ class SemanticPlanner:
 
     def cues(self, motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None) -> list[list[int]]:
         """Token ids fed before each keyframe (`planner_prompt.keyframe_cues`); none unless trained with them."""
-        if not self.uses_cues:
+        if not self.cue_length:
             return []
-        return [cue_ids(self.tokenizer, c) for c in keyframe_cues(motion, num_keyframes, keyframe_rate, duration)]
+        cues = keyframe_cues(motion, num_keyframes, keyframe_rate, duration)
+        return [cue_ids(self.tokenizer, c, self.cue_length) for c in cues]
 
     # -- decoding ----------------------------------------------------------------------
     @property

@@ -139,6 +139,9 @@ def keyframe_cues(motion: str, num_keyframes: int, keyframe_rate: float, duratio
     return cues
 
 
-def cue_ids(tokenizer, cue: str) -> list[int]:
-    """Token ids of one keyframe's cue as fed before its image block: the stage and a full stop ([] if none)."""
-    return tokenizer(f"{cue}.", add_special_tokens=False)["input_ids"] if cue else []
+def cue_ids(tokenizer, cue: str, length: int) -> list[int]:
+    """One keyframe's cue as fed before its image block: exactly `length` ids, the stage and a full stop at the
+    end (cut to its first `length` ids), the tokenizer's pad token before it. A fixed length keeps every
+    keyframe at the same distance from the one before, as the planner's copy of unchanged cells wants."""
+    ids = tokenizer(f"{cue}.", add_special_tokens=False)["input_ids"][:length] if cue else []
+    return [tokenizer.pad_token_id] * (length - len(ids)) + ids

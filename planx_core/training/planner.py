@@ -241,10 +241,13 @@ class PlannerStage(Stage):
         )
         parser.add_argument(
             "--keyframe-cues",
-            action="store_true",
-            help="planner: feed each keyframe's stage of the motion text right before its codes "
-            "(`keyframe_cues`: the stages share the video equally), so each keyframe is written under the stage "
-            "that steers it; recorded in the exported config.json, and the runtime then feeds the same cues",
+            type=int,
+            default=0,
+            metavar="N",
+            help="planner: feed each keyframe's stage of the motion text, N ids long (padded), right before its "
+            "codes (`keyframe_cues`: the stages share the video equally), so each keyframe is written under the "
+            "stage that steers it; recorded in the exported config.json, and the runtime feeds the same cues "
+            "(0 = off; 24 holds every PlanShapes stage)",
         )
         parser.add_argument(
             "--self-feed",
@@ -264,6 +267,10 @@ class PlannerStage(Stage):
             raise StageError(f"--order-pairs is a share of each batch: between 0 and 1, got {args.order_pairs}")
         if args.move_weight < 0:
             raise StageError(f"--move-weight weighs an auxiliary loss: 0 (off) or more, got {args.move_weight}")
+        if args.keyframe_cues < 0:
+            raise StageError(
+                f"--keyframe-cues is a number of ids per keyframe: 0 (off) or more, got {args.keyframe_cues}"
+            )
         if args.planner_layers < 1:
             raise StageError(f"--planner-layers is a number of decoder layers: 1 or more, got {args.planner_layers}")
 
@@ -326,7 +333,7 @@ class PlannerStage(Stage):
         extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
-        extra |= {"keyframe_cues": True} if a.keyframe_cues else {}
+        extra |= {"keyframe_cues": a.keyframe_cues} if a.keyframe_cues else {}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
@@ -356,7 +363,7 @@ class PlannerStage(Stage):
         cues = keyframe_cues(clip.motion, codes.shape[0], v.keyframe_rate, v.duration)
         ids, labels = list(prompt), [IGNORE] * len(prompt)
         for k, row in enumerate(codes.tolist()):
-            cue = cue_ids(self.tokenizer, cues[k]) if self.args.keyframe_cues else []
+            cue = cue_ids(self.tokenizer, cues[k], self.args.keyframe_cues) if self.args.keyframe_cues else []
             block = self.vocab.block(row, scale_index(grid))
             ids += cue + block
             labels += [IGNORE] * len(cue) + block  # the cue is given, never predicted
