@@ -38,9 +38,9 @@ declare -A VARIANT=(
   [d8_b16]="--planner-layers 8 --self-feed 0.3 --batch 16 --lr 4e-4"
   [d4_mv]="--planner-layers 4 --self-feed 0.3 --move-weight 0.5"
   [d8_mv]="--planner-layers 8 --self-feed 0.3 --move-weight 0.5"
-  [d4_cue]="--planner-layers 4 --self-feed 0.3 --keyframe-cues"
-  [d8_cue]="--planner-layers 8 --self-feed 0.3 --keyframe-cues"
-  [d8_cue_mv]="--planner-layers 8 --self-feed 0.3 --keyframe-cues --move-weight 0.5"
+  [d4_cue]="--planner-layers 4 --self-feed 0.3 --keyframe-cues 24"
+  [d8_cue]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24"
+  [d8_cue_mv]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24 --move-weight 0.5"
 )
 # the 2026-12-04 lease ran the first five (MODEL_CARD.md); the move-weight ones came after it
 NAMES=${PLANNER_VARIANTS:-d4_mv d8_mv d12_sf3 d8_sf3}
