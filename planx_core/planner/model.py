@@ -11,7 +11,9 @@ SmolLM2 (Llama) runs offline in tests.
 The prompt (system part, scene, motion, optional first-frame and context codes) is built in
 `planner_prompt`; decoding under the plan grammar over a KV cache is in `planner_decode`.
 The unconditional prompt of guidance keeps the system part and the image codes and empties the
-scene and motion, so guidance amplifies the texts.
+scene and motion, so guidance amplifies the texts. A planner trained with keyframe cues
+(`config.json` `keyframe_cues`: ids per cue) is fed each keyframe's cue before its block, in both
+streams (`planner_prompt.keyframe_cues`, the rule training uses).
 """
 
 from __future__ import annotations
