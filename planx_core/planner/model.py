@@ -34,7 +34,7 @@ from .decode import (
     decode,
     make_head,
 )
-from .prompt import cue_ids, flat_codes, keyframe_cues, prompt_ids
+from .prompt import cue_rows, flat_codes, prompt_ids
 from .vocab import PlanVocab, build_word_tokenizer, extend_vocabulary, scale_index
 
 __all__ = [
@@ -110,10 +110,7 @@ class SemanticPlanner:
 
     def cues(self, motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None) -> list[list[int]]:
         """Token ids fed before each keyframe (`planner_prompt.keyframe_cues`); none unless trained with them."""
-        if not self.cue_length:
-            return []
-        cues = keyframe_cues(motion, num_keyframes, keyframe_rate, duration)
-        return [cue_ids(self.tokenizer, c, self.cue_length) for c in cues]
+        return cue_rows(self.tokenizer, motion, num_keyframes, keyframe_rate, duration, self.cue_length)
 
     # -- decoding ----------------------------------------------------------------------
     @property

@@ -145,3 +145,23 @@ def cue_ids(tokenizer, cue: str, length: int) -> list[int]:
     keyframe at the same distance from the one before, as the planner's copy of unchanged cells wants."""
     ids = tokenizer(f"{cue}.", add_special_tokens=False)["input_ids"][:length] if cue else []
     return [tokenizer.pad_token_id] * (length - len(ids)) + ids
+
+
+def cue_rows(tokenizer, motion: str, num_keyframes: int, rate: float, duration, length: int) -> list[list[int]]:
+    """Every keyframe's cue ids (`cue_ids` of `keyframe_cues`); none at all when `length` is 0."""
+    if not length:
+        return []
+    return [cue_ids(tokenizer, c, length) for c in keyframe_cues(motion, num_keyframes, rate, duration)]
+
+
+def plan_ids(vocab: PlanVocab, rows, scale: int, cues: list[list[int]], ignore: int) -> tuple[list[int], list[int]]:
+    """A plan as the planner reads it, for training: (ids, labels), labels `ignore` on the cues (given, never
+    predicted) and the ids on the image blocks. `rows` the keyframes' codes `[K, cells]`, `cues` from
+    `cue_rows` (or [])."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for k, row in enumerate(code_rows(rows)):
+        cue, block = (cues[k] if cues else []), vocab.block(row, scale)
+        ids += [*cue, *block]
+        labels += [ignore] * len(cue) + block
+    return ids, labels

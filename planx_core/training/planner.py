@@ -39,7 +39,7 @@ from torch import nn
 from .. import world
 from ..planner.files import load_planner, save_planner
 from ..planner.model import SemanticPlanner
-from ..planner.prompt import cue_ids, keyframe_cues, prompt_ids
+from ..planner.prompt import cue_rows, plan_ids, prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
@@ -360,14 +360,10 @@ class PlannerStage(Stage):
             duration=v.duration,
             first_frame_codes=codes[0] if i2v else None,
         )
-        cues = keyframe_cues(clip.motion, codes.shape[0], v.keyframe_rate, v.duration)
-        ids, labels = list(prompt), [IGNORE] * len(prompt)
-        for k, row in enumerate(codes.tolist()):
-            cue = cue_ids(self.tokenizer, cues[k], self.args.keyframe_cues) if self.args.keyframe_cues else []
-            block = self.vocab.block(row, scale_index(grid))
-            ids += cue + block
-            labels += [IGNORE] * len(cue) + block  # the cue is given, never predicted
-        return ids, labels
+        length = self.args.keyframe_cues
+        cues = cue_rows(self.tokenizer, clip.motion, codes.shape[0], v.keyframe_rate, v.duration, length)
+        plan, labels = plan_ids(self.vocab, codes, scale_index(grid), cues, IGNORE)
+        return prompt + plan, [IGNORE] * len(prompt) + labels
 
     def batch(self, step: int):
         a, c = self.args, self.ctx

@@ -34,6 +34,7 @@ import torch
 
 from ..pipelines.planx import _clean as clean  # a caption as the runtime hands it to the planner (one rule)
 from ..planner.model import SemanticPlanner
+from ..planner.prompt import plan_ids
 from ..planner.vocab import IM_START, scale_index
 from .planner import IGNORE, PlannerObjective, pad
 from .prepare_cache import CacheError, open_cache
@@ -148,9 +149,9 @@ class PlannerSFTStage(Stage):
             duration=self.duration,
             first_frame_codes=codes[0] if i2v else None,
         )
-        vocab = self.planner.vocab
-        plan = [t for row in codes.tolist() for t in vocab.block(row, scale_index(self.grid))]
-        return prompt + plan, [IGNORE] * len(prompt) + plan
+        cues = self.planner.cues(clean(clip.motion), codes.shape[0], self.rate, self.duration)
+        plan, labels = plan_ids(self.planner.vocab, codes, scale_index(self.grid), cues, IGNORE)
+        return prompt + plan, [IGNORE] * len(prompt) + labels
 
     def _seed(self, *parts: int) -> int:
         return int(np.random.SeedSequence([self.args.seed, *parts]).generate_state(1)[0])
