@@ -47,13 +47,18 @@ def test_train_tiny_script_trains_assembles_and_evaluates_a_bundle(tmp_path):
         "assemble",
         "dit",
         "planner",
+        "planner",
+        "planner",
         "assemble",
         "evaluate",
     ]
     # the planner fine-tune ran with the shipped recipe's options, as logged in its run
     start = json.loads((runs / "planner_ft" / "log.jsonl").read_text().splitlines()[0])
     assert {"--motion-weight", "--order-pairs", "--self-feed"} <= set(start["argv"])
+    cues = json.loads((runs / "planner_cue24" / "log.jsonl").read_text().splitlines()[0])
+    assert cues["argv"][cues["argv"].index("--keyframe-cues") + 1] == "24"
     bundle = load_bundle(runs / "bundle")
     assert bundle.spec.sampling.plan_scale == 3.0
+    assert json.loads((runs / "bundle" / "planner" / "config.json").read_text())["keyframe_cues"] == 24
     scores = json.loads((runs / "eval_report" / "scores.json").read_text())
     assert set(scores["rows"]) >= {"full", "text_only", "no_rope", "gt_plan"} and scores["clips"] == 1
