@@ -616,9 +616,10 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
     clip's codes, up to the last keyframe's first cell), and without the flag neither feeds a cue."""
     from planx_core import world
     from planx_core.planner.files import load_planner
+    from planx_core.planner.model import SemanticPlanner
     from planx_core.planner.prompt import keyframe_cues
     from planx_core.training.planner import PlannerStage
-    from planx_core.training.stages import StageContext
+    from planx_core.training.stages import StageContext, StageError
     from planx_core.world import tiny
 
     args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2"])
@@ -655,6 +656,14 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
 
     planner = load_planner(tmp_path / "planner")
     assert planner.cue_length == 24
+    for bad in (-1, "24", 2.5):
+        with pytest.raises(ValueError, match="keyframe_cues"):
+            SemanticPlanner(planner.model.__class__(planner.model.config.__class__(**{
+                **planner.model.config.to_dict(), "keyframe_cues": bad})), planner.tokenizer)  # fmt: skip
+    args.keyframe_cues = -1
+    with pytest.raises(StageError, match="--keyframe-cues"):
+        PlannerStage.check_args(args, 1)
+    args.keyframe_cues = 24
     cued = first_feed(planner)
     assert cued == ids[: len(cued)] and ids[len(cued)] == v.image_start + codes[-1, 0]
     planner.model.config.keyframe_cues, planner.cue_length, args.keyframe_cues = 0, 0, 0

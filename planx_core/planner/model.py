@@ -51,6 +51,17 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 # ----------------------------------------------------------------------------- the planner
 
 
+def _cue_length(config, name: str) -> int:
+    """`keyframe_cues` of a planner's config.json: ids per keyframe cue (absent, false or 0: no cues)."""
+    value = getattr(config, "keyframe_cues", 0) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"planner {name!r}: config.json has keyframe_cues {value!r}; it is the number of ids of each keyframe's "
+            f"cue the planner was trained with (train --keyframe-cues N), an integer >= 0; remove it if unsure"
+        )
+    return value
+
+
 class SemanticPlanner:
     """A causal LM with the plan vocabulary: prompt building, constrained decoding, text alignment."""
 
@@ -58,6 +69,7 @@ class SemanticPlanner:
         self, model, tokenizer, vocab: PlanVocab | None = None, name: str = "planner", slice_head: bool = True
     ):
         """`slice_head` False computes the full vocabulary's logits each token (for comparison)."""
+        self.cue_length = _cue_length(model.config, name)  # config.json: ids per keyframe cue, 0 = none
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.vocab = vocab or PlanVocab.from_tokenizer(tokenizer)
         rows = model.get_input_embeddings().weight.shape[0]
@@ -69,7 +81,6 @@ class SemanticPlanner:
             )
         self.head = make_head(model, self.vocab, self.device) if slice_head else ImageHead(model, self.vocab, False)
         self._cache: dict = {}  # kind -> (key, value): derived from the embedding, see _cached
-        self.cue_length = int(getattr(model.config, "keyframe_cues", 0) or 0)  # config.json: ids per cue, 0 = none
 
     @property
     def device(self) -> torch.device:

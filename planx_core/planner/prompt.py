@@ -144,7 +144,8 @@ def cue_ids(tokenizer, cue: str, length: int) -> list[int]:
     end (cut to its first `length` ids), the tokenizer's pad token before it. A fixed length keeps every
     keyframe at the same distance from the one before, as the planner's copy of unchanged cells wants."""
     ids = tokenizer(f"{cue}.", add_special_tokens=False)["input_ids"][:length] if cue else []
-    return [tokenizer.pad_token_id] * (length - len(ids)) + ids
+    filler = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return [filler] * (length - len(ids)) + ids
 
 
 def cue_rows(tokenizer, motion: str, num_keyframes: int, rate: float, duration, length: int) -> list[list[int]]:
