@@ -43,8 +43,9 @@ from ..planner.prompt import cue_rows, plan_ids, prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
-from ..world.labels import BACKGROUND_CODE, MOVES, clip_images, clip_labels, code_moves, move_agreement
+from ..world.labels import BACKGROUND_CODE, MOVES, clip_images, clip_labels, move_agreement
 from ..world.tiny import NUM_CODES
+from .planner_targets import IGNORE, motion_weights, move_targets
 from .stages import (
     Stage,
     StageContext,
@@ -54,8 +55,6 @@ from .stages import (
     resolve_tatok_file,
     zero_grad_rows,
 )
-
-IGNORE = -100
 
 
 class PlannerObjective(nn.Module):
@@ -139,36 +138,6 @@ def pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     for b, (seq, lab) in enumerate(sequences):
         ids[b, : len(seq)], labels[b, : len(lab)], mask[b, : len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def motion_weights(labels: torch.Tensor, codes: torch.Tensor, code_range: range, weight: float) -> torch.Tensor:
-    """Per-token loss weights `[B, S]`: `weight` on the plan codes whose cell changes from the previous keyframe
-    (keyframe 0 against an empty grid of background), 1 elsewhere. `labels` `[B, S]` (IGNORE on the prompt),
-    `codes` `[B, K, g*g]` the plan they spell. Most cells repeat the previous keyframe, so under a plain mean the
-    few tokens that say where an object moves weigh almost nothing; this is the motion they carry."""
-    before = torch.cat([torch.full_like(codes[:, :1], BACKGROUND_CODE), codes[:, :-1]], dim=1)  # [B, K, g*g]
-    moved = (codes != before).flatten(1)  # [B, K*g*g], in plan order
-    is_code = (labels >= code_range.start) & (labels < code_range.stop)  # [B, S]
-    weights = torch.ones(labels.shape, dtype=torch.float32)  # [B, S]
-    for b in range(labels.shape[0]):
-        weights[b, is_code[b]] = torch.where(moved[b], weight, 1.0)
-    return weights
-
-
-def move_targets(labels: torch.Tensor, codes: torch.Tensor, code_range: range) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets of `PlannerObjective.move_loss`: each code's move into keyframes 1.. (`world.labels.code_moves`,
-    as indices of `MOVES`; IGNORE for codes not in keyframe 0) `[B, K-1, NUM_CODES]`, and the position before
-    each of those keyframes' first cell `[B, K-1]`. `labels` `[B, S]`, `codes` `[B, K, g*g]` the plan they spell."""
-    batch, keyframes, cells = codes.shape
-    moves = torch.full((batch, keyframes - 1, NUM_CODES), IGNORE, dtype=torch.long)  # [B, K-1, NUM_CODES]
-    at = torch.zeros((batch, keyframes - 1), dtype=torch.long)  # [B, K-1]
-    is_code = (labels >= code_range.start) & (labels < code_range.stop)  # [B, S]
-    for b in range(batch):
-        for code, steps in code_moves(codes[b], tiny.VIDEO.grid, BACKGROUND_CODE).items():
-            moves[b, :, code] = torch.tensor([MOVES.index(m) for m in steps])
-        first = is_code[b].nonzero().flatten()[cells::cells]  # [K-1]: the first cell of keyframes 1..
-        at[b] = first - 1  # the state that predicts that cell
-    return moves, at
 
 
 def load_deepened(source: nn.Module, target: nn.Module) -> None:
