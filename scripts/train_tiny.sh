@@ -6,8 +6,7 @@
 #
 # The stages and settings are those of planx_core/embedded/MODEL_CARD.md (vae, decoder, tatok, planner, dit,
 # e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last two with keyframe
-# cues), with the step counts the
-# shipped runs ended at. Every stage resumes when run again (the same command), so a stopped script is rerun.
+# cues), with the step counts the shipped runs ended at. Every stage resumes when run again (the same command), so a stopped script is rerun.
 # Environment: RUNS (run folders and the bundle, default runs/tiny), SCALE (share of every step count,
 # default 1), DEVICE (auto, cpu or cuda; default auto), THREADS (torch CPU threads, default 0 = all),
 # PY (python, default .venv/bin/python), EVAL_CLIPS (held-out clips of the final evaluation, default 32).
@@ -61,11 +60,12 @@ train planner planner_ft "$(steps 1500)" --batch 8 --lr 3e-4 --warmup "$warm" --
   --self-feed 0.3
 # Then keyframe cues, twice 2000 steps with the same recipe (the shipped first run had cues of their own length,
 # an option that no longer exists; the card says why; both runs here take 24 ids).
+from=planner_ft
 for cue in planner_cue planner_cue24; do
-  from=$([ "$cue" = planner_cue ] && echo planner_ft || echo planner_cue)
   train planner "$cue" "$(steps 2000)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 800)" \
     --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
     --self-feed 0.3 --keyframe-cues 24
+  from=$cue
 done
 
 echo "== assemble $RUNS/bundle"

@@ -224,7 +224,7 @@ class Grammar:
     cues: list[list[int]] = field(default_factory=list)
 
     def cue(self, k: int) -> list[int]:
-        return list(self.cues[k]) if k < len(self.cues) else []
+        return self.cues[k] if k < len(self.cues) else []
 
     @property
     def total(self) -> int:

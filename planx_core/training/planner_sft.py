@@ -138,10 +138,10 @@ class PlannerSFTStage(Stage):
     def sequence(self, index: int, i2v: bool) -> tuple[list[int], list[int]]:
         """(ids, labels) of clip `index`: the runtime's prompt, then its keyframes; labels IGNORE on the prompt."""
         clip = self.cache[index]
-        codes = clip.keyframe_ids  # [K, g*g]
+        codes, motion = clip.keyframe_ids, clean(clip.motion)  # [K, g*g], the motion text
         prompt = self.planner.build_prompt(
             clean(clip.scene),
-            clean(clip.motion),
+            motion,
             num_keyframes=codes.shape[0],
             fps=self.fps,
             keyframe_rate=self.rate,
@@ -149,7 +149,7 @@ class PlannerSFTStage(Stage):
             duration=self.duration,
             first_frame_codes=codes[0] if i2v else None,
         )
-        cues = self.planner.cues(clean(clip.motion), codes.shape[0], self.rate, self.duration)
+        cues = self.planner.cues(motion, codes.shape[0], self.rate, self.duration)
         plan, labels = plan_ids(self.planner.vocab, codes, scale_index(self.grid), cues, IGNORE)
         return prompt + plan, [IGNORE] * len(prompt) + labels
 
