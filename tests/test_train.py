@@ -620,7 +620,6 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
     from planx_core.planner.prompt import keyframe_cues
     from planx_core.training.planner import PlannerStage
     from planx_core.training.stages import StageContext, StageError
-    from planx_core.world import tiny
 
     args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2"])
     args.keyframe_cues = 24
@@ -639,20 +638,7 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
     stage.export(tmp_path)
 
     def first_feed(planner) -> list[int]:
-        seen, forward = [], planner.head.forward
-
-        def record(ids, cache):
-            seen.append(ids[0].tolist())
-            return forward(ids, cache)
-
-        planner.head.forward = record
-        locked = {k: codes[k].tolist() for k in range(codes.shape[0] - 1)}
-        vid = tiny.VIDEO
-        planner.generate(
-            clip.scene, clip.motion, num_keyframes=5, fps=vid.fps, keyframe_rate=vid.keyframe_rate, grid=(9, 9),
-            duration=vid.duration, locked=locked, temperature=0,
-        )  # fmt: skip
-        return seen[0]
+        return _first_feed(planner, clip, codes)
 
     planner = load_planner(tmp_path / "planner")
     assert planner.cue_length == 24
@@ -669,3 +655,56 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
     planner.model.config.keyframe_cues, planner.cue_length, args.keyframe_cues = 0, 0, 0
     plain, plain_ids = first_feed(planner), stage.sequence(clip, codes, False)[0]
     assert plain == plain_ids[: len(plain)] and len(plain) < len(cued)
+
+
+def _first_feed(planner, clip, codes) -> list[int]:
+    """The ids a planner's model is first fed when it plans `clip` with keyframes 0..K-2 locked to `codes`."""
+    from planx_core.world import tiny
+
+    seen, forward = [], planner.head.forward
+
+    def record(ids, cache):
+        seen.append(ids[0].tolist())
+        return forward(ids, cache)
+
+    planner.head.forward = record
+    locked = {k: codes[k].tolist() for k in range(codes.shape[0] - 1)}
+    vid = tiny.VIDEO
+    planner.generate(
+        clip.scene, clip.motion, num_keyframes=codes.shape[0], fps=vid.fps, keyframe_rate=vid.keyframe_rate,
+        grid=(9, 9), duration=vid.duration, locked=locked, temperature=0,
+    )  # fmt: skip
+    return seen[0]
+
+
+def test_a_cues_only_planner_reads_the_motion_only_in_its_cues(tmp_path):
+    """--cues-only: the training sequence has no Motion line but every cue; the exported config.json says
+    motion_in_prompt false; the loaded planner feeds exactly that sequence; the flag without cues, and a
+    config that is cues-only without cues, are refused naming the fix."""
+    from planx_core import world
+    from planx_core.planner.files import load_planner
+    from planx_core.planner.model import SemanticPlanner
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext, StageError
+
+    args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2", "--cues-only"])
+    with pytest.raises(StageError, match="--keyframe-cues 24"):
+        PlannerStage.check_args(args, 1)
+    args.keyframe_cues = 24
+    stage = PlannerStage(StageContext(args, "cpu"))
+    clip = world.make_clip(3)
+    codes = stage.plan_codes([clip])[0]  # [K, g*g]
+    ids = stage.sequence(clip, codes, False)[0]
+    words = stage.tokenizer.convert_ids_to_tokens(ids)
+    prompt = words[: ids.index(stage.vocab.im_start)]  # up to the first keyframe's cue and block
+    assert "moves" in clip.motion.split() and "moves" not in prompt and "moves" in words  # motion: cues only
+    assert "square" in prompt  # the scene line stays
+    assert stage.fingerprint()["cues_only"] is True
+    stage.export(tmp_path)
+    planner = load_planner(tmp_path / "planner")
+    assert planner.motion_line is False and planner.model.config.motion_in_prompt is False
+    fed = _first_feed(planner, clip, codes)
+    assert fed == ids[: len(fed)] and ids[len(fed)] == stage.vocab.image_start + codes[-1, 0]
+    config = {**planner.model.config.to_dict(), "keyframe_cues": 0}
+    with pytest.raises(ValueError, match="motion_in_prompt"):
+        SemanticPlanner(planner.model.__class__(planner.model.config.__class__(**config)), planner.tokenizer)

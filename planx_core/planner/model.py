@@ -13,7 +13,8 @@ The prompt (system part, scene, motion, optional first-frame and context codes) 
 The unconditional prompt of guidance keeps the system part and the image codes and empties the
 scene and motion, so guidance amplifies the texts. A planner trained with keyframe cues
 (`config.json` `keyframe_cues`: ids per cue) is fed each keyframe's cue before its block, in both
-streams (`planner_prompt.keyframe_cues`, the rule training uses).
+streams (`planner_prompt.keyframe_cues`, the rule training uses); one trained cues-only (`motion_in_prompt`
+false) reads the motion through its cues alone, its prompt without the Motion line.
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def _cue_length(config, name: str) -> int:
     return value
 
 
+def _motion_line(config, name: str, cue_length: int) -> bool:
+    """`motion_in_prompt` of a planner's config.json (absent: true); false only for a planner with cues."""
+    value = getattr(config, "motion_in_prompt", True)
+    if not isinstance(value, bool) or (not value and not cue_length):
+        raise ValueError(
+            f"planner {name!r}: config.json has motion_in_prompt {value!r} with keyframe_cues {cue_length}; it is "
+            f"false only for a planner trained with --cues-only (which needs keyframe_cues > 0), else true or absent"
+        )
+    return value
+
+
 class SemanticPlanner:
     """A causal LM with the plan vocabulary: prompt building, constrained decoding, text alignment."""
 
@@ -70,6 +82,7 @@ class SemanticPlanner:
     ):
         """`slice_head` False computes the full vocabulary's logits each token (for comparison)."""
         self.cue_length = _cue_length(model.config, name)  # config.json: ids per keyframe cue, 0 = none
+        self.motion_line = _motion_line(model.config, name, self.cue_length)  # False: the motion is in the cues
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.vocab = vocab or PlanVocab.from_tokenizer(tokenizer)
         rows = model.get_input_embeddings().weight.shape[0]
@@ -117,6 +130,7 @@ class SemanticPlanner:
             duration=duration,
             first_frame_codes=first_frame_codes,
             context_codes=context_codes,
+            motion_line=self.motion_line,
         )
 
     def cues(self, motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None) -> list[list[int]]:

@@ -10,7 +10,7 @@ only a fragment). Written with the tokenizer's chat template when it has one::
             {fps} frames per second, one keyframe every {1/rate} seconds ({rate} per second).
             Each keyframe is a {gh} by {gw} grid of visual tokens.
     user:   Scene: {scene}
-            Motion: {motion}
+            Motion: {motion}                                      (absent for a cues-only planner)
             First frame: <im_start><S2><I..>..<im_end>            (image-to-video)
             Earlier keyframes: <im_start><S2>..<im_end> ...       (continuation)
     assistant: (the plan, decoded by `planner_decode`)
@@ -52,9 +52,9 @@ def flat_codes(codes) -> list[int]:
 class _PromptParts:
     """User text with slots for image blocks, and the blocks' token ids."""
 
-    def __init__(self, scene: str, motion: str, vocab: PlanVocab, first_frame_codes, context_codes):
+    def __init__(self, scene: str, motion: str | None, vocab: PlanVocab, first_frame_codes, context_codes):
         self.blocks: list[list[int]] = []
-        lines = [f"Scene: {scene}", f"Motion: {motion}"]
+        lines = [f"Scene: {scene}"] + ([] if motion is None else [f"Motion: {motion}"])
         if first_frame_codes is not None:
             lines.append("First frame: " + self._slot(vocab, flat_codes(first_frame_codes)))
         if context_codes is not None:
@@ -104,10 +104,12 @@ def prompt_ids(
     duration: float | None = None,
     first_frame_codes=None,
     context_codes=None,
+    motion_line: bool = True,
 ) -> list[int]:
-    """Token ids of the whole prompt, ending where the assistant's plan begins."""
+    """Token ids of the whole prompt, ending where the assistant's plan begins. `motion_line` False leaves the
+    Motion line out: a cues-only planner reads the motion only through its keyframe cues (`cue_rows`)."""
     duration = (num_keyframes - 1) / keyframe_rate if duration is None else duration
-    parts = _PromptParts(scene, motion, vocab, first_frame_codes, context_codes)
+    parts = _PromptParts(scene, motion if motion_line else None, vocab, first_frame_codes, context_codes)
     system = system_text(num_keyframes, fps, keyframe_rate, duration, grid)
     return _encode(tokenizer, _render(tokenizer, system, parts.user), parts.blocks)
 

@@ -219,6 +219,13 @@ class PlannerStage(Stage):
             "(0 = off; 24 holds every PlanShapes stage)",
         )
         parser.add_argument(
+            "--cues-only",
+            action="store_true",
+            help="planner, with --keyframe-cues: leave the prompt's Motion line out, so the motion reaches the "
+            "planner only as each keyframe's cue and a combination of stages it never saw together is not new "
+            "to it (recorded as motion_in_prompt false in config.json; the runtime builds the same prompt)",
+        )
+        parser.add_argument(
             "--self-feed",
             type=float,
             default=0.0,
@@ -240,6 +247,8 @@ class PlannerStage(Stage):
             raise StageError(
                 f"--keyframe-cues is a number of ids per keyframe: 0 (off) or more, got {args.keyframe_cues}"
             )
+        if args.cues_only and not args.keyframe_cues:
+            raise StageError("--cues-only gives the motion through the keyframe cues: add --keyframe-cues 24")
         if args.planner_layers < 1:
             raise StageError(f"--planner-layers is a number of decoder layers: 1 or more, got {args.planner_layers}")
 
@@ -260,6 +269,7 @@ class PlannerStage(Stage):
         tiny.tie(model, self.tokenizer, self.vocab, self.tatok)
         self.model = model.to(ctx.device)
         self.model.config.keyframe_cues = a.keyframe_cues  # the runtime feeds cues when this is set
+        self.model.config.motion_in_prompt = not a.cues_only  # and leaves the Motion line out when false
         codes = range(self.vocab.image_start, self.vocab.image_end)
         rows = tiny.frozen_rows(self.tokenizer, self.vocab)
         self.module = PlannerObjective(self.model, rows, codes, a.self_feed, a.move_weight)
@@ -303,6 +313,7 @@ class PlannerStage(Stage):
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
         extra |= {"keyframe_cues": a.keyframe_cues} if a.keyframe_cues else {}
+        extra |= {"cues_only": True} if a.cues_only else {}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
@@ -328,6 +339,7 @@ class PlannerStage(Stage):
             grid=grid,
             duration=v.duration,
             first_frame_codes=codes[0] if i2v else None,
+            motion_line=not self.args.cues_only,
         )
         length = self.args.keyframe_cues
         cues = cue_rows(self.tokenizer, clip.motion, codes.shape[0], v.keyframe_rate, v.duration, length)
