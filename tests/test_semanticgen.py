@@ -326,3 +326,55 @@ def test_semanticgen_command_refuses_a_negative_window_margin(tmp_path, capsys):
     code = main(["semanticgen", "--prompt", "a red circle. it moves up.", "--out", str(out), "--window-margin", "-1"])
     assert code == 2 and "window_margin must be a whole number of latent frames >= 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_per_frame_text_context_gives_each_frame_its_own_text():
+    """A context `[B, F', Lt, D]`: each latent frame's tokens cross-attend to that frame's text alone (the same as
+    the one-text path run on the frame's tokens with its text); one text repeated equals the `[B, Lt, D]` path; a
+    count of texts that is not the latent's frames, or one beside plan tokens, is refused naming the fix."""
+    torch.manual_seed(0)
+    model = WanModel(semantic_generator_config(8, text_dim=16, width=32, layers=1, heads=2)).eval()
+    block = model.blocks[0].cross_attn
+    x, context = torch.randn(2, 3 * 4, 32), torch.randn(2, 3, 5, 32)  # 3 frames of 4 tokens; 5 text tokens each
+    with torch.no_grad():
+        out = block(x, context)  # [2, 12, 32]
+        for f in range(3):
+            alone = block(x[:, 4 * f : 4 * (f + 1)], context[:, f])  # [2, 4, 32]
+            torch.testing.assert_close(out[:, 4 * f : 4 * (f + 1)], alone)
+        z, t, text = torch.randn(1, 8, 3, 2, 2), torch.tensor([500.0]), torch.randn(1, 5, 16)
+        torch.testing.assert_close(model(z, t, text[:, None].expand(-1, 3, -1, -1)), model(z, t, text))
+        assert not torch.allclose(model(z, t, torch.randn(1, 3, 5, 16)), model(z, t, text))
+        with pytest.raises(ValueError, match="one text per latent frame"):
+            model(z, t, torch.randn(1, 2, 5, 16))
+
+
+def test_semantic_cues_give_stage_1_each_keyframes_stage_in_training_and_at_run_time(tmp_path, capsys):
+    """`--semantic-cues`: stage 1's pools hold one prompt per keyframe (the scene and its stage,
+    `keyframe_prompts`), the run records it, `assemble` writes `semantic_cues` true, and the loaded model feeds
+    stage 1 the same text features for a clip as training did; without --semantic-pools it is refused."""
+    from planx_core.semanticgen.generator import keyframe_prompts
+    from planx_core.training.semanticgen_semantic import SemSemanticStage
+    from planx_core.training.stages import StageContext
+    from planx_core.world.tiny import SHORT_WORLD
+
+    out = tmp_path / "semantic"
+    args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
+    common = ["--steps", "1", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-every", "0", "--threads", "1"]
+    assert train.main([*args, *common, "--semantic-cues"]) != 0
+    assert "add --semantic-pools" in capsys.readouterr().err and not list(out.glob("*"))  # nothing made
+    assert train.main([*args, *common, "--semantic-pools", "--semantic-cues"]) == 0
+    short, long = (read_safetensors(out / f"pool_{n}.safetensors")["ids"] for n in ("short", "long"))
+    assert short.shape[:2] == (2, 5) and long.shape[:2] == (1, 17)  # one prompt per semantic keyframe
+    clip = world.make_clip(world.clip_seed(0, 230, 0), SHORT_WORLD)  # the short pool's first clip
+    texts = keyframe_prompts(clip.scene, clip.motion, 17, 8.0, 2.0)
+    assert texts[0] == texts[0].split(".")[0] + "." and len(set(texts)) > 1  # keyframe 0: the scene alone
+    model = SemanticGen.load(assemble(EMBEDDED / "semanticgen", out, tmp_path / "model"))
+    assert model.spec.semantic_cues and SemanticGen.load(EMBEDDED / "semanticgen").spec.semantic_cues is False
+    cued = train.parse_args([*args, *common, "--semantic-pools", "--semantic-cues"])
+    stage = SemSemanticStage(StageContext(cued, "cpu"))
+    trained = stage.context(*(stage.pools["short"][k][:1] for k in ("ids", "mask")))  # [1, 5, L, Dt]
+    positive, negative = model.semantic_contexts(clip.scene, clip.motion, 17)  # [1, 5, L, Dt]
+    torch.testing.assert_close(positive, trained)
+    torch.testing.assert_close(negative, torch.zeros_like(trained))
+    z = model.with_spec(semantic_steps=1).plan_semantics(clip.scene, clip.motion, num_frames=17)
+    assert z.shape == (5, 4, 4, 8)

@@ -38,12 +38,13 @@ def latent_shape(
 
 
 def pad_text_context(context: torch.Tensor, text_len: int) -> torch.Tensor:
-    """Text features `[B, L, D]` zero-padded to `[B, text_len, D]`, as the reference pads them."""
-    if context.shape[1] > text_len:
+    """Text features `[B, L, D]` (or per frame `[B, F, L, D]`) zero-padded to `text_len` tokens, as the reference
+    pads them."""
+    if context.shape[-2] > text_len:
         raise ValueError(
-            f"text context has {context.shape[1]} tokens, more than the model's {text_len}; shorten the prompt"
+            f"text context has {context.shape[-2]} tokens, more than the model's {text_len}; shorten the prompt"
         )
-    return torch.nn.functional.pad(context, (0, 0, 0, text_len - context.shape[1]))
+    return torch.nn.functional.pad(context, (0, 0, 0, text_len - context.shape[-2]))
 
 
 def make_denoiser(

@@ -7,7 +7,9 @@ Its architecture is not published. Here it is this package's Wan DiT (`dit.WanMo
 patch 1x1x1 over the semantic grid: z_sem `[K, gh, gw, D]` (K keyframes at ~2 fps, a gh x gw
 merged-patch grid, D = the compressor width) is read as a tiny "video" `[D, K, gh, gw]`, so the
 same 3D RoPE, timestep modulation and text cross-attention apply, and attention is full because
-no window is passed.
+no window is passed. With keyframe cues (`SemanticGenSpec.semantic_cues`, this project's addition) each
+keyframe's tokens cross-attend to their own text (`keyframe_prompts`: the scene and the stage of the motion that
+steers that keyframe, by the planner's cue rule), so the order of the stages is given, not learned.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import torch
 
 from ..diffusion.rendering import render
 from ..diffusion.sampling import Guidance
+from ..plan.timing import keyframe_frames
+from ..planner.prompt import keyframe_cues
 from ..wan.configs import DiTConfig
 from ..wan.dit import WanModel
+from ..wan.text_encoder import join_prompt
 
 
 def semantic_generator_config(
@@ -44,6 +49,14 @@ def semantic_generator_config(
         text_len=text_len,
         name=name,
     )
+
+
+def keyframe_prompts(scene: str, motion: str, num_frames: int, fps: float, keyframe_rate: float) -> list[str]:
+    """One text per semantic keyframe of a `num_frames` video: the scene and the stage of the motion text that
+    holds the middle of the step into that keyframe (`planner.prompt.keyframe_cues`; keyframe 0 the scene alone)."""
+    count = len(keyframe_frames(num_frames, fps, keyframe_rate)[0])
+    cues = keyframe_cues(motion, count, keyframe_rate, (num_frames - 1) / fps)
+    return [join_prompt(scene, cue) for cue in cues]
 
 
 def to_latent(z: torch.Tensor) -> torch.Tensor:
@@ -85,7 +98,8 @@ def generate_semantics(
     callback=None,
     interrupt=None,
 ) -> torch.Tensor:
-    """Sample z_sem `[B, K, gh, gw, D]` for text contexts `[B, L, text_dim]` with Euler steps (the paper's sampler)."""
+    """Sample z_sem `[B, K, gh, gw, D]` for text contexts `[B, L, text_dim]` (or one per keyframe
+    `[B, K, L, text_dim]`) with Euler steps (the paper's sampler)."""
     if keyframes < 1 or min(grid) < 1:
         raise ValueError(
             f"cannot generate {keyframes} keyframes of a {grid[0]}x{grid[1]} grid; need at least one of each"

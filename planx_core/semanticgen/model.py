@@ -51,7 +51,7 @@ from ..wan.windows import SEMANTICS, WindowSpec
 from .compressor import SemanticCompressor, load_compressor
 from .encoder import SemanticEncoder
 from .encoder_files import load_semantic_encoder, save_semantic_encoder
-from .generator import check_fits, generate_semantics
+from .generator import check_fits, generate_semantics, keyframe_prompts
 
 FILES = {
     "spec": "semanticgen.json",
@@ -80,6 +80,7 @@ class SemanticGenSpec:
     text_scale: float = 1.0  # stage-2 text guidance
     plan_scale: float = 1.0  # stage-2 guidance by the semantic plan (its tokens dropped in training)
     semantic_text_scale: float = 1.0  # stage-1 text guidance
+    semantic_cues: bool = False  # stage 1 reads one text per keyframe (`generator.keyframe_prompts`)
     name: str = "semanticgen-tiny"
 
     def __post_init__(self):
@@ -87,6 +88,8 @@ class SemanticGenSpec:
             raise ValueError(f"window_semantics must be one of {SEMANTICS}, got {self.window_semantics!r}")
         if not isinstance(self.window_margin, int) or isinstance(self.window_margin, bool) or self.window_margin < 0:
             raise ValueError(f"window_margin must be a whole number of latent frames >= 0, got {self.window_margin!r}")
+        if not isinstance(self.semantic_cues, bool):
+            raise ValueError(f"semantic_cues must be true or false, got {self.semantic_cues!r}")
 
     def to_json(self) -> str:
         return json.dumps({"format": "planx.semanticgen", "version": 1, **asdict(self)}, indent=2)
@@ -216,6 +219,16 @@ class SemanticGen:
         return positive, torch.zeros_like(positive)
 
     @torch.inference_mode()
+    def semantic_contexts(self, scene: str, motion: str, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's (prompt, empty) text features: `contexts`, or with `semantic_cues` one text per keyframe
+        `[1, K, L, Dt]` (`keyframe_prompts`, as in training)."""
+        if not self.spec.semantic_cues:
+            return self.contexts(scene, motion)
+        texts = keyframe_prompts(scene, motion, num_frames, self.spec.fps, self.keyframe_rate)
+        positive = self.text(texts)[None]  # [1, K, L, Dt]
+        return positive, torch.zeros_like(positive)
+
+    @torch.inference_mode()
     def encode_semantics(self, video: torch.Tensor) -> torch.Tensor:
         """Ground-truth z_sem of a video `[3, T, H, W]` in [-1, 1]: compressor means `[K, gh, gw, D]`."""
         indices = self.keyframe_frames(video.shape[1])[1]
@@ -237,7 +250,7 @@ class SemanticGen:
         """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go."""
         if self.semantic_dit is None:
             raise ValueError("this SemanticGen has no semantic generator (stage 1) loaded; load the full folder")
-        positive, negative = self.contexts(scene, motion)
+        positive, negative = self.semantic_contexts(scene, motion, num_frames)
         grid = self.semantic_grid()
         z = generate_semantics(
             self.semantic_dit,

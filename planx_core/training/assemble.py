@@ -30,6 +30,7 @@ from ..semanticgen.model import FILES as SEMANTICGEN_FILES
 from ..semanticgen.model import SemanticGen
 from ..tatok.files import load_tatok
 from ..wan.dit_files import load_dit, load_dit_file
+from .semanticgen_semantic import CUES_FILE
 
 
 def _need(path: Path, what: str) -> Path:
@@ -178,6 +179,8 @@ def assemble_semanticgen(latent_run, semantic_run, out, *, with_shared: bool = F
     model = SemanticGen.load(latent_run, need_semantic=False)
     semantic = load_dit_file(Path(semantic_run) / SEMANTICGEN_FILES["semantic_dit"])
     check_fits(semantic, (model.spec.sem_dim,))
+    cues = Path(semantic_run) / CUES_FILE  # written by a `--semantic-cues` run
+    model = model.with_spec(semantic_cues=cues.is_file() and json.loads(cues.read_text())["semantic_cues"] is True)
     return model.with_semantic(semantic).save(out, with_shared=with_shared)
 
 

@@ -60,9 +60,10 @@ def noise_latents(
 
 
 def drop_text(context: torch.Tensor, empty: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Replace each sample's text context [B, L, D] by the empty prompt's [1, L, D] with probability p."""
+    """Replace each sample's text context [B, L, D] (or per frame [B, F, L, D]) by the empty prompt's [1, ...]
+    with probability p."""
     keep = (torch.rand(context.shape[0], generator=generator) >= p).to(context.device)  # [B]
-    return torch.where(keep.view(-1, 1, 1), context, empty.to(context))  # [B, L, D]
+    return torch.where(keep.view(-1, *[1] * (context.dim() - 1)), context, empty.to(context))  # as context
 
 
 def flow_loss(

@@ -55,7 +55,8 @@ from .e2e import E2EStage
 from .engine_dist import Ranks, leave, setup, teardown
 from .planner import PlannerStage
 from .planner_sft import PlannerSFTStage
-from .semanticgen import SemLatentStage, SemSemanticStage
+from .semanticgen import SemLatentStage
+from .semanticgen_semantic import SemSemanticStage
 from .stages import Stage, StageError, TATokStage
 from .vae import VAEStage
 

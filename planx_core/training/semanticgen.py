@@ -1,4 +1,4 @@
-"""Training stages `semgen-latent` and `semgen-semantic`: the tiny SemanticGen in the synthetic world.
+"""Training stage `semgen-latent` and the pools of both SemanticGen stages (the tiny SemanticGen of the toy world).
 
 SemanticGen (arXiv 2512.20619, Fig. 3) trains in this order: (a) the latent generator, a video DiT
 conditioned in-context on the compressed semantic features of the clip itself, together with the
@@ -14,10 +14,7 @@ frozen encoder and MLP. Here:
   + `--kl-weight` KL + `--rec-weight` feature reconstruction. The text encoder stays frozen. With `--init-from`
   a SemanticGen model folder instead, stage 2 is fine-tuned from that folder's DiT and branch with its encoder
   and compressor frozen, so the folder's stage 1 still fits (assemble the run with that folder as the semantic run).
-* `semgen-semantic` trains `semantic_generator` (full attention) on the compressor means of the
-  `semgen-latent` run's pool (`--latent-run`), text dropout for guidance; or, with `--semantic-pools`, on pools it
-  encodes itself, `--order-pairs` of them minimal order pairs (the planner's lesson: the contrast of one scene in
-  both stage orders teaches the order of the text).
+* `semgen-semantic` (stage 1, `training.semanticgen_semantic`) draws on these pools and text features.
 
 Both draw batches from pools encoded once into the run folder, as the `dit` stage does.
 """
@@ -45,11 +42,10 @@ from ..semanticgen.compressor import (
 )
 from ..semanticgen.encoder import SemanticEncoder, tiny_vision_config
 from ..semanticgen.encoder_files import load_semantic_encoder, save_semantic_encoder
-from ..semanticgen.generator import semantic_generator_config, to_latent
+from ..semanticgen.generator import keyframe_prompts
 from ..semanticgen.model import FILES as SEMANTICGEN_FILES
 from ..semanticgen.model import SemanticGen, SemanticGenSpec
 from ..wan.dit import WanModel
-from ..wan.dit_files import save_dit
 from ..wan.text_encoder import join_prompt, load_text_encoder
 from ..wan.vae_files import load_vae
 from ..world import score as world_score
@@ -69,14 +65,22 @@ def semantic_keyframes(num_frames: int) -> tuple[list[float], list[int]]:
     return keyframe_frames(num_frames, SPEC.fps, SPEC.fps / SPEC.keyframe_stride)
 
 
-def encode_features(clips: list[world.Clip], encoder: SemanticEncoder, text, video=None) -> dict[str, torch.Tensor]:
-    """Semantic features `[B, K, gh, gw, Fd]` of the ~2-fps keyframes and the prompts' ids / mask `[B, L]`."""
+def encode_features(
+    clips: list[world.Clip], encoder: SemanticEncoder, text, video=None, cues: bool = False
+) -> dict[str, torch.Tensor]:
+    """Semantic features `[B, K, gh, gw, Fd]` of the ~2-fps keyframes and the prompts' ids / mask `[B, L]`; with
+    `cues` one prompt per keyframe (`keyframe_prompts`, as stage 1 reads them at run time): `[B, K, L]`."""
     video = clip_video(clips) if video is None else video  # [B, 3, T, H, W]
     keys = semantic_keyframes(video.shape[2])[1]  # 2 fps at 8 fps
     frames = video[:, :, keys].transpose(1, 2).flatten(0, 1)  # [B*K, 3, H, W]
     feats = encoder.encode(frames).unflatten(0, (len(clips), len(keys)))  # [B, K, gh, gw, Fd]
-    ids, mask = text.tokenize([join_prompt(c.scene, c.motion) for c in clips])  # [B, L]
-    return {"feats": feats, "ids": ids, "mask": mask}
+    if not cues:
+        ids, mask = text.tokenize([join_prompt(c.scene, c.motion) for c in clips])  # [B, L]
+        return {"feats": feats, "ids": ids, "mask": mask}
+    rate, count = SPEC.fps / SPEC.keyframe_stride, video.shape[2]
+    texts = [t for c in clips for t in keyframe_prompts(c.scene, c.motion, count, SPEC.fps, rate)]
+    ids, mask = text.tokenize(texts)  # [B*K, L]
+    return {"feats": feats, "ids": ids.unflatten(0, (len(clips), -1)), "mask": mask.unflatten(0, (len(clips), -1))}
 
 
 def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) -> dict[str, torch.Tensor]:
@@ -265,7 +269,10 @@ class SemLatentStage(PoolMixin, Stage):
 
     @torch.no_grad()
     def context(self, ids, mask) -> torch.Tensor:
-        return self.text.model(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]  # [B, L, Dt]
+        """Text features of ids / mask `[B, L]` (or per keyframe `[B, K, L]`): `[B, (K,) L, Dt]`."""
+        flat_ids, flat_mask = ids.flatten(0, -2), mask.flatten(0, -2)  # [N, L]
+        out = self.text.model(input_ids=flat_ids, attention_mask=flat_mask).last_hidden_state  # [N, L, Dt]
+        return (out * flat_mask[..., None]).unflatten(0, ids.shape[:-1])  # [B, (K,) L, Dt]
 
     def batch(self, step: int):
         a, b = self.args, self.draw(step)
@@ -307,136 +314,3 @@ class SemLatentStage(PoolMixin, Stage):
         self.pipeline().save(out)
         m.decoder.save(out / "semantic_decoder.safetensors")
         m.train()
-
-
-class SemanticObjective(nn.Module):
-    """Flow matching of the semantic generator on frozen compressor means z_sem `[B, K, gh, gw, D]`."""
-
-    def __init__(self, model: WanModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, z, context, seed, text_p):
-        gen = torch.Generator().manual_seed(int(seed))
-        return flow_loss(
-            self.model,
-            to_latent(z),
-            context,
-            torch.zeros_like(context[:1]),
-            None,
-            gen,
-            dropout=Dropout(float(text_p), 0.0, 0.0),
-            shift=3.0,
-        )
-
-
-class SemSemanticStage(SemLatentStage):
-    name = "semgen-semantic"
-    find_unused_parameters = False
-
-    @classmethod
-    def add_arguments(cls, parser):
-        parser.add_argument(
-            "--latent-run",
-            help="semgen-semantic: the finished `--stage semgen-latent` run folder, or a SemanticGen model folder "
-            "with --semantic-pools",
-        )
-        parser.add_argument(
-            "--semantic-pools",
-            action="store_true",
-            help="semgen-semantic: encode its own pools (--pool short, --long-pool long clips: the frozen encoder's "
-            "features and the prompts) into --out instead of reading the --latent-run's",
-        )
-
-    @classmethod
-    def check_args(cls, args, world_size: int) -> None:
-        if not 0 <= args.order_pairs <= 1:
-            raise StageError(f"--order-pairs is a share of the pools' clips: between 0 and 1, got {args.order_pairs}")
-        if args.order_pairs and not args.semantic_pools:
-            raise StageError(
-                "--order-pairs shapes the pools this run encodes: add --semantic-pools (the --latent-run's pools are "
-                "already made)"
-            )
-
-    def __init__(self, ctx: StageContext):
-        Stage.__init__(self, ctx)
-        a = self.args
-        if not a.latent_run:
-            raise StageError("--stage semgen-semantic needs --latent-run (the --out folder of `--stage semgen-latent`)")
-        self.latent = SemanticGen.load(Path(a.latent_run), need_semantic=False)
-        self.text, self.vae, self.encoder = self.latent.text, self.latent.vae, self.latent.encoder
-        cfg = semantic_generator_config(self.latent.spec.sem_dim, text_dim=self.text.dim)
-        torch.manual_seed(a.seed)
-        self.module = SemanticObjective(WanModel(cfg))
-        source = Path(a.latent_run)
-        if a.semantic_pools:
-            self.build_pools(self._encode_features, a.order_pairs)
-            source = Path(a.out)
-        self.pools = {name: self._means(source / f"pool_{name}.safetensors") for name in ("short", "long")}
-
-    @torch.no_grad()
-    def _encode_features(self, clips):
-        return encode_features(clips, self.encoder, self.text)
-
-    @torch.no_grad()
-    def _means(self, path: Path) -> dict[str, torch.Tensor]:
-        if not path.is_file():
-            raise StageError(
-                f"{path} is missing: --latent-run must be the folder of a `--stage semgen-latent` run, or add "
-                f"--semantic-pools to encode this run's own pools"
-            )
-        pool = read_safetensors(path)
-        z = self.latent.compressor(pool["feats"], sample=False).mean  # [N, K, gh, gw, D]
-        return {"z": z, "ids": pool["ids"], "mask": pool["mask"]}
-
-    def fingerprint(self) -> dict:
-        a = self.args
-        return {
-            "stage": self.name,
-            "seed": a.seed,
-            "global_batch": a.batch * self.ctx.world_size,
-            "latent_run": str(Path(a.latent_run).resolve()),
-            "long_every": a.long_every,
-            **({"semantic_pools": [a.pool, a.long_pool]} if a.semantic_pools else {}),
-            **({"order_pairs": a.order_pairs} if a.order_pairs else {}),
-        }
-
-    def init_from(self, path: Path) -> None:
-        self.module.model.load_state_dict(read_safetensors(run_file(path, "semantic_generator.safetensors")))
-
-    def shard_blocks(self, module: nn.Module) -> list:
-        return list(module.model.blocks)
-
-    @torch.no_grad()
-    def eval_losses(self, sigmas) -> dict[str, float]:
-        """The flow loss of the semantic generator on the short pool's first 4 clips, at fixed sigmas."""
-        rows = {k: v[:4].to(self.ctx.device) for k, v in self.pools["short"].items()}
-        context = self.context(rows["ids"], rows["mask"])
-        return flow_losses(self.module.model, to_latent(rows["z"]), context, seed=self.args.seed, sigmas=sigmas)
-
-    def batch(self, step: int):
-        b = self.draw(step)
-        return {
-            "z": b["z"],
-            "context": self.context(b["ids"], b["mask"]),
-            "seed": b["seed"],
-            "text_p": self.args.text_dropout,
-        }, []
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """World scores of held-out short clips from text alone through both stages (no ground truth in)."""
-        clips = [
-            world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
-            for i in range(self.args.eval_clips)
-        ]
-        model = self.latent.with_semantic(self.module.model.eval())
-        frames = [
-            model.generate(c.scene, c.motion, num_frames=SHORT_WORLD.num_frames, seed=i)[0] for i, c in enumerate(clips)
-        ]
-        scores = world_score.score_many(frames, clips)
-        self.module.train()
-        return {k: round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")}
-
-    def export(self, out: Path) -> None:
-        save_dit(self.module.model, Path(out) / "semantic_generator.safetensors")

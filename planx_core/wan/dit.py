@@ -9,6 +9,8 @@ Plan-X additions, both driven by a `semantic_branch.PlanConditioning` passed to 
 `cross_attn` adds a plan attention inside each chosen block's text cross-attention; `in_context`
 appends clean (timestep 0) plan tokens to the self-attention sequence. `forward(..., window=Tw)`
 swaps full self-attention for shifted-window attention along time (`window_attention.py`).
+A context `[B, F', Lt, text_dim]` (one text per latent frame) makes each frame's tokens cross-attend to
+their own frame's text only (this project's addition, for SemanticGen's stage 1 with keyframe cues).
 """
 
 from __future__ import annotations
@@ -109,13 +111,33 @@ class WanCrossAttention(WanSelfAttention):
     """Text cross-attention (no RoPE). `plan_attn(q)` adds the Plan-X branch on the same queries."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, plan_attn=None) -> torch.Tensor:
+        """`context` `[B, Lt, C]`, or `[B, F, Lt, C]`: the L tokens (frame-major) in F frames, each its own text."""
         q = self.heads(self.norm_q(self.q(x)))  # [B, L, H, D]
-        k = self.heads(self.norm_k(self.k(context)))  # [B, Lt, H, D]
+        k = self.heads(self.norm_k(self.k(context)))  # [B, Lt, H, D] or [B, F, Lt, H, D]
         v = self.heads(self.v(context))
-        out = attention(q, k, v)  # [B, L, H, D]
+        if context.dim() == 4:  # per frame: fold the frames into the batch
+            frames = context.shape[1]
+            q_frames = q.unflatten(1, (frames, -1)).flatten(0, 1)  # [B*F, L/F, H, D]
+            out = attention(q_frames, k.flatten(0, 1), v.flatten(0, 1)).unflatten(0, (-1, frames)).flatten(1, 2)
+        else:
+            out = attention(q, k, v)  # [B, L, H, D]
         if plan_attn is not None:
             out = out + plan_attn(q)
         return self.o(out.flatten(2))
+
+
+def check_frame_context(context: torch.Tensor, frames: int, plan, parallel) -> None:
+    """A per-frame text context `[B, F', Lt, D]` needs F' = the latent frames, and no plan tokens or sequence split
+    (both change which tokens belong to which frame)."""
+    if context.dim() != 4:
+        return
+    if context.shape[1] != frames:
+        raise ValueError(
+            f"the text context has one text for each of {context.shape[1]} frames but the latent has {frames} "
+            f"latent frames; give one text per latent frame (or one text for all: a [B, Lt, D] context)"
+        )
+    if plan is not None or parallel is not None:
+        raise ValueError("a per-frame text context works without plan tokens and sequence parallelism; drop one")
 
 
 class WanAttentionBlock(nn.Module):
@@ -269,6 +291,8 @@ class WanModel(nn.Module):
         """
         dtype, grid = x.dtype, self.token_grid(x.shape)
         window = check_window(window, grid[0])
+        parallel = self.parallel if parallel is None else parallel
+        check_frame_context(context, grid[0], plan, parallel)
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # [B, Lv, C]
         rows, layout = self.timestep_rows(t.to(x.device), grid, x.shape[0])
         rope = grid_rope(grid, self.config.head_dim, x.device)  # [Lv, D/2]
@@ -279,12 +303,11 @@ class WanModel(nn.Module):
                 tokens, rows, layout, rope, attn_mask = plan.append_tokens(tokens, rows, layout, rope, dtype)
                 num_global, global_bias = tokens.shape[1] - math.prod(grid), plan.key_bias
                 global_frames = plan.plan.latent_frames
-        parallel = self.parallel if parallel is None else parallel
         shard = None if parallel is None else parallel.shard(tokens.shape[1], self.config.num_heads)
         if shard is not None:  # this rank's tokens, rows and RoPE (parallel.py)
             tokens, rows, layout, rope, video_rope = shard.split(tokens, rows, layout, rope, video_rope)
         e, e0 = self.embed_time(rows)  # [B, S, C], [B, S, 6, C]
-        context = self.text_embedding(context.to(dtype))  # [B, Lt, C]
+        context = self.text_embedding(context.to(dtype))  # [B, Lt, C] or [B, F', Lt, C]
         for i, block in enumerate(self.blocks):
             plan_attn = plan.cross_attention(i, video_rope) if plan is not None else None
             attend = window_attend(grid, window, i, num_global, global_bias, global_frames) if window else None

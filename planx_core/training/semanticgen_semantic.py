@@ -1,0 +1,179 @@
+"""Training stage `semgen-semantic`: SemanticGen's stage 1, the semantic generator, in the synthetic world.
+
+SemanticGen (arXiv 2512.20619, Fig. 3(b)) trains the semantic generator last, on the compressed features of
+the frozen encoder and compressor. Here it is trained on the compressor means of the `semgen-latent` run's pool
+(`--latent-run`), with text dropout for guidance; or, with `--semantic-pools`, on pools it encodes itself,
+`--order-pairs` of them minimal order pairs (the planner's lesson: the contrast of one scene in both stage orders
+teaches the order of the text), and with `--semantic-cues` one text per keyframe (the scene and the stage of the
+motion that steers it, `semanticgen.generator.keyframe_prompts`), recorded for `assemble_semanticgen` in
+`semantic_generator.json` beside the exported weights. Pools, text features and the latent run's pipeline come
+from `training.semanticgen`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import world
+from ..files.safetensors import read_safetensors
+from ..semanticgen.generator import semantic_generator_config, to_latent
+from ..semanticgen.model import SemanticGen
+from ..wan.dit import WanModel
+from ..wan.dit_files import save_dit
+from ..world import score as world_score
+from ..world.tiny import SHORT_WORLD
+from .engine_eval import flow_losses
+from .flow import Dropout, flow_loss
+from .semanticgen import SemLatentStage, encode_features
+from .stages import Stage, StageContext, StageError, run_file
+
+CUES_FILE = "semantic_generator.json"  # beside the stage's export: {"semantic_cues": true} when trained with cues
+
+
+class SemanticObjective(nn.Module):
+    """Flow matching of the semantic generator on frozen compressor means z_sem `[B, K, gh, gw, D]`."""
+
+    def __init__(self, model: WanModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z, context, seed, text_p):
+        gen = torch.Generator().manual_seed(int(seed))
+        return flow_loss(
+            self.model,
+            to_latent(z),
+            context,
+            torch.zeros_like(context[:1]),
+            None,
+            gen,
+            dropout=Dropout(float(text_p), 0.0, 0.0),
+            shift=3.0,
+        )
+
+
+class SemSemanticStage(SemLatentStage):
+    name = "semgen-semantic"
+    find_unused_parameters = False
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument(
+            "--latent-run",
+            help="semgen-semantic: the finished `--stage semgen-latent` run folder, or a SemanticGen model folder "
+            "with --semantic-pools",
+        )
+        parser.add_argument(
+            "--semantic-pools",
+            action="store_true",
+            help="semgen-semantic: encode its own pools (--pool short, --long-pool long clips: the frozen encoder's "
+            "features and the prompts) into --out instead of reading the --latent-run's",
+        )
+        parser.add_argument(
+            "--semantic-cues",
+            action="store_true",
+            help="semgen-semantic, with --semantic-pools: each keyframe's tokens read their own text, the scene and "
+            "the stage of the motion that steers that keyframe (the planner's keyframe-cue rule), so the order of "
+            "the stages is given rather than learned; assemble records it as semantic_cues in semanticgen.json",
+        )
+
+    @classmethod
+    def check_args(cls, args, world_size: int) -> None:
+        if not 0 <= args.order_pairs <= 1:
+            raise StageError(f"--order-pairs is a share of the pools' clips: between 0 and 1, got {args.order_pairs}")
+        if args.semantic_cues and not args.semantic_pools:
+            raise StageError("--semantic-cues puts one text per keyframe in this run's pools: add --semantic-pools")
+        if args.order_pairs and not args.semantic_pools:
+            raise StageError(
+                "--order-pairs shapes the pools this run encodes: add --semantic-pools (the --latent-run's pools are "
+                "already made)"
+            )
+
+    def __init__(self, ctx: StageContext):
+        Stage.__init__(self, ctx)
+        a = self.args
+        if not a.latent_run:
+            raise StageError("--stage semgen-semantic needs --latent-run (the --out folder of `--stage semgen-latent`)")
+        self.latent = SemanticGen.load(Path(a.latent_run), need_semantic=False)
+        self.text, self.vae, self.encoder = self.latent.text, self.latent.vae, self.latent.encoder
+        cfg = semantic_generator_config(self.latent.spec.sem_dim, text_dim=self.text.dim)
+        torch.manual_seed(a.seed)
+        self.module = SemanticObjective(WanModel(cfg))
+        source = Path(a.latent_run)
+        if a.semantic_pools:
+            self.build_pools(self._encode_features, a.order_pairs)
+            source = Path(a.out)
+        self.pools = {name: self._means(source / f"pool_{name}.safetensors") for name in ("short", "long")}
+
+    @torch.no_grad()
+    def _encode_features(self, clips):
+        return encode_features(clips, self.encoder, self.text, cues=self.args.semantic_cues)
+
+    @torch.no_grad()
+    def _means(self, path: Path) -> dict[str, torch.Tensor]:
+        if not path.is_file():
+            raise StageError(
+                f"{path} is missing: --latent-run must be the folder of a `--stage semgen-latent` run, or add "
+                f"--semantic-pools to encode this run's own pools"
+            )
+        pool = read_safetensors(path)
+        z = self.latent.compressor(pool["feats"], sample=False).mean  # [N, K, gh, gw, D]
+        return {"z": z, "ids": pool["ids"], "mask": pool["mask"]}
+
+    def fingerprint(self) -> dict:
+        a = self.args
+        return {
+            "stage": self.name,
+            "seed": a.seed,
+            "global_batch": a.batch * self.ctx.world_size,
+            "latent_run": str(Path(a.latent_run).resolve()),
+            "long_every": a.long_every,
+            **({"semantic_pools": [a.pool, a.long_pool]} if a.semantic_pools else {}),
+            **({"order_pairs": a.order_pairs} if a.order_pairs else {}),
+            **({"semantic_cues": True} if a.semantic_cues else {}),
+        }
+
+    def init_from(self, path: Path) -> None:
+        self.module.model.load_state_dict(read_safetensors(run_file(path, "semantic_generator.safetensors")))
+
+    def shard_blocks(self, module: nn.Module) -> list:
+        return list(module.model.blocks)
+
+    @torch.no_grad()
+    def eval_losses(self, sigmas) -> dict[str, float]:
+        """The flow loss of the semantic generator on the short pool's first 4 clips, at fixed sigmas."""
+        rows = {k: v[:4].to(self.ctx.device) for k, v in self.pools["short"].items()}
+        context = self.context(rows["ids"], rows["mask"])
+        return flow_losses(self.module.model, to_latent(rows["z"]), context, seed=self.args.seed, sigmas=sigmas)
+
+    def batch(self, step: int):
+        b = self.draw(step)
+        return {
+            "z": b["z"],
+            "context": self.context(b["ids"], b["mask"]),
+            "seed": b["seed"],
+            "text_p": self.args.text_dropout,
+        }, []
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """World scores of held-out short clips from text alone through both stages (no ground truth in)."""
+        clips = [
+            world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
+            for i in range(self.args.eval_clips)
+        ]
+        model = self.latent.with_semantic(self.module.model.eval()).with_spec(semantic_cues=self.args.semantic_cues)
+        frames = [
+            model.generate(c.scene, c.motion, num_frames=SHORT_WORLD.num_frames, seed=i)[0] for i, c in enumerate(clips)
+        ]
+        scores = world_score.score_many(frames, clips)
+        self.module.train()
+        return {k: round(float(scores[k]), 4) for k in ("accuracy", "fidelity", "consistency")}
+
+    def export(self, out: Path) -> None:
+        save_dit(self.module.model, Path(out) / "semantic_generator.safetensors")
+        if self.args.semantic_cues:
+            (Path(out) / CUES_FILE).write_text(json.dumps({"semantic_cues": True}) + "\n")
