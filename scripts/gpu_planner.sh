@@ -41,9 +41,12 @@ declare -A VARIANT=(
   [d4_cue]="--planner-layers 4 --self-feed 0.3 --keyframe-cues 24"
   [d8_cue]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24"
   [d8_cue_mv]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24 --move-weight 0.5"
+  [d4_cue_only]="--planner-layers 4 --self-feed 0.3 --keyframe-cues 24 --cues-only"
+  [d8_cue_only]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24 --cues-only"
 )
-# the 2026-12-04 lease ran the first five (MODEL_CARD.md); the move-weight ones came after it
-NAMES=${PLANNER_VARIANTS:-d4_mv d8_mv d12_sf3 d8_sf3}
+# the 2026-12-04 lease ran the first five (MODEL_CARD.md); the others came after it. The shipped planner has
+# keyframe cues, so the default set keeps them (a variant without cues would train them away).
+NAMES=${PLANNER_VARIANTS:-d4_cue d8_cue d4_cue_only d8_cue_only}
 
 train() {  # train FOLDER STEPS COOLDOWN EVAL_CLIPS EXTRA...
   local folder=$1 steps=$2 cool=$3 clips=$4
