@@ -5,7 +5,7 @@
 #   SCALE=0.002 EVAL_CLIPS=2 bash scripts/train_tiny.sh   # a smoke run: every stage a few steps, small pools
 #
 # The stages and settings are those of planx_core/embedded/MODEL_CARD.md (vae, decoder, tatok, planner, dit,
-# e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last two with keyframe
+# e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last three with keyframe
 # cues), with the step counts the shipped runs ended at. Every stage resumes when run again (the same command), so a stopped script is rerun.
 # Environment: RUNS (run folders and the bundle, default runs/tiny), SCALE (share of every step count,
 # default 1), DEVICE (auto, cpu or cuda; default auto), THREADS (torch CPU threads, default 0 = all),
@@ -58,18 +58,20 @@ train dit ft_cool "$(steps 600)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown
 train planner planner_ft "$(steps 1500)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 800)" \
   --ema 0.99 --init-from "$RUNS/bundle0" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
   --self-feed 0.3
-# Then keyframe cues, twice 2000 steps with the same recipe (the shipped first run had cues of their own length,
-# an option that no longer exists; the card says why; both runs here take 24 ids).
+# Then keyframe cues, three times 2000 steps with the same recipe (the shipped first run had cues of their own
+# length, an option that no longer exists; the card says why; all runs here take 24 ids), the last cues-only.
 from=planner_ft
-for cue in planner_cue planner_cue24; do
+for cue in planner_cue planner_cue24 planner_cue24co; do
+  only=()
+  [ "$cue" = planner_cue24co ] && only=(--cues-only)
   train planner "$cue" "$(steps 2000)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 800)" \
     --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
-    --self-feed 0.3 --keyframe-cues 24
+    --self-feed 0.3 --keyframe-cues 24 ${only[@]+"${only[@]}"}
   from=$cue
 done
 
 echo "== assemble $RUNS/bundle"
-"$PY" -m planx_core assemble --planner "$RUNS/planner_cue24" --vae "$RUNS/vae_dec" --dit "$RUNS/ft_cool" \
+"$PY" -m planx_core assemble --planner "$RUNS/planner_cue24co" --vae "$RUNS/vae_dec" --dit "$RUNS/ft_cool" \
   --no-e2e "$RUNS/dit" --out "$RUNS/bundle" --text-scale 1 --plan-scale 3
 echo "== evaluate $RUNS/bundle"
 "$PY" -m planx_core.eval --bundle "$RUNS/bundle" --rows full,text_only,no_rope,gt_plan \

@@ -49,6 +49,7 @@ def test_train_tiny_script_trains_assembles_and_evaluates_a_bundle(tmp_path):
         "planner",
         "planner",
         "planner",
+        "planner",
         "assemble",
         "evaluate",
     ]
@@ -59,6 +60,7 @@ def test_train_tiny_script_trains_assembles_and_evaluates_a_bundle(tmp_path):
     assert cues["argv"][cues["argv"].index("--keyframe-cues") + 1] == "24"
     bundle = load_bundle(runs / "bundle")
     assert bundle.spec.sampling.plan_scale == 3.0
-    assert json.loads((runs / "bundle" / "planner" / "config.json").read_text())["keyframe_cues"] == 24
+    config = json.loads((runs / "bundle" / "planner" / "config.json").read_text())
+    assert config["keyframe_cues"] == 24 and config["motion_in_prompt"] is False  # from the cues-only run
     scores = json.loads((runs / "eval_report" / "scores.json").read_text())
     assert set(scores["rows"]) >= {"full", "text_only", "no_rope", "gt_plan"} and scores["clips"] == 1
