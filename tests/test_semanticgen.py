@@ -370,6 +370,9 @@ def test_semantic_cues_give_stage_1_each_keyframes_stage_in_training_and_at_run_
     assert texts[0] == texts[0].split(".")[0] + "." and len(set(texts)) > 1  # keyframe 0: the scene alone
     model = SemanticGen.load(assemble(EMBEDDED / "semanticgen", out, tmp_path / "model"))
     assert model.spec.semantic_cues
+    (out / "semantic_generator.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="semantic_generator.json"):
+        assemble(tmp_path / "model", out, tmp_path / "bad")
     (out / "semantic_generator.json").unlink()  # a run without --semantic-cues writes none
     assert SemanticGen.load(assemble(tmp_path / "model", out, tmp_path / "plain")).spec.semantic_cues is False
     cued = train.parse_args([*args, *common, "--semantic-pools", "--semantic-cues"])

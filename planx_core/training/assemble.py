@@ -179,9 +179,21 @@ def assemble_semanticgen(latent_run, semantic_run, out, *, with_shared: bool = F
     model = SemanticGen.load(latent_run, need_semantic=False)
     semantic = load_dit_file(Path(semantic_run) / SEMANTICGEN_FILES["semantic_dit"])
     check_fits(semantic, (model.spec.sem_dim,))
-    cues = Path(semantic_run) / CUES_FILE  # written by a `--semantic-cues` run
-    model = model.with_spec(semantic_cues=cues.is_file() and json.loads(cues.read_text())["semantic_cues"] is True)
+    model = model.with_spec(semantic_cues=_semantic_cues(Path(semantic_run) / CUES_FILE))
     return model.with_semantic(semantic).save(out, with_shared=with_shared)
+
+
+def _semantic_cues(path: Path) -> bool:
+    """What a `semgen-semantic` run's `semantic_generator.json` says (written with `--semantic-cues`; absent: no)."""
+    if not path.is_file():
+        return False
+    try:
+        value = json.loads(path.read_text()).get("semantic_cues")
+    except (ValueError, AttributeError):
+        value = None
+    if not isinstance(value, bool):
+        raise CheckpointError(f'{path}: expected {{"semantic_cues": true}} (the run\'s export); export the run again')
+    return value
 
 
 if __name__ == "__main__":

@@ -58,11 +58,12 @@ from .stages import Stage, StageContext, StageError, run_file
 
 POOL_STREAMS = {"short": 230, "long": 231}  # world.clip_seed streams of the two pools
 SPEC = SemanticGenSpec()  # the trained layout: fps, keyframe stride
+KEYFRAME_RATE = SPEC.fps / SPEC.keyframe_stride  # semantic keyframes a second (2 at 8 fps)
 
 
 def semantic_keyframes(num_frames: int) -> tuple[list[float], list[int]]:
     """(times, video frames) of the semantic keyframes of a training clip (`plan.timing`, 2 fps at 8 fps)."""
-    return keyframe_frames(num_frames, SPEC.fps, SPEC.fps / SPEC.keyframe_stride)
+    return keyframe_frames(num_frames, SPEC.fps, KEYFRAME_RATE)
 
 
 def encode_features(
@@ -74,13 +75,14 @@ def encode_features(
     keys = semantic_keyframes(video.shape[2])[1]  # 2 fps at 8 fps
     frames = video[:, :, keys].transpose(1, 2).flatten(0, 1)  # [B*K, 3, H, W]
     feats = encoder.encode(frames).unflatten(0, (len(clips), len(keys)))  # [B, K, gh, gw, Fd]
-    if not cues:
-        ids, mask = text.tokenize([join_prompt(c.scene, c.motion) for c in clips])  # [B, L]
-        return {"feats": feats, "ids": ids, "mask": mask}
-    rate, count = SPEC.fps / SPEC.keyframe_stride, video.shape[2]
-    texts = [t for c in clips for t in keyframe_prompts(c.scene, c.motion, count, SPEC.fps, rate)]
-    ids, mask = text.tokenize(texts)  # [B*K, L]
-    return {"feats": feats, "ids": ids.unflatten(0, (len(clips), -1)), "mask": mask.unflatten(0, (len(clips), -1))}
+    if cues:
+        frames_count = video.shape[2]
+        texts = [t for c in clips for t in keyframe_prompts(c.scene, c.motion, frames_count, SPEC.fps, KEYFRAME_RATE)]
+    else:
+        texts = [join_prompt(c.scene, c.motion) for c in clips]
+    ids, mask = text.tokenize(texts)  # [B*K or B, L]
+    rows = (len(clips), -1) if cues else (len(clips),)
+    return {"feats": feats, "ids": ids.unflatten(0, rows), "mask": mask.unflatten(0, rows)}  # [B, (K,) L]
 
 
 def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) -> dict[str, torch.Tensor]:
