@@ -6,7 +6,8 @@
 #
 # The stages and settings are those of planx_core/embedded/MODEL_CARD.md (vae, decoder, tatok, planner, dit,
 # e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last three with keyframe
-# cues), with the step counts the shipped runs ended at. Every stage resumes when run again (the same command), so a stopped script is rerun.
+# cues), with the step counts the shipped runs ended at. Every stage resumes when run again (the same command),
+# so a stopped script is rerun.
 # Environment: RUNS (run folders and the bundle, default runs/tiny), SCALE (share of every step count,
 # default 1), DEVICE (auto, cpu or cuda; default auto), THREADS (torch CPU threads, default 0 = all),
 # PY (python, default .venv/bin/python), EVAL_CLIPS (held-out clips of the final evaluation, default 32).

@@ -637,9 +637,6 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
     assert {b - a for a, b in zip(starts, starts[1:])} == {81 + 3 + 24}, "every keyframe as far from the last"
     stage.export(tmp_path)
 
-    def first_feed(planner) -> list[int]:
-        return _first_feed(planner, clip, codes)
-
     planner = load_planner(tmp_path / "planner")
     assert planner.cue_length == 24
     for bad in (-1, "24", 2.5):
@@ -650,10 +647,10 @@ def test_keyframe_cues_are_fed_the_same_way_in_training_and_in_planning(tmp_path
     with pytest.raises(StageError, match="--keyframe-cues"):
         PlannerStage.check_args(args, 1)
     args.keyframe_cues = 24
-    cued = first_feed(planner)
+    cued = _first_feed(planner, clip, codes)
     assert cued == ids[: len(cued)] and ids[len(cued)] == v.image_start + codes[-1, 0]
     planner.model.config.keyframe_cues, planner.cue_length, args.keyframe_cues = 0, 0, 0
-    plain, plain_ids = first_feed(planner), stage.sequence(clip, codes, False)[0]
+    plain, plain_ids = _first_feed(planner, clip, codes), stage.sequence(clip, codes, False)[0]
     assert plain == plain_ids[: len(plain)] and len(plain) < len(cued)
 
 

@@ -30,7 +30,7 @@ from ..semanticgen.model import FILES as SEMANTICGEN_FILES
 from ..semanticgen.model import SemanticGen
 from ..tatok.files import load_tatok
 from ..wan.dit_files import load_dit, load_dit_file
-from .semanticgen_semantic import CUES_FILE
+from .semanticgen_semantic import read_semantic_cues
 
 
 def _need(path: Path, what: str) -> Path:
@@ -179,21 +179,8 @@ def assemble_semanticgen(latent_run, semantic_run, out, *, with_shared: bool = F
     model = SemanticGen.load(latent_run, need_semantic=False)
     semantic = load_dit_file(Path(semantic_run) / SEMANTICGEN_FILES["semantic_dit"])
     check_fits(semantic, (model.spec.sem_dim,))
-    model = model.with_spec(semantic_cues=_semantic_cues(Path(semantic_run) / CUES_FILE))
+    model = model.with_spec(semantic_cues=read_semantic_cues(semantic_run))
     return model.with_semantic(semantic).save(out, with_shared=with_shared)
-
-
-def _semantic_cues(path: Path) -> bool:
-    """What a `semgen-semantic` run's `semantic_generator.json` says (written with `--semantic-cues`; absent: no)."""
-    if not path.is_file():
-        return False
-    try:
-        value = json.loads(path.read_text()).get("semantic_cues")
-    except (ValueError, AttributeError):
-        value = None
-    if not isinstance(value, bool):
-        raise CheckpointError(f'{path}: expected {{"semantic_cues": true}} (the run\'s export); export the run again')
-    return value
 
 
 if __name__ == "__main__":

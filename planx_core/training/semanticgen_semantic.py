@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .. import world
-from ..files.safetensors import read_safetensors
+from ..files.atomic import write_text
+from ..files.safetensors import CheckpointError, read_safetensors
 from ..semanticgen.generator import semantic_generator_config, to_latent
 from ..semanticgen.model import SemanticGen
 from ..wan.dit import WanModel
@@ -32,6 +33,20 @@ from .semanticgen import SemLatentStage, encode_features
 from .stages import Stage, StageContext, StageError, run_file
 
 CUES_FILE = "semantic_generator.json"  # beside the stage's export: {"semantic_cues": true} when trained with cues
+
+
+def read_semantic_cues(run: Path) -> bool:
+    """Whether a `semgen-semantic` run's export was trained with `--semantic-cues` (its `CUES_FILE`; absent: no)."""
+    path = Path(run) / CUES_FILE
+    if not path.is_file():
+        return False
+    try:
+        value = json.loads(path.read_text()).get("semantic_cues")
+    except (ValueError, AttributeError):
+        value = None
+    if not isinstance(value, bool):
+        raise CheckpointError(f'{path}: expected {{"semantic_cues": true}} (the run\'s export); export the run again')
+    return value
 
 
 class SemanticObjective(nn.Module):
@@ -176,4 +191,4 @@ class SemSemanticStage(SemLatentStage):
     def export(self, out: Path) -> None:
         save_dit(self.module.model, Path(out) / "semantic_generator.safetensors")
         if self.args.semantic_cues:
-            (Path(out) / CUES_FILE).write_text(json.dumps({"semantic_cues": True}) + "\n")
+            write_text(Path(out) / CUES_FILE, json.dumps({"semantic_cues": True}) + "\n")
