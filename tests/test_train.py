@@ -301,8 +301,8 @@ def test_move_weight_asks_each_keyframes_moves_before_its_cells():
 
 def test_motion_weight_weighs_the_cells_that_change(tmp_path, capsys):
     """--motion-weight: the plan codes whose cell differs from the previous keyframe (keyframe 0: from an empty
-    grid) get the weight, every other plan token 1, the prompt none; the loss is their weighted mean; the stage's
-    batches carry the weights and the option is refused below 1."""
+    grid) get the weight, every other plan token 1, the prompt none; --still-weight: the object cells that stay get
+    theirs; the loss is their weighted mean; the stage's batches carry the weights; both are refused below 1."""
     from planx_core import world
     from planx_core.training.planner import PlannerObjective, PlannerStage, motion_weights, pad
     from planx_core.training.stages import StageContext
@@ -325,6 +325,15 @@ def test_motion_weight_weighs_the_cells_that_change(tmp_path, capsys):
         moved = torch.cat([kf[:1] != BACKGROUND_CODE, kf[1:] != kf[:-1]]).flatten()  # by hand
         assert moved.any() and not moved.all()
         assert torch.equal(weights[b][is_code[b]], torch.where(moved, 5.0, 1.0))
+    still = motion_weights(batch["labels"], codes, image, 5.0, still=3.0)  # [2, S]: objects that stay weigh 3
+    for b in range(2):
+        kf = codes[b]  # [K, g*g]
+        moved = torch.cat([kf[:1] != BACKGROUND_CODE, kf[1:] != kf[:-1]]).flatten()
+        kept = torch.cat([torch.zeros_like(kf[:1], dtype=torch.bool), kf[1:] == kf[:-1]]).flatten()
+        kept &= kf.flatten() != BACKGROUND_CODE
+        assert kept.any(), "clip 3 or 4 keeps an object cell from one keyframe to the next"
+        assert torch.equal(still[b][is_code[b]], torch.where(moved, 5.0, torch.where(kept, 3.0, 1.0)))
+    assert torch.all(still[~is_code] == 1.0)
     assert "weights" in stage.batch(0)[0]
     objective = PlannerObjective(stage.model, [], image).train()
     loss = objective(**batch, weights=weights)
@@ -337,6 +346,9 @@ def test_motion_weight_weighs_the_cells_that_change(tmp_path, capsys):
     out = ["--stage", "planner", "--out", str(tmp_path / "p"), "--steps", "1", "--motion-weight", "0.5"]
     assert train.main(out) == 2
     assert "--motion-weight" in capsys.readouterr().err
+    out[-2:] = ["--still-weight", "0"]
+    assert train.main(out) == 2
+    assert "--still-weight" in capsys.readouterr().err
 
 
 def test_order_pairs_put_both_orders_of_a_scene_in_one_batch(tmp_path, capsys):

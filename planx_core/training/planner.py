@@ -17,8 +17,9 @@ a trained tokenizer), else a fresh one from the seed (its codebook = the normali
 It is exported next to the planner: `<out>/planner/` (save_planner) and `<out>/ta_tok.safetensors`.
 
 Options: `--planner-layers` a deeper planner (from a shallower `--init-from`: `load_deepened`); `--motion-weight`,
-`--order-pairs`, `--self-feed` and `--move-weight` (an auxiliary, training-only head that reads each keyframe's
-object moves from the state before its cells) are the recipe changes of issue 14, each in the run fingerprint.
+`--still-weight`, `--order-pairs`, `--self-feed` and `--move-weight` (an auxiliary, training-only head that reads
+each keyframe's object moves from the state before its cells) are the recipe changes of issue 14, each in the run
+fingerprint.
 
 Metrics on unseen clips (`train`-split clips from the world's own stream) and held-out
 compositions: teacher-forced plan-token accuracy over all cells and over object/wall cells, for
@@ -45,7 +46,7 @@ from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
 from ..world.labels import BACKGROUND_CODE, MOVES, clip_images, clip_labels, move_agreement
 from ..world.tiny import NUM_CODES
-from .planner_targets import IGNORE, motion_weights, move_targets
+from .planner_targets import IGNORE, motion_weights, move_targets, pad
 from .stages import (
     Stage,
     StageContext,
@@ -129,17 +130,6 @@ class PlannerObjective(nn.Module):
         return fed
 
 
-def pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad (ids, labels) pairs: input_ids, attention_mask, labels, each `[B, S]`."""
-    length = max(len(ids) for ids, _ in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # [B, S]
-    labels = torch.full((len(sequences), length), IGNORE, dtype=torch.long)  # [B, S]
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)  # [B, S]
-    for b, (seq, lab) in enumerate(sequences):
-        ids[b, : len(seq)], labels[b, : len(lab)], mask[b, : len(seq)] = torch.tensor(seq), torch.tensor(lab), 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def load_deepened(source: nn.Module, target: nn.Module) -> None:
     """Load a causal LM into one as wide and at least as deep (in place): source layer i goes to target layer
     i * depth_t // depth_s, every other target layer becomes an identity (its attention and MLP output
@@ -184,6 +174,13 @@ class PlannerStage(Stage):
             default=1.0,
             help="planner: loss weight of the plan cells that change from the previous keyframe (where objects "
             "appear and move; 1 = a plain mean over the plan tokens)",
+        )
+        parser.add_argument(
+            "--still-weight",
+            type=float,
+            default=1.0,
+            help="planner: loss weight of the object and wall cells that stay as they were (objects the text keeps "
+            "still; with --motion-weight alone a spurious move costs less than a missed one; 1 = plain)",
         )
         parser.add_argument(
             "--order-pairs",
@@ -237,8 +234,9 @@ class PlannerStage(Stage):
     def check_args(cls, args, world_size: int) -> None:
         if not 0 <= args.self_feed <= 1:
             raise StageError(f"--self-feed is a share of the plan codes: between 0 and 1, got {args.self_feed}")
-        if not args.motion_weight >= 1:
-            raise StageError(f"--motion-weight weighs moving cells up: 1 or more, got {args.motion_weight}")
+        for flag, value in (("--motion-weight", args.motion_weight), ("--still-weight", args.still_weight)):
+            if not value >= 1:
+                raise StageError(f"{flag} weighs plan cells up: 1 or more, got {value}")
         if not 0 <= args.order_pairs <= 1:
             raise StageError(f"--order-pairs is a share of each batch: between 0 and 1, got {args.order_pairs}")
         if args.move_weight < 0:
@@ -309,6 +307,7 @@ class PlannerStage(Stage):
         a = self.args
         fed = {"self_feed": a.self_feed} if a.self_feed else {}  # absent when off: older runs keep resuming
         extra = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
+        extra |= {"still_weight": a.still_weight} if a.still_weight != 1 else {}
         extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
@@ -356,8 +355,8 @@ class PlannerStage(Stage):
             [self.sequence(clip, codes[b], i2v[b]) for b, clip in enumerate(clips)], self.tokenizer.pad_token_id
         )
         image = range(self.vocab.image_start, self.vocab.image_end)
-        if a.motion_weight != 1:
-            inputs["weights"] = motion_weights(inputs["labels"], codes, image, a.motion_weight)
+        if a.motion_weight != 1 or a.still_weight != 1:
+            inputs["weights"] = motion_weights(inputs["labels"], codes, image, a.motion_weight, a.still_weight)
         if a.move_weight:
             inputs["moves"], inputs["move_at"] = move_targets(inputs["labels"], codes, image)
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
