@@ -1,6 +1,6 @@
 """Command line of planx_core: every command. `generate`, `semanticgen`, `info`, `inspect FILE`, `check-plan FILE`,
 `convert-tatok`, `convert-umt5`, `convert-planner`, and the outer ring's `prepare`, `train`, `assemble`, `eval`,
-`eval-drift`.
+`eval-drift`, `eval-semanticgen`.
 
 `generate --prompt "scene. motion." --out clip.mp4` plans and renders a clip with the embedded
 model (or `--bundle DIR`) and writes clip.mp4, clip.plan.json and clip.plan.png; see `pipeline`.
@@ -17,12 +17,12 @@ JSON file (any schema version) and summarises it, optionally after applying an e
 `convert-tatok`, `convert-umt5` and `convert-planner` turn released pickles (Tar's `ta_tok.pth`, Wan's
 umT5 `.pth`, `.bin`-only planner folders) into safetensors once, with `torch.load(weights_only=True)`.
 
-`prepare`, `train`, `assemble`, `eval` and `eval-drift` hand their arguments to the outer ring
-(`planx_core.training.prepare`, `planx_core.training`, `planx_core.training.assemble`, `planx_core.eval`,
-`planx_core.eval.drift`; `train --help` and so on list their options); nothing of the outer ring is imported
-otherwise. `prepare VIDEOS --bundle DIR --out cache/` turns your captioned videos into a training cache;
-`train --stage branch --cache cache/ --dit WAN.safetensors` trains a semantic branch on that frozen Wan DiT
-(`planx_core.training.branch`), the file `assemble --real --branch` and Inject 3D RoPE Guidance load;
+`prepare`, `train`, `assemble`, `eval`, `eval-drift` and `eval-semanticgen` hand their arguments to the outer
+ring (`planx_core.training.prepare`, `planx_core.training`, `planx_core.training.assemble`, `planx_core.eval`,
+`planx_core.eval.drift`, `planx_core.eval.adherence`; `train --help` and so on list their options); nothing of
+the outer ring is imported otherwise. `prepare VIDEOS --bundle DIR --out cache/` turns your captioned videos into a
+training cache; `train --stage branch --cache cache/ --dit WAN.safetensors` trains a semantic branch on that frozen
+Wan DiT (`planx_core.training.branch`), the file `assemble --real --branch` and Inject 3D RoPE Guidance load;
 `train --stage planner-sft --cache cache/ --base-planner Tar-1.5B` fine-tunes the planner on the same cache.
 """
 
@@ -280,6 +280,8 @@ def _outer_ring(command: str):
         from .eval.prompts import main
     elif command == "prepare":
         from .training.prepare import main
+    elif command == "eval-semanticgen":
+        from .eval.adherence import main
     else:
         from .eval.drift import main
     return main
@@ -290,6 +292,7 @@ OUTER_RING = {
     "assemble": "build a bundle folder and its model card from training runs",
     "eval": "the ablation table of a bundle on held-out clips of the world",
     "eval-drift": "long-video drift of the embedded SemanticGen",
+    "eval-semanticgen": "SemanticGen's adherence to the prompt on held-out 17-frame clips (world scores)",
     "eval-prompts": "held-out prompts (text- and image-to-video) and the README example, scored from the mp4s",
     "prepare": "videos with captions -> a cache of latents, text features and keyframe ids for training",
 }

@@ -20,7 +20,7 @@ Rows, on the same held-out long prompts (`semanticgen.LONG_WORLD`, plain scenes,
 clip length) and seeds: `semanticgen` (stage 1 plans the whole video, stage 2 renders it with
 windows), `windows_no_plan` (the same stage-2 DiT and windows, no semantic tokens), and
 `gt_semantics` (stage 2 with the clip's own encoded semantics: the ceiling of the plan route).
-Writes `<out>/drift.json` and `<out>/drift.md`.
+Writes `<out>/drift.json` and `<out>/drift.md` (atomically).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import world
+from ..files.atomic import write_text
 from ..semanticgen.model import EMBEDDED, SemanticGen
 from ..wan.windows import SEMANTICS
 from ..world.score import detect
@@ -62,6 +63,15 @@ def drift_scores(frames: np.ndarray, clip: world.Clip, fps: float) -> dict[str, 
     out["identity_drift"] = out["identity_first"] - out["identity_last"]
     out["identity_abs_drift"] = abs(out["identity_drift"])
     return out
+
+
+def parse_rows(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The rows of a comma-separated `--rows`; an unknown row is a usage error naming the choices."""
+    rows = [r for r in text.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown or not rows:
+        parser.error(f"--rows {text!r}: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    return rows
 
 
 def render_row(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> np.ndarray:
@@ -114,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--out", default="eval_report/drift")
     a = p.parse_args(argv)
-    rows = [r for r in a.rows.split(",") if r]
-    unknown = sorted(set(rows) - set(ROWS))
-    if unknown:
-        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    rows = parse_rows(p, a.rows)
     model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
     model = model.with_windowing(a.window, a.window_semantics, a.window_margin)
     clips = [
@@ -127,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate(model, clips, rows)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "drift.json").write_text(json.dumps(results, indent=2))
+    write_text(out / "drift.json", json.dumps(results, indent=2))
     text = report(results, a.clips, model.spec, LONG_WORLD.num_frames)
-    (out / "drift.md").write_text(text)
+    write_text(out / "drift.md", text)
     print(text)
     return 0
 

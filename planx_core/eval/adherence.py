@@ -1,0 +1,86 @@
+"""`python -m planx_core eval-semanticgen`: SemanticGen's adherence to the prompt on held-out 17-frame clips.
+
+Issue 19's measure of stage 1 (after SemanticGen, arXiv 2512.20619: stage 1 plans the video's semantics from the
+text, stage 2 renders them): held-out compositions of the training clip length (`world.tiny.SHORT_WORLD`, clip i
+made from `world.clip_seed(seed, 1, i)`, any kind), rendered by the rows of `eval.drift` (`semanticgen`: both
+stages from the text; `windows_no_plan`: stage 2 without semantic tokens; `gt_semantics`: stage 2 from the clip's
+own encoded semantics, the ceiling of what stage 1 can give) and scored from the decoded frames by `world.score`,
+the scorer of the Plan-X table (`python -m planx_core.eval`), so the `semanticgen` row compares with its full row.
+Every row renders clip i with seed i. Writes `<out>/adherence.json` and `<out>/adherence.md` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .. import world
+from ..files.atomic import write_text
+from ..semanticgen.model import EMBEDDED, SemanticGen
+from ..world import score as world_score
+from ..world.tiny import SHORT_WORLD
+from .drift import ROWS, parse_rows, render_row
+
+METRICS = ("accuracy", "completeness", "fidelity", "consistency")
+
+
+def heldout_clips(count: int, seed: int = 0) -> list[world.Clip]:
+    """The held-out 17-frame clips of the table: clip i from `world.clip_seed(seed, 1, i)`."""
+    return [world.make_clip(world.clip_seed(seed, 1, i), SHORT_WORLD, split="heldout") for i in range(count)]
+
+
+def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) -> dict:
+    """`world.score` means of every row over `clips` (clip i rendered with seed i in every row)."""
+    results = {}
+    for row in rows:
+        start = time.monotonic()
+        frames = [render_row(model, row, clip, seed=i) for i, clip in enumerate(clips)]  # each [T, H, W, 3]
+        scores = world_score.score_many(frames, clips)
+        results[row] = {k: round(float(scores[k]), 4) for k in METRICS} | {"count": len(clips)}
+        log(f"[adherence] {row}: {results[row]} ({time.monotonic() - start:.0f} s)")
+    return results
+
+
+def report(results: dict, seed: int, spec) -> str:
+    lines = [
+        f"# SemanticGen adherence ({next(iter(results.values()))['count']} held-out {SHORT_WORLD.num_frames}-frame "
+        f"clips, seed {seed}; stage-1 text guidance {spec.semantic_text_scale}, stage-2 plan guidance "
+        f"{spec.plan_scale})",
+        "",
+        "| row | " + " | ".join(METRICS) + " |",
+        "|---" * (len(METRICS) + 1) + "|",
+    ]
+    lines += [f"| {row} | " + " | ".join(f"{r[k]:.3f}" for k in METRICS) + " |" for row, r in results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m planx_core eval-semanticgen", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(EMBEDDED / "semanticgen"), help="SemanticGen folder")
+    p.add_argument("--clips", type=int, default=24, help="held-out 17-frame clips scored per row")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clips (clip i renders with seed i)")
+    p.add_argument("--rows", default="semanticgen,gt_semantics", help=f"comma-separated, of {', '.join(ROWS)}")
+    p.add_argument("--semantic-text-scale", type=float, help="stage-1 text guidance (default: the model's)")
+    p.add_argument("--plan-scale", type=float, help="stage-2 semantic plan guidance (default: the model's)")
+    p.add_argument("--out", default="eval_report/semanticgen")
+    a = p.parse_args(argv)
+    rows = parse_rows(p, a.rows)
+    if a.clips < 1:
+        p.error(f"--clips {a.clips}: score at least 1 clip")
+    model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
+    changes = {"semantic_text_scale": a.semantic_text_scale, "plan_scale": a.plan_scale}
+    model = model.with_spec(**{k: v for k, v in changes.items() if v is not None})
+    results = evaluate(model, heldout_clips(a.clips, a.seed), rows)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "adherence.json", json.dumps(results, indent=2))
+    text = report(results, a.seed, model.spec)
+    write_text(out / "adherence.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

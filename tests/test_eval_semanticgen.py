@@ -1,0 +1,48 @@
+"""`python -m planx_core eval-semanticgen`: SemanticGen's world scores on held-out 17-frame clips, per row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from planx_core.eval import adherence
+
+
+def test_rows_are_scored_from_the_frames_they_render(monkeypatch):
+    """Each row's scores are `world.score` of the frames that row rendered for those clips: a row that returns
+    the clips' own frames scores 1, one that returns black frames 0; every row renders clip i with seed i."""
+    clips = adherence.heldout_clips(3)
+    assert all(c.split == "heldout" and c.config.num_frames == 17 for c in clips)
+    assert [c.seed for c in clips] == [c.seed for c in adherence.heldout_clips(3)], "deterministic"
+    seeds = []
+
+    def render(model, row, clip, seed):
+        seeds.append((row, seed))
+        return clip.frames if row == "gt_semantics" else np.zeros_like(clip.frames)
+
+    monkeypatch.setattr(adherence, "render_row", render)
+    results = adherence.evaluate(None, clips, ["gt_semantics", "semanticgen"], log=lambda _: None)
+    assert results["gt_semantics"]["accuracy"] == 1.0 and results["gt_semantics"]["completeness"] == 1.0
+    assert results["semanticgen"]["accuracy"] == 0.0 and results["semanticgen"]["count"] == 3
+    assert seeds == [(r, i) for r in ("gt_semantics", "semanticgen") for i in range(3)]
+
+
+def test_command_writes_the_table_of_the_embedded_model(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert adherence.main(["--clips", "1", "--rows", "gt_semantics", "--plan-scale", "2", "--out", str(out)]) == 0
+    scores = json.loads((out / "adherence.json").read_text())
+    assert list(scores) == ["gt_semantics"] and scores["gt_semantics"]["count"] == 1
+    assert 0 <= scores["gt_semantics"]["accuracy"] <= 1
+    text = (out / "adherence.md").read_text()
+    assert "| gt_semantics |" in text and "stage-2 plan guidance 2.0" in text
+
+
+@pytest.mark.parametrize(("args", "named"), [(["--rows", "full"], "--rows"), (["--clips", "0"], "--clips")])
+def test_command_refuses_unknown_rows_and_no_clips(tmp_path, capsys, args, named):
+    with pytest.raises(SystemExit) as exit_info:
+        adherence.main([*args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing written"
