@@ -58,9 +58,16 @@ def test_first_frame_of_the_wrong_size_is_refused(pipe):
 
 
 def test_plan_accuracy_counts_keyframes_after_the_first(pipe):
-    clip = world.make_clip(12)
+    from planx_core.world.labels import clip_labels
+    from planx_core.world.tiny import VIDEO
+
+    clip = world.make_clip(25)  # the red circle stays still while the green square moves up, then moves left
     truth = planx_eval.Evaluator(pipe, None, "i2v", 0).inputs(clip).truth
-    same = {"plan_cells": 1.0, "plan_objects": 1.0, "plan_moves": 1.0}
+    data = truth.to_dict()  # its codes made the cell labels (this bundle's TA-Tok is untrained)
+    for keyframe, labels in zip(data["keyframes"], clip_labels(clip, VIDEO.keyframes, VIDEO.grid)):
+        keyframe["tokens"] = labels.tolist()
+    truth = type(truth).from_dict(data)
+    same = {"plan_cells": 1.0, "plan_objects": 1.0, "plan_moves": 1.0, "plan_still": 1.0}
     assert planx_eval.plan_accuracy([truth], [truth], planx_eval.background_code([truth])) == same
     data, size = truth.to_dict(), truth.codebook.size
     data["keyframes"][1]["tokens"] = [(t + 1) % size for t in data["keyframes"][1]["tokens"]]
@@ -68,6 +75,7 @@ def test_plan_accuracy_counts_keyframes_after_the_first(pipe):
     scores = planx_eval.plan_accuracy([wrong], [truth], planx_eval.background_code([truth]))
     assert scores["plan_cells"] == pytest.approx(3 / 4)
     assert scores["plan_moves"] < 1, "keyframe 1 shifted every code: its objects' steps are not the truth's"
+    assert scores["plan_still"] < 1, "the still circle's code is gone from keyframe 1"
 
 
 def test_eval_command_writes_the_report(bundle_dir, tmp_path):

@@ -49,7 +49,7 @@ from ..semantic_branch import load_branch
 from ..tatok import plan_from_video
 from ..wan.dit_files import load_dit
 from ..world import score as world_score
-from ..world.labels import move_agreement
+from ..world.labels import move_confusion, share_agreeing
 
 ROWS = {
     "full": "Plan-X: the planner's plan",
@@ -125,14 +125,18 @@ class Evaluator:
 
 def plan_accuracy(planned: list[Plan], truth: list[Plan], background: int) -> dict[str, float]:
     """Cell accuracy of plans against the truth over keyframes 1..: over all cells, and over the
-    cells where the truth is not `background`; and their keyframe moves (`move_agreement`)."""
+    cells where the truth is not `background`; their keyframe moves (as `move_agreement`), and the share of the
+    steps where the truth keeps an object still that the plan keeps still (`move_confusion`; nan without any)."""
     plans = torch.stack([p.token_tensor() for p in planned])  # [N, K, g*g]
     truths = torch.stack([t.token_tensor() for t in truth])  # [N, K, g*g]
     hit = plans[:, 1:] == truths[:, 1:]  # [N, K-1, g*g]
+    moves = move_confusion(plans, truths, planned[0].grid[1], background)
+    still = sum(n for (want, _), n in moves.items() if want == "still")
     return {
         "plan_cells": float(hit.float().mean()),
         "plan_objects": float(hit[truths[:, 1:] != background].float().mean()),
-        "plan_moves": move_agreement(plans, truths, planned[0].grid[1], background),
+        "plan_moves": share_agreeing(moves),
+        "plan_still": moves[("still", "still")] / still if still else math.nan,
     }
 
 
@@ -214,7 +218,8 @@ def report_markdown(scores: dict, transfer: dict | None, meta: dict) -> str:
             "",
             f"Planner plan accuracy (keyframes 1.., against the TA-Tok codes of the real keyframes): "
             f"all cells {p['plan_cells']:.3f}, object cells {p['plan_objects']:.3f}; keyframe moves "
-            f"{p.get('plan_moves', float('nan')):.3f} (each object's step from keyframe to keyframe, as the truth's).",
+            f"{p.get('plan_moves', float('nan')):.3f} (each object's step from keyframe to keyframe, as the truth's); "
+            f"objects the truth keeps still kept still in {p.get('plan_still', float('nan')):.3f} of their steps.",
         ]
     if transfer:
         lines += [

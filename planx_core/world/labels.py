@@ -11,11 +11,13 @@ is measured (pixels split across cell borders count by area). The largest cover 
 least `threshold` (25 %): an object gives its colour word ("red", ...), the wall gives "wall";
 otherwise the cell is "background". Labels are code indices: code k <-> `tiny.ANCHOR_WORDS[k]`.
 
-`code_moves` / `move_agreement` read a plan of such codes back as motion: which way each object's cells go from
-keyframe to keyframe (the planner's evaluation and its training's auxiliary move targets).
+`code_moves` / `move_confusion` / `move_agreement` read a plan of such codes back as motion: which way each
+object's cells go from keyframe to keyframe (the planner's evaluation and its training's auxiliary move targets).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import torch
@@ -94,15 +96,24 @@ def _move(delta: torch.Tensor, present: bool) -> str:
     return "down" if dy > 0 else "up"
 
 
+def move_confusion(pred: torch.Tensor, truth: torch.Tensor, width: int, background: int) -> Counter:
+    """Counts of (the truth's move, the plan's move) over every (code of the truth's keyframe 0, keyframe step):
+    `pred`, `truth` `[N, K, rows * width]`; a code the plan lost is 'gone' at every step."""
+    counts = Counter()
+    for p, t in zip(pred, truth):
+        wanted, got = code_moves(t, width, background), code_moves(p, width, background)
+        for code, moves in wanted.items():
+            counts.update(zip(moves, got.get(code, ["gone"] * len(moves))))
+    return counts
+
+
 def move_agreement(pred: torch.Tensor, truth: torch.Tensor, width: int, background: int) -> float:
     """Share of (code of the truth's keyframe 0, keyframe step) whose `code_moves` in `pred` equal the truth's:
     `pred`, `truth` `[N, K, rows * width]`. The plan-level question the videos are scored on: which object goes
     which way when (cell accuracy counts the many cells that are easy copies of the keyframe before)."""
-    hits, total = 0, 0
-    for p, t in zip(pred, truth):
-        wanted, got = code_moves(t, width, background), code_moves(p, width, background)
-        for code, moves in wanted.items():
-            drawn = got.get(code, ["gone"] * len(moves))
-            hits += sum(a == b for a, b in zip(moves, drawn))
-            total += len(moves)
-    return hits / max(total, 1)
+    return share_agreeing(move_confusion(pred, truth, width, background))
+
+
+def share_agreeing(counts: Counter) -> float:
+    """The share of a `move_confusion` whose planned move is the truth's (0 when it is empty)."""
+    return sum(n for (want, got), n in counts.items() if want == got) / max(sum(counts.values()), 1)
