@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from .. import world
 from ..files.atomic import write_text
 from ..semanticgen.model import EMBEDDED, SemanticGen
@@ -65,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--semantic-text-scale", type=float, help="stage-1 text guidance (default: the model's)")
     p.add_argument("--plan-scale", type=float, help="stage-2 semantic plan guidance (default: the model's)")
     p.add_argument("--out", default="eval_report/semanticgen")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a = p.parse_args(argv)
     rows = parse_rows(p, a.rows)
     if a.clips < 1:
         p.error(f"--clips {a.clips}: score at least 1 clip")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
     changes = {"semantic_text_scale": a.semantic_text_scale, "plan_scale": a.plan_scale}
     model = model.with_spec(**{k: v for k, v in changes.items() if v is not None})
