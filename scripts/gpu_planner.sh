@@ -2,8 +2,9 @@
 # Planner candidates of issue 14 trained side by side on one lent GPU inside a time box, each from the shipped
 # planner with the shipped fine-tune recipe (MODEL_CARD.md: motion weight 10, order pairs 0.5, EMA 0.99, cooled),
 # differing in depth (--planner-layers: the shipped 4 layers spread over 8 or 12, the new ones starting as
-# identities), in the self-fed share and in the auxiliary move loss (--move-weight). A short probe of all of them at once measures each one's s/step, so
-# every run gets the step count that fits the box and keeps its cool-down (a run cut by the box would not).
+# identities), in the self-fed share, in the auxiliary move loss (--move-weight) and in the weight of still objects
+# (--still-weight). A short probe of all of them at once measures each one's s/step, so every run gets the step
+# count that fits the box and keeps its cool-down (a run cut by the box would not).
 #
 #   bash scripts/gpu_planner.sh                                  # on the GPU machine (box 240 s)
 #   PLANNER_BOX_S=60 PLANNER_PROBE=4 PLANNER_MIN_STEPS=2 bash scripts/gpu_planner.sh   # a CPU smoke run
@@ -43,10 +44,13 @@ declare -A VARIANT=(
   [d8_cue_mv]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24 --move-weight 0.5"
   [d4_cue_only]="--planner-layers 4 --self-feed 0.3 --keyframe-cues 24 --cues-only"
   [d8_cue_only]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24 --cues-only"
+  [d4_cue_only_sw]="--planner-layers 4 --self-feed 0.3 --keyframe-cues 24 --cues-only --still-weight 10 --move-weight 0.5"
+  [d8_cue_only_sw]="--planner-layers 8 --self-feed 0.3 --keyframe-cues 24 --cues-only --still-weight 10 --move-weight 0.5"
 )
-# the 2026-12-04 lease ran the first five (MODEL_CARD.md); the others came after it. The shipped planner has
-# keyframe cues, so the default set keeps them (a variant without cues would train them away).
-NAMES=${PLANNER_VARIANTS:-d4_cue d8_cue d4_cue_only d8_cue_only}
+# the 2026-12-04 lease ran the first five (MODEL_CARD.md); the others came after it. The shipped planner reads
+# the motion only through its keyframe cues, so the default set keeps them and leaves the Motion line out (a
+# variant without them would train them away); the _sw ones also weigh the objects that stay (--still-weight).
+NAMES=${PLANNER_VARIANTS:-d4_cue_only d8_cue_only d4_cue_only_sw d8_cue_only_sw}
 
 train() {  # train FOLDER STEPS COOLDOWN EVAL_CLIPS EXTRA...
   local folder=$1 steps=$2 cool=$3 clips=$4
