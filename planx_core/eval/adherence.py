@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="eval_report/semanticgen")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a = p.parse_args(argv)
-    rows = parse_rows(p, a.rows)
-    if a.clips < 1:
-        p.error(f"--clips {a.clips}: score at least 1 clip")
+    rows = parse_rows(p, a)
     if a.threads:
         torch.set_num_threads(a.threads)
     model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)

@@ -65,12 +65,15 @@ def drift_scores(frames: np.ndarray, clip: world.Clip, fps: float) -> dict[str, 
     return out
 
 
-def parse_rows(parser: argparse.ArgumentParser, text: str) -> list[str]:
-    """The rows of a comma-separated `--rows`; an unknown row is a usage error naming the choices."""
-    rows = [r for r in text.split(",") if r]
+def parse_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The rows of a comma-separated `args.rows`; an unknown row, or `args.clips` below 1, is a usage error that
+    names the fix (before any model is loaded)."""
+    rows = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown or not rows:
-        parser.error(f"--rows {text!r}: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+        parser.error(f"--rows {args.rows!r}: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if args.clips < 1:
+        parser.error(f"--clips {args.clips}: score at least 1 clip")
     return rows
 
 
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--out", default="eval_report/drift")
     a = p.parse_args(argv)
-    rows = parse_rows(p, a.rows)
+    rows = parse_rows(p, a)
     model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
     model = model.with_windowing(a.window, a.window_semantics, a.window_margin)
     clips = [
