@@ -12,18 +12,16 @@ Every row renders clip i with seed i. Writes `<out>/adherence.json` and `<out>/a
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from .. import world
-from ..files.atomic import write_text
 from ..semanticgen.model import EMBEDDED, SemanticGen
 from ..world import score as world_score
 from ..world.tiny import SHORT_WORLD
-from .drift import ROWS, parse_rows, render_row
+from .drift import ROWS, parse_rows, render_row, rows_report, save_report
 
 METRICS = ("accuracy", "completeness", "fidelity", "consistency")
 
@@ -46,16 +44,12 @@ def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) 
 
 
 def report(results: dict, seed: int, spec) -> str:
-    lines = [
-        f"# SemanticGen adherence ({next(iter(results.values()))['count']} held-out {SHORT_WORLD.num_frames}-frame "
+    title = (
+        f"SemanticGen adherence ({next(iter(results.values()))['count']} held-out {SHORT_WORLD.num_frames}-frame "
         f"clips, seed {seed}; stage-1 text guidance {spec.semantic_text_scale}, stage-2 plan guidance "
-        f"{spec.plan_scale})",
-        "",
-        "| row | " + " | ".join(METRICS) + " |",
-        "|---" * (len(METRICS) + 1) + "|",
-    ]
-    lines += [f"| {row} | " + " | ".join(f"{r[k]:.3f}" for k in METRICS) + " |" for row, r in results.items()]
-    return "\n".join(lines) + "\n"
+        f"{spec.plan_scale})"
+    )
+    return rows_report(title, results, METRICS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     changes = {"semantic_text_scale": a.semantic_text_scale, "plan_scale": a.plan_scale}
     model = model.with_spec(**{k: v for k, v in changes.items() if v is not None})
     results = evaluate(model, heldout_clips(a.clips, a.seed), rows)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "adherence.json", json.dumps(results, indent=2))
-    text = report(results, a.seed, model.spec)
-    write_text(out / "adherence.md", text)
-    print(text)
+    save_report(Path(a.out), "adherence", results, report(results, a.seed, model.spec))
     return 0
 
 

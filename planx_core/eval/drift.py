@@ -98,17 +98,29 @@ def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) 
     return results
 
 
-def report(results: dict, clips: int, spec, frames: int) -> str:
-    keys = ("identity_first", "identity_last", "identity_abs_drift", "extra_first", "extra_last", "first_last_jaccard")
-    lines = [
-        f"# Long-video drift ({clips} held-out prompts, {frames} frames = 4x the training clip, window "
-        f"{spec.window} latent frames, {spec.window_semantics} semantics, margin {spec.window_margin})",
-        "",
-        "| row | " + " | ".join(keys) + " |",
-        "|---" * (len(keys) + 1) + "|",
-    ]
+def rows_report(title: str, results: dict, keys: tuple[str, ...]) -> str:
+    """A markdown report: the `# title`, then a table of `results` (one line per row, `keys` to 3 decimals)."""
+    lines = [f"# {title}", "", "| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {row} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for row, r in results.items()]
     return "\n".join(lines) + "\n"
+
+
+def save_report(out: Path, stem: str, results: dict, text: str) -> None:
+    """`<out>/<stem>.json` (the results) and `<out>/<stem>.md` (the report `text`), each written atomically; the
+    report is printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / f"{stem}.json", json.dumps(results, indent=2))
+    write_text(out / f"{stem}.md", text)
+    print(text)
+
+
+def report(results: dict, clips: int, spec, frames: int) -> str:
+    keys = ("identity_first", "identity_last", "identity_abs_drift", "extra_first", "extra_last", "first_last_jaccard")
+    title = (
+        f"Long-video drift ({clips} held-out prompts, {frames} frames = 4x the training clip, window "
+        f"{spec.window} latent frames, {spec.window_semantics} semantics, margin {spec.window_margin})"
+    )
+    return rows_report(title, results, keys)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,12 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(a.clips)
     ]
     results = evaluate(model, clips, rows)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "drift.json", json.dumps(results, indent=2))
-    text = report(results, a.clips, model.spec, LONG_WORLD.num_frames)
-    write_text(out / "drift.md", text)
-    print(text)
+    save_report(Path(a.out), "drift", results, report(results, a.clips, model.spec, LONG_WORLD.num_frames))
     return 0
 
 
