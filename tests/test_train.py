@@ -686,12 +686,22 @@ def _first_feed(planner, clip, codes) -> list[int]:
     return seen[0]
 
 
+def _exported_feeds_the_sequence(stage, clip, codes, ids, folder):
+    """The stage's export, loaded: its model is first fed the training sequence `ids` up to the last keyframe."""
+    from planx_core.planner.files import load_planner
+
+    stage.export(folder)
+    planner = load_planner(folder / "planner")
+    fed = _first_feed(planner, clip, codes)
+    assert fed == ids[: len(fed)] and ids[len(fed)] == stage.vocab.image_start + codes[-1, 0]
+    return planner
+
+
 def test_a_cues_only_planner_reads_the_motion_only_in_its_cues(tmp_path):
     """--cues-only: the training sequence has no Motion line but every cue; the exported config.json says
     motion_in_prompt false; the loaded planner feeds exactly that sequence; the flag without cues, and a
     config that is cues-only without cues, are refused naming the fix."""
     from planx_core import world
-    from planx_core.planner.files import load_planner
     from planx_core.planner.model import SemanticPlanner
     from planx_core.training.planner import PlannerStage
     from planx_core.training.stages import StageContext, StageError
@@ -709,11 +719,45 @@ def test_a_cues_only_planner_reads_the_motion_only_in_its_cues(tmp_path):
     assert "moves" in clip.motion.split() and "moves" not in prompt and "moves" in words  # motion: cues only
     assert "square" in prompt  # the scene line stays
     assert stage.fingerprint()["cues_only"] is True
-    stage.export(tmp_path)
-    planner = load_planner(tmp_path / "planner")
+    planner = _exported_feeds_the_sequence(stage, clip, codes, ids, tmp_path)
     assert planner.motion_line is False and planner.model.config.motion_in_prompt is False
-    fed = _first_feed(planner, clip, codes)
-    assert fed == ids[: len(fed)] and ids[len(fed)] == stage.vocab.image_start + codes[-1, 0]
     config = {**planner.model.config.to_dict(), "keyframe_cues": 0}
     with pytest.raises(ValueError, match="motion_in_prompt"):
         SemanticPlanner(planner.model.__class__(planner.model.config.__class__(**config)), planner.tokenizer)
+
+
+def test_a_first_cue_motion_planner_reads_the_whole_motion_before_keyframe_0(tmp_path):
+    """--first-cue-motion: keyframe 0's cue is the whole motion text (the later cues keep their stages), so a
+    text-to-video start is drawn knowing where the object will go; the exported config.json says
+    first_cue_motion true and the loaded planner feeds exactly the training sequence; without the flag keyframe
+    0's cue is empty; the flag without cues, and such a config without cues, are refused naming the fix."""
+    from planx_core import world
+    from planx_core.planner.model import SemanticPlanner
+    from planx_core.planner.prompt import keyframe_cues
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext, StageError
+
+    args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--first-cue-motion"])
+    with pytest.raises(StageError, match="--first-cue-motion .*--keyframe-cues 24"):
+        PlannerStage.check_args(args, 1)
+    args.batch, args.cues_only = 2, True
+    clip = next(c for c in map(world.make_clip, range(50)) if len(set(keyframe_cues(c.motion, 5, 2.0))) > 2)
+    cues = keyframe_cues(clip.motion, 5, 2.0, first_motion=True)
+    assert cues[0] == clip.motion.rstrip(".") and cues[1:] == keyframe_cues(clip.motion, 5, 2.0)[1:]
+    args.keyframe_cues = 24
+    stage = PlannerStage(StageContext(args, "cpu"))
+    codes = stage.plan_codes([clip])[0]  # [K, g*g]
+    ids = stage.sequence(clip, codes, False)[0]
+    first = ids.index(stage.vocab.im_start)  # keyframe 0's block; its cue the 24 ids before it
+    words = [i for i in ids[first - 24 : first] if i != stage.tokenizer.pad_token_id]
+    assert words == stage.tokenizer(cues[0] + ".", add_special_tokens=False)["input_ids"], "the whole motion"
+    assert stage.fingerprint()["first_cue_motion"] is True
+    planner = _exported_feeds_the_sequence(stage, clip, codes, ids, tmp_path)
+    assert planner.first_motion is True and planner.model.config.first_cue_motion is True
+    args.first_cue_motion = False
+    plain = stage.sequence(clip, codes, False)[0]
+    assert set(plain[first - 24 : first]) == {stage.tokenizer.pad_token_id}, "keyframe 0's cue stays empty"
+    for bad in ({"keyframe_cues": 0}, {"first_cue_motion": "yes"}):
+        config = {**planner.model.config.to_dict(), "motion_in_prompt": True, **bad}
+        with pytest.raises(ValueError, match="first_cue_motion"):
+            SemanticPlanner(planner.model.__class__(planner.model.config.__class__(**config)), planner.tokenizer)

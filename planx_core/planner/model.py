@@ -14,7 +14,8 @@ The unconditional prompt of guidance keeps the system part and the image codes a
 scene and motion, so guidance amplifies the texts. A planner trained with keyframe cues
 (`config.json` `keyframe_cues`: ids per cue) is fed each keyframe's cue before its block, in both
 streams (`planner_prompt.keyframe_cues`, the rule training uses); one trained cues-only (`motion_in_prompt`
-false) reads the motion through its cues alone, its prompt without the Motion line.
+false) reads the motion through its cues alone, its prompt without the Motion line; one with `first_cue_motion`
+true reads the whole motion as keyframe 0's cue.
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ def _motion_line(config, name: str, cue_length: int) -> bool:
     return value
 
 
+def _first_cue_motion(config, name: str, cue_length: int) -> bool:
+    """`first_cue_motion` of a planner's config.json (absent: false): keyframe 0's cue is the whole motion."""
+    value = getattr(config, "first_cue_motion", False)
+    if not isinstance(value, bool) or (value and not cue_length):
+        raise ValueError(
+            f"planner {name!r}: config.json has first_cue_motion {value!r} with keyframe_cues {cue_length}; it is "
+            f"true only for a planner trained with --first-cue-motion (which needs keyframe_cues > 0), else false "
+            f"or absent"
+        )
+    return value
+
+
 class SemanticPlanner:
     """A causal LM with the plan vocabulary: prompt building, constrained decoding, text alignment."""
 
@@ -83,6 +96,7 @@ class SemanticPlanner:
         """`slice_head` False computes the full vocabulary's logits each token (for comparison)."""
         self.cue_length = _cue_length(model.config, name)  # config.json: ids per keyframe cue, 0 = none
         self.motion_line = _motion_line(model.config, name, self.cue_length)  # False: the motion is in the cues
+        self.first_motion = _first_cue_motion(model.config, name, self.cue_length)  # keyframe 0 cued by all of it
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.vocab = vocab or PlanVocab.from_tokenizer(tokenizer)
         rows = model.get_input_embeddings().weight.shape[0]
@@ -135,7 +149,8 @@ class SemanticPlanner:
 
     def cues(self, motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None) -> list[list[int]]:
         """Token ids fed before each keyframe (`planner_prompt.keyframe_cues`); none unless trained with them."""
-        return cue_rows(self.tokenizer, motion, num_keyframes, keyframe_rate, duration, self.cue_length)
+        length, first = self.cue_length, self.first_motion
+        return cue_rows(self.tokenizer, motion, num_keyframes, keyframe_rate, duration, length, first)
 
     # -- decoding ----------------------------------------------------------------------
     @property

@@ -124,8 +124,11 @@ def motion_stages(motion: str) -> list[str]:
     return [s for s in (part.strip(" \t\n.,;") for part in _THEN.split(motion.strip())) if s]
 
 
-def keyframe_cues(motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None = None) -> list[str]:
-    """The stage each keyframe is written under: "" for keyframe 0, then for keyframe k the stage that holds the
+def keyframe_cues(
+    motion: str, num_keyframes: int, keyframe_rate: float, duration: float | None = None, first_motion: bool = False
+) -> list[str]:
+    """The stage each keyframe is written under: "" for keyframe 0 (the whole motion with `first_motion`, so a
+    planner placing a text-to-video start can leave room for the motion), then for keyframe k the stage that holds the
     middle of the step from keyframe k-1 to k, the stages sharing the video's `duration` equally (the convention
     of a motion text with several "then": each stage as long as the others). A planner trained with cues reads
     the stage right before the keyframe it steers, so the order of the stages is decided by this rule, not by
@@ -134,7 +137,7 @@ def keyframe_cues(motion: str, num_keyframes: int, keyframe_rate: float, duratio
     duration = (num_keyframes - 1) / keyframe_rate if duration is None else duration
     if not stages or duration <= 0:
         return [""] * num_keyframes
-    cues = [""]
+    cues = [motion.strip(" \t\n.,;") if first_motion else ""]
     for k in range(1, num_keyframes):
         middle = (k - 0.5) / keyframe_rate  # seconds
         cues.append(stages[min(len(stages) - 1, int(middle / duration * len(stages)))])
@@ -150,11 +153,14 @@ def cue_ids(tokenizer, cue: str, length: int) -> list[int]:
     return [filler] * (length - len(ids)) + ids
 
 
-def cue_rows(tokenizer, motion: str, num_keyframes: int, rate: float, duration, length: int) -> list[list[int]]:
+def cue_rows(
+    tokenizer, motion: str, num_keyframes: int, rate: float, duration, length: int, first_motion: bool = False
+) -> list[list[int]]:
     """Every keyframe's cue ids (`cue_ids` of `keyframe_cues`); none at all when `length` is 0."""
     if not length:
         return []
-    return [cue_ids(tokenizer, c, length) for c in keyframe_cues(motion, num_keyframes, rate, duration)]
+    cues = keyframe_cues(motion, num_keyframes, rate, duration, first_motion)
+    return [cue_ids(tokenizer, c, length) for c in cues]
 
 
 def plan_ids(vocab: PlanVocab, rows, scale: int, cues: list[list[int]], ignore: int) -> tuple[list[int], list[int]]:

@@ -1,31 +1,28 @@
 """The planner training stage: the tiny Qwen2 planner learns to write ground-truth keyframe plans.
 
-This project's own recipe after Plan-X (arXiv 2511.17986, Fig. 2: the planner reads the scene and
-motion texts, and for image-to-video the first frame's tokens, and writes the keyframes' TA-Tok
-tokens) in Tar's token format (`<im_start><S2>` 81 `<I*>` `<im_end>` per keyframe).
+This project's own recipe after Plan-X (arXiv 2511.17986, Fig. 2: the planner reads the scene and motion texts,
+and for image-to-video the first frame's tokens, and writes the keyframes' TA-Tok tokens) in Tar's token format
+(`<im_start><S2>` 81 `<I*>` `<im_end>` per keyframe).
 
-Sequence = `planner_prompt.prompt_ids(scene, motion, 5 keyframes, 8 fps, 2 per second, 9x9,
-first frame codes for a share `--i2v` of the clips)` + the plan of the clip's 5 keyframes. The
-plan's codes are the ground-truth cell labels (`--codes labels`, the default: no TA-Tok needed)
-or the TA-Tok's codes of the keyframe frames (`--codes tatok`). Loss = cross-entropy on the plan
-tokens only (delimiters, scale token and codes; the prompt is not scored). The planner's word
-rows and `<I*>` input rows are frozen (their gradient rows are zeroed and the embeddings get no
+Sequence = `planner_prompt.prompt_ids(scene, motion, 5 keyframes, 8 fps, 2 per second, 9x9, first frame codes for a
+share `--i2v` of the clips)` + the plan of the clip's 5 keyframes. The plan's codes are the ground-truth cell labels
+(`--codes labels`, the default: no TA-Tok needed) or the TA-Tok's codes of the keyframe frames (`--codes tatok`).
+Loss = cross-entropy on the plan tokens only (delimiters, scale token and codes; the prompt is not scored). The
+planner's word rows and `<I*>` input rows are frozen (their gradient rows are zeroed and the embeddings get no
 weight decay), so the tie to the TA-Tok (`tiny.tie`) holds; everything else trains.
 
-The TA-Tok comes from `--tatok` (a file or a finished tatok run folder; pass it to stay tied to
-a trained tokenizer), else a fresh one from the seed (its codebook = the normalised word rows).
-It is exported next to the planner: `<out>/planner/` (save_planner) and `<out>/ta_tok.safetensors`.
+The TA-Tok comes from `--tatok` (a file or a finished tatok run folder; pass it to stay tied to a trained
+tokenizer), else a fresh one from the seed (its codebook = the normalised word rows). It is exported next to the
+planner: `<out>/planner/` (save_planner) and `<out>/ta_tok.safetensors`.
 
-Options: `--planner-layers` a deeper planner (from a shallower `--init-from`: `load_deepened`); `--motion-weight`,
-`--still-weight`, `--order-pairs`, `--self-feed` and `--move-weight` (an auxiliary, training-only head that reads
-each keyframe's object moves from the state before its cells) are the recipe changes of issue 14, each in the run
-fingerprint.
+Options (issue 14's recipe changes, each in the run fingerprint): `--planner-layers` (deepened from a shallower
+`--init-from`: `load_deepened`), `--motion-weight`, `--still-weight`, `--order-pairs`, `--self-feed`,
+`--move-weight` (a training-only head reads each keyframe's object moves from the state before its cells), and the
+keyframe cues (`--keyframe-cues`, `--cues-only`, `--first-cue-motion`; `planner_prompt.cue_rows`).
 
-Metrics on unseen clips (`train`-split clips from the world's own stream) and held-out
-compositions: teacher-forced plan-token accuracy over all cells and over object/wall cells, for
-text-to-video (5 keyframes) and image-to-video (keyframes 1..4; keyframe 0 is given), the
-copy-the-first-frame baseline, and greedy decoding (`SemanticPlanner.generate`, temperature 0)
-of a few clips: cell accuracies and keyframe moves (`world.labels.move_agreement`).
+Metrics on unseen `train`-split clips and held-out compositions: teacher-forced plan-token accuracy over all cells
+and object/wall cells, text-to-video (5 keyframes) and image-to-video (keyframes 1..4), the copy-the-first-frame
+baseline, and greedy decoding of a few clips (temperature 0): cell accuracies and keyframe moves (`move_agreement`).
 """
 
 from __future__ import annotations
@@ -223,6 +220,12 @@ class PlannerStage(Stage):
             "to it (recorded as motion_in_prompt false in config.json; the runtime builds the same prompt)",
         )
         parser.add_argument(
+            "--first-cue-motion",
+            action="store_true",
+            help="planner, with --keyframe-cues: keyframe 0's cue is the whole motion text instead of empty, so a "
+            "text-to-video start leaves room for every stage (recorded as first_cue_motion in config.json)",
+        )
+        parser.add_argument(
             "--self-feed",
             type=float,
             default=0.0,
@@ -245,8 +248,9 @@ class PlannerStage(Stage):
             raise StageError(
                 f"--keyframe-cues is a number of ids per keyframe: 0 (off) or more, got {args.keyframe_cues}"
             )
-        if args.cues_only and not args.keyframe_cues:
-            raise StageError("--cues-only gives the motion through the keyframe cues: add --keyframe-cues 24")
+        for flag, on in (("--cues-only", args.cues_only), ("--first-cue-motion", args.first_cue_motion)):
+            if on and not args.keyframe_cues:
+                raise StageError(f"{flag} gives the motion through the keyframe cues: add --keyframe-cues 24")
         if args.planner_layers < 1:
             raise StageError(f"--planner-layers is a number of decoder layers: 1 or more, got {args.planner_layers}")
 
@@ -268,6 +272,7 @@ class PlannerStage(Stage):
         self.model = model.to(ctx.device)
         self.model.config.keyframe_cues = a.keyframe_cues  # the runtime feeds cues when this is set
         self.model.config.motion_in_prompt = not a.cues_only  # and leaves the Motion line out when false
+        self.model.config.first_cue_motion = a.first_cue_motion  # and cues keyframe 0 with the whole motion
         codes = range(self.vocab.image_start, self.vocab.image_end)
         rows = tiny.frozen_rows(self.tokenizer, self.vocab)
         self.module = PlannerObjective(self.model, rows, codes, a.self_feed, a.move_weight)
@@ -313,6 +318,7 @@ class PlannerStage(Stage):
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
         extra |= {"keyframe_cues": a.keyframe_cues} if a.keyframe_cues else {}
         extra |= {"cues_only": True} if a.cues_only else {}
+        extra |= {"first_cue_motion": True} if a.first_cue_motion else {}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
@@ -340,8 +346,8 @@ class PlannerStage(Stage):
             first_frame_codes=codes[0] if i2v else None,
             motion_line=not self.args.cues_only,
         )
-        length = self.args.keyframe_cues
-        cues = cue_rows(self.tokenizer, clip.motion, codes.shape[0], v.keyframe_rate, v.duration, length)
+        length, first = self.args.keyframe_cues, self.args.first_cue_motion
+        cues = cue_rows(self.tokenizer, clip.motion, codes.shape[0], v.keyframe_rate, v.duration, length, first)
         plan, labels = plan_ids(self.vocab, codes, scale_index(grid), cues, IGNORE)
         return prompt + plan, [IGNORE] * len(prompt) + labels
 
