@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,24 @@ def test_eval_skips_no_e2e_without_a_folder_and_refuses_unknown_rows(bundle_dir,
     )
     assert code == 0 and "skipping the no_e2e row" in capsys.readouterr().err
     assert "no_e2e" not in json.loads((tmp_path / "scores.json").read_text())["rows"]
+
+
+def test_eval_prompts_writes_scores_videos_and_the_plan_diagnosis(bundle_dir, tmp_path):
+    """eval-prompts on a bundle: a scored mp4 per held-out prompt and mode and per README seed, each clip's planned
+    moves (four steps) and whether they are the stages' moves, their share per mode, and the README strip."""
+    from planx_core.eval import prompts
+    from planx_core.eval.prompt_set import HELDOUT
+
+    out = tmp_path / "prompts"
+    assert prompts.main(["--bundle", str(bundle_dir), "--seeds", "0", "--readme-seeds", "1", "--out", str(out)]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    clips = scores["clips"]
+    assert len(clips) == 2 * len(HELDOUT) + 1 and all(Path(c["video"]).is_file() for c in clips)
+    for clip in clips:
+        motion = clip["prompt"].split(". ", 1)[1].rstrip(".")
+        assert len(clip["plan"].split()) == 4
+        assert clip["plan_follows"] == (clip["plan"].split() == prompts.wanted_moves(motion, 5, 2.0))
+    assert set(scores["plans"]) == {"t2v", "i2v", "readme"}
+    assert scores["plans"]["readme"] == float(clips[-1]["plan_follows"])
+    assert "| planned moves | plan follows |" in (out / "report.md").read_text()
+    assert (out / "readme_strip.png").is_file()

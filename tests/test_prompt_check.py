@@ -76,3 +76,37 @@ def test_first_frames_start_where_both_moves_fit(item):
     for dx, dy in (STEP[item[2]], STEP[item[3]]):
         x, y = x + 16 * dx, y + 16 * dy
         assert 6 <= x <= 58 and 6 <= y <= 58
+
+
+def _moving_plan(moves: list[str]):
+    """A 9x9 tokens plan of 5 keyframes over 17 frames at 8 fps: a 2x2 object (code 5) on background 0, moved
+    two cells per step as `moves` say, and a stray code 7 cell in keyframe 0."""
+    from planx_core.plan import CodebookId
+    from planx_core.plan.core import make_plan
+
+    x, y, keyframes = 3, 5, []
+    for k in range(len(moves) + 1):
+        if k:
+            x, y = x + 2 * STEP[moves[k - 1]][0], y + 2 * STEP[moves[k - 1]][1]
+        cells = [0] * 81
+        for r in (y, y + 1):
+            cells[r * 9 + x : r * 9 + x + 2] = [5, 5]
+        keyframes.append(cells)
+    keyframes[0][80] = 7
+    times = [k * 0.5 for k in range(len(keyframes))]
+    codebook = CodebookId("ta-tok", 29, "0123456789abcdef")
+    return make_plan(keyframes, times=times, fps=8.0, num_frames=17, width=64, height=64, codebook=codebook)
+
+
+def test_the_plan_diagnosis_reads_the_planned_moves_against_the_stages():
+    """eval-prompts' plan check: the object's planned moves step by step, wanted as the planner's timing rule
+    spreads the stages over the keyframes; a reversal inside a stage, or a lost object, is a miss."""
+    from planx_core.eval.prompts import plan_moves, wanted_moves
+
+    motion = "the red circle moves right, then up"
+    assert wanted_moves(motion, 5, 2.0) == ["right", "right", "up", "up"]
+    assert plan_moves(_moving_plan(["right", "right", "up", "up"])) == ["right", "right", "up", "up"]
+    assert plan_moves(_moving_plan(["right", "left", "up", "down"])) == ["right", "left", "up", "down"]
+    lost = _moving_plan(["right", "right", "up", "up"])
+    lost.keyframes[2].tokens = [0] * 81
+    assert plan_moves(lost) == ["right", "gone", "gone", "up"]

@@ -5,6 +5,11 @@ frame, and for the README's own example (its shipped first frame, seeds 0-4), th
 clip as `generate` does, writes the mp4, reads the mp4 back and scores its pixels with
 `pixel_check` (which shares no code with the world, its scorer or the training). Writes
 `report.md`, `scores.json`, the videos and `readme_strip.png` (the README example's frames).
+
+Beside the videos' score, a diagnosis of the plans: the planned move of the plan's object between keyframes
+(`world.labels.code_moves` of its largest code of keyframe 0) against the stage each keyframe is written under
+(`planner.prompt.keyframe_cues`, the planner's own timing rule), so a miss shows whether the plan or the render
+went wrong.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import EMBEDDED
+from ..files.atomic import write_text
 from ..files.video import read_image, read_video, write_png, write_video
 from ..pipelines import PlanXPipeline, split_prompt
+from ..plan import Plan
+from ..planner.prompt import keyframe_cues
+from ..world.labels import code_moves
 from .pixel_check import check_video
 from .prompt_set import HELDOUT, README_PROMPT, first_frame, prompt_of
 
@@ -35,6 +44,7 @@ def run_clip(pipe: PlanXPipeline, prompt: str, seed: int, image, out: Path) -> d
     frames, _ = read_video(path)  # [T, H, W, 3] decoded from the file
     check = check_video(frames, prompt)
     hits, total = check.stage_hits
+    planned, wanted = plan_moves(result.plan), wanted_moves(motion, len(result.plan.keyframes), result.plan.duration)
     return {
         "prompt": prompt,
         "seed": seed,
@@ -43,7 +53,26 @@ def run_clip(pipe: PlanXPipeline, prompt: str, seed: int, image, out: Path) -> d
         "follows": check.follows,
         "stages": f"{hits}/{total}",
         "visible": check.visible,
+        "plan": " ".join(planned),
+        "plan_follows": planned == wanted,
     }
+
+
+def plan_moves(plan: Plan) -> list[str]:
+    """The moves between keyframes of the plan's object: its largest code in keyframe 0 other than the background
+    (the code of most cells in the plan)."""
+    codes = plan.token_tensor()  # [K, gh*gw]
+    background = int(codes.flatten().mode().values)
+    first = codes[0][codes[0] != background]  # [n] keyframe 0's object cells
+    if not first.numel():
+        return ["gone"] * (codes.shape[0] - 1)
+    return code_moves(codes, plan.grid[1], background)[int(first.mode().values)]
+
+
+def wanted_moves(motion: str, num_keyframes: int, duration: float) -> list[str]:
+    """The direction each keyframe step should take: the last word of the stage it is written under."""
+    cues = keyframe_cues(motion, num_keyframes, (num_keyframes - 1) / duration, duration)[1:]
+    return [cue.split()[-1] for cue in cues]
 
 
 def run_all(pipe: PlanXPipeline, out: Path, seeds: list[int], readme_seeds: list[int]) -> list[dict]:
@@ -60,18 +89,27 @@ def run_all(pipe: PlanXPipeline, out: Path, seeds: list[int], readme_seeds: list
     return rows
 
 
-def summary(rows: list[dict]) -> dict[str, float]:
+MODES = ("t2v", "i2v", "readme")
+
+
+def shares(rows: list[dict], key: str) -> dict[str, float]:
+    """The share of clips whose `key` is true, per mode that has clips."""
     out = {}
-    for mode in ("t2v", "i2v", "readme"):
-        picked = [r["follows"] for r in rows if r["mode"] == mode]
+    for mode in MODES:
+        picked = [r[key] for r in rows if r["mode"] == mode]
         if picked:
             out[mode] = sum(picked) / len(picked)
-    held = [r["follows"] for r in rows if r["mode"] in ("t2v", "i2v")]
-    out["held_out"] = sum(held) / len(held) if held else float("nan")
     return out
 
 
+def summary(rows: list[dict]) -> dict[str, float]:
+    """The share of videos that follow every stage, per mode and over the held-out prompts."""
+    held = [r["follows"] for r in rows if r["mode"] in ("t2v", "i2v")]
+    return {**shares(rows, "follows"), "held_out": sum(held) / len(held) if held else float("nan")}
+
+
 def report(rows: list[dict], scores: dict[str, float], bundle: str) -> str:
+    plans = shares(rows, "plan_follows")
     lines = [
         f"# Prompt adherence: {bundle}",
         "",
@@ -81,12 +119,20 @@ def report(rows: list[dict], scores: dict[str, float], bundle: str) -> str:
         "| --- | --- |",
     ]
     lines += [f"| {name} | {value:.2f} |" for name, value in scores.items()]
-    lines += ["", "| mode | seed | prompt | stages | follows |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| share of plans whose object moves as every stage says | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.2f} |" for name, value in plans.items()]
+    head = "| mode | seed | prompt | stages | follows | planned moves | plan follows |"
+    lines += ["", head, "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [
-        f"| {r['mode']} | {r['seed']} | {r['prompt']} | {r['stages']} | {'yes' if r['follows'] else 'no'} |"
+        f"| {r['mode']} | {r['seed']} | {r['prompt']} | {r['stages']} | {_yes(r['follows'])} | {r['plan']} "
+        f"| {_yes(r['plan_follows'])} |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def readme_strip(path: Path, out: Path) -> Path:
@@ -114,8 +160,9 @@ def main(argv=None) -> int:
     pipe = PlanXPipeline.from_folder(args.bundle)
     rows = run_all(pipe, out, args.seeds, args.readme_seeds)
     scores = summary(rows)
-    (out / "scores.json").write_text(json.dumps({"summary": scores, "clips": rows}, indent=1) + "\n")
-    (out / "report.md").write_text(report(rows, scores, args.bundle))
+    plans = shares(rows, "plan_follows")
+    write_text(out / "scores.json", json.dumps({"summary": scores, "plans": plans, "clips": rows}, indent=1) + "\n")
+    write_text(out / "report.md", report(rows, scores, args.bundle))
     readme = [r for r in rows if r["mode"] == "readme"]
     if readme:
         readme_strip(Path(readme[0]["video"]), out / "readme_strip.png")
