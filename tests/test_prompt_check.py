@@ -9,7 +9,7 @@ import pytest
 
 from planx_core import world
 from planx_core.eval.pixel_check import check_video, parse_motion, stage_frames
-from planx_core.eval.prompt_set import HELDOUT, README_PROMPT, first_frame, prompt_of, start_position
+from planx_core.eval.prompt_set import HELDOUT, README_PROMPT, VALIDATION, first_frame, prompt_of, start_position
 from planx_core.files.video import read_video, write_video
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
@@ -68,7 +68,16 @@ def test_the_held_out_prompts_are_never_drawn_in_training():
     assert len({prompt_of(*item) for item in HELDOUT}) == len(HELDOUT)
 
 
-@pytest.mark.parametrize("item", HELDOUT)
+def test_the_validation_prompts_are_training_compositions_apart_from_the_check():
+    for colour, shape, first, second in VALIDATION:
+        assert (colour, shape) not in world.HELDOUT_PAIRS and (first, second) not in world.HELDOUT_BIGRAMS
+        assert first != second and {first, second} != {"left", "right"} and {first, second} != {"up", "down"}
+    texts = {prompt_of(*item) for item in VALIDATION}
+    assert len(texts) == len(VALIDATION) and README_PROMPT not in texts
+    assert not texts & {prompt_of(*item) for item in HELDOUT}
+
+
+@pytest.mark.parametrize("item", HELDOUT + VALIDATION)
 def test_first_frames_start_where_both_moves_fit(item):
     image = first_frame(*item)
     x, y = start_position(item[2], item[3])

@@ -5,7 +5,9 @@ D2."). Every prompt holds a composition the training split never draws (`world.H
 green triangle, a blue circle, a yellow square; or `world.HELDOUT_BIGRAMS`: left then down, up then
 right), so none of them was seen in training; the world module itself is not imported here (the
 set is written out, and `tests/test_prompt_check.py` checks it against the world's held-out rule).
-First frames are drawn with OpenCV, not by the world's renderer: 64x64, the dark background, the
+`VALIDATION` is a second set in the same form whose compositions the training split does draw: the
+place to choose sampling settings (planning temperature, guidance) without looking at the held-out
+check. First frames are drawn with OpenCV, not by the world's renderer: 64x64, the dark background, the
 object (radius 5) placed so that both 16-px moves stay in the frame.
 """
 
@@ -39,6 +41,20 @@ HELDOUT = (
     ("magenta", "triangle", "up", "right"),
     ("magenta", "circle", "left", "down"),
 )
+# training-split compositions (no held-out pair or bigram, not the README example): for choosing settings
+VALIDATION = (
+    ("red", "square", "left", "up"),
+    ("green", "circle", "up", "left"),
+    ("blue", "square", "right", "down"),
+    ("yellow", "triangle", "down", "left"),
+    ("magenta", "square", "right", "up"),
+    ("cyan", "circle", "down", "right"),
+    ("red", "triangle", "up", "left"),
+    ("green", "square", "down", "right"),
+    ("blue", "triangle", "left", "up"),
+    ("cyan", "triangle", "right", "down"),
+)
+SETS = {"heldout": HELDOUT, "validation": VALIDATION}
 README_PROMPT = "a red circle on a dark background. the red circle moves right, then up."
 
 

@@ -4,7 +4,8 @@ For each held-out prompt (`prompt_set`), text-to-video and image-to-video from a
 frame, and for the README's own example (its shipped first frame, seeds 0-4), this generates the
 clip as `generate` does, writes the mp4, reads the mp4 back and scores its pixels with
 `pixel_check` (which shares no code with the world, its scorer or the training). Writes
-`report.md`, `scores.json`, the videos and `readme_strip.png` (the README example's frames).
+`report.md`, `scores.json`, the videos and `readme_strip.png` (the README example's frames). `--set validation`
+runs the training-split prompts of the same form instead, for choosing sampling settings.
 
 Beside the videos' score, a diagnosis of the plans: the planned move of the plan's object between keyframes
 (`world.labels.code_moves` of its largest code of keyframe 0) against the stage each keyframe is written under
@@ -30,7 +31,7 @@ from ..plan import Plan
 from ..planner.prompt import keyframe_cues
 from ..world.labels import code_moves
 from .pixel_check import check_video
-from .prompt_set import HELDOUT, README_PROMPT, first_frame, prompt_of
+from .prompt_set import README_PROMPT, SETS, first_frame, prompt_of
 
 SCALE = 4  # as `generate` writes its videos
 
@@ -75,9 +76,10 @@ def wanted_moves(motion: str, num_keyframes: int, duration: float) -> list[str]:
     return [cue.split()[-1] for cue in cues]
 
 
-def run_all(pipe: PlanXPipeline, out: Path, seeds: list[int], readme_seeds: list[int]) -> list[dict]:
+def run_all(pipe: PlanXPipeline, out: Path, seeds: list[int], readme_seeds: list[int], items=SETS["heldout"]):
+    """Every prompt of `items` at every seed, text- and image-to-video, then the README example."""
     rows = []
-    for index, item in enumerate(HELDOUT):
+    for index, item in enumerate(items):
         prompt = prompt_of(*item)
         for seed in seeds:
             rows.append(run_clip(pipe, prompt, seed, None, out / f"t2v_{index:02d}_s{seed}.mp4"))
@@ -102,10 +104,10 @@ def shares(rows: list[dict], key: str) -> dict[str, float]:
     return out
 
 
-def summary(rows: list[dict]) -> dict[str, float]:
-    """The share of videos that follow every stage, per mode and over the held-out prompts."""
+def summary(rows: list[dict], name: str = "held_out") -> dict[str, float]:
+    """The share of videos that follow every stage, per mode and over the set's prompts (`name`)."""
     held = [r["follows"] for r in rows if r["mode"] in ("t2v", "i2v")]
-    return {**shares(rows, "follows"), "held_out": sum(held) / len(held) if held else float("nan")}
+    return {**shares(rows, "follows"), name: sum(held) / len(held) if held else float("nan")}
 
 
 def report(rows: list[dict], scores: dict[str, float], bundle: str) -> str:
@@ -147,6 +149,13 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default=str(EMBEDDED), help="bundle folder (default: the embedded model)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the held-out prompts (default 0)")
     p.add_argument("--readme-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument(
+        "--set",
+        choices=tuple(SETS),
+        default="heldout",
+        help="heldout: the check (compositions never trained on); validation: training-split compositions in "
+        "the same form, for choosing sampling settings without looking at the check",
+    )
     p.add_argument("--out", default="eval_report/prompts", help="output folder")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     args = p.parse_args(argv)
@@ -158,8 +167,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pipe = PlanXPipeline.from_folder(args.bundle)
-    rows = run_all(pipe, out, args.seeds, args.readme_seeds)
-    scores = summary(rows)
+    rows = run_all(pipe, out, args.seeds, args.readme_seeds, SETS[args.set])
+    scores = summary(rows, "held_out" if args.set == "heldout" else args.set)
     plans = shares(rows, "plan_follows")
     write_text(out / "scores.json", json.dumps({"summary": scores, "plans": plans, "clips": rows}, indent=1) + "\n")
     write_text(out / "report.md", report(rows, scores, args.bundle))
