@@ -174,7 +174,9 @@ class GenerateSemanticPlan(io.ComfyNode):
                     min=0.0,
                     max=5.0,
                     step=0.05,
-                    tooltip="Sampling temperature; 0 is greedy.",
+                    tooltip="Sampling temperature; 0 is greedy. The embedded tiny model's text-to-video plans follow "
+                    "their prompts best near 0.5 (its model card; the example workflows use it), image-to-video "
+                    "at 1.",
                 ),
                 io.Int.Input("top_k", default=0, min=0, max=65536, tooltip="Keep the k most likely tokens; 0 is off."),
                 io.Float.Input(

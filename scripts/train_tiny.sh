@@ -73,7 +73,7 @@ done
 
 echo "== assemble $RUNS/bundle"
 "$PY" -m planx_core assemble --planner "$RUNS/planner_cue24co" --vae "$RUNS/vae_dec" --dit "$RUNS/ft_cool" \
-  --no-e2e "$RUNS/dit" --out "$RUNS/bundle" --text-scale 1 --plan-scale 3
+  --no-e2e "$RUNS/dit" --out "$RUNS/bundle" --text-scale 1 --plan-scale 3 --t2v-temperature 0.5
 echo "== evaluate $RUNS/bundle"
 "$PY" -m planx_core.eval --bundle "$RUNS/bundle" --rows full,text_only,no_rope,gt_plan \
   --clips "$EVAL_CLIPS" --pairs "$(small 12 2)" --out "$RUNS/eval_report"

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from planx_core.files.video import read_video, write_video
 from planx_core.pipelines.bundle import (
     BundleError,
     BundleSpec,
+    PlanningDefaults,
     SamplingDefaults,
     VideoDefaults,
     load_bundle,
@@ -357,3 +359,33 @@ def test_bfloat16_weights_sample_in_bfloat16(bundle_dir):
     assert pipe.dtype == torch.bfloat16 and pipe.bundle.dit.patch_embedding.weight.dtype == torch.bfloat16
     out = pipe.generate("a red circle on a dark background", "the red circle moves right", seed=1, progress=False)
     assert out.frames.shape == (17, 64, 64, 3) and out.frames.std() > 0
+
+
+def test_text_to_video_plans_draw_at_the_bundles_t2v_temperature(bundle_dir, monkeypatch):
+    """`planning.t2v_temperature` is the default without a first frame; with one, `temperature` stays."""
+    pipe = PlanXPipeline(load_bundle(bundle_dir))
+    pipe.spec = replace(pipe.spec, planning=PlanningDefaults(temperature=1.0, t2v_temperature=0.5))
+    drawn = []
+
+    def plan(*args, temperature, **kwargs):
+        drawn.append(temperature)
+        raise StopIteration
+
+    monkeypatch.setattr(pipe.bundle.planner, "plan", plan)
+    image = np.zeros((pipe.spec.video.height, pipe.spec.video.width, 3), np.uint8)  # [H, W, 3]
+    for first in (None, pipe.first_frame(image)):
+        with pytest.raises(StopIteration):
+            pipe.plan("a red ball", "moves right", first_frame=first, progress=False)
+    with pytest.raises(StopIteration):
+        pipe.plan("a red ball", "moves right", temperature=0.8, progress=False)
+    assert drawn == [0.5, 1.0, 0.8]
+    for bad in (-0.1, "hot", True):
+        with pytest.raises(ValueError, match="t2v_temperature"):
+            PlanningDefaults(t2v_temperature=bad)
+
+
+def test_bundle_json_with_a_bad_t2v_temperature_is_refused(bundle_dir, tmp_path):
+    data = json.loads((bundle_dir / "bundle.json").read_text())
+    data["planning"]["t2v_temperature"] = -1
+    with pytest.raises(BundleError, match="t2v_temperature"):
+        BundleSpec.from_json(json.dumps(data), tmp_path / "bundle.json")

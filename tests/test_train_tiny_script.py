@@ -59,7 +59,7 @@ def test_train_tiny_script_trains_assembles_and_evaluates_a_bundle(tmp_path):
     cues = json.loads((runs / "planner_cue24" / "log.jsonl").read_text().splitlines()[0])
     assert cues["argv"][cues["argv"].index("--keyframe-cues") + 1] == "24"
     bundle = load_bundle(runs / "bundle")
-    assert bundle.spec.sampling.plan_scale == 3.0
+    assert bundle.spec.sampling.plan_scale == 3.0 and bundle.spec.planning.t2v_temperature == 0.5
     config = json.loads((runs / "bundle" / "planner" / "config.json").read_text())
     assert config["keyframe_cues"] == 24 and config["motion_in_prompt"] is False  # from the cues-only run
     scores = json.loads((runs / "eval_report" / "scores.json").read_text())

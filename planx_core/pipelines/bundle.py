@@ -136,6 +136,19 @@ class PlanningDefaults:
     top_k: int = 0
     top_p: float = 1.0
     guidance_scale: float = 1.0
+    t2v_temperature: float | None = None  # without a first frame (text-to-video); None: `temperature`
+
+    def __post_init__(self):
+        for name in ("temperature", "t2v_temperature"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"planning {name} {value!r} is not a temperature (a number, 0 or more)")
+
+    def temperature_for(self, image_to_video: bool) -> float:
+        """The default temperature of a plan drawn with a first frame (image-to-video) or without one."""
+        if image_to_video or self.t2v_temperature is None:
+            return self.temperature
+        return self.t2v_temperature
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ class PlanXPipeline:
                     keyframe_rate=v.keyframe_rate,
                     grid=(v.grid, v.grid),
                     seed=seed,
-                    temperature=_pick(temperature, p.temperature),
+                    temperature=_pick(temperature, p.temperature_for(first_frame is not None)),
                     top_k=_pick(top_k, p.top_k),
                     top_p=_pick(top_p, p.top_p),
                     guidance_scale=_pick(guidance_scale, p.guidance_scale),

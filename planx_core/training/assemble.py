@@ -142,6 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--text-scale", type=float, default=SamplingDefaults.text_scale)
     p.add_argument("--plan-scale", type=float, default=SamplingDefaults.plan_scale)
     p.add_argument("--temperature", type=float, default=PlanningDefaults.temperature, help="planner sampling")
+    p.add_argument(
+        "--t2v-temperature", type=float, help="planner sampling without a first frame (default: --temperature)"
+    )
     p.add_argument("--notes", default="")
     p.add_argument("--card-intro", help="Markdown file: the hand-written top of MODEL_CARD.md")
     p.add_argument("--report", help="report.md of `python -m planx_core.eval` to put in MODEL_CARD.md")
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
             Path(a.out),
             no_e2e_run=Path(a.no_e2e) if a.no_e2e else None,
             sampling=sampling,
-            planning=PlanningDefaults(temperature=a.temperature),
+            planning=PlanningDefaults(temperature=a.temperature, t2v_temperature=a.t2v_temperature),
             notes=a.notes,
         )
     except (CheckpointError, OSError) as err:

@@ -242,7 +242,7 @@ def test_api_conversion_matches_schema_order(comfy_server):
     """Widgets land on the right inputs: spot-check a node with a seed's extra control value."""
     prompt = load_api(comfy_server, TEXT_TO_VIDEO)
     plan_inputs = prompt[node_of(prompt, "PlanX_GenerateSemanticPlan")]["inputs"]
-    assert (plan_inputs["seed"], plan_inputs["temperature"], plan_inputs["top_k"]) == (0, 1.0, 0)
+    assert (plan_inputs["seed"], plan_inputs["temperature"], plan_inputs["top_k"]) == (0, 0.5, 0)
     sampler = copy.deepcopy(prompt[node_of(prompt, "PlanX_Sampler")]["inputs"])
     assert {k: sampler[k] for k in ("seed", "steps", "text_cfg", "plan_cfg", "shift", "solver", "length")} == {
         "seed": 0,
