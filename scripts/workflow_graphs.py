@@ -44,10 +44,13 @@ REAL_PLANNER = {"name": "planx-wan22", "directory": "planx"}
 REAL_BRANCH = {"name": "planx-wan22/branch.safetensors", "directory": "planx"}
 REAL_VIDEO = {"width": 1280, "height": 704, "length": 121}
 REAL_FPS = 24.0
+T2V_TEMPERATURE = 0.5  # the embedded bundle's planning.t2v_temperature (its model card)
 
 
 def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDEO, **plan_inputs):
+    """The planner loader and the plan node; the embedded planner's text-to-video plans at its t2v temperature."""
     planner_node = g.add("PlanX_LoadPlanner", planner_at, planner=planner)
+    text_only = planner == EMBEDDED and "first_frame" not in plan_inputs
     plan = g.add(
         "PlanX_GenerateSemanticPlan",
         plan_at,
@@ -56,6 +59,7 @@ def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDE
         motion=motion,
         fps=8.0,
         **video,
+        **({"temperature": T2V_TEMPERATURE} if text_only else {}),
     )
     return planner_node, plan
 
