@@ -153,3 +153,17 @@ def test_eval_prompts_writes_scores_videos_and_the_plan_diagnosis(bundle_dir, tm
     assert scores["plans"]["readme"] == float(clips[-1]["plan_follows"])
     assert "| planned moves | plan follows |" in (out / "report.md").read_text()
     assert (out / "readme_strip.png").is_file()
+
+
+def test_eval_on_the_train_split_scores_unseen_clips_of_training_compositions(bundle_dir, tmp_path, monkeypatch):
+    """`--split train` is the validation row: the world's train split, named so in the report."""
+    from planx_core import world
+
+    splits, dataset = [], world.dataset
+    monkeypatch.setattr(world, "dataset", lambda split, *a, **k: splits.append(split) or dataset(split, *a, **k))
+    out = tmp_path / "val"
+    argv = ["--bundle", str(bundle_dir), "--rows", "gt_plan", "--clips", "2", "--pairs", "0", "--steps", "1"]
+    assert planx_eval.main([*argv, "--figure-clips", "0", "--split", "train", "--out", str(out)]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert splits == ["train"] and scores["split"] == "train" and scores["rows"]["gt_plan"]["count"] == 2
+    assert "2 validation clips" in (out / "report.md").read_text()

@@ -22,7 +22,8 @@ Rows (every row renders the same clips with the same seed):
 locked to its codes) and pinned as latent frame 0, so every row starts from the same picture and
 differs only in how it moves. `--mode t2v`: nothing is given; the planner draws keyframe 0.
 Planner accuracy: cell accuracy of its plans against the ground-truth codes over keyframes 1..K-1
-(all cells, and object cells).
+(all cells, and object cells). `--split train` scores unseen clips of the training compositions instead:
+the validation row, for choosing settings without looking at the held-out rows.
 
 Writes `<out>/report.md` (tables), `<out>/scores.json` and `<out>/figure.png` (a few clips:
 frames of each row and the plans).
@@ -199,11 +200,15 @@ def _cell(value: float, key: str) -> str:
     return f"{value:.1f}" if key == "trajectory_error" else f"{value:.3f}"
 
 
+_SPLIT_NAMES = {"heldout": "held-out clips", "train": "validation clips (training compositions, unseen clips)"}
+
+
 def report_markdown(scores: dict, transfer: dict | None, meta: dict) -> str:
     lines = [
         f"# Plan-X evaluation: {meta['bundle']}",
         "",
-        f"{meta['clips']} held-out clips (world split `heldout`, seed {meta['seed']}), mode `{meta['mode']}`, "
+        f"{meta['clips']} {_SPLIT_NAMES[meta.get('split', 'heldout')]} (world split `{meta.get('split', 'heldout')}`, "
+        f"seed {meta['seed']}), mode `{meta['mode']}`, "
         f"{meta['steps']} sampling steps; {meta['seconds']:.0f} s on {meta['device']}.",
         "",
         "| row | " + " | ".join(METRICS) + " |",
@@ -285,6 +290,13 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=("i2v", "t2v"), default="i2v", help="first frame given (i2v) or not (t2v)")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
     p.add_argument("--seed", type=int, default=0, help="seed of the clips, the planner and the DiT noise")
+    p.add_argument(
+        "--split",
+        choices=world.SPLITS,
+        default="heldout",
+        help="heldout: compositions never trained on (the evaluation); train: unseen clips of the training "
+        "compositions (the evaluation's own stream), for choosing settings without looking at the held-out rows",
+    )
     p.add_argument("--steps", type=int, help="DiT sampling steps (default: the bundle's)")
     p.add_argument("--figure-clips", type=int, default=3, help="clips drawn in figure.png")
     p.add_argument("--out", default="eval_report", help="folder for report.md, scores.json and figure.png")
@@ -313,16 +325,17 @@ def main(argv=None) -> int:
         )
         rows.remove("no_e2e")
     ev = Evaluator(pipe, no_e2e, args.mode, args.seed, args.steps)
-    clips = world.dataset("heldout", args.clips, seed=args.seed)
+    clips = world.dataset(args.split, args.clips, seed=args.seed)
     with torch.inference_mode():
         scores, frames, inputs = run_rows(ev, clips, rows, args.figure_clips)
-        transfer = run_transfer(ev, world.order_pairs(args.seed, args.pairs, split="heldout")) if args.pairs else None
+        transfer = run_transfer(ev, world.order_pairs(args.seed, args.pairs, split=args.split)) if args.pairs else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "bundle": pipe.spec.name,
         "clips": len(clips),
         "seed": args.seed,
+        "split": args.split,
         "mode": args.mode,
         "steps": args.steps or pipe.spec.sampling.steps,
         "seconds": time.perf_counter() - started,
