@@ -5,6 +5,7 @@ keep the bottom-right corner free for the frontend's minimap."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 EMBEDDED = "embedded: planx-tiny"
 SCENE, MOTION = "a red circle on a dark background", "the red circle moves right, then up"
@@ -44,7 +45,9 @@ REAL_PLANNER = {"name": "planx-wan22", "directory": "planx"}
 REAL_BRANCH = {"name": "planx-wan22/branch.safetensors", "directory": "planx"}
 REAL_VIDEO = {"width": 1280, "height": 704, "length": 121}
 REAL_FPS = 24.0
-T2V_TEMPERATURE = 0.5  # the embedded bundle's planning.t2v_temperature (its model card)
+# the embedded bundle's own text-to-video planning temperature (its bundle.json, chosen in its model card)
+EMBEDDED_SPEC = Path(__file__).resolve().parents[1] / "planx_core" / "embedded" / "bundle.json"
+T2V_TEMPERATURE = json.loads(EMBEDDED_SPEC.read_text())["planning"]["t2v_temperature"]
 
 
 def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDEO, **plan_inputs):

@@ -204,11 +204,11 @@ _SPLIT_NAMES = {"heldout": "held-out clips", "train": "validation clips (trainin
 
 
 def report_markdown(scores: dict, transfer: dict | None, meta: dict) -> str:
+    split = meta["split"]
     lines = [
         f"# Plan-X evaluation: {meta['bundle']}",
         "",
-        f"{meta['clips']} {_SPLIT_NAMES[meta.get('split', 'heldout')]} (world split `{meta.get('split', 'heldout')}`, "
-        f"seed {meta['seed']}), mode `{meta['mode']}`, "
+        f"{meta['clips']} {_SPLIT_NAMES[split]} (world split `{split}`, seed {meta['seed']}), mode `{meta['mode']}`, "
         f"{meta['steps']} sampling steps; {meta['seconds']:.0f} s on {meta['device']}.",
         "",
         "| row | " + " | ".join(METRICS) + " |",

@@ -110,8 +110,7 @@ def summary(rows: list[dict], name: str = "held_out") -> dict[str, float]:
     return {**shares(rows, "follows"), name: sum(held) / len(held) if held else float("nan")}
 
 
-def report(rows: list[dict], scores: dict[str, float], bundle: str) -> str:
-    plans = shares(rows, "plan_follows")
+def report(rows: list[dict], scores: dict[str, float], plans: dict[str, float], bundle: str) -> str:
     lines = [
         f"# Prompt adherence: {bundle}",
         "",
@@ -171,11 +170,12 @@ def main(argv=None) -> int:
     scores = summary(rows, "held_out" if args.set == "heldout" else args.set)
     plans = shares(rows, "plan_follows")
     write_text(out / "scores.json", json.dumps({"summary": scores, "plans": plans, "clips": rows}, indent=1) + "\n")
-    write_text(out / "report.md", report(rows, scores, args.bundle))
+    text = report(rows, scores, plans, args.bundle)
+    write_text(out / "report.md", text)
     readme = [r for r in rows if r["mode"] == "readme"]
     if readme:
         readme_strip(Path(readme[0]["video"]), out / "readme_strip.png")
-    print(report(rows, scores, args.bundle).split("\n\n| mode")[0])
+    print(text.split("\n\n| mode")[0])
     print(f"wrote {out}/report.md in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 
