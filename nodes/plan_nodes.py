@@ -103,7 +103,7 @@ class GenerateSemanticPlan(io.ComfyNode):
             "With the SemanticGen planner the plan is continuous (a 4x4 grid of compact semantic "
             "vectors per keyframe, at its 8 fps, 64x64 and 2 keyframes per second; 65 frames give 17 "
             "keyframes), sampled for the whole video at once; cfg is its text guidance, and temperature, "
-            "top_k and top_p (token sampling) do not apply.",
+            "top_k, top_p and persistence (token sampling) do not apply.",
             inputs=[
                 _planner_in(),
                 io.String.Input(
@@ -201,6 +201,17 @@ class GenerateSemanticPlan(io.ComfyNode):
                     tooltip="Frames the planner reads as visual context before planning.",
                 ),
                 _plan_in(True, "A plan whose locked keyframes the planner must keep.", "locked_plan"),
+                io.Float.Input(
+                    "persistence",
+                    default=0.0,
+                    min=0.0,
+                    max=20.0,
+                    step=0.1,
+                    optional=True,
+                    tooltip="Keyframe persistence: added to the score of each cell keeping its token of the keyframe "
+                    "before, so what the text does not move stays put; 0 is off. The embedded tiny model's plans "
+                    "render best near 1 (its model card; the example workflows use it); high values stop movers too.",
+                ),
             ],
             outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()],
         )
@@ -224,6 +235,7 @@ class GenerateSemanticPlan(io.ComfyNode):
         first_frame=None,
         context_frames=None,
         locked_plan=None,
+        persistence=0.0,
     ) -> io.NodeOutput:
         plan = planner.plan(
             scene,
@@ -238,6 +250,7 @@ class GenerateSemanticPlan(io.ComfyNode):
             top_k=top_k,
             top_p=top_p,
             guidance_scale=cfg,
+            persistence=persistence,
             lock_from=locked_plan,
             first_frame=first_frame,
             context_frames=context_frames,

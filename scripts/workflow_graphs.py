@@ -45,14 +45,19 @@ REAL_PLANNER = {"name": "planx-wan22", "directory": "planx"}
 REAL_BRANCH = {"name": "planx-wan22/branch.safetensors", "directory": "planx"}
 REAL_VIDEO = {"width": 1280, "height": 704, "length": 121}
 REAL_FPS = 24.0
-# the embedded bundle's own text-to-video planning temperature (its bundle.json, chosen in its model card)
+# the embedded bundle's own planning defaults (its bundle.json, chosen in its model card): the text-to-video
+# temperature and the keyframe persistence
 EMBEDDED_SPEC = Path(__file__).resolve().parents[1] / "planx_core" / "embedded" / "bundle.json"
-T2V_TEMPERATURE = json.loads(EMBEDDED_SPEC.read_text())["planning"]["t2v_temperature"]
+EMBEDDED_PLANNING = json.loads(EMBEDDED_SPEC.read_text())["planning"]
+T2V_TEMPERATURE = EMBEDDED_PLANNING["t2v_temperature"]
+PERSISTENCE = EMBEDDED_PLANNING.get("persistence", 0.0)
 
 
 def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDEO, **plan_inputs):
-    """The planner loader and the plan node; the embedded planner's text-to-video plans at its t2v temperature."""
+    """The planner loader and the plan node; the embedded planner's plans at its persistence, and its text-to-video
+    plans at its t2v temperature."""
     planner_node = g.add("PlanX_LoadPlanner", planner_at, planner=planner)
+    embedded = {"persistence": PERSISTENCE} if planner == EMBEDDED and PERSISTENCE else {}
     text_only = planner == EMBEDDED and "first_frame" not in plan_inputs
     plan = g.add(
         "PlanX_GenerateSemanticPlan",
@@ -63,6 +68,7 @@ def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDE
         fps=8.0,
         **video,
         **({"temperature": T2V_TEMPERATURE} if text_only else {}),
+        **embedded,
     )
     return planner_node, plan
 

@@ -384,8 +384,31 @@ def test_text_to_video_plans_draw_at_the_bundles_t2v_temperature(bundle_dir, mon
             PlanningDefaults(t2v_temperature=bad)
 
 
+def test_plans_draw_at_the_bundles_persistence_unless_told(bundle_dir, monkeypatch):
+    """`planning.persistence` is the planner's default cell persistence; an explicit value (0 too) wins."""
+    pipe = PlanXPipeline(load_bundle(bundle_dir))
+    pipe.spec = replace(pipe.spec, planning=PlanningDefaults(persistence=1.5))
+    drawn = []
+
+    def plan(*args, persistence, **kwargs):
+        drawn.append(persistence)
+        raise StopIteration
+
+    monkeypatch.setattr(pipe.bundle.planner, "plan", plan)
+    for given in (None, 0.0):
+        with pytest.raises(StopIteration):
+            pipe.plan("a red ball", "moves right", persistence=given, progress=False)
+    assert drawn == [1.5, 0.0]
+    for bad in (-0.5, "sticky", False):
+        with pytest.raises(ValueError, match="persistence"):
+            PlanningDefaults(persistence=bad)
+
+
 def test_bundle_json_with_a_bad_t2v_temperature_is_refused(bundle_dir, tmp_path):
     data = json.loads((bundle_dir / "bundle.json").read_text())
     data["planning"]["t2v_temperature"] = -1
     with pytest.raises(BundleError, match="t2v_temperature"):
+        BundleSpec.from_json(json.dumps(data), tmp_path / "bundle.json")
+    data["planning"].update(t2v_temperature=0.5, persistence=-2)
+    with pytest.raises(BundleError, match="persistence -2 is not a logit bonus"):
         BundleSpec.from_json(json.dumps(data), tmp_path / "bundle.json")

@@ -183,9 +183,33 @@ def test_choose_filters():
         probs, order = torch.sort(torch.softmax(peaked, 0), descending=True)
         expected = set(order[(torch.cumsum(probs, 0) - probs) < p].tolist())
         assert set(_nucleus(peaked, None, p)[1].tolist()) == expected
-    for bad in (dict(top_p=0.0), dict(top_k=-1), dict(temperature=-1.0), dict(guidance_scale=float("nan"))):
+    for bad in (
+        dict(top_p=0.0),
+        dict(top_k=-1),
+        dict(temperature=-1.0),
+        dict(guidance_scale=float("nan")),
+        dict(persistence=float("inf")),
+    ):
         with pytest.raises(ValueError, match="must be"):
             Sampling(**bad)
+
+
+def test_persistence_keeps_the_cells_of_the_keyframe_before(planner):
+    """A persistence bonus raises the share of cells that keep their code from the keyframe before; a bonus far
+    above the logits' spread copies keyframe 0 into every later one; 0 is the plain sampler, bit for bit."""
+    small = dict(ARGS, num_keyframes=4, grid=(3, 3))
+
+    def kept(codes: torch.Tensor) -> float:
+        return float((codes[1:] == codes[:-1]).float().mean())
+
+    plain = [planner.generate("a red ball", "moves right", seed=s, **small) for s in range(6)]  # [K, 9] each
+    assert torch.equal(plain[0], planner.generate("a red ball", "moves right", seed=0, persistence=0.0, **small))
+    mild = [planner.generate("a red ball", "moves right", seed=s, persistence=2.0, **small) for s in range(6)]
+    assert sum(map(kept, mild)) > sum(map(kept, plain))
+    frozen = planner.generate("a red ball", "moves right", seed=0, persistence=1e4, **small)
+    assert torch.equal(frozen, frozen[:1].expand_as(frozen))
+    with pytest.raises(ValueError, match="persistence must be >= 0"):
+        planner.generate("a red ball", "moves right", persistence=-1.0, **small)
 
 
 # ----------------------------------------------------------------------------- conditioning and control

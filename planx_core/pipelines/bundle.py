@@ -137,12 +137,17 @@ class PlanningDefaults:
     top_p: float = 1.0
     guidance_scale: float = 1.0
     t2v_temperature: float | None = None  # without a first frame (text-to-video); None: `temperature`
+    persistence: float = 0.0  # logit bonus for a cell keeping its code of the keyframe before; 0: off
 
     def __post_init__(self):
-        for name in ("temperature", "t2v_temperature"):
+        for name, what in (
+            ("temperature", "a temperature"),
+            ("t2v_temperature", "a temperature"),
+            ("persistence", "a logit bonus"),
+        ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise ValueError(f"planning {name} {value!r} is not a temperature (a number, 0 or more)")
+                raise ValueError(f"planning {name} {value!r} is not {what} (a number, 0 or more)")
 
     def temperature_for(self, image_to_video: bool) -> float:
         """The default temperature of a plan drawn with a first frame (image-to-video) or without one."""

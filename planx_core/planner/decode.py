@@ -7,6 +7,9 @@ inside a keyframe only `<I*>` ids can be drawn. Sampling (temperature, top-k, to
 the CPU with a seeded `torch.Generator`, so a seed gives the same plan on any device. With a
 guidance scale s != 1 a second stream (the unconditional prompt) runs beside the first and the
 logits become u + s * (c - u), as in classifier-free guidance for autoregressive image models.
+With persistence p > 0, each cell of a keyframe after the first gets p added to the logit of the
+code the same cell has in the keyframe before: a prior that what the text does not move stays where
+it is (keyframes of a video change in a few cells), applied after guidance and before temperature.
 
 transformers versions: this module is also the one place of Plan-X's transformers shims
 (`new_cache`, `cache_kwargs`, `dtype_kwargs`, `vision_rotary`) for the supported range, 4.50 to
@@ -89,12 +92,13 @@ class PlanningInterrupted(RuntimeError):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How each `<I*>` token is drawn: temperature 0 is greedy; top_k 0 and top_p 1 are off."""
+    """How each `<I*>` token is drawn: temperature 0 is greedy; top_k 0, top_p 1 and persistence 0 are off."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     guidance_scale: float = 1.0
+    persistence: float = 0.0  # logit bonus for a cell keeping its code of the keyframe before
 
     def __post_init__(self):
         checks = [
@@ -108,12 +112,13 @@ class Sampling:
                 _finite(self.guidance_scale) and self.guidance_scale >= 0,
                 "guidance_scale must be >= 0 (1 = no guidance)",
             ),
+            (_finite(self.persistence) and self.persistence >= 0, "persistence must be >= 0 (0 = off)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(
                     f"{message}; got temperature={self.temperature!r}, top_k={self.top_k!r}, "
-                    f"top_p={self.top_p!r}, guidance_scale={self.guidance_scale!r}"
+                    f"top_p={self.top_p!r}, guidance_scale={self.guidance_scale!r}, persistence={self.persistence!r}"
                 )
 
 
@@ -253,7 +258,11 @@ def decode(
                 code = lock[c]
                 pending.append(vocab.image_start + code)
             else:
-                code = choose(_guided(streams, pending, sampling.guidance_scale), sampling, generator)
+                logits = _guided(streams, pending, sampling.guidance_scale)  # [N]
+                if k > 0 and sampling.persistence:
+                    logits = logits.clone()  # [N]; the model's own output stays as it was
+                    logits[plan[k - 1, c]] += sampling.persistence
+                code = choose(logits, sampling, generator)
                 pending = [vocab.image_start + code]
             plan[k, c] = code
             done += 1

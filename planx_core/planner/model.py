@@ -184,6 +184,7 @@ class SemanticPlanner:
         top_k: int = 0,
         top_p: float = 1.0,
         guidance_scale: float = 1.0,
+        persistence: float = 0.0,
         first_frame_codes=None,
         context_codes=None,
         locked: dict[int, list[int]] | None = None,
@@ -201,7 +202,7 @@ class SemanticPlanner:
             raise ValueError(f"num_keyframes must be an integer >= 1, got {num_keyframes!r}")
         if fps <= 0 or keyframe_rate <= 0:
             raise ValueError(f"fps and keyframe_rate must be > 0, got {fps!r} and {keyframe_rate!r}")
-        sampling = Sampling(float(temperature), top_k, float(top_p), float(guidance_scale))
+        sampling = Sampling(float(temperature), top_k, float(top_p), float(guidance_scale), float(persistence))
         cells = grid[0] * grid[1]
         grammar = Grammar(
             num_keyframes,
@@ -244,6 +245,7 @@ class SemanticPlanner:
         top_k: int = 0,
         top_p: float = 1.0,
         guidance_scale: float = 1.0,
+        persistence: float = 0.0,
         first_frame_codes=None,
         context_codes=None,
         lock_from: Plan | None = None,
@@ -278,6 +280,7 @@ class SemanticPlanner:
             top_k=top_k,
             top_p=top_p,
             guidance_scale=guidance_scale,
+            persistence=persistence,
             first_frame_codes=first_frame_codes,
             context_codes=context_codes,
             locked=locked,

@@ -145,6 +145,12 @@ def main(argv=None) -> int:
     p.add_argument(
         "--t2v-temperature", type=float, help="planner sampling without a first frame (default: --temperature)"
     )
+    p.add_argument(
+        "--persistence",
+        type=float,
+        default=PlanningDefaults.persistence,
+        help="planner sampling: logit bonus for a plan cell keeping its code of the keyframe before (0: off)",
+    )
     p.add_argument("--notes", default="")
     p.add_argument("--card-intro", help="Markdown file: the hand-written top of MODEL_CARD.md")
     p.add_argument("--report", help="report.md of `python -m planx_core.eval` to put in MODEL_CARD.md")
@@ -161,7 +167,9 @@ def main(argv=None) -> int:
             Path(a.out),
             no_e2e_run=Path(a.no_e2e) if a.no_e2e else None,
             sampling=sampling,
-            planning=PlanningDefaults(temperature=a.temperature, t2v_temperature=a.t2v_temperature),
+            planning=PlanningDefaults(
+                temperature=a.temperature, t2v_temperature=a.t2v_temperature, persistence=a.persistence
+            ),
             notes=a.notes,
         )
     except (CheckpointError, OSError) as err:

@@ -47,6 +47,7 @@ NODE_INPUTS = {
         "first_frame",
         "context_frames",
         "locked_plan",
+        "persistence",
     ],
     "PlanX_EditPlanTokens": ["plan", "edits", "planner"],
     "PlanX_InjectRoPEGuidance": ["model", "plan", "branch", "strength", "start", "end", "mode", "rope"],
