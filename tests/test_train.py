@@ -373,6 +373,32 @@ def test_order_pairs_put_both_orders_of_a_scene_in_one_batch(tmp_path, capsys):
     assert "--order-pairs" in capsys.readouterr().err
 
 
+def test_swap_pairs_follow_the_order_pairs_in_a_batch(tmp_path, capsys):
+    """--order-pairs 0.5 --swap-pairs 0.25 with batch 8: items 0-3 two order pairs, items 4-5 a binding pair (one
+    scene, the objects' actions swapped), items 6-7 the ordinary clips; in the fingerprint; refused outside [0, 1]."""
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+
+    base = ["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "8", "--order-pairs", "0.5"]
+    stage = PlannerStage(StageContext(train.parse_args([*base, "--swap-pairs", "0.25"]), "cpu"))
+    seeds = list(range(21, 29))
+    clips = stage.training_clips(seeds)
+    plain = PlannerStage(StageContext(train.parse_args(base), "cpu")).training_clips(seeds)
+    assert [c.motion for c in clips[:4]] == [c.motion for c in plain[:4]]
+    assert [c.motion for c in clips[6:]] == [c.motion for c in plain[6:]]
+    first, second = clips[4], clips[5]
+    assert first.scene == second.scene and len(first.objects) == 2 and first.motion != second.motion
+    names = [o.name for o in first.objects]
+    assert second.motion == first.motion.replace(names[0], "@").replace(names[1], names[0]).replace("@", names[1])
+    assert (
+        stage.fingerprint()["swap_pairs"] == 0.25
+        and "swap_pairs" not in PlannerStage(StageContext(train.parse_args(base), "cpu")).fingerprint()
+    )
+    out = ["--stage", "planner", "--out", str(tmp_path / "p"), "--steps", "1", "--swap-pairs", "-0.5"]
+    assert train.main(out) == 2
+    assert "--swap-pairs" in capsys.readouterr().err
+
+
 def run_in_process(stage: str, out: Path, steps: int) -> None:
     args = ["--stage", stage, "--out", str(out), *FAST, "--steps", str(steps), "--eval-clips", "0"]
     assert train.main(args) == 0

@@ -17,6 +17,7 @@ from planx_core.world.clips import (
     make_clip,
     order_pairs,
     stamp,
+    swap_pair,
 )
 from planx_core.world.sample import sample_composition
 from planx_core.world.scenes import (
@@ -216,6 +217,22 @@ def test_order_pairs_differ_only_in_order():
         assert np.array_equal(a.frames[0], b.frames[0])
         check_ground_truth(a)
         check_ground_truth(b)
+
+
+def test_swap_pairs_give_each_objects_actions_to_the_other():
+    """A binding pair: one scene and start, two objects, every action moved to the other object, the motion
+    changed; both members in the training split; deterministic by seed."""
+    for seed in range(8):
+        a, b = swap_pair(seed)
+        assert len(a.objects) == 2 and a.objects == b.objects and a.scene == b.scene and a.motion != b.motion
+        flipped = tuple(tuple((1 - x.obj, x.verb) for x in stage) for stage in a.composition.stages)
+        assert flipped == tuple(tuple((x.obj, x.verb) for x in stage) for stage in b.composition.stages)
+        assert not np.array_equal(a.positions, b.positions)
+        assert np.array_equal(a.positions[0], b.positions[0]) and np.array_equal(a.frames[0], b.frames[0])
+        assert not (is_heldout(a.composition) or is_heldout(b.composition))
+        check_ground_truth(a)
+        check_ground_truth(b)
+    assert swap_pair(3)[1].motion == swap_pair(3)[1].motion
 
 
 def test_wall_occlusion_hides_the_object_and_it_reappears_on_its_path():

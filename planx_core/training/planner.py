@@ -16,7 +16,7 @@ tokenizer), else a fresh one from the seed (its codebook = the normalised word r
 planner: `<out>/planner/` (save_planner) and `<out>/ta_tok.safetensors`.
 
 Options (issue 14's recipe changes, each in the run fingerprint): `--planner-layers` (deepened from a shallower
-`--init-from`: `load_deepened`), `--motion-weight`, `--still-weight`, `--order-pairs`, `--self-feed`,
+`--init-from`: `load_deepened`), `--motion-weight`, `--still-weight`, `--order-pairs`, `--swap-pairs`, `--self-feed`,
 `--move-weight` (a training-only head reads each keyframe's object moves from the state before its cells), and the
 keyframe cues (`--keyframe-cues`, `--cues-only`, `--first-cue-motion`; `planner_prompt.cue_rows`).
 
@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import world
@@ -41,8 +40,8 @@ from ..planner.prompt import cue_rows, plan_ids, prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
-from ..world.labels import BACKGROUND_CODE, MOVES, clip_images, clip_labels, move_agreement
-from ..world.tiny import NUM_CODES
+from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels, move_agreement
+from .planner_objective import PlannerObjective
 from .planner_targets import IGNORE, motion_weights, move_targets, pad
 from .stages import (
     Stage,
@@ -53,78 +52,6 @@ from .stages import (
     resolve_tatok_file,
     zero_grad_rows,
 )
-
-
-class PlannerObjective(nn.Module):
-    """Plan-token cross-entropy of a causal LM; the trainer zeroes the gradient rows of `frozen_rows`
-    (`PlannerStage.after_backward`, on the FSDP-sharded gradient)."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        frozen_rows: list[int],
-        codes: range = range(0),
-        self_feed: float = 0.0,
-        move_weight: float = 0.0,
-    ):
-        super().__init__()
-        self.model = model
-        self.frozen_rows = list(frozen_rows)
-        self.codes, self.self_feed, self.move_weight = codes, self_feed, move_weight
-        # training only (not exported): each keyframe's move of every code, read from the state before its cells
-        self.move_head = nn.Linear(model.config.hidden_size, NUM_CODES * len(MOVES)) if move_weight else None
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        weights: torch.Tensor | None = None,
-        moves: torch.Tensor | None = None,
-        move_at: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.training and self.self_feed > 0:
-            input_ids = self.fed_own_codes(input_ids, attention_mask, labels)
-        wanted = self.move_head is not None and moves is not None
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=wanted)
-        loss = self.plan_loss(out.logits, labels, weights)  # logits [B, S, V]
-        if wanted:
-            loss = loss + self.move_weight * self.move_loss(out.hidden_states[-1], moves, move_at)
-        return loss
-
-    @staticmethod
-    def plan_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        """Next-token cross-entropy on the plan tokens, weighted per token when `weights` `[B, S]` is given."""
-        target = labels[:, 1:].flatten()  # [B*(S-1)]
-        if weights is None:
-            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target, ignore_index=IGNORE)
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target, ignore_index=IGNORE, reduction="none")
-        w = weights[:, 1:].flatten().float() * (target != IGNORE)  # [B*(S-1)]
-        return (ce * w).sum() / w.sum().clamp_min(1.0)
-
-    def move_loss(self, hidden: torch.Tensor, moves: torch.Tensor, move_at: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of every code's move into keyframe k (`moves` `[B, K-1, NUM_CODES]`, indices of `MOVES`,
-        IGNORE for codes not in keyframe 0), read from the last hidden state `[B, S, H]` at the position just
-        before keyframe k's first cell (`move_at` `[B, K-1]`): the model must know where objects go before it
-        writes the cells that put them there."""
-        at = hidden.gather(1, move_at[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, K-1, H]
-        logits = self.move_head(at.float()).unflatten(-1, (NUM_CODES, len(MOVES)))  # [B, K-1, NUM_CODES, M]
-        return F.cross_entropy(logits.flatten(0, 2), moves.flatten(), ignore_index=IGNORE)
-
-    @torch.no_grad()
-    def fed_own_codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        """Parallel scheduled sampling (Duckworth et al. 2019): a share `self_feed` of the plan's `<I*>` inputs is
-        replaced by codes the model itself draws there (one teacher-forced pass, sampled at temperature 1, as
-        the planner decodes), so it learns to continue from its own mistakes; the targets stay the truth."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
-        code_logits = logits[:, :-1, self.codes.start : self.codes.stop].float()  # [B, S-1, C]
-        drawn = torch.distributions.Categorical(logits=code_logits).sample() + self.codes.start  # [B, S-1]
-        target = labels[:, 1:]  # [B, S-1]: the token at position t+1
-        is_code = (target >= self.codes.start) & (target < self.codes.stop)  # [B, S-1]
-        swap = is_code & (torch.rand(target.shape, device=target.device) < self.self_feed)  # [B, S-1]
-        fed = input_ids.clone()  # [B, S]
-        fed[:, 1:] = torch.where(swap, drawn, input_ids[:, 1:])
-        return fed
 
 
 def load_deepened(source: nn.Module, target: nn.Module) -> None:
@@ -188,6 +115,14 @@ class PlannerStage(Stage):
             "semgen-semantic with --semantic-pools: the same share of its pools' clips",
         )
         parser.add_argument(
+            "--swap-pairs",
+            type=float,
+            default=0.0,
+            help="planner: share of each batch drawn as minimal binding pairs (two objects, one start, each "
+            "object's actions given to the other: `world.swap_pair`), so the plan must move the object the text "
+            "names and keep the other where the text keeps it",
+        )
+        parser.add_argument(
             "--planner-layers",
             type=int,
             default=tiny.PLANNER_LAYERS,
@@ -240,8 +175,9 @@ class PlannerStage(Stage):
         for flag, value in (("--motion-weight", args.motion_weight), ("--still-weight", args.still_weight)):
             if not value >= 1:
                 raise StageError(f"{flag} weighs plan cells up: 1 or more, got {value}")
-        if not 0 <= args.order_pairs <= 1:
-            raise StageError(f"--order-pairs is a share of each batch: between 0 and 1, got {args.order_pairs}")
+        for flag, share in (("--order-pairs", args.order_pairs), ("--swap-pairs", args.swap_pairs)):
+            if not 0 <= share <= 1:
+                raise StageError(f"{flag} is a share of each batch: between 0 and 1, got {share}")
         if args.move_weight < 0:
             raise StageError(f"--move-weight weighs an auxiliary loss: 0 (off) or more, got {args.move_weight}")
         if args.keyframe_cues < 0:
@@ -314,6 +250,7 @@ class PlannerStage(Stage):
         extra = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
         extra |= {"still_weight": a.still_weight} if a.still_weight != 1 else {}
         extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
+        extra |= {"swap_pairs": a.swap_pairs} if a.swap_pairs else {}
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
         extra |= {"keyframe_cues": a.keyframe_cues} if a.keyframe_cues else {}
@@ -368,8 +305,9 @@ class PlannerStage(Stage):
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
 
     def training_clips(self, seeds: list[int]) -> list[world.Clip]:
-        """One clip per seed, `--order-pairs` of them as order pairs (`world.clips_with_pairs`)."""
-        return world.clips_with_pairs(seeds, self.args.order_pairs)
+        """One clip per seed, `--order-pairs` of them as order pairs and `--swap-pairs` as binding pairs
+        (`world.clips_with_pairs`)."""
+        return world.clips_with_pairs(seeds, self.args.order_pairs, swap=self.args.swap_pairs)
 
     # -- evaluation --------------------------------------------------------------------
     def _eval_sets(self):

@@ -25,6 +25,7 @@ from .clips import (
     place,
     render,
     stamp,
+    swap_pair,
     visibility,
 )
 from .sample import sample_composition
@@ -103,6 +104,7 @@ __all__ = [
     "offsets",
     "order_pair",
     "order_pairs",
+    "swap_pair",
     "paint",
     "place",
     "render",

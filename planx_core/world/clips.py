@@ -3,8 +3,8 @@
 This project's own design (docs/planshapes.md section 3), plain numpy and deterministic by seed:
 start positions that keep objects apart and inside the frame (`place`), stamped shapes and the
 object-id buffer (`stamp`, `id_buffer`), painted frames (`render`, `paint`), `make_clip` and the
-seeded streams of `dataset`, `order_pairs` for semantic transfer, and `clip_video` (clips as a
-video tensor in [-1, 1]).
+seeded streams of `dataset`, `order_pairs` for semantic transfer, `swap_pair` (who does what) for
+training, and `clip_video` (clips as a video tensor in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -310,16 +310,28 @@ def _repeats(composition: Composition) -> bool:
     return False
 
 
-def _order_pair(rng: np.random.Generator, config: WorldConfig, split: str, seed: int) -> tuple[Clip, Clip]:
+def _swap(rng: np.random.Generator, composition: Composition, config: WorldConfig, split: str) -> Composition | None:
+    """Two objects, each given the other's actions (who does what changes, nothing else), still in `split`; None
+    when there are not two objects, one passes behind something, or the swap leaves the motion as it was."""
+    if len(composition.objects) != 2 or composition.occlusion is not None:
+        return None
+    stages = tuple(tuple(replace(a, obj=1 - a.obj) for a in stage) for stage in composition.stages)
+    other = replace(composition, stages=stages)
+    same = np.array_equal(offsets(other, config), offsets(composition, config))
+    return None if same or is_heldout(other) != (split == "heldout") else other
+
+
+def _pair(rng: np.random.Generator, config: WorldConfig, split: str, seed: int, partner=_reorder) -> tuple[Clip, Clip]:
+    """Two clips of one scene (objects, start, background) whose compositions are a plain one and its `partner`."""
     for _ in range(1000):
         num_stages = int(rng.integers(2, config.max_stages + 1))
         first = sample_composition(rng, config, split, "plain", num_stages)
-        second = _reorder(rng, first, config, split)
+        second = partner(rng, first, config, split)
         placed = None if second is None else place(rng, [first, second], config)
         if placed is not None:
             back = background(rng, first.textured, config)
             return tuple(render(c, placed[0], placed[1], back, config, seed, split) for c in (first, second))
-    raise RuntimeError("no order pair found in 1000 tries")
+    raise RuntimeError(f"no {partner.__name__.strip('_')} pair found in 1000 tries")
 
 
 def order_pairs(seed: int, n: int, config: WorldConfig | None = None, split: str = "train") -> list[tuple[Clip, Clip]]:
@@ -334,15 +346,29 @@ def order_pairs(seed: int, n: int, config: WorldConfig | None = None, split: str
 def order_pair(seed: int, config: WorldConfig | None = None, split: str = "train") -> tuple[Clip, Clip]:
     """One minimal order pair (see `order_pairs`), deterministic by `seed`."""
     config = _pair_config(config, split)
-    return _order_pair(np.random.default_rng(seed), config, split, seed)
+    return _pair(np.random.default_rng(seed), config, split, seed)
 
 
-def clips_with_pairs(seeds: Sequence[int], share: float, config: WorldConfig | None = None) -> list[Clip]:
+def swap_pair(seed: int, config: WorldConfig | None = None, split: str = "train") -> tuple[Clip, Clip]:
+    """One minimal binding pair, deterministic by `seed`: two objects, one start and background, each object's
+    actions given to the other ("the red circle moves right while the blue square stays still" and the reverse)."""
+    config = _pair_config(config, split)
+    return _pair(np.random.default_rng(seed), config, split, seed, partner=_swap)
+
+
+def clips_with_pairs(
+    seeds: Sequence[int], share: float, config: WorldConfig | None = None, swap: float = 0.0
+) -> list[Clip]:
     """One training clip per seed; the first `share` of them in twos, each two a minimal order pair (one scene,
-    its stages in two orders) made from the first seed of the two: the contrast that teaches the text's order."""
+    its stages in two orders) made from the first seed of the two: the contrast that teaches the text's order;
+    then `swap` of them as minimal binding pairs (`swap_pair`): the contrast that teaches which object does what."""
     clips = [make_clip(s, config) for s in seeds]
-    for i in range(0, 2 * int(round(len(seeds) * share / 2)), 2):
+    ordered = 2 * int(round(len(seeds) * share / 2))
+    swapped = min(ordered + 2 * int(round(len(seeds) * swap / 2)), len(seeds) // 2 * 2)
+    for i in range(0, ordered, 2):
         clips[i : i + 2] = order_pair(seeds[i], config)
+    for i in range(ordered, swapped, 2):
+        clips[i : i + 2] = swap_pair(seeds[i], config)
     return clips
 
 
