@@ -209,8 +209,9 @@ class GenerateSemanticPlan(io.ComfyNode):
                     step=0.1,
                     optional=True,
                     tooltip="Keyframe persistence: added to the score of each cell keeping its token of the keyframe "
-                    "before, so what the text does not move stays put; 0 is off. The embedded tiny model's plans "
-                    "render best near 1 (its model card; the example workflows use it); high values stop movers too.",
+                    "before, so what the text does not move stays put; 0 is off, high values stop moving objects "
+                    "too. On the embedded tiny model 1 keeps still objects still more often but its videos do not "
+                    "follow the prompts better (its model card), so it ships at 0.",
                 ),
             ],
             outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()],
