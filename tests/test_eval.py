@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_plan_accuracy_counts_keyframes_after_the_first(pipe):
     for keyframe, labels in zip(data["keyframes"], clip_labels(clip, VIDEO.keyframes, VIDEO.grid)):
         keyframe["tokens"] = labels.tolist()
     truth = type(truth).from_dict(data)
-    same = {"plan_cells": 1.0, "plan_objects": 1.0, "plan_moves": 1.0, "plan_still": 1.0}
+    same = {"plan_cells": 1.0, "plan_objects": 1.0, "plan_moves": 1.0, "plan_still": 1.0, "plan_exact": 1.0}
     assert planx_eval.plan_accuracy([truth], [truth], planx_eval.background_code([truth])) == same
     data, size = truth.to_dict(), truth.codebook.size
     data["keyframes"][1]["tokens"] = [(t + 1) % size for t in data["keyframes"][1]["tokens"]]
@@ -77,6 +78,7 @@ def test_plan_accuracy_counts_keyframes_after_the_first(pipe):
     assert scores["plan_cells"] == pytest.approx(3 / 4)
     assert scores["plan_moves"] < 1, "keyframe 1 shifted every code: its objects' steps are not the truth's"
     assert scores["plan_still"] < 1, "the still circle's code is gone from keyframe 1"
+    assert scores["plan_exact"] == 0.0, "one wrong step makes the clip's plan not exact"
 
 
 def test_eval_command_writes_the_report(bundle_dir, tmp_path):
@@ -102,8 +104,15 @@ def test_eval_command_writes_the_report(bundle_dir, tmp_path):
     for label in planx_eval.ROWS.values():
         assert f"| {label} |" in text
     assert "Semantic transfer" in text and "Planner plan accuracy" in text
+    assert "Plans whose every object moves as the truth's" in text
     scores = json.loads((out / "scores.json").read_text())
     assert set(planx_eval.ROWS) <= set(scores["rows"]) and scores["rows"]["full"]["count"] == 1
+    planner = scores["rows"]["planner"]  # one clip: its plan is exact or not, and the other share has no clips
+    exact = planner["plan_exact"] == 1.0
+    assert planner["full_when_exact" if exact else "full_otherwise"] == scores["rows"]["full"]["completeness"]
+    assert planner["full_otherwise" if exact else "full_when_exact"] is None or math.isnan(
+        planner["full_otherwise" if exact else "full_when_exact"]
+    )
     assert (out / "figure.png").stat().st_size > 1000
 
 

@@ -22,8 +22,9 @@ Rows (every row renders the same clips with the same seed):
 locked to its codes) and pinned as latent frame 0, so every row starts from the same picture and
 differs only in how it moves. `--mode t2v`: nothing is given; the planner draws keyframe 0.
 Planner accuracy: cell accuracy of its plans against the ground-truth codes over keyframes 1..K-1
-(all cells, and object cells). `--split train` scores unseen clips of the training compositions instead:
-the validation row, for choosing settings without looking at the held-out rows.
+(all cells, and object cells), keyframe moves, and the share of clips whose plan moves every object as the truth
+does, with the full row's completeness on those clips and on the others. `--split train` scores unseen clips of
+the training compositions instead: the validation row, for choosing settings without looking at the held-out rows.
 
 Writes `<out>/report.md` (tables), `<out>/scores.json` and `<out>/figure.png` (a few clips:
 frames of each row and the plans).
@@ -50,7 +51,7 @@ from ..semantic_branch import load_branch
 from ..tatok import plan_from_video
 from ..wan.dit_files import load_dit
 from ..world import score as world_score
-from ..world.labels import move_confusion, share_agreeing
+from ..world.labels import code_moves, move_confusion, share_agreeing
 
 ROWS = {
     "full": "Plan-X: the planner's plan",
@@ -138,7 +139,29 @@ def plan_accuracy(planned: list[Plan], truth: list[Plan], background: int) -> di
         "plan_objects": float(hit[truths[:, 1:] != background].float().mean()),
         "plan_moves": share_agreeing(moves),
         "plan_still": moves[("still", "still")] / still if still else math.nan,
+        "plan_exact": float(np.mean(exact_moves(plans, truths, planned[0].grid[1], background))),
     }
+
+
+def exact_moves(plans: torch.Tensor, truths: torch.Tensor, width: int, background: int) -> list[bool]:
+    """Per clip: every code of the truth's keyframe 0 makes the truth's `code_moves` in the plan (`[N, K, cells]`
+    each): the plan says which object goes which way when, whatever its exact cells."""
+    out = []
+    for p, t in zip(plans, truths):
+        got = code_moves(p, width, background)
+        out.append(all(got.get(code) == want for code, want in code_moves(t, width, background).items()))
+    return out
+
+
+def completes_by_plan(full: list[np.ndarray], clips: list[world.Clip], inputs: list[ClipInputs], background: int):
+    """The full row's completeness on the clips whose plan has exactly the truth's moves, and on the others
+    (nan where there are none): how far right plans carry the videos."""
+    plans = torch.stack([x.planned.token_tensor() for x in inputs])  # [N, K, g*g]
+    truths = torch.stack([x.truth.token_tensor() for x in inputs])  # [N, K, g*g]
+    exact = exact_moves(plans, truths, inputs[0].planned.grid[1], background)
+    done = [world_score.score_clip(f, c)["completeness"] for f, c in zip(full, clips)]
+    pick = [[d for d, e in zip(done, exact) if e == want] for want in (True, False)]
+    return {key: float(np.mean(v)) if v else math.nan for key, v in zip(("full_when_exact", "full_otherwise"), pick)}
 
 
 def background_code(truth: list[Plan]) -> int:
@@ -172,7 +195,10 @@ def run_rows(ev: Evaluator, clips: list[world.Clip], rows: list[str], keep: int)
     planned = [x.planned for x in inputs if x.planned is not None]
     if planned:
         truth = [x.truth for x in inputs]
-        scores["planner"] = plan_accuracy(planned, truth, background_code(truth))
+        background = background_code(truth)
+        scores["planner"] = plan_accuracy(planned, truth, background)
+        if "full" in frames:
+            scores["planner"] |= completes_by_plan(frames["full"], clips, inputs, background)
     return scores, {r: f[:keep] for r, f in frames.items()}, inputs[:keep]
 
 
@@ -226,6 +252,13 @@ def report_markdown(scores: dict, transfer: dict | None, meta: dict) -> str:
             f"{p.get('plan_moves', float('nan')):.3f} (each object's step from keyframe to keyframe, as the truth's); "
             f"objects the truth keeps still kept still in {p.get('plan_still', float('nan')):.3f} of their steps.",
         ]
+        if "full_when_exact" in p:
+            lines += [
+                "",
+                f"Plans whose every object moves as the truth's at every keyframe step: {p['plan_exact']:.3f} of "
+                f"clips; the full row's videos complete {_cell(p['full_when_exact'], '')} of those and "
+                f"{_cell(p['full_otherwise'], '')} of the others.",
+            ]
     if transfer:
         lines += [
             "",
