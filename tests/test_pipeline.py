@@ -399,9 +399,11 @@ def test_plans_draw_at_the_bundles_persistence_unless_told(bundle_dir, monkeypat
         with pytest.raises(StopIteration):
             pipe.plan("a red ball", "moves right", persistence=given, progress=False)
     assert drawn == [1.5, 0.0]
-    for bad in (-0.5, "sticky", False):
+    for bad in (-0.5, "sticky", False, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="persistence"):
             PlanningDefaults(persistence=bad)
+    with pytest.raises(ValueError, match="temperature"):
+        PlanningDefaults(temperature=float("inf"))
 
 
 def test_bundle_json_with_a_bad_t2v_temperature_is_refused(bundle_dir, tmp_path):

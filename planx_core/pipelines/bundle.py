@@ -22,6 +22,7 @@ at the tiny sizes for tests and smoke runs (its videos are noise); it lives with
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -146,8 +147,9 @@ class PlanningDefaults:
             ("persistence", "a logit bonus"),
         ):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise ValueError(f"planning {name} {value!r} is not {what} (a number, 0 or more)")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if value is not None and not (number and value >= 0):
+                raise ValueError(f"planning {name} {value!r} is not {what} (a finite number, 0 or more)")
 
     def temperature_for(self, image_to_video: bool) -> float:
         """The default temperature of a plan drawn with a first frame (image-to-video) or without one."""
