@@ -125,41 +125,41 @@ class Evaluator:
         )
 
 
-def plan_accuracy(planned: list[Plan], truth: list[Plan], background: int) -> dict[str, float]:
+def plan_accuracy(
+    planned: list[Plan], truth: list[Plan], background: int, exact: list[bool] | None = None
+) -> dict[str, float]:
     """Cell accuracy of plans against the truth over keyframes 1..: over all cells, and over the
-    cells where the truth is not `background`; their keyframe moves (as `move_agreement`), and the share of the
-    steps where the truth keeps an object still that the plan keeps still (`move_confusion`; nan without any)."""
+    cells where the truth is not `background`; their keyframe moves (as `move_agreement`), the share of the
+    steps where the truth keeps an object still that the plan keeps still (`move_confusion`; nan without any),
+    and the share of clips whose plan is exact (`exact_moves`, passed in when the caller has it)."""
     plans = torch.stack([p.token_tensor() for p in planned])  # [N, K, g*g]
     truths = torch.stack([t.token_tensor() for t in truth])  # [N, K, g*g]
     hit = plans[:, 1:] == truths[:, 1:]  # [N, K-1, g*g]
     moves = move_confusion(plans, truths, planned[0].grid[1], background)
     still = sum(n for (want, _), n in moves.items() if want == "still")
+    exact = exact_moves(planned, truth, background) if exact is None else exact
     return {
         "plan_cells": float(hit.float().mean()),
         "plan_objects": float(hit[truths[:, 1:] != background].float().mean()),
         "plan_moves": share_agreeing(moves),
         "plan_still": moves[("still", "still")] / still if still else math.nan,
-        "plan_exact": float(np.mean(exact_moves(plans, truths, planned[0].grid[1], background))),
+        "plan_exact": float(np.mean(exact)),
     }
 
 
-def exact_moves(plans: torch.Tensor, truths: torch.Tensor, width: int, background: int) -> list[bool]:
-    """Per clip: every code of the truth's keyframe 0 makes the truth's `code_moves` in the plan (`[N, K, cells]`
-    each): the plan says which object goes which way when, whatever its exact cells."""
-    out = []
-    for p, t in zip(plans, truths):
-        got = code_moves(p, width, background)
-        out.append(all(got.get(code) == want for code, want in code_moves(t, width, background).items()))
+def exact_moves(planned: list[Plan], truth: list[Plan], background: int) -> list[bool]:
+    """Per clip: every code of the truth's keyframe 0 makes the truth's `code_moves` in the plan: the plan says
+    which object goes which way when, whatever its exact cells."""
+    width, out = planned[0].grid[1], []
+    for p, t in zip(planned, truth):
+        got = code_moves(p.token_tensor(), width, background)
+        out.append(all(got.get(code) == want for code, want in code_moves(t.token_tensor(), width, background).items()))
     return out
 
 
-def completes_by_plan(full: list[np.ndarray], clips: list[world.Clip], inputs: list[ClipInputs], background: int):
-    """The full row's completeness on the clips whose plan has exactly the truth's moves, and on the others
-    (nan where there are none): how far right plans carry the videos."""
-    plans = torch.stack([x.planned.token_tensor() for x in inputs])  # [N, K, g*g]
-    truths = torch.stack([x.truth.token_tensor() for x in inputs])  # [N, K, g*g]
-    exact = exact_moves(plans, truths, inputs[0].planned.grid[1], background)
-    done = [world_score.score_clip(f, c)["completeness"] for f, c in zip(full, clips)]
+def completes_by_plan(done: list[float], exact: list[bool]) -> dict[str, float]:
+    """The full row's completeness (`done`, per clip) on the clips whose plan is exact and on the others (nan
+    where there are none): how far right plans carry the videos."""
     pick = [[d for d, e in zip(done, exact) if e == want] for want in (True, False)]
     return {key: float(np.mean(v)) if v else math.nan for key, v in zip(("full_when_exact", "full_otherwise"), pick)}
 
@@ -191,14 +191,16 @@ def run_rows(ev: Evaluator, clips: list[world.Clip], rows: list[str], keep: int)
         for row in rows:
             frames[row].append(ev.render(row, clip, inputs[-1]))
         print(f"[eval] clip {i + 1}/{len(clips)}", file=sys.stderr, flush=True)
-    scores = {r: world_score.score_many(frames[r], clips) for r in rows}
+    per_clip = {r: [world_score.score_clip(f, c) for f, c in zip(frames[r], clips)] for r in rows}
+    scores = {r: world_score.summarize(per_clip[r]) for r in rows}
     planned = [x.planned for x in inputs if x.planned is not None]
     if planned:
         truth = [x.truth for x in inputs]
         background = background_code(truth)
-        scores["planner"] = plan_accuracy(planned, truth, background)
-        if "full" in frames:
-            scores["planner"] |= completes_by_plan(frames["full"], clips, inputs, background)
+        exact = exact_moves(planned, truth, background)
+        scores["planner"] = plan_accuracy(planned, truth, background, exact)
+        if "full" in per_clip:
+            scores["planner"] |= completes_by_plan([s["completeness"] for s in per_clip["full"]], exact)
     return scores, {r: f[:keep] for r, f in frames.items()}, inputs[:keep]
 
 

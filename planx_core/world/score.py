@@ -282,7 +282,11 @@ def score_many(frames_list: Sequence, clips: Sequence[Clip]) -> dict[str, float]
         raise ValueError(f"{len(frames_list)} generated clips for {len(clips)} reference clips")
     if not clips:
         raise ValueError("nothing to score: no clips")
-    scores = [score_clip(f, c) for f, c in zip(frames_list, clips)]
+    return summarize([score_clip(f, c) for f, c in zip(frames_list, clips)])
+
+
+def summarize(scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean of per-clip `score_clip` results (errors: mean over clips where defined), plus `count`."""
     summary = {}
     for key in METRICS:
         values = np.array([s[key] for s in scores], dtype=np.float64)
