@@ -16,6 +16,7 @@ from planx_core.plan import (
     apply_edits,
     parse_edits,
 )
+from planx_core.planner import MAX_CANDIDATES
 
 from .model_files import planner_choices
 from .plan_files import LoadPlan, SavePlan
@@ -103,7 +104,7 @@ class GenerateSemanticPlan(io.ComfyNode):
             "With the SemanticGen planner the plan is continuous (a 4x4 grid of compact semantic "
             "vectors per keyframe, at its 8 fps, 64x64 and 2 keyframes per second; 65 frames give 17 "
             "keyframes), sampled for the whole video at once; cfg is its text guidance, and temperature, "
-            "top_k, top_p and persistence (token sampling) do not apply.",
+            "top_k, top_p, persistence and candidates (token sampling) do not apply.",
             inputs=[
                 _planner_in(),
                 io.String.Input(
@@ -213,6 +214,16 @@ class GenerateSemanticPlan(io.ComfyNode):
                     "too. On the embedded tiny model 1 keeps still objects still more often but its videos do not "
                     "follow the prompts better (its model card), so it ships at 0.",
                 ),
+                io.Int.Input(
+                    "candidates",
+                    default=1,
+                    min=1,
+                    max=MAX_CANDIDATES,
+                    optional=True,
+                    tooltip="Plans to draw: the planner writes this many from the seed and keeps the one it finds "
+                    "likeliest (each costs one plan's time); 1 draws one plan, as before. No effect at "
+                    "temperature 0, where every draw is the same.",
+                ),
             ],
             outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()],
         )
@@ -237,6 +248,7 @@ class GenerateSemanticPlan(io.ComfyNode):
         context_frames=None,
         locked_plan=None,
         persistence=0.0,
+        candidates=1,
     ) -> io.NodeOutput:
         plan = planner.plan(
             scene,
@@ -252,6 +264,7 @@ class GenerateSemanticPlan(io.ComfyNode):
             top_p=top_p,
             guidance_scale=cfg,
             persistence=persistence,
+            candidates=candidates,
             lock_from=locked_plan,
             first_frame=first_frame,
             context_frames=context_frames,

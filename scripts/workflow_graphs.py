@@ -46,18 +46,23 @@ REAL_BRANCH = {"name": "planx-wan22/branch.safetensors", "directory": "planx"}
 REAL_VIDEO = {"width": 1280, "height": 704, "length": 121}
 REAL_FPS = 24.0
 # the embedded bundle's own planning defaults (its bundle.json, chosen in its model card): the text-to-video
-# temperature and the keyframe persistence
+# temperature, the keyframe persistence and the plans drawn per request
 EMBEDDED_SPEC = Path(__file__).resolve().parents[1] / "planx_core" / "embedded" / "bundle.json"
 EMBEDDED_PLANNING = json.loads(EMBEDDED_SPEC.read_text())["planning"]
 T2V_TEMPERATURE = EMBEDDED_PLANNING["t2v_temperature"]
-PERSISTENCE = EMBEDDED_PLANNING.get("persistence", 0.0)
+# the node's inputs that carry the bundle's value when it is not the node's default (persistence 0, candidates 1)
+EMBEDDED_INPUTS = {
+    name: EMBEDDED_PLANNING[name]
+    for name, default in (("persistence", 0.0), ("candidates", 1))
+    if EMBEDDED_PLANNING.get(name, default) != default
+}
 
 
 def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDEO, **plan_inputs):
-    """The planner loader and the plan node; the embedded planner's plans at its persistence, and its text-to-video
-    plans at its t2v temperature."""
+    """The planner loader and the plan node; the embedded planner's plans at its persistence and candidates, and its
+    text-to-video plans at its t2v temperature."""
     planner_node = g.add("PlanX_LoadPlanner", planner_at, planner=planner)
-    embedded = {"persistence": PERSISTENCE} if planner == EMBEDDED and PERSISTENCE else {}
+    embedded = EMBEDDED_INPUTS if planner == EMBEDDED else {}
     text_only = planner == EMBEDDED and "first_frame" not in plan_inputs
     plan = g.add(
         "PlanX_GenerateSemanticPlan",

@@ -384,24 +384,31 @@ def test_text_to_video_plans_draw_at_the_bundles_t2v_temperature(bundle_dir, mon
             PlanningDefaults(t2v_temperature=bad)
 
 
-def test_plans_draw_at_the_bundles_persistence_unless_told(bundle_dir, monkeypatch):
-    """`planning.persistence` is the planner's default cell persistence; an explicit value (0 too) wins."""
+@pytest.mark.parametrize(
+    "name, default, given, bad",
+    [
+        ("persistence", 1.5, 0.0, (-0.5, "sticky", False, float("inf"), float("nan"))),
+        ("candidates", 4, 1, (0, 65, 2.5, True, "8")),
+    ],
+)
+def test_plans_draw_at_the_bundles_planning_defaults_unless_told(bundle_dir, monkeypatch, name, default, given, bad):
+    """`planning.persistence` and `planning.candidates` are the planner's defaults; an explicit value wins."""
     pipe = PlanXPipeline(load_bundle(bundle_dir))
-    pipe.spec = replace(pipe.spec, planning=PlanningDefaults(persistence=1.5))
+    pipe.spec = replace(pipe.spec, planning=PlanningDefaults(**{name: default}))
     drawn = []
 
-    def plan(*args, persistence, **kwargs):
-        drawn.append(persistence)
+    def plan(*args, **kwargs):
+        drawn.append(kwargs[name])
         raise StopIteration
 
     monkeypatch.setattr(pipe.bundle.planner, "plan", plan)
-    for given in (None, 0.0):
+    for value in (None, given):
         with pytest.raises(StopIteration):
-            pipe.plan("a red ball", "moves right", persistence=given, progress=False)
-    assert drawn == [1.5, 0.0]
-    for bad in (-0.5, "sticky", False, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="persistence"):
-            PlanningDefaults(persistence=bad)
+            pipe.plan("a red ball", "moves right", progress=False, **{name: value})
+    assert drawn == [default, given]
+    for value in bad:
+        with pytest.raises(ValueError, match=name):
+            PlanningDefaults(**{name: value})
     with pytest.raises(ValueError, match="temperature"):
         PlanningDefaults(temperature=float("inf"))
 
@@ -413,4 +420,7 @@ def test_bundle_json_with_a_bad_t2v_temperature_is_refused(bundle_dir, tmp_path)
         BundleSpec.from_json(json.dumps(data), tmp_path / "bundle.json")
     data["planning"].update(t2v_temperature=0.5, persistence=-2)
     with pytest.raises(BundleError, match="persistence -2 is not a logit bonus"):
+        BundleSpec.from_json(json.dumps(data), tmp_path / "bundle.json")
+    data["planning"].update(persistence=0, candidates=100)
+    with pytest.raises(BundleError, match="candidates must be a whole number from 1 to 64.*got 100; fix the field"):
         BundleSpec.from_json(json.dumps(data), tmp_path / "bundle.json")

@@ -20,6 +20,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from planx_core.files.safetensors import CheckpointError
 from planx_core.plan.core import CodebookId, PlanError, make_plan
 from planx_core.plan.timing import keyframe_times
+from planx_core.planner import model as planner_model
 from planx_core.planner.decode import PlanningInterrupted, Sampling, _nucleus, choose, new_cache
 from planx_core.planner.files import load_planner, read_bin, save_planner
 from planx_core.planner.model import SemanticPlanner
@@ -210,6 +211,53 @@ def test_persistence_keeps_the_cells_of_the_keyframe_before(planner):
     assert torch.equal(frozen, frozen[:1].expand_as(frozen))
     with pytest.raises(ValueError, match="persistence must be >= 0"):
         planner.generate("a red ball", "moves right", persistence=-1.0, **small)
+
+
+def test_candidates_keep_the_likeliest_draw(planner, monkeypatch):
+    """n candidates are n draws from the seed's generator, the first being the one-draw plan; the kept one has
+    the highest log-probability, which is the plan's own under the model (a full forward, no cache)."""
+    small = dict(ARGS, grid=(3, 3))
+    drawn, original = [], planner_model.decode
+
+    def recording(*args, **kwargs):
+        drawn.append(original(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(planner_model, "decode", recording)
+    one = planner.generate("a red ball", "moves right", seed=3, **small)  # [K, 9]
+    assert len(drawn) == 1 and torch.equal(drawn[0][0], one)
+    drawn.clear()
+    best = planner.generate("a red ball", "moves right", seed=3, candidates=5, **small)  # [K, 9]
+    plans, scores = zip(*drawn)
+    assert len(plans) == 5 and torch.equal(plans[0], one) and len({tuple(p.flatten().tolist()) for p in plans}) > 1
+    assert torch.equal(best, plans[max(range(5), key=lambda i: scores[i])])
+    prompt = planner.build_prompt("a red ball", "moves right", **small)
+    seq = sequence(planner, prompt, best, scale_index((3, 3)))
+    logits = reference_logits(planner, seq, len(prompt), best)  # [K, 9, N]
+    own = torch.log_softmax(logits, dim=-1).gather(-1, best[..., None]).sum()
+    assert abs(float(own) - max(scores)) < 1e-3
+    drawn.clear()
+    greedy = planner.generate("a red ball", "moves right", temperature=0, candidates=5, **small)
+    assert len(drawn) == 1 and torch.equal(
+        greedy, planner.generate("a red ball", "moves right", temperature=0, **small)
+    )
+    for bad in (0, 65, 2.5, True):
+        with pytest.raises(ValueError, match="candidates must be a whole number from 1 to 64"):
+            planner.generate("a red ball", "moves right", candidates=bad, **small)
+
+
+def test_candidates_count_progress_over_every_draw(planner):
+    calls = []
+    planner.generate("a dog", "moves up", grid=(3, 3), candidates=3, progress=lambda d, t: calls.append((d, t)), **ARGS)
+    assert calls == [(i, 54) for i in range(1, 55)]
+    asked = []
+
+    def interrupt():
+        asked.append(1)
+        return len(asked) > 20
+
+    with pytest.raises(PlanningInterrupted, match="after 20 of 54"):
+        planner.generate("a dog", "moves up", grid=(3, 3), candidates=3, interrupt=interrupt, **ARGS)
 
 
 # ----------------------------------------------------------------------------- conditioning and control

@@ -37,7 +37,7 @@ from ..files.safetensors import (
     inside,
 )
 from ..planner.files import load_planner, save_planner
-from ..planner.model import SemanticPlanner
+from ..planner.model import SemanticPlanner, check_candidates
 from ..semantic_branch import SemanticBranch, load_branch, save_branch
 from ..tatok.files import load_tatok, save_tatok
 from ..tatok.model import TATok
@@ -139,8 +139,10 @@ class PlanningDefaults:
     guidance_scale: float = 1.0
     t2v_temperature: float | None = None  # without a first frame (text-to-video); None: `temperature`
     persistence: float = 0.0  # logit bonus for a cell keeping its code of the keyframe before; 0: off
+    candidates: int = 1  # plans drawn, the planner's likeliest kept (`SemanticPlanner.generate`); 1: one draw
 
     def __post_init__(self):
+        check_candidates(self.candidates)
         for name, what in (
             ("temperature", "a temperature"),
             ("t2v_temperature", "a temperature"),

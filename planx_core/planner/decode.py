@@ -244,11 +244,13 @@ def decode(
     generator: torch.Generator,
     progress: Callable[[int, int], None] | None = None,
     interrupt: Callable[[], bool] | None = None,
-) -> torch.Tensor:
-    """Run the grammar over one stream (or two: conditional, unconditional); codes `[K, cells]`."""
+) -> tuple[torch.Tensor, float]:
+    """Run the grammar over one stream (or two: conditional, unconditional): codes `[K, cells]` and the plan's
+    log-probability (the drawn codes' log-softmax of the logits they were drawn from, before temperature; given
+    keyframes count 0)."""
     pending = [*grammar.cue(0), vocab.im_start, grammar.scale_id]  # forced tokens not yet fed
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
-    done = 0
+    done, score = 0, 0.0
     for k in range(grammar.num_keyframes):
         lock = grammar.locked.get(k)
         for c in range(grammar.cells):
@@ -263,13 +265,14 @@ def decode(
                     logits = logits.clone()  # [N]; the model's own output stays as it was
                     logits[plan[k - 1, c]] += sampling.persistence
                 code = choose(logits, sampling, generator)
+                score += float(torch.log_softmax(logits, dim=0)[code])
                 pending = [vocab.image_start + code]
             plan[k, c] = code
             done += 1
             if progress is not None:
                 progress(done, grammar.total)
         pending += [vocab.im_end, *grammar.cue(k + 1), vocab.im_start, grammar.scale_id]
-    return plan
+    return plan, score
 
 
 def _guided(streams: list[Stream], pending: list[int], scale: float) -> torch.Tensor:

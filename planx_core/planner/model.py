@@ -20,6 +20,7 @@ true reads the whole motion as keyframe 0's cue.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,7 +44,9 @@ __all__ = [
     "PlanVocab",
     "PlanningInterrupted",
     "SemanticPlanner",
+    "MAX_CANDIDATES",
     "build_word_tokenizer",
+    "check_candidates",
     "extend_vocabulary",
 ]
 
@@ -85,6 +88,9 @@ def _first_cue_motion(config, name: str, cue_length: int) -> bool:
             f"or absent"
         )
     return value
+
+
+MAX_CANDIDATES = 64  # plans drawn per request at most (each costs one decode)
 
 
 class SemanticPlanner:
@@ -188,15 +194,19 @@ class SemanticPlanner:
         first_frame_codes=None,
         context_codes=None,
         locked: dict[int, list[int]] | None = None,
+        candidates: int = 1,
         duration: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         interrupt: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """Decode a plan: codes `[K, gh * gw]` (long, CPU), each in 0..N-1.
 
-        `locked` keyframes (index -> codes) are fed as given. `progress(done, total)` runs after
-        every plan token (total = K * gh * gw); `interrupt()` is checked before every token and
-        raises PlanningInterrupted. The same seed gives the same plan.
+        `locked` keyframes (index -> codes) are fed as given. With `candidates` n > 1 (and a temperature
+        above 0), n plans are drawn one after the other from the seed's generator and the one the planner
+        finds likeliest is kept (the sum of its drawn codes' log-probabilities); the first draw is the plan
+        of `candidates` 1. `progress(done, total)` runs after every plan token (total = n * K * gh * gw);
+        `interrupt()` is checked before every token and raises PlanningInterrupted. The same seed gives the
+        same plan.
         """
         if isinstance(num_keyframes, bool) or not isinstance(num_keyframes, int) or num_keyframes < 1:
             raise ValueError(f"num_keyframes must be an integer >= 1, got {num_keyframes!r}")
@@ -224,9 +234,21 @@ class SemanticPlanner:
         if guidance_scale != 1:
             prompts.append(self.build_prompt("", "", **common))
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        draws = 1 if temperature == 0 else check_candidates(candidates)  # greedy plans are all the same
+        best, best_score = None, -math.inf
         with torch.inference_mode():
-            streams = [Stream(self.head, p, self.device) for p in prompts]
-            return decode(streams, self.vocab, grammar, sampling, generator, progress, interrupt)
+            for n in range(draws):
+                streams = [Stream(self.head, p, self.device) for p in prompts]
+                offset, total = n * grammar.total, draws * grammar.total
+                try:
+                    plan, score = decode(
+                        streams, self.vocab, grammar, sampling, generator, _counted(progress, offset, total), interrupt
+                    )
+                except PlanningInterrupted as stop:
+                    raise PlanningInterrupted(offset + stop.done, total) from None
+                if score > best_score:
+                    best, best_score = plan, score
+        return best
 
     def plan(
         self,
@@ -246,6 +268,7 @@ class SemanticPlanner:
         top_p: float = 1.0,
         guidance_scale: float = 1.0,
         persistence: float = 0.0,
+        candidates: int = 1,
         first_frame_codes=None,
         context_codes=None,
         lock_from: Plan | None = None,
@@ -281,6 +304,7 @@ class SemanticPlanner:
             top_p=top_p,
             guidance_scale=guidance_scale,
             persistence=persistence,
+            candidates=candidates,
             first_frame_codes=first_frame_codes,
             context_codes=context_codes,
             locked=locked,
@@ -373,6 +397,22 @@ class SemanticPlanner:
         """The nearest word of each code ("/"-joined when top > 1); candidates default to the
         tokenizer's alphabetic, non-special tokens."""
         return ["/".join(w for w, _ in near) for near in self.nearest_words(code_ids, candidates, top)]
+
+
+def check_candidates(candidates) -> int:
+    """The number of plans to draw, refused unless a whole number from 1 to MAX_CANDIDATES."""
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
+        raise ValueError(
+            f"planning candidates must be a whole number from 1 to {MAX_CANDIDATES} (1 = one draw), got {candidates!r}"
+        )
+    return candidates
+
+
+def _counted(progress: Callable[[int, int], None] | None, offset: int, total: int):
+    """`progress` of one candidate's decode, counted over all candidates' tokens."""
+    if progress is None:
+        return None
+    return lambda done, _: progress(offset + done, total)
 
 
 def _text_tokens(tokenizer, vocab: PlanVocab) -> tuple[list[int], list[str]]:

@@ -48,6 +48,7 @@ NODE_INPUTS = {
         "context_frames",
         "locked_plan",
         "persistence",
+        "candidates",
     ],
     "PlanX_EditPlanTokens": ["plan", "edits", "planner"],
     "PlanX_InjectRoPEGuidance": ["model", "plan", "branch", "strength", "start", "end", "mode", "rope"],
