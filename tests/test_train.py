@@ -399,6 +399,57 @@ def test_swap_pairs_follow_the_order_pairs_in_a_batch(tmp_path, capsys):
     assert "--swap-pairs" in capsys.readouterr().err
 
 
+def test_pair_contrast_reads_each_paired_text_with_its_partners_plan(tmp_path, capsys):
+    """--pair-contrast: every paired item is read again with its partner's plan (extra rows after the batch), the
+    plan loss ignores those rows, and the contrast is -log sigmoid of own minus rival plan log-probability, which a
+    step on it alone widens; in the fingerprint; refused without pairs or below 0."""
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.planner_targets import IGNORE
+    from planx_core.training.stages import StageContext
+
+    base = ["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "8", "--order-pairs", "0.5"]
+    argv = [*base, "--swap-pairs", "0.25", "--keyframe-cues", "24", "--pair-contrast", "1"]
+    stage = PlannerStage(StageContext(train.parse_args(argv), "cpu"))
+    inputs, _ = stage.batch(0)
+    ids, labels, rivals = inputs["input_ids"], inputs["labels"], inputs["rivals"]  # [14, S], [14, S], [6]
+    assert rivals.tolist() == list(range(6)) and len(ids) == 14
+    for j, b in enumerate(rivals.tolist()):
+        row = 8 + j
+        plan, partner = labels[row][labels[row] != IGNORE], labels[b ^ 1][labels[b ^ 1] != IGNORE]
+        assert torch.equal(plan, partner) and not torch.equal(plan, labels[b][labels[b] != IGNORE])
+        start = int((labels[row] != IGNORE).nonzero()[0])  # the prompt and the first cue are the item's own
+        assert torch.equal(ids[row, :start], ids[b, :start])
+    module = stage.module.eval()
+    with torch.no_grad():
+        alone = module(ids[:8], inputs["attention_mask"][:8], labels[:8])
+        both = module(**inputs)
+        out = module.model(input_ids=ids, attention_mask=inputs["attention_mask"]).logits  # [14, S, V]
+        contrast = module.contrast_loss(out, labels, rivals)
+    assert torch.allclose(both, alone + contrast, atol=1e-5)
+    logp = torch.log_softmax(out[:, :-1].float(), -1).gather(-1, labels[:, 1:].clamp_min(0)[..., None])[..., 0]
+    plan = (logp * (labels[:, 1:] != IGNORE)).sum(-1)  # [14]
+    assert torch.allclose(contrast, torch.nn.functional.softplus(plan[8:] - plan[:6]).mean(), atol=1e-5)
+    optim = torch.optim.SGD(module.model.parameters(), lr=1e-3)
+    module.contrast_loss(
+        module.model(input_ids=ids, attention_mask=inputs["attention_mask"]).logits, labels, rivals
+    ).backward()
+    optim.step()
+    with torch.no_grad():
+        after = module.contrast_loss(
+            module.model(input_ids=ids, attention_mask=inputs["attention_mask"]).logits, labels, rivals
+        )
+    assert after < contrast
+    assert stage.fingerprint()["pair_contrast"] == 1
+    assert "rivals" not in PlannerStage(StageContext(train.parse_args(base), "cpu")).batch(0)[0]
+    for extra, flag in (
+        (["--pair-contrast", "1"], "--swap-pairs"),
+        (["--order-pairs", "0.5", "--pair-contrast", "-1"], "0 (off)"),
+    ):
+        out_dir = ["--stage", "planner", "--out", str(tmp_path / "p"), "--steps", "1", *extra]
+        assert train.main(out_dir) == 2
+        assert flag in capsys.readouterr().err
+
+
 def run_in_process(stage: str, out: Path, steps: int) -> None:
     args = ["--stage", stage, "--out", str(out), *FAST, "--steps", str(steps), "--eval-clips", "0"]
     assert train.main(args) == 0
@@ -569,7 +620,7 @@ def test_a_stop_request_ends_the_step_with_a_checkpoint(tmp_path):
     assert end["stopped"] is True and end["step"] == 1
 
 
-def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit_run):
+def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit_run, capsys):
     import shutil
 
     from planx_core.pipelines.bundle import load_bundle
@@ -594,7 +645,7 @@ def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit
     assert assemble_main(args) == 0
     assert (out / "no_e2e" / "dit.safetensors").is_file()
     pipe = PlanXPipeline(load_bundle(out))
-    assert pipe.spec.sampling.steps == 1
+    assert pipe.spec.sampling.steps == 1 and pipe.spec.planning.candidates == 1
     clip = pipe.generate("a red circle", "the red circle moves right", progress=False)
     assert clip.frames.shape == (tiny.VIDEO.num_frames, 64, 64, 3)
     other = tmp_path / "other_dit"
@@ -603,6 +654,8 @@ def test_assemble_makes_a_bundle_of_the_runs(tmp_path, planner_run, vae_run, dit
     state["fingerprint"]["tatok"] = "0" * 64
     (other / "checkpoint" / "state.json").write_text(json.dumps(state))
     assert assemble_main([*args[:4], "--dit", str(other), "--out", str(tmp_path / "refused")]) == 2
+    assert assemble_main([*args, "--candidates", "0"]) == 2  # refused before anything is written
+    assert "candidates must be a whole number" in capsys.readouterr().err
 
 
 def test_vae_decoder_only_keeps_the_encoder(tmp_path, vae_run):

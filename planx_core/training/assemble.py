@@ -151,6 +151,12 @@ def main(argv=None) -> int:
         default=PlanningDefaults.persistence,
         help="planner sampling: logit bonus for a plan cell keeping its code of the keyframe before (0: off)",
     )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=PlanningDefaults.candidates,
+        help="planner sampling: plans drawn per request, the planner's likeliest kept (1: one draw)",
+    )
     p.add_argument("--notes", default="")
     p.add_argument("--card-intro", help="Markdown file: the hand-written top of MODEL_CARD.md")
     p.add_argument("--report", help="report.md of `python -m planx_core.eval` to put in MODEL_CARD.md")
@@ -168,11 +174,14 @@ def main(argv=None) -> int:
             no_e2e_run=Path(a.no_e2e) if a.no_e2e else None,
             sampling=sampling,
             planning=PlanningDefaults(
-                temperature=a.temperature, t2v_temperature=a.t2v_temperature, persistence=a.persistence
+                temperature=a.temperature,
+                t2v_temperature=a.t2v_temperature,
+                persistence=a.persistence,
+                candidates=a.candidates,
             ),
             notes=a.notes,
         )
-    except (CheckpointError, OSError) as err:
+    except (CheckpointError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if a.card_intro:

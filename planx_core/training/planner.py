@@ -123,6 +123,15 @@ class PlannerStage(Stage):
             "names and keep the other where the text keeps it",
         )
         parser.add_argument(
+            "--pair-contrast",
+            type=float,
+            default=0.0,
+            help="planner: weight of a contrast on the batch's minimal pairs (--order-pairs, --swap-pairs): each "
+            "text's own plan must be likelier than its partner's plan under it (-log sigmoid of the difference "
+            "of the two plans' log-probabilities), so the plan that moves the wrong object, or moves them in the "
+            "wrong order, loses (0 = off)",
+        )
+        parser.add_argument(
             "--planner-layers",
             type=int,
             default=tiny.PLANNER_LAYERS,
@@ -178,6 +187,10 @@ class PlannerStage(Stage):
         for flag, share in (("--order-pairs", args.order_pairs), ("--swap-pairs", args.swap_pairs)):
             if not 0 <= share <= 1:
                 raise StageError(f"{flag} is a share of each batch: between 0 and 1, got {share}")
+        if args.pair_contrast < 0:
+            raise StageError(f"--pair-contrast weighs a loss: 0 (off) or more, got {args.pair_contrast}")
+        if args.pair_contrast and not (args.order_pairs or args.swap_pairs):
+            raise StageError("--pair-contrast contrasts the batch's minimal pairs: add --swap-pairs or --order-pairs")
         if args.move_weight < 0:
             raise StageError(f"--move-weight weighs an auxiliary loss: 0 (off) or more, got {args.move_weight}")
         if args.keyframe_cues < 0:
@@ -211,7 +224,7 @@ class PlannerStage(Stage):
         self.model.config.first_cue_motion = a.first_cue_motion  # and cues keyframe 0 with the whole motion
         codes = range(self.vocab.image_start, self.vocab.image_end)
         rows = tiny.frozen_rows(self.tokenizer, self.vocab)
-        self.module = PlannerObjective(self.model, rows, codes, a.self_feed, a.move_weight)
+        self.module = PlannerObjective(self.model, rows, codes, a.self_feed, a.move_weight, a.pair_contrast)
         self._eval = None
 
     # -- state -------------------------------------------------------------------------
@@ -251,6 +264,7 @@ class PlannerStage(Stage):
         extra |= {"still_weight": a.still_weight} if a.still_weight != 1 else {}
         extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
         extra |= {"swap_pairs": a.swap_pairs} if a.swap_pairs else {}
+        extra |= {"pair_contrast": a.pair_contrast} if a.pair_contrast else {}
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
         extra |= {"keyframe_cues": a.keyframe_cues} if a.keyframe_cues else {}
@@ -294,15 +308,26 @@ class PlannerStage(Stage):
         clips = self.training_clips(seeds)
         codes = self.plan_codes(clips)  # [B, K, g*g]
         i2v = [np.random.default_rng([s, 1]).random() < a.i2v for s in seeds]
-        inputs = pad(
-            [self.sequence(clip, codes[b], i2v[b]) for b, clip in enumerate(clips)], self.tokenizer.pad_token_id
-        )
+        rivals = self.rivals(len(seeds))  # [R]: the item whose text each rival row reads
+        texts = [*range(len(clips)), *rivals.tolist()]  # the clip whose text every row reads
+        plans = torch.cat([codes, codes[rivals ^ 1]])  # [B+R, K, g*g]: the rows' plans, a rival its partner's
+        sequences = [self.sequence(clips[b], plans[r], i2v[b]) for r, b in enumerate(texts)]
+        inputs = pad(sequences, self.tokenizer.pad_token_id)
+        if len(rivals):
+            inputs["rivals"] = rivals
         image = range(self.vocab.image_start, self.vocab.image_end)
         if a.motion_weight != 1 or a.still_weight != 1:
-            inputs["weights"] = motion_weights(inputs["labels"], codes, image, a.motion_weight, a.still_weight)
+            inputs["weights"] = motion_weights(inputs["labels"], plans, image, a.motion_weight, a.still_weight)
         if a.move_weight:
-            inputs["moves"], inputs["move_at"] = move_targets(inputs["labels"], codes, image)
+            inputs["moves"], inputs["move_at"] = move_targets(inputs["labels"], plans, image)
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds
+
+    def rivals(self, n: int) -> torch.Tensor:
+        """With --pair-contrast: the items of a batch of `n` that are in a minimal pair, each read again with its
+        partner's plan (item b's partner is b ^ 1) as an extra row after the batch `[R]`; empty otherwise."""
+        a = self.args
+        paired = world.paired_items(n, a.order_pairs, a.swap_pairs)[1] if a.pair_contrast else 0
+        return torch.arange(paired)
 
     def training_clips(self, seeds: list[int]) -> list[world.Clip]:
         """One clip per seed, `--order-pairs` of them as order pairs and `--swap-pairs` as binding pairs

@@ -1,5 +1,7 @@
 """The planner stage's objective: plan-token cross-entropy of a causal LM, optionally weighted per token, with
-parallel scheduled sampling (`--self-feed`) and the training-only move head (`--move-weight`).
+parallel scheduled sampling (`--self-feed`), the training-only move head (`--move-weight`) and the contrast of
+minimal pairs (`--pair-contrast`: a text's own plan against its partner's, a sequence-level margin in the manner of
+DPO's -log sigmoid without a reference model).
 
 This project's own (issue 14's recipe changes); the scheduled sampling follows Duckworth et al. 2019 (parallel
 scheduled sampling), the weights and move targets come from `planner_targets`.
@@ -16,6 +18,13 @@ from ..world.tiny import NUM_CODES
 from .planner_targets import IGNORE
 
 
+def _without_rivals(labels: torch.Tensor, rivals: int) -> torch.Tensor:
+    """`labels` `[B, S]` with the last `rivals` rows IGNORE: the plan loss never learns a partner's plan."""
+    own = labels.clone()
+    own[len(labels) - rivals :] = IGNORE
+    return own
+
+
 class PlannerObjective(nn.Module):
     """Plan-token cross-entropy of a causal LM; the trainer zeroes the gradient rows of `frozen_rows`
     (`PlannerStage.after_backward`, on the FSDP-sharded gradient)."""
@@ -27,11 +36,13 @@ class PlannerObjective(nn.Module):
         codes: range = range(0),
         self_feed: float = 0.0,
         move_weight: float = 0.0,
+        pair_contrast: float = 0.0,
     ):
         super().__init__()
         self.model = model
         self.frozen_rows = list(frozen_rows)
         self.codes, self.self_feed, self.move_weight = codes, self_feed, move_weight
+        self.pair_contrast = pair_contrast
         # training only (not exported): each keyframe's move of every code, read from the state before its cells
         self.move_head = nn.Linear(model.config.hidden_size, NUM_CODES * len(MOVES)) if move_weight else None
 
@@ -43,15 +54,32 @@ class PlannerObjective(nn.Module):
         weights: torch.Tensor | None = None,
         moves: torch.Tensor | None = None,
         move_at: torch.Tensor | None = None,
+        rivals: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The loss of a batch `[B, S]`; with `rivals` `[R]` its last R rows are rival rows (item rivals[j]'s text
+        with its pair partner's plan), which only the pair contrast reads."""
+        own = labels if rivals is None else _without_rivals(labels, len(rivals))  # [B, S]
         if self.training and self.self_feed > 0:
-            input_ids = self.fed_own_codes(input_ids, attention_mask, labels)
+            input_ids = self.fed_own_codes(input_ids, attention_mask, own)
         wanted = self.move_head is not None and moves is not None
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=wanted)
-        loss = self.plan_loss(out.logits, labels, weights)  # logits [B, S, V]
+        loss = self.plan_loss(out.logits, own, weights)  # logits [B, S, V]
         if wanted:
-            loss = loss + self.move_weight * self.move_loss(out.hidden_states[-1], moves, move_at)
+            kept = len(labels) - (0 if rivals is None else len(rivals))
+            loss = loss + self.move_weight * self.move_loss(out.hidden_states[-1][:kept], moves[:kept], move_at[:kept])
+        if rivals is not None and self.pair_contrast:
+            loss = loss + self.pair_contrast * self.contrast_loss(out.logits, labels, rivals)
         return loss
+
+    @staticmethod
+    def contrast_loss(logits: torch.Tensor, labels: torch.Tensor, rivals: torch.Tensor) -> torch.Tensor:
+        """-log sigmoid(log p(own plan | text) - log p(partner's plan | text)), the mean over the rival rows (the
+        last R of `logits` `[B, S, V]`; row j reads item rivals[j]'s text)."""
+        target = labels[:, 1:]  # [B, S-1]
+        scored = target != IGNORE  # [B, S-1]
+        picked = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
+        plan = (picked * scored).sum(-1)  # [B]: each row's plan log-probability
+        return F.softplus(plan[len(plan) - len(rivals) :] - plan[rivals]).mean()
 
     @staticmethod
     def plan_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

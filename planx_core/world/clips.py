@@ -356,6 +356,13 @@ def swap_pair(seed: int, config: WorldConfig | None = None, split: str = "train"
     return _pair(np.random.default_rng(seed), config, split, seed, partner=_swap)
 
 
+def paired_items(n: int, share: float, swap: float = 0.0) -> tuple[int, int]:
+    """Where `clips_with_pairs` puts its pairs among `n` clips: items 0..a-1 are order pairs and a..b-1 binding
+    pairs, each two in a row; returns (a, b)."""
+    ordered = 2 * int(round(n * share / 2))
+    return ordered, min(ordered + 2 * int(round(n * swap / 2)), n // 2 * 2)
+
+
 def clips_with_pairs(
     seeds: Sequence[int], share: float, config: WorldConfig | None = None, swap: float = 0.0
 ) -> list[Clip]:
@@ -363,8 +370,7 @@ def clips_with_pairs(
     its stages in two orders) made from the first seed of the two: the contrast that teaches the text's order;
     then `swap` of them as minimal binding pairs (`swap_pair`): the contrast that teaches which object does what."""
     clips = [make_clip(s, config) for s in seeds]
-    ordered = 2 * int(round(len(seeds) * share / 2))
-    swapped = min(ordered + 2 * int(round(len(seeds) * swap / 2)), len(seeds) // 2 * 2)
+    ordered, swapped = paired_items(len(seeds), share, swap)
     for i in range(0, ordered, 2):
         clips[i : i + 2] = order_pair(seeds[i], config)
     for i in range(ordered, swapped, 2):
