@@ -542,6 +542,21 @@ def test_planner_leaves_the_device_unless_kept(nodes, keep):
     assert loaded == keep
 
 
+def test_plan_node_candidates_are_planx_cores(nodes, embedded):
+    """The node's candidates input reaches the planner: its plan is planx_core's likeliest of the same draws."""
+    _, pipe, _ = embedded
+    planner = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
+    generate = nodes["PlanX_GenerateSemanticPlan"]
+    widgets = (planner, SCENE, MOTION, 64, 64, 17, 8.0, 2.0, 5, 1.0, 0, 1.0, 1.0)
+    plan = generate.execute(*widgets, candidates=3).args[0]
+    want = pipe.plan(SCENE, MOTION, seed=5, temperature=1.0, candidates=3, progress=False)
+    assert plan.token_tensor().tolist() == want.token_tensor().tolist()
+    assert (
+        generate.execute(*widgets).args[0].token_tensor().tolist()
+        == pipe.plan(SCENE, MOTION, seed=5, temperature=1.0, progress=False).token_tensor().tolist()
+    )
+
+
 def test_edit_node_applies_edits_and_sends_the_editor_view(nodes, embedded):
     _, _, plan = embedded
     planner = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
