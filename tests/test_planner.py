@@ -242,8 +242,9 @@ def test_candidates_keep_the_likeliest_draw(planner, monkeypatch):
         greedy, planner.generate("a red ball", "moves right", temperature=0, **small)
     )
     for bad in (0, 65, 2.5, True):
-        with pytest.raises(ValueError, match="candidates must be a whole number from 1 to 64"):
-            planner.generate("a red ball", "moves right", candidates=bad, **small)
+        for temperature in (1.0, 0.0):
+            with pytest.raises(ValueError, match="candidates must be a whole number from 1 to 64"):
+                planner.generate("a red ball", "moves right", temperature=temperature, candidates=bad, **small)
 
 
 def test_candidates_count_progress_over_every_draw(planner):

@@ -234,7 +234,8 @@ class SemanticPlanner:
         if guidance_scale != 1:
             prompts.append(self.build_prompt("", "", **common))
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        draws = 1 if temperature == 0 else check_candidates(candidates)  # greedy plans are all the same
+        count = check_candidates(candidates)
+        draws = count if temperature else 1  # greedy plans are all the same
         best, best_score = None, -math.inf
         with torch.inference_mode():
             for n in range(draws):

@@ -18,13 +18,6 @@ from ..world.tiny import NUM_CODES
 from .planner_targets import IGNORE
 
 
-def _without_rivals(labels: torch.Tensor, rivals: int) -> torch.Tensor:
-    """`labels` `[B, S]` with the last `rivals` rows IGNORE: the plan loss never learns a partner's plan."""
-    own = labels.clone()
-    own[len(labels) - rivals :] = IGNORE
-    return own
-
-
 class PlannerObjective(nn.Module):
     """Plan-token cross-entropy of a causal LM; the trainer zeroes the gradient rows of `frozen_rows`
     (`PlannerStage.after_backward`, on the FSDP-sharded gradient)."""
@@ -58,15 +51,17 @@ class PlannerObjective(nn.Module):
     ) -> torch.Tensor:
         """The loss of a batch `[B, S]`; with `rivals` `[R]` its last R rows are rival rows (item rivals[j]'s text
         with its pair partner's plan), which only the pair contrast reads."""
-        own = labels if rivals is None else _without_rivals(labels, len(rivals))  # [B, S]
+        items = len(labels) - (0 if rivals is None else len(rivals))  # the batch's own rows come first
+        own = labels.clone()  # [B, S]
+        own[items:] = IGNORE  # the plan loss never learns a partner's plan
         if self.training and self.self_feed > 0:
             input_ids = self.fed_own_codes(input_ids, attention_mask, own)
         wanted = self.move_head is not None and moves is not None
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=wanted)
         loss = self.plan_loss(out.logits, own, weights)  # logits [B, S, V]
         if wanted:
-            kept = len(labels) - (0 if rivals is None else len(rivals))
-            loss = loss + self.move_weight * self.move_loss(out.hidden_states[-1][:kept], moves[:kept], move_at[:kept])
+            hidden = out.hidden_states[-1][:items]  # [B, S, H] of the batch's own rows
+            loss = loss + self.move_weight * self.move_loss(hidden, moves[:items], move_at[:items])
         if rivals is not None and self.pair_contrast:
             loss = loss + self.pair_contrast * self.contrast_loss(out.logits, labels, rivals)
         return loss
