@@ -20,7 +20,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from planx_core.files.safetensors import CheckpointError
 from planx_core.plan.core import CodebookId, PlanError, make_plan
 from planx_core.plan.timing import keyframe_times
-from planx_core.planner import model as planner_model
+from planx_core.planner import decode as decoding
 from planx_core.planner.decode import PlanningInterrupted, Sampling, _nucleus, choose, new_cache
 from planx_core.planner.files import load_planner, read_bin, save_planner
 from planx_core.planner.model import SemanticPlanner
@@ -217,13 +217,13 @@ def test_candidates_keep_the_likeliest_draw(planner, monkeypatch):
     """n candidates are n draws from the seed's generator, the first being the one-draw plan; the kept one has
     the highest log-probability, which is the plan's own under the model (a full forward, no cache)."""
     small = dict(ARGS, grid=(3, 3))
-    drawn, original = [], planner_model.decode
+    drawn, original = [], decoding.decode
 
     def recording(*args, **kwargs):
         drawn.append(original(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(planner_model, "decode", recording)
+    monkeypatch.setattr(decoding, "decode", recording)
     one = planner.generate("a red ball", "moves right", seed=3, **small)  # [K, 9]
     assert len(drawn) == 1 and torch.equal(drawn[0][0], one)
     drawn.clear()

@@ -36,8 +36,9 @@ from ..files.safetensors import (
     CheckpointError,
     inside,
 )
+from ..planner.decode import check_candidates
 from ..planner.files import load_planner, save_planner
-from ..planner.model import SemanticPlanner, check_candidates
+from ..planner.model import SemanticPlanner
 from ..semantic_branch import SemanticBranch, load_branch, save_branch
 from ..tatok.files import load_tatok, save_tatok
 from ..tatok.model import TATok

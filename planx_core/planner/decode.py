@@ -275,6 +275,43 @@ def decode(
     return plan, score
 
 
+MAX_CANDIDATES = 64  # plans drawn per request at most (each costs one decode)
+
+
+def check_candidates(candidates) -> int:
+    """The number of plans to draw, refused unless a whole number from 1 to MAX_CANDIDATES."""
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
+        raise ValueError(
+            f"planning candidates must be a whole number from 1 to {MAX_CANDIDATES} (1 = one draw), got {candidates!r}"
+        )
+    return candidates
+
+
+def decode_best(
+    new_streams: Callable[[], list[Stream]],
+    vocab: PlanVocab,
+    grammar: Grammar,
+    sampling: Sampling,
+    generator: torch.Generator,
+    draws: int,
+    progress: Callable[[int, int], None] | None = None,
+    interrupt: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """The likeliest of `draws` plans `[K, cells]`, drawn one after the other from `generator` over fresh streams
+    (`new_streams()`); the first is `decode`'s own plan. Progress and interruption count over every draw's tokens."""
+    best, best_score, total = None, -math.inf, draws * grammar.total
+    for n in range(draws):
+        offset = n * grammar.total
+        counted = None if progress is None else (lambda done, _, at=offset: progress(at + done, total))
+        try:
+            plan, score = decode(new_streams(), vocab, grammar, sampling, generator, counted, interrupt)
+        except PlanningInterrupted as stop:
+            raise PlanningInterrupted(offset + stop.done, total) from None
+        if score > best_score:
+            best, best_score = plan, score
+    return best
+
+
 def _guided(streams: list[Stream], pending: list[int], scale: float) -> torch.Tensor:
     cond = streams[0].feed(pending)  # [N]
     if len(streams) == 1:

@@ -20,7 +20,6 @@ true reads the whole motion as keyframe 0's cue.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -34,7 +33,8 @@ from .decode import (
     PlanningInterrupted,
     Sampling,
     Stream,
-    decode,
+    check_candidates,
+    decode_best,
     make_head,
 )
 from .prompt import cue_rows, flat_codes, prompt_ids
@@ -44,9 +44,7 @@ __all__ = [
     "PlanVocab",
     "PlanningInterrupted",
     "SemanticPlanner",
-    "MAX_CANDIDATES",
     "build_word_tokenizer",
-    "check_candidates",
     "extend_vocabulary",
 ]
 
@@ -88,9 +86,6 @@ def _first_cue_motion(config, name: str, cue_length: int) -> bool:
             f"or absent"
         )
     return value
-
-
-MAX_CANDIDATES = 64  # plans drawn per request at most (each costs one decode)
 
 
 class SemanticPlanner:
@@ -212,6 +207,7 @@ class SemanticPlanner:
             raise ValueError(f"num_keyframes must be an integer >= 1, got {num_keyframes!r}")
         if fps <= 0 or keyframe_rate <= 0:
             raise ValueError(f"fps and keyframe_rate must be > 0, got {fps!r} and {keyframe_rate!r}")
+        check_candidates(candidates)  # refused at any temperature
         sampling = Sampling(float(temperature), top_k, float(top_p), float(guidance_scale), float(persistence))
         cells = grid[0] * grid[1]
         grammar = Grammar(
@@ -234,22 +230,18 @@ class SemanticPlanner:
         if guidance_scale != 1:
             prompts.append(self.build_prompt("", "", **common))
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        count = check_candidates(candidates)
-        draws = count if temperature else 1  # greedy plans are all the same
-        best, best_score = None, -math.inf
+        draws = candidates if temperature else 1  # greedy plans are all the same
         with torch.inference_mode():
-            for n in range(draws):
-                streams = [Stream(self.head, p, self.device) for p in prompts]
-                offset, total = n * grammar.total, draws * grammar.total
-                try:
-                    plan, score = decode(
-                        streams, self.vocab, grammar, sampling, generator, _counted(progress, offset, total), interrupt
-                    )
-                except PlanningInterrupted as stop:
-                    raise PlanningInterrupted(offset + stop.done, total) from None
-                if score > best_score:
-                    best, best_score = plan, score
-        return best
+            return decode_best(
+                lambda: [Stream(self.head, p, self.device) for p in prompts],
+                self.vocab,
+                grammar,
+                sampling,
+                generator,
+                draws,
+                progress,
+                interrupt,
+            )
 
     def plan(
         self,
@@ -398,22 +390,6 @@ class SemanticPlanner:
         """The nearest word of each code ("/"-joined when top > 1); candidates default to the
         tokenizer's alphabetic, non-special tokens."""
         return ["/".join(w for w, _ in near) for near in self.nearest_words(code_ids, candidates, top)]
-
-
-def check_candidates(candidates) -> int:
-    """The number of plans to draw, refused unless a whole number from 1 to MAX_CANDIDATES."""
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
-        raise ValueError(
-            f"planning candidates must be a whole number from 1 to {MAX_CANDIDATES} (1 = one draw), got {candidates!r}"
-        )
-    return candidates
-
-
-def _counted(progress: Callable[[int, int], None] | None, offset: int, total: int):
-    """`progress` of one candidate's decode, counted over all candidates' tokens."""
-    if progress is None:
-        return None
-    return lambda done, _: progress(offset + done, total)
 
 
 def _text_tokens(tokenizer, vocab: PlanVocab) -> tuple[list[int], list[str]]:
