@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from planx_core.pipelines import PlanningDefaults
+
 EMBEDDED = "embedded: planx-tiny"
 SCENE, MOTION = "a red circle on a dark background", "the red circle moves right, then up"
 PROMPT = f"{SCENE}. {MOTION}."
@@ -50,11 +52,12 @@ REAL_FPS = 24.0
 EMBEDDED_SPEC = Path(__file__).resolve().parents[1] / "planx_core" / "embedded" / "bundle.json"
 EMBEDDED_PLANNING = json.loads(EMBEDDED_SPEC.read_text())["planning"]
 T2V_TEMPERATURE = EMBEDDED_PLANNING["t2v_temperature"]
-# the node's inputs that carry the bundle's value when it is not the node's default (persistence 0, candidates 1)
+# the node's inputs that carry the bundle's value when it is not the default (the node's defaults are
+# `PlanningDefaults`', the old behaviour)
 EMBEDDED_INPUTS = {
     name: EMBEDDED_PLANNING[name]
-    for name, default in (("persistence", 0.0), ("candidates", 1))
-    if EMBEDDED_PLANNING.get(name, default) != default
+    for name in ("persistence", "candidates")
+    if EMBEDDED_PLANNING.get(name, getattr(PlanningDefaults, name)) != getattr(PlanningDefaults, name)
 }
 
 

@@ -244,13 +244,14 @@ def decode(
     generator: torch.Generator,
     progress: Callable[[int, int], None] | None = None,
     interrupt: Callable[[], bool] | None = None,
+    scored: bool = False,
 ) -> tuple[torch.Tensor, float]:
-    """Run the grammar over one stream (or two: conditional, unconditional): codes `[K, cells]` and the plan's
-    log-probability (the drawn codes' log-softmax of the logits they were drawn from, before temperature; given
-    keyframes count 0)."""
+    """Run the grammar over one stream (or two: conditional, unconditional): codes `[K, cells]` and, when `scored`,
+    the plan's log-probability (the drawn codes' log-softmax of the logits they were drawn from, before
+    temperature; given keyframes count 0), else nan: one draw needs no score, and the hot loop skips it."""
     pending = [*grammar.cue(0), vocab.im_start, grammar.scale_id]  # forced tokens not yet fed
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
-    done, score = 0, 0.0
+    done, score = 0, 0.0 if scored else math.nan
     for k in range(grammar.num_keyframes):
         lock = grammar.locked.get(k)
         for c in range(grammar.cells):
@@ -265,7 +266,8 @@ def decode(
                     logits = logits.clone()  # [N]; the model's own output stays as it was
                     logits[plan[k - 1, c]] += sampling.persistence
                 code = choose(logits, sampling, generator)
-                score += float(torch.log_softmax(logits, dim=0)[code])
+                if scored:
+                    score += float(torch.log_softmax(logits, dim=0)[code])
                 pending = [vocab.image_start + code]
             plan[k, c] = code
             done += 1
@@ -304,10 +306,10 @@ def decode_best(
         offset = n * grammar.total
         counted = None if progress is None else (lambda done, _, at=offset: progress(at + done, total))
         try:
-            plan, score = decode(new_streams(), vocab, grammar, sampling, generator, counted, interrupt)
+            plan, score = decode(new_streams(), vocab, grammar, sampling, generator, counted, interrupt, draws > 1)
         except PlanningInterrupted as stop:
             raise PlanningInterrupted(offset + stop.done, total) from None
-        if score > best_score:
+        if best is None or score > best_score:
             best, best_score = plan, score
     return best
 
