@@ -274,9 +274,10 @@ def test_move_weight_asks_each_keyframes_moves_before_its_cells():
     at the position just before each keyframe's first cell; the auxiliary loss trains its head and the planner,
     and the head is not exported (the runtime planner is unchanged)."""
     from planx_core import world
+    from planx_core.planner.moves import MOVES, code_moves
     from planx_core.training.planner import PlannerStage
     from planx_core.training.stages import StageContext
-    from planx_core.world.labels import BACKGROUND_CODE, MOVES, code_moves
+    from planx_core.world.labels import BACKGROUND_CODE
 
     args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2"])
     args.move_weight = 1.0
@@ -751,9 +752,9 @@ def _first_feed(planner, clip, codes) -> list[int]:
 
     seen, forward = [], planner.head.forward
 
-    def record(ids, cache):
+    def record(ids, cache, *words):
         seen.append(ids[0].tolist())
-        return forward(ids, cache)
+        return forward(ids, cache, *words)
 
     planner.head.forward = record
     locked = {k: codes[k].tolist() for k in range(codes.shape[0] - 1)}

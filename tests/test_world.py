@@ -372,7 +372,8 @@ def test_scorer_refuses_bad_frames():
 def test_code_moves_read_each_objects_step_and_agreement_counts_them():
     """A red cell steps right then up beside a still wall: code_moves says so; a plan whose red stays put agrees
     on the wall's two steps only; one that loses the red says 'gone'."""
-    from planx_core.world.labels import BACKGROUND_CODE, COLOUR_CODES, WALL_CODE, code_moves, move_agreement
+    from planx_core.planner.moves import code_moves
+    from planx_core.world.labels import BACKGROUND_CODE, COLOUR_CODES, WALL_CODE, move_agreement
 
     red = COLOUR_CODES["red"]
     truth = torch.full((3, 81), BACKGROUND_CODE)  # [K, 9*9]

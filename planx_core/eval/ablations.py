@@ -47,11 +47,12 @@ from .. import world
 from ..pipelines.bundle import EMBEDDED, load_bundle
 from ..pipelines.planx import FirstFrame, PlanXPipeline
 from ..plan.core import Plan
+from ..planner.moves import code_moves
 from ..semantic_branch import load_branch
 from ..tatok import plan_from_video
 from ..wan.dit_files import load_dit
 from ..world import score as world_score
-from ..world.labels import code_moves, move_confusion, share_agreeing
+from ..world.labels import move_confusion, share_agreeing
 
 ROWS = {
     "full": "Plan-X: the planner's plan",

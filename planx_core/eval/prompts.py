@@ -8,7 +8,7 @@ clip as `generate` does, writes the mp4, reads the mp4 back and scores its pixel
 runs the training-split prompts of the same form instead, for choosing sampling settings.
 
 Beside the videos' score, a diagnosis of the plans: the planned move of the plan's object between keyframes
-(`world.labels.code_moves` of its largest code of keyframe 0) against the stage each keyframe is written under
+(`planner.moves.code_moves` of its largest code of keyframe 0) against the stage each keyframe is written under
 (`planner.prompt.keyframe_cues`, the planner's own timing rule), so a miss shows whether the plan or the render
 went wrong.
 """
@@ -28,8 +28,8 @@ from ..files.atomic import write_text
 from ..files.video import read_image, read_video, write_png, write_video
 from ..pipelines import PlanXPipeline, split_prompt
 from ..plan import Plan
+from ..planner.moves import code_moves
 from ..planner.prompt import keyframe_cues
-from ..world.labels import code_moves
 from .pixel_check import check_video
 from .prompt_set import README_PROMPT, SETS, first_frame, prompt_of
 

@@ -10,6 +10,9 @@ logits become u + s * (c - u), as in classifier-free guidance for autoregressive
 With persistence p > 0, each cell of a keyframe after the first gets p added to the logit of the
 code the same cell has in the keyframe before: a prior that what the text does not move stays where
 it is (keyframes of a video change in a few cells), applied after guidance and before temperature.
+A planner trained with move rows (`planner.moves`) writes, before each keyframe after the first, one
+move word per object of keyframe 0 (its code token given, the word drawn among the six move words
+with the same sampling), so the cells that follow are drawn under a decided move.
 
 transformers versions: this module is also the one place of Plan-X's transformers shims
 (`new_cache`, `cache_kwargs`, `dtype_kwargs`, `vision_rotary`) for the supported range, 4.50 to
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import DynamicCache
 
+from .moves import MoveRows, objects, step_move
 from .vocab import PlanVocab
 
 # ----------------------------------------------------------------------------- transformers versions
@@ -175,9 +179,12 @@ class ImageHead:
     def __init__(self, model, vocab: PlanVocab, sliced: bool):
         self.model, self.vocab, self.sliced = model, vocab, sliced
 
-    def forward(self, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-        """Feed ids `[1, T]` through the model with `cache`; float32 CPU logits `[N]` after the last one."""
+    def forward(self, ids: torch.Tensor, cache: DynamicCache, words: tuple[int, ...] = ()) -> torch.Tensor:
+        """Feed ids `[1, T]` through the model with `cache`; float32 CPU logits `[N]` after the last one (of the
+        `<I*>` tokens, or of the token ids `words` when given)."""
         rows = slice(self.vocab.image_start, self.vocab.image_end)
+        if words:
+            rows = torch.tensor(words, dtype=torch.long, device=ids.device)  # [W]
         if not self.sliced:
             out = self.model(input_ids=ids, logits_to_keep=1, **cache_kwargs(self.model, cache))
             return out.logits[0, -1, rows].float().cpu()  # [N]
@@ -211,22 +218,25 @@ class Stream:
         self.head, self.prompt, self.device = head, list(prompt), device
         self.cache = new_cache(head.model.config)
 
-    def feed(self, ids: list[int]) -> torch.Tensor:
-        """Append ids; return the image logits `[N]` that follow them."""
+    def feed(self, ids: list[int], words: tuple[int, ...] = ()) -> torch.Tensor:
+        """Append ids; return the image logits `[N]` that follow them (or those of the token ids `words`)."""
         ids, self.prompt = self.prompt + list(ids), []
-        return self.head.forward(torch.tensor([ids], dtype=torch.long, device=self.device), self.cache)
+        return self.head.forward(torch.tensor([ids], dtype=torch.long, device=self.device), self.cache, words)
 
 
 @dataclass
 class Grammar:
     """K keyframes of `cells` codes, written with one scale token; locked keyframes are given; `cues[k]` (token
-    ids, `planner_prompt.cue_ids`) are fed before keyframe k's image block (none when empty)."""
+    ids, `planner_prompt.cue_ids`) are fed before keyframe k's image block (none when empty), then, with `moves`,
+    keyframe k's move row (`planner.moves`; `width` cells a grid row)."""
 
     num_keyframes: int
     cells: int
     scale_id: int
     locked: dict[int, list[int]]
     cues: list[list[int]] = field(default_factory=list)
+    moves: MoveRows | None = None
+    width: int = 9
 
     def cue(self, k: int) -> list[int]:
         return self.cues[k] if k < len(self.cues) else []
@@ -249,11 +259,15 @@ def decode(
     """Run the grammar over one stream (or two: conditional, unconditional): codes `[K, cells]` and, when `scored`,
     the plan's log-probability (the drawn codes' log-softmax of the logits they were drawn from, before
     temperature; given keyframes count 0), else nan: one draw needs no score, and the hot loop skips it."""
-    pending = [*grammar.cue(0), vocab.im_start, grammar.scale_id]  # forced tokens not yet fed
+    pending = list(grammar.cue(0))  # forced tokens not yet fed
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
     done, score = 0, 0.0 if scored else math.nan
     for k in range(grammar.num_keyframes):
         lock = grammar.locked.get(k)
+        if k > 0 and grammar.moves is not None:
+            pending, words = _move_row(streams, vocab, grammar, plan, k, pending, sampling, generator)
+            score += words
+        pending += [vocab.im_start, grammar.scale_id]
         for c in range(grammar.cells):
             if interrupt is not None and interrupt():
                 raise PlanningInterrupted(done, grammar.total)
@@ -273,8 +287,26 @@ def decode(
             done += 1
             if progress is not None:
                 progress(done, grammar.total)
-        pending += [vocab.im_end, *grammar.cue(k + 1), vocab.im_start, grammar.scale_id]
+        pending += [vocab.im_end, *grammar.cue(k + 1)]
     return plan, score
+
+
+def _move_row(streams, vocab, grammar, plan, k: int, pending: list[int], sampling, generator) -> tuple[list, float]:
+    """Keyframe k's move row: each object's code token is given and its move word drawn (`sampling`, without
+    persistence), or, for a locked keyframe, written as its given cells move. Returns the ids still to feed and
+    the drawn words' log-probability."""
+    rows, score = grammar.moves, 0.0
+    lock = grammar.locked.get(k)
+    for code in objects(plan[0], rows.background):
+        pending = [*pending, vocab.image_start + code]
+        if lock is not None:
+            pending.append(rows.word_id(step_move(plan[k - 1], torch.tensor(lock), code, grammar.width)))
+            continue
+        logits = _guided(streams, pending, sampling.guidance_scale, rows.word_ids)  # [len(MOVES)]
+        pick = choose(logits, sampling, generator)
+        score += float(torch.log_softmax(logits, dim=0)[pick])
+        pending = [rows.word_ids[pick]]
+    return pending, score
 
 
 MAX_CANDIDATES = 64  # plans drawn per request at most (each costs one decode)
@@ -314,9 +346,9 @@ def decode_best(
     return best
 
 
-def _guided(streams: list[Stream], pending: list[int], scale: float) -> torch.Tensor:
-    cond = streams[0].feed(pending)  # [N]
+def _guided(streams: list[Stream], pending: list[int], scale: float, words: tuple[int, ...] = ()) -> torch.Tensor:
+    cond = streams[0].feed(pending, words)  # [N]
     if len(streams) == 1:
         return cond
-    uncond = streams[1].feed(pending)  # [N]
+    uncond = streams[1].feed(pending, words)  # [N]
     return uncond + scale * (cond - uncond)  # [N]

@@ -37,6 +37,7 @@ from .decode import (
     decode_best,
     make_head,
 )
+from .moves import MoveRows
 from .prompt import cue_rows, flat_codes, prompt_ids
 from .vocab import PlanVocab, build_word_tokenizer, extend_vocabulary, scale_index
 
@@ -100,6 +101,7 @@ class SemanticPlanner:
         self.first_motion = _first_cue_motion(model.config, name, self.cue_length)  # keyframe 0 cued by all of it
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.vocab = vocab or PlanVocab.from_tokenizer(tokenizer)
+        self.moves = MoveRows.from_config(model.config, tokenizer, self.vocab.num_image_tokens, name)  # or None
         rows = model.get_input_embeddings().weight.shape[0]
         if rows < self.vocab.image_end:
             raise ValueError(
@@ -216,6 +218,8 @@ class SemanticPlanner:
             self.vocab.scales[scale_index(grid)],
             self._check_locked(locked, num_keyframes, cells),
             self.cues(motion, num_keyframes, keyframe_rate, duration),
+            self.moves,
+            grid[1],
         )
         common = dict(
             num_keyframes=num_keyframes,

@@ -163,14 +163,17 @@ def cue_rows(
     return [cue_ids(tokenizer, c, length) for c in cues]
 
 
-def plan_ids(vocab: PlanVocab, rows, scale: int, cues: list[list[int]], ignore: int) -> tuple[list[int], list[int]]:
+def plan_ids(
+    vocab: PlanVocab, rows, scale: int, cues: list[list[int]], ignore: int, moves: list[tuple[list, list]] = ()
+) -> tuple[list[int], list[int]]:
     """A plan as the planner reads it, for training: (ids, labels), labels `ignore` on the cues (given, never
     predicted) and the ids on the image blocks. `rows` the keyframes' codes `[K, cells]`, `cues` from
-    `cue_rows` (or [])."""
+    `cue_rows` (or []), `moves` each keyframe's move row (ids, labels) after its cue (`MoveRows.truth`, or none)."""
     ids: list[int] = []
     labels: list[int] = []
     for k, row in enumerate(code_rows(rows)):
         cue, block = (cues[k] if cues else []), vocab.block(row, scale)
-        ids += [*cue, *block]
-        labels += [ignore] * len(cue) + block
+        move, said = moves[k] if moves else ([], [])
+        ids += [*cue, *move, *block]
+        labels += [ignore] * len(cue) + said + block
     return ids, labels

@@ -17,8 +17,9 @@ planner: `<out>/planner/` (save_planner) and `<out>/ta_tok.safetensors`.
 
 Options (issue 14's recipe changes, each in the run fingerprint): `--planner-layers` (deepened from a shallower
 `--init-from`: `load_deepened`), `--motion-weight`, `--still-weight`, `--order-pairs`, `--swap-pairs`, `--self-feed`,
-`--move-weight` (a training-only head reads each keyframe's object moves from the state before its cells), and the
-keyframe cues (`--keyframe-cues`, `--cues-only`, `--first-cue-motion`; `planner_prompt.cue_rows`).
+`--move-weight` (a training-only head reads each keyframe's object moves from the state before its cells),
+`--move-rows` (the plan itself says each object's move in words before the keyframe's cells: `planner.moves`), and
+the keyframe cues (`--keyframe-cues`, `--cues-only`, `--first-cue-motion`; `planner_prompt.cue_rows`).
 
 Metrics on unseen `train`-split clips and held-out compositions: teacher-forced plan-token accuracy over all cells
 and object/wall cells, text-to-video (5 keyframes) and image-to-video (keyframes 1..4), the copy-the-first-frame
@@ -36,6 +37,7 @@ from torch import nn
 from .. import world
 from ..planner.files import load_planner, save_planner
 from ..planner.model import SemanticPlanner
+from ..planner.moves import MoveRows
 from ..planner.prompt import cue_rows, plan_ids, prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
@@ -147,6 +149,16 @@ class PlannerStage(Stage):
             "before each keyframe's cells which way every object moves into it (0 = off)",
         )
         parser.add_argument(
+            "--move-rows",
+            type=float,
+            default=0.0,
+            metavar="W",
+            help="planner: before each keyframe's cells (after its cue) the plan gets a move row, one word per "
+            "object of keyframe 0 saying which way it goes (`planner.moves`), so where an object goes is one "
+            "decision and its cells follow it; W weighs those words in the loss (recorded as move_rows in "
+            "config.json; the runtime draws the words; 0 = off)",
+        )
+        parser.add_argument(
             "--keyframe-cues",
             type=int,
             default=0,
@@ -191,6 +203,8 @@ class PlannerStage(Stage):
             raise StageError(f"--pair-contrast weighs a loss: 0 (off) or more, got {args.pair_contrast}")
         if args.pair_contrast and not (args.order_pairs or args.swap_pairs):
             raise StageError("--pair-contrast contrasts the batch's minimal pairs: add --swap-pairs or --order-pairs")
+        if args.move_rows < 0:
+            raise StageError(f"--move-rows weighs the move words: 0 (off) or more, got {args.move_rows}")
         if args.move_weight < 0:
             raise StageError(f"--move-weight weighs an auxiliary loss: 0 (off) or more, got {args.move_weight}")
         if args.keyframe_cues < 0:
@@ -222,6 +236,8 @@ class PlannerStage(Stage):
         self.model.config.keyframe_cues = a.keyframe_cues  # the runtime feeds cues when this is set
         self.model.config.motion_in_prompt = not a.cues_only  # and leaves the Motion line out when false
         self.model.config.first_cue_motion = a.first_cue_motion  # and cues keyframe 0 with the whole motion
+        self.moves = MoveRows.for_tokenizer(self.tokenizer, BACKGROUND_CODE) if a.move_rows else None
+        self.model.config.move_rows = self.moves.to_config() if self.moves else None  # the runtime writes them too
         codes = range(self.vocab.image_start, self.vocab.image_end)
         rows = tiny.frozen_rows(self.tokenizer, self.vocab)
         self.module = PlannerObjective(self.model, rows, codes, a.self_feed, a.move_weight, a.pair_contrast)
@@ -270,6 +286,7 @@ class PlannerStage(Stage):
         extra |= {"keyframe_cues": a.keyframe_cues} if a.keyframe_cues else {}
         extra |= {"cues_only": True} if a.cues_only else {}
         extra |= {"first_cue_motion": True} if a.first_cue_motion else {}
+        extra |= {"move_rows": a.move_rows} if a.move_rows else {}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
@@ -299,7 +316,8 @@ class PlannerStage(Stage):
         )
         length, first = self.args.keyframe_cues, self.args.first_cue_motion
         cues = cue_rows(self.tokenizer, clip.motion, codes.shape[0], v.keyframe_rate, v.duration, length, first)
-        plan, labels = plan_ids(self.vocab, codes, scale_index(grid), cues, IGNORE)
+        moves = self.moves.truth(codes, self.vocab.image_start, v.grid, IGNORE) if self.moves else ()
+        plan, labels = plan_ids(self.vocab, codes, scale_index(grid), cues, IGNORE, moves)
         return prompt + plan, [IGNORE] * len(prompt) + labels
 
     def batch(self, step: int):
@@ -316,8 +334,10 @@ class PlannerStage(Stage):
         if len(rivals):
             inputs["rivals"] = rivals
         image = range(self.vocab.image_start, self.vocab.image_end)
-        if a.motion_weight != 1 or a.still_weight != 1:
+        if a.motion_weight != 1 or a.still_weight != 1 or a.move_rows:
             inputs["weights"] = motion_weights(inputs["labels"], plans, image, a.motion_weight, a.still_weight)
+        if a.move_rows:  # the move words are the only labels that are neither codes nor delimiters
+            inputs["weights"][torch.isin(inputs["labels"], torch.tensor(self.moves.word_ids))] = a.move_rows
         if a.move_weight:
             inputs["moves"], inputs["move_at"] = move_targets(inputs["labels"], plans, image)
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds

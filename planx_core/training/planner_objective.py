@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..world.labels import MOVES
+from ..planner.moves import MOVES
 from ..world.tiny import NUM_CODES
 from .planner_targets import IGNORE
 

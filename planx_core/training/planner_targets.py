@@ -2,7 +2,7 @@
 
 This project's own: `motion_weights` (the plan codes whose cell changes weigh more, `--motion-weight`, and those
 of objects that stay, `--still-weight`), `move_targets` (each object's move into every keyframe, for
-`--move-weight`'s auxiliary head; the moves are `world.labels.code_moves`) and `pad` (a batch of sequences and
+`--move-weight`'s auxiliary head; the moves are `planner.moves.code_moves`) and `pad` (a batch of sequences and
 their labels). Sequences come from `planner_prompt.plan_ids`; codes are found by their labels, so keyframe cues
 between the blocks do not shift them.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..planner.moves import MOVES, code_moves
 from ..world import tiny
-from ..world.labels import BACKGROUND_CODE, MOVES, code_moves
+from ..world.labels import BACKGROUND_CODE
 from ..world.tiny import NUM_CODES
 
 IGNORE = -100  # the label of a position without a loss (PyTorch's cross-entropy default)
@@ -39,7 +40,7 @@ def motion_weights(
 
 
 def move_targets(labels: torch.Tensor, codes: torch.Tensor, code_range: range) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets of `PlannerObjective.move_loss`: each code's move into keyframes 1.. (`world.labels.code_moves`,
+    """Targets of `PlannerObjective.move_loss`: each code's move into keyframes 1.. (`planner.moves.code_moves`,
     as indices of `MOVES`; IGNORE for codes not in keyframe 0) `[B, K-1, NUM_CODES]`, and the position before
     each of those keyframes' first cell `[B, K-1]`. `labels` `[B, S]`, `codes` `[B, K, g*g]` the plan they spell."""
     batch, keyframes, cells = codes.shape

@@ -11,8 +11,8 @@ is measured (pixels split across cell borders count by area). The largest cover 
 least `threshold` (25 %): an object gives its colour word ("red", ...), the wall gives "wall";
 otherwise the cell is "background". Labels are code indices: code k <-> `tiny.ANCHOR_WORDS[k]`.
 
-`code_moves` / `move_confusion` / `move_agreement` read a plan of such codes back as motion: which way each
-object's cells go from keyframe to keyframe (the planner's evaluation and its training's auxiliary move targets).
+`move_confusion` / `move_agreement` read a plan of such codes back as motion with `planner.moves.code_moves` (which
+way each object's cells go from keyframe to keyframe; the planner's evaluation and its training's move targets).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import world
+from ..planner.moves import code_moves
 from ..tatok import frames_to_nchw
 from .tiny import ANCHOR_WORDS
 
@@ -64,36 +65,6 @@ def clip_labels(clip: world.Clip, frames: tuple[int, ...], grid: int = 9, thresh
 def clip_images(clip: world.Clip, frames: tuple[int, ...]) -> torch.Tensor:
     """The given frames as float images in [0, 1]: `[K, 3, H, W]`."""
     return frames_to_nchw(clip.frames[list(frames)])  # [K, 3, H, W]
-
-
-MOVES = ("left", "right", "up", "down", "still", "gone")  # what `code_moves` can say of a code between keyframes
-
-
-def code_moves(codes: torch.Tensor, width: int, background: int) -> dict[int, list[str]]:
-    """Where each code of keyframe 0 other than `background` goes between consecutive keyframes: the centroid of
-    its cells moves 'left' / 'right' / 'up' / 'down' (the larger axis), stays 'still' (under half a cell) or is
-    'gone' (no cell in one of the two keyframes). `codes` `[K, rows * width]`, row-major; {code: K-1 moves}."""
-    cell = torch.arange(codes.shape[1])  # [cells]
-    rows, cols = cell // width, cell % width  # [cells] each
-    moves = {}
-    for code in sorted(set(codes[0].tolist()) - {background}):
-        at = codes == code  # [K, g*g]
-        count = at.sum(1)  # [K]
-        centre = torch.stack([(at * cols).sum(1), (at * rows).sum(1)], 1) / count.clamp(min=1)[:, None]  # [K, 2]
-        moves[code] = [_move(centre[k + 1] - centre[k], count[k] > 0 and count[k + 1] > 0) for k in range(len(at) - 1)]
-    return moves
-
-
-def _move(delta: torch.Tensor, present: bool) -> str:
-    """One move from a centroid step `[2]` (x, y; y grows downwards)."""
-    dx, dy = float(delta[0]), float(delta[1])
-    if not present:
-        return "gone"
-    if max(abs(dx), abs(dy)) < 0.5:
-        return "still"
-    if abs(dx) >= abs(dy):
-        return "right" if dx > 0 else "left"
-    return "down" if dy > 0 else "up"
 
 
 def move_confusion(pred: torch.Tensor, truth: torch.Tensor, width: int, background: int) -> Counter:

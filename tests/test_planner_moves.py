@@ -1,0 +1,143 @@
+"""Move rows (`planner.moves`): the rule of a move, the rows training writes, decoding that writes the same rows
+and draws the words from the move words' own logits, the `--move-rows` training stage, and bad configs refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_planner import randomize, tiny_model
+
+from planx_core.planner.model import SemanticPlanner
+from planx_core.planner.moves import MOVE_WORDS, MOVES, MoveRows, code_moves, step_move
+from planx_core.planner.prompt import plan_ids
+from planx_core.planner.vocab import build_word_tokenizer, extend_vocabulary, scale_index
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORDS = "a red blue circle square moves then left right up down still behind".split()
+IGNORE = -100
+ARGS = dict(num_keyframes=3, fps=4.0, keyframe_rate=2.0, grid=(3, 3))
+# three keyframes of a 3x3 grid, background 0: code 2 goes right then down, code 3 stays, code 5 leaves
+PLAN = torch.tensor([[2, 0, 0, 0, 0, 5, 0, 0, 3], [0, 2, 0, 0, 0, 0, 0, 0, 3], [0, 0, 0, 0, 2, 0, 0, 0, 3]])
+
+
+def build(move_rows: dict | None = None, words=WORDS) -> SemanticPlanner:
+    tokenizer = build_word_tokenizer(words)
+    model = tiny_model(len(tokenizer))
+    vocab = extend_vocabulary(model, tokenizer, 8)
+    randomize(model)
+    model.config.move_rows = move_rows
+    return SemanticPlanner(model, tokenizer, vocab, "tiny")
+
+
+ROWS = {"background": 0, "words": list(MOVE_WORDS)}
+
+
+def test_the_rule_of_a_move_and_the_rows_training_writes():
+    assert code_moves(PLAN, 3, 0) == {2: ["right", "down"], 3: ["still", "still"], 5: ["gone", "gone"]}
+    assert step_move(PLAN[0], PLAN[2], 2, 3) == "right", "the larger axis of a diagonal step"
+    planner = build(ROWS)
+    rows, start = planner.moves, planner.vocab.image_start
+    word = {m: planner.tokenizer(w, add_special_tokens=False)["input_ids"][0] for m, w in zip(MOVES, MOVE_WORDS)}
+    truth = rows.truth(PLAN, start, 3, IGNORE)
+    assert truth[0] == ([], [])
+    assert truth[1] == (
+        [start + 2, word["right"], start + 3, word["still"], start + 5, word["gone"]],
+        [IGNORE, word["right"], IGNORE, word["still"], IGNORE, word["gone"]],
+    )
+    assert truth[2][0][1::2] == [word["down"], word["still"], word["gone"]]
+    ids, labels = plan_ids(planner.vocab, PLAN, scale_index((3, 3)), [], IGNORE, truth)
+    block = planner.vocab.block(PLAN[1].tolist(), scale_index((3, 3)))
+    after_first = len(planner.vocab.block(PLAN[0].tolist(), scale_index((3, 3))))
+    assert ids[after_first : after_first + 6 + len(block)] == truth[1][0] + block, "the row sits before its block"
+    assert labels[after_first : after_first + 6] == truth[1][1]
+
+
+def fed_ids(planner):
+    fed = []
+    hook = planner.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: fed.extend(a[0][0].tolist()))
+    return fed, hook
+
+
+@pytest.mark.parametrize("slice_head", [True, False])
+def test_decoding_writes_the_rows_and_draws_the_words_from_their_logits(slice_head):
+    """Keyframes 0 and 1 locked: keyframe 1's row is written from its given cells (as training writes it), keyframe
+    2's words are drawn greedily from the move words' logits (the argmax of those rows of a full uncached forward)."""
+    planner = build(ROWS)
+    planner = SemanticPlanner(planner.model, planner.tokenizer, planner.vocab, "tiny", slice_head=slice_head)
+    prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
+    fed, hook = fed_ids(planner)
+    try:
+        plan = planner.generate("a red circle", "moves right", temperature=0, locked={0: PLAN[0], 1: PLAN[1]}, **ARGS)
+    finally:
+        hook.remove()
+    assert torch.equal(plan[:2], PLAN[:2])
+    v, scale = planner.vocab, scale_index((3, 3))
+    truth = planner.moves.truth(PLAN, v.image_start, 3, IGNORE)
+    written = prompt + plan_ids(v, PLAN[:2], scale, [], IGNORE, truth[:2])[0]
+    assert fed[: len(written)] == written
+    row = fed[len(written) : len(written) + 6]
+    assert row[0::2] == [v.image_start + c for c in (2, 3, 5)], "each object of keyframe 0, in code order"
+    for i, word in enumerate(row[1::2]):
+        with torch.no_grad():
+            logits = planner.model(torch.tensor([written + row[: 2 * i + 1]])).logits[0, -1]  # [V]
+        words = list(planner.moves.word_ids)
+        assert word == words[int(logits[words].argmax())]
+    assert fed[len(written) + 6 : len(written) + 8] == [v.im_start, v.scales[scale]]
+
+
+def test_sampled_plans_follow_the_grammar_with_rows():
+    planner = build(ROWS)
+    for seed in range(3):
+        plan = planner.generate("a red circle", "moves left, then up", seed=seed, **ARGS)
+        assert plan.shape == (3, 9) and 0 <= int(plan.min()) and int(plan.max()) < 8
+    assert build(None).moves is None, "a planner without move_rows writes none"
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ({"background": 8, "words": list(MOVE_WORDS)}, "move_rows"),
+        ({"background": 0, "words": ["left"]}, "move_rows"),
+        ([0], "move_rows"),
+        ({"background": True, "words": list(MOVE_WORDS)}, "move_rows"),
+    ],
+)
+def test_bad_move_rows_are_refused(value, match):
+    with pytest.raises(ValueError, match=match):
+        build(value)
+
+
+def test_a_tokenizer_without_a_move_word_is_refused():
+    with pytest.raises(ValueError, match="behind"):
+        MoveRows.for_tokenizer(build_word_tokenizer([w for w in WORDS if w != "behind"]), 0)
+
+
+def test_move_rows_stage_writes_the_truths_rows_and_weighs_their_words():
+    """train --move-rows W: every sequence carries each keyframe's move row (the truth's words as labels, weight W),
+    the exported config records move_rows, the fingerprint holds W, and W below 0 is refused."""
+    from planx_core import world
+    from planx_core.training import main as train
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+    from planx_core.world.labels import BACKGROUND_CODE
+
+    args = train.parse_args(["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2"])
+    args.move_rows = 7.0
+    stage = PlannerStage(StageContext(args, "cpu"))
+    batch, seeds = stage.batch(0)
+    codes = stage.plan_codes([world.make_clip(s) for s in seeds])  # [B, K, g*g]
+    words = torch.tensor(stage.moves.word_ids)
+    for b in range(2):
+        said = torch.isin(batch["labels"][b], words)  # [S]
+        wanted = [
+            stage.moves.word_id(m) for step in zip(*code_moves(codes[b], 9, BACKGROUND_CODE).values()) for m in step
+        ]
+        assert batch["labels"][b, said].tolist() == wanted
+        assert bool((batch["weights"][b, said] == 7.0).all())
+    stage.module(**batch).backward()
+    assert stage.model.config.move_rows == {"background": BACKGROUND_CODE, "words": list(MOVE_WORDS)}
+    assert stage.fingerprint()["move_rows"] == 7.0
+    args.move_rows = -1.0
+    with pytest.raises(train.StageError, match="--move-rows"):
+        PlannerStage.check_args(args, 1)
