@@ -30,7 +30,7 @@ def build(move_rows: dict | None = None, words=WORDS) -> SemanticPlanner:
     return SemanticPlanner(model, tokenizer, vocab, "tiny")
 
 
-ROWS = {"background": 0, "words": list(MOVE_WORDS)}
+ROWS = {"background": 0, "slots": 3, "words": list(MOVE_WORDS)}
 
 
 def test_the_rule_of_a_move_and_the_rows_training_writes():
@@ -46,6 +46,11 @@ def test_the_rule_of_a_move_and_the_rows_training_writes():
         [IGNORE, word["right"], IGNORE, word["still"], IGNORE, word["gone"]],
     )
     assert truth[2][0][1::2] == [word["down"], word["still"], word["gone"]]
+    pad = planner.tokenizer.pad_token_id
+    wide = MoveRows(0, 4, rows.word_ids, pad).truth(PLAN, start, 3, IGNORE)[1]  # one slot to spare: pads first
+    assert wide == ([pad, pad, *truth[1][0]], [IGNORE, IGNORE, *truth[1][1]])
+    narrow = MoveRows(0, 2, rows.word_ids, pad).truth(PLAN, start, 3, IGNORE)[1]  # the first two codes only
+    assert narrow == (truth[1][0][:4], truth[1][1][:4])
     ids, labels = plan_ids(planner.vocab, PLAN, scale_index((3, 3)), [], IGNORE, truth)
     block = planner.vocab.block(PLAN[1].tolist(), scale_index((3, 3)))
     after_first = len(planner.vocab.block(PLAN[0].tolist(), scale_index((3, 3))))
@@ -59,11 +64,12 @@ def fed_ids(planner):
     return fed, hook
 
 
-@pytest.mark.parametrize("slice_head", [True, False])
-def test_decoding_writes_the_rows_and_draws_the_words_from_their_logits(slice_head):
+@pytest.mark.parametrize("slice_head, slots", [(True, 3), (False, 4)])
+def test_decoding_writes_the_rows_and_draws_the_words_from_their_logits(slice_head, slots):
     """Keyframes 0 and 1 locked: keyframe 1's row is written from its given cells (as training writes it), keyframe
-    2's words are drawn greedily from the move words' logits (the argmax of those rows of a full uncached forward)."""
-    planner = build(ROWS)
+    2's words are drawn greedily from the move words' logits (the argmax of those rows of a full uncached forward),
+    after the pads that give every row one length."""
+    planner = build({**ROWS, "slots": slots})
     planner = SemanticPlanner(planner.model, planner.tokenizer, planner.vocab, "tiny", slice_head=slice_head)
     prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
     fed, hook = fed_ids(planner)
@@ -76,7 +82,9 @@ def test_decoding_writes_the_rows_and_draws_the_words_from_their_logits(slice_he
     truth = planner.moves.truth(PLAN, v.image_start, 3, IGNORE)
     written = prompt + plan_ids(v, PLAN[:2], scale, [], IGNORE, truth[:2])[0]
     assert fed[: len(written)] == written
-    row = fed[len(written) : len(written) + 6]
+    pads = 2 * (slots - 3)
+    assert fed[len(written) : len(written) + pads] == [planner.tokenizer.pad_token_id] * pads
+    written, row = written + fed[len(written) : len(written) + pads], fed[len(written) + pads : len(written) + pads + 6]
     assert row[0::2] == [v.image_start + c for c in (2, 3, 5)], "each object of keyframe 0, in code order"
     for i, word in enumerate(row[1::2]):
         with torch.no_grad():
@@ -97,10 +105,12 @@ def test_sampled_plans_follow_the_grammar_with_rows():
 @pytest.mark.parametrize(
     "value, match",
     [
-        ({"background": 8, "words": list(MOVE_WORDS)}, "move_rows"),
-        ({"background": 0, "words": ["left"]}, "move_rows"),
+        ({**ROWS, "background": 8}, "move_rows"),
+        ({**ROWS, "words": ["left"]}, "move_rows"),
         ([0], "move_rows"),
-        ({"background": True, "words": list(MOVE_WORDS)}, "move_rows"),
+        ({**ROWS, "background": True}, "move_rows"),
+        ({**ROWS, "slots": 0}, "move_rows"),
+        ({"background": 0, "words": list(MOVE_WORDS)}, "slots"),
     ],
 )
 def test_bad_move_rows_are_refused(value, match):
@@ -136,7 +146,7 @@ def test_move_rows_stage_writes_the_truths_rows_and_weighs_their_words():
         assert batch["labels"][b, said].tolist() == wanted
         assert bool((batch["weights"][b, said] == 7.0).all())
     stage.module(**batch).backward()
-    assert stage.model.config.move_rows == {"background": BACKGROUND_CODE, "words": list(MOVE_WORDS)}
+    assert stage.model.config.move_rows == {"background": BACKGROUND_CODE, "slots": 3, "words": list(MOVE_WORDS)}
     assert stage.fingerprint()["move_rows"] == 7.0
     args.move_rows = -1.0
     with pytest.raises(train.StageError, match="--move-rows"):

@@ -12,7 +12,8 @@ code the same cell has in the keyframe before: a prior that what the text does n
 it is (keyframes of a video change in a few cells), applied after guidance and before temperature.
 A planner trained with move rows (`planner.moves`) writes, before each keyframe after the first, one
 move word per object of keyframe 0 (its code token given, the word drawn among the six move words
-with the same sampling), so the cells that follow are drawn under a decided move.
+with the same sampling; pad ids first, so every row has one length), so the cells that follow are drawn
+under a decided move.
 
 transformers versions: this module is also the one place of Plan-X's transformers shims
 (`new_cache`, `cache_kwargs`, `dtype_kwargs`, `vision_rotary`) for the supported range, 4.50 to
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import DynamicCache
 
-from .moves import MoveRows, objects, step_move
+from .moves import MoveRows, step_move
 from .vocab import PlanVocab
 
 # ----------------------------------------------------------------------------- transformers versions
@@ -297,7 +298,9 @@ def _move_row(streams, vocab, grammar, plan, k: int, pending: list[int], samplin
     the drawn words' log-probability."""
     rows, score = grammar.moves, 0.0
     lock = grammar.locked.get(k)
-    for code in objects(plan[0], rows.background):
+    speak = rows.codes(plan[0])
+    pending = [*pending, *rows.padding(len(speak))]
+    for code in speak:
         pending = [*pending, vocab.image_start + code]
         if lock is not None:
             pending.append(rows.word_id(step_move(plan[k - 1], torch.tensor(lock), code, grammar.width)))

@@ -4,11 +4,14 @@ This project's own (issue 14: the tiny planner's mode was wrong because where an
 first of 81 raster-order cell draws). A move row makes it one decision per object: before keyframe k's image
 block (after its cue), for every code of keyframe 0 other than the background, in code order, the code's token
 `<I c>` is given and a word saying which way that code's cells go from keyframe k-1 to k is written ("left",
-"right", "up", "down", "still", or "behind" for a code with no cell in one of the two keyframes). The cells that
-follow are then read under that word. Decoding draws the words (`planner.decode`); training writes the truth's
-(`training.planner`). `code_moves` is the one rule of a move, used by both and by the evaluation.
+"right", "up", "down", "still", or "behind" for a code with no cell in one of the two keyframes), for at most
+`slots` codes, the tokenizer's pad token before them up to 2 x `slots` ids: every row has one length, so every
+keyframe sits as far from the one before as in any other plan (the planner's copy of unchanged cells relies on
+that, as with the keyframe cues). The cells that follow are then read under those words. Decoding draws the
+words (`planner.decode`); training writes the truth's (`training.planner`). `code_moves` is the one rule of a
+move, used by both and by the evaluation.
 
-`config.json` records it as `move_rows`: {"background": <code>, "words": [six words, in the order of MOVES]}.
+`config.json` records it as `move_rows`: {"background": <code>, "slots": <n>, "words": [six words, MOVES order]}.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ def code_moves(codes: torch.Tensor, width: int, background: int) -> dict[int, li
     }
 
 
-def objects(first: torch.Tensor, background: int) -> list[int]:
-    """The codes a move row speaks of: those of keyframe 0 `[cells]` other than `background`, in code order."""
-    return sorted(set(first.tolist()) - {background})
+def objects(first: torch.Tensor, background: int, slots: int | None = None) -> list[int]:
+    """The codes a move row speaks of: those of keyframe 0 `[cells]` other than `background`, in code order (the
+    first `slots` of them when given)."""
+    return sorted(set(first.tolist()) - {background})[:slots]
 
 
 def step_move(before: torch.Tensor, after: torch.Tensor, code: int, width: int) -> str:
@@ -54,13 +58,16 @@ def step_move(before: torch.Tensor, after: torch.Tensor, code: int, width: int) 
 
 @dataclass(frozen=True)
 class MoveRows:
-    """A planner's move rows: the background code they skip and the token id of each move's word (MOVES order)."""
+    """A planner's move rows: the background code they skip, the codes a row holds at most, the token id of each
+    move's word (MOVES order) and the pad id that fills a row."""
 
     background: int
+    slots: int
     word_ids: tuple[int, ...]
+    pad_id: int
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, background: int, name: str = "planner") -> MoveRows:
+    def for_tokenizer(cls, tokenizer, background: int, slots: int = 3, name: str = "planner") -> MoveRows:
         """Rows written with MOVE_WORDS, each a single id of `tokenizer`; ValueError naming a missing word."""
         ids = []
         for word in MOVE_WORDS:
@@ -71,7 +78,8 @@ class MoveRows:
                     f"each of {list(MOVE_WORDS)} as one known id (add the word to the vocabulary)"
                 )
             ids.append(got[0])
-        return cls(int(background), tuple(ids))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(int(background), int(slots), tuple(ids), int(pad))
 
     @classmethod
     def from_config(cls, config, tokenizer, num_codes: int, name: str) -> MoveRows | None:
@@ -80,22 +88,26 @@ class MoveRows:
         if value is None:
             return None
         words = value.get("words") if isinstance(value, dict) else None
-        background = value.get("background") if isinstance(value, dict) else None
-        if (
-            words != list(MOVE_WORDS)
-            or isinstance(background, bool)
-            or not isinstance(background, int)
-            or not 0 <= background < num_codes
-        ):
+        background, slots = (value.get(k) if isinstance(value, dict) else None for k in ("background", "slots"))
+        if words != list(MOVE_WORDS) or not _whole(background, 0, num_codes - 1) or not _whole(slots, 1, num_codes):
             raise ValueError(
                 f"planner {name!r}: config.json has move_rows {value!r}; it is written by train --move-rows as "
-                f'{{"background": <a code 0..{num_codes - 1}>, "words": {list(MOVE_WORDS)}}}; remove it only '
-                f"with weights trained without move rows"
+                f'{{"background": <a code 0..{num_codes - 1}>, "slots": <codes per row, 1..{num_codes}>, '
+                f'"words": {list(MOVE_WORDS)}}}; remove it only with weights trained without move rows'
             )
-        return cls.for_tokenizer(tokenizer, background, name)
+        return cls.for_tokenizer(tokenizer, background, slots, name)
 
     def to_config(self) -> dict:
-        return {"background": self.background, "words": list(MOVE_WORDS)}
+        return {"background": self.background, "slots": self.slots, "words": list(MOVE_WORDS)}
+
+    @property
+    def length(self) -> int:
+        """Ids of every row after keyframe 0's (a code token and a word per slot)."""
+        return 2 * self.slots
+
+    def codes(self, first: torch.Tensor) -> list[int]:
+        """The codes the rows of a plan whose keyframe 0 is `first` `[cells]` speak of."""
+        return objects(first, self.background, self.slots)
 
     def word_id(self, move: str) -> int:
         return self.word_ids[MOVES.index(move)]
@@ -104,11 +116,20 @@ class MoveRows:
         """Every keyframe's move row of the plan `codes` `[K, cells]` as (ids, labels): keyframe 0's is empty;
         the code tokens are given (label `ignore`), the words are the labels."""
         rows: list[tuple[list, list]] = [([], [])]
+        speak = self.codes(codes[0])
         for k in range(1, len(codes)):
-            ids, labels = [], []
-            for code in objects(codes[0], self.background):
+            ids, labels = self.padding(len(speak)), [ignore] * (self.length - 2 * len(speak))
+            for code in speak:
                 word = self.word_id(step_move(codes[k - 1], codes[k], code, width))
                 ids += [image_start + code, word]
                 labels += [ignore, word]
             rows.append((ids, labels))
         return rows
+
+    def padding(self, count: int) -> list[int]:
+        """The pad ids before a row of `count` codes."""
+        return [self.pad_id] * (self.length - 2 * count)
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
