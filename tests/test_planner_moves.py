@@ -151,3 +151,30 @@ def test_move_rows_stage_writes_the_truths_rows_and_weighs_their_words():
     args.move_rows = -1.0
     with pytest.raises(train.StageError, match="--move-rows"):
         PlannerStage.check_args(args, 1)
+
+
+def test_blind_cues_blank_the_cues_and_give_the_words_unscored():
+    """train --blind-cues P: a blind row reads blank cues (pads only) and the move words as given inputs with no
+    label, the rest of the plan as in a seeing row; refused without move rows and cues."""
+    from planx_core import world
+    from planx_core.training import main as train
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+
+    argv = ["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2", "--keyframe-cues", "24"]
+    args = train.parse_args([*argv, "--cues-only", "--move-rows", "10", "--blind-cues", "0.5"])
+    stage = PlannerStage(StageContext(args, "cpu"))
+    clip = world.make_clip(3)
+    codes = stage.plan_codes([clip])[0]  # [K, g*g]
+    (seen, seen_labels), (blind, blind_labels) = (stage.sequence(clip, codes, True, b) for b in (False, True))
+    assert len(seen) == len(blind)
+    words = set(stage.moves.word_ids)
+    differ = [i for i, (x, y) in enumerate(zip(seen, blind)) if x != y]
+    assert differ and all(blind[i] == stage.tokenizer.pad_token_id for i in differ), "only the cues go blank"
+    said = [i for i, label in enumerate(seen_labels) if label in words]
+    assert said and all(blind_labels[i] == -100 and blind[i] == seen[i] for i in said), "words given, unscored"
+    rest = [i for i in range(len(seen)) if i not in said]
+    assert [seen_labels[i] for i in rest] == [blind_labels[i] for i in rest]
+    assert stage.fingerprint()["blind_cues"] == 0.5
+    with pytest.raises(train.StageError, match="--move-rows"):
+        PlannerStage.check_args(train.parse_args([*argv, "--blind-cues", "0.5"]), 1)

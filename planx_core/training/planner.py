@@ -159,6 +159,15 @@ class PlannerStage(Stage):
             "config.json; the runtime draws the words; 0 = off)",
         )
         parser.add_argument(
+            "--blind-cues",
+            type=float,
+            default=0.0,
+            metavar="P",
+            help="planner, with --move-rows and --keyframe-cues: a share P of the clips is read with blank cues and "
+            "its move words given but not scored, so the cells learn to follow the words rather than the cue "
+            "(0 = off)",
+        )
+        parser.add_argument(
             "--keyframe-cues",
             type=int,
             default=0,
@@ -196,17 +205,22 @@ class PlannerStage(Stage):
         for flag, value in (("--motion-weight", args.motion_weight), ("--still-weight", args.still_weight)):
             if not value >= 1:
                 raise StageError(f"{flag} weighs plan cells up: 1 or more, got {value}")
-        for flag, share in (("--order-pairs", args.order_pairs), ("--swap-pairs", args.swap_pairs)):
+        shares = {"--order-pairs": args.order_pairs, "--swap-pairs": args.swap_pairs, "--blind-cues": args.blind_cues}
+        for flag, share in shares.items():
             if not 0 <= share <= 1:
                 raise StageError(f"{flag} is a share of each batch: between 0 and 1, got {share}")
-        if args.pair_contrast < 0:
-            raise StageError(f"--pair-contrast weighs a loss: 0 (off) or more, got {args.pair_contrast}")
+        losses = {
+            "--pair-contrast": args.pair_contrast,
+            "--move-rows": args.move_rows,
+            "--move-weight": args.move_weight,
+        }
+        for flag, value in losses.items():
+            if value < 0:
+                raise StageError(f"{flag} weighs a loss: 0 (off) or more, got {value}")
         if args.pair_contrast and not (args.order_pairs or args.swap_pairs):
             raise StageError("--pair-contrast contrasts the batch's minimal pairs: add --swap-pairs or --order-pairs")
-        if args.move_rows < 0:
-            raise StageError(f"--move-rows weighs the move words: 0 (off) or more, got {args.move_rows}")
-        if args.move_weight < 0:
-            raise StageError(f"--move-weight weighs an auxiliary loss: 0 (off) or more, got {args.move_weight}")
+        if args.blind_cues and not (args.move_rows and args.keyframe_cues):
+            raise StageError("--blind-cues blanks the cues for the move words: add --move-rows 10 --keyframe-cues 24")
         if args.keyframe_cues < 0:
             raise StageError(
                 f"--keyframe-cues is a number of ids per keyframe: 0 (off) or more, got {args.keyframe_cues}"
@@ -278,15 +292,13 @@ class PlannerStage(Stage):
         fed = {"self_feed": a.self_feed} if a.self_feed else {}  # absent when off: older runs keep resuming
         extra = {"motion_weight": a.motion_weight} if a.motion_weight != 1 else {}
         extra |= {"still_weight": a.still_weight} if a.still_weight != 1 else {}
-        extra |= {"order_pairs": a.order_pairs} if a.order_pairs else {}
-        extra |= {"swap_pairs": a.swap_pairs} if a.swap_pairs else {}
-        extra |= {"pair_contrast": a.pair_contrast} if a.pair_contrast else {}
+        extra |= {k: getattr(a, k) for k in ("order_pairs", "swap_pairs", "pair_contrast") if getattr(a, k)}
         extra |= {"planner_layers": a.planner_layers} if a.planner_layers != tiny.PLANNER_LAYERS else {}
         extra |= {"move_weight": a.move_weight} if a.move_weight else {}
         extra |= {"keyframe_cues": a.keyframe_cues} if a.keyframe_cues else {}
         extra |= {"cues_only": True} if a.cues_only else {}
         extra |= {"first_cue_motion": True} if a.first_cue_motion else {}
-        extra |= {"move_rows": a.move_rows} if a.move_rows else {}
+        extra |= {k: getattr(a, k) for k in ("move_rows", "blind_cues") if getattr(a, k)}
         return {**super().fingerprint(), "codes": a.codes, "i2v": a.i2v, "tatok": self.tatok.digest(), **fed, **extra}
 
     # -- data --------------------------------------------------------------------------
@@ -298,8 +310,11 @@ class PlannerStage(Stage):
         images = torch.cat([clip_images(c, keys) for c in clips]).to(self.ctx.device)  # [B*K, 3, H, W]
         return self.tatok.encode(images, grid=grid).cpu().reshape(len(clips), len(keys), -1)  # [B, K, g*g]
 
-    def sequence(self, clip: world.Clip, codes: torch.Tensor, i2v: bool) -> tuple[list[int], list[int]]:
-        """(ids, labels) of prompt + plan; `codes` `[K, g*g]`; labels are IGNORE on the prompt."""
+    def sequence(
+        self, clip: world.Clip, codes: torch.Tensor, i2v: bool, blind: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """(ids, labels) of prompt + plan; `codes` `[K, g*g]`; labels are IGNORE on the prompt. `blind`
+        (--blind-cues): every cue blank and the move words given unscored, so the cells learn from the words."""
         v, grid = tiny.VIDEO, (tiny.VIDEO.grid, tiny.VIDEO.grid)
         prompt = prompt_ids(
             self.tokenizer,
@@ -315,8 +330,10 @@ class PlannerStage(Stage):
             motion_line=not self.args.cues_only,
         )
         length, first = self.args.keyframe_cues, self.args.first_cue_motion
-        cues = cue_rows(self.tokenizer, clip.motion, codes.shape[0], v.keyframe_rate, v.duration, length, first)
+        motion = "" if blind else clip.motion
+        cues = cue_rows(self.tokenizer, motion, codes.shape[0], v.keyframe_rate, v.duration, length, first)
         moves = self.moves.truth(codes, self.vocab.image_start, v.grid, IGNORE) if self.moves else ()
+        moves = [(ids, [IGNORE] * len(ids)) for ids, _ in moves] if blind else moves
         plan, labels = plan_ids(self.vocab, codes, scale_index(grid), cues, IGNORE, moves)
         return prompt + plan, [IGNORE] * len(prompt) + labels
 
@@ -326,10 +343,11 @@ class PlannerStage(Stage):
         clips = self.training_clips(seeds)
         codes = self.plan_codes(clips)  # [B, K, g*g]
         i2v = [np.random.default_rng([s, 1]).random() < a.i2v for s in seeds]
+        blind = [np.random.default_rng([s, 2]).random() < a.blind_cues for s in seeds]
         rivals = self.rivals(len(seeds))  # [R]: the item whose text each rival row reads
         texts = [*range(len(clips)), *rivals.tolist()]  # the clip whose text every row reads
         plans = torch.cat([codes, codes[rivals ^ 1]])  # [B+R, K, g*g]: the rows' plans, a rival its partner's
-        sequences = [self.sequence(clips[b], plans[r], i2v[b]) for r, b in enumerate(texts)]
+        sequences = [self.sequence(clips[b], plans[r], i2v[b], blind[b]) for r, b in enumerate(texts)]
         inputs = pad(sequences, self.tokenizer.pad_token_id)
         if len(rivals):
             inputs["rivals"] = rivals
@@ -387,17 +405,15 @@ class PlannerStage(Stage):
     def _greedy(self, clips, codes: torch.Tensor) -> dict:
         planner = SemanticPlanner(self.model, self.tokenizer, self.vocab, "eval")
         v, out = tiny.VIDEO, {}
+        shape = dict(num_keyframes=codes.shape[1], fps=v.fps, keyframe_rate=v.keyframe_rate, duration=v.duration)
         for i2v in (False, True):
             preds = [
                 planner.generate(
                     c.scene,
                     c.motion,
-                    num_keyframes=codes.shape[1],
-                    fps=v.fps,
-                    temperature=0,
-                    keyframe_rate=v.keyframe_rate,
+                    **shape,
                     grid=(v.grid, v.grid),
-                    duration=v.duration,
+                    temperature=0,
                     first_frame_codes=codes[b, 0] if i2v else None,
                     locked={0: codes[b, 0].tolist()} if i2v else None,
                 )
