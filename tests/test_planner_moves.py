@@ -178,3 +178,29 @@ def test_blind_cues_blank_the_cues_and_give_the_words_unscored():
     assert stage.fingerprint()["blind_cues"] == 0.5
     with pytest.raises(train.StageError, match="--move-rows"):
         PlannerStage.check_args(train.parse_args([*argv, "--blind-cues", "0.5"]), 1)
+
+
+def test_a_still_word_binds_its_objects_cells(monkeypatch):
+    """When the drawn word of an object is "still", keyframe k copies that object's cells from keyframe k-1 and
+    draws its code nowhere else (`Grammar.keep_still`); without the binding the same draws move it."""
+    from planx_core.planner import decode as decoding
+
+    planner = build(ROWS)
+    draw = decoding.choose
+    monkeypatch.setattr(
+        decoding,
+        "choose",
+        lambda logits, sampling, gen: (
+            MOVES.index("still") if logits.numel() == len(MOVES) else draw(logits, sampling, gen)
+        ),
+    )
+    plan = planner.generate("a red circle", "moves right", temperature=0, locked={0: PLAN[0]}, **ARGS)
+    for code in (2, 3, 5):
+        assert torch.equal(plan[1] == code, PLAN[0] == code) and torch.equal(plan[2] == code, PLAN[0] == code)
+    scale = planner.vocab.scales[scale_index((3, 3))]
+    grammar = decoding.Grammar(3, 9, scale, {0: PLAN[0].tolist()}, [], planner.moves, 3, keep_still=False)
+    prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
+    streams = [decoding.Stream(planner.head, prompt, planner.device)]
+    with torch.inference_mode():
+        loose, _ = decoding.decode(streams, planner.vocab, grammar, decoding.Sampling(0.0), torch.Generator())
+    assert torch.equal(loose[0], plan[0]) and not torch.equal(loose, plan), "this planner's own cells move them"

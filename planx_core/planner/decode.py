@@ -13,7 +13,8 @@ it is (keyframes of a video change in a few cells), applied after guidance and b
 A planner trained with move rows (`planner.moves`) writes, before each keyframe after the first, one
 move word per object of keyframe 0 (its code token given, the word drawn among the six move words
 with the same sampling; pad ids first, so every row has one length), so the cells that follow are drawn
-under a decided move.
+under a decided move; a "still" word binds: that object's cells are copied from the keyframe before and
+its code is drawn nowhere else (`Grammar.keep_still`).
 
 transformers versions: this module is also the one place of Plan-X's transformers shims
 (`new_cache`, `cache_kwargs`, `dtype_kwargs`, `vision_rotary`) for the supported range, 4.50 to
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import DynamicCache
 
-from .moves import MoveRows, step_move
+from .moves import MOVES, MoveRows, step_move
 from .vocab import PlanVocab
 
 # ----------------------------------------------------------------------------- transformers versions
@@ -238,6 +239,7 @@ class Grammar:
     cues: list[list[int]] = field(default_factory=list)
     moves: MoveRows | None = None
     width: int = 9
+    keep_still: bool = True
 
     def cue(self, k: int) -> list[int]:
         return self.cues[k] if k < len(self.cues) else []
@@ -264,22 +266,24 @@ def decode(
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
     done, score = 0, 0.0 if scored else math.nan
     for k in range(grammar.num_keyframes):
-        lock = grammar.locked.get(k)
+        lock, still = grammar.locked.get(k), []
         if k > 0 and grammar.moves is not None:
-            pending, words = _move_row(streams, vocab, grammar, plan, k, pending, sampling, generator)
+            pending, words, still = _move_row(streams, vocab, grammar, plan, k, pending, sampling, generator)
             score += words
         pending += [vocab.im_start, grammar.scale_id]
         for c in range(grammar.cells):
             if interrupt is not None and interrupt():
                 raise PlanningInterrupted(done, grammar.total)
-            if lock is not None:
-                code = lock[c]
+            kept = still and int(plan[k - 1, c]) in still  # a cell of an object its word keeps still
+            if lock is not None or kept:
+                code = lock[c] if lock is not None else int(plan[k - 1, c])
                 pending.append(vocab.image_start + code)
             else:
                 logits = _guided(streams, pending, sampling.guidance_scale)  # [N]
-                if k > 0 and sampling.persistence:
+                if (k > 0 and sampling.persistence) or still:
                     logits = logits.clone()  # [N]; the model's own output stays as it was
                     logits[plan[k - 1, c]] += sampling.persistence
+                    logits[still] = -math.inf  # a still object appears nowhere else
                 code = choose(logits, sampling, generator)
                 if scored:
                     score += float(torch.log_softmax(logits, dim=0)[code])
@@ -292,11 +296,14 @@ def decode(
     return plan, score
 
 
-def _move_row(streams, vocab, grammar, plan, k: int, pending: list[int], sampling, generator) -> tuple[list, float]:
+def _move_row(
+    streams, vocab, grammar, plan, k: int, pending: list[int], sampling, generator
+) -> tuple[list, float, list[int]]:
     """Keyframe k's move row: each object's code token is given and its move word drawn (`sampling`, without
-    persistence), or, for a locked keyframe, written as its given cells move. Returns the ids still to feed and
-    the drawn words' log-probability."""
-    rows, score = grammar.moves, 0.0
+    persistence), or, for a locked keyframe, written as its given cells move. Returns the ids still to feed, the
+    drawn words' log-probability and, with `grammar.keep_still`, the codes whose drawn word is "still" (their
+    cells are then copied from keyframe k-1: the word binds them)."""
+    rows, score, still = grammar.moves, 0.0, []
     lock = grammar.locked.get(k)
     speak = rows.codes(plan[0])
     pending = [*pending, *rows.padding(len(speak))]
@@ -309,7 +316,8 @@ def _move_row(streams, vocab, grammar, plan, k: int, pending: list[int], samplin
         pick = choose(logits, sampling, generator)
         score += float(torch.log_softmax(logits, dim=0)[pick])
         pending = [rows.word_ids[pick]]
-    return pending, score
+        still += [code] if grammar.keep_still and MOVES[pick] == "still" else []
+    return pending, score, still
 
 
 MAX_CANDIDATES = 64  # plans drawn per request at most (each costs one decode)
