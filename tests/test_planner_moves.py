@@ -64,17 +64,19 @@ def fed_ids(planner):
     return fed, hook
 
 
-@pytest.mark.parametrize("slice_head, slots", [(True, 3), (False, 4)])
-def test_decoding_writes_the_rows_and_draws_the_words_from_their_logits(slice_head, slots):
+@pytest.mark.parametrize("slice_head, slots, temperature", [(True, 3, 0.0), (False, 4, 1.0)])
+def test_decoding_writes_the_rows_and_draws_the_words_from_their_logits(slice_head, slots, temperature):
     """Keyframes 0 and 1 locked: keyframe 1's row is written from its given cells (as training writes it), keyframe
-    2's words are drawn greedily from the move words' logits (the argmax of those rows of a full uncached forward),
-    after the pads that give every row one length."""
+    2's words are the likeliest of the move words' logits at any temperature (the argmax of those rows of a full
+    uncached forward), after the pads that give every row one length."""
     planner = build({**ROWS, "slots": slots})
     planner = SemanticPlanner(planner.model, planner.tokenizer, planner.vocab, "tiny", slice_head=slice_head)
     prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
     fed, hook = fed_ids(planner)
     try:
-        plan = planner.generate("a red circle", "moves right", temperature=0, locked={0: PLAN[0], 1: PLAN[1]}, **ARGS)
+        plan = planner.generate(
+            "a red circle", "moves right", temperature=temperature, locked={0: PLAN[0], 1: PLAN[1]}, **ARGS
+        )
     finally:
         hook.remove()
     assert torch.equal(plan[:2], PLAN[:2])
@@ -187,20 +189,23 @@ def test_a_still_word_binds_its_objects_cells(monkeypatch):
 
     planner = build(ROWS)
     draw = decoding.choose
-    monkeypatch.setattr(
-        decoding,
-        "choose",
-        lambda logits, sampling, gen: (
-            MOVES.index("still") if logits.numel() == len(MOVES) else draw(logits, sampling, gen)
-        ),
-    )
-    plan = planner.generate("a red circle", "moves right", temperature=0, locked={0: PLAN[0]}, **ARGS)
-    for code in (2, 3, 5):
-        assert torch.equal(plan[1] == code, PLAN[0] == code) and torch.equal(plan[2] == code, PLAN[0] == code)
+
+    def still_words(logits, sampling, generator):  # every word "still", every cell the model's own greedy code
+        return MOVES.index("still") if logits.numel() == len(MOVES) else draw(logits, sampling, generator)
+
+    monkeypatch.setattr(decoding, "choose", still_words)
     scale = planner.vocab.scales[scale_index((3, 3))]
-    grammar = decoding.Grammar(3, 9, scale, {0: PLAN[0].tolist()}, [], planner.moves, 3, keep_still=False)
     prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
-    streams = [decoding.Stream(planner.head, prompt, planner.device)]
-    with torch.inference_mode():
-        loose, _ = decoding.decode(streams, planner.vocab, grammar, decoding.Sampling(0.0), torch.Generator())
-    assert torch.equal(loose[0], plan[0]) and not torch.equal(loose, plan), "this planner's own cells move them"
+
+    def plan(keep_still: bool) -> torch.Tensor:
+        grammar = decoding.Grammar(
+            3, 9, scale, {0: PLAN[0].tolist()}, [], planner.moves, 3, keep_still=keep_still, greedy_words=False
+        )
+        streams = [decoding.Stream(planner.head, prompt, planner.device)]
+        with torch.inference_mode():
+            return decoding.decode(streams, planner.vocab, grammar, decoding.Sampling(0.0), torch.Generator())[0]
+
+    bound, loose = plan(True), plan(False)
+    for code in (2, 3, 5):
+        assert torch.equal(bound[1] == code, PLAN[0] == code) and torch.equal(bound[2] == code, PLAN[0] == code)
+    assert torch.equal(loose[0], bound[0]) and not torch.equal(loose, bound), "this planner's own cells move them"

@@ -11,8 +11,9 @@ With persistence p > 0, each cell of a keyframe after the first gets p added to 
 code the same cell has in the keyframe before: a prior that what the text does not move stays where
 it is (keyframes of a video change in a few cells), applied after guidance and before temperature.
 A planner trained with move rows (`planner.moves`) writes, before each keyframe after the first, one
-move word per object of keyframe 0 (its code token given, the word drawn among the six move words
-with the same sampling; pad ids first, so every row has one length), so the cells that follow are drawn
+move word per object of keyframe 0 (its code token given, the likeliest of the six move words, or
+one drawn with the cells' sampling when `Grammar.greedy_words` is off; pad ids first, so every row has
+one length), so the cells that follow are drawn
 under a decided move; a "still" word binds: that object's cells are copied from the keyframe before and
 its code is drawn nowhere else (`Grammar.keep_still`).
 
@@ -240,6 +241,7 @@ class Grammar:
     moves: MoveRows | None = None
     width: int = 9
     keep_still: bool = True
+    greedy_words: bool = True
 
     def cue(self, k: int) -> list[int]:
         return self.cues[k] if k < len(self.cues) else []
@@ -299,8 +301,9 @@ def decode(
 def _move_row(
     streams, vocab, grammar, plan, k: int, pending: list[int], sampling, generator
 ) -> tuple[list, float, list[int]]:
-    """Keyframe k's move row: each object's code token is given and its move word drawn (`sampling`, without
-    persistence), or, for a locked keyframe, written as its given cells move. Returns the ids still to feed, the
+    """Keyframe k's move row: each object's code token is given and its move word drawn (the likeliest with
+    `grammar.greedy_words`, else by `sampling` without persistence), or, for a locked keyframe, written as its
+    given cells move. Returns the ids still to feed, the
     drawn words' log-probability and, with `grammar.keep_still`, the codes whose drawn word is "still" (their
     cells are then copied from keyframe k-1: the word binds them)."""
     rows, score, still = grammar.moves, 0.0, []
@@ -313,7 +316,7 @@ def _move_row(
             pending.append(rows.word_id(step_move(plan[k - 1], torch.tensor(lock), code, grammar.width)))
             continue
         logits = _guided(streams, pending, sampling.guidance_scale, rows.word_ids)  # [len(MOVES)]
-        pick = choose(logits, sampling, generator)
+        pick = int(torch.argmax(logits)) if grammar.greedy_words else choose(logits, sampling, generator)
         score += float(torch.log_softmax(logits, dim=0)[pick])
         pending = [rows.word_ids[pick]]
         still += [code] if grammar.keep_still and MOVES[pick] == "still" else []
