@@ -11,11 +11,10 @@ With persistence p > 0, each cell of a keyframe after the first gets p added to 
 code the same cell has in the keyframe before: a prior that what the text does not move stays where
 it is (keyframes of a video change in a few cells), applied after guidance and before temperature.
 A planner trained with move rows (`planner.moves`) writes, before each keyframe after the first, one
-move word per object of keyframe 0 (its code token given, the likeliest of the six move words, or
-one drawn with the cells' sampling when `Grammar.greedy_words` is off; pad ids first, so every row has
-one length), so the cells that follow are drawn
-under a decided move; a "still" word binds: that object's cells are copied from the keyframe before and
-its code is drawn nowhere else (`Grammar.keep_still`).
+move word per object of keyframe 0 (its code token given, the likeliest of the six move words, or one
+drawn with the cells' sampling when `Grammar.greedy_words` is off; pad ids first, so every row has one
+length), so the cells that follow are drawn under a decided move; a "still" word binds: that object's
+cells are copied from the keyframe before and its code is drawn nowhere else (`Grammar.keep_still`).
 
 transformers versions: this module is also the one place of Plan-X's transformers shims
 (`new_cache`, `cache_kwargs`, `dtype_kwargs`, `vision_rotary`) for the supported range, 4.50 to
@@ -303,9 +302,9 @@ def _move_row(
 ) -> tuple[list, float, list[int]]:
     """Keyframe k's move row: each object's code token is given and its move word drawn (the likeliest with
     `grammar.greedy_words`, else by `sampling` without persistence), or, for a locked keyframe, written as its
-    given cells move. Returns the ids still to feed, the
-    drawn words' log-probability and, with `grammar.keep_still`, the codes whose drawn word is "still" (their
-    cells are then copied from keyframe k-1: the word binds them)."""
+    given cells move. Returns the ids still to feed, the drawn words' log-probability and, with
+    `grammar.keep_still`, the codes whose drawn word is "still" (their cells are then copied from keyframe k-1:
+    the word binds them)."""
     rows, score, still = grammar.moves, 0.0, []
     lock = grammar.locked.get(k)
     speak = rows.codes(plan[0])

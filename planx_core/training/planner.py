@@ -156,7 +156,7 @@ class PlannerStage(Stage):
             help="planner: before each keyframe's cells (after its cue) the plan gets a move row, one word per "
             "object of keyframe 0 saying which way it goes (`planner.moves`), so where an object goes is one "
             "decision and its cells follow it; W weighs those words in the loss (recorded as move_rows in "
-            "config.json; the runtime draws the words; 0 = off)",
+            "config.json; the runtime writes the likeliest words; 0 = off)",
         )
         parser.add_argument(
             "--blind-cues",
