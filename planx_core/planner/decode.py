@@ -307,12 +307,13 @@ def _move_row(
     the word binds them)."""
     rows, score, still = grammar.moves, 0.0, []
     lock = grammar.locked.get(k)
+    given = None if lock is None else torch.tensor(lock)  # [cells]: a locked keyframe's words come from its cells
     speak = rows.codes(plan[0])
     pending = [*pending, *rows.padding(len(speak))]
     for code in speak:
         pending = [*pending, vocab.image_start + code]
-        if lock is not None:
-            pending.append(rows.word_id(step_move(plan[k - 1], torch.tensor(lock), code, grammar.width)))
+        if given is not None:
+            pending.append(rows.word_id(step_move(plan[k - 1], given, code, grammar.width)))
             continue
         logits = _guided(streams, pending, sampling.guidance_scale, rows.word_ids)  # [len(MOVES)]
         pick = int(torch.argmax(logits)) if grammar.greedy_words else choose(logits, sampling, generator)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .prompt import filler_id
+
 MOVES = ("left", "right", "up", "down", "still", "gone")  # what `code_moves` can say of a code between keyframes
 MOVE_WORDS = ("left", "right", "up", "down", "still", "behind")  # how a move row writes each of MOVES
 
@@ -78,8 +80,7 @@ class MoveRows:
                     f"each of {list(MOVE_WORDS)} as one known id (add the word to the vocabulary)"
                 )
             ids.append(got[0])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(int(background), int(slots), tuple(ids), int(pad))
+        return cls(int(background), int(slots), tuple(ids), int(filler_id(tokenizer)))
 
     @classmethod
     def from_config(cls, config, tokenizer, num_codes: int, name: str) -> MoveRows | None:

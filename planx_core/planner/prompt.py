@@ -149,8 +149,12 @@ def cue_ids(tokenizer, cue: str, length: int) -> list[int]:
     end (cut to its first `length` ids), the tokenizer's pad token before it. A fixed length keeps every
     keyframe at the same distance from the one before, as the planner's copy of unchanged cells wants."""
     ids = tokenizer(f"{cue}.", add_special_tokens=False)["input_ids"][:length] if cue else []
-    filler = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return [filler] * (length - len(ids)) + ids
+    return [filler_id(tokenizer)] * (length - len(ids)) + ids
+
+
+def filler_id(tokenizer) -> int:
+    """The id that pads a cue or a move row to its fixed length: the pad token, else the end of sequence."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def cue_rows(
