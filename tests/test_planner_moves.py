@@ -209,3 +209,32 @@ def test_a_still_word_binds_its_objects_cells(monkeypatch):
     for code in (2, 3, 5):
         assert torch.equal(bound[1] == code, PLAN[0] == code) and torch.equal(bound[2] == code, PLAN[0] == code)
     assert torch.equal(loose[0], bound[0]) and not torch.equal(loose, bound), "this planner's own cells move them"
+
+
+def test_the_planner_stage_scores_teacher_forced_move_words():
+    """The planner stage's evaluation reports the share of move words right under teacher forcing (the likeliest of
+    the six words, as the runtime writes them), over all clips and over clips of two or more objects; none without
+    move rows."""
+    from planx_core.training import main as train
+    from planx_core.training.planner import PlannerStage
+    from planx_core.training.stages import StageContext
+
+    argv = ["--stage", "planner", "--out", "unused", "--steps", "1", "--batch", "2", "--eval-clips", "6"]
+    stage = PlannerStage(StageContext(train.parse_args([*argv, "--eval-decode", "0", "--move-rows", "10"]), "cpu"))
+    ids = torch.tensor(stage.moves.word_ids)
+    targets = torch.tensor([[5, ids[0], 7, ids[4], ids[2]], [ids[1], 5, 5, 5, 5]])  # [2, 5]: 3 words, then 1
+    logits = torch.zeros(2, 5, len(stage.tokenizer))  # [2, 5, V]
+    logits[0, 1, ids[0]] = logits[0, 3, ids[1]] = logits[0, 4, ids[2]] = logits[1, 0, ids[1]] = 1.0
+    logits[0, 0, ids[3]] = 5.0  # a word's logit where no word is due is not scored
+    assert stage._word_hits(logits, targets).tolist() == [[2, 3], [1, 1]]
+    clips = [c for c, _ in zip(*stage._eval_sets()["train"])]
+    hits = torch.tensor([[2, 3], [1, 1]] + [[0, 2]] * (len(clips) - 2))  # [B, 2]
+    several = [i for i, c in enumerate(clips) if len(c.objects) > 1]
+    scores = stage._word_scores(hits, clips, "x")
+    assert scores["x_words"] == round(3 / (4 + 2 * (len(clips) - 2)), 4)
+    assert ("x_words2" in scores) == bool(several)
+    out = stage.evaluate()
+    for key in ("tf_i2v_words", "heldout_tf_i2v_words"):
+        assert 0.0 <= out[key] <= 1.0
+    plain = PlannerStage(StageContext(train.parse_args([*argv, "--eval-decode", "0"]), "cpu"))
+    assert not [k for k in plain.evaluate() if k.endswith(("_words", "_words2"))]

@@ -21,9 +21,7 @@ Options (issue 14's recipe changes, each in the run fingerprint): `--planner-lay
 `--move-rows` (the plan itself says each object's move in words before the keyframe's cells: `planner.moves`), and
 the keyframe cues (`--keyframe-cues`, `--cues-only`, `--first-cue-motion`; `planner_prompt.cue_rows`).
 
-Metrics on unseen `train`-split clips and held-out compositions: teacher-forced plan-token accuracy over all cells
-and object/wall cells, text-to-video (5 keyframes) and image-to-video (keyframes 1..4), the copy-the-first-frame
-baseline, and greedy decoding of a few clips (temperature 0): cell accuracies and keyframe moves (`move_agreement`).
+Metrics: `training.planner_eval` (teacher-forced and greedy, on unseen `train`-split clips and held-out ones).
 """
 
 from __future__ import annotations
@@ -42,7 +40,8 @@ from ..planner.prompt import cue_rows, plan_ids, prompt_ids
 from ..planner.vocab import scale_index
 from ..tatok.files import load_tatok, save_tatok
 from ..world import tiny
-from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels, move_agreement
+from ..world.labels import BACKGROUND_CODE, clip_images, clip_labels
+from .planner_eval import PlannerEvaluation
 from .planner_objective import PlannerObjective
 from .planner_targets import IGNORE, motion_weights, move_targets, pad
 from .stages import (
@@ -50,7 +49,6 @@ from .stages import (
     StageContext,
     StageError,
     clip_seeds,
-    eval_clips,
     resolve_tatok_file,
     zero_grad_rows,
 )
@@ -76,7 +74,7 @@ def load_deepened(source: nn.Module, target: nn.Module) -> None:
         raise StageError(f"planner --init-from: the source does not fit this planner ({unexpected or missing})")
 
 
-class PlannerStage(Stage):
+class PlannerStage(PlannerEvaluation, Stage):
     name = "planner"
 
     @classmethod
@@ -371,77 +369,6 @@ class PlannerStage(Stage):
         """One clip per seed, `--order-pairs` of them as order pairs and `--swap-pairs` as binding pairs
         (`world.clips_with_pairs`)."""
         return world.clips_with_pairs(seeds, self.args.order_pairs, swap=self.args.swap_pairs)
-
-    # -- evaluation --------------------------------------------------------------------
-    def _eval_sets(self):
-        if self._eval is None:
-            n, seed = self.args.eval_clips, self.args.seed
-            self._eval = {
-                s: (clips, self.plan_codes(clips)) for s in ("train", "heldout") for clips in [eval_clips(s, n, seed)]
-            }
-        return self._eval
-
-    def _teacher_forced(self, clips, codes: torch.Tensor, i2v: bool) -> torch.Tensor:
-        """Predicted codes under teacher forcing (argmax over the `<I*>` logits): `[B, K, g*g]`."""
-        preds = []
-        for start in range(0, len(clips), 8):
-            part = [self.sequence(c, codes[start + b], i2v) for b, c in enumerate(clips[start : start + 8])]
-            inputs = {k: t.to(self.ctx.device) for k, t in pad(part, self.tokenizer.pad_token_id).items()}
-            logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            image = logits[:, :-1, self.vocab.image_start : self.vocab.image_end].argmax(-1)  # [b, S-1]
-            targets = inputs["labels"][:, 1:]  # [b, S-1]
-            is_code = (targets >= self.vocab.image_start) & (targets < self.vocab.image_end)
-            preds.append(image[is_code].reshape(len(part), *codes.shape[1:]).cpu())  # [b, K, g*g]
-        return torch.cat(preds)
-
-    @staticmethod
-    def _scores(pred: torch.Tensor, truth: torch.Tensor, name: str) -> dict:
-        fore = truth != BACKGROUND_CODE
-        return {
-            f"{name}_acc": round(float((pred == truth).float().mean()), 4),
-            f"{name}_obj": round(float((pred == truth)[fore].float().mean()), 4),
-        }
-
-    def _greedy(self, clips, codes: torch.Tensor) -> dict:
-        planner = SemanticPlanner(self.model, self.tokenizer, self.vocab, "eval")
-        v, out = tiny.VIDEO, {}
-        shape = dict(num_keyframes=codes.shape[1], fps=v.fps, keyframe_rate=v.keyframe_rate, duration=v.duration)
-        for i2v in (False, True):
-            preds = [
-                planner.generate(
-                    c.scene,
-                    c.motion,
-                    **shape,
-                    grid=(v.grid, v.grid),
-                    temperature=0,
-                    first_frame_codes=codes[b, 0] if i2v else None,
-                    locked={0: codes[b, 0].tolist()} if i2v else None,
-                )
-                for b, c in enumerate(clips)
-            ]  # each [K, g*g]
-            first, name = (1, "greedy_i2v") if i2v else (0, "greedy_t2v")
-            plans = torch.stack(preds)  # [n, K, g*g]
-            out.update(self._scores(plans[:, first:], codes[:, first:], name))  # [n, K-first, g*g]
-            out[f"{name}_moves"] = round(move_agreement(plans, codes, v.grid, BACKGROUND_CODE), 4)
-        return out
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        self.model.eval()
-        out = {}
-        for split, (clips, codes) in self._eval_sets().items():
-            prefix = "" if split == "train" else "heldout_"
-            out.update(self._scores(self._teacher_forced(clips, codes, False), codes, f"{prefix}tf_t2v"))
-            i2v = self._teacher_forced(clips, codes, True)[:, 1:]  # keyframe 0 is in the prompt
-            out.update(self._scores(i2v, codes[:, 1:], f"{prefix}tf_i2v"))
-            copy = codes[:, :1].expand_as(codes[:, 1:])  # [B, K-1, g*g]: "nothing moves"
-            out.update(self._scores(copy, codes[:, 1:], f"{prefix}copy_first"))
-        n = self.args.eval_decode
-        if n > 0:
-            clips, codes = self._eval_sets()["train"]
-            out.update(self._greedy(clips[:n], codes[:n]))
-        self.model.train()
-        return out
 
     def export(self, out: Path) -> None:
         save_planner(SemanticPlanner(self.model, self.tokenizer, self.vocab, "planshapes-tiny"), Path(out) / "planner")
