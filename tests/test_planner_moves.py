@@ -232,9 +232,9 @@ def test_the_planner_stage_scores_teacher_forced_move_words():
     several = [i for i, c in enumerate(clips) if len(c.objects) > 1]
     scores = stage._word_scores(hits, clips, "x")
     assert scores["x_words"] == round(3 / (4 + 2 * (len(clips) - 2)), 4)
-    assert ("x_words2" in scores) == bool(several)
+    assert ("x_words_2obj" in scores) == bool(several)
     out = stage.evaluate()
     for key in ("tf_i2v_words", "heldout_tf_i2v_words"):
         assert 0.0 <= out[key] <= 1.0
     plain = PlannerStage(StageContext(train.parse_args([*argv, "--eval-decode", "0"]), "cpu"))
-    assert not [k for k in plain.evaluate() if k.endswith(("_words", "_words2"))]
+    assert not [k for k in plain.evaluate() if k.endswith(("_words", "_words_2obj"))]

@@ -3,7 +3,7 @@
 This project's own. On unseen `train`-split clips and on held-out compositions: teacher-forced plan-token accuracy
 over all cells and object/wall cells, text-to-video (5 keyframes) and image-to-video (keyframes 1..4), the
 copy-the-first-frame baseline, and, for planners with move rows, the teacher-forced move words (the likeliest of the
-six, as the runtime writes them: `*_tf_i2v_words`, and for clips with two or more objects `*_tf_i2v_words2`, where
+six, as the runtime writes them: `*_tf_i2v_words`, and for clips with two or more objects `*_tf_i2v_words_2obj`, where
 binding a word to its object is the hard part); then greedy decoding of a few clips (temperature 0): cell accuracies
 and keyframe moves (`move_agreement`).
 """
@@ -68,7 +68,7 @@ class PlannerEvaluation:
         """Share of move words right, over all clips and over those with two or more objects; `hits` `[B, 2]`."""
         several = torch.tensor([len(c.objects) > 1 for c in clips])  # [B]
         out = {}
-        for key, rows in ((f"{name}_words", hits), (f"{name}_words2", hits[several])):
+        for key, rows in ((f"{name}_words", hits), (f"{name}_words_2obj", hits[several])):
             if rows[:, 1].sum() > 0:
                 out[key] = round(float(rows[:, 0].sum() / rows[:, 1].sum()), 4)
         return out
