@@ -2,9 +2,10 @@
 # Planner candidates of issue 14 trained side by side on one lent GPU inside a time box, each from the shipped
 # planner with the shipped fine-tune recipe (MODEL_CARD.md: motion weight 10, order pairs 0.5, EMA 0.99, cooled),
 # differing in depth (--planner-layers: the shipped 4 layers spread over 8 or 12, the new ones starting as
-# identities), in the self-fed share, in the auxiliary move loss (--move-weight) and in the weight of still objects
-# (--still-weight). A short probe of all of them at once measures each one's s/step, so every run gets the step
-# count that fits the box and keeps its cool-down (a run cut by the box would not).
+# identities), in the self-fed share, in the auxiliary move loss (--move-weight), in the weight of still objects
+# (--still-weight) and in move rows with binding pairs (--move-rows, --swap-pairs). A short probe of all of them at
+# once measures each one's s/step, so every run gets the step count that fits the box and keeps its cool-down (a
+# run cut by the box would not).
 #
 #   bash scripts/gpu_planner.sh                                  # on the GPU machine (box 240 s)
 #   PLANNER_BOX_S=60 PLANNER_PROBE=4 PLANNER_MIN_STEPS=2 bash scripts/gpu_planner.sh   # a CPU smoke run
@@ -58,8 +59,8 @@ declare -A VARIANT=(
 # variant without them would train them away). On the CPU every 4-layer recipe change since (still weight, binding
 # pairs, the pair contrast: MODEL_CARD.md) left the videos where they were, so the default set is depth and length:
 # 8 and 12 layers, plain, with the binding pairs' contrast (_pc) and with move rows (_moves: one word per object
-# before each keyframe's cells, with binding pairs: on the CPU, 1200 + 1600 steps of the 4-layer planner took the
-# teacher-forced words of two-object held-out clips from 0.66 to 0.89 and were still rising; so 4 layers too).
+# before each keyframe's cells, with binding pairs: on the CPU, 1200 + 2400 steps of the 4-layer planner took the
+# teacher-forced words of two-object held-out clips from 0.66 to 0.92 and were still rising; so 4 layers too).
 NAMES=${PLANNER_VARIANTS:-d4_moves d8_moves d12_moves d8_cue_only d8_cue_only_pc}
 
 train() {  # train FOLDER STEPS COOLDOWN EVAL_CLIPS EXTRA...
