@@ -227,7 +227,7 @@ def test_the_planner_stage_scores_teacher_forced_move_words():
     logits[0, 1, ids[0]] = logits[0, 3, ids[1]] = logits[0, 4, ids[2]] = logits[1, 0, ids[1]] = 1.0
     logits[0, 0, ids[3]] = 5.0  # a word's logit where no word is due is not scored
     assert stage._word_hits(logits, targets).tolist() == [[2, 3], [1, 1]]
-    clips = [c for c, _ in zip(*stage._eval_sets()["train"])]
+    clips = stage._eval_sets()["train"][0]
     hits = torch.tensor([[2, 3], [1, 1]] + [[0, 2]] * (len(clips) - 2))  # [B, 2]
     several = [i for i, c in enumerate(clips) if len(c.objects) > 1]
     scores = stage._word_scores(hits, clips, "x")

@@ -113,6 +113,10 @@ class MoveRows:
     def word_id(self, move: str) -> int:
         return self.word_ids[MOVES.index(move)]
 
+    def is_word(self, ids: torch.Tensor) -> torch.Tensor:
+        """Where `ids` (any shape) hold a move word: a bool tensor of the same shape."""
+        return torch.isin(ids, torch.tensor(self.word_ids, device=ids.device))
+
     def truth(self, codes: torch.Tensor, image_start: int, width: int, ignore: int) -> list[tuple[list, list]]:
         """Every keyframe's move row of the plan `codes` `[K, cells]` as (ids, labels): keyframe 0's is empty;
         the code tokens are given (label `ignore`), the words are the labels."""

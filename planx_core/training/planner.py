@@ -353,7 +353,7 @@ class PlannerStage(PlannerEvaluation, Stage):
         if a.motion_weight != 1 or a.still_weight != 1 or a.move_rows:
             inputs["weights"] = motion_weights(inputs["labels"], plans, image, a.motion_weight, a.still_weight)
         if a.move_rows:  # the move words are the only labels that are neither codes nor delimiters
-            inputs["weights"][torch.isin(inputs["labels"], torch.tensor(self.moves.word_ids))] = a.move_rows
+            inputs["weights"][self.moves.is_word(inputs["labels"])] = a.move_rows
         if a.move_weight:
             inputs["moves"], inputs["move_at"] = move_targets(inputs["labels"], plans, image)
         return {k: t.to(c.device) for k, t in inputs.items()}, seeds

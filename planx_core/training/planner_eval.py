@@ -51,7 +51,7 @@ class PlannerEvaluation:
         if not self.moves:
             return torch.zeros(len(targets), 2, dtype=torch.long)
         ids = torch.tensor(self.moves.word_ids, device=targets.device)  # [6]
-        is_word = torch.isin(targets, ids)  # [b, S-1]
+        is_word = self.moves.is_word(targets)  # [b, S-1]
         right = (ids[logits[..., ids].argmax(-1)] == targets) & is_word  # [b, S-1]
         return torch.stack([right.sum(1), is_word.sum(1)], 1)  # [b, 2]
 
