@@ -408,11 +408,20 @@ def test_an_uploaded_plan_renders_and_a_size_it_cannot_honour_is_refused(browser
 # ---------------------------------------------------------------------------------------------
 
 
-def _open_template(page, title: str) -> None:
+def _open_template(page, title: str, folder: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # the browser fixture skips without it
+
     page.get_by_role("button", name="Templates").first.click()
-    page.get_by_text("planx", exact=True).first.click()
     image = page.locator(f"img[alt={json.dumps(title)}]").first
-    image.wait_for(state="visible", timeout=20_000)
+    for attempt in range(3):  # on a loaded machine the dialog can take the click before its list is ready
+        page.get_by_text("planx", exact=True).first.click()
+        try:
+            image.wait_for(state="visible", timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                shot(page, folder, f"template-{title}-not-shown")
+                raise
     page.wait_for_function(
         "(t) => [...document.querySelectorAll('img')].some((i) => i.alt === t && i.complete && i.naturalWidth >= 400)",
         arg=title,
@@ -446,7 +455,7 @@ def test_a_shipped_workflow_from_the_templates_browser_plays_its_video(browser, 
     folder = artifacts(tmp_path)
     title = Path(filename).stem
     page = open_page(browser, server, frontend)
-    _open_template(page, title)
+    _open_template(page, title, folder)
     workflow = json.loads((ROOT / "workflows" / filename).read_text(encoding="utf-8"))
     assert page.evaluate("window.app.graph._nodes.length") == len(workflow["nodes"])
     boxes = node_boxes(page)
