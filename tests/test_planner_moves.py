@@ -8,7 +8,7 @@ import torch
 from test_planner import randomize, tiny_model
 
 from planx_core.planner.model import SemanticPlanner
-from planx_core.planner.moves import MOVE_WORDS, MOVES, MoveRows, code_moves, step_move
+from planx_core.planner.moves import MOVE_WORDS, MOVES, MoveRows, bound_cells, code_moves, step_move
 from planx_core.planner.prompt import plan_ids
 from planx_core.planner.vocab import build_word_tokenizer, extend_vocabulary, scale_index
 
@@ -209,6 +209,53 @@ def test_a_still_word_binds_its_objects_cells(monkeypatch):
     for code in (2, 3, 5):
         assert torch.equal(bound[1] == code, PLAN[0] == code) and torch.equal(bound[2] == code, PLAN[0] == code)
     assert torch.equal(loose[0], bound[0]) and not torch.equal(loose, bound), "this planner's own cells move them"
+
+
+def test_bound_words_place_cells_where_the_word_says():
+    """`bound_cells`: a bound word moves its code's cells one cell its way (off-grid cells drop, an earlier code
+    keeps a contested cell), and `step_move` reads the placed cells as that word."""
+    before = torch.tensor([2, 2, 0, 0, 0, 0, 3, 0, 0])  # [9]: a 3x3 grid, code 2 at the top left, code 3 below
+    fixed = bound_cells(before, {2: "right", 3: "still"}, 3)
+    assert fixed == {1: 2, 2: 2, 6: 3}
+    after = before.clone()
+    after[:] = 0
+    for cell, code in fixed.items():
+        after[cell] = code
+    assert step_move(before, after, 2, 3) == "right" and step_move(before, after, 3, 3) == "still"
+    assert bound_cells(before, {2: "up"}, 3) == {}, "pushed off the grid: no cell left"
+    assert bound_cells(before, {3: "up", 2: "down"}, 3) == {3: 3, 4: 2}, "code 3 came first and keeps cell 3"
+
+
+def test_a_move_word_binds_its_objects_cells_with_bind_moves(monkeypatch):
+    """With `Grammar.bind_moves`, a drawn "right" places the object's cells one cell right of keyframe k-1's and
+    its code nowhere else; off (the default) the same draws leave the cells to the model."""
+    from planx_core.planner import decode as decoding
+
+    planner = build(ROWS)
+    draw = decoding.choose
+
+    def right_words(logits, sampling, generator):  # every word "right", every cell the model's own greedy code
+        return MOVES.index("right") if logits.numel() == len(MOVES) else draw(logits, sampling, generator)
+
+    monkeypatch.setattr(decoding, "choose", right_words)
+    scale = planner.vocab.scales[scale_index((3, 3))]
+    prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
+    first = torch.tensor([2, 0, 0, 3, 0, 0, 0, 0, 0])  # [9]: codes 2 and 3 in the left column
+
+    def plan(bind: bool) -> torch.Tensor:
+        grammar = decoding.Grammar(
+            3, 9, scale, {0: first.tolist()}, [], planner.moves, 3, greedy_words=False, bind_moves=bind
+        )
+        streams = [decoding.Stream(planner.head, prompt, planner.device)]
+        with torch.inference_mode():
+            return decoding.decode(streams, planner.vocab, grammar, decoding.Sampling(0.0), torch.Generator())[0]
+
+    bound, loose = plan(True), plan(False)
+    for k, column in ((1, 1), (2, 2)):
+        assert torch.nonzero(bound[k] == 2).flatten().tolist() == [column]
+        assert torch.nonzero(bound[k] == 3).flatten().tolist() == [3 + column]
+    assert code_moves(bound, 3, 0) == {2: ["right", "right"], 3: ["right", "right"]}
+    assert not torch.equal(loose, bound), "this planner's own cells go elsewhere"
 
 
 def test_the_planner_stage_scores_teacher_forced_move_words():

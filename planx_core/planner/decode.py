@@ -14,7 +14,9 @@ A planner trained with move rows (`planner.moves`) writes, before each keyframe 
 move word per object of keyframe 0 (its code token given, the likeliest of the six move words, or one
 drawn with the cells' sampling when `Grammar.greedy_words` is off; pad ids first, so every row has one
 length), so the cells that follow are drawn under a decided move; a "still" word binds: that object's
-cells are copied from the keyframe before and its code is drawn nowhere else (`Grammar.keep_still`).
+cells are copied from the keyframe before and its code is drawn nowhere else (`Grammar.keep_still`); so does a
+move word with `Grammar.bind_moves`: the cells are those of the keyframe before moved one cell that way
+(`moves.bound_cells`), so the cells always go where the word says.
 
 transformers versions: this module is also the one place of Plan-X's transformers shims
 (`new_cache`, `cache_kwargs`, `dtype_kwargs`, `vision_rotary`) for the supported range, 4.50 to
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import DynamicCache
 
-from .moves import MOVES, MoveRows, step_move
+from .moves import MOVES, SHIFTS, MoveRows, bound_cells, step_move
 from .vocab import PlanVocab
 
 # ----------------------------------------------------------------------------- transformers versions
@@ -241,6 +243,7 @@ class Grammar:
     width: int = 9
     keep_still: bool = True
     greedy_words: bool = True
+    bind_moves: bool = False
 
     def cue(self, k: int) -> list[int]:
         return self.cues[k] if k < len(self.cues) else []
@@ -267,24 +270,24 @@ def decode(
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
     done, score = 0, 0.0 if scored else math.nan
     for k in range(grammar.num_keyframes):
-        lock, still = grammar.locked.get(k), []
+        lock, bound, fixed = grammar.locked.get(k), [], {}
         if k > 0 and grammar.moves is not None:
-            pending, words, still = _move_row(streams, vocab, grammar, plan, k, pending, sampling, generator)
+            pending, words, bound = _move_row(streams, vocab, grammar, plan, k, pending, sampling, generator)
+            fixed = bound_cells(plan[k - 1], bound, grammar.width)  # {cell: code} the bound words place
             score += words
         pending += [vocab.im_start, grammar.scale_id]
         for c in range(grammar.cells):
             if interrupt is not None and interrupt():
                 raise PlanningInterrupted(done, grammar.total)
-            kept = still and int(plan[k - 1, c]) in still  # a cell of an object its word keeps still
-            if lock is not None or kept:
-                code = lock[c] if lock is not None else int(plan[k - 1, c])
+            if lock is not None or c in fixed:
+                code = lock[c] if lock is not None else fixed[c]
                 pending.append(vocab.image_start + code)
             else:
                 logits = _guided(streams, pending, sampling.guidance_scale)  # [N]
-                if (k > 0 and sampling.persistence) or still:
+                if (k > 0 and sampling.persistence) or bound:
                     logits = logits.clone()  # [N]; the model's own output stays as it was
                     logits[plan[k - 1, c]] += sampling.persistence
-                    logits[still] = -math.inf  # a still object appears nowhere else
+                    logits[list(bound)] = -math.inf  # a bound object appears nowhere else
                 code = choose(logits, sampling, generator)
                 if scored:
                     score += float(torch.log_softmax(logits, dim=0)[code])
@@ -302,10 +305,9 @@ def _move_row(
 ) -> tuple[list, float, list[int]]:
     """Keyframe k's move row: each object's code token is given and its move word drawn (the likeliest with
     `grammar.greedy_words`, else by `sampling` without persistence), or, for a locked keyframe, written as its
-    given cells move. Returns the ids still to feed, the drawn words' log-probability and, with
-    `grammar.keep_still`, the codes whose drawn word is "still" (their cells are then copied from keyframe k-1:
-    the word binds them)."""
-    rows, score, still = grammar.moves, 0.0, []
+    given cells move. Returns the ids still to feed, the drawn words' log-probability and the drawn words that
+    bind their code's cells, {code: move}: "still" with `grammar.keep_still`, a move with `grammar.bind_moves`."""
+    rows, score, bound = grammar.moves, 0.0, {}
     lock = grammar.locked.get(k)
     given = None if lock is None else torch.tensor(lock)  # [cells]: a locked keyframe's words come from its cells
     speak = rows.codes(plan[0])
@@ -319,8 +321,10 @@ def _move_row(
         pick = int(torch.argmax(logits)) if grammar.greedy_words else choose(logits, sampling, generator)
         score += float(torch.log_softmax(logits, dim=0)[pick])
         pending = [rows.word_ids[pick]]
-        still += [code] if grammar.keep_still and MOVES[pick] == "still" else []
-    return pending, score, still
+        move = MOVES[pick]
+        if (move == "still" and grammar.keep_still) or (move in SHIFTS and move != "still" and grammar.bind_moves):
+            bound[code] = move
+    return pending, score, bound
 
 
 MAX_CANDIDATES = 64  # plans drawn per request at most (each costs one decode)

@@ -58,6 +58,25 @@ def step_move(before: torch.Tensor, after: torch.Tensor, code: int, width: int) 
     return "down" if dy > 0 else "up"
 
 
+SHIFTS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}  # (dx, dy) in cells
+
+
+def bound_cells(before: torch.Tensor, words: dict[int, str], width: int) -> dict[int, int]:
+    """The cells a move row's words fix in the next keyframe: {cell: code}. Each code whose word is in SHIFTS
+    takes its cells of `before` `[rows * width]` moved one cell that way (cells pushed off the grid drop); codes
+    earlier in `words` keep a cell two of them would take. A move of one cell is what `step_move` reads as that
+    word, so the cells written agree with the word."""
+    rows = before.numel() // width
+    fixed: dict[int, int] = {}
+    for code, word in words.items():
+        dx, dy = SHIFTS[word]
+        for cell in torch.nonzero(before == code).flatten().tolist():
+            x, y = cell % width + dx, cell // width + dy
+            if 0 <= x < width and 0 <= y < rows:
+                fixed.setdefault(y * width + x, code)
+    return fixed
+
+
 @dataclass(frozen=True)
 class MoveRows:
     """A planner's move rows: the background code they skip, the codes a row holds at most, the token id of each
