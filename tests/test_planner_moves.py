@@ -182,30 +182,36 @@ def test_blind_cues_blank_the_cues_and_give_the_words_unscored():
         PlannerStage.check_args(train.parse_args([*argv, "--blind-cues", "0.5"]), 1)
 
 
-def test_a_still_word_binds_its_objects_cells(monkeypatch):
-    """When the drawn word of an object is "still", keyframe k copies that object's cells from keyframe k-1 and
-    draws its code nowhere else (`Grammar.keep_still`); without the binding the same draws move it."""
+def every_word(monkeypatch, word: str):
+    """A decoder whose every drawn move word is `word` and every cell the model's own greedy code: plan(first,
+    **grammar options) decodes 3 keyframes of a 3x3 grid after keyframe 0 `first` `[9]`."""
     from planx_core.planner import decode as decoding
 
     planner = build(ROWS)
     draw = decoding.choose
 
-    def still_words(logits, sampling, generator):  # every word "still", every cell the model's own greedy code
-        return MOVES.index("still") if logits.numel() == len(MOVES) else draw(logits, sampling, generator)
+    def words(logits, sampling, generator):
+        return MOVES.index(word) if logits.numel() == len(MOVES) else draw(logits, sampling, generator)
 
-    monkeypatch.setattr(decoding, "choose", still_words)
+    monkeypatch.setattr(decoding, "choose", words)
     scale = planner.vocab.scales[scale_index((3, 3))]
     prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
 
-    def plan(keep_still: bool) -> torch.Tensor:
-        grammar = decoding.Grammar(
-            3, 9, scale, {0: PLAN[0].tolist()}, [], planner.moves, 3, keep_still=keep_still, greedy_words=False
-        )
+    def plan(first: torch.Tensor, **options) -> torch.Tensor:
+        locked = {0: first.tolist()}
+        grammar = decoding.Grammar(3, 9, scale, locked, [], planner.moves, 3, greedy_words=False, **options)
         streams = [decoding.Stream(planner.head, prompt, planner.device)]
         with torch.inference_mode():
             return decoding.decode(streams, planner.vocab, grammar, decoding.Sampling(0.0), torch.Generator())[0]
 
-    bound, loose = plan(True), plan(False)
+    return plan
+
+
+def test_a_still_word_binds_its_objects_cells(monkeypatch):
+    """When the drawn word of an object is "still", keyframe k copies that object's cells from keyframe k-1 and
+    draws its code nowhere else (`Grammar.keep_still`); without the binding the same draws move it."""
+    plan = every_word(monkeypatch, "still")
+    bound, loose = plan(PLAN[0], keep_still=True), plan(PLAN[0], keep_still=False)
     for code in (2, 3, 5):
         assert torch.equal(bound[1] == code, PLAN[0] == code) and torch.equal(bound[2] == code, PLAN[0] == code)
     assert torch.equal(loose[0], bound[0]) and not torch.equal(loose, bound), "this planner's own cells move them"
@@ -229,28 +235,9 @@ def test_bound_words_place_cells_where_the_word_says():
 def test_a_move_word_binds_its_objects_cells_with_bind_moves(monkeypatch):
     """With `Grammar.bind_moves`, a drawn "right" places the object's cells one cell right of keyframe k-1's and
     its code nowhere else; off (the default) the same draws leave the cells to the model."""
-    from planx_core.planner import decode as decoding
-
-    planner = build(ROWS)
-    draw = decoding.choose
-
-    def right_words(logits, sampling, generator):  # every word "right", every cell the model's own greedy code
-        return MOVES.index("right") if logits.numel() == len(MOVES) else draw(logits, sampling, generator)
-
-    monkeypatch.setattr(decoding, "choose", right_words)
-    scale = planner.vocab.scales[scale_index((3, 3))]
-    prompt = planner.build_prompt("a red circle", "moves right", **ARGS)
+    plan = every_word(monkeypatch, "right")
     first = torch.tensor([2, 0, 0, 3, 0, 0, 0, 0, 0])  # [9]: codes 2 and 3 in the left column
-
-    def plan(bind: bool) -> torch.Tensor:
-        grammar = decoding.Grammar(
-            3, 9, scale, {0: first.tolist()}, [], planner.moves, 3, greedy_words=False, bind_moves=bind
-        )
-        streams = [decoding.Stream(planner.head, prompt, planner.device)]
-        with torch.inference_mode():
-            return decoding.decode(streams, planner.vocab, grammar, decoding.Sampling(0.0), torch.Generator())[0]
-
-    bound, loose = plan(True), plan(False)
+    bound, loose = plan(first, bind_moves=True), plan(first)
     for k, column in ((1, 1), (2, 2)):
         assert torch.nonzero(bound[k] == 2).flatten().tolist() == [column]
         assert torch.nonzero(bound[k] == 3).flatten().tolist() == [3 + column]
