@@ -5,8 +5,8 @@
 #   SCALE=0.002 EVAL_CLIPS=2 bash scripts/train_tiny.sh   # a smoke run: every stage a few steps, small pools
 #
 # The stages and settings are those of planx_core/embedded/MODEL_CARD.md (vae, decoder, tatok, planner, dit,
-# e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last three with keyframe
-# cues), with the step counts the shipped runs ended at. Every stage resumes when run again (the same command),
+# e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last seven with keyframe
+# cues, the last five with move rows), with the step counts the shipped runs ended at. Every stage resumes when run again (the same command),
 # so a stopped script is rerun.
 # Environment: RUNS (run folders and the bundle, default runs/tiny), SCALE (share of every step count,
 # default 1), DEVICE (auto, cpu or cuda; default auto), THREADS (torch CPU threads, default 0 = all),
@@ -70,9 +70,22 @@ for cue in planner_cue planner_cue24 planner_cue24co; do
     --self-feed 0.3 --keyframe-cues 24 ${only[@]+"${only[@]}"}
   from=$cue
 done
+# Then move rows (a word per object before each keyframe's cells), 1200 steps, and four rounds of 800 with
+# binding pairs (two-object clips whose texts swap the objects' motions), each round a new --seed's batches.
+train planner planner_mr2 "$(steps 1200)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 600)" \
+  --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
+  --self-feed 0.3 --keyframe-cues 24 --cues-only --move-rows 10
+from=planner_mr2
+for round in 0 1 2 3; do
+  out=planner_mrD$([ "$round" = 0 ] || echo $((round + 1)))
+  train planner "$out" "$(steps 800)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 400)" \
+    --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
+    --swap-pairs 0.25 --self-feed 0.3 --keyframe-cues 24 --cues-only --move-rows 10 --seed "$round"
+  from=$out
+done
 
 echo "== assemble $RUNS/bundle"
-"$PY" -m planx_core assemble --planner "$RUNS/planner_cue24co" --vae "$RUNS/vae_dec" --dit "$RUNS/ft_cool" \
+"$PY" -m planx_core assemble --planner "$RUNS/$from" --vae "$RUNS/vae_dec" --dit "$RUNS/ft_cool" \
   --no-e2e "$RUNS/dit" --out "$RUNS/bundle" --text-scale 1 --plan-scale 3 --t2v-temperature 0.5
 echo "== evaluate $RUNS/bundle"
 "$PY" -m planx_core.eval --bundle "$RUNS/bundle" --rows full,text_only,no_rope,gt_plan \

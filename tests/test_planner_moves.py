@@ -233,11 +233,11 @@ def test_bound_words_place_cells_where_the_word_says():
 
 
 def test_a_move_word_binds_its_objects_cells_with_bind_moves(monkeypatch):
-    """With `Grammar.bind_moves`, a drawn "right" places the object's cells one cell right of keyframe k-1's and
-    its code nowhere else; off (the default) the same draws leave the cells to the model."""
+    """With `Grammar.bind_moves` (the default), a drawn "right" places the object's cells one cell right of keyframe
+    k-1's and its code nowhere else; off, the same draws leave the cells to the model."""
     plan = every_word(monkeypatch, "right")
     first = torch.tensor([2, 0, 0, 3, 0, 0, 0, 0, 0])  # [9]: codes 2 and 3 in the left column
-    bound, loose = plan(first, bind_moves=True), plan(first)
+    bound, loose = plan(first), plan(first, bind_moves=False)
     for k, column in ((1, 1), (2, 2)):
         assert torch.nonzero(bound[k] == 2).flatten().tolist() == [column]
         assert torch.nonzero(bound[k] == 3).flatten().tolist() == [3 + column]

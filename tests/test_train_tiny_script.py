@@ -46,10 +46,7 @@ def test_train_tiny_script_trains_assembles_and_evaluates_a_bundle(tmp_path):
         "e2e",
         "assemble",
         "dit",
-        "planner",
-        "planner",
-        "planner",
-        "planner",
+        *["planner"] * 9,  # the fine-tune, three with cues, move rows, four rounds with binding pairs
         "assemble",
         "evaluate",
     ]
@@ -62,5 +59,8 @@ def test_train_tiny_script_trains_assembles_and_evaluates_a_bundle(tmp_path):
     assert bundle.spec.sampling.plan_scale == 3.0 and bundle.spec.planning.t2v_temperature == 0.5
     config = json.loads((runs / "bundle" / "planner" / "config.json").read_text())
     assert config["keyframe_cues"] == 24 and config["motion_in_prompt"] is False  # from the cues-only run
+    assert config["move_rows"]["slots"] == 3  # from the move-row rounds, the last of them shipped
+    last = json.loads((runs / "planner_mrD4" / "log.jsonl").read_text().splitlines()[0])
+    assert last["argv"][last["argv"].index("--seed") + 1] == "3" and "--swap-pairs" in last["argv"]
     scores = json.loads((runs / "eval_report" / "scores.json").read_text())
     assert set(scores["rows"]) >= {"full", "text_only", "no_rope", "gt_plan"} and scores["clips"] == 1
