@@ -5,9 +5,9 @@
 #   SCALE=0.002 EVAL_CLIPS=2 bash scripts/train_tiny.sh   # a smoke run: every stage a few steps, small pools
 #
 # The stages and settings are those of planx_core/embedded/MODEL_CARD.md (vae, decoder, tatok, planner, dit,
-# e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last seven with keyframe
-# cues, the last five with move rows), with the step counts the shipped runs ended at. Every stage resumes when run again (the same command),
-# so a stopped script is rerun.
+# e2e, then the renderer fine-tune on ground-truth plans and the planner fine-tunes, the last eight with keyframe
+# cues, the last five of them with move rows), with the step counts the shipped runs ended at. Every stage resumes
+# when run again (the same command), so a stopped script is rerun.
 # Environment: RUNS (run folders and the bundle, default runs/tiny), SCALE (share of every step count,
 # default 1), DEVICE (auto, cpu or cuda; default auto), THREADS (torch CPU threads, default 0 = all),
 # PY (python, default .venv/bin/python), EVAL_CLIPS (held-out clips of the final evaluation, default 32).
@@ -71,7 +71,8 @@ for cue in planner_cue planner_cue24 planner_cue24co; do
   from=$cue
 done
 # Then move rows (a word per object before each keyframe's cells), 1200 steps, and four rounds of 800 with
-# binding pairs (two-object clips whose texts swap the objects' motions), each round a new --seed's batches.
+# binding pairs (two objects, one start, each object's actions given to the other), each round a new --seed's
+# batches.
 train planner planner_mr2 "$(steps 1200)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 600)" \
   --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
   --self-feed 0.3 --keyframe-cues 24 --cues-only --move-rows 10

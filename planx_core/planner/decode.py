@@ -271,7 +271,7 @@ def decode(
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
     done, score = 0, 0.0 if scored else math.nan
     for k in range(grammar.num_keyframes):
-        lock, bound, fixed = grammar.locked.get(k), [], {}
+        lock, bound, fixed = grammar.locked.get(k), {}, {}
         if k > 0 and grammar.moves is not None:
             pending, words, bound = _move_row(streams, vocab, grammar, plan, k, pending, sampling, generator)
             fixed = bound_cells(plan[k - 1], bound, grammar.width)  # {cell: code} the bound words place
@@ -303,7 +303,7 @@ def decode(
 
 def _move_row(
     streams, vocab, grammar, plan, k: int, pending: list[int], sampling, generator
-) -> tuple[list, float, list[int]]:
+) -> tuple[list, float, dict[int, str]]:
     """Keyframe k's move row: each object's code token is given and its move word drawn (the likeliest with
     `grammar.greedy_words`, else by `sampling` without persistence), or, for a locked keyframe, written as its
     given cells move. Returns the ids still to feed, the drawn words' log-probability and the drawn words that
@@ -323,7 +323,7 @@ def _move_row(
         score += float(torch.log_softmax(logits, dim=0)[pick])
         pending = [rows.word_ids[pick]]
         move = MOVES[pick]
-        if (move == "still" and grammar.keep_still) or (move in SHIFTS and move != "still" and grammar.bind_moves):
+        if grammar.keep_still if move == "still" else grammar.bind_moves and move in SHIFTS:  # not "gone"
             bound[code] = move
     return pending, score, bound
 
