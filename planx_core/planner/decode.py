@@ -16,7 +16,7 @@ drawn with the cells' sampling when `Grammar.greedy_words` is off; pad ids first
 length), so the cells that follow are drawn under a decided move; a "still" word binds: that object's
 cells are copied from the keyframe before and its code is drawn nowhere else (`Grammar.keep_still`); so does a
 move word (`Grammar.bind_moves`, on unless turned off): the cells are those of the keyframe before moved one
-cell that way (`moves.bound_cells`), so the cells always go where the word says (issue 14: 0.776 / 0.672 held-out
+cell that way (`moves.bound_cells`), so the cells go where the word says (issue 14: 0.776 / 0.672 held-out
 full row without, 0.850 / 0.766 with, `MODEL_CARD.md`).
 
 transformers versions: this module is also the one place of Plan-X's transformers shims
