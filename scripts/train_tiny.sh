@@ -56,33 +56,33 @@ echo "== assemble $RUNS/bundle0 (planner, decoder, e2e DiT)"
 train dit ft_cool "$(steps 600)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 600)" --ema 0.99 \
   --switch 0 --first-frame 0.5 --vae "$RUNS/bundle0" --tatok "$RUNS/bundle0" --init-from "$RUNS/bundle0" \
   --pool "$(small 2048 16)"
-train planner planner_ft "$(steps 1500)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 800)" \
-  --ema 0.99 --init-from "$RUNS/bundle0" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
-  --self-feed 0.3
+finetune() {  # finetune OUT STEPS COOLDOWN FROM [options...]: a planner fine-tune with the shipped recipe
+  local out=$1 n=$2 cool=$3 from=$4
+  shift 4
+  train planner "$out" "$n" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$cool" --ema 0.99 --init-from "$from" \
+    --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 --self-feed 0.3 "$@"
+}
+finetune planner_ft "$(steps 1500)" "$(steps 800)" "$RUNS/bundle0"
 # Then keyframe cues, three times 2000 steps with the same recipe (the shipped first run had cues of their own
 # length, an option that no longer exists; the card says why; all runs here take 24 ids), the last cues-only.
 from=planner_ft
 for cue in planner_cue planner_cue24 planner_cue24co; do
   only=()
   [ "$cue" = planner_cue24co ] && only=(--cues-only)
-  train planner "$cue" "$(steps 2000)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 800)" \
-    --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
-    --self-feed 0.3 --keyframe-cues 24 ${only[@]+"${only[@]}"}
+  finetune "$cue" "$(steps 2000)" "$(steps 800)" "$RUNS/$from" --keyframe-cues 24 ${only[@]+"${only[@]}"}
   from=$cue
 done
 # Then move rows (a word per object before each keyframe's cells), 1200 steps, and four rounds of 800 with
 # binding pairs (two objects, one start, each object's actions given to the other), each round a new --seed's
 # batches.
-train planner planner_mr2 "$(steps 1200)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 600)" \
-  --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
-  --self-feed 0.3 --keyframe-cues 24 --cues-only --move-rows 10
+rows=(--keyframe-cues 24 --cues-only --move-rows 10)
+finetune planner_mr2 "$(steps 1200)" "$(steps 600)" "$RUNS/$from" "${rows[@]}"
 from=planner_mr2
-for round in 0 1 2 3; do
-  out=planner_mrD$([ "$round" = 0 ] || echo $((round + 1)))
-  train planner "$out" "$(steps 800)" --batch 8 --lr 3e-4 --warmup "$warm" --cooldown "$(steps 400)" \
-    --ema 0.99 --init-from "$RUNS/$from" --tatok "$RUNS/bundle0" --motion-weight 10 --order-pairs 0.5 \
-    --swap-pairs 0.25 --self-feed 0.3 --keyframe-cues 24 --cues-only --move-rows 10 --seed "$round"
+seed=0
+for out in planner_mrD planner_mrD2 planner_mrD3 planner_mrD4; do
+  finetune "$out" "$(steps 800)" "$(steps 400)" "$RUNS/$from" "${rows[@]}" --swap-pairs 0.25 --seed "$seed"
   from=$out
+  seed=$((seed + 1))
 done
 
 echo "== assemble $RUNS/bundle"

@@ -223,8 +223,7 @@ def test_bound_words_place_cells_where_the_word_says():
     before = torch.tensor([2, 2, 0, 0, 0, 0, 3, 0, 0])  # [9]: a 3x3 grid, code 2 at the top left, code 3 below
     fixed = bound_cells(before, {2: "right", 3: "still"}, 3)
     assert fixed == {1: 2, 2: 2, 6: 3}
-    after = before.clone()
-    after[:] = 0
+    after = torch.zeros_like(before)  # [9]
     for cell, code in fixed.items():
         after[cell] = code
     assert step_move(before, after, 2, 3) == "right" and step_move(before, after, 3, 3) == "still"

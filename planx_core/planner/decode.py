@@ -271,10 +271,11 @@ def decode(
     plan = torch.empty(grammar.num_keyframes, grammar.cells, dtype=torch.long)  # [K, cells]
     done, score = 0, 0.0 if scored else math.nan
     for k in range(grammar.num_keyframes):
-        lock, bound, fixed = grammar.locked.get(k), {}, {}
+        lock, banned, fixed = grammar.locked.get(k), [], {}
         if k > 0 and grammar.moves is not None:
             pending, words, bound = _move_row(streams, vocab, grammar, plan, k, pending, sampling, generator)
             fixed = bound_cells(plan[k - 1], bound, grammar.width)  # {cell: code} the bound words place
+            banned = list(bound)  # the bound codes, drawn in no other cell of keyframe k
             score += words
         pending += [vocab.im_start, grammar.scale_id]
         for c in range(grammar.cells):
@@ -285,10 +286,10 @@ def decode(
                 pending.append(vocab.image_start + code)
             else:
                 logits = _guided(streams, pending, sampling.guidance_scale)  # [N]
-                if (k > 0 and sampling.persistence) or bound:
+                if (k > 0 and sampling.persistence) or banned:
                     logits = logits.clone()  # [N]; the model's own output stays as it was
                     logits[plan[k - 1, c]] += sampling.persistence
-                    logits[list(bound)] = -math.inf  # a bound object appears nowhere else
+                    logits[banned] = -math.inf  # a bound object appears nowhere else
                 code = choose(logits, sampling, generator)
                 if scored:
                     score += float(torch.log_softmax(logits, dim=0)[code])
