@@ -225,6 +225,21 @@ def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_p
     assert "holds another semantic encoder" in capsys.readouterr().err
 
 
+def test_encoder_patch_4_gives_stage_2_an_8x8_semantic_grid(tmp_path, capsys):
+    """`semgen-latent --encoder-patch 4`: the fresh tiny encoder has 4-px patches, so the pools and the exported
+    folder plan on an 8x8 grid of 8-px cells (one per video token); a resume with the other patch is refused."""
+    out = tmp_path / "latent"
+    common = ["--batch", "2", "--pool", "2", "--long-pool", "1", "--threads", "1", "--eval-every", "0"]
+    args = ["--stage", "semgen-latent", "--out", str(out), "--init-from", str(EMBEDDED), *common]
+    assert train.main([*args, "--steps", "1", "--encoder-patch", "4"]) == 0
+    assert read_safetensors(out / "pool_short.safetensors")["feats"].shape == (2, 5, 8, 8, 128)
+    assert SemanticGen.load(out, need_semantic=False).semantic_grid() == (8, 8)
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logs[0]["fingerprint"]["encoder_patch"] == 4  # a resume must match
+    assert train.main([*args, "--steps", "2"]) != 0  # the default 8-px patch on this folder
+    assert "--encoder-patch" in capsys.readouterr().err
+
+
 def test_stage_2_plan_guidance_is_a_spec_setting_that_old_folders_leave_at_1(model, tmp_path):
     """`plan_scale` (stage 2 guided by the semantic plan: v(-,-) + s (v(-,plan) - v(-,-)) + ...): read from
     semanticgen.json, 1 when the file predates it, and it changes the render."""

@@ -107,11 +107,12 @@ def vision_arch(config) -> dict:
     return out
 
 
-def tiny_vision_config():
-    """Test size: 2 blocks of width 64, 8-px patches, so a 64x64 frame gives a 4x4 grid of 128-d features.
+def tiny_vision_config(patch_size: int = 8):
+    """Test size: 2 blocks of width 64, 8-px patches, so a 64x64 frame gives a 4x4 grid of 128-d features
+    (`patch_size` 4: 4-px patches, an 8x8 grid of 8-px cells).
 
-    window_size 32 px = 2x2 merged tokens, so a 4x4 grid has 4 attention windows in block 0;
-    block 1 attends fully (as every 8th block of the real tower).
+    window_size 32 px = 2x2 merged tokens at 8-px patches (4x4 at 4-px), so either grid has 4 attention windows
+    in block 0; block 1 attends fully (as every 8th block of the real tower).
     """
     return vision_config(
         depth=2,
@@ -119,7 +120,7 @@ def tiny_vision_config():
         num_heads=2,
         intermediate_size=128,
         out_hidden_size=128,
-        patch_size=8,
+        patch_size=patch_size,
         spatial_merge_size=2,
         temporal_patch_size=2,
         window_size=32,

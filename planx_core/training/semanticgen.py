@@ -178,6 +178,14 @@ class SemLatentStage(PoolMixin, Stage):
         parser.add_argument("--long-every", type=int, default=4, help="semgen: every Nth step trains on long clips")
         parser.add_argument("--window", type=int, default=2, help="semgen: attention window in latent frames")
         parser.add_argument("--sem-dim", type=int, default=8, help="semgen: compressed semantic width (8 or 64)")
+        parser.add_argument(
+            "--encoder-patch",
+            type=int,
+            default=8,
+            choices=(4, 8),
+            help="semgen-latent: the fresh tiny encoder's patch in pixels: 8 gives a 4x4 semantic grid of 16-px "
+            "cells on 64x64 frames, 4 an 8x8 grid of 8-px cells (one per video token)",
+        )
         parser.add_argument("--kl-weight", type=float, default=1e-3, help="semgen: weight of the KL term")
         parser.add_argument("--rec-weight", type=float, default=0.1, help="semgen: weight of feature reconstruction")
         parser.add_argument("--sem-dropout", type=float, default=0.15, help="semgen: steps without the semantic plan")
@@ -189,8 +197,14 @@ class SemLatentStage(PoolMixin, Stage):
         self.text = load_text_encoder(EMBEDDED / "text_encoder").eval().requires_grad_(False)
         self.vae = load_vae(run_file(a.vae, "vae.safetensors") if a.vae else EMBEDDED / "vae.safetensors").eval()
         torch.manual_seed(a.seed)
-        self.encoder = SemanticEncoder(tiny_vision_config()).eval().requires_grad_(False)
-        self.encoder.load_state_dict(self._encoder_state(), strict=True)
+        self.encoder = SemanticEncoder(tiny_vision_config(a.encoder_patch)).eval().requires_grad_(False)
+        try:
+            self.encoder.load_state_dict(self._encoder_state(), strict=True)
+        except RuntimeError:
+            raise StageError(
+                f"{a.out}'s semantic encoder (or --init-from's) does not have {a.encoder_patch}-px patches: pass the "
+                "--encoder-patch it was made with, or a new --out"
+            ) from None
         dit = WanModel(read_spec(EMBEDDED).dit)
         cfg = dit.config
         branch = SemanticBranch(
@@ -231,6 +245,7 @@ class SemLatentStage(PoolMixin, Stage):
             "window": a.window,
             "sem_dim": a.sem_dim,
             "long_every": a.long_every,
+            **({"encoder_patch": a.encoder_patch} if a.encoder_patch != 8 else {}),
         }
 
     def init_from(self, path: Path) -> None:
