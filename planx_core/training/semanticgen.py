@@ -198,13 +198,7 @@ class SemLatentStage(PoolMixin, Stage):
         self.vae = load_vae(run_file(a.vae, "vae.safetensors") if a.vae else EMBEDDED / "vae.safetensors").eval()
         torch.manual_seed(a.seed)
         self.encoder = SemanticEncoder(tiny_vision_config(a.encoder_patch)).eval().requires_grad_(False)
-        try:
-            self.encoder.load_state_dict(self._encoder_state(), strict=True)
-        except RuntimeError:
-            raise StageError(
-                f"{a.out}'s semantic encoder (or --init-from's) does not have {a.encoder_patch}-px patches: pass the "
-                "--encoder-patch it was made with, or a new --out"
-            ) from None
+        self.encoder.load_state_dict(self._encoder_state(), strict=True)
         dit = WanModel(read_spec(EMBEDDED).dit)
         cfg = dit.config
         branch = SemanticBranch(
@@ -225,7 +219,13 @@ class SemLatentStage(PoolMixin, Stage):
             source = self._model_folder(self.args.init_from)
             encoder = load_semantic_encoder(source / SEMANTICGEN_FILES["encoder"]) if source else self.encoder
             save_semantic_encoder(encoder, path)
-        return read_safetensors(path)
+        saved = load_semantic_encoder(path)  # the file carries its vision config
+        if saved.config.patch_size != self.args.encoder_patch:
+            raise StageError(
+                f"{self.args.out}'s semantic encoder (or --init-from's) has {saved.config.patch_size}-px patches, not "
+                f"{self.args.encoder_patch}: pass the --encoder-patch it was made with, or a new --out"
+            )
+        return saved.state_dict()
 
     @staticmethod
     def _model_folder(path) -> Path | None:
