@@ -31,6 +31,24 @@ def test_noising_target_and_pinned_first_frame():
     assert s.weight[pin, 0, 0].eq(0).all() and s.weight[:, 0, 1:].eq(1).all()
 
 
+def test_a_clean_prefix_is_given_and_not_predicted():
+    """`prefix=2`: every sample's first two frames are x0 at timestep 0 and weigh nothing in the loss (the
+    oracle's garbage there would otherwise dominate it), the rest are noised as usual."""
+    x0 = torch.randn(3, 4, 5, 2, 2)
+    s = noise_latents(x0, torch.Generator().manual_seed(2), shift=3.0, prefix=2)
+    assert torch.equal(s.x_t[:, :, :2], x0[:, :, :2]) and (s.t[:, :2] == 0).all() and (s.t[:, 2:] > 0).all()
+    assert s.weight[:, 0, :2].eq(0).all() and s.weight[:, 0, 2:].eq(1).all()
+    seen = []
+
+    def model(x_t, t, context, plan=None):
+        seen.append((x_t, t))
+        return oracle(x0)(x_t, t, context)
+
+    loss = flow_loss(model, x0, torch.zeros(3, 2, 8), torch.zeros(1, 2, 8), None, torch.Generator(), prefix=2)
+    assert (seen[0][1][:, :2] == 0).all() and torch.equal(seen[0][0][:, :, :2], x0[:, :, :2])
+    assert float(loss) < 1e-6  # the oracle's 1e6 on the given frames is not counted
+
+
 def test_loss_counts_only_predicted_frames():
     x0 = torch.randn(3, 4, 5, 2, 2)
     gen = torch.Generator().manual_seed(1)

@@ -389,6 +389,20 @@ def test_ti2v_first_frame_and_timesteps():
         assert torch.equal(x[:, :, :1], image)  # the model always sees the image as frame 0
 
 
+def test_a_clean_prefix_of_frames_is_pinned_at_timestep_0():
+    """`first_frame_latent` of P frames (SemanticGen's sequential stage 1: the keyframes written so far) stays
+    as given and reads timestep 0; the frames after it are sampled; a prefix longer than the video is refused."""
+    fake = FakeDenoiser()
+    prefix = torch.randn(SHAPE[0], SHAPE[1], 2, *SHAPE[3:], generator=torch.Generator().manual_seed(3))
+    out = sample(fake, initial_noise(SHAPE, seed=1), steps=3, guidance=Guidance(1.0, 1.0), first_frame_latent=prefix)
+    assert torch.equal(out[:, :, :2], prefix) and not torch.equal(out[:, :, 2:], torch.zeros_like(out[:, :, 2:]))
+    assert all(torch.all(t[:, :2] == 0) and torch.all(t[:, 2:] > 0) for t in fake.ts)
+    assert all(torch.equal(x[:, :, :2], prefix) for x in fake.xs)
+    too_long = torch.zeros(SHAPE[0], SHAPE[1], SHAPE[2] + 1, *SHAPE[3:])
+    with pytest.raises(ValueError, match="1 <= P <= 3"):
+        sample(FakeDenoiser(), torch.zeros(SHAPE), steps=2, first_frame_latent=too_long)
+
+
 def test_timesteps_without_first_frame_are_uniform():
     fake = FakeDenoiser()
     sample(fake, torch.zeros(SHAPE), steps=4, guidance=Guidance(1.0, 1.0))

@@ -398,3 +398,46 @@ def test_semantic_cues_give_stage_1_each_keyframes_stage_in_training_and_at_run_
     torch.testing.assert_close(negative, torch.zeros_like(trained))
     z = model.with_spec(semantic_steps=1).plan_semantics(clip.scene, clip.motion, num_frames=17)
     assert z.shape == (5, 4, 4, 8)
+
+
+def test_sequential_stage_1_writes_each_keyframe_from_the_ones_before(model):
+    """`sequential=True`: keyframe j is sampled with keyframes < j given, so it cannot depend on a later keyframe's
+    text (changing the last keyframe's text changes only the last keyframe), and the callback counts K * steps."""
+    pos = torch.randn(1, 4, 8, 64)  # [1, K, L, Dt]: one text per keyframe
+    other = pos.clone()
+    other[:, -1] = torch.randn(8, 64)
+    calls = []
+    kwargs = dict(keyframes=4, grid=(4, 4), steps=2, seed=1, sequential=True)
+    a = generate_semantics(
+        model.semantic_dit, pos, torch.zeros_like(pos), callback=lambda *c: calls.append(c), **kwargs
+    )
+    b = generate_semantics(model.semantic_dit, other, torch.zeros_like(pos), **kwargs)
+    assert a.shape == (1, 4, 4, 4, 8) and torch.equal(a[:, :3], b[:, :3]) and not torch.equal(a[:, 3], b[:, 3])
+    assert [c[:2] for c in calls] == [(i, 8) for i in range(8)]
+    joint = generate_semantics(model.semantic_dit, pos, torch.zeros_like(pos), **{**kwargs, "sequential": False})
+    assert not torch.equal(
+        joint[:, :3],
+        generate_semantics(model.semantic_dit, other, torch.zeros_like(pos), **{**kwargs, "sequential": False})[:, :3],
+    )
+
+
+def test_semantic_sequential_trains_records_and_assembles(tmp_path):
+    """`--semantic-sequential`: the run's fingerprint and export name it, `assemble` writes `semantic_sequential`
+    true (with `semantic_cues`), and the loaded model's stage 1 samples keyframe by keyframe."""
+    out = tmp_path / "semantic"
+    args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
+    common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-every", "0", "--threads", "1"]
+    assert train.main([*args, *common, "--semantic-pools", "--semantic-cues", "--semantic-sequential"]) == 0
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logs[0]["fingerprint"]["semantic_sequential"] is True
+    assert json.loads((out / "semantic_generator.json").read_text()) == {
+        "semantic_cues": True,
+        "semantic_sequential": True,
+    }
+    model = SemanticGen.load(assemble(EMBEDDED / "semanticgen", out, tmp_path / "model"))
+    assert model.spec.semantic_sequential and model.spec.semantic_cues
+    calls = []
+    z = model.with_spec(semantic_steps=1).plan_semantics(
+        "a red circle", "the red circle moves up", num_frames=17, callback=lambda *c: calls.append(c[:2])
+    )
+    assert z.shape == (5, 4, 4, 8) and calls[-1] == (4, 5)

@@ -178,28 +178,30 @@ def initial_noise(shape: Sequence[int], seed: int, dtype: torch.dtype = torch.fl
 def _check_first_frame(noise: Tensor, first_frame_latent: Tensor | None) -> Tensor | None:
     if first_frame_latent is None:
         return None
-    b, c, _, h, w = noise.shape
-    if tuple(first_frame_latent.shape) != (b, c, 1, h, w):
+    b, c, f, h, w = noise.shape
+    p = first_frame_latent.shape[2] if first_frame_latent.ndim == 5 else 0
+    if first_frame_latent.ndim != 5 or not 1 <= p <= f or tuple(first_frame_latent.shape) != (b, c, p, h, w):
         raise ValueError(
-            f"first_frame_latent must have shape [B, C, 1, H, W] = {[b, c, 1, h, w]} to match noise "
-            f"{list(noise.shape)}, got {list(first_frame_latent.shape)}; encode the image at the video's size"
+            f"first_frame_latent must have shape [B, C, P, H, W] = {[b, c, 'P', h, w]} with 1 <= P <= {f} (the clean "
+            f"leading frames) to match noise {list(noise.shape)}, got {list(first_frame_latent.shape)}; encode the "
+            f"image at the video's size"
         )
-    return first_frame_latent.to(device=noise.device, dtype=noise.dtype)  # [B, C, 1, H, W]
+    return first_frame_latent.to(device=noise.device, dtype=noise.dtype)  # [B, C, P, H, W]
 
 
 def _pin_first_frame(x: Tensor, first_frame: Tensor | None) -> Tensor:
-    """TI2V: latent frame 0 is the encoded image, not a sample."""
+    """TI2V: latent frame 0 is the encoded image, not a sample (or the P leading frames are a given clean prefix,
+    as when SemanticGen's sequential stage 1 writes one keyframe after the ones before)."""
     if first_frame is None:
         return x
-    return torch.cat([first_frame, x[:, :, 1:]], dim=2)  # [B, C, F, H, W]
+    return torch.cat([first_frame, x[:, :, first_frame.shape[2] :]], dim=2)  # [B, C, F, H, W]
 
 
-def _frame_timesteps(sigma: float, noise: Tensor, pinned: bool) -> Tensor:
-    """Per-frame timestep sigma * 1000, [B, F]; column 0 is 0 when frame 0 is the given image."""
+def _frame_timesteps(sigma: float, noise: Tensor, pinned: int) -> Tensor:
+    """Per-frame timestep sigma * 1000, [B, F]; the first `pinned` columns are 0 (the given frames)."""
     b, f = noise.shape[0], noise.shape[2]
     t = torch.full((b, f), sigma * NUM_TRAIN_TIMESTEPS, dtype=torch.float32, device=noise.device)  # [B, F]
-    if pinned:
-        t[:, 0] = 0.0
+    t[:, :pinned] = 0.0
     return t
 
 
@@ -224,9 +226,10 @@ def sample(
 
     denoise(x [B, C, F, H, W], t [B, F], *, text, plan) returns the velocity; t is sigma * 1000
     per latent frame. With `first_frame_latent` [B, C, 1, H, W] (TI2V), frame 0 is that latent at
-    the start and after every step, and its timestep is 0. `plan_active(sigma)` returning False
-    drops the plan passes for that step. `callback(i, steps, x, x0)` runs after step i (0-based)
-    with the new sample and that step's x0 prediction; `interrupt()` is checked before each step.
+    the start and after every step, and its timestep is 0 (`[B, C, P, H, W]`: the P leading frames,
+    likewise). `plan_active(sigma)` returning False drops the plan passes for that step.
+    `callback(i, steps, x, x0)` runs after step i (0-based) with the new sample and that step's x0
+    prediction; `interrupt()` is checked before each step.
     """
     if noise.ndim != 5:
         raise ValueError(f"noise must be a latent [B, C, F, H, W], got shape {list(noise.shape)}")
@@ -238,7 +241,7 @@ def sample(
         if interrupt is not None and interrupt():
             raise SamplingInterrupted(i, steps)
         sigma = float(sigmas[i])
-        t = _frame_timesteps(sigma, noise, pinned=first_frame is not None)  # [B, F]
+        t = _frame_timesteps(sigma, noise, pinned=0 if first_frame is None else first_frame.shape[2])  # [B, F]
         plan_now = use_plan and (plan_active is None or bool(plan_active(sigma)))
         v = guided_velocity(denoise, x, t, guidance, use_plan=plan_now)  # [B, C, F, H, W]
         x0 = _pin_first_frame((x - sigma * v).to(x.dtype), first_frame)  # [B, C, F, H, W]

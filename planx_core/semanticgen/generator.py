@@ -9,7 +9,10 @@ merged-patch grid, D = the compressor width) is read as a tiny "video" `[D, K, g
 same 3D RoPE, timestep modulation and text cross-attention apply, and attention is full because
 no window is passed. With keyframe cues (`SemanticGenSpec.semantic_cues`, this project's addition) each
 keyframe's tokens cross-attend to their own text (`keyframe_prompts`: the scene and the stage of the motion that
-steers that keyframe, by the planner's cue rule), so the order of the stages is given, not learned.
+steers that keyframe, by the planner's cue rule), so the order of the stages is given, not learned. A sequential
+stage 1 (`SemanticGenSpec.semantic_sequential`, also this project's: the way the Plan-X planner writes its plan)
+samples one keyframe after another, the ones before it given clean at timestep 0 (Wan TI2V's pinned frame, for a
+prefix), so each keyframe is written from the last one and its own text.
 """
 
 from __future__ import annotations
@@ -95,27 +98,42 @@ def generate_semantics(
     shift: float = 3.0,
     text_scale: float = 1.0,
     seed: int = 0,
+    sequential: bool = False,
     callback=None,
     interrupt=None,
 ) -> torch.Tensor:
     """Sample z_sem `[B, K, gh, gw, D]` for text contexts `[B, L, text_dim]` (or one per keyframe
-    `[B, K, L, text_dim]`) with Euler steps (the paper's sampler)."""
+    `[B, K, L, text_dim]`) with Euler steps (the paper's sampler); `sequential`: keyframe by keyframe, each
+    sampled with the ones before it given (`callback(i, total, ...)` then counts `K * steps` steps)."""
     if keyframes < 1 or min(grid) < 1:
         raise ValueError(
             f"cannot generate {keyframes} keyframes of a {grid[0]}x{grid[1]} grid; need at least one of each"
         )
     shape = (positive.shape[0], model.config.in_dim, keyframes, *grid)  # [B, D, K, gh, gw]
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))).to(positive)
-    x = render(
-        model,
-        noise,
-        positive,
-        negative,
-        steps=steps,
-        shift=shift,
-        solver="euler",
-        guidance=Guidance(text_scale=text_scale, plan_scale=1.0),
-        callback=callback,
-        interrupt=interrupt,
-    )
+    options = {"steps": steps, "shift": shift, "solver": "euler", "interrupt": interrupt}
+    options["guidance"] = Guidance(text_scale=text_scale, plan_scale=1.0)
+    if not sequential:
+        return from_latent(render(model, noise, positive, negative, callback=callback, **options))
+    x = noise[:, :, :0]  # [B, D, 0, gh, gw]: the keyframes written so far
+    for k in range(keyframes):
+
+        def progress(i, total, *rest, done=k * steps):
+            if callback is not None:
+                callback(done + i, keyframes * total, *rest)
+
+        x = render(
+            model,
+            noise[:, :, : k + 1],  # [B, D, k + 1, gh, gw]
+            _first_keyframes(positive, k + 1),
+            _first_keyframes(negative, k + 1),
+            first_frame_latent=x if k else None,
+            callback=progress,
+            **options,
+        )
     return from_latent(x)  # [B, K, gh, gw, D]
+
+
+def _first_keyframes(context: torch.Tensor, count: int) -> torch.Tensor:
+    """A per-keyframe text context `[B, K, L, D]` cut to its first `count` keyframes; one text `[B, L, D]` as is."""
+    return context[:, :count] if context.dim() == 4 else context

@@ -81,6 +81,7 @@ class SemanticGenSpec:
     plan_scale: float = 1.0  # stage-2 guidance by the semantic plan (its tokens dropped in training)
     semantic_text_scale: float = 1.0  # stage-1 text guidance
     semantic_cues: bool = False  # stage 1 reads one text per keyframe (`generator.keyframe_prompts`)
+    semantic_sequential: bool = False  # stage 1 writes one keyframe after another (`generator.generate_semantics`)
     name: str = "semanticgen-tiny"
 
     def __post_init__(self):
@@ -88,8 +89,9 @@ class SemanticGenSpec:
             raise ValueError(f"window_semantics must be one of {SEMANTICS}, got {self.window_semantics!r}")
         if not isinstance(self.window_margin, int) or isinstance(self.window_margin, bool) or self.window_margin < 0:
             raise ValueError(f"window_margin must be a whole number of latent frames >= 0, got {self.window_margin!r}")
-        if not isinstance(self.semantic_cues, bool):
-            raise ValueError(f"semantic_cues must be true or false, got {self.semantic_cues!r}")
+        for name in ("semantic_cues", "semantic_sequential"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def to_json(self) -> str:
         return json.dumps({"format": "planx.semanticgen", "version": 1, **asdict(self)}, indent=2)
@@ -247,7 +249,8 @@ class SemanticGen:
         callback=None,
         interrupt=None,
     ) -> torch.Tensor:
-        """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go."""
+        """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go (or, with
+        `semantic_sequential`, one keyframe after another; `callback` then counts `K * steps` steps)."""
         if self.semantic_dit is None:
             raise ValueError("this SemanticGen has no semantic generator (stage 1) loaded; load the full folder")
         positive, negative = self.semantic_contexts(scene, motion, num_frames)
@@ -262,6 +265,7 @@ class SemanticGen:
             shift=self.spec.shift,
             text_scale=self.spec.semantic_text_scale,
             seed=seed,
+            sequential=self.spec.semantic_sequential,
             callback=callback,
             interrupt=interrupt,
         )

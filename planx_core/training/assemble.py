@@ -30,7 +30,7 @@ from ..semanticgen.model import FILES as SEMANTICGEN_FILES
 from ..semanticgen.model import SemanticGen
 from ..tatok.files import load_tatok
 from ..wan.dit_files import load_dit, load_dit_file
-from .semanticgen_semantic import read_semantic_cues
+from .semanticgen_semantic import read_semantic_options
 
 
 def _need(path: Path, what: str) -> Path:
@@ -199,7 +199,7 @@ def assemble_semanticgen(latent_run, semantic_run, out, *, with_shared: bool = F
     model = SemanticGen.load(latent_run, need_semantic=False)
     semantic = load_dit_file(Path(semantic_run) / SEMANTICGEN_FILES["semantic_dit"])
     check_fits(semantic, (model.spec.sem_dim,))
-    model = model.with_spec(semantic_cues=read_semantic_cues(semantic_run))
+    model = model.with_spec(**read_semantic_options(semantic_run))
     return model.with_semantic(semantic).save(out, with_shared=with_shared)
 
 

@@ -40,10 +40,16 @@ class FlowSample:
 
 
 def noise_latents(
-    x0: torch.Tensor, generator: torch.Generator, *, shift: float = 5.0, pin_first: torch.Tensor | None = None
+    x0: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    shift: float = 5.0,
+    pin_first: torch.Tensor | None = None,
+    prefix: int = 0,
 ) -> FlowSample:
     """Draw sigma ~ shift(U(0, 1)) per sample and noise `x0` [B, C, F, H, W]; `pin_first` [B] bool
-    keeps those samples' frame 0 clean at timestep 0."""
+    keeps those samples' frame 0 clean at timestep 0; `prefix` keeps every sample's first `prefix` frames so
+    (SemanticGen's sequential stage 1: the keyframes before the one it writes are given)."""
     b, f = x0.shape[0], x0.shape[2]
     sigma = shift_sigma(torch.rand(b, generator=generator), shift).to(x0)  # [B]
     noise = torch.randn(x0.shape, generator=generator).to(x0)  # [B, C, F, H, W]
@@ -56,6 +62,10 @@ def noise_latents(
         x_t[rows, :, 0] = x0[rows, :, 0]
         t[rows, 0] = 0.0
         weight[rows, :, 0] = 0.0
+    if prefix:
+        x_t[:, :, :prefix] = x0[:, :, :prefix]
+        t[:, :prefix] = 0.0
+        weight[:, :, :prefix] = 0.0
     return FlowSample(x_t, t, noise - x0, weight)
 
 
@@ -76,15 +86,17 @@ def flow_loss(
     *,
     dropout: Dropout = Dropout(),
     shift: float = 5.0,
+    prefix: int = 0,
     **model_options,
 ) -> torch.Tensor:
     """Mean squared velocity error of `model(x_t, t, context, plan=..., **model_options)` on the frames it predicts.
 
-    `plan` is a PlanConditioning for the batch (or None); `empty` is the empty prompt's context;
+    `plan` is a PlanConditioning for the batch (or None); `empty` is the empty prompt's context; the first
+    `prefix` frames are given clean (`noise_latents`) and not predicted;
     `model_options` go to the model unchanged (e.g. `window` for shifted-window attention).
     """
     pin = torch.rand(x0.shape[0], generator=generator) < dropout.first_frame  # [B]
-    sample = noise_latents(x0, generator, shift=shift, pin_first=pin)
+    sample = noise_latents(x0, generator, shift=shift, pin_first=pin, prefix=prefix)
     text = drop_text(context, empty, dropout.text, generator)  # [B, L, D]
     use_plan = plan is not None and float(torch.rand(1, generator=generator)) >= dropout.plan
     velocity = model(sample.x_t, sample.t, text, plan=plan if use_plan else None, **model_options)  # [B, C, F, H, W]

@@ -5,8 +5,10 @@ the frozen encoder and compressor. Here it is trained on the compressor means of
 (`--latent-run`), with text dropout for guidance; or, with `--semantic-pools`, on pools it encodes itself,
 `--order-pairs` of them minimal order pairs (the planner's lesson: the contrast of one scene in both stage orders
 teaches the order of the text), and with `--semantic-cues` one text per keyframe (the scene and the stage of the
-motion that steers it, `semanticgen.generator.keyframe_prompts`), recorded for `assemble_semanticgen` in
-`semantic_generator.json` beside the exported weights. Pools, text features and the latent run's pipeline come
+motion that steers it, `semanticgen.generator.keyframe_prompts`); with `--semantic-sequential` each step teaches
+one keyframe, the ones before it given clean (`flow.noise_latents`' prefix), as `generate_semantics` samples them
+one after another. Both are recorded for `assemble_semanticgen` in `semantic_generator.json` beside the exported
+weights. Pools, text features and the latent run's pipeline come
 from `training.semanticgen`.
 """
 
@@ -32,41 +34,54 @@ from .flow import Dropout, flow_loss
 from .semanticgen import SemLatentStage, encode_features
 from .stages import Stage, StageContext, StageError, run_file
 
-CUES_FILE = "semantic_generator.json"  # beside the stage's export: {"semantic_cues": true} when trained with cues
+CUES_FILE = "semantic_generator.json"  # beside the export: {"semantic_cues": true, "semantic_sequential": true}
+OPTIONS = ("semantic_cues", "semantic_sequential")  # the SemanticGenSpec fields a stage-1 run decides
 
 
-def read_semantic_cues(run: Path) -> bool:
-    """Whether a `semgen-semantic` run's export was trained with `--semantic-cues` (its `CUES_FILE`; absent: no)."""
+def read_semantic_options(run: Path) -> dict[str, bool]:
+    """The `OPTIONS` a `semgen-semantic` run's export was trained with (its `CUES_FILE`; absent: all false)."""
     path = Path(run) / CUES_FILE
     if not path.is_file():
-        return False
+        return dict.fromkeys(OPTIONS, False)
     try:
-        value = json.loads(path.read_text()).get("semantic_cues")
-    except (ValueError, AttributeError):
-        value = None
-    if not isinstance(value, bool):
-        raise CheckpointError(f'{path}: expected {{"semantic_cues": true}} (the run\'s export); export the run again')
-    return value
+        data = json.loads(path.read_text())
+        values = {name: data[name] for name in OPTIONS if name in data}
+    except (ValueError, TypeError):
+        values = {}
+    if not values or not all(isinstance(v, bool) for v in values.values()):
+        raise CheckpointError(
+            f'{path}: expected {{"semantic_cues": true}} and/or {{"semantic_sequential": true}} (the run\'s export); '
+            f"export the run again"
+        )
+    return {name: values.get(name, False) for name in OPTIONS}
 
 
 class SemanticObjective(nn.Module):
     """Flow matching of the semantic generator on frozen compressor means z_sem `[B, K, gh, gw, D]`."""
 
-    def __init__(self, model: WanModel):
+    def __init__(self, model: WanModel, *, sequential: bool = False):
         super().__init__()
         self.model = model
+        self.sequential = sequential
 
     def forward(self, z, context, seed, text_p):
         gen = torch.Generator().manual_seed(int(seed))
+        x0 = to_latent(z)  # [B, D, K, gh, gw]
+        prefix = 0
+        if self.sequential:  # teach keyframe k from the k before it: keyframes past k are not seen
+            prefix = int(torch.randint(x0.shape[2], (1,), generator=gen))
+            x0 = x0[:, :, : prefix + 1]  # [B, D, k + 1, gh, gw]
+            context = context[:, : prefix + 1] if context.dim() == 4 else context
         return flow_loss(
             self.model,
-            to_latent(z),
+            x0,
             context,
             torch.zeros_like(context[:1]),
             None,
             gen,
             dropout=Dropout(float(text_p), 0.0, 0.0),
             shift=3.0,
+            prefix=prefix,
         )
 
 
@@ -94,6 +109,13 @@ class SemSemanticStage(SemLatentStage):
             "the stage of the motion that steers that keyframe (the planner's keyframe-cue rule), so the order of "
             "the stages is given rather than learned; assemble records it as semantic_cues in semanticgen.json",
         )
+        parser.add_argument(
+            "--semantic-sequential",
+            action="store_true",
+            help="semgen-semantic: learn to write one keyframe after another, each from the clean keyframes before "
+            "it (as the Plan-X planner writes its plan), instead of all keyframes at once; assemble records it as "
+            "semantic_sequential in semanticgen.json and stage 1 then samples keyframe by keyframe",
+        )
 
     @classmethod
     def check_args(cls, args, world_size: int) -> None:
@@ -116,7 +138,7 @@ class SemSemanticStage(SemLatentStage):
         self.text, self.vae, self.encoder = self.latent.text, self.latent.vae, self.latent.encoder
         cfg = semantic_generator_config(self.latent.spec.sem_dim, text_dim=self.text.dim)
         torch.manual_seed(a.seed)
-        self.module = SemanticObjective(WanModel(cfg))
+        self.module = SemanticObjective(WanModel(cfg), sequential=a.semantic_sequential)
         source = Path(a.latent_run)
         if a.semantic_pools:
             self.build_pools(self._encode_features, a.order_pairs)
@@ -149,6 +171,7 @@ class SemSemanticStage(SemLatentStage):
             **({"semantic_pools": [a.pool, a.long_pool]} if a.semantic_pools else {}),
             **({"order_pairs": a.order_pairs} if a.order_pairs else {}),
             **({"semantic_cues": True} if a.semantic_cues else {}),
+            **({"semantic_sequential": True} if a.semantic_sequential else {}),
         }
 
     def init_from(self, path: Path) -> None:
@@ -159,10 +182,13 @@ class SemSemanticStage(SemLatentStage):
 
     @torch.no_grad()
     def eval_losses(self, sigmas) -> dict[str, float]:
-        """The flow loss of the semantic generator on the short pool's first 4 clips, at fixed sigmas."""
+        """The flow loss of the semantic generator on the short pool's first 4 clips, at fixed sigmas (sequential:
+        of the last keyframe, the ones before it given)."""
         rows = {k: v[:4].to(self.ctx.device) for k, v in self.pools["short"].items()}
         context = self.context(rows["ids"], rows["mask"])
-        return flow_losses(self.module.model, to_latent(rows["z"]), context, seed=self.args.seed, sigmas=sigmas)
+        x0 = to_latent(rows["z"])  # [4, D, K, gh, gw]
+        prefix = x0.shape[2] - 1 if self.args.semantic_sequential else 0
+        return flow_losses(self.module.model, x0, context, seed=self.args.seed, sigmas=sigmas, prefix=prefix)
 
     def batch(self, step: int):
         b = self.draw(step)
@@ -180,7 +206,8 @@ class SemSemanticStage(SemLatentStage):
             world.make_clip(world.clip_seed(self.args.seed, 1, i), SHORT_WORLD, split="heldout")
             for i in range(self.args.eval_clips)
         ]
-        model = self.latent.with_semantic(self.module.model.eval()).with_spec(semantic_cues=self.args.semantic_cues)
+        options = {name: getattr(self.args, name) for name in OPTIONS}
+        model = self.latent.with_semantic(self.module.model.eval()).with_spec(**options)
         frames = [
             model.generate(c.scene, c.motion, num_frames=SHORT_WORLD.num_frames, seed=i)[0] for i, c in enumerate(clips)
         ]
@@ -190,5 +217,6 @@ class SemSemanticStage(SemLatentStage):
 
     def export(self, out: Path) -> None:
         save_dit(self.module.model, Path(out) / "semantic_generator.safetensors")
-        if self.args.semantic_cues:
-            write_text(Path(out) / CUES_FILE, json.dumps({"semantic_cues": True}) + "\n")
+        options = {name: True for name in OPTIONS if getattr(self.args, name)}
+        if options:
+            write_text(Path(out) / CUES_FILE, json.dumps(options) + "\n")
