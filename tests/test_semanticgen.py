@@ -441,3 +441,31 @@ def test_semantic_sequential_trains_records_and_assembles(tmp_path):
         "a red circle", "the red circle moves up", num_frames=17, callback=lambda *c: calls.append(c[:2])
     )
     assert z.shape == (5, 4, 4, 8) and calls[-1] == (4, 5)
+
+
+def test_prefix_noise_jitters_only_the_given_keyframes(capsys, tmp_path):
+    """`prefix_noise`: the keyframes a sequential step is given are x0 plus noise of that std (still timestep 0),
+    the keyframe it writes is noised as usual; the option needs --semantic-sequential."""
+    from planx_core.training.semanticgen_semantic import SemanticObjective
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x_t, t, context, plan=None):
+            seen.append((x_t, t))
+            return torch.zeros_like(x_t)
+
+    z = torch.randn(2, 5, 4, 4, 8)  # [B, K, gh, gw, D]
+    context = torch.randn(2, 5, 8, 64)  # [B, K, L, Dt]
+    for noise in (0.0, 0.5):
+        SemanticObjective(Spy(), sequential=True, prefix_noise=noise)(z, context, 11, 0.0)
+    (clean, t), (jittered, t2) = seen
+    k = clean.shape[2] - 1  # the same keyframe drawn for both (same seed)
+    assert k >= 1 and all((s[:, :k] == 0).all() and (s[:, k] > 0).all() for s in (t, t2))
+    assert torch.equal(clean[:, :, :k], to_latent(z)[:, :, :k])
+    assert 0.3 < float((jittered[:, :, :k] - clean[:, :, :k]).std()) < 0.7
+    assert not torch.equal(jittered[:, :, k], to_latent(z)[:, :, k])  # the written keyframe is noised
+    out = tmp_path / "semantic"
+    args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
+    assert train.main([*args, "--steps", "1", "--prefix-noise", "0.1"]) != 0
+    assert "add --semantic-sequential" in capsys.readouterr().err and not list(out.glob("*"))  # nothing made

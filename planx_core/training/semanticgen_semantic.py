@@ -59,10 +59,11 @@ def read_semantic_options(run: Path) -> dict[str, bool]:
 class SemanticObjective(nn.Module):
     """Flow matching of the semantic generator on frozen compressor means z_sem `[B, K, gh, gw, D]`."""
 
-    def __init__(self, model: WanModel, *, sequential: bool = False):
+    def __init__(self, model: WanModel, *, sequential: bool = False, prefix_noise: float = 0.0):
         super().__init__()
         self.model = model
         self.sequential = sequential
+        self.prefix_noise = prefix_noise  # std of the noise on the given keyframes, so sampled ones are not new
 
     def forward(self, z, context, seed, text_p):
         gen = torch.Generator().manual_seed(int(seed))
@@ -72,6 +73,9 @@ class SemanticObjective(nn.Module):
             prefix = int(torch.randint(x0.shape[2], (1,), generator=gen))
             x0 = x0[:, :, : prefix + 1]  # [B, D, k + 1, gh, gw]
             context = context[:, : prefix + 1] if context.dim() == 4 else context
+            if self.prefix_noise and prefix:
+                jitter = torch.randn(x0[:, :, :prefix].shape, generator=gen).to(x0)  # [B, D, k, gh, gw]
+                x0 = torch.cat([x0[:, :, :prefix] + self.prefix_noise * jitter, x0[:, :, prefix:]], dim=2)
         return flow_loss(
             self.model,
             x0,
@@ -116,11 +120,25 @@ class SemSemanticStage(SemLatentStage):
             "it (as the Plan-X planner writes its plan), instead of all keyframes at once; assemble records it as "
             "semantic_sequential in semanticgen.json and stage 1 then samples keyframe by keyframe",
         )
+        parser.add_argument(
+            "--prefix-noise",
+            type=float,
+            default=0.0,
+            help="semgen-semantic, with --semantic-sequential: std of Gaussian noise added to the given keyframes "
+            "in training (still at timestep 0), so the keyframes stage 1 sampled itself, never exact, are not "
+            "new to it (default 0: the clean ones)",
+        )
 
     @classmethod
     def check_args(cls, args, world_size: int) -> None:
         if not 0 <= args.order_pairs <= 1:
             raise StageError(f"--order-pairs is a share of the pools' clips: between 0 and 1, got {args.order_pairs}")
+        if args.prefix_noise and not args.semantic_sequential:
+            raise StageError(
+                "--prefix-noise perturbs the keyframes a sequential stage 1 is given: add --semantic-sequential"
+            )
+        if not args.prefix_noise >= 0:
+            raise StageError(f"--prefix-noise is a standard deviation: 0 or more, got {args.prefix_noise}")
         if args.semantic_cues and not args.semantic_pools:
             raise StageError("--semantic-cues puts one text per keyframe in this run's pools: add --semantic-pools")
         if args.order_pairs and not args.semantic_pools:
@@ -138,7 +156,7 @@ class SemSemanticStage(SemLatentStage):
         self.text, self.vae, self.encoder = self.latent.text, self.latent.vae, self.latent.encoder
         cfg = semantic_generator_config(self.latent.spec.sem_dim, text_dim=self.text.dim)
         torch.manual_seed(a.seed)
-        self.module = SemanticObjective(WanModel(cfg), sequential=a.semantic_sequential)
+        self.module = SemanticObjective(WanModel(cfg), sequential=a.semantic_sequential, prefix_noise=a.prefix_noise)
         source = Path(a.latent_run)
         if a.semantic_pools:
             self.build_pools(self._encode_features, a.order_pairs)
@@ -172,6 +190,7 @@ class SemSemanticStage(SemLatentStage):
             **({"order_pairs": a.order_pairs} if a.order_pairs else {}),
             **({"semantic_cues": True} if a.semantic_cues else {}),
             **({"semantic_sequential": True} if a.semantic_sequential else {}),
+            **({"prefix_noise": a.prefix_noise} if a.prefix_noise else {}),
         }
 
     def init_from(self, path: Path) -> None:
