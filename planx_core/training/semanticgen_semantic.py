@@ -8,8 +8,7 @@ teaches the order of the text), and with `--semantic-cues` one text per keyframe
 motion that steers it, `semanticgen.generator.keyframe_prompts`); with `--semantic-sequential` each step teaches
 one keyframe, the ones before it given clean (`flow.noise_latents`' prefix), as `generate_semantics` samples them
 one after another. Both are recorded for `assemble_semanticgen` in `semantic_generator.json` beside the exported
-weights. Pools, text features and the latent run's pipeline come
-from `training.semanticgen`.
+weights. Pools, text features and the latent run's pipeline come from `training.semanticgen`.
 """
 
 from __future__ import annotations
@@ -34,13 +33,13 @@ from .flow import Dropout, flow_loss
 from .semanticgen import SemLatentStage, encode_features
 from .stages import Stage, StageContext, StageError, run_file
 
-CUES_FILE = "semantic_generator.json"  # beside the export: {"semantic_cues": true, "semantic_sequential": true}
+OPTIONS_FILE = "semantic_generator.json"  # beside the export: {"semantic_cues": true, "semantic_sequential": true}
 OPTIONS = ("semantic_cues", "semantic_sequential")  # the SemanticGenSpec fields a stage-1 run decides
 
 
 def read_semantic_options(run: Path) -> dict[str, bool]:
-    """The `OPTIONS` a `semgen-semantic` run's export was trained with (its `CUES_FILE`; absent: all false)."""
-    path = Path(run) / CUES_FILE
+    """The `OPTIONS` a `semgen-semantic` run's export was trained with (its `OPTIONS_FILE`; absent: all false)."""
+    path = Path(run) / OPTIONS_FILE
     if not path.is_file():
         return dict.fromkeys(OPTIONS, False)
     try:
@@ -133,12 +132,12 @@ class SemSemanticStage(SemLatentStage):
     def check_args(cls, args, world_size: int) -> None:
         if not 0 <= args.order_pairs <= 1:
             raise StageError(f"--order-pairs is a share of the pools' clips: between 0 and 1, got {args.order_pairs}")
+        if not args.prefix_noise >= 0:
+            raise StageError(f"--prefix-noise is a standard deviation: 0 or more, got {args.prefix_noise}")
         if args.prefix_noise and not args.semantic_sequential:
             raise StageError(
                 "--prefix-noise perturbs the keyframes a sequential stage 1 is given: add --semantic-sequential"
             )
-        if not args.prefix_noise >= 0:
-            raise StageError(f"--prefix-noise is a standard deviation: 0 or more, got {args.prefix_noise}")
         if args.semantic_cues and not args.semantic_pools:
             raise StageError("--semantic-cues puts one text per keyframe in this run's pools: add --semantic-pools")
         if args.order_pairs and not args.semantic_pools:
@@ -238,4 +237,4 @@ class SemSemanticStage(SemLatentStage):
         save_dit(self.module.model, Path(out) / "semantic_generator.safetensors")
         options = {name: True for name in OPTIONS if getattr(self.args, name)}
         if options:
-            write_text(Path(out) / CUES_FILE, json.dumps(options) + "\n")
+            write_text(Path(out) / OPTIONS_FILE, json.dumps(options) + "\n")
