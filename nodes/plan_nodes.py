@@ -55,8 +55,9 @@ class LoadPlanner(io.ComfyNode):
             description="Loads a Plan-X semantic planner (a language model that writes keyframe plans) and its "
             "TA-Tok tokenizer from models/planx, or the embedded tiny model that runs on a CPU. "
             "'embedded: semanticgen-tiny (diffusion)' is SemanticGen's stage 1 instead: a diffusion "
-            "model that plans the whole video at once as a continuous plan (compact semantic vectors, "
-            "rendered with the semanticgen-tiny model and branch); it plans from text alone.",
+            "model that plans the whole video as a continuous plan (compact semantic vectors, one "
+            "keyframe after another from the ones before it, rendered with the semanticgen-tiny model and "
+            "branch); it plans from text alone.",
             inputs=[
                 io.Combo.Input(
                     "planner",
@@ -103,7 +104,8 @@ class GenerateSemanticPlan(io.ComfyNode):
             "text-aligned visual tokens saying what is where. Re-runs only when an input changes. "
             "With the SemanticGen planner the plan is continuous (a 4x4 grid of compact semantic "
             "vectors per keyframe, at its 8 fps, 64x64 and 2 keyframes per second; 65 frames give 17 "
-            "keyframes), sampled for the whole video at once; cfg is its text guidance, and temperature, "
+            "keyframes), sampled keyframe by keyframe when the model says so (the embedded one does: its "
+            "progress bar counts keyframes x steps); cfg is its text guidance, and temperature, "
             "top_k, top_p, persistence and candidates (token sampling) do not apply.",
             inputs=[
                 _planner_in(),

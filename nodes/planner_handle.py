@@ -172,8 +172,9 @@ class SemanticGenHandle(LoadedWhileUsed):
         lock_from=None,
         **_token_sampling,
     ) -> Plan:
-        """A continuous plan for the whole video in one go (the paper's full attention over all keyframes),
-        with a ComfyUI progress bar over the Euler steps (every update is an interrupt point).
+        """A continuous plan for the whole video (all keyframes in one go, or one after another when the model's
+        `semantic_sequential` says so), with a ComfyUI progress bar over the Euler steps (every update is an
+        interrupt point).
         `guidance_scale` is the text CFG of the semantic generator; temperature / top-k / top-p are token
         sampling settings and do not apply."""
         given = [
