@@ -179,8 +179,8 @@ def _check_first_frame(noise: Tensor, first_frame_latent: Tensor | None) -> Tens
     if first_frame_latent is None:
         return None
     b, c, f, h, w = noise.shape
-    p = first_frame_latent.shape[2] if first_frame_latent.ndim == 5 else 0
-    if first_frame_latent.ndim != 5 or not 1 <= p <= f or tuple(first_frame_latent.shape) != (b, c, p, h, w):
+    shape = tuple(first_frame_latent.shape)
+    if len(shape) != 5 or shape[:2] != (b, c) or shape[3:] != (h, w) or not 1 <= shape[2] <= f:
         raise ValueError(
             f"first_frame_latent must have shape [B, C, P, H, W] = {[b, c, 'P', h, w]} with 1 <= P <= {f} (the clean "
             f"leading frames) to match noise {list(noise.shape)}, got {list(first_frame_latent.shape)}; encode the "

@@ -117,23 +117,23 @@ def generate_semantics(
         return from_latent(render(model, noise, positive, negative, callback=callback, **options))
     x = noise[:, :, :0]  # [B, D, 0, gh, gw]: the keyframes written so far
     for k in range(keyframes):
-
-        def progress(i, total, *rest, done=k * steps):
-            if callback is not None:
-                callback(done + i, keyframes * total, *rest)
-
         x = render(
             model,
             noise[:, :, : k + 1],  # [B, D, k + 1, gh, gw]
-            _first_keyframes(positive, k + 1),
-            _first_keyframes(negative, k + 1),
+            first_keyframes(positive, k + 1),
+            first_keyframes(negative, k + 1),
             first_frame_latent=x if k else None,
-            callback=progress,
+            callback=_offset(callback, k * steps, keyframes * steps),
             **options,
         )
     return from_latent(x)  # [B, K, gh, gw, D]
 
 
-def _first_keyframes(context: torch.Tensor, count: int) -> torch.Tensor:
+def first_keyframes(context: torch.Tensor, count: int) -> torch.Tensor:
     """A per-keyframe text context `[B, K, L, D]` cut to its first `count` keyframes; one text `[B, L, D]` as is."""
     return context[:, :count] if context.dim() == 4 else context
+
+
+def _offset(callback, done: int, total: int):
+    """`callback(i, steps, ...)` of one keyframe's sampling, reported as step `done + i` of `total`."""
+    return None if callback is None else (lambda i, _steps, *rest: callback(done + i, total, *rest))

@@ -22,7 +22,7 @@ from torch import nn
 from .. import world
 from ..files.atomic import write_text
 from ..files.safetensors import CheckpointError, read_safetensors
-from ..semanticgen.generator import semantic_generator_config, to_latent
+from ..semanticgen.generator import first_keyframes, semantic_generator_config, to_latent
 from ..semanticgen.model import SemanticGen
 from ..wan.dit import WanModel
 from ..wan.dit_files import save_dit
@@ -71,7 +71,7 @@ class SemanticObjective(nn.Module):
         if self.sequential:  # teach keyframe k from the k before it: keyframes past k are not seen
             prefix = int(torch.randint(x0.shape[2], (1,), generator=gen))
             x0 = x0[:, :, : prefix + 1]  # [B, D, k + 1, gh, gw]
-            context = context[:, : prefix + 1] if context.dim() == 4 else context
+            context = first_keyframes(context, prefix + 1)
             if self.prefix_noise and prefix:
                 jitter = torch.randn(x0[:, :, :prefix].shape, generator=gen).to(x0)  # [B, D, k, gh, gw]
                 x0 = torch.cat([x0[:, :, :prefix] + self.prefix_noise * jitter, x0[:, :, prefix:]], dim=2)
