@@ -57,7 +57,7 @@ class LoadPlanner(io.ComfyNode):
             "'embedded: semanticgen-tiny (diffusion)' is SemanticGen's stage 1 instead: a diffusion "
             "model that plans the whole video as a continuous plan (compact semantic vectors, one "
             "keyframe after another from the ones before it, rendered with the semanticgen-tiny model and "
-            "branch); it plans from text alone.",
+            "branch); it plans from the text, and from a first frame when one is connected.",
             inputs=[
                 io.Combo.Input(
                     "planner",
@@ -196,7 +196,9 @@ class GenerateSemanticPlan(io.ComfyNode):
                 io.Image.Input(
                     "first_frame",
                     optional=True,
-                    tooltip="Image-to-video: keyframe 0 becomes this image's tokens, locked.",
+                    tooltip="Image-to-video: keyframe 0 becomes this image's tokens, locked (with the SemanticGen "
+                    "planner: its semantic vectors, and the later keyframes are planned from them). Start the "
+                    "video from the same image.",
                 ),
                 io.Image.Input(
                     "context_frames",

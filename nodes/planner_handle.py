@@ -174,23 +174,19 @@ class SemanticGenHandle(LoadedWhileUsed):
     ) -> Plan:
         """A continuous plan for the whole video (all keyframes in one go, or one after another when the model's
         `semantic_sequential` says so), with a ComfyUI progress bar over the Euler steps (every update is an
-        interrupt point).
+        interrupt point); with `first_frame` (an IMAGE, resized to the model's size) keyframe 0 is its semantics.
         `guidance_scale` is the text CFG of the semantic generator; temperature / top-k / top-p are token
         sampling settings and do not apply."""
         given = [
             name
-            for name, value in (
-                ("first_frame", first_frame),
-                ("context_frames", context_frames),
-                ("locked_plan", lock_from),
-            )
+            for name, value in (("context_frames", context_frames), ("locked_plan", lock_from))
             if value is not None
         ]
         if given:
             raise PlanError(
-                f"the SemanticGen planner plans from text alone; disconnect {', '.join(given)} or load "
-                f"the Plan-X planner (embedded: planx-tiny), which takes first frames, context frames "
-                f"and locked keyframes"
+                f"the SemanticGen planner plans from the text and a first frame only; disconnect "
+                f"{', '.join(given)} or load the Plan-X planner (embedded: planx-tiny), which takes context "
+                f"frames and locked keyframes"
             )
         self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
         model = self.model.with_spec(semantic_text_scale=float(guidance_scale))
@@ -200,23 +196,28 @@ class SemanticGenHandle(LoadedWhileUsed):
             bar.update_absolute(step + 1, total)
 
         with self:
-            z = model.plan_semantics(scene, motion, num_frames=num_frames, seed=seed, callback=progress)
+            start = None if first_frame is None else model.first_frame(self._at_model_size(first_frame[:1])[0])
+            z = model.plan_semantics(scene, motion, num_frames=num_frames, seed=seed, start=start, callback=progress)
         return model.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion, seed=seed)
 
     def plan_from_frames(self, frames: torch.Tensor, fps: float, keyframe_rate: float, grid: int = 9) -> Plan:
         """Frames IMAGE `[T, H, W, 3]` -> their continuous plan (semantic encoder + compressor means), the
         frames resized to the model's size; `grid` is the model's own, not chosen."""
         self.check_video(fps=fps, num_frames=len(frames), keyframe_rate=keyframe_rate)
+        video = self._at_model_size(frames).permute(0, 3, 1, 2) * 2 - 1  # [T, 3, size, size] in [-1, 1]
+        with self:
+            z = self.model.encode_semantics(video.transpose(0, 1).to(self.patcher.load_device))  # [K, gh, gw, D]
+        return self.model.semantic_plan(z, num_frames=len(frames))
+
+    def _at_model_size(self, images: torch.Tensor) -> torch.Tensor:
+        """IMAGE `[T, H, W, C]` -> `[T, size, size, 3]` in [0, 1] at the model's size (bilinear, antialiased)."""
         size = self.model.spec.size
-        video = frames_to_nchw(frames[..., :3]).float()  # [T, 3, H, W] in [0, 1]
+        video = frames_to_nchw(images[..., :3]).float()  # [T, 3, H, W] in [0, 1]
         if tuple(video.shape[-2:]) != (size, size):
             video = torch.nn.functional.interpolate(
                 video, size=(size, size), mode="bilinear", align_corners=False, antialias=True
             )
-        video = video * 2 - 1  # [T, 3, size, size] in [-1, 1], as the encoder was trained
-        with self:
-            z = self.model.encode_semantics(video.transpose(0, 1).to(self.patcher.load_device))  # [K, gh, gw, D]
-        return self.model.semantic_plan(z, num_frames=len(frames))
+        return video.permute(0, 2, 3, 1)  # [T, size, size, 3]
 
     def picture(self, plan: Plan) -> torch.Tensor:
         """The plan picture, `[1, H, W, 3]`: cells coloured by the principal components of the vectors."""

@@ -241,6 +241,11 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plan", help="render this continuous plan JSON file instead of planning")
     parser.add_argument("--no-plan", action="store_true", help="stage 2 alone, without a semantic plan")
+    parser.add_argument(
+        "--image",
+        help="first frame (PNG/JPEG at the video's size): image-to-video; stage 1 plans from its semantics "
+        "(keyframe 0) and stage 2 starts the video from it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")
     parser.add_argument("--scale", type=bounded("scale"), default=4, help="enlarge the video by this factor (nearest)")

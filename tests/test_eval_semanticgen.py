@@ -39,6 +39,23 @@ def test_command_writes_the_table_of_the_embedded_model(tmp_path, capsys):
     assert "| gt_semantics |" in text and "stage-2 plan guidance 2.0" in text
 
 
+def test_image_to_video_row_gives_stage_1_the_clips_first_frame(tmp_path, monkeypatch):
+    """`semanticgen_i2v` renders both stages from the text and the clip's first frame (`SemanticGen.first_frame`),
+    `gt_semantics_i2v` stage 2 from the clip's semantics and its first frame."""
+    from planx_core.semanticgen.model import SemanticGen
+
+    seen = []
+    first_frame = SemanticGen.first_frame
+    monkeypatch.setattr(SemanticGen, "first_frame", lambda self, image: seen.append(image) or first_frame(self, image))
+    out = tmp_path / "report"
+    rows = ["semanticgen_i2v", "gt_semantics_i2v"]
+    assert adherence.main(["--clips", "1", "--rows", ",".join(rows), "--out", str(out)]) == 0
+    first = adherence.heldout_clips(1)[0].frames[0]
+    assert len(seen) == 2 and all(np.array_equal(image, first) for image in seen)
+    scores = json.loads((out / "adherence.json").read_text())
+    assert list(scores) == rows and all(scores[row]["count"] == 1 for row in rows)
+
+
 @pytest.mark.parametrize(("args", "named"), [(["--rows", "full"], "--rows"), (["--clips", "0"], "--clips")])
 def test_command_refuses_unknown_rows_and_no_clips(tmp_path, capsys, args, named):
     with pytest.raises(SystemExit) as exit_info:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -469,3 +470,77 @@ def test_prefix_noise_jitters_only_the_given_keyframes(capsys, tmp_path):
     args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
     assert train.main([*args, "--steps", "1", "--prefix-noise", "0.1"]) != 0
     assert "add --semantic-sequential" in capsys.readouterr().err and not list(out.glob("*"))  # nothing made
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_image_to_video_starts_both_stages_from_the_image(model, sequential):
+    """`first_frame`: the image's semantics are keyframe 0 of stage 1's plan, kept exactly while the others are
+    sampled after it, and its VAE latent is stage 2's latent frame 0; the rest of the plan depends on the image."""
+    from planx_core.world.clips import clip_video
+
+    clip = world.make_clip(2)
+    model = model.with_spec(semantic_sequential=sequential)
+    start = model.first_frame(clip.frames[0])
+    video = clip_video([clip])[0]  # [3, T, H, W]
+    assert torch.allclose(start.semantics, model.encode_semantics(video[:, :1]), atol=1e-6)
+    assert torch.allclose(start.latent, model.vae.encode(video[None, :, :1]), atol=1e-5)
+    texts = ("a red circle", "the red circle moves right")
+    z = model.plan_semantics(*texts, num_frames=17, seed=0, start=start)  # [K, gh, gw, D]
+    other = model.first_frame(world.make_clip(3).frames[0])
+    z_other = model.plan_semantics(*texts, num_frames=17, seed=0, start=other)
+    assert (
+        z.shape == (5, 4, 4, 8)
+        and torch.equal(z[0], start.semantics[0])
+        and torch.equal(z_other[0], other.semantics[0])
+    )
+    assert not torch.equal(z[1:], z_other[1:]), "the keyframes after the image are planned from it"
+    plan = model.semantic_plan(z, num_frames=17)
+    calls = []
+    latent = model.render_latent(plan, *texts, num_frames=17, seed=0, start=start, callback=lambda *c: calls.append(c))
+    assert torch.equal(latent[:, :, :1], start.latent) and len(calls) == model.spec.steps
+    free = model.render_latent(plan, *texts, num_frames=17, seed=0)
+    assert not torch.equal(free[:, :, :1], start.latent)
+
+
+def test_given_keyframes_must_fit_the_plan(model):
+    pos = torch.randn(1, 8, 64)  # [1, L, Dt]
+    kwargs = dict(keyframes=3, grid=(4, 4), steps=2, seed=0, sequential=True)
+    given = torch.randn(1, 1, 4, 4, 8)  # [1, P, gh, gw, D]
+    z = generate_semantics(model.semantic_dit, pos, torch.zeros_like(pos), given=given, **kwargs)
+    assert torch.equal(z[:, :1], given) and z.shape == (1, 3, 4, 4, 8)
+    everything = torch.randn(1, 3, 4, 4, 8)
+    assert torch.equal(generate_semantics(model.semantic_dit, pos, pos, given=everything, **kwargs), everything)
+    for bad in (
+        torch.randn(1, 1, 3, 3, 8),
+        torch.randn(1, 4, 4, 4, 8),
+        torch.randn(1, 1, 4, 4, 6),
+        torch.randn(4, 4, 8),
+    ):
+        with pytest.raises(ValueError, match=r"given keyframes must be \[B, P, gh, gw, D\]"):
+            generate_semantics(model.semantic_dit, pos, torch.zeros_like(pos), given=bad, **kwargs)
+    with pytest.raises(ValueError, match="resize the image to 64x64"):
+        model.first_frame(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_semanticgen_command_starts_from_an_image(tmp_path, capsys):
+    from planx_core.__main__ import main
+    from planx_core.files.video import read_video, write_png
+    from planx_core.pipelines.planx import load_plan_file
+
+    clip = world.make_clip(4)
+    image = write_png(clip.frames[0], tmp_path / "first.png")
+    out = tmp_path / "i2v.mp4"
+    args = ["semanticgen", "--prompt", f"{clip.scene}. {clip.motion}", "--frames", "17", "--scale", "1"]
+    assert main([*args, "--image", str(image), "--out", str(out)]) == 0
+    model = SemanticGen.load(need_semantic=False)
+    start = model.first_frame(clip.frames[0])
+    planned = model.plan_vectors(load_plan_file(tmp_path / "i2v.plan.json"))  # [K, gh, gw, D]
+    assert torch.allclose(planned[:1], start.semantics, atol=1e-4), "keyframe 0 is the image's semantics"
+    frames, _ = read_video(out)
+    text_only = tmp_path / "t2v.mp4"
+    assert main([*args, "--out", str(text_only)]) == 0
+    first = np.abs(frames[0].astype(int) - clip.frames[0]).mean()
+    assert first < np.abs(read_video(text_only)[0][0].astype(int) - clip.frames[0]).mean() and first < 12
+    small = write_png(np.zeros((32, 32, 3), np.uint8), tmp_path / "small.png")
+    assert main([*args, "--image", str(small), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "resize the image to 64x64" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()

@@ -4,8 +4,11 @@ Issue 19's measure of stage 1 (after SemanticGen, arXiv 2512.20619: stage 1 plan
 text, stage 2 renders them): held-out compositions of the training clip length (`world.tiny.SHORT_WORLD`, clip i
 made from `world.clip_seed(seed, 1, i)`, any kind), rendered by the rows of `eval.drift` (`semanticgen`: both
 stages from the text; `windows_no_plan`: stage 2 without semantic tokens; `gt_semantics`: stage 2 from the clip's
-own encoded semantics, the ceiling of what stage 1 can give) and scored from the decoded frames by `world.score`,
-the scorer of the Plan-X table (`python -m planx_core.eval`), so the `semanticgen` row compares with its full row.
+own encoded semantics, the ceiling of what stage 1 can give; `semanticgen_i2v`: both stages from the text and the
+clip's first frame; `gt_semantics_i2v`: its ceiling, stage 2 from the clip's semantics and first frame) and scored
+from the decoded frames by `world.score`, the scorer of the Plan-X table (`python -m planx_core.eval`), so the
+`semanticgen` row compares with its full row at `--mode t2v` and `semanticgen_i2v` with its full row at the
+default `--mode i2v`.
 Every row renders clip i with seed i. Writes `<out>/adherence.json` and `<out>/adherence.md` (atomically).
 """
 
@@ -21,7 +24,7 @@ from .. import world
 from ..semanticgen.model import EMBEDDED, SemanticGen
 from ..world import score as world_score
 from ..world.tiny import SHORT_WORLD
-from .drift import ROWS, parse_rows, render_row, rows_report, save_report
+from .drift import ROWS, STAGE_1_ROWS, parse_rows, render_row, rows_report, save_report
 
 METRICS = ("accuracy", "completeness", "fidelity", "consistency")
 
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = parse_rows(p, a)
     if a.threads:
         torch.set_num_threads(a.threads)
-    model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
+    model = SemanticGen.load(a.model, need_semantic=bool(set(STAGE_1_ROWS) & set(rows)))
     changes = {"semantic_text_scale": a.semantic_text_scale, "plan_scale": a.plan_scale}
     model = model.with_spec(**{k: v for k, v in changes.items() if v is not None})
     results = evaluate(model, heldout_clips(a.clips, a.seed), rows)

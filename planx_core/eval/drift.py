@@ -19,7 +19,9 @@ renderer draws them too roughly for the shape classifier):
 Rows, on the same held-out long prompts (`semanticgen.LONG_WORLD`, plain scenes, 4x the training
 clip length) and seeds: `semanticgen` (stage 1 plans the whole video, stage 2 renders it with
 windows), `windows_no_plan` (the same stage-2 DiT and windows, no semantic tokens), and
-`gt_semantics` (stage 2 with the clip's own encoded semantics: the ceiling of the plan route).
+`gt_semantics` (stage 2 with the clip's own encoded semantics: the ceiling of the plan route); on request
+`semanticgen_i2v` (both stages from the text and the clip's first frame: image-to-video) and `gt_semantics_i2v`
+(its ceiling: the clip's own semantics, rendered from its first frame).
 Writes `<out>/drift.json` and `<out>/drift.md` (atomically).
 """
 
@@ -39,7 +41,9 @@ from ..wan.windows import SEMANTICS
 from ..world.score import detect
 from ..world.tiny import LONG_WORLD, render_clip_semantics
 
-ROWS = ("semanticgen", "windows_no_plan", "gt_semantics")
+ROWS = ("semanticgen", "windows_no_plan", "gt_semantics", "semanticgen_i2v", "gt_semantics_i2v")
+DRIFT_ROWS = ROWS[:3]  # eval-drift's default rows
+STAGE_1_ROWS = ("semanticgen", "semanticgen_i2v")  # rows that need the semantic generator
 
 
 def present_colours(frames: np.ndarray) -> set[int]:
@@ -79,11 +83,12 @@ def parse_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
 
 def render_row(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> np.ndarray:
     frames = clip.config.num_frames
-    if row == "semanticgen":
-        return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed)[0]
+    start = model.first_frame(clip.frames[0]) if row.endswith("_i2v") else None  # image-to-video rows
+    if row in ("semanticgen", "semanticgen_i2v"):
+        return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed, start=start)[0]
     if row == "windows_no_plan":
         return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed, use_semantics=False)[0]
-    return render_clip_semantics(model, clip, use_semantics=True, seed=seed)
+    return render_clip_semantics(model, clip, use_semantics=True, seed=seed, start=start)
 
 
 def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) -> dict:
@@ -136,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         help="stage-2 windows see their own span's semantics (local) or all (global); default: the model's",
     )
     p.add_argument("--window-margin", type=int, default=None, help="local: latent frames past each window end")
-    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--rows", default=",".join(DRIFT_ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     p.add_argument("--out", default="eval_report/drift")
     a = p.parse_args(argv)
     rows = parse_rows(p, a)
-    model = SemanticGen.load(a.model, need_semantic="semanticgen" in rows)
+    model = SemanticGen.load(a.model, need_semantic=bool(set(STAGE_1_ROWS) & set(rows)))
     model = model.with_windowing(a.window, a.window_semantics, a.window_margin)
     clips = [
         world.make_clip(world.clip_seed(a.seed, 1, i), LONG_WORLD, split="heldout", kind="plain")

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["to_uint8", "upscale", "write_video", "write_png", "read_video"]
+__all__ = ["to_uint8", "upscale", "write_video", "write_png", "read_video", "image_tensor"]
 
 
 def to_uint8(frames) -> np.ndarray:
@@ -131,6 +131,22 @@ def read_image(path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))  # [H, W, 3]
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"{path}: cannot read the image ({err}); pass a PNG or JPEG file") from None
+
+
+def image_tensor(image, height: int, width: int, model: str) -> torch.Tensor:
+    """An image `[H, W, 3]` (uint8, or float in [0, 1]) as `[1, 3, H, W]` float in [0, 1]; ValueError naming
+    `model` when it is not an RGB image of `height` x `width`."""
+    if isinstance(image, torch.Tensor):
+        unit = image.detach().to("cpu", copy=True)
+    else:
+        unit = torch.from_numpy(np.array(image))  # a copy: read-only arrays are fine
+    unit = unit.float() / 255 if unit.dtype == torch.uint8 else unit.float()  # [H, W, 3] in [0, 1]
+    if tuple(unit.shape) != (height, width, 3):
+        raise ValueError(
+            f"the first frame is {tuple(unit.shape)} but {model!r} renders {height}x{width} RGB frames; "
+            f"resize the image to {width}x{height}"
+        )
+    return unit.permute(2, 0, 1)[None]  # [1, 3, H, W]
 
 
 def read_video(path) -> tuple[np.ndarray, float]:

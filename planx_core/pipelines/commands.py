@@ -2,8 +2,9 @@
 
 `generate` plans with the bundle's planner (or reads `--plan`), renders, and writes the video, the
 plan JSON and the plan picture beside it; `semanticgen` plans a continuous plan with stage 1 (or
-reads `--plan`, rendered at its own keyframe times) and renders it with windowed stage 2. Both
-exit 2 with the error's message on bad input; the argument definitions live in `__main__`.
+reads `--plan`, rendered at its own keyframe times) and renders it with windowed stage 2. With
+`--image` both start from that first frame (image-to-video). Both exit 2 with the error's message on
+bad input; the argument definitions live in `__main__`.
 
 Under `torchrun --nproc_per_node N ... --sequence-parallel N` every process runs the whole command with
 the same inputs, the DiT (semanticgen: stage 2) splits its sequence over the N processes
@@ -25,7 +26,7 @@ from ..files.atomic import staged, temp_for
 from ..files.safetensors import CheckpointError
 from ..files.video import read_image, write_png, write_video
 from ..plan.core import Plan, PlanError
-from ..semanticgen.model import SemanticGen
+from ..semanticgen.model import SemanticGen, SemanticStart
 from ..wan.parallel import (
     GuidanceSplit,
     SequenceParallel,
@@ -175,9 +176,12 @@ def generate_command(args) -> int:
     return 0
 
 
-def _semanticgen_plan(model: SemanticGen, args, scene: str, motion: str) -> tuple[Plan | None, int]:
+def _semanticgen_plan(
+    model: SemanticGen, args, scene: str, motion: str, start: SemanticStart | None = None
+) -> tuple[Plan | None, int]:
     """(the continuous plan to render, the video's frame count): --plan's file (its own frame count unless
-    --frames says otherwise, and then it must fit), stage 1's plan, or none with --no-plan."""
+    --frames says otherwise, and then it must fit), stage 1's plan (from --image's semantics when given), or
+    none with --no-plan."""
     if args.plan:
         plan = load_plan_file(args.plan)
         frames = plan.num_frames if args.frames is None else args.frames
@@ -185,7 +189,7 @@ def _semanticgen_plan(model: SemanticGen, args, scene: str, motion: str) -> tupl
     frames = DEFAULT_LONG_FRAMES if args.frames is None else args.frames
     if args.no_plan:
         return None, frames
-    z = model.plan_semantics(scene, motion, num_frames=frames, seed=args.seed)  # [K, gh, gw, D]
+    z = model.plan_semantics(scene, motion, num_frames=frames, seed=args.seed, start=start)  # [K, gh, gw, D]
     return model.semantic_plan(z, num_frames=frames, scene=scene, motion=motion, seed=args.seed), frames
 
 
@@ -200,11 +204,12 @@ def semanticgen_command(args) -> int:
         video_path, plan_path, _ = output_paths(args.out)
         model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
         model = model.with_windowing(args.window, args.window_semantics, args.window_margin)
+        start = model.first_frame(read_image(args.image)) if args.image else None
         loaded = time.perf_counter()
-        plan, frames = _semanticgen_plan(model, args, scene, motion)
+        plan, frames = _semanticgen_plan(model, args, scene, motion, start)
         planned = time.perf_counter()
         with _parallel(model.latent_dit, parallel, args.split_guidance):
-            latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed)
+            latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed, start=start)
         if not writer:
             return 0
         video = model.decode(latent)

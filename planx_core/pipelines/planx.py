@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion.rendering import latent_shape, render
 from ..diffusion.sampling import Guidance, initial_noise
-from ..files.video import video_to_frames
+from ..files.video import image_tensor, video_to_frames
 from ..plan.core import Plan, PlanError
 from ..plan.picture import code_colours, plan_picture
 from ..wan.text_encoder import join_prompt
@@ -234,14 +234,7 @@ class PlanXPipeline:
     def first_frame(self, image) -> FirstFrame:
         """An image `[H, W, 3]` (uint8, or float in [0, 1]) at the bundle's video size, as TI2V inputs."""
         v = self.spec.video
-        unit = torch.from_numpy(np.array(image)).to(self.device)  # a copy: read-only arrays are fine
-        unit = unit.float() / 255 if unit.dtype == torch.uint8 else unit.float()  # [H, W, 3] in [0, 1]
-        if tuple(unit.shape) != (v.height, v.width, 3):
-            raise ValueError(
-                f"the first frame is {tuple(unit.shape)} but bundle {self.spec.name!r} renders "
-                f"{v.height}x{v.width} RGB frames; resize the image to {v.width}x{v.height}"
-            )
-        nchw = unit.permute(2, 0, 1)[None]  # [1, 3, H, W]
+        nchw = image_tensor(image, v.height, v.width, self.spec.name).to(self.device)  # [1, 3, H, W] in [0, 1]
         with self.using(self.bundle.tatok, self.bundle.vae):
             codes = self.bundle.tatok.encode(nchw, grid=v.grid)[0].cpu()  # [g*g]
             latent = self.bundle.vae.encode(nchw[:, :, None] * 2 - 1)  # [1, C, 1, h, w]

@@ -5,8 +5,8 @@ compressed by a KL-regularised MLP (`compressor`), a diffusion generator of thos
 whole video (`generator`, stage 1), and the video latents conditioned in context with
 shifted-window attention (`model.SemanticGen`, stage 2 through the Plan-X semantic branch).
 
-Public API: `SemanticGen`, `SemanticGenSpec`, `FILES` (model folder); `SemanticEncoder`,
-`load_semantic_encoder`, `save_semantic_encoder`; `SemanticCompressor`, `CompressorConfig`,
+Public API: `SemanticGen`, `SemanticGenSpec`, `SemanticStart` (image-to-video inputs), `FILES` (model
+folder); `SemanticEncoder`, `load_semantic_encoder`, `save_semantic_encoder`; `SemanticCompressor`, `CompressorConfig`,
 `load_compressor`, `save_compressor`; `generate_semantics`, `semantic_generator_config`.
 """
 
@@ -19,7 +19,7 @@ from .compressor import (
 from .encoder import SemanticEncoder
 from .encoder_files import load_semantic_encoder, save_semantic_encoder
 from .generator import generate_semantics, semantic_generator_config
-from .model import FILES, SemanticGen, SemanticGenSpec
+from .model import FILES, SemanticGen, SemanticGenSpec, SemanticStart
 
 __all__ = [
     "FILES",
@@ -28,6 +28,7 @@ __all__ = [
     "SemanticEncoder",
     "SemanticGen",
     "SemanticGenSpec",
+    "SemanticStart",
     "generate_semantics",
     "load_compressor",
     "load_semantic_encoder",

@@ -99,34 +99,56 @@ def generate_semantics(
     text_scale: float = 1.0,
     seed: int = 0,
     sequential: bool = False,
+    given: torch.Tensor | None = None,
     callback=None,
     interrupt=None,
 ) -> torch.Tensor:
     """Sample z_sem `[B, K, gh, gw, D]` for text contexts `[B, L, text_dim]` (or one per keyframe
     `[B, K, L, text_dim]`) with Euler steps (the paper's sampler); `sequential`: keyframe by keyframe, each
-    sampled with the ones before it given (`callback(i, total, ...)` then counts `K * steps` steps)."""
+    sampled with the ones before it given (`callback(i, total, ...)` then counts `(K - P) * steps` steps).
+    `given` `[B, P, gh, gw, D]`: the first P keyframes, kept as they are (image-to-video: the image's semantics)."""
     if keyframes < 1 or min(grid) < 1:
         raise ValueError(
             f"cannot generate {keyframes} keyframes of a {grid[0]}x{grid[1]} grid; need at least one of each"
         )
     shape = (positive.shape[0], model.config.in_dim, keyframes, *grid)  # [B, D, K, gh, gw]
+    prefix = _given(given, shape)  # [B, D, P, gh, gw] or None
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))).to(positive)
     options = {"steps": steps, "shift": shift, "solver": "euler", "interrupt": interrupt}
     options["guidance"] = Guidance(text_scale=text_scale, plan_scale=1.0)
+    done = 0 if prefix is None else prefix.shape[2]
+    if done == keyframes:
+        return from_latent(prefix)
     if not sequential:
-        return from_latent(render(model, noise, positive, negative, callback=callback, **options))
-    x = noise[:, :, :0]  # [B, D, 0, gh, gw]: the keyframes written so far
-    for k in range(keyframes):
+        return from_latent(
+            render(model, noise, positive, negative, first_frame_latent=prefix, callback=callback, **options)
+        )
+    x = noise[:, :, :0] if prefix is None else prefix.to(noise)  # [B, D, k, gh, gw]: the keyframes written so far
+    for k in range(done, keyframes):
         x = render(
             model,
             noise[:, :, : k + 1],  # [B, D, k + 1, gh, gw]
             first_keyframes(positive, k + 1),
             first_keyframes(negative, k + 1),
             first_frame_latent=x if k else None,
-            callback=_offset(callback, k * steps, keyframes * steps),
+            callback=_offset(callback, (k - done) * steps, (keyframes - done) * steps),
             **options,
         )
     return from_latent(x)  # [B, K, gh, gw, D]
+
+
+def _given(given: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """Given leading keyframes `[B, P, gh, gw, D]` in the generator's layout `[B, D, P, gh, gw]`, after checking
+    they fit `shape` `[B, D, K, gh, gw]`."""
+    if given is None:
+        return None
+    b, d, k, gh, gw = shape
+    if given.dim() != 5 or given.shape[0] != b or tuple(given.shape[2:]) != (gh, gw, d) or not 1 <= given.shape[1] <= k:
+        raise ValueError(
+            f"given keyframes must be [B, P, gh, gw, D] = [{b}, P, {gh}, {gw}, {d}] with 1 <= P <= {k}, got "
+            f"{list(given.shape)}; encode the image with the same model"
+        )
+    return to_latent(given)
 
 
 def first_keyframes(context: torch.Tensor, count: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from .. import EMBEDDED
 from ..diffusion.rendering import latent_shape, render
 from ..diffusion.sampling import Guidance, initial_noise
 from ..files.safetensors import CheckpointError
-from ..files.video import video_to_frames
+from ..files.video import image_tensor, video_to_frames
 from ..plan.continuous import make_continuous_plan
 from ..plan.core import CodebookId, Plan, Provenance
 from ..plan.errors import PlanError
@@ -103,6 +103,15 @@ class SemanticGenSpec:
             raise CheckpointError(f"{source}: not a SemanticGen description (format {data.get('format')!r})")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class SemanticStart:
+    """Image-to-video inputs of one image (`SemanticGen.first_frame`): its semantics `[1, gh, gw, D]`, given to
+    stage 1 as keyframe 0, and its VAE latent `[1, C, 1, h, w]`, pinned as stage 2's latent frame 0 (Wan TI2V)."""
+
+    semantics: torch.Tensor
+    latent: torch.Tensor
 
 
 def _part(folder: Path, name: str) -> Path:
@@ -234,8 +243,18 @@ class SemanticGen:
     def encode_semantics(self, video: torch.Tensor) -> torch.Tensor:
         """Ground-truth z_sem of a video `[3, T, H, W]` in [-1, 1]: compressor means `[K, gh, gw, D]`."""
         indices = self.keyframe_frames(video.shape[1])[1]
-        frames = video[:, indices].transpose(0, 1)  # [K, 3, H, W]
-        return self.compressor(self.encoder.encode(frames), sample=False).mean  # [K, gh, gw, D]
+        return self._semantics(video[:, indices].transpose(0, 1))  # [K, gh, gw, D]
+
+    def _semantics(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames `[K, 3, H, W]` in [-1, 1] -> compressor means `[K, gh, gw, D]`."""
+        return self.compressor(self.encoder.encode(frames), sample=False).mean
+
+    @torch.inference_mode()
+    def first_frame(self, image) -> SemanticStart:
+        """An image `[H, W, 3]` (uint8, or float in [0, 1]) at the model's size, as image-to-video inputs."""
+        frames = image_tensor(image, self.spec.size, self.spec.size, self.spec.name) * 2 - 1  # [1, 3, H, W]
+        semantics = self._semantics(frames.to(next(self.encoder.parameters()).device))  # [1, gh, gw, D]
+        return SemanticStart(semantics, self.vae.encode(frames[:, :, None].to(next(self.vae.parameters()).device)))
 
     @torch.inference_mode()
     def plan_semantics(
@@ -246,11 +265,13 @@ class SemanticGen:
         num_frames: int,
         seed: int = 0,
         steps: int | None = None,
+        start: SemanticStart | None = None,
         callback=None,
         interrupt=None,
     ) -> torch.Tensor:
         """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go (or, with
-        `semantic_sequential`, one keyframe after another; `callback` then counts `K * steps` steps)."""
+        `semantic_sequential`, one keyframe after another; `callback` then counts `K * steps` steps). With
+        `start` (image-to-video) keyframe 0 is the image's semantics and the others are sampled after it."""
         if self.semantic_dit is None:
             raise ValueError("this SemanticGen has no semantic generator (stage 1) loaded; load the full folder")
         positive, negative = self.semantic_contexts(scene, motion, num_frames)
@@ -266,6 +287,7 @@ class SemanticGen:
             text_scale=self.spec.semantic_text_scale,
             seed=seed,
             sequential=self.spec.semantic_sequential,
+            given=None if start is None else start.semantics[None],  # [1, 1, gh, gw, D]
             callback=callback,
             interrupt=interrupt,
         )
@@ -286,11 +308,12 @@ class SemanticGen:
         seed: int = 0,
         window: int | None = None,
         steps: int | None = None,
+        start: SemanticStart | None = None,
         callback=None,
         interrupt=None,
     ) -> torch.Tensor:
         """Stage 2: the video latent `[1, C, F, h, w]` for a continuous plan at its own keyframe times
-        (None: no semantic plan)."""
+        (None: no semantic plan); with `start`, latent frame 0 is the image's."""
         positive, negative = self.contexts(scene, motion)
         vae = self.vae.config
         shape = latent_shape(
@@ -316,6 +339,7 @@ class SemanticGen:
             solver="unipc",
             guidance=Guidance(text_scale=self.spec.text_scale, plan_scale=self.spec.plan_scale),
             window=spec,
+            first_frame_latent=None if start is None else start.latent,
             callback=callback,
             interrupt=interrupt,
         )
@@ -335,11 +359,13 @@ class SemanticGen:
         seed: int = 0,
         window: int | None = None,
         use_semantics: bool = True,
+        start: SemanticStart | None = None,
     ) -> tuple[np.ndarray, torch.Tensor | None]:
-        """Text -> (frames `[T, H, W, 3]` uint8, z_sem `[K, gh, gw, D]` or None without a semantic plan)."""
-        z = self.plan_semantics(scene, motion, num_frames=num_frames, seed=seed) if use_semantics else None
+        """Text (and with `start`, a first frame) -> (frames `[T, H, W, 3]` uint8, z_sem `[K, gh, gw, D]` or None
+        without a semantic plan)."""
+        z = self.plan_semantics(scene, motion, num_frames=num_frames, seed=seed, start=start) if use_semantics else None
         plan = None if z is None else self.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion)
-        latent = self.render_latent(plan, scene, motion, num_frames=num_frames, seed=seed, window=window)
+        latent = self.render_latent(plan, scene, motion, num_frames=num_frames, seed=seed, window=window, start=start)
         return self.decode(latent), z
 
     def digest(self) -> str:

@@ -268,12 +268,14 @@ def random_bundle(
     ).check()
 
 
-def render_clip_semantics(model, clip, *, use_semantics: bool = True, seed: int = 0, window: int | None = None):
+def render_clip_semantics(
+    model, clip, *, use_semantics: bool = True, seed: int = 0, window: int | None = None, start=None
+):
     """Frames `[T, H, W, 3]` uint8 that a `SemanticGen` renders from a world clip's own (ground-truth)
-    semantics, or from its text alone."""
+    semantics, or from its text alone; `start` (`SemanticGen.first_frame`) pins latent frame 0."""
     n = clip.config.num_frames
     plan = model.semantic_plan(model.encode_semantics(clip_video([clip])[0]), num_frames=n) if use_semantics else None
     latent = model.render_latent(
-        plan, clip.scene, clip.motion, num_frames=clip.config.num_frames, seed=seed, window=window
+        plan, clip.scene, clip.motion, num_frames=clip.config.num_frames, seed=seed, window=window, start=start
     )
     return model.decode(latent)

@@ -646,10 +646,28 @@ def test_semanticgen_planner_refuses_what_it_cannot_plan(nodes, semanticgen):
     generate = nodes["PlanX_GenerateSemanticPlan"]
     with pytest.raises(PlanError, match="fps 8"):
         generate.execute(planner, SCENE, MOTION, 64, 64, 17, 24.0, 2.0, 0, 1.0, 0, 1.0, 1.0)
-    with pytest.raises(PlanError, match="first_frame"):
+    with pytest.raises(PlanError, match="context_frames"):
         generate.execute(
-            planner, SCENE, MOTION, 64, 64, 17, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0, first_frame=torch.zeros(1, 64, 64, 3)
+            planner, SCENE, MOTION, 64, 64, 17, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0, context_frames=torch.zeros(2, 64, 64, 3)
         )
+
+
+def test_semanticgen_planner_plans_from_a_first_frame(nodes, semanticgen):
+    """Image-to-video: keyframe 0 of the continuous plan is the image's semantics (`SemanticGen.first_frame`), an
+    IMAGE of another size is resized to the model's, and the keyframes after it depend on the image."""
+    model, planner, _, _ = semanticgen
+    generate = nodes["PlanX_GenerateSemanticPlan"]
+    image = torch.rand(1, 64, 64, 3)
+    args = (planner, SCENE, MOTION, 64, 64, 17, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0)
+    plan = generate.execute(*args, first_frame=image).args[0]
+    start = model.first_frame(image[0].numpy())
+    assert torch.allclose(model.plan_vectors(plan)[:1], start.semantics, atol=1e-5)
+    big = torch.nn.functional.interpolate(image.permute(0, 3, 1, 2), scale_factor=2, mode="nearest")
+    resized = generate.execute(*args, first_frame=big.permute(0, 2, 3, 1)).args[0]
+    other = generate.execute(*args, first_frame=torch.rand(1, 64, 64, 3)).args[0]
+    near, far = ((model.plan_vectors(p)[0] - start.semantics[0]).norm() for p in (resized, other))
+    assert len(resized.keyframes) == 5 and near < far / 2, "the 128x128 image was resized, not refused"
+    assert not torch.allclose(model.plan_vectors(other)[1:], model.plan_vectors(plan)[1:])
 
 
 def test_continuous_plan_through_preview_save_load_and_edit(nodes, semanticgen, tmp_path, monkeypatch):
