@@ -29,6 +29,24 @@ def test_rows_are_scored_from_the_frames_they_render(monkeypatch):
     assert seeds == [(r, i) for r in ("gt_semantics", "semanticgen") for i in range(3)]
 
 
+def test_train_split_scores_unseen_clips_of_the_training_compositions(tmp_path, monkeypatch):
+    """`--split train` (for choosing settings) draws the same stream's clips from the training compositions."""
+    train, held = adherence.heldout_clips(4, split="train"), adherence.heldout_clips(4)
+    assert all(c.split == "train" for c in train) and [c.seed for c in train] == [c.seed for c in held]
+    assert [c.scene + c.motion for c in train] != [c.scene + c.motion for c in held]
+    scored = []
+    monkeypatch.setattr(
+        adherence,
+        "evaluate",
+        lambda model, clips, rows: (
+            scored.extend(clips)
+            or {"gt_semantics": {"accuracy": 1.0, "completeness": 1.0, "fidelity": 1.0, "consistency": 1.0, "count": 1}}
+        ),
+    )
+    assert adherence.main(["--clips", "1", "--rows", "gt_semantics", "--split", "train", "--out", str(tmp_path)]) == 0
+    assert scored[0].split == "train" and "unseen training-composition" in (tmp_path / "adherence.md").read_text()
+
+
 def test_command_writes_the_table_of_the_embedded_model(tmp_path, capsys):
     out = tmp_path / "report"
     assert adherence.main(["--clips", "1", "--rows", "gt_semantics", "--plan-scale", "2", "--out", str(out)]) == 0

@@ -29,9 +29,10 @@ from .drift import ROWS, STAGE_1_ROWS, parse_rows, render_row, rows_report, save
 METRICS = ("accuracy", "completeness", "fidelity", "consistency")
 
 
-def heldout_clips(count: int, seed: int = 0) -> list[world.Clip]:
-    """The held-out 17-frame clips of the table: clip i from `world.clip_seed(seed, 1, i)`."""
-    return [world.make_clip(world.clip_seed(seed, 1, i), SHORT_WORLD, split="heldout") for i in range(count)]
+def heldout_clips(count: int, seed: int = 0, split: str = "heldout") -> list[world.Clip]:
+    """The held-out 17-frame clips of the table: clip i from `world.clip_seed(seed, 1, i)` (`split="train"`: unseen
+    clips of the training compositions from the same stream, for choosing settings without the held-out rows)."""
+    return [world.make_clip(world.clip_seed(seed, 1, i), SHORT_WORLD, split=split) for i in range(count)]
 
 
 def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) -> dict:
@@ -46,9 +47,10 @@ def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) 
     return results
 
 
-def report(results: dict, seed: int, spec) -> str:
+def report(results: dict, seed: int, spec, split: str = "heldout") -> str:
+    kind = "held-out" if split == "heldout" else "unseen training-composition"
     title = (
-        f"SemanticGen adherence ({next(iter(results.values()))['count']} held-out {SHORT_WORLD.num_frames}-frame "
+        f"SemanticGen adherence ({next(iter(results.values()))['count']} {kind} {SHORT_WORLD.num_frames}-frame "
         f"clips, seed {seed}; stage-1 text guidance {spec.semantic_text_scale}, stage-2 plan guidance "
         f"{spec.plan_scale})"
     )
@@ -61,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=24, help="held-out 17-frame clips scored per row")
     p.add_argument("--seed", type=int, default=0, help="seed of the clips (clip i renders with seed i)")
     p.add_argument("--rows", default="semanticgen,gt_semantics", help=f"comma-separated, of {', '.join(ROWS)}")
+    p.add_argument(
+        "--split",
+        choices=("heldout", "train"),
+        default="heldout",
+        help="heldout: compositions never trained on (the table); train: unseen clips of the training compositions, "
+        "for choosing settings without looking at the held-out rows",
+    )
     p.add_argument("--semantic-text-scale", type=float, help="stage-1 text guidance (default: the model's)")
     p.add_argument("--plan-scale", type=float, help="stage-2 semantic plan guidance (default: the model's)")
     p.add_argument("--out", default="eval_report/semanticgen")
@@ -72,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     model = SemanticGen.load(a.model, need_semantic=bool(set(STAGE_1_ROWS) & set(rows)))
     changes = {"semantic_text_scale": a.semantic_text_scale, "plan_scale": a.plan_scale}
     model = model.with_spec(**{k: v for k, v in changes.items() if v is not None})
-    results = evaluate(model, heldout_clips(a.clips, a.seed), rows)
-    save_report(Path(a.out), "adherence", results, report(results, a.seed, model.spec))
+    results = evaluate(model, heldout_clips(a.clips, a.seed, a.split), rows)
+    save_report(Path(a.out), "adherence", results, report(results, a.seed, model.spec, a.split))
     return 0
 
 
