@@ -271,7 +271,8 @@ class SemanticGen:
     ) -> torch.Tensor:
         """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go (or, with
         `semantic_sequential`, one keyframe after another; `callback` then counts `K * steps` steps). With
-        `start` (image-to-video) keyframe 0 is the image's semantics and the others are sampled after it."""
+        `start` (image-to-video) keyframe 0 is the image's semantics and the others are sampled after it (sequential:
+        `(K - 1) * steps` steps)."""
         if self.semantic_dit is None:
             raise ValueError("this SemanticGen has no semantic generator (stage 1) loaded; load the full folder")
         positive, negative = self.semantic_contexts(scene, motion, num_frames)
