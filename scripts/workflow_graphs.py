@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from planx_core import EMBEDDED as EMBEDDED_FOLDER
 from planx_core.pipelines import PlanningDefaults
 
 EMBEDDED = "embedded: planx-tiny"
@@ -25,6 +26,8 @@ LONG_MOTION = "the red circle moves right, then up, then left, then down"
 LONG_PROMPT = f"{SCENE}. {LONG_MOTION}."
 LONG_VIDEO = {"width": 64, "height": 64, "length": 65}  # 8 s at 8 fps: 17 latent frames, 17 semantic keyframes
 LONG_WINDOW = 2  # latent frames per attention window (the SemanticGen model's own)
+_SEMANTICGEN_SPEC = json.loads((EMBEDDED_FOLDER / "semanticgen" / "semanticgen.json").read_text())
+LONG_GUIDANCE = {"text_cfg": _SEMANTICGEN_SPEC["text_scale"], "plan_cfg": _SEMANTICGEN_SPEC["plan_scale"]}  # its own
 
 TEXT_TO_VIDEO = "Plan-X text to video.json"
 IMAGE_TO_VIDEO = "Plan-X image to video.json"
@@ -102,9 +105,7 @@ def rendering(g, plan_source, places: dict, prompt: str, prefix: str, tiny, nega
         "PlanX_Sampler",
         places["sampler"],
         inputs={"model": (inject, 0), "positive": (positive, 0), "negative": (negative, 0), **options},
-        **SAMPLING,
-        **video,
-        **sampler_widgets,
+        **{**SAMPLING, **video, **sampler_widgets},
     )
     decode = g.add("VAEDecode", places["decode"], inputs={"samples": (sampler, 0), "vae": (tiny, 2)})
     create = g.add("CreateVideo", places["create"], inputs={"images": (decode, 0), "fps": (sampler, 1)}, fps=8.0)
@@ -297,7 +298,7 @@ def long_video_semanticgen(g, name: str) -> dict:
         tiny,
         branch=SEMANTICGEN,
         video=LONG_VIDEO,
-        sampler_widgets={"attention_window": LONG_WINDOW, "window_semantics": "local"},
+        sampler_widgets={"attention_window": LONG_WINDOW, "window_semantics": "local", **LONG_GUIDANCE},
     )
     return g.workflow(
         name,

@@ -49,12 +49,13 @@ def test_train_split_scores_unseen_clips_of_the_training_compositions(tmp_path, 
 
 def test_command_writes_the_table_of_the_embedded_model(tmp_path, capsys):
     out = tmp_path / "report"
-    assert adherence.main(["--clips", "1", "--rows", "gt_semantics", "--plan-scale", "2", "--out", str(out)]) == 0
+    argv = ["--clips", "1", "--rows", "gt_semantics", "--text-scale", "3", "--plan-scale", "2", "--out", str(out)]
+    assert adherence.main(argv) == 0
     scores = json.loads((out / "adherence.json").read_text())
     assert list(scores) == ["gt_semantics"] and scores["gt_semantics"]["count"] == 1
     assert 0 <= scores["gt_semantics"]["accuracy"] <= 1
     text = (out / "adherence.md").read_text()
-    assert "| gt_semantics |" in text and "stage-2 plan guidance 2.0" in text
+    assert "| gt_semantics |" in text and "stage-2 text guidance 3.0, stage-2 plan guidance 2.0" in text
 
 
 def test_image_to_video_row_gives_stage_1_the_clips_first_frame(tmp_path, monkeypatch):

@@ -295,7 +295,7 @@ def test_a_retimed_plan_renders_at_its_own_times(model, tmp_path):
         plan=node,
         steps=model.spec.steps,
         shift=model.spec.shift,
-        guidance=Guidance(text_scale=model.spec.text_scale),
+        guidance=Guidance(text_scale=model.spec.text_scale, plan_scale=model.spec.plan_scale),
         window=2,
     )
     assert torch.equal(cli, reference)

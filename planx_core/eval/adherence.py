@@ -51,8 +51,8 @@ def report(results: dict, seed: int, spec, split: str = "heldout") -> str:
     kind = "held-out" if split == "heldout" else "unseen training-composition"
     title = (
         f"SemanticGen adherence ({next(iter(results.values()))['count']} {kind} {SHORT_WORLD.num_frames}-frame "
-        f"clips, seed {seed}; stage-1 text guidance {spec.semantic_text_scale}, stage-2 plan guidance "
-        f"{spec.plan_scale})"
+        f"clips, seed {seed}; stage-1 text guidance {spec.semantic_text_scale}, stage-2 text guidance "
+        f"{spec.text_scale}, stage-2 plan guidance {spec.plan_scale})"
     )
     return rows_report(title, results, METRICS)
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "for choosing settings without looking at the held-out rows",
     )
     p.add_argument("--semantic-text-scale", type=float, help="stage-1 text guidance (default: the model's)")
+    p.add_argument("--text-scale", type=float, help="stage-2 text guidance (default: the model's)")
     p.add_argument("--plan-scale", type=float, help="stage-2 semantic plan guidance (default: the model's)")
     p.add_argument("--out", default="eval_report/semanticgen")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     model = SemanticGen.load(a.model, need_semantic=bool(set(STAGE_1_ROWS) & set(rows)))
-    changes = {"semantic_text_scale": a.semantic_text_scale, "plan_scale": a.plan_scale}
+    changes = {"semantic_text_scale": a.semantic_text_scale, "text_scale": a.text_scale, "plan_scale": a.plan_scale}
     model = model.with_spec(**{k: v for k, v in changes.items() if v is not None})
     results = evaluate(model, heldout_clips(a.clips, a.seed, a.split), rows)
     save_report(Path(a.out), "adherence", results, report(results, a.seed, model.spec, a.split))

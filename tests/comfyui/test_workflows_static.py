@@ -17,6 +17,7 @@ import pytest
 
 WORKFLOW_DIR = Path(__file__).resolve().parents[2] / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
+SEMANTICGEN_SPEC = WORKFLOW_DIR.parent / "planx_core" / "embedded" / "semanticgen" / "semanticgen.json"
 PLANX = {
     "PlanX_LoadPlanner",
     "PlanX_GenerateSemanticPlan",
@@ -163,9 +164,14 @@ def test_real_weights_variant_is_described(workflow, request):
 
 def test_shipped_settings_run_on_the_tiny_model(workflow, request):
     """Tiny loaders and the embedded planner; 64x64, 17 frames at 8 fps, 20 steps, both CFGs 1, shift 0, full
-    attention. The long-video workflow: the embedded SemanticGen, 65 frames, attention window 2, local."""
+    attention. The long-video workflow: the embedded SemanticGen, 65 frames, attention window 2, local, and its
+    folder's own stage-2 guidance (text and plan scales of semanticgen.json, as `semanticgen` renders)."""
     long = _name(request) == LONG_VIDEO
     length, window = (65, 2) if long else (17, 0)
+    cfgs = [1.0, 1.0]
+    if long:
+        spec = json.loads(SEMANTICGEN_SPEC.read_text())
+        cfgs = [spec["text_scale"], spec["plan_scale"]]
     loaders = {
         "PlanX_LoadPlanner": "embedded: semanticgen-tiny (diffusion)" if long else "embedded: planx-tiny",
         "PlanX_LoadTinyModel": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny",
@@ -178,6 +184,6 @@ def test_shipped_settings_run_on_the_tiny_model(workflow, request):
         if node["type"] == "PlanX_GenerateSemanticPlan":
             assert values[2:6] == [64, 64, length, 8.0]  # scene, motion, width, height, length, fps, ...
         if node["type"] == "PlanX_Sampler":  # seed, "fixed", steps, text_cfg, plan_cfg, shift, solver, w, h, length,
-            assert values[2:6] == [20, 1.0, 1.0, 0.0] and values[7:11] == [64, 64, length, window]  # window
+            assert values[2:6] == [20, *cfgs, 0.0] and values[7:11] == [64, 64, length, window]  # window
             if long:  # window_semantics, window_margin: each window sees its own frames' keyframes
                 assert values[14:16] == ["local", 0]
