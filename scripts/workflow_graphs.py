@@ -66,9 +66,11 @@ EMBEDDED_INPUTS = {
 
 def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDEO, **plan_inputs):
     """The planner loader and the plan node; the embedded planner's plans at its persistence and candidates, and its
-    text-to-video plans at its t2v temperature."""
+    text-to-video plans at its t2v temperature; the SemanticGen planner's at its folder's stage-1 text guidance."""
     planner_node = g.add("PlanX_LoadPlanner", planner_at, planner=planner)
     embedded = EMBEDDED_INPUTS if planner == EMBEDDED else {}
+    if planner == SEMANTICGEN_PLANNER:
+        embedded = {"cfg": _SEMANTICGEN_SPEC["semantic_text_scale"]}
     text_only = planner == EMBEDDED and "first_frame" not in plan_inputs
     plan = g.add(
         "PlanX_GenerateSemanticPlan",

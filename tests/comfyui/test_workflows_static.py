@@ -165,13 +165,14 @@ def test_real_weights_variant_is_described(workflow, request):
 def test_shipped_settings_run_on_the_tiny_model(workflow, request):
     """Tiny loaders and the embedded planner; 64x64, 17 frames at 8 fps, 20 steps, both CFGs 1, shift 0, full
     attention. The long-video workflow: the embedded SemanticGen, 65 frames, attention window 2, local, and its
-    folder's own stage-2 guidance (text and plan scales of semanticgen.json, as `semanticgen` renders)."""
+    folder's own guidance (semanticgen.json's stage-1 text scale as the plan's cfg, its stage-2 text and plan scales
+    as the sampler's, as `semanticgen` plans and renders)."""
     long = _name(request) == LONG_VIDEO
     length, window = (65, 2) if long else (17, 0)
-    cfgs = [1.0, 1.0]
+    cfgs, plan_cfg = [1.0, 1.0], None
     if long:
         spec = json.loads(SEMANTICGEN_SPEC.read_text())
-        cfgs = [spec["text_scale"], spec["plan_scale"]]
+        cfgs, plan_cfg = [spec["text_scale"], spec["plan_scale"]], spec["semantic_text_scale"]
     loaders = {
         "PlanX_LoadPlanner": "embedded: semanticgen-tiny (diffusion)" if long else "embedded: planx-tiny",
         "PlanX_LoadTinyModel": "embedded: semanticgen-tiny" if long else "embedded: planx-tiny",
@@ -183,6 +184,8 @@ def test_shipped_settings_run_on_the_tiny_model(workflow, request):
             assert values[0] == loaders[node["type"]], node["type"]
         if node["type"] == "PlanX_GenerateSemanticPlan":
             assert values[2:6] == [64, 64, length, 8.0]  # scene, motion, width, height, length, fps, ...
+            if long:  # ..., keyframe rate, seed, control, temperature, top-k, top-p, cfg (stage-1 text guidance)
+                assert values[12] == plan_cfg
         if node["type"] == "PlanX_Sampler":  # seed, "fixed", steps, text_cfg, plan_cfg, shift, solver, w, h, length,
             assert values[2:6] == [20, *cfgs, 0.0] and values[7:11] == [64, 64, length, window]  # window
             if long:  # window_semantics, window_margin: each window sees its own frames' keyframes
