@@ -49,13 +49,14 @@ def test_train_split_scores_unseen_clips_of_the_training_compositions(tmp_path, 
 
 def test_command_writes_the_table_of_the_embedded_model(tmp_path, capsys):
     out = tmp_path / "report"
-    argv = ["--clips", "1", "--rows", "gt_semantics", "--text-scale", "3", "--plan-scale", "2", "--out", str(out)]
+    # scales other than the folder's (3 and 2), so the report shows the options took effect
+    argv = ["--clips", "1", "--rows", "gt_semantics", "--text-scale", "4", "--plan-scale", "1.5", "--out", str(out)]
     assert adherence.main(argv) == 0
     scores = json.loads((out / "adherence.json").read_text())
     assert list(scores) == ["gt_semantics"] and scores["gt_semantics"]["count"] == 1
     assert 0 <= scores["gt_semantics"]["accuracy"] <= 1
     text = (out / "adherence.md").read_text()
-    assert "| gt_semantics |" in text and "stage-2 text guidance 3.0, stage-2 plan guidance 2.0" in text
+    assert "| gt_semantics |" in text and "stage-2 text guidance 4.0, stage-2 plan guidance 1.5" in text
 
 
 def test_image_to_video_row_gives_stage_1_the_clips_first_frame(tmp_path, monkeypatch):
