@@ -9,6 +9,7 @@ from pathlib import Path
 
 from planx_core import EMBEDDED as EMBEDDED_FOLDER
 from planx_core.pipelines import PlanningDefaults
+from planx_core.semanticgen.model import SemanticGenSpec
 
 EMBEDDED = "embedded: planx-tiny"
 SCENE, MOTION = "a red circle on a dark background", "the red circle moves right, then up"
@@ -26,8 +27,9 @@ LONG_MOTION = "the red circle moves right, then up, then left, then down"
 LONG_PROMPT = f"{SCENE}. {LONG_MOTION}."
 LONG_VIDEO = {"width": 64, "height": 64, "length": 65}  # 8 s at 8 fps: 17 latent frames, 17 semantic keyframes
 LONG_WINDOW = 2  # latent frames per attention window (the SemanticGen model's own)
-_SEMANTICGEN_SPEC = json.loads((EMBEDDED_FOLDER / "semanticgen" / "semanticgen.json").read_text())
-LONG_GUIDANCE = {"text_cfg": _SEMANTICGEN_SPEC["text_scale"], "plan_cfg": _SEMANTICGEN_SPEC["plan_scale"]}  # its own
+_SPEC_FILE = EMBEDDED_FOLDER / "semanticgen" / "semanticgen.json"
+SEMANTICGEN_SPEC = SemanticGenSpec.from_json(_SPEC_FILE.read_text(), _SPEC_FILE)  # the folder's own sampling
+LONG_GUIDANCE = {"text_cfg": SEMANTICGEN_SPEC.text_scale, "plan_cfg": SEMANTICGEN_SPEC.plan_scale}
 
 TEXT_TO_VIDEO = "Plan-X text to video.json"
 IMAGE_TO_VIDEO = "Plan-X image to video.json"
@@ -70,7 +72,7 @@ def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDE
     planner_node = g.add("PlanX_LoadPlanner", planner_at, planner=planner)
     embedded = EMBEDDED_INPUTS if planner == EMBEDDED else {}
     if planner == SEMANTICGEN_PLANNER:
-        embedded = {"cfg": _SEMANTICGEN_SPEC["semantic_text_scale"]}
+        embedded = {"cfg": SEMANTICGEN_SPEC.semantic_text_scale}
     text_only = planner == EMBEDDED and "first_frame" not in plan_inputs
     plan = g.add(
         "PlanX_GenerateSemanticPlan",
