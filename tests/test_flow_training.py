@@ -4,7 +4,7 @@ import torch
 from conftest import randomize
 
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
-from planx_core.training.flow import Dropout, drop_text, flow_loss, noise_latents
+from planx_core.training.flow import Dropout, drop_text, flow_loss, noise_latents, object_emphasis
 from planx_core.wan.dit import WanModel
 
 
@@ -62,6 +62,53 @@ def test_loss_counts_only_predicted_frames():
         dropout=Dropout(text=0.0, plan=0.0, first_frame=1.0),
     )
     assert float(loss) < 1e-8  # the oracle is exact wherever a velocity is asked for
+
+
+def test_object_emphasis_weighs_what_stands_out_from_the_background():
+    """A plain clip weighs 1 everywhere; a blob on it weighs more than its background, and more with strength."""
+    plain = torch.full((2, 4, 3, 6, 6), 0.3)
+    assert torch.equal(object_emphasis(plain, 2.0), torch.ones(2, 1, 3, 6, 6))
+    blob = plain.clone()
+    blob[0, :, :, 2:4, 2:4] = 1.5  # [C, F, 2, 2] object on sample 0 only
+    weights = object_emphasis(blob, 2.0)  # [B, 1, F, H, W]
+    assert weights.shape == (2, 1, 3, 6, 6)
+    assert float(weights[0, 0, :, 2:4, 2:4].min()) > 5.0 * float(weights[0, 0, :, 0, 0].max())
+    assert torch.equal(weights[1], torch.ones(1, 3, 6, 6))  # the other sample's weights are its own
+    assert float(object_emphasis(blob, 4.0)[0, 0, 0, 2, 2]) > float(weights[0, 0, 0, 2, 2])
+
+
+def test_emphasis_moves_the_loss_towards_the_object_and_keeps_its_scale():
+    """With a model wrong by the same amount everywhere the weighted mean equals the plain one; wrong only on
+    the object, the emphasised loss is larger."""
+    x0 = torch.zeros(2, 4, 3, 6, 6)
+    x0[:, :, :, 2:4, 2:4] = 1.0  # [B, C, F, 2, 2] object
+
+    def off_by(error):
+        def model(x_t, t, context, plan=None):
+            sigma = (t / 1000).view(t.shape[0], 1, t.shape[1], 1, 1)  # [B, 1, F, 1, 1]
+            return (x_t - x0) / sigma + error  # [B, C, F, H, W]
+
+        return model
+
+    def loss(model, emphasis):
+        return float(
+            flow_loss(
+                model,
+                x0,
+                torch.zeros(2, 2, 8),
+                torch.zeros(1, 2, 8),
+                None,
+                torch.Generator().manual_seed(3),
+                dropout=Dropout(0.0, 0.0, 0.0),
+                emphasis=emphasis,
+            )
+        )
+
+    uniform = torch.full_like(x0, 0.5)
+    assert abs(loss(off_by(uniform), 2.0) - loss(off_by(uniform), 0.0)) < 1e-5
+    on_object = torch.zeros_like(x0)
+    on_object[:, :, :, 2:4, 2:4] = 0.5
+    assert loss(off_by(on_object), 2.0) > 3.0 * loss(off_by(on_object), 0.0)
 
 
 def test_text_dropout_uses_the_empty_prompt():

@@ -200,8 +200,9 @@ def test_order_pairs_shape_the_pools_stage_1_encodes(tmp_path, capsys):
 
 
 def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_path, capsys):
-    """`semgen-latent --init-from` a SemanticGen folder: its encoder encodes the pools, its DiT and branch train on,
-    its compressor stays as it was, so the folder's stage 1 (trained on that compressor's means) still fits."""
+    """`semgen-latent --init-from` a SemanticGen folder: its encoder encodes the pools, its DiT and branch train on
+    (here with `--object-weight`), its compressor stays as it was, so the folder's stage 1
+    (trained on that compressor's means) still fits."""
     from planx_core.semanticgen.compressor import load_compressor
     from planx_core.semanticgen.encoder_files import save_semantic_encoder
     from planx_core.training.engine_dist import state_sha
@@ -212,7 +213,7 @@ def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_p
     source, out = EMBEDDED / "semanticgen", tmp_path / "latent"
     common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--long-every", "2", "--threads", "1"]
     args = ["--stage", "semgen-latent", "--out", str(out), "--init-from", str(source), *common, "--eval-every", "0"]
-    assert train.main([*args, "--lr", "1e-2"]) == 0
+    assert train.main([*args, "--lr", "1e-2", "--object-weight", "2"]) == 0  # the loss weighs the objects up
     assert assemble(out, source, tmp_path / "model").is_dir()
     tuned, shipped = SemanticGen.load(tmp_path / "model"), SemanticGen.load(source)
     assert same_weights(tuned.compressor, shipped.compressor) and same_weights(tuned.encoder, shipped.encoder)

@@ -143,7 +143,7 @@ class LatentObjective(nn.Module):
         super().__init__()
         self.dit, self.branch, self.compressor, self.decoder, self.window = dit, branch, compressor, decoder, window
 
-    def forward(self, x0, context, feats, seed, text_p, plan_p, kl_weight, rec_weight):
+    def forward(self, x0, context, feats, seed, text_p, plan_p, kl_weight, rec_weight, emphasis=0.0):
         gen = torch.Generator().manual_seed(int(seed))
         code = self.compressor(feats, sample=True)  # z, mean, logvar [B, K, gh, gw, D]
         k, gh, gw = feats.shape[1:4]
@@ -160,6 +160,7 @@ class LatentObjective(nn.Module):
             gen,
             dropout=Dropout(float(text_p), float(plan_p), 0.0),
             shift=3.0,
+            emphasis=float(emphasis),
             window=self.window,
         )
         rec = self.decoder.reconstruction_loss(code.z, feats)
@@ -190,6 +191,13 @@ class SemLatentStage(PoolMixin, Stage):
         parser.add_argument("--rec-weight", type=float, default=0.1, help="semgen: weight of feature reconstruction")
         parser.add_argument("--sem-dropout", type=float, default=0.15, help="semgen: steps without the semantic plan")
         parser.add_argument("--text-dropout", type=float, default=0.1, help="semgen: samples without text")
+        parser.add_argument(
+            "--object-weight",
+            type=float,
+            default=0.0,
+            help="semgen-latent: weigh the flow loss towards positions that stand out from the clip's background "
+            "(`flow.object_emphasis`; 0 = uniform)",
+        )
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -302,6 +310,7 @@ class SemLatentStage(PoolMixin, Stage):
             "plan_p": a.sem_dropout,
             "kl_weight": a.kl_weight,
             "rec_weight": a.rec_weight,
+            "emphasis": a.object_weight,
         }
         return inputs, []
 
