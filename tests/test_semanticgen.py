@@ -213,6 +213,9 @@ def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_p
     source, out = EMBEDDED / "semanticgen", tmp_path / "latent"
     common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--long-every", "2", "--threads", "1"]
     args = ["--stage", "semgen-latent", "--out", str(out), "--init-from", str(source), *common, "--eval-every", "0"]
+    for bad in ("-1", "nan"):
+        assert train.main([*args, "--object-weight", bad]) != 0
+        assert "--object-weight must be a finite number >= 0" in capsys.readouterr().err and not list(out.glob("*"))
     assert train.main([*args, "--lr", "1e-2", "--object-weight", "2"]) == 0  # the loss weighs the objects up
     assert assemble(out, source, tmp_path / "model").is_dir()
     tuned, shipped = SemanticGen.load(tmp_path / "model"), SemanticGen.load(source)
