@@ -74,9 +74,9 @@ def object_emphasis(x0: torch.Tensor, strength: float) -> torch.Tensor:
 
     A position's distance from the clip's per-channel median latent (the plain background dominates the
     median), divided by its mean over the clip, times `strength`, plus 1: a clip of plain background
-    weighs 1 everywhere; objects, a few percent of the positions, weigh several times more. Training then
-    spends more of the loss on the objects' pixels (their colours), which uniform weights leave to the
-    background that fills most of a frame.
+    weighs 1 everywhere; objects (about a tenth of the positions in the toy world) weigh several times
+    more. Training then spends more of the loss on the objects' pixels (their colours), which uniform
+    weights leave to the background that fills most of a frame.
     """
     median = x0.flatten(2).median(dim=-1).values[..., None, None, None]  # [B, C, 1, 1, 1]
     distance = (x0 - median).float().norm(dim=1, keepdim=True)  # [B, 1, F, H, W]
