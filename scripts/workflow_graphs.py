@@ -70,9 +70,8 @@ def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDE
     """The planner loader and the plan node; the embedded planner's plans at its persistence and candidates, and its
     text-to-video plans at its t2v temperature; the SemanticGen planner's at its folder's stage-1 text guidance."""
     planner_node = g.add("PlanX_LoadPlanner", planner_at, planner=planner)
-    embedded = EMBEDDED_INPUTS if planner == EMBEDDED else {}
-    if planner == SEMANTICGEN_PLANNER:
-        embedded = {"cfg": SEMANTICGEN_SPEC.semantic_text_scale}
+    own = {EMBEDDED: EMBEDDED_INPUTS, SEMANTICGEN_PLANNER: {"cfg": SEMANTICGEN_SPEC.semantic_text_scale}}
+    embedded = own.get(planner, {})  # a real planner's folder: the node's defaults
     text_only = planner == EMBEDDED and "first_frame" not in plan_inputs
     plan = g.add(
         "PlanX_GenerateSemanticPlan",
