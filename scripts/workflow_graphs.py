@@ -65,13 +65,15 @@ EMBEDDED_INPUTS = {
     if EMBEDDED_PLANNING.get(name, getattr(PlanningDefaults, name)) != getattr(PlanningDefaults, name)
 }
 
+# each embedded planner's own plan-node inputs: the bundle's planning values, the SemanticGen folder's stage-1 guidance
+PLANNER_INPUTS = {EMBEDDED: EMBEDDED_INPUTS, SEMANTICGEN_PLANNER: {"cfg": SEMANTICGEN_SPEC.semantic_text_scale}}
+
 
 def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDEO, **plan_inputs):
     """The planner loader and the plan node; the embedded planner's plans at its persistence and candidates, and its
     text-to-video plans at its t2v temperature; the SemanticGen planner's at its folder's stage-1 text guidance."""
     planner_node = g.add("PlanX_LoadPlanner", planner_at, planner=planner)
-    own = {EMBEDDED: EMBEDDED_INPUTS, SEMANTICGEN_PLANNER: {"cfg": SEMANTICGEN_SPEC.semantic_text_scale}}
-    embedded = own.get(planner, {})  # a real planner's folder: the node's defaults
+    own_inputs = PLANNER_INPUTS.get(planner, {})  # a real planner's folder: the node's defaults
     text_only = planner == EMBEDDED and "first_frame" not in plan_inputs
     plan = g.add(
         "PlanX_GenerateSemanticPlan",
@@ -82,7 +84,7 @@ def planning(g, planner_at, plan_at, planner=EMBEDDED, motion=MOTION, video=VIDE
         fps=8.0,
         **video,
         **({"temperature": T2V_TEMPERATURE} if text_only else {}),
-        **embedded,
+        **own_inputs,
     )
     return planner_node, plan
 

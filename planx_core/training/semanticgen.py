@@ -199,11 +199,16 @@ class SemLatentStage(PoolMixin, Stage):
             "(`flow.object_emphasis`; 0 = uniform)",
         )
 
+    @classmethod
+    def check_args(cls, args, world_size: int) -> None:
+        if not 0.0 <= args.object_weight < float("inf"):  # NaN fails too
+            raise StageError(
+                f"--object-weight must be a finite number >= 0 (0 = uniform loss), got {args.object_weight}"
+            )
+
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
         a = self.args
-        if not 0.0 <= a.object_weight < float("inf"):  # NaN fails too
-            raise StageError(f"--object-weight must be a finite number >= 0 (0 = uniform loss), got {a.object_weight}")
         self.text = load_text_encoder(EMBEDDED / "text_encoder").eval().requires_grad_(False)
         self.vae = load_vae(run_file(a.vae, "vae.safetensors") if a.vae else EMBEDDED / "vae.safetensors").eval()
         torch.manual_seed(a.seed)
