@@ -230,6 +230,60 @@ def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_p
     assert "holds another semantic encoder" in capsys.readouterr().err
 
 
+def test_colour_weight_teaches_the_compressor_each_cells_colour(tmp_path, capsys):
+    """`semgen-latent --colour-weight`: the pools carry each semantic cell's colour shares (`world.score.cell_colours`
+    of the keyframes), the loss adds that weight times a linear read's cross-entropy against them (a training-only
+    head, not exported), and a resume must match it; refused when negative, or with a SemanticGen folder as
+    --init-from (its compressor is frozen)."""
+    from planx_core.semanticgen.compressor import SemanticDecoder
+    from planx_core.training.semanticgen import LatentObjective, semantic_keyframes
+    from planx_core.world.clips import clip_video
+    from planx_core.world.score import cell_colours
+    from planx_core.world.tiny import SHORT_WORLD
+
+    out = tmp_path / "latent"
+    common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--long-every", "2", "--threads", "1"]
+    args = ["--stage", "semgen-latent", "--out", str(out), *common, "--eval-every", "0"]
+    for bad, said in (("-1", "--colour-weight must be a finite number >= 0"), ("nan", "finite number")):
+        assert train.main([*args, "--init-from", str(EMBEDDED), "--colour-weight", bad]) != 0
+        assert said in capsys.readouterr().err and not list(out.glob("*"))
+    assert train.main([*args, "--init-from", str(EMBEDDED / "semanticgen"), "--colour-weight", "1"]) != 0
+    assert "trains the compressor" in capsys.readouterr().err and not list(out.glob("*"))
+    assert train.main([*args, "--init-from", str(EMBEDDED), "--colour-weight", "0.5"]) == 0
+    pool = read_safetensors(out / "pool_short.safetensors")
+    clip = world.make_clip(world.clip_seed(0, 230, 0), SHORT_WORLD)  # the short pool's first clip
+    keys = semantic_keyframes(clip.frames.shape[0])[1]
+    assert np.array_equal(pool["colours"][0].numpy(), cell_colours(clip.frames[keys], (4, 4)))  # [K, 4, 4, 7]
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logs[0]["fingerprint"]["colour_weight"] == 0.5
+
+    sg = SemanticGen.load(EMBEDDED / "semanticgen", need_semantic=False)
+    decoder = SemanticDecoder(sg.compressor.config)
+    objective = LatentObjective(sg.latent_dit, sg.branch, sg.compressor, decoder, 2, colour_head=True)
+    video = clip_video([clip])  # [1, 3, T, H, W]
+    feats = sg.encoder.encode(video[:, :, keys].transpose(1, 2).flatten(0, 1))[None]  # [1, K, 4, 4, 128]
+    inputs = {
+        "x0": sg.vae.encode(video),  # [1, z, F, h, w]
+        "context": sg.contexts(clip.scene, clip.motion)[0],  # [1, L, Dt]
+        "feats": feats,
+        "seed": 3,
+        "text_p": 0.0,
+        "plan_p": 0.0,
+        "kl_weight": 1e-3,
+        "rec_weight": 0.1,
+        "colours": pool["colours"][:1],  # [1, K, 4, 4, 7]
+    }
+    with torch.no_grad():
+        torch.manual_seed(0)
+        plain = objective(**inputs, colour_weight=0.0)
+        torch.manual_seed(0)
+        weighted = objective(**inputs, colour_weight=2.0)
+        torch.manual_seed(0)
+        logits = objective.colour_head(sg.compressor(feats, sample=True).z)  # [1, K, 4, 4, 7]
+    cross = -(inputs["colours"] * logits.log_softmax(-1)).sum(-1).mean()
+    assert cross > 0 and torch.allclose(weighted, plain + 2.0 * cross, atol=1e-5)
+
+
 def test_encoder_patch_4_gives_stage_2_an_8x8_semantic_grid(tmp_path, capsys):
     """`semgen-latent --encoder-patch 4`: the fresh tiny encoder has 4-px patches, so the pools and the exported
     folder plan on an 8x8 grid of 8-px cells (one per video token); a resume with the other patch is refused."""

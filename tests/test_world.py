@@ -42,7 +42,7 @@ from planx_core.world.scenes import (
     stage_bounds,
     tokenize,
 )
-from planx_core.world.score import detect, score_clip, score_many, score_pairs
+from planx_core.world.score import cell_colours, detect, score_clip, score_many, score_pairs
 
 CONFIG = WorldConfig()
 COLOUR = "(?:" + "|".join(COLOURS) + ")"
@@ -290,6 +290,27 @@ def test_compositions_are_validated():
 
 
 # ---------------------------------------------------------------- scorer
+
+
+def test_cell_colours_give_each_cell_the_colour_of_the_object_over_it(clips):
+    """`cell_colours` (the colour target of SemanticGen's compressor): shares of none + 6 palette colours per cell sum
+    to 1; of the palette colours, the 16-px cell under a fully visible object's centre holds most of its own; a
+    frame that does not split into whole cells is refused."""
+    checked = 0
+    for clip in clips[:20]:
+        shares = cell_colours(clip.frames[:1], (4, 4))  # [1, 4, 4, 7]
+        assert shares.shape == (1, 4, 4, 7) and np.allclose(shares.sum(-1), 1.0)
+        for i, obj in enumerate(clip.objects):
+            if clip.visible_fraction[0, i] < 0.999:
+                continue
+            x, y = clip.positions[0, i]
+            cell = shares[0, int(y) // 16, int(x) // 16]  # [7]
+            assert cell[1:].argmax() == COLOURS.index(obj.colour) and cell[1:].max() > 0  # its palette colour
+            checked += 1
+    assert checked >= 10
+    assert cell_colours(clips[0].frames[:1], (1, 1))[0, 0, 0, 0] > 0.5  # the background is most of the frame
+    with pytest.raises(ValueError, match="whole cells"):
+        cell_colours(clips[0].frames[:1, :63], (4, 4))
 
 
 def test_ground_truth_scores_full_marks(clips):

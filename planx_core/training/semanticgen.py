@@ -11,7 +11,9 @@ frozen encoder and MLP. Here:
   (`semantic_encoder`: the tiny Qwen2.5-VL-architecture tower), and trains the DiT, branch,
   compressor and its decoder with shifted-window attention (`--window` latent frames) on short
   clips and, every `--long-every` steps, on 4x longer clips (`semanticgen.LONG_WORLD`). Loss: flow matching
-  + `--kl-weight` KL + `--rec-weight` feature reconstruction. The text encoder stays frozen. With `--init-from`
+  + `--kl-weight` KL + `--rec-weight` feature reconstruction (+ `--colour-weight` times the cross-entropy of a
+  linear read of each cell's code against its colour shares, `world.score.cell_colours`, so the plan carries what
+  colour is where). The text encoder stays frozen. With `--init-from`
   a SemanticGen model folder instead, stage 2 is fine-tuned from that folder's DiT and branch with its encoder
   and compressor frozen, so the folder's stage 1 still fits (assemble the run with that folder as the semantic run).
 * `semgen-semantic` (stage 1, `training.semanticgen_semantic`) draws on these pools and text features.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -86,10 +89,15 @@ def encode_features(
 
 
 def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) -> dict[str, torch.Tensor]:
-    """Latents `[B, z, F, h, w]` and `encode_features`."""
+    """Latents `[B, z, F, h, w]`, `encode_features` and each semantic cell's colour shares `[B, K, gh, gw, 7]`
+    (`world.score.cell_colours` of the keyframes: the target of `--colour-weight`)."""
     video = clip_video(clips)  # [B, 3, T, H, W]
     latents = torch.cat([vae.encode(video[i : i + 4]) for i in range(0, len(clips), 4)])
-    return {"x0": latents, **encode_features(clips, encoder, text, video)}
+    features = encode_features(clips, encoder, text, video)
+    keys = semantic_keyframes(video.shape[2])[1]
+    grid = tuple(features["feats"].shape[2:4])
+    shares = [world_score.cell_colours(c.frames[keys], grid) for c in clips]  # [K, gh, gw, 7] each
+    return {"x0": latents, **features, "colours": torch.from_numpy(np.stack(shares))}
 
 
 class PoolMixin:
@@ -139,11 +147,27 @@ class LatentObjective(nn.Module):
         compressor: SemanticCompressor,
         decoder: SemanticDecoder,
         window: int,
+        colour_head: bool = False,
     ):
         super().__init__()
         self.dit, self.branch, self.compressor, self.decoder, self.window = dit, branch, compressor, decoder, window
+        # training only, never saved: a linear read of each cell's colour shares from its compressed code
+        self.colour_head = nn.Linear(compressor.config.dim, len(world.COLOURS) + 1) if colour_head else None
 
-    def forward(self, x0, context, feats, seed, text_p, plan_p, kl_weight, rec_weight, emphasis=0.0):
+    def forward(
+        self,
+        x0,
+        context,
+        feats,
+        seed,
+        text_p,
+        plan_p,
+        kl_weight,
+        rec_weight,
+        emphasis=0.0,
+        colours=None,
+        colour_weight=0.0,
+    ):
         gen = torch.Generator().manual_seed(int(seed))
         code = self.compressor(feats, sample=True)  # z, mean, logvar [B, K, gh, gw, D]
         k, gh, gw = feats.shape[1:4]
@@ -164,7 +188,11 @@ class LatentObjective(nn.Module):
             window=self.window,
         )
         rec = self.decoder.reconstruction_loss(code.z, feats)
-        return flow + float(kl_weight) * kl_loss(code.mean, code.logvar) + float(rec_weight) * rec
+        loss = flow + float(kl_weight) * kl_loss(code.mean, code.logvar) + float(rec_weight) * rec
+        if self.colour_head is None:
+            return loss
+        logits = self.colour_head(code.z)  # [B, K, gh, gw, 7]
+        return loss + float(colour_weight) * -(colours * logits.log_softmax(-1)).sum(-1).mean()  # soft cross-entropy
 
 
 class SemLatentStage(PoolMixin, Stage):
@@ -198,12 +226,27 @@ class SemLatentStage(PoolMixin, Stage):
             help="semgen-latent: weigh the flow loss towards positions that stand out from the clip's background "
             "(`flow.object_emphasis`; 0 = uniform)",
         )
+        parser.add_argument(
+            "--colour-weight",
+            type=float,
+            default=0.0,
+            help="semgen-latent: weight of a term that makes each semantic cell's colour shares (the pool's "
+            "`colours`) readable linearly from its compressed code, so the plan carries what colour is where "
+            "(0 = off; trains the compressor, so not with a SemanticGen folder as --init-from)",
+        )
 
     @classmethod
     def check_args(cls, args, world_size: int) -> None:
         if not 0.0 <= args.object_weight < float("inf"):  # NaN fails too
             raise StageError(
                 f"--object-weight must be a finite number >= 0 (0 = uniform loss), got {args.object_weight}"
+            )
+        if not 0.0 <= args.colour_weight < float("inf"):
+            raise StageError(f"--colour-weight must be a finite number >= 0 (0 = off), got {args.colour_weight}")
+        if args.colour_weight and cls._model_folder(args.init_from):
+            raise StageError(
+                f"--colour-weight trains the compressor, which stays frozen when fine-tuning the SemanticGen folder "
+                f"{args.init_from}: start from a Plan-X run or bundle (--init-from planx_core/embedded) instead"
             )
 
     def __init__(self, ctx: StageContext):
@@ -222,8 +265,12 @@ class SemLatentStage(PoolMixin, Stage):
             )
         )
         comp = CompressorConfig(feature_dim=self.encoder.out_dim, dim=a.sem_dim, hidden=256, name="semanticgen-tiny")
-        self.module = LatentObjective(dit, branch, SemanticCompressor(comp), SemanticDecoder(comp), a.window)
+        self.module = LatentObjective(
+            dit, branch, SemanticCompressor(comp), SemanticDecoder(comp), a.window, colour_head=a.colour_weight > 0
+        )
         self.pools = self.build_pools(self._encode)
+        if a.colour_weight and "colours" not in self.pools["short"]:
+            raise StageError(f"{a.out}'s pools hold no colour shares (made before --colour-weight): pass a new --out")
 
     def _encoder_state(self) -> dict:
         """The frozen tiny encoder: the one saved in the run folder, else the `--init-from` SemanticGen folder's,
@@ -261,6 +308,7 @@ class SemLatentStage(PoolMixin, Stage):
             "sem_dim": a.sem_dim,
             "long_every": a.long_every,
             **({"encoder_patch": a.encoder_patch} if a.encoder_patch != 8 else {}),
+            **({"colour_weight": a.colour_weight} if a.colour_weight else {}),
         }
 
     def init_from(self, path: Path) -> None:
@@ -319,6 +367,8 @@ class SemLatentStage(PoolMixin, Stage):
             "rec_weight": a.rec_weight,
             "emphasis": a.object_weight,
         }
+        if a.colour_weight:
+            inputs.update(colours=b["colours"], colour_weight=a.colour_weight)
         return inputs, []
 
     @torch.no_grad()

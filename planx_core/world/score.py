@@ -15,6 +15,9 @@ that test erodes blurred edges of
 bright colours (a 3x3 box blur turned small cyan circles into "triangles" and "squares");
 segment projection keeps half-covered pixels, and filled holes keep noisy squares square.
 
+`cell_colours` gives the same labels' shares per cell of a grid (the colour target of SemanticGen's compressor,
+`training.semanticgen`).
+
 `score_clip` compares generated frames with the clip's plan and with the *reference*, the
 ground-truth render passed through the same detector, so ground truth scores exactly 1 / 0 px:
 
@@ -115,6 +118,20 @@ def colour_labels(frames: np.ndarray) -> np.ndarray:
         chosen[take], best[take] = c, residual[take]
     labels[candidates] = chosen
     return labels.reshape(frames.shape[:3])
+
+
+def cell_colours(frames: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Per cell of a `grid` (gh, gw) over each frame `[N, H, W, 3]` uint8, the share of its pixels that are no
+    palette colour (index 0) or each palette colour (1..6, `colour_labels`): `[N, gh, gw, 7]` float32, rows sum to 1."""
+    gh, gw = grid
+    n, h, w = frames.shape[:3]
+    if h % gh or w % gw:
+        raise ValueError(f"frames of {h}x{w} pixels do not split into a {gh}x{gw} grid of whole cells")
+    labels = colour_labels(frames) + 1  # [N, H, W] in 0..6
+    cells = labels.reshape(n, gh, h // gh, gw, w // gw).transpose(0, 1, 3, 2, 4)  # [N, gh, gw, h/gh, w/gw]
+    cells = cells.reshape(n, gh, gw, -1)  # [N, gh, gw, P]
+    counts = np.stack([(cells == c).sum(axis=-1) for c in range(len(COLOURS) + 1)], axis=-1)  # [N, gh, gw, 7]
+    return (counts / cells.shape[-1]).astype(np.float32)
 
 
 def classify_shape(fill: float, offset: float) -> int:
