@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from planx_core import EMBEDDED, world
-from planx_core.files.safetensors import CheckpointError, read_safetensors
+from planx_core.files.safetensors import CheckpointError, read_safetensors, save_safetensors
 from planx_core.plan.core import Plan
 from planx_core.plan.timing import keyframe_latent_frames, keyframe_times
 from planx_core.semantic_branch import BranchConfig, SemanticBranch
@@ -256,6 +256,13 @@ def test_colour_weight_teaches_the_compressor_each_cells_colour(tmp_path, capsys
     assert np.array_equal(pool["colours"][0].numpy(), cell_colours(clip.frames[keys], (4, 4)))  # [K, 4, 4, 7]
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert logs[0]["fingerprint"]["colour_weight"] == 0.5
+    old = tmp_path / "old"  # a run folder whose pools were made before --colour-weight
+    old.mkdir()
+    save_safetensors({k: v for k, v in pool.items() if k != "colours"}, old / "pool_short.safetensors")
+    assert train.main([*args[:3], str(old), *args[4:], "--init-from", str(EMBEDDED), "--colour-weight", "1"]) != 0
+    assert "holds no colour shares" in capsys.readouterr().err and sorted(p.name for p in old.iterdir()) == [
+        "pool_short.safetensors"
+    ]
 
     sg = SemanticGen.load(EMBEDDED / "semanticgen", need_semantic=False)
     decoder = SemanticDecoder(sg.compressor.config)

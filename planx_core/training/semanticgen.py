@@ -13,9 +13,9 @@ frozen encoder and MLP. Here:
   clips and, every `--long-every` steps, on 4x longer clips (`semanticgen.LONG_WORLD`). Loss: flow matching
   + `--kl-weight` KL + `--rec-weight` feature reconstruction (+ `--colour-weight` times the cross-entropy of a
   linear read of each cell's code against its colour shares, `world.score.cell_colours`, so the plan carries what
-  colour is where). The text encoder stays frozen. With `--init-from`
-  a SemanticGen model folder instead, stage 2 is fine-tuned from that folder's DiT and branch with its encoder
-  and compressor frozen, so the folder's stage 1 still fits (assemble the run with that folder as the semantic run).
+  colour is where). The text encoder stays frozen. With `--init-from` a SemanticGen model folder instead, stage 2
+  is fine-tuned from that folder's DiT and branch with its encoder and compressor frozen, so the folder's stage 1
+  still fits (assemble the run with that folder as the semantic run).
 * `semgen-semantic` (stage 1, `training.semanticgen_semantic`) draws on these pools and text features.
 
 Both draw batches from pools encoded once into the run folder, as the `dit` stage does.
@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import EMBEDDED, world
-from ..files.safetensors import read_safetensors, save_safetensors
+from ..files.safetensors import check_safetensors_header, read_safetensors, save_safetensors
 from ..pipelines.bundle import read_spec
 from ..plan.timing import TEMPORAL_FACTOR, keyframe_frames, keyframe_latent_frames
 from ..semantic_branch import BranchConfig, SemanticBranch, load_branch
@@ -248,6 +248,9 @@ class SemLatentStage(PoolMixin, Stage):
                 f"--colour-weight trains the compressor, which stays frozen when fine-tuning the SemanticGen folder "
                 f"{args.init_from}: start from a Plan-X run or bundle (--init-from planx_core/embedded) instead"
             )
+        pool = Path(args.out) / "pool_short.safetensors"
+        if args.colour_weight and pool.is_file() and "colours" not in check_safetensors_header(pool):
+            raise StageError(f"{pool} holds no colour shares (made before --colour-weight): pass a new --out")
 
     def __init__(self, ctx: StageContext):
         super().__init__(ctx)
@@ -269,8 +272,6 @@ class SemLatentStage(PoolMixin, Stage):
             dit, branch, SemanticCompressor(comp), SemanticDecoder(comp), a.window, colour_head=a.colour_weight > 0
         )
         self.pools = self.build_pools(self._encode)
-        if a.colour_weight and "colours" not in self.pools["short"]:
-            raise StageError(f"{a.out}'s pools hold no colour shares (made before --colour-weight): pass a new --out")
 
     def _encoder_state(self) -> dict:
         """The frozen tiny encoder: the one saved in the run folder, else the `--init-from` SemanticGen folder's,
