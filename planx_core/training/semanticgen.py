@@ -192,7 +192,7 @@ class LatentObjective(nn.Module):
         if self.colour_head is None:
             return loss
         logits = self.colour_head(code.z)  # [B, K, gh, gw, 7]
-        return loss + float(colour_weight) * -(colours * logits.log_softmax(-1)).sum(-1).mean()  # soft cross-entropy
+        return loss + float(colour_weight) * nn.functional.cross_entropy(logits.flatten(0, -2), colours.flatten(0, -2))
 
 
 class SemLatentStage(PoolMixin, Stage):

@@ -129,9 +129,7 @@ def cell_colours(frames: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"frames of {h}x{w} pixels do not split into a {gh}x{gw} grid of whole cells")
     labels = colour_labels(frames) + 1  # [N, H, W] in 0..6
     cells = labels.reshape(n, gh, h // gh, gw, w // gw).transpose(0, 1, 3, 2, 4)  # [N, gh, gw, h/gh, w/gw]
-    cells = cells.reshape(n, gh, gw, -1)  # [N, gh, gw, P]
-    counts = np.stack([(cells == c).sum(axis=-1) for c in range(len(COLOURS) + 1)], axis=-1)  # [N, gh, gw, 7]
-    return (counts / cells.shape[-1]).astype(np.float32)
+    return np.eye(len(COLOURS) + 1, dtype=np.float32)[cells.reshape(n, gh, gw, -1)].mean(axis=-2)  # [N, gh, gw, 7]
 
 
 def classify_shape(fill: float, offset: float) -> int:
