@@ -246,6 +246,15 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         help="first frame (PNG/JPEG at the video's size): image-to-video; stage 1 plans from its semantics "
         "(keyframe 0) and stage 2 starts the video from it",
     )
+    parser.add_argument(
+        "--draw-first-frame",
+        nargs="?",
+        const="embedded",
+        metavar="BUNDLE",
+        help="text to video from a first frame that Plan-X draws: the Plan-X bundle (a folder; default, or "
+        "'embedded': the embedded tiny model) plans and renders the prompt, and its frame 0 is used as --image "
+        "would be (SemanticGen alone often draws the objects in a near colour; this pins them)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")
     parser.add_argument("--scale", type=bounded("scale"), default=4, help="enlarge the video by this factor (nearest)")

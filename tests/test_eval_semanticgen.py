@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from planx_core.eval import adherence
 
@@ -83,3 +84,20 @@ def test_command_refuses_unknown_rows_and_no_clips(tmp_path, capsys, args, named
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
     assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_planx_first_row_starts_from_the_frame_planx_draws():
+    """`semanticgen_planx_first` starts from the embedded Plan-X's frame 0 for the clip's texts (seed i): its start is
+    that frame's semantics and latent, and the video's first frame comes out near it; other text rows start from
+    nothing."""
+    from planx_core.eval import drift
+    from planx_core.semanticgen.model import SemanticGen
+
+    model = SemanticGen.load()
+    clip = adherence.heldout_clips(1)[0]
+    drawn = drift.embedded_planx().draw_first_frame(clip.scene, clip.motion, seed=3, progress=False)
+    start, expected = drift.row_start(model, "semanticgen_planx_first", clip, seed=3), model.first_frame(drawn)
+    assert torch.equal(start.semantics, expected.semantics) and torch.equal(start.latent, expected.latent)
+    assert drift.row_start(model, "semanticgen", clip, seed=3) is None
+    frames = drift.render_row(model, "semanticgen_planx_first", clip, seed=3)  # [T, H, W, 3]
+    assert np.abs(frames[0].astype(int) - drawn).mean() < 12

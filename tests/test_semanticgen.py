@@ -609,3 +609,37 @@ def test_semanticgen_command_starts_from_an_image(tmp_path, capsys):
     small = write_png(np.zeros((32, 32, 3), np.uint8), tmp_path / "small.png")
     assert main([*args, "--image", str(small), "--out", str(tmp_path / "x.mp4")]) == 2
     assert "resize the image to 64x64" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+def test_semanticgen_command_draws_its_first_frame_with_planx(tmp_path, capsys):
+    """`--draw-first-frame`: the embedded Plan-X plans and renders the prompt, and the SemanticGen video starts from
+    its frame 0 (the same seed); given with --image as well, the command refuses before loading anything."""
+    from planx_core.__main__ import main
+    from planx_core.files.video import read_video, write_png
+    from planx_core.pipelines.planx import PlanXPipeline
+
+    clip = world.make_clip(6)
+    drawn = PlanXPipeline.from_folder().draw_first_frame(clip.scene, clip.motion, seed=2, progress=False)
+    assert drawn.shape == (64, 64, 3) and drawn.dtype == np.uint8
+    args = ["semanticgen", "--prompt", f"{clip.scene}. {clip.motion}", "--frames", "17", "--scale", "1"]
+    args += ["--seed", "2"]
+    assert main([*args, "--draw-first-frame", "--out", str(tmp_path / "drawn.mp4")]) == 0
+    assert main([*args, "--out", str(tmp_path / "t2v.mp4")]) == 0
+    first = read_video(tmp_path / "drawn.mp4")[0][0].astype(int)
+    text_only = read_video(tmp_path / "t2v.mp4")[0][0].astype(int)
+    assert np.abs(first - drawn).mean() < 12 and np.abs(first - drawn).mean() < np.abs(text_only - drawn).mean()
+    image = write_png(clip.frames[0], tmp_path / "first.png")
+    bad = [*args, "--draw-first-frame", "--image", str(image), "--out", str(tmp_path / "x.mp4")]
+    assert main(bad) == 2
+    assert "keep one of them" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    spec = json.loads((EMBEDDED / "bundle.json").read_text())
+    spec["video"] |= {"width": 128, "height": 128}
+    (wide / "bundle.json").write_text(json.dumps(spec))
+    for folder, message in (
+        (wide, "draws 128x128 frames, but the SemanticGen model renders 64x64"),
+        (tmp_path, "missing bundle.json"),
+    ):
+        assert main([*args, "--draw-first-frame", str(folder), "--out", str(tmp_path / "x.mp4")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()

@@ -20,14 +20,16 @@ Rows, on the same held-out long prompts (`semanticgen.LONG_WORLD`, plain scenes,
 clip length) and seeds: `semanticgen` (stage 1 plans the whole video, stage 2 renders it with
 windows), `windows_no_plan` (the same stage-2 DiT and windows, no semantic tokens), and
 `gt_semantics` (stage 2 with the clip's own encoded semantics: the ceiling of the plan route); on request
-`semanticgen_i2v` (both stages from the text and the clip's first frame: image-to-video) and `gt_semantics_i2v`
-(its ceiling: the clip's own semantics, rendered from its first frame).
+`semanticgen_i2v` (both stages from the text and the clip's first frame: image-to-video), `gt_semantics_i2v`
+(its ceiling: the clip's own semantics, rendered from its first frame) and `semanticgen_planx_first` (text to video
+from the first frame the embedded Plan-X draws for the prompt, `semanticgen --draw-first-frame`).
 Writes `<out>/drift.json` and `<out>/drift.md` (atomically).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -36,14 +38,22 @@ import numpy as np
 
 from .. import world
 from ..files.atomic import write_text
-from ..semanticgen.model import EMBEDDED, SemanticGen
+from ..pipelines.planx import PlanXPipeline
+from ..semanticgen.model import EMBEDDED, SemanticGen, SemanticStart
 from ..wan.windows import SEMANTICS
 from ..world.score import detect
 from ..world.tiny import LONG_WORLD, render_clip_semantics
 
-ROWS = ("semanticgen", "windows_no_plan", "gt_semantics", "semanticgen_i2v", "gt_semantics_i2v")
+ROWS = (
+    "semanticgen",
+    "windows_no_plan",
+    "gt_semantics",
+    "semanticgen_i2v",
+    "gt_semantics_i2v",
+    "semanticgen_planx_first",
+)
 DRIFT_ROWS = ROWS[:3]  # eval-drift's default rows
-STAGE_1_ROWS = ("semanticgen", "semanticgen_i2v")  # rows that need the semantic generator
+STAGE_1_ROWS = ("semanticgen", "semanticgen_i2v", "semanticgen_planx_first")  # rows that need the semantic generator
 
 
 def present_colours(frames: np.ndarray) -> set[int]:
@@ -81,10 +91,26 @@ def parse_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
     return rows
 
 
+@functools.cache
+def embedded_planx() -> PlanXPipeline:
+    """The embedded Plan-X, which draws `semanticgen_planx_first`'s first frames (loaded once)."""
+    return PlanXPipeline.from_folder()
+
+
+def row_start(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> SemanticStart | None:
+    """The first frame a row starts from: the clip's own (`*_i2v`), the embedded Plan-X's frame 0 for the clip's
+    texts with `seed` (`semanticgen_planx_first`), or none."""
+    if row.endswith("_i2v"):
+        return model.first_frame(clip.frames[0])
+    if row == "semanticgen_planx_first":
+        return model.first_frame(embedded_planx().draw_first_frame(clip.scene, clip.motion, seed=seed, progress=False))
+    return None
+
+
 def render_row(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> np.ndarray:
     frames = clip.config.num_frames
-    start = model.first_frame(clip.frames[0]) if row.endswith("_i2v") else None  # image-to-video rows
-    if row in ("semanticgen", "semanticgen_i2v"):
+    start = row_start(model, row, clip, seed)
+    if row in STAGE_1_ROWS:
         return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed, start=start)[0]
     if row == "windows_no_plan":
         return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed, use_semantics=False)[0]

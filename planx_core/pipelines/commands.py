@@ -3,7 +3,8 @@
 `generate` plans with the bundle's planner (or reads `--plan`), renders, and writes the video, the
 plan JSON and the plan picture beside it; `semanticgen` plans a continuous plan with stage 1 (or
 reads `--plan`, rendered at its own keyframe times) and renders it with windowed stage 2. With
-`--image` both start from that first frame (image-to-video). Both exit 2 with the error's message on
+`--image` both start from that first frame (image-to-video); `semanticgen --draw-first-frame` starts from frame 0 of
+a Plan-X bundle's text-to-video for the prompt. Both exit 2 with the error's message on
 bad input; the argument definitions live in `__main__`.
 
 Under `torchrun --nproc_per_node N ... --sequence-parallel N` every process runs the whole command with
@@ -35,6 +36,7 @@ from ..wan.parallel import (
     is_writer,
     sequence_parallel,
 )
+from .bundle import read_spec
 from .planx import (
     Generation,
     PlanXPipeline,
@@ -193,6 +195,25 @@ def _semanticgen_plan(
     return model.semantic_plan(z, num_frames=frames, scene=scene, motion=motion, seed=args.seed), frames
 
 
+def _semanticgen_start(model: SemanticGen, args, scene: str, motion: str, progress: bool) -> SemanticStart | None:
+    """The first frame to start from: --image's file, or frame 0 of the --draw-first-frame Plan-X bundle's
+    text-to-video for the prompt (same seed), or none."""
+    if args.image:
+        return model.first_frame(read_image(args.image))
+    if not args.draw_first_frame:
+        return None
+    folder = EMBEDDED if args.draw_first_frame == "embedded" else Path(args.draw_first_frame)
+    video, size = read_spec(folder).video, model.spec.size
+    if (video.width, video.height) != (size, size):
+        raise ValueError(
+            f"--draw-first-frame {folder}: that Plan-X bundle draws {video.width}x{video.height} frames, but the "
+            f"SemanticGen model renders {size}x{size}; give a Plan-X bundle of that size (or --image a {size}x{size} "
+            f"first frame)"
+        )
+    pipe = PlanXPipeline.from_folder(folder)
+    return model.first_frame(pipe.draw_first_frame(scene, motion, seed=args.seed, progress=progress))
+
+
 def semanticgen_command(args) -> int:
     started, writer = time.perf_counter(), True
     try:
@@ -202,9 +223,11 @@ def semanticgen_command(args) -> int:
             torch.set_num_threads(args.threads)
         scene, motion = split_prompt(args.prompt)
         video_path, plan_path, _ = output_paths(args.out)
+        if args.image and args.draw_first_frame:
+            raise ValueError("--image and --draw-first-frame each give the first frame; keep one of them")
         model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
         model = model.with_windowing(args.window, args.window_semantics, args.window_margin)
-        start = model.first_frame(read_image(args.image)) if args.image else None
+        start = _semanticgen_start(model, args, scene, motion, writer)
         loaded = time.perf_counter()
         plan, frames = _semanticgen_plan(model, args, scene, motion, start)
         planned = time.perf_counter()
