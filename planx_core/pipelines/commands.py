@@ -227,8 +227,8 @@ def semanticgen_command(args) -> int:
             raise ValueError("--image and --draw-first-frame each give the first frame; keep one of them")
         model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
         model = model.with_windowing(args.window, args.window_semantics, args.window_margin)
-        start = _semanticgen_start(model, args, scene, motion, writer)
         loaded = time.perf_counter()
+        start = _semanticgen_start(model, args, scene, motion, writer)  # the first frame, read or drawn, is planning
         plan, frames = _semanticgen_plan(model, args, scene, motion, start)
         planned = time.perf_counter()
         with _parallel(model.latent_dit, parallel, args.split_guidance):
