@@ -613,7 +613,8 @@ def test_semanticgen_command_starts_from_an_image(tmp_path, capsys):
 
 def test_semanticgen_command_draws_its_first_frame_with_planx(tmp_path, capsys):
     """`--draw-first-frame`: the embedded Plan-X plans and renders the prompt, and the SemanticGen video starts from
-    its frame 0 (the same seed); given with --image as well, the command refuses before loading anything."""
+    its frame 0 (the same seed). Refused, exit 2 and nothing written: with --image as well (before loading anything),
+    a Plan-X bundle of another video size, a folder without a bundle."""
     from planx_core.__main__ import main
     from planx_core.files.video import read_video, write_png
     from planx_core.pipelines.planx import PlanXPipeline
