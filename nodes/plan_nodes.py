@@ -228,6 +228,18 @@ class GenerateSemanticPlan(io.ComfyNode):
                     "likeliest (each costs one plan's time); 1 draws one plan, as before. No effect at "
                     "temperature 0, where every draw is the same.",
                 ),
+                io.Float.Input(
+                    "first_frame_lead",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    optional=True,
+                    tooltip="SemanticGen planner, first_frame a whole video another model drew for the same prompt "
+                    "(a Plan-X render's frames): the keyframes in this first share of the video are taken from "
+                    "those frames, stretched over this length, and only the later ones are planned. 0 takes frame 0 "
+                    "alone, as before; on the embedded model 0.25 follows the prompt best (its model card).",
+                ),
             ],
             outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()],
         )
@@ -253,7 +265,14 @@ class GenerateSemanticPlan(io.ComfyNode):
         locked_plan=None,
         persistence=0.0,
         candidates=1,
+        first_frame_lead=0.0,
     ) -> io.NodeOutput:
+        if first_frame_lead and planner.kind != "continuous":
+            raise PlanError(
+                "first_frame_lead takes keyframes from a drawn video for the SemanticGen planner; the Plan-X planner "
+                "reads frame 0 of first_frame only: set first_frame_lead to 0"
+            )
+        lead = {"first_frame_lead": first_frame_lead} if first_frame_lead else {}  # older planners take no lead
         plan = planner.plan(
             scene,
             motion,
@@ -272,6 +291,7 @@ class GenerateSemanticPlan(io.ComfyNode):
             lock_from=locked_plan,
             first_frame=first_frame,
             context_frames=context_frames,
+            **lead,
         )
         return io.NodeOutput(plan, picture_of(plan, planner))  # no picture on the node: Plan Preview shows one
 

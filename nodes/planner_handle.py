@@ -16,7 +16,7 @@ import torch
 from planx_core.pipelines import FILES, PlanningDefaults, read_spec
 from planx_core.plan import CodebookId, Plan, PlanError, code_colours, plan_picture
 from planx_core.planner import SemanticPlanner, load_planner
-from planx_core.semanticgen import SemanticGen
+from planx_core.semanticgen import SemanticGen, drawn_start
 from planx_core.tatok import TATok, frames_to_nchw, load_tatok, plan_from_video
 
 from . import comfy_models
@@ -170,11 +170,14 @@ class SemanticGenHandle(LoadedWhileUsed):
         first_frame=None,
         context_frames=None,
         lock_from=None,
+        first_frame_lead: float = 0.0,
         **_token_sampling,
     ) -> Plan:
         """A continuous plan for the whole video (all keyframes in one go, or one after another when the model's
         `semantic_sequential` says so), with a ComfyUI progress bar over the Euler steps (every update is an
-        interrupt point); with `first_frame` (an IMAGE, resized to the model's size) keyframe 0 is its semantics.
+        interrupt point); with `first_frame` (an IMAGE, resized to the model's size) keyframe 0 is its semantics,
+        and with `first_frame_lead` > 0 (first_frame a drawn video) the keyframes in that share are its frames'
+        (`drawn_start`).
         `guidance_scale` is the text CFG of the semantic generator; temperature / top-k / top-p are token
         sampling settings and do not apply."""
         given = [
@@ -189,6 +192,12 @@ class SemanticGenHandle(LoadedWhileUsed):
                 f"frames and locked keyframes"
             )
         self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
+        if first_frame_lead and (first_frame is None or len(first_frame) < 2):
+            raise PlanError(
+                "first_frame_lead takes the lead keyframes from a video in first_frame, but it holds "
+                f"{0 if first_frame is None else len(first_frame)} frames; connect the drawn video's frames (a Plan-X "
+                "render's decoded images) or set first_frame_lead to 0"
+            )
         model = self.model.with_spec(semantic_text_scale=float(guidance_scale))
         bar = comfy.utils.ProgressBar(model.spec.semantic_steps)
 
@@ -196,7 +205,10 @@ class SemanticGenHandle(LoadedWhileUsed):
             bar.update_absolute(step + 1, total)
 
         with self:
-            start = None if first_frame is None else model.first_frame(self._at_model_size(first_frame[:1])[0])
+            start = None
+            if first_frame is not None:  # the whole drawn video only when its lead is taken
+                frames = self._at_model_size(first_frame if first_frame_lead else first_frame[:1])  # [T, s, s, 3]
+                start = drawn_start(model, frames, num_frames, first_frame_lead)
             z = model.plan_semantics(scene, motion, num_frames=num_frames, seed=seed, start=start, callback=progress)
         return model.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion, seed=seed)
 

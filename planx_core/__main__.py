@@ -35,7 +35,7 @@ import math
 import sys
 
 from .files.safetensors import CheckpointError, check_safetensors_header, read_safetensors
-from .limits import bounded
+from .limits import bounded, share
 from .wan.attention import available_backends
 from .wan.configs import PRESETS
 from .wan.dit_files import describe_shapes, detect_layout, to_official
@@ -254,6 +254,15 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         help="text to video from a first frame that Plan-X draws: the Plan-X bundle (a folder; default, or "
         "'embedded': the embedded tiny model) plans and renders the prompt, and its frame 0 is used as --image "
         "would be (SemanticGen alone often draws the objects in a near colour; this pins them)",
+    )
+    parser.add_argument(
+        "--draw-lead",
+        type=share,
+        default=0.0,
+        metavar="SHARE",
+        help="with --draw-first-frame: the semantic keyframes in this first share of the video (0 to 1) are also "
+        "taken from Plan-X's video, stretched over this video's length, and stage 1 plans only the ones after "
+        "them (0, the default: the first frame alone; 0.25 follows the prompt best on the training clips)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")

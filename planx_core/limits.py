@@ -62,3 +62,16 @@ def bounded(name: str):
 
     parse.__name__ = name  # argparse names the type in its messages
     return parse
+
+
+def share(text: str) -> float:
+    """An argparse `type` for a share of something, a number from 0 to 1."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside 0..1 (a share)")
+    return value

@@ -101,3 +101,19 @@ def test_planx_first_row_starts_from_the_frame_planx_draws():
     assert drift.row_start(model, "semanticgen", clip, seed=3) is None
     frames = drift.render_row(model, "semanticgen_planx_first", clip, seed=3)  # [T, H, W, 3]
     assert np.abs(frames[0].astype(int) - drawn).mean() < 12
+
+
+def test_planx_lead_row_takes_the_drawn_videos_first_quarter():
+    """`semanticgen_planx_lead` starts from the embedded Plan-X's video for the clip's texts (seed i): frame 0 and
+    the keyframes of the first quarter (`semanticgen --draw-lead 0.25`): two of a 17-frame clip's five."""
+    from planx_core.eval import drift
+    from planx_core.semanticgen.drawn import drawn_start
+    from planx_core.semanticgen.model import SemanticGen
+
+    model = SemanticGen.load()
+    clip = adherence.heldout_clips(1)[0]
+    video = drift.embedded_planx().draw(clip.scene, clip.motion, seed=3, progress=False)  # [T, H, W, 3]
+    start = drift.row_start(model, "semanticgen_planx_lead", clip, seed=3)
+    expected = drawn_start(model, video, 17, 0.25)
+    assert start.semantics.shape[0] == 2 and torch.equal(start.semantics, expected.semantics)
+    assert torch.equal(start.latent, expected.latent)

@@ -587,6 +587,44 @@ def test_given_keyframes_must_fit_the_plan(model):
         model.first_frame(np.zeros((32, 32, 3), np.uint8))
 
 
+def test_lead_frames_stretch_the_drawn_video_over_the_length():
+    """A keyframe at fraction f of the video takes the drawn frame at fraction f; only those in the lead share, and
+    keyframe 0 always."""
+    from planx_core.semanticgen.drawn import lead_frames
+
+    short, long = list(range(0, 17, 4)), list(range(0, 65, 4))  # keyframe frames of 17 and 65 frames
+    assert lead_frames(short, 17, 17, 0.0) == [0]
+    assert lead_frames(short, 17, 17, 0.25) == [0, 4]
+    assert lead_frames(short, 17, 17, 1.0) == short
+    assert lead_frames(long, 65, 17, 0.25) == [0, 1, 2, 3, 4]
+    assert lead_frames(long, 65, 17, 0.5) == list(range(9))
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="share of the video from 0 to 1"):
+            lead_frames(short, 17, 17, bad)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_drawn_start_gives_stage_1_the_lead_keyframes(model, sequential):
+    """`drawn_start`: frame 0's start, plus the drawn frames' semantics for the keyframes in the lead share; stage 1
+    keeps all of them exactly and plans the rest."""
+    from planx_core.semanticgen.drawn import drawn_start
+    from planx_core.world.clips import clip_video
+
+    clip = world.make_clip(5)
+    model = model.with_spec(semantic_sequential=sequential)
+    alone, lead = drawn_start(model, clip.frames, 17), drawn_start(model, clip.frames, 17, 0.5)
+    first = model.first_frame(clip.frames[0])
+    assert torch.equal(alone.semantics, first.semantics) and torch.equal(lead.latent, first.latent)
+    video = clip_video([clip])[0]  # [3, T, H, W]
+    assert lead.semantics.shape == (3, 4, 4, 8)
+    assert torch.allclose(lead.semantics, model.encode_semantics(video)[:3], atol=1e-5), "keyframes 0, 1, 2"
+    texts = ("a red circle", "the red circle moves right")
+    z = model.plan_semantics(*texts, num_frames=17, seed=0, start=lead)  # [K, gh, gw, D]
+    z_alone = model.plan_semantics(*texts, num_frames=17, seed=0, start=alone)
+    assert z.shape == (5, 4, 4, 8) and torch.equal(z[:3], lead.semantics)
+    assert not torch.equal(z[1:3], z_alone[1:3]), "without the lead stage 1 plans those keyframes itself"
+
+
 def test_semanticgen_command_starts_from_an_image(tmp_path, capsys):
     from planx_core.__main__ import main
     from planx_core.files.video import read_video, write_png
@@ -644,3 +682,30 @@ def test_semanticgen_command_draws_its_first_frame_with_planx(tmp_path, capsys):
     ):
         assert main([*args, "--draw-first-frame", str(folder), "--out", str(tmp_path / "x.mp4")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+def test_semanticgen_command_takes_the_drawn_lead(tmp_path, capsys):
+    """`--draw-first-frame --draw-lead 0.25`: the plan's keyframes 0 and 1 are the semantics of the drawn video's
+    frames 0 and 4 (17 frames), the others planned. Refused, exit 2 and nothing written: --draw-lead without
+    --draw-first-frame, with --no-plan, or outside 0..1."""
+    from planx_core.__main__ import main
+    from planx_core.pipelines.planx import PlanXPipeline, load_plan_file
+    from planx_core.semanticgen.drawn import drawn_start
+
+    clip = world.make_clip(7)
+    args = ["semanticgen", "--prompt", f"{clip.scene}. {clip.motion}", "--frames", "17", "--scale", "1"]
+    args += ["--seed", "1"]
+    assert main([*args, "--draw-first-frame", "--draw-lead", "0.25", "--out", str(tmp_path / "lead.mp4")]) == 0
+    model = SemanticGen.load(need_semantic=False)
+    drawn = PlanXPipeline.from_folder().draw(clip.scene, clip.motion, seed=1, progress=False)  # [T, H, W, 3]
+    start = drawn_start(model, drawn, 17, 0.25)
+    planned = model.plan_vectors(load_plan_file(tmp_path / "lead.plan.json"))  # [K, gh, gw, D]
+    assert start.semantics.shape[0] == 2 and torch.allclose(planned[:2], start.semantics, atol=1e-4)
+    capsys.readouterr()
+    out = ["--out", str(tmp_path / "x.mp4")]
+    for extra, message in (([], "add --draw-first-frame"), (["--draw-first-frame", "--no-plan"], "does not run")):
+        assert main([*args, *extra, "--draw-lead", "0.5", *out]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--draw-first-frame", "--draw-lead", "1.5", *out])
+    assert stop.value.code == 2 and "outside 0..1" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()

@@ -21,8 +21,9 @@ clip length) and seeds: `semanticgen` (stage 1 plans the whole video, stage 2 re
 windows), `windows_no_plan` (the same stage-2 DiT and windows, no semantic tokens), and
 `gt_semantics` (stage 2 with the clip's own encoded semantics: the ceiling of the plan route); on request
 `semanticgen_i2v` (both stages from the text and the clip's first frame: image-to-video), `gt_semantics_i2v`
-(its ceiling: the clip's own semantics, rendered from its first frame) and `semanticgen_planx_first` (text to video
-from the first frame the embedded Plan-X draws for the prompt, `semanticgen --draw-first-frame`).
+(its ceiling: the clip's own semantics, rendered from its first frame), `semanticgen_planx_first` (text to video
+from the first frame the embedded Plan-X draws for the prompt, `semanticgen --draw-first-frame`) and
+`semanticgen_planx_lead` (also its keyframes in the video's first quarter, `--draw-first-frame --draw-lead 0.25`).
 Writes `<out>/drift.json` and `<out>/drift.md` (atomically).
 """
 
@@ -39,6 +40,7 @@ import numpy as np
 from .. import world
 from ..files.atomic import write_text
 from ..pipelines.planx import PlanXPipeline
+from ..semanticgen.drawn import drawn_start
 from ..semanticgen.model import EMBEDDED, SemanticGen, SemanticStart
 from ..wan.windows import SEMANTICS
 from ..world.score import detect
@@ -51,9 +53,11 @@ ROWS = (
     "semanticgen_i2v",
     "gt_semantics_i2v",
     "semanticgen_planx_first",
+    "semanticgen_planx_lead",
 )
 DRIFT_ROWS = ROWS[:3]  # eval-drift's default rows
-STAGE_1_ROWS = ("semanticgen", "semanticgen_i2v", "semanticgen_planx_first")  # rows that need the semantic generator
+STAGE_1_ROWS = ("semanticgen", "semanticgen_i2v", "semanticgen_planx_first", "semanticgen_planx_lead")  # need stage 1
+DRAW_LEADS = {"semanticgen_planx_first": 0.0, "semanticgen_planx_lead": 0.25}  # `semanticgen --draw-lead` of each row
 
 
 def present_colours(frames: np.ndarray) -> set[int]:
@@ -98,12 +102,14 @@ def embedded_planx() -> PlanXPipeline:
 
 
 def row_start(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> SemanticStart | None:
-    """The first frame a row starts from: the clip's own (`*_i2v`), the embedded Plan-X's frame 0 for the clip's
-    texts with `seed` (`semanticgen_planx_first`), or none."""
+    """The first frame a row starts from: the clip's own (`*_i2v`), the embedded Plan-X's video for the clip's
+    texts with `seed` (`semanticgen_planx_*`: its frame 0, and its keyframes in the row's `DRAW_LEADS` share), or
+    none."""
     if row.endswith("_i2v"):
         return model.first_frame(clip.frames[0])
-    if row == "semanticgen_planx_first":
-        return model.first_frame(embedded_planx().draw_first_frame(clip.scene, clip.motion, seed=seed, progress=False))
+    if row in DRAW_LEADS:
+        video = embedded_planx().draw(clip.scene, clip.motion, seed=seed, progress=False)  # [T, H, W, 3]
+        return drawn_start(model, video, clip.config.num_frames, DRAW_LEADS[row])
     return None
 
 

@@ -3,8 +3,9 @@
 `generate` plans with the bundle's planner (or reads `--plan`), renders, and writes the video, the
 plan JSON and the plan picture beside it; `semanticgen` plans a continuous plan with stage 1 (or
 reads `--plan`, rendered at its own keyframe times) and renders it with windowed stage 2. With
-`--image` both start from that first frame (image-to-video); `semanticgen --draw-first-frame` starts from frame 0 of
-a Plan-X bundle's text-to-video for the prompt. Both exit 2 with the error's message on
+`--image` both start from that first frame (image-to-video); `semanticgen --draw-first-frame` starts from
+frame 0 of a Plan-X bundle's text-to-video for the prompt (`--draw-lead`: and from its keyframes in the video's
+first share). Both exit 2 with the error's message on
 bad input; the argument definitions live in `__main__`.
 
 Under `torchrun --nproc_per_node N ... --sequence-parallel N` every process runs the whole command with
@@ -27,6 +28,7 @@ from ..files.atomic import staged, temp_for
 from ..files.safetensors import CheckpointError
 from ..files.video import read_image, write_png, write_video
 from ..plan.core import Plan, PlanError
+from ..semanticgen.drawn import drawn_start
 from ..semanticgen.model import SemanticGen, SemanticStart
 from ..wan.parallel import (
     GuidanceSplit,
@@ -188,30 +190,49 @@ def _semanticgen_plan(
         plan = load_plan_file(args.plan)
         frames = plan.num_frames if args.frames is None else args.frames
         return model.check_plan(plan, frames), frames
-    frames = DEFAULT_LONG_FRAMES if args.frames is None else args.frames
+    frames = _frames(args)
     if args.no_plan:
         return None, frames
     z = model.plan_semantics(scene, motion, num_frames=frames, seed=args.seed, start=start)  # [K, gh, gw, D]
     return model.semantic_plan(z, num_frames=frames, scene=scene, motion=motion, seed=args.seed), frames
 
 
+def _frames(args) -> int:
+    """The video's frame count when it is not --plan's: --frames, or the long default."""
+    return DEFAULT_LONG_FRAMES if args.frames is None else args.frames
+
+
 def _semanticgen_start(model: SemanticGen, args, scene: str, motion: str, progress: bool) -> SemanticStart | None:
     """The first frame to start from: --image's file, or frame 0 of the --draw-first-frame Plan-X bundle's
-    text-to-video for the prompt (same seed), or none."""
+    text-to-video for the prompt (same seed; with --draw-lead also its keyframes in that share), or none."""
     if args.image:
         return model.first_frame(read_image(args.image))
     if not args.draw_first_frame:
         return None
     folder = EMBEDDED if args.draw_first_frame == "embedded" else Path(args.draw_first_frame)
-    video, size = read_spec(folder).video, model.spec.size
-    if (video.width, video.height) != (size, size):
+    layout, size = read_spec(folder).video, model.spec.size
+    if (layout.width, layout.height) != (size, size):
         raise ValueError(
-            f"--draw-first-frame {folder}: that Plan-X bundle draws {video.width}x{video.height} frames, but the "
+            f"--draw-first-frame {folder}: that Plan-X bundle draws {layout.width}x{layout.height} frames, but the "
             f"SemanticGen model renders {size}x{size}; give a Plan-X bundle of that size (or --image a {size}x{size} "
             f"first frame)"
         )
     pipe = PlanXPipeline.from_folder(folder)
-    return model.first_frame(pipe.draw_first_frame(scene, motion, seed=args.seed, progress=progress))
+    video = pipe.draw(scene, motion, seed=args.seed, progress=progress)  # [T, H, W, 3]
+    return drawn_start(model, video, _frames(args), args.draw_lead)
+
+
+def _check_start_options(args) -> None:
+    """Refuse first-frame options that contradict each other, before any model loads."""
+    if args.image and args.draw_first_frame:
+        raise ValueError("--image and --draw-first-frame each give the first frame; keep one of them")
+    if args.draw_lead and not args.draw_first_frame:
+        raise ValueError("--draw-lead takes keyframes from the video --draw-first-frame draws; add --draw-first-frame")
+    if args.draw_lead and (args.plan or args.no_plan):
+        raise ValueError(
+            "--draw-lead gives stage 1 its leading keyframes, but with --plan or --no-plan stage 1 does not run; "
+            "drop --draw-lead (the drawn first frame still starts the video)"
+        )
 
 
 def semanticgen_command(args) -> int:
@@ -223,8 +244,7 @@ def semanticgen_command(args) -> int:
             torch.set_num_threads(args.threads)
         scene, motion = split_prompt(args.prompt)
         video_path, plan_path, _ = output_paths(args.out)
-        if args.image and args.draw_first_frame:
-            raise ValueError("--image and --draw-first-frame each give the first frame; keep one of them")
+        _check_start_options(args)
         model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
         model = model.with_windowing(args.window, args.window_semantics, args.window_margin)
         loaded = time.perf_counter()

@@ -229,12 +229,16 @@ class PlanXPipeline:
                 f"(or resample the plan's keyframes and set its video to match)"
             )
 
-    def draw_first_frame(self, scene: str, motion: str, *, seed: int = 0, progress: bool = True) -> np.ndarray:
-        """Frame 0 `[H, W, 3]` uint8 of this bundle's text-to-video for the prompt (planned, then rendered at the
-        bundle's own length, both with `seed`): a first frame drawn from the text for another model's
-        image-to-video (`semanticgen --draw-first-frame`)."""
+    def draw(self, scene: str, motion: str, *, seed: int = 0, progress: bool = True) -> np.ndarray:
+        """Frames `[T, H, W, 3]` uint8 of this bundle's text-to-video for the prompt (planned, then rendered at the
+        bundle's own length, both with `seed`): a video drawn from the text to start another model's
+        image-to-video (`semanticgen --draw-first-frame`, `semanticgen.drawn`)."""
         plan = self.plan(scene, motion, seed=seed, progress=progress)
-        return self.render(plan, scene, motion, seed=seed, progress=progress)[0]  # [H, W, 3]
+        return self.render(plan, scene, motion, seed=seed, progress=progress)  # [T, H, W, 3]
+
+    def draw_first_frame(self, scene: str, motion: str, *, seed: int = 0, progress: bool = True) -> np.ndarray:
+        """Frame 0 `[H, W, 3]` uint8 of `draw`'s video."""
+        return self.draw(scene, motion, seed=seed, progress=progress)[0]  # [H, W, 3]
 
     # -- image-to-video --------------------------------------------------------------
     @torch.inference_mode()

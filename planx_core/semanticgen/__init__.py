@@ -5,7 +5,8 @@ compressed by a KL-regularised MLP (`compressor`), a diffusion generator of thos
 whole video (`generator`, stage 1), and the video latents conditioned in context with
 shifted-window attention (`model.SemanticGen`, stage 2 through the Plan-X semantic branch).
 
-Public API: `SemanticGen`, `SemanticGenSpec`, `SemanticStart` (image-to-video inputs), `FILES` (model
+Public API: `SemanticGen`, `SemanticGenSpec`, `SemanticStart` (image-to-video inputs), `drawn_start` (those inputs
+from a video another model drew for the prompt), `FILES` (model
 folder); `SemanticEncoder`, `load_semantic_encoder`, `save_semantic_encoder`; `SemanticCompressor`, `CompressorConfig`,
 `load_compressor`, `save_compressor`; `generate_semantics`, `semantic_generator_config`.
 """
@@ -16,6 +17,7 @@ from .compressor import (
     load_compressor,
     save_compressor,
 )
+from .drawn import drawn_start
 from .encoder import SemanticEncoder
 from .encoder_files import load_semantic_encoder, save_semantic_encoder
 from .generator import generate_semantics, semantic_generator_config
@@ -29,6 +31,7 @@ __all__ = [
     "SemanticGen",
     "SemanticGenSpec",
     "SemanticStart",
+    "drawn_start",
     "generate_semantics",
     "load_compressor",
     "load_semantic_encoder",

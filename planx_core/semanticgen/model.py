@@ -108,7 +108,8 @@ class SemanticGenSpec:
 @dataclass(frozen=True)
 class SemanticStart:
     """Image-to-video inputs of one image (`SemanticGen.first_frame`): its semantics `[1, gh, gw, D]`, given to
-    stage 1 as keyframe 0, and its VAE latent `[1, C, 1, h, w]`, pinned as stage 2's latent frame 0 (Wan TI2V)."""
+    stage 1 as keyframe 0, and its VAE latent `[1, C, 1, h, w]`, pinned as stage 2's latent frame 0 (Wan TI2V).
+    `semantics` may hold P leading keyframes `[P, gh, gw, D]` (`drawn.drawn_start`); stage 1 samples the rest."""
 
     semantics: torch.Tensor
     latent: torch.Tensor
@@ -243,9 +244,9 @@ class SemanticGen:
     def encode_semantics(self, video: torch.Tensor) -> torch.Tensor:
         """Ground-truth z_sem of a video `[3, T, H, W]` in [-1, 1]: compressor means `[K, gh, gw, D]`."""
         indices = self.keyframe_frames(video.shape[1])[1]
-        return self._semantics(video[:, indices].transpose(0, 1))  # [K, gh, gw, D]
+        return self.frame_semantics(video[:, indices].transpose(0, 1))  # [K, gh, gw, D]
 
-    def _semantics(self, frames: torch.Tensor) -> torch.Tensor:
+    def frame_semantics(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames `[K, 3, H, W]` in [-1, 1] -> compressor means `[K, gh, gw, D]`."""
         return self.compressor(self.encoder.encode(frames), sample=False).mean
 
@@ -253,7 +254,7 @@ class SemanticGen:
     def first_frame(self, image) -> SemanticStart:
         """An image `[H, W, 3]` (uint8, or float in [0, 1]) at the model's size, as image-to-video inputs."""
         frames = image_tensor(image, self.spec.size, self.spec.size, self.spec.name) * 2 - 1  # [1, 3, H, W]
-        semantics = self._semantics(frames.to(next(self.encoder.parameters()).device))  # [1, gh, gw, D]
+        semantics = self.frame_semantics(frames.to(next(self.encoder.parameters()).device))  # [1, gh, gw, D]
         return SemanticStart(semantics, self.vae.encode(frames[:, :, None].to(next(self.vae.parameters()).device)))
 
     @torch.inference_mode()
@@ -271,8 +272,8 @@ class SemanticGen:
     ) -> torch.Tensor:
         """Stage 1: z_sem `[K, gh, gw, D]` for the prompt, the whole video in one go (or, with
         `semantic_sequential`, one keyframe after another; `callback` then counts `K * steps` steps). With
-        `start` (image-to-video) keyframe 0 is the image's semantics and the others are sampled after it (sequential:
-        `(K - 1) * steps` steps)."""
+        `start` (image-to-video) keyframe 0 is the image's semantics (and keyframes 1..P-1 a drawn video's,
+        `drawn.drawn_start`) and the others are sampled after them (sequential: `(K - P) * steps` steps)."""
         if self.semantic_dit is None:
             raise ValueError("this SemanticGen has no semantic generator (stage 1) loaded; load the full folder")
         positive, negative = self.semantic_contexts(scene, motion, num_frames)
@@ -288,7 +289,7 @@ class SemanticGen:
             text_scale=self.spec.semantic_text_scale,
             seed=seed,
             sequential=self.spec.semantic_sequential,
-            given=None if start is None else start.semantics[None],  # [1, 1, gh, gw, D]
+            given=None if start is None else start.semantics[None],  # [1, P, gh, gw, D]
             callback=callback,
             interrupt=interrupt,
         )

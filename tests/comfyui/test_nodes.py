@@ -49,6 +49,7 @@ NODE_INPUTS = {
         "locked_plan",
         "persistence",
         "candidates",
+        "first_frame_lead",
     ],
     "PlanX_EditPlanTokens": ["plan", "edits", "planner"],
     "PlanX_InjectRoPEGuidance": ["model", "plan", "branch", "strength", "start", "end", "mode", "rope"],
@@ -668,6 +669,33 @@ def test_semanticgen_planner_plans_from_a_first_frame(nodes, semanticgen):
     near, far = ((model.plan_vectors(p)[0] - start.semantics[0]).norm() for p in (resized, other))
     assert len(resized.keyframes) == 5 and near < far / 2, "the 128x128 image was resized, not refused"
     assert not torch.allclose(model.plan_vectors(other)[1:], model.plan_vectors(plan)[1:])
+
+
+def test_semanticgen_planner_takes_a_drawn_videos_lead(nodes, semanticgen):
+    """first_frame_lead: with a drawn video in first_frame, the keyframes in that first share of a 33-frame plan are
+    its frames' semantics, stretched over the length (`drawn_start`: drawn frames 0, 2, 4 for keyframes 0, 1, 2);
+    0 keeps frame 0 alone. Refused: one image, no first_frame, the Plan-X planner."""
+    from planx_core import world
+    from planx_core.semanticgen import drawn_start
+
+    model, planner, _, _ = semanticgen
+    generate = nodes["PlanX_GenerateSemanticPlan"]
+    video = torch.from_numpy(world.make_clip(3).frames).float() / 255  # [17, 64, 64, 3]
+    args = (SCENE, MOTION, 64, 64, 33, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0)
+    plan = generate.execute(planner, *args, first_frame=video, first_frame_lead=0.25).args[0]
+    expected = drawn_start(model, video, 33, 0.25)
+    assert expected.semantics.shape[0] == 3
+    assert torch.allclose(expected.semantics[1:], model.frame_semantics(video[[2, 4]].permute(0, 3, 1, 2) * 2 - 1))
+    assert torch.allclose(model.plan_vectors(plan)[:3], expected.semantics, atol=1e-5)
+    alone = model.plan_vectors(generate.execute(planner, *args, first_frame=video).args[0])
+    assert torch.allclose(alone[:1], expected.semantics[:1], atol=1e-5)
+    assert not torch.allclose(alone[1:3], expected.semantics[1:], atol=1e-3), "without a lead they are planned"
+    for first, message in ((video[:1], "holds 1 frames"), (None, "holds 0 frames")):
+        with pytest.raises(PlanError, match=message):
+            generate.execute(planner, *args, first_frame=first, first_frame_lead=0.25)
+    planx = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
+    with pytest.raises(PlanError, match="set first_frame_lead to 0"):
+        generate.execute(planx, *args, first_frame=video, first_frame_lead=0.25)
 
 
 def test_continuous_plan_through_preview_save_load_and_edit(nodes, semanticgen, tmp_path, monkeypatch):
