@@ -238,7 +238,7 @@ class GenerateSemanticPlan(io.ComfyNode):
                     tooltip="SemanticGen planner, first_frame a whole video another model drew for the same prompt "
                     "(a Plan-X render's frames): the keyframes in this first share of the video are taken from "
                     "those frames, stretched over this length, and only the later ones are planned. 0 takes frame 0 "
-                    "alone, as before; on the embedded model 0.25 follows the prompt best (its model card).",
+                    "alone, as before; on the embedded model 0.25 follows the prompt better than 0 (its model card).",
                 ),
             ],
             outputs=[PLAN.Output(display_name="plan", tooltip="The keyframe plan."), _preview_out()],

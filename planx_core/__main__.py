@@ -262,7 +262,7 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SHARE",
         help="with --draw-first-frame: the semantic keyframes in this first share of the video (0 to 1) are also "
         "taken from Plan-X's video, stretched over this video's length, and stage 1 plans only the ones after "
-        "them (0, the default: the first frame alone; 0.25 follows the prompt best on the training clips)",
+        "them (0, the default: the first frame alone; 0.25 follows the prompt better: the model card)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")
