@@ -35,7 +35,7 @@ import math
 import sys
 
 from .files.safetensors import CheckpointError, check_safetensors_header, read_safetensors
-from .limits import bounded, share
+from .limits import bounded, guidance_scale, share
 from .wan.attention import available_backends
 from .wan.configs import PRESETS
 from .wan.dit_files import describe_shapes, detect_layout, to_official
@@ -263,6 +263,13 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --draw-first-frame: the semantic keyframes in this first share of the video (0 to 1) are also "
         "taken from Plan-X's video, stretched over this video's length, and stage 1 plans only the ones after "
         "them (0, the default: the first frame alone; 0.25 follows the prompt better: the model card)",
+    )
+    parser.add_argument(
+        "--semantic-text-scale",
+        type=guidance_scale,
+        metavar="CFG",
+        help="stage-1 text guidance, as Generate Semantic Plan's cfg in ComfyUI (default: the model's "
+        "semantic_text_scale, 3 for the embedded one)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")

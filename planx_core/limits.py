@@ -64,14 +64,21 @@ def bounded(name: str):
     return parse
 
 
-def share(text: str) -> float:
-    """An argparse `type` for a share of something, a number from 0 to 1."""
+def number_in(low: float, high: float, what: str):
+    """An argparse `type` for a number from `low` to `high` (`what` names it in the refusal)."""
     import argparse
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value:g} is outside 0..1 (a share)")
-    return value
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value:g} is outside {low:g}..{high:g} ({what})")
+        return value
+
+    return parse
+
+
+share = number_in(0.0, 1.0, "a share")
+guidance_scale = number_in(0.0, 20.0, "a guidance scale, as ComfyUI's cfg widgets take; 1 is off")

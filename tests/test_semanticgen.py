@@ -709,3 +709,22 @@ def test_semanticgen_command_takes_the_drawn_lead(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*args, "--draw-first-frame", "--draw-lead", "1.5", *out])
     assert stop.value.code == 2 and "outside 0..1" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+def test_semanticgen_command_sets_stage_1_guidance(tmp_path, capsys):
+    """`--semantic-text-scale`: stage 1 plans with that text guidance instead of the model's (another plan from the
+    same seed; the model's own scale gives the default's plan); outside 0..20 refused, exit 2, nothing written."""
+    from planx_core.__main__ import main
+    from planx_core.pipelines.planx import load_plan_file
+
+    clip = world.make_clip(8)
+    args = ["semanticgen", "--prompt", f"{clip.scene}. {clip.motion}", "--frames", "9", "--scale", "1"]
+    own = SemanticGen.load(need_semantic=False).spec.semantic_text_scale
+    plans, scale = {}, "--semantic-text-scale"
+    for name, extra in (("default", []), ("own", [scale, str(own)]), ("off", [scale, "1"])):
+        assert main([*args, *extra, "--out", str(tmp_path / f"{name}.mp4")]) == 0
+        plans[name] = load_plan_file(tmp_path / f"{name}.plan.json").to_dict()["keyframes"]
+    assert plans["own"] == plans["default"] and plans["off"] != plans["default"]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--semantic-text-scale", "25", "--out", str(tmp_path / "x.mp4")])
+    assert stop.value.code == 2 and "outside 0..20" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()

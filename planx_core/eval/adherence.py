@@ -26,7 +26,16 @@ from .. import world
 from ..semanticgen.model import EMBEDDED, SemanticGen
 from ..world import score as world_score
 from ..world.tiny import SHORT_WORLD
-from .drift import ROWS, STAGE_1_ROWS, parse_rows, render_row, rows_report, save_report
+from .drift import (
+    ROWS,
+    STAGE_1_ROWS,
+    add_guidance_arguments,
+    guided,
+    parse_rows,
+    render_row,
+    rows_report,
+    save_report,
+)
 
 METRICS = ("accuracy", "completeness", "fidelity", "consistency")
 
@@ -72,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         help="heldout: compositions never trained on (the table); train: unseen clips of the training compositions, "
         "for choosing settings without looking at the held-out rows",
     )
-    p.add_argument("--semantic-text-scale", type=float, help="stage-1 text guidance (default: the model's)")
-    p.add_argument("--text-scale", type=float, help="stage-2 text guidance (default: the model's)")
-    p.add_argument("--plan-scale", type=float, help="stage-2 semantic plan guidance (default: the model's)")
+    add_guidance_arguments(p)
     p.add_argument("--out", default="eval_report/semanticgen")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a = p.parse_args(argv)
@@ -82,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     model = SemanticGen.load(a.model, need_semantic=bool(set(STAGE_1_ROWS) & set(rows)))
-    changes = {"semantic_text_scale": a.semantic_text_scale, "text_scale": a.text_scale, "plan_scale": a.plan_scale}
-    model = model.with_spec(**{k: v for k, v in changes.items() if v is not None})
+    model = guided(model, a)
     results = evaluate(model, heldout_clips(a.clips, a.seed, a.split), rows)
     save_report(Path(a.out), "adherence", results, report(results, a.seed, model.spec, a.split))
     return 0

@@ -155,9 +155,23 @@ def report(results: dict, clips: int, spec, frames: int) -> str:
     keys = ("identity_first", "identity_last", "identity_abs_drift", "extra_first", "extra_last", "first_last_jaccard")
     title = (
         f"Long-video drift ({clips} held-out prompts, {frames} frames = 4x the training clip, window "
-        f"{spec.window} latent frames, {spec.window_semantics} semantics, margin {spec.window_margin})"
+        f"{spec.window} latent frames, {spec.window_semantics} semantics, margin {spec.window_margin}; guidance: "
+        f"stage-1 text {spec.semantic_text_scale}, stage-2 text {spec.text_scale}, plan {spec.plan_scale})"
     )
     return rows_report(title, results, keys)
+
+
+def add_guidance_arguments(p: argparse.ArgumentParser) -> None:
+    """The three guidance scales an evaluation may set instead of the model's (`guided`)."""
+    p.add_argument("--semantic-text-scale", type=float, help="stage-1 text guidance (default: the model's)")
+    p.add_argument("--text-scale", type=float, help="stage-2 text guidance (default: the model's)")
+    p.add_argument("--plan-scale", type=float, help="stage-2 semantic plan guidance (default: the model's)")
+
+
+def guided(model: SemanticGen, a: argparse.Namespace) -> SemanticGen:
+    """The model with the guidance scales `add_guidance_arguments` read, where given."""
+    changes = {"semantic_text_scale": a.semantic_text_scale, "text_scale": a.text_scale, "plan_scale": a.plan_scale}
+    return model.with_spec(**{k: v for k, v in changes.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--window-margin", type=int, default=None, help="local: latent frames past each window end")
     p.add_argument("--rows", default=",".join(DRIFT_ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    add_guidance_arguments(p)
     p.add_argument("--out", default="eval_report/drift")
     a = p.parse_args(argv)
     rows = parse_rows(p, a)
     model = SemanticGen.load(a.model, need_semantic=bool(set(STAGE_1_ROWS) & set(rows)))
-    model = model.with_windowing(a.window, a.window_semantics, a.window_margin)
+    model = guided(model.with_windowing(a.window, a.window_semantics, a.window_margin), a)
     clips = [
         world.make_clip(world.clip_seed(a.seed, 1, i), LONG_WORLD, split="heldout", kind="plain")
         for i in range(a.clips)

@@ -247,6 +247,8 @@ def semanticgen_command(args) -> int:
         _check_start_options(args)
         model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
         model = model.with_windowing(args.window, args.window_semantics, args.window_margin)
+        if args.semantic_text_scale is not None:
+            model = model.with_spec(semantic_text_scale=args.semantic_text_scale)
         loaded = time.perf_counter()
         start = _semanticgen_start(model, args, scene, motion, writer)  # the first frame, read or drawn, is planning
         plan, frames = _semanticgen_plan(model, args, scene, motion, start)
