@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import world
 from ..files.atomic import write_text
+from ..limits import guidance_scale
 from ..pipelines.planx import PlanXPipeline
 from ..semanticgen.drawn import drawn_start
 from ..semanticgen.model import EMBEDDED, SemanticGen, SemanticStart
@@ -163,9 +164,9 @@ def report(results: dict, clips: int, spec, frames: int) -> str:
 
 def add_guidance_arguments(p: argparse.ArgumentParser) -> None:
     """The three guidance scales an evaluation may set instead of the model's (`guided`)."""
-    p.add_argument("--semantic-text-scale", type=float, help="stage-1 text guidance (default: the model's)")
-    p.add_argument("--text-scale", type=float, help="stage-2 text guidance (default: the model's)")
-    p.add_argument("--plan-scale", type=float, help="stage-2 semantic plan guidance (default: the model's)")
+    p.add_argument("--semantic-text-scale", type=guidance_scale, help="stage-1 text guidance (default: the model's)")
+    p.add_argument("--text-scale", type=guidance_scale, help="stage-2 text guidance (default: the model's)")
+    p.add_argument("--plan-scale", type=guidance_scale, help="stage-2 semantic plan guidance (default: the model's)")
 
 
 def guided(model: SemanticGen, a: argparse.Namespace) -> SemanticGen:
