@@ -194,8 +194,8 @@ class SemanticGenHandle(LoadedWhileUsed):
         self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
         if first_frame_lead and (first_frame is None or len(first_frame) < 2):
             raise PlanError(
-                "first_frame_lead takes the lead keyframes from a video in first_frame, but it holds "
-                f"{0 if first_frame is None else len(first_frame)} frames; connect the drawn video's frames (a Plan-X "
+                "first_frame_lead takes the lead keyframes from a video in first_frame (two frames or more), but it "
+                f"holds {0 if first_frame is None else len(first_frame)}; connect the drawn video's frames (a Plan-X "
                 "render's decoded images) or set first_frame_lead to 0"
             )
         model = self.model.with_spec(semantic_text_scale=float(guidance_scale))

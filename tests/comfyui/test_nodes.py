@@ -690,7 +690,7 @@ def test_semanticgen_planner_takes_a_drawn_videos_lead(nodes, semanticgen):
     alone = model.plan_vectors(generate.execute(planner, *args, first_frame=video).args[0])
     assert torch.allclose(alone[:1], expected.semantics[:1], atol=1e-5)
     assert not torch.allclose(alone[1:3], expected.semantics[1:], atol=1e-3), "without a lead they are planned"
-    for first, message in ((video[:1], "holds 1 frames"), (None, "holds 0 frames")):
+    for first, message in ((video[:1], "holds 1;"), (None, "holds 0;")):
         with pytest.raises(PlanError, match=message):
             generate.execute(planner, *args, first_frame=first, first_frame_lead=0.25)
     planx = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
