@@ -95,7 +95,7 @@ def test_planx_first_row_starts_from_the_frame_planx_draws():
 
     model = SemanticGen.load()
     clip = adherence.heldout_clips(1)[0]
-    drawn = drift.embedded_planx().draw_first_frame(clip.scene, clip.motion, seed=3, progress=False)
+    drawn = drift.embedded_planx().draw(clip.scene, clip.motion, seed=3, progress=False)[0]
     start, expected = drift.row_start(model, "semanticgen_planx_first", clip, seed=3), model.first_frame(drawn)
     assert torch.equal(start.semantics, expected.semantics) and torch.equal(start.latent, expected.latent)
     assert drift.row_start(model, "semanticgen", clip, seed=3) is None

@@ -658,7 +658,7 @@ def test_semanticgen_command_draws_its_first_frame_with_planx(tmp_path, capsys):
     from planx_core.pipelines.planx import PlanXPipeline
 
     clip = world.make_clip(6)
-    drawn = PlanXPipeline.from_folder().draw_first_frame(clip.scene, clip.motion, seed=2, progress=False)
+    drawn = PlanXPipeline.from_folder().draw(clip.scene, clip.motion, seed=2, progress=False)[0]
     assert drawn.shape == (64, 64, 3) and drawn.dtype == np.uint8
     args = ["semanticgen", "--prompt", f"{clip.scene}. {clip.motion}", "--frames", "17", "--scale", "1"]
     args += ["--seed", "2"]

@@ -236,10 +236,6 @@ class PlanXPipeline:
         plan = self.plan(scene, motion, seed=seed, progress=progress)
         return self.render(plan, scene, motion, seed=seed, progress=progress)  # [T, H, W, 3]
 
-    def draw_first_frame(self, scene: str, motion: str, *, seed: int = 0, progress: bool = True) -> np.ndarray:
-        """Frame 0 `[H, W, 3]` uint8 of `draw`'s video."""
-        return self.draw(scene, motion, seed=seed, progress=progress)[0]  # [H, W, 3]
-
     # -- image-to-video --------------------------------------------------------------
     @torch.inference_mode()
     def first_frame(self, image) -> FirstFrame:

@@ -23,7 +23,7 @@ def lead_frames(keyframe_frames: list[int], num_frames: int, drawn_frames: int, 
         raise ValueError(f"the drawn lead is a share of the video from 0 to 1, got {lead!r}")
     last, drawn_last = max(num_frames - 1, 1), drawn_frames - 1
     shares = [frame / last for frame in keyframe_frames]
-    return [round(share * drawn_last) for share in shares if share <= lead + 1e-9] or [0]
+    return [round(share * drawn_last) for share in shares if share <= lead + 1e-9]  # keyframe 0: share 0
 
 
 @torch.inference_mode()
