@@ -35,7 +35,7 @@ import math
 import sys
 
 from .files.safetensors import CheckpointError, check_safetensors_header, read_safetensors
-from .limits import bounded, guidance_scale, share
+from .limits import bounded, guidance_scale, share, sketch_level
 from .wan.attention import available_backends
 from .wan.configs import PRESETS
 from .wan.dit_files import describe_shapes, detect_layout, to_official
@@ -263,6 +263,15 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --draw-first-frame: the semantic keyframes in this first share of the video (0 to 1) are also "
         "taken from Plan-X's video, stretched over this video's length, and stage 1 plans only the ones after "
         "them (0, the default: the first frame alone; 0.25 follows the prompt better: the model card)",
+    )
+    parser.add_argument(
+        "--draw-sketch",
+        type=sketch_level,
+        default=1.0,
+        metavar="LEVEL",
+        help="with --draw-first-frame: stage 1 starts each keyframe it plans from Plan-X's video's own, noised to "
+        "this level (SDEdit; above 0, at most 1), instead of pure noise (1, the default); 0.85 follows the prompt "
+        "better: the model card",
     )
     parser.add_argument(
         "--semantic-text-scale",

@@ -81,4 +81,5 @@ def number_in(low: float, high: float, what: str):
 
 
 share = number_in(0.0, 1.0, "a share")
+sketch_level = number_in(0.01, 1.0, "a noise level: 1 is pure noise, lower keeps more of the sketch")
 guidance_scale = number_in(0.0, 20.0, "a guidance scale, as ComfyUI's cfg widgets take; 1 is off")

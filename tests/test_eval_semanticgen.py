@@ -105,7 +105,8 @@ def test_planx_first_row_starts_from_the_frame_planx_draws():
 
 def test_planx_lead_row_takes_the_drawn_videos_first_quarter():
     """`semanticgen_planx_lead` starts from the embedded Plan-X's video for the clip's texts (seed i): frame 0 and
-    the keyframes of the first quarter (`semanticgen --draw-lead 0.25`): two of a 17-frame clip's five."""
+    the keyframes of the first quarter (`semanticgen --draw-lead 0.25`): two of a 17-frame clip's five;
+    `semanticgen_planx_sketch` the same, and every drawn keyframe as stage 1's sketch at 0.85."""
     from planx_core.eval import drift
     from planx_core.semanticgen.drawn import drawn_start
     from planx_core.semanticgen.model import SemanticGen
@@ -116,4 +117,8 @@ def test_planx_lead_row_takes_the_drawn_videos_first_quarter():
     start = drift.row_start(model, "semanticgen_planx_lead", clip, seed=3)
     expected = drawn_start(model, video, 17, 0.25)
     assert start.semantics.shape[0] == 2 and torch.equal(start.semantics, expected.semantics)
-    assert torch.equal(start.latent, expected.latent)
+    assert torch.equal(start.latent, expected.latent) and start.sketch is None
+    sketched = drift.row_start(model, "semanticgen_planx_sketch", clip, seed=3)  # `--draw-sketch 0.85` as well
+    assert torch.equal(sketched.semantics, expected.semantics) and sketched.sketch_sigma == 0.85
+    assert torch.equal(sketched.sketch, drawn_start(model, video, 17, 0.25, 0.85).sketch)
+    assert sketched.sketch.shape[0] == 5, "every keyframe of the drawn video"

@@ -499,3 +499,40 @@ def test_wan_schedule_starts_at_0_999_and_ends_at_zero():
     assert torch.equal(schedule_sigmas("wan", 50, 5.0), sigmas)
     with pytest.raises(ValueError, match="unknown schedule"):
         schedule_sigmas("karras", 50, 5.0)
+
+
+def test_an_init_starts_the_schedule_at_its_noise_level():
+    """SDEdit: with `init`, sampling starts at the first scheduled sigma at or below `init_sigma` from `init` noised
+    to it, runs the schedule's steps from there (the callback numbers them as in the whole schedule), and keeps a
+    pinned prefix; `init_sigma` 1 is the plain start; a level outside (0, 1] or an init of another shape is refused."""
+    steps, shift = 10, 3.0
+    sigmas = flow_sigmas(steps, shift)
+    noise = initial_noise(SHAPE, seed=1)
+    init = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    prefix = torch.randn(SHAPE[0], SHAPE[1], 1, *SHAPE[3:], generator=torch.Generator().manual_seed(6))
+    fake, seen = FakeDenoiser(), []
+    kwargs = {"steps": steps, "shift": shift, "solver": "euler", "guidance": Guidance(1.0, 1.0)}
+    sample(
+        fake,
+        noise,
+        init=init,
+        init_sigma=0.6,
+        first_frame_latent=prefix,
+        callback=lambda i, n, *_: seen.append((i, n)),
+        **kwargs,
+    )
+    skipped = int((sigmas[:-1] > 0.6).sum())
+    start = float(sigmas[skipped])
+    assert 0 < skipped < steps and start <= 0.6 < float(sigmas[skipped - 1])
+    assert len(fake.ts) == steps - skipped and seen == [(i, steps) for i in range(skipped, steps)]
+    assert float(fake.ts[0][0, 1]) == pytest.approx(start * 1000) and torch.all(fake.ts[0][:, 0] == 0)
+    expected = (1 - start) * init + start * noise  # [B, C, F, H, W]
+    torch.testing.assert_close(fake.xs[0][:, :, 1:], expected[:, :, 1:])
+    assert torch.equal(fake.xs[0][:, :, :1], prefix)
+    plain = sample(FakeDenoiser(), noise, **kwargs)
+    assert torch.equal(sample(FakeDenoiser(), noise, init=init, init_sigma=1.0, **kwargs), plain)
+    for level in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"init_sigma .* in \(0, 1\]"):
+            sample(FakeDenoiser(), noise, init=init, init_sigma=level, **kwargs)
+    with pytest.raises(ValueError, match="init must have the noise's shape"):
+        sample(FakeDenoiser(), noise, init=init[:, :, :1], init_sigma=0.5, **kwargs)

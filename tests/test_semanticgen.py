@@ -625,6 +625,36 @@ def test_drawn_start_gives_stage_1_the_lead_keyframes(model, sequential):
     assert not torch.equal(z[1:3], z_alone[1:3]), "without the lead stage 1 plans those keyframes itself"
 
 
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_drawn_sketch_starts_stage_1s_keyframes(model, sequential):
+    """`drawn_start(..., sketch=LEVEL)`: every keyframe's drawn semantics ride along as the sketch (stretched as the
+    lead is); stage 1 keeps the lead exactly and starts the keyframes it plans from the sketch noised to LEVEL, so
+    a low level plans them near the sketch and level 1 (no sketch) as before; a level outside (0, 1] and a sketch
+    of another shape are refused."""
+    from planx_core.semanticgen.drawn import drawn_start
+    from planx_core.world.clips import clip_video
+
+    clip = world.make_clip(5)
+    model = model.with_spec(semantic_sequential=sequential, semantic_steps=20)  # a schedule with low levels
+    plain, low = drawn_start(model, clip.frames, 17, 0.25), drawn_start(model, clip.frames, 17, 0.25, 0.15)
+    assert plain.sketch is None and plain.sketch_sigma == 1.0 and low.sketch_sigma == 0.15
+    assert torch.equal(low.semantics, plain.semantics) and torch.equal(low.latent, plain.latent)
+    own = model.encode_semantics(clip_video([clip])[0])  # [K, gh, gw, D]
+    assert low.sketch.shape == (5, 4, 4, 8) and torch.allclose(low.sketch, own, atol=1e-5)
+    texts = ("a red circle", "the red circle moves right")
+    z = model.plan_semantics(*texts, num_frames=17, seed=0, start=low)  # [K, gh, gw, D]
+    z_plain = model.plan_semantics(*texts, num_frames=17, seed=0, start=plain)
+    assert torch.equal(z[:2], low.semantics) and torch.equal(z_plain[:2], plain.semantics)
+    near, far = (z[2:] - own[2:]).abs().mean(), (z_plain[2:] - own[2:]).abs().mean()
+    assert near < 0.5 * far, f"planned from the sketch {near:.3f} vs from noise {far:.3f}"
+    for level in (0.0, 1.2):
+        with pytest.raises(ValueError, match=r"sketch level .* in \(0, 1\]"):
+            drawn_start(model, clip.frames, 17, 0.25, level)
+    pos = torch.randn(1, 8, 64)  # [1, L, Dt]
+    with pytest.raises(ValueError, match=r"a sketch of the keyframes must be \[B, K, gh, gw, D\]"):
+        generate_semantics(model.semantic_dit, pos, pos, keyframes=3, grid=(4, 4), steps=2, sketch=own[None])
+
+
 def test_semanticgen_command_starts_from_an_image(tmp_path, capsys):
     from planx_core.__main__ import main
     from planx_core.files.video import read_video, write_png
@@ -709,6 +739,35 @@ def test_semanticgen_command_takes_the_drawn_lead(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*args, "--draw-first-frame", "--draw-lead", "1.5", *out])
     assert stop.value.code == 2 and "outside 0..1" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+def test_semanticgen_command_takes_the_drawn_sketch(tmp_path, capsys):
+    """`--draw-first-frame --draw-lead 0.25 --draw-sketch 0.85`: the lead keyframes are the drawn video's as
+    before, and the later ones are planned from its sketch (another plan than the lead alone's, same seed).
+    Refused, exit 2 and nothing written: --draw-sketch without --draw-first-frame, with --no-plan, or outside
+    0.01..1."""
+    from planx_core.__main__ import main
+    from planx_core.pipelines.planx import load_plan_file
+
+    clip = world.make_clip(7)
+    args = ["semanticgen", "--prompt", f"{clip.scene}. {clip.motion}", "--frames", "17", "--scale", "1"]
+    args += ["--seed", "1", "--draw-first-frame", "--draw-lead", "0.25"]
+    assert main([*args, "--out", str(tmp_path / "lead.mp4")]) == 0
+    assert main([*args, "--draw-sketch", "0.85", "--out", str(tmp_path / "sketch.mp4")]) == 0
+    model = SemanticGen.load(need_semantic=False)
+    lead = model.plan_vectors(load_plan_file(tmp_path / "lead.plan.json"))  # [K, gh, gw, D]
+    sketch = model.plan_vectors(load_plan_file(tmp_path / "sketch.plan.json"))
+    assert torch.allclose(lead[:2], sketch[:2], atol=1e-5) and not torch.allclose(lead[2:], sketch[2:], atol=1e-3)
+    capsys.readouterr()
+    out, plain = ["--out", str(tmp_path / "x.mp4")], args[:9]  # without the drawn options
+    for extra, message in (([], "add --draw-first-frame"), (["--draw-first-frame", "--no-plan"], "does not run")):
+        assert main([*plain, *extra, "--draw-sketch", "0.5", *out]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+    for level in ("0", "1.5"):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--draw-sketch", level, *out])
+        assert stop.value.code == 2 and "outside 0.01..1" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
 
 
 def test_semanticgen_command_sets_stage_1_guidance(tmp_path, capsys):

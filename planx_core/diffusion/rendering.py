@@ -80,11 +80,14 @@ def render(
     interrupt=None,
     window: int | None = None,
     schedule: str = "flow",
+    init: torch.Tensor | None = None,
+    init_sigma: float = 1.0,
 ) -> torch.Tensor:
     """Denoise `noise` `[B, C, F, H, W]` into a clean latent, guided by text and (optionally) a plan.
 
     `window`: shifted-window attention over the latent frames (`WanModel.forward`); None = full.
-    `schedule`: the sigma schedule, "flow" or "wan" (`sampling.schedule_sigmas`)."""
+    `schedule`: the sigma schedule, "flow" or "wan" (`sampling.schedule_sigmas`); `init`, `init_sigma`: an SDEdit
+    start (`sampling.sample`)."""
     text_len = model.config.text_len
     positive, negative = pad_text_context(positive, text_len), pad_text_context(negative, text_len)
     options = {} if window is None else {"window": window}
@@ -101,4 +104,6 @@ def render(
         callback=callback,
         interrupt=interrupt,
         schedule=schedule,
+        init=init,
+        init_sigma=init_sigma,
     )

@@ -219,8 +219,13 @@ def sample(
     callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
     interrupt: Callable[[], bool] | None = None,
     schedule: str = "flow",
+    init: Tensor | None = None,
+    init_sigma: float = 1.0,
 ) -> Tensor:
     """Integrate the flow ODE from `noise` (sigma = 1) to a clean latent (sigma = 0).
+
+    `init` (SDEdit, the shape of `noise`): start from `init` noised to the first scheduled sigma at or below
+    `init_sigma` (0 < init_sigma <= 1) and run the schedule's steps from there (1: from pure `noise`).
 
     `schedule`: "flow" (`flow_sigmas`, from sigma 1) or "wan" (`wan_sigmas`, Wan's own, from 0.999).
 
@@ -234,12 +239,14 @@ def sample(
     if noise.ndim != 5:
         raise ValueError(f"noise must be a latent [B, C, F, H, W], got shape {list(noise.shape)}")
     sigmas = schedule_sigmas(schedule, steps, shift)  # [steps + 1]
+    skipped, x = _start_sample(sigmas, noise, init, init_sigma)  # x: [B, C, F, H, W]
+    sigmas = sigmas[skipped:]  # [steps - skipped + 1]
     stepper = make_solver(solver, sigmas)
     first_frame = _check_first_frame(noise, first_frame_latent)  # [B, C, 1, H, W] or None
-    x = _pin_first_frame(noise, first_frame)  # [B, C, F, H, W]
-    for i in range(steps):
+    x = _pin_first_frame(x, first_frame)  # [B, C, F, H, W]
+    for i in range(steps - skipped):
         if interrupt is not None and interrupt():
-            raise SamplingInterrupted(i, steps)
+            raise SamplingInterrupted(skipped + i, steps)
         sigma = float(sigmas[i])
         t = _frame_timesteps(sigma, noise, pinned=0 if first_frame is None else first_frame.shape[2])  # [B, F]
         plan_now = use_plan and (plan_active is None or bool(plan_active(sigma)))
@@ -247,5 +254,19 @@ def sample(
         x0 = _pin_first_frame((x - sigma * v).to(x.dtype), first_frame)  # [B, C, F, H, W]
         x = _pin_first_frame(stepper.step(x, v, i), first_frame)  # [B, C, F, H, W]
         if callback is not None:
-            callback(i, steps, x, x0)
+            callback(skipped + i, steps, x, x0)
     return x
+
+
+def _start_sample(sigmas: Tensor, noise: Tensor, init: Tensor | None, init_sigma: float) -> tuple[int, Tensor]:
+    """The steps an SDEdit start skips (those above `init_sigma`) and the sample it starts from: `init` noised
+    to the first sigma left; without `init`, none and `noise`."""
+    if init is None:
+        return 0, noise
+    if not 0.0 < init_sigma <= 1.0:
+        raise ValueError(f"init_sigma is the noise level an init starts from, in (0, 1]; got {init_sigma!r}")
+    if tuple(init.shape) != tuple(noise.shape):
+        raise ValueError(f"init must have the noise's shape {list(noise.shape)}, got {list(init.shape)}")
+    skipped = min(int((sigmas[:-1] > init_sigma + 1e-9).sum()), sigmas.numel() - 2)
+    sigma = float(sigmas[skipped])
+    return skipped, (1.0 - sigma) * init.to(noise) + sigma * noise  # [B, C, F, H, W]

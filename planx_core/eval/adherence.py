@@ -7,7 +7,8 @@ stages from the text; `windows_no_plan`: stage 2 without semantic tokens; `gt_se
 own encoded semantics, the ceiling of what stage 1 can give; `semanticgen_i2v`: both stages from the text and the
 clip's first frame; `gt_semantics_i2v`: its ceiling, stage 2 from the clip's semantics and first frame;
 `semanticgen_planx_first`: text to video from the first frame the embedded Plan-X draws for the texts;
-`semanticgen_planx_lead`: also from its keyframes in the first quarter) and scored from the decoded frames by
+`semanticgen_planx_lead`: also from its keyframes in the first quarter; `semanticgen_planx_sketch`: and stage 1
+starts the later keyframes from the drawn ones, noised) and scored from the decoded frames by
 `world.score`, the scorer of the Plan-X table (`python -m planx_core.eval`), so the `semanticgen` and
 `semanticgen_planx_*` rows compare with its full row at `--mode t2v` and `semanticgen_i2v`
 with its full row at the default `--mode i2v`.

@@ -23,7 +23,8 @@ windows), `windows_no_plan` (the same stage-2 DiT and windows, no semantic token
 `semanticgen_i2v` (both stages from the text and the clip's first frame: image-to-video), `gt_semantics_i2v`
 (its ceiling: the clip's own semantics, rendered from its first frame), `semanticgen_planx_first` (text to video
 from the first frame the embedded Plan-X draws for the prompt, `semanticgen --draw-first-frame`) and
-`semanticgen_planx_lead` (also its keyframes in the video's first quarter, `--draw-first-frame --draw-lead 0.25`).
+`semanticgen_planx_lead` (also its keyframes in the video's first quarter, `--draw-first-frame --draw-lead 0.25`)
+and `semanticgen_planx_sketch` (and stage 1 starts the others from the drawn ones, `--draw-sketch 0.85`).
 Writes `<out>/drift.json` and `<out>/drift.md` (atomically).
 """
 
@@ -55,10 +56,15 @@ ROWS = (
     "gt_semantics_i2v",
     "semanticgen_planx_first",
     "semanticgen_planx_lead",
+    "semanticgen_planx_sketch",
 )
 DRIFT_ROWS = ROWS[:3]  # eval-drift's default rows
-STAGE_1_ROWS = ("semanticgen", "semanticgen_i2v", "semanticgen_planx_first", "semanticgen_planx_lead")  # need stage 1
-DRAW_LEADS = {"semanticgen_planx_first": 0.0, "semanticgen_planx_lead": 0.25}  # `semanticgen --draw-lead` of each row
+DRAWN = {  # `semanticgen --draw-first-frame --draw-lead LEAD --draw-sketch LEVEL` of each drawn row
+    "semanticgen_planx_first": (0.0, 1.0),
+    "semanticgen_planx_lead": (0.25, 1.0),
+    "semanticgen_planx_sketch": (0.25, 0.85),
+}
+STAGE_1_ROWS = ("semanticgen", "semanticgen_i2v", *DRAWN)  # the rows that need stage 1
 
 
 def present_colours(frames: np.ndarray) -> set[int]:
@@ -104,13 +110,13 @@ def embedded_planx() -> PlanXPipeline:
 
 def row_start(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> SemanticStart | None:
     """The first frame a row starts from: the clip's own (`*_i2v`), the embedded Plan-X's video for the clip's
-    texts with `seed` (`semanticgen_planx_*`: its frame 0, and its keyframes in the row's `DRAW_LEADS` share), or
-    none."""
+    texts with `seed` (`semanticgen_planx_*`: its frame 0, its keyframes in the row's `DRAWN` lead share, and the
+    sketch of the others), or none."""
     if row.endswith("_i2v"):
         return model.first_frame(clip.frames[0])
-    if row in DRAW_LEADS:
+    if row in DRAWN:
         video = embedded_planx().draw(clip.scene, clip.motion, seed=seed, progress=False)  # [T, H, W, 3]
-        return drawn_start(model, video, clip.config.num_frames, DRAW_LEADS[row])
+        return drawn_start(model, video, clip.config.num_frames, *DRAWN[row])
     return None
 
 

@@ -219,20 +219,23 @@ def _semanticgen_start(model: SemanticGen, args, scene: str, motion: str, progre
         )
     pipe = PlanXPipeline.from_folder(folder)
     video = pipe.draw(scene, motion, seed=args.seed, progress=progress)  # [T, H, W, 3]
-    return drawn_start(model, video, _frames(args), args.draw_lead)
+    return drawn_start(model, video, _frames(args), args.draw_lead, args.draw_sketch)
 
 
 def _check_start_options(args) -> None:
     """Refuse first-frame options that contradict each other, before any model loads."""
     if args.image and args.draw_first_frame:
         raise ValueError("--image and --draw-first-frame each give the first frame; keep one of them")
-    if args.draw_lead and not args.draw_first_frame:
-        raise ValueError("--draw-lead takes keyframes from the video --draw-first-frame draws; add --draw-first-frame")
-    if args.draw_lead and (args.plan or args.no_plan):
-        raise ValueError(
-            "--draw-lead gives stage 1 its leading keyframes, but with --plan or --no-plan stage 1 does not run; "
-            "drop --draw-lead (the drawn first frame still starts the video)"
-        )
+    for option, given in (("--draw-lead", args.draw_lead), ("--draw-sketch", args.draw_sketch < 1.0)):
+        if given and not args.draw_first_frame:
+            raise ValueError(
+                f"{option} takes keyframes from the video --draw-first-frame draws; add --draw-first-frame"
+            )
+        if given and (args.plan or args.no_plan):
+            raise ValueError(
+                f"{option} gives stage 1 keyframes of the drawn video, but with --plan or --no-plan stage 1 does not "
+                f"run; drop {option} (the drawn first frame still starts the video)"
+            )
 
 
 def semanticgen_command(args) -> int:

@@ -100,13 +100,17 @@ def generate_semantics(
     seed: int = 0,
     sequential: bool = False,
     given: torch.Tensor | None = None,
+    sketch: torch.Tensor | None = None,
+    sketch_sigma: float = 1.0,
     callback=None,
     interrupt=None,
 ) -> torch.Tensor:
     """Sample z_sem `[B, K, gh, gw, D]` for text contexts `[B, L, text_dim]` (or one per keyframe
     `[B, K, L, text_dim]`) with Euler steps (the paper's sampler); `sequential`: keyframe by keyframe, each
     sampled with the ones before it given (`callback(i, total, ...)` then counts `(K - P) * steps` steps).
-    `given` `[B, P, gh, gw, D]`: the first P keyframes, kept as they are (image-to-video: the image's semantics)."""
+    `given` `[B, P, gh, gw, D]`: the first P keyframes, kept as they are (image-to-video: the image's semantics).
+    `sketch` `[B, K, gh, gw, D]`: every sampled keyframe starts from its sketch noised to `sketch_sigma` (SDEdit,
+    `sampling.sample`'s init) instead of pure noise (`drawn.drawn_start`: a drawn video's semantics)."""
     if keyframes < 1 or min(grid) < 1:
         raise ValueError(
             f"cannot generate {keyframes} keyframes of a {grid[0]}x{grid[1]} grid; need at least one of each"
@@ -114,14 +118,15 @@ def generate_semantics(
     shape = (positive.shape[0], model.config.in_dim, keyframes, *grid)  # [B, D, K, gh, gw]
     prefix = _given(given, shape)  # [B, D, P, gh, gw] or None
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))).to(positive)
-    options = {"steps": steps, "shift": shift, "solver": "euler", "interrupt": interrupt}
+    init = None if sketch is None else _checked_sketch(sketch, shape)  # [B, D, K, gh, gw]
+    options = {"steps": steps, "shift": shift, "solver": "euler", "interrupt": interrupt, "init_sigma": sketch_sigma}
     options["guidance"] = Guidance(text_scale=text_scale, plan_scale=1.0)
     done = 0 if prefix is None else prefix.shape[2]
     if done == keyframes:
         return from_latent(prefix)
     if not sequential:
         return from_latent(
-            render(model, noise, positive, negative, first_frame_latent=prefix, callback=callback, **options)
+            render(model, noise, positive, negative, first_frame_latent=prefix, init=init, callback=callback, **options)
         )
     x = noise[:, :, :0] if prefix is None else prefix.to(noise)  # [B, D, k, gh, gw]: the keyframes written so far
     for k in range(done, keyframes):
@@ -131,6 +136,7 @@ def generate_semantics(
             first_keyframes(positive, k + 1),
             first_keyframes(negative, k + 1),
             first_frame_latent=x if k else None,
+            init=None if init is None else init[:, :, : k + 1],  # [B, D, k + 1, gh, gw]
             callback=_offset(callback, (k - done) * steps, (keyframes - done) * steps),
             **options,
         )
@@ -149,6 +155,18 @@ def _given(given: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor |
             f"{list(given.shape)}; encode the image with the same model"
         )
     return to_latent(given)
+
+
+def _checked_sketch(sketch: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A sketch of every keyframe `[B, K, gh, gw, D]` in the generator's layout `[B, D, K, gh, gw]`, after checking
+    it fits `shape`."""
+    b, d, k, gh, gw = shape
+    if tuple(sketch.shape) != (b, k, gh, gw, d):
+        raise ValueError(
+            f"a sketch of the keyframes must be [B, K, gh, gw, D] = [{b}, {k}, {gh}, {gw}, {d}], got "
+            f"{list(sketch.shape)}; encode the drawn video with the same model at this video's length"
+        )
+    return to_latent(sketch)
 
 
 def first_keyframes(context: torch.Tensor, count: int) -> torch.Tensor:

@@ -109,10 +109,13 @@ class SemanticGenSpec:
 class SemanticStart:
     """Image-to-video inputs of one image (`SemanticGen.first_frame`): its semantics `[1, gh, gw, D]`, given to
     stage 1 as keyframe 0, and its VAE latent `[1, C, 1, h, w]`, pinned as stage 2's latent frame 0 (Wan TI2V).
-    `semantics` may hold P leading keyframes `[P, gh, gw, D]` (`drawn.drawn_start`); stage 1 samples the rest."""
+    `semantics` may hold P leading keyframes `[P, gh, gw, D]` (`drawn.drawn_start`); stage 1 samples the rest,
+    each from its `sketch` keyframe `[K, gh, gw, D]` noised to `sketch_sigma` where one is given."""
 
     semantics: torch.Tensor
     latent: torch.Tensor
+    sketch: torch.Tensor | None = None
+    sketch_sigma: float = 1.0
 
 
 def _part(folder: Path, name: str) -> Path:
@@ -290,6 +293,8 @@ class SemanticGen:
             seed=seed,
             sequential=self.spec.semantic_sequential,
             given=None if start is None else start.semantics[None],  # [1, P, gh, gw, D]
+            sketch=None if start is None or start.sketch is None else start.sketch[None],  # [1, K, gh, gw, D]
+            sketch_sigma=1.0 if start is None else start.sketch_sigma,
             callback=callback,
             interrupt=interrupt,
         )
