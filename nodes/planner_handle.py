@@ -171,13 +171,14 @@ class SemanticGenHandle(LoadedWhileUsed):
         context_frames=None,
         lock_from=None,
         first_frame_lead: float = 0.0,
+        first_frame_sketch: float = 1.0,
         **_token_sampling,
     ) -> Plan:
         """A continuous plan for the whole video (all keyframes in one go, or one after another when the model's
         `semantic_sequential` says so), with a ComfyUI progress bar over the Euler steps (every update is an
         interrupt point); with `first_frame` (an IMAGE, resized to the model's size) keyframe 0 is its semantics,
         and with `first_frame_lead` > 0 (first_frame a drawn video) the keyframes in that share are its frames'
-        (`drawn_start`).
+        (`drawn_start`), and with `first_frame_sketch` < 1 the others start from its frames' noised to that level.
         `guidance_scale` is the text CFG of the semantic generator; temperature / top-k / top-p are token
         sampling settings and do not apply."""
         given = [
@@ -192,11 +193,16 @@ class SemanticGenHandle(LoadedWhileUsed):
                 f"frames and locked keyframes"
             )
         self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
-        if first_frame_lead and (first_frame is None or len(first_frame) < 2):
+        drawn = [
+            name
+            for name, on in (("first_frame_lead", first_frame_lead), ("first_frame_sketch", first_frame_sketch < 1.0))
+            if on
+        ]
+        if drawn and (first_frame is None or len(first_frame) < 2):
             raise PlanError(
-                "first_frame_lead takes the lead keyframes from a video in first_frame (two frames or more), but it "
+                f"{' and '.join(drawn)} take keyframes from a video in first_frame (two frames or more), but it "
                 f"holds {0 if first_frame is None else len(first_frame)}; connect the drawn video's frames (a Plan-X "
-                "render's decoded images) or set first_frame_lead to 0"
+                "render's decoded images) or set first_frame_lead to 0 and first_frame_sketch to 1"
             )
         model = self.model.with_spec(semantic_text_scale=float(guidance_scale))
         bar = comfy.utils.ProgressBar(model.spec.semantic_steps)
@@ -207,8 +213,8 @@ class SemanticGenHandle(LoadedWhileUsed):
         with self:
             start = None
             if first_frame is not None:  # the whole drawn video only when its lead is taken
-                frames = self._at_model_size(first_frame if first_frame_lead else first_frame[:1])  # [T, s, s, 3]
-                start = drawn_start(model, frames, num_frames, first_frame_lead)
+                frames = self._at_model_size(first_frame if drawn else first_frame[:1])  # [T, s, s, 3]
+                start = drawn_start(model, frames, num_frames, first_frame_lead, first_frame_sketch)
             z = model.plan_semantics(scene, motion, num_frames=num_frames, seed=seed, start=start, callback=progress)
         return model.semantic_plan(z, num_frames=num_frames, scene=scene, motion=motion, seed=seed)
 

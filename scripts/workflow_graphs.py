@@ -184,8 +184,8 @@ def real_weights(g, summary: str) -> dict:
 
 
 def text_to_video(g, name: str) -> dict:
-    planner, plan = planning(g, (0, 0, 300, 160), (0, 180, 300, 580))
-    tiny = g.add("PlanX_LoadTinyModel", (0, 780, 300, 130), model=EMBEDDED)
+    planner, plan = planning(g, (0, 0, 300, 160), (0, 180, 300, 620))
+    tiny = g.add("PlanX_LoadTinyModel", (0, 820, 300, 130), model=EMBEDDED)
     g.add("PlanX_PlanPreview", (320, 0, 520, 460), inputs={"plan": (plan, 0), "planner": (planner, 0)})
     places = {
         "positive": (320, 480, 520, 150),
@@ -202,7 +202,7 @@ def text_to_video(g, name: str) -> dict:
 
 def image_to_video(g, name: str) -> dict:
     image = g.add("LoadImage", (0, 0, 300, 340), image=EXAMPLE_IMAGE)
-    planner, plan = planning(g, (0, 360, 300, 160), (0, 540, 300, 580), first_frame=(image, 0))
+    planner, plan = planning(g, (0, 360, 300, 160), (0, 540, 300, 620), first_frame=(image, 0))
     tiny = g.add("PlanX_LoadTinyModel", (320, 790, 520, 130), model=EMBEDDED)
     g.add("PlanX_PlanPreview", (320, 0, 520, 460), inputs={"plan": (plan, 0), "planner": (planner, 0)})
     places = {
@@ -222,8 +222,8 @@ def image_to_video(g, name: str) -> dict:
 
 
 def edit_plan(g, name: str) -> dict:
-    planner, plan = planning(g, (0, 0, 300, 160), (0, 180, 300, 580))
-    tiny = g.add("PlanX_LoadTinyModel", (0, 780, 300, 130), model=EMBEDDED)
+    planner, plan = planning(g, (0, 0, 300, 160), (0, 180, 300, 620))
+    tiny = g.add("PlanX_LoadTinyModel", (0, 820, 300, 130), model=EMBEDDED)
     edited = g.add(
         "PlanX_EditPlanTokens", (320, 0, 800, 700), inputs={"plan": (plan, 0), "planner": (planner, 0)}, edits=EDITS
     )
@@ -245,9 +245,9 @@ def edit_plan(g, name: str) -> dict:
 
 
 def semantic_transfer(g, name: str) -> dict:
-    planner, plan = planning(g, (0, 0, 300, 160), (0, 180, 300, 580))
-    tiny = g.add("PlanX_LoadTinyModel", (0, 780, 300, 130), model=EMBEDDED)
-    negative = g.add("CLIPTextEncode", (0, 930, 300, 120), title="Negative prompt", inputs={"clip": (tiny, 1)}, text="")
+    planner, plan = planning(g, (0, 0, 300, 160), (0, 180, 300, 620))
+    tiny = g.add("PlanX_LoadTinyModel", (0, 820, 300, 130), model=EMBEDDED)
+    negative = g.add("CLIPTextEncode", (0, 970, 300, 120), title="Negative prompt", inputs={"clip": (tiny, 1)}, text="")
     first = {
         "positive": (320, 0, 300, 150),
         "inject": (320, 170, 300, 230),
@@ -283,9 +283,9 @@ def semantic_transfer(g, name: str) -> dict:
 
 def long_video_semanticgen(g, name: str) -> dict:
     planner, plan = planning(
-        g, (0, 0, 300, 160), (0, 180, 300, 580), planner=SEMANTICGEN_PLANNER, motion=LONG_MOTION, video=LONG_VIDEO
+        g, (0, 0, 300, 160), (0, 180, 300, 620), planner=SEMANTICGEN_PLANNER, motion=LONG_MOTION, video=LONG_VIDEO
     )
-    tiny = g.add("PlanX_LoadTinyModel", (0, 780, 300, 130), model=SEMANTICGEN)
+    tiny = g.add("PlanX_LoadTinyModel", (0, 820, 300, 130), model=SEMANTICGEN)
     g.add("PlanX_PlanPreview", (320, 0, 520, 460), inputs={"plan": (plan, 0)})
     places = {
         "positive": (320, 480, 520, 150),

@@ -50,6 +50,7 @@ NODE_INPUTS = {
         "persistence",
         "candidates",
         "first_frame_lead",
+        "first_frame_sketch",
     ],
     "PlanX_EditPlanTokens": ["plan", "edits", "planner"],
     "PlanX_InjectRoPEGuidance": ["model", "plan", "branch", "strength", "start", "end", "mode", "rope"],
@@ -696,6 +697,35 @@ def test_semanticgen_planner_takes_a_drawn_videos_lead(nodes, semanticgen):
     planx = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
     with pytest.raises(PlanError, match="set first_frame_lead to 0"):
         generate.execute(planx, *args, first_frame=video, first_frame_lead=0.25)
+
+
+def test_semanticgen_planner_takes_a_drawn_videos_sketch(nodes, semanticgen):
+    """first_frame_sketch: with a drawn video in first_frame, the keyframes after the lead start from the drawn
+    frames' own semantics noised to that level (`drawn_start`'s sketch): the same plan as the function gives, the
+    lead kept, the rest another plan than the lead alone's; 1 is the lead alone. Refused: no drawn video, the
+    Plan-X planner."""
+    from planx_core import world
+    from planx_core.semanticgen import drawn_start
+
+    model, planner, _, _ = semanticgen
+    generate = nodes["PlanX_GenerateSemanticPlan"]
+    video = torch.from_numpy(world.make_clip(3).frames).float() / 255  # [17, 64, 64, 3]
+    args = (SCENE, MOTION, 64, 64, 33, 8.0, 2.0, 0, 1.0, 0, 1.0, 1.0)
+    lead = model.plan_vectors(generate.execute(planner, *args, first_frame=video, first_frame_lead=0.25).args[0])
+    plan = generate.execute(planner, *args, first_frame=video, first_frame_lead=0.25, first_frame_sketch=0.5)
+    sketched = model.plan_vectors(plan.args[0])  # [K, gh, gw, D]
+    start = drawn_start(model, video, 33, 0.25, 0.5)
+    expected = model.with_spec(semantic_text_scale=1.0).plan_semantics(
+        SCENE, MOTION, num_frames=33, seed=0, start=start
+    )
+    assert torch.allclose(sketched, expected, atol=1e-5) and torch.allclose(sketched[:3], lead[:3], atol=1e-5)
+    assert not torch.allclose(sketched[3:], lead[3:], atol=1e-3), "the later keyframes start from the sketch"
+    for first, message in ((video[:1], "holds 1;"), (None, "holds 0;")):
+        with pytest.raises(PlanError, match="first_frame_sketch take keyframes from a video .*" + message):
+            generate.execute(planner, *args, first_frame=first, first_frame_sketch=0.5)
+    planx = nodes["PlanX_LoadPlanner"].execute("embedded: planx-tiny", "auto", "sdpa", False).args[0]
+    with pytest.raises(PlanError, match="first_frame_sketch to 1"):
+        generate.execute(planx, *args, first_frame=video, first_frame_sketch=0.5)
 
 
 def test_continuous_plan_through_preview_save_load_and_edit(nodes, semanticgen, tmp_path, monkeypatch):
