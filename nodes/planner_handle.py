@@ -178,7 +178,8 @@ class SemanticGenHandle(LoadedWhileUsed):
         `semantic_sequential` says so), with a ComfyUI progress bar over the Euler steps (every update is an
         interrupt point); with `first_frame` (an IMAGE, resized to the model's size) keyframe 0 is its semantics,
         and with `first_frame_lead` > 0 (first_frame a drawn video) the keyframes in that share are its frames'
-        (`drawn_start`), and with `first_frame_sketch` < 1 the others start from its frames' noised to that level.
+        (`drawn_start`), and with `first_frame_sketch` < 1 the later ones start from its frames' semantics noised
+        to that level.
         `guidance_scale` is the text CFG of the semantic generator; temperature / top-k / top-p are token
         sampling settings and do not apply."""
         given = [

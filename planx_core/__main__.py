@@ -270,8 +270,8 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="LEVEL",
         help="with --draw-first-frame: stage 1 starts each keyframe it plans from Plan-X's video's own, noised to "
-        "this level (SDEdit; above 0, at most 1), instead of pure noise (1, the default); 0.85 follows the prompt "
-        "better: the model card",
+        "this level (SDEdit; above 0, at most 1), instead of pure noise (1, the default); with --draw-lead 0.25, "
+        "0.85 scored a little above the lead alone: the model card",
     )
     parser.add_argument(
         "--semantic-text-scale",

@@ -267,6 +267,8 @@ def _start_sample(sigmas: Tensor, noise: Tensor, init: Tensor | None, init_sigma
         raise ValueError(f"init_sigma is the noise level an init starts from, in (0, 1]; got {init_sigma!r}")
     if tuple(init.shape) != tuple(noise.shape):
         raise ValueError(f"init must have the noise's shape {list(noise.shape)}, got {list(init.shape)}")
+    if init_sigma == 1.0:  # pure noise, whatever the schedule's first sigma
+        return 0, noise
     skipped = min(int((sigmas[:-1] > init_sigma + 1e-9).sum()), sigmas.numel() - 2)
     sigma = float(sigmas[skipped])
     return skipped, (1.0 - sigma) * init.to(noise) + sigma * noise  # [B, C, F, H, W]
