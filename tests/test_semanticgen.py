@@ -760,7 +760,10 @@ def test_semanticgen_command_takes_the_drawn_sketch(tmp_path, capsys):
     assert torch.allclose(lead[:2], sketch[:2], atol=1e-5) and not torch.allclose(lead[2:], sketch[2:], atol=1e-3)
     capsys.readouterr()
     out, plain = ["--out", str(tmp_path / "x.mp4")], args[:9]  # without the drawn options
-    for extra, message in (([], "add --draw-first-frame"), (["--draw-first-frame", "--no-plan"], "does not run")):
+    for extra, message in (
+        ([], "--draw-sketch takes keyframes from the video --draw-first-frame draws; add --draw-first-frame"),
+        (["--draw-first-frame", "--no-plan"], "stage 1 does not run; drop --draw-sketch"),
+    ):
         assert main([*plain, *extra, "--draw-sketch", "0.5", *out]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
     for level in ("0", "1.5"):

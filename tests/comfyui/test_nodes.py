@@ -720,6 +720,8 @@ def test_semanticgen_planner_takes_a_drawn_videos_sketch(nodes, semanticgen):
     )
     assert torch.allclose(sketched, expected, atol=1e-5) and torch.allclose(sketched[:3], lead[:3], atol=1e-5)
     assert not torch.allclose(sketched[3:], lead[3:], atol=1e-3), "the later keyframes start from the sketch"
+    off = generate.execute(planner, *args, first_frame=video, first_frame_lead=0.25, first_frame_sketch=1.0)
+    assert torch.equal(model.plan_vectors(off.args[0]), lead), "1 is the lead alone"
     for first, message in ((video[:1], "holds 1;"), (None, "holds 0;")):
         with pytest.raises(PlanError, match="first_frame_sketch take keyframes from a video .*" + message):
             generate.execute(planner, *args, first_frame=first, first_frame_sketch=0.5)
