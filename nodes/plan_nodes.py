@@ -21,7 +21,7 @@ from planx_core.planner import MAX_CANDIDATES
 from .model_files import planner_choices
 from .plan_files import LoadPlan, SavePlan
 from .plan_views import editor_view, ordered_palette, picture_of, token_planner, word_lookup
-from .planner_handle import ATTENTION, DTYPES, load_planner_handle
+from .planner_handle import ATTENTION, DTYPES, drawn_inputs, load_planner_handle
 from .sockets import CATEGORY, PLAN, PLANNER
 
 
@@ -280,8 +280,7 @@ class GenerateSemanticPlan(io.ComfyNode):
         first_frame_lead=0.0,
         first_frame_sketch=1.0,
     ) -> io.NodeOutput:
-        drawn = {"first_frame_lead": first_frame_lead} if first_frame_lead else {}  # older planners take neither
-        drawn |= {"first_frame_sketch": first_frame_sketch} if first_frame_sketch < 1.0 else {}
+        drawn = drawn_inputs(first_frame_lead, first_frame_sketch)  # older planners take neither
         if drawn and planner.kind != "continuous":
             raise PlanError(
                 f"{' and '.join(drawn)} take keyframes from a drawn video for the SemanticGen planner; the Plan-X "

@@ -112,6 +112,13 @@ class PlannerHandle(LoadedWhileUsed):
         return code_colours(self.tatok.codebook(), key=self.codebook.digest)  # [N, 3] in [0, 1]
 
 
+def drawn_inputs(first_frame_lead: float, first_frame_sketch: float) -> dict[str, float]:
+    """Generate Semantic Plan's drawn-video inputs that are set (a lead above 0, a sketch level below 1), by name:
+    what the SemanticGen planner takes from a drawn video; empty when neither is, as older planners expect."""
+    drawn = {"first_frame_lead": first_frame_lead} if first_frame_lead else {}
+    return drawn | ({"first_frame_sketch": first_frame_sketch} if first_frame_sketch < 1.0 else {})
+
+
 @dataclass
 class SemanticGenHandle(LoadedWhileUsed):
     """SemanticGen's stage 1 as a planner: text -> z_sem `[K, gh, gw, D]` -> a continuous plan, one keyframe
@@ -194,11 +201,7 @@ class SemanticGenHandle(LoadedWhileUsed):
                 f"frames and locked keyframes"
             )
         self.check_video(fps=fps, num_frames=num_frames, width=width, height=height, keyframe_rate=keyframe_rate)
-        drawn = [
-            name
-            for name, on in (("first_frame_lead", first_frame_lead), ("first_frame_sketch", first_frame_sketch < 1.0))
-            if on
-        ]
+        drawn = drawn_inputs(first_frame_lead, first_frame_sketch)
         if drawn and (first_frame is None or len(first_frame) < 2):
             raise PlanError(
                 f"{' and '.join(drawn)} take keyframes from a video in first_frame (two frames or more), but it "
