@@ -25,6 +25,7 @@ LIMITS = {
     "channels": 4096,  # latent channels, code widths
     "text_len": 8192,  # text tokens
     "codebook": 1_048_576,  # codes of a tokenizer
+    "best_of": 64,  # whole videos rendered for one prompt to keep the best (semanticgen --best-of)
 }
 
 

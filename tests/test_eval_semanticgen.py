@@ -19,15 +19,15 @@ def test_rows_are_scored_from_the_frames_they_render(monkeypatch):
     assert [c.seed for c in clips] == [c.seed for c in adherence.heldout_clips(3)], "deterministic"
     seeds = []
 
-    def render(model, row, clip, seed):
-        seeds.append((row, seed))
+    def render(model, row, clip, seed, candidates):
+        seeds.append((row, seed, candidates))
         return clip.frames if row == "gt_semantics" else np.zeros_like(clip.frames)
 
     monkeypatch.setattr(adherence, "render_row", render)
     results = adherence.evaluate(None, clips, ["gt_semantics", "semanticgen"], log=lambda _: None)
     assert results["gt_semantics"]["accuracy"] == 1.0 and results["gt_semantics"]["completeness"] == 1.0
     assert results["semanticgen"]["accuracy"] == 0.0 and results["semanticgen"]["count"] == 3
-    assert seeds == [(r, i) for r in ("gt_semantics", "semanticgen") for i in range(3)]
+    assert seeds == [(r, i, 1) for r in ("gt_semantics", "semanticgen") for i in range(3)]
 
 
 def test_train_split_scores_unseen_clips_of_the_training_compositions(tmp_path, monkeypatch):
@@ -39,7 +39,7 @@ def test_train_split_scores_unseen_clips_of_the_training_compositions(tmp_path, 
     monkeypatch.setattr(
         adherence,
         "evaluate",
-        lambda model, clips, rows: (
+        lambda model, clips, rows, candidates: (
             scored.extend(clips)
             or {"gt_semantics": {"accuracy": 1.0, "completeness": 1.0, "fidelity": 1.0, "consistency": 1.0, "count": 1}}
         ),

@@ -369,7 +369,7 @@ def test_a_retimed_plan_renders_at_its_own_times(model, tmp_path):
     path = tmp_path / "moved.plan.json"
     path.write_text(moved.to_json())
     args = Namespace(plan=str(path), frames=None, no_plan=False, seed=3)
-    loaded, frames = _semanticgen_plan(model, args, "a red circle", "")  # what `semanticgen --plan` renders
+    loaded, frames, _ = _semanticgen_plan(model, args, "a red circle", "")  # what `semanticgen --plan` renders
     assert frames == 17 and loaded.times == moved.times
     with pytest.raises(PlanError, match="does not fit the video"):  # keyframes up to 2 s, 9 frames end at 1 s
         _semanticgen_plan(model, Namespace(plan=str(path), frames=9, no_plan=False, seed=3), "a red circle", "")

@@ -12,7 +12,9 @@ starts the later keyframes from the drawn ones, noised) and scored from the deco
 `world.score`, the scorer of the Plan-X table (`python -m planx_core.eval`), so the `semanticgen` and
 `semanticgen_planx_*` rows compare with its full row at `--mode t2v` and `semanticgen_i2v`
 with its full row at the default `--mode i2v`.
-Every row renders clip i with seed i. Writes `<out>/adherence.json` and `<out>/adherence.md` (atomically).
+Every row renders clip i with seed i (`--best-of N`: rows with stage 1 keep the best of N videos, seeds
+i + 1000 j, by their own plan, `semanticgen.candidates`). Writes `<out>/adherence.json` and `<out>/adherence.md`
+(atomically).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import world
+from ..limits import bounded
 from ..semanticgen.model import EMBEDDED, SemanticGen
 from ..world import score as world_score
 from ..world.tiny import SHORT_WORLD
@@ -47,24 +50,27 @@ def heldout_clips(count: int, seed: int = 0, split: str = "heldout") -> list[wor
     return [world.make_clip(world.clip_seed(seed, 1, i), SHORT_WORLD, split=split) for i in range(count)]
 
 
-def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print) -> dict:
+def evaluate(model: SemanticGen, clips: list[world.Clip], rows=ROWS, log=print, candidates: int = 1) -> dict:
     """`world.score` means of every row over `clips` (clip i rendered with seed i in every row)."""
     results = {}
     for row in rows:
         start = time.monotonic()
-        frames = [render_row(model, row, clip, seed=i) for i, clip in enumerate(clips)]  # each [T, H, W, 3]
+        frames = [
+            render_row(model, row, clip, seed=i, candidates=candidates) for i, clip in enumerate(clips)
+        ]  # each [T, H, W, 3]
         scores = world_score.score_many(frames, clips)
         results[row] = {k: round(float(scores[k]), 4) for k in METRICS} | {"count": len(clips)}
         log(f"[adherence] {row}: {results[row]} ({time.monotonic() - start:.0f} s)")
     return results
 
 
-def report(results: dict, seed: int, spec, split: str = "heldout") -> str:
+def report(results: dict, seed: int, spec, split: str = "heldout", candidates: int = 1) -> str:
     kind = "held-out" if split == "heldout" else "unseen training-composition"
+    kept = f"; the best of {candidates} videos by their own plan" if candidates > 1 else ""
     title = (
         f"SemanticGen adherence ({next(iter(results.values()))['count']} {kind} {SHORT_WORLD.num_frames}-frame "
         f"clips, seed {seed}; stage-1 text guidance {spec.semantic_text_scale}, stage-2 text guidance "
-        f"{spec.text_scale}, stage-2 plan guidance {spec.plan_scale})"
+        f"{spec.text_scale}, stage-2 plan guidance {spec.plan_scale}{kept})"
     )
     return rows_report(title, results, METRICS)
 
@@ -82,17 +88,29 @@ def main(argv: list[str] | None = None) -> int:
         help="heldout: compositions never trained on (the table); train: unseen clips of the training compositions, "
         "for choosing settings without looking at the held-out rows",
     )
+    p.add_argument(
+        "--best-of",
+        type=bounded("best_of"),
+        default=1,
+        help="rows with stage 1 keep the best of this many videos per clip, by their own plan (semanticgen "
+        "--best-of; default 1: the plain video)",
+    )
     add_guidance_arguments(p)
     p.add_argument("--out", default="eval_report/semanticgen")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a = p.parse_args(argv)
     rows = parse_rows(p, a)
+    if a.best_of > 1 and set(rows) - set(STAGE_1_ROWS):
+        p.error(
+            f"--best-of {a.best_of}: rows {sorted(set(rows) - set(STAGE_1_ROWS))} have no stage-1 plan; "
+            f"keep to {', '.join(STAGE_1_ROWS)} or --best-of 1"
+        )
     if a.threads:
         torch.set_num_threads(a.threads)
     model = SemanticGen.load(a.model, need_semantic=bool(set(STAGE_1_ROWS) & set(rows)))
     model = guided(model, a)
-    results = evaluate(model, heldout_clips(a.clips, a.seed, a.split), rows)
-    save_report(Path(a.out), "adherence", results, report(results, a.seed, model.spec, a.split))
+    results = evaluate(model, heldout_clips(a.clips, a.seed, a.split), rows, candidates=a.best_of)
+    save_report(Path(a.out), "adherence", results, report(results, a.seed, model.spec, a.split, a.best_of))
     return 0
 
 

@@ -42,6 +42,7 @@ from .. import world
 from ..files.atomic import write_text
 from ..limits import guidance_scale
 from ..pipelines.planx import PlanXPipeline
+from ..semanticgen.candidates import best_of
 from ..semanticgen.drawn import drawn_start
 from ..semanticgen.model import EMBEDDED, SemanticGen, SemanticStart
 from ..wan.windows import SEMANTICS
@@ -120,11 +121,15 @@ def row_start(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> Sema
     return None
 
 
-def render_row(model: SemanticGen, row: str, clip: world.Clip, seed: int) -> np.ndarray:
+def render_row(model: SemanticGen, row: str, clip: world.Clip, seed: int, candidates: int = 1) -> np.ndarray:
+    """A row's video `[T, H, W, 3]` of `clip` with `seed`; rows with stage 1 keep the best of `candidates`
+    (`semanticgen.candidates.best_of`)."""
     frames = clip.config.num_frames
     start = row_start(model, row, clip, seed)
     if row in STAGE_1_ROWS:
-        return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed, start=start)[0]
+        return best_of(model, clip.scene, clip.motion, num_frames=frames, seed=seed, count=candidates, start=start)[0]
+    if candidates != 1:
+        raise ValueError(f"row {row!r} has no stage-1 plan to keep candidates by; ask for 1 candidate")
     if row == "windows_no_plan":
         return model.generate(clip.scene, clip.motion, num_frames=frames, seed=seed, use_semantics=False)[0]
     return render_clip_semantics(model, clip, use_semantics=True, seed=seed, start=start)

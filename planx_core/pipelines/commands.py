@@ -28,6 +28,7 @@ from ..files.atomic import staged, temp_for
 from ..files.safetensors import CheckpointError
 from ..files.video import read_image, write_png, write_video
 from ..plan.core import Plan, PlanError
+from ..semanticgen.candidates import candidate_seeds, keep_nearest
 from ..semanticgen.drawn import drawn_start
 from ..semanticgen.model import SemanticGen, SemanticStart
 from ..wan.parallel import (
@@ -181,20 +182,38 @@ def generate_command(args) -> int:
 
 
 def _semanticgen_plan(
-    model: SemanticGen, args, scene: str, motion: str, start: SemanticStart | None = None
-) -> tuple[Plan | None, int]:
-    """(the continuous plan to render, the video's frame count): --plan's file (its own frame count unless
-    --frames says otherwise, and then it must fit), stage 1's plan (from --image's semantics when given), or
-    none with --no-plan."""
+    model: SemanticGen, args, scene: str, motion: str, start: SemanticStart | None = None, seed: int | None = None
+) -> tuple[Plan | None, int, torch.Tensor | None]:
+    """(the continuous plan to render, the video's frame count, stage 1's z_sem `[K, gh, gw, D]` or None):
+    --plan's file (its own frame count unless --frames says otherwise, and then it must fit), stage 1's plan with
+    `seed` (default --seed; from --image's semantics when given), or none with --no-plan."""
     if args.plan:
         plan = load_plan_file(args.plan)
         frames = plan.num_frames if args.frames is None else args.frames
-        return model.check_plan(plan, frames), frames
-    frames = _frames(args)
+        return model.check_plan(plan, frames), frames, None
+    frames, seed = _frames(args), args.seed if seed is None else seed
     if args.no_plan:
-        return None, frames
-    z = model.plan_semantics(scene, motion, num_frames=frames, seed=args.seed, start=start)  # [K, gh, gw, D]
-    return model.semantic_plan(z, num_frames=frames, scene=scene, motion=motion, seed=args.seed), frames
+        return None, frames, None
+    z = model.plan_semantics(scene, motion, num_frames=frames, seed=seed, start=start)  # [K, gh, gw, D]
+    return model.semantic_plan(z, num_frames=frames, scene=scene, motion=motion, seed=seed), frames, z
+
+
+def _semanticgen_best_of(model: SemanticGen, args, scene: str, motion: str, start, parallel, log) -> tuple:
+    """(plan, frame count, latent `[1, C, T', h, w]`, frames `[T, H, W, 3]`) of the one of --best-of N videos
+    (seeds --seed + 1000 j) whose render lies nearest its own plan (`semanticgen.candidates`); every rank renders
+    every candidate, so all keep the same one."""
+
+    def render(seed: int):
+        plan, frames, z = _semanticgen_plan(model, args, scene, motion, start, seed)
+        with _parallel(model.latent_dit, parallel, args.split_guidance):
+            latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=seed, start=start)
+        video = model.decode(latent)  # [T, H, W, 3]
+        return video, z, (plan, frames, latent, video)
+
+    def report(j: int, seed: int, distance: float) -> None:
+        log(f"video {j + 1}/{args.best_of} (seed {seed}): {distance:.4f} from its plan")
+
+    return keep_nearest(model, candidate_seeds(args.seed, args.best_of), render, report)[0]
 
 
 def _frames(args) -> int:
@@ -223,7 +242,12 @@ def _semanticgen_start(model: SemanticGen, args, scene: str, motion: str, progre
 
 
 def _check_start_options(args) -> None:
-    """Refuse first-frame options that contradict each other, before any model loads."""
+    """Refuse first-frame and candidate options that contradict each other, before any model loads."""
+    if args.best_of > 1 and (args.plan or args.no_plan):
+        raise ValueError(
+            "--best-of keeps the video nearest the plan stage 1 made for it, but with --plan or --no-plan stage 1 "
+            "does not run; drop --best-of"
+        )
     if args.image and args.draw_first_frame:
         raise ValueError("--image and --draw-first-frame each give the first frame; keep one of them")
     for option, given in (("--draw-lead", args.draw_lead), ("--draw-sketch", args.draw_sketch < 1.0)):
@@ -254,13 +278,17 @@ def semanticgen_command(args) -> int:
             model = model.with_spec(semantic_text_scale=args.semantic_text_scale)
         loaded = time.perf_counter()
         start = _semanticgen_start(model, args, scene, motion, writer)  # the first frame, read or drawn, is planning
-        plan, frames = _semanticgen_plan(model, args, scene, motion, start)
-        planned = time.perf_counter()
-        with _parallel(model.latent_dit, parallel, args.split_guidance):
-            latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed, start=start)
+        if args.best_of == 1:
+            plan, frames, _ = _semanticgen_plan(model, args, scene, motion, start)
+            planned, video = time.perf_counter(), None
+            with _parallel(model.latent_dit, parallel, args.split_guidance):
+                latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed, start=start)
+        else:
+            planned, log = time.perf_counter(), print if writer else (lambda _: None)
+            plan, frames, latent, video = _semanticgen_best_of(model, args, scene, motion, start, parallel, log)
         if not writer:
             return 0
-        video = model.decode(latent)
+        video = model.decode(latent) if video is None else video
         with staged() as pairs:
             temp = write_video(video, temp_for(video_path), model.spec.fps, scale=args.scale)
             pairs.append((temp, video_path.with_suffix(temp.suffix)))

@@ -6,11 +6,13 @@ whole video (`generator`, stage 1), and the video latents conditioned in context
 shifted-window attention (`model.SemanticGen`, stage 2 through the Plan-X semantic branch).
 
 Public API: `SemanticGen`, `SemanticGenSpec`, `SemanticStart` (image-to-video inputs), `drawn_start` (those inputs
-from a video another model drew for the prompt), `FILES` (model
-folder); `SemanticEncoder`, `load_semantic_encoder`, `save_semantic_encoder`; `SemanticCompressor`, `CompressorConfig`,
-`load_compressor`, `save_compressor`; `generate_semantics`, `semantic_generator_config`.
+from a video another model drew for the prompt), `best_of`, `keep_nearest` (the best of several videos by their
+own plan), `FILES` (model folder); `SemanticEncoder`, `load_semantic_encoder`, `save_semantic_encoder`;
+`SemanticCompressor`, `CompressorConfig`, `load_compressor`, `save_compressor`; `generate_semantics`,
+`semantic_generator_config`.
 """
 
+from .candidates import best_of, keep_nearest
 from .compressor import (
     CompressorConfig,
     SemanticCompressor,
@@ -31,8 +33,10 @@ __all__ = [
     "SemanticGen",
     "SemanticGenSpec",
     "SemanticStart",
+    "best_of",
     "drawn_start",
     "generate_semantics",
+    "keep_nearest",
     "load_compressor",
     "load_semantic_encoder",
     "save_compressor",
