@@ -287,7 +287,8 @@ def add_semanticgen_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="render N whole videos (seeds --seed + 1000 j) and keep the one whose frames lie nearest the plan "
-        "stage 1 made for it (N times the time; 8 follows the prompt best: the model card); default 1",
+        "stage 1 made for it (N times the time; with the drawn sketch, 8 scored best held out: the model card); "
+        "default 1",
     )
     parser.add_argument("--model", help="SemanticGen folder (default: planx_core/embedded/semanticgen)")
     parser.add_argument("--scale", type=bounded("scale"), default=4, help="enlarge the video by this factor (nearest)")

@@ -4,8 +4,8 @@ Not in the SemanticGen paper: the project's own selector (measured in the embedd
 candidate is a whole video, stage 1's plan then stage 2's render, with seed `seed + CANDIDATE_SEED_STRIDE * j`
 (candidate 0 is `seed` itself, so one candidate is the plain video). The one kept is the one whose keyframes,
 encoded again (`SemanticGen.encode_semantics`), lie nearest the plan it was rendered from (mean squared distance):
-stage 2 is where SemanticGen loses the prompt, and a render that drops its plan shows it there. The signal needs
-nothing but the model; each candidate costs a whole video.
+once stage 1 plans from a drawn sketch, stage 2 is where SemanticGen loses the prompt, and a render that drops its
+plan shows it there. The signal needs nothing but the model; each candidate costs a whole video.
 """
 
 from __future__ import annotations
