@@ -790,3 +790,25 @@ def test_semanticgen_command_sets_stage_1_guidance(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*args, "--semantic-text-scale", "25", "--out", str(tmp_path / "x.mp4")])
     assert stop.value.code == 2 and "outside 0..20" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+def test_semanticgen_command_sets_stage_2_plan_guidance(tmp_path, capsys):
+    """`--plan-scale`: stage 2 renders with that plan guidance instead of the model's (the same plan, another
+    video; the model's own scale gives the default's video); outside 0..20 refused, exit 2, nothing written."""
+    from planx_core.__main__ import main
+    from planx_core.files.video import read_video
+    from planx_core.pipelines.planx import load_plan_file
+
+    clip = world.make_clip(8)
+    args = ["semanticgen", "--prompt", f"{clip.scene}. {clip.motion}", "--frames", "9", "--scale", "1"]
+    own = SemanticGen.load(need_semantic=False).spec.plan_scale
+    videos, plans = {}, {}
+    for name, extra in (("default", []), ("own", ["--plan-scale", str(own)]), ("strong", ["--plan-scale", "6"])):
+        assert main([*args, *extra, "--out", str(tmp_path / f"{name}.mp4")]) == 0
+        videos[name] = read_video(tmp_path / f"{name}.mp4")[0]
+        plans[name] = load_plan_file(tmp_path / f"{name}.plan.json").to_dict()["keyframes"]
+    assert plans["strong"] == plans["default"] and np.array_equal(videos["own"], videos["default"])
+    assert not np.array_equal(videos["strong"], videos["default"])
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--plan-scale", "-1", "--out", str(tmp_path / "x.mp4")])
+    assert stop.value.code == 2 and "outside 0..20" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()

@@ -274,8 +274,8 @@ def semanticgen_command(args) -> int:
         _check_start_options(args)
         model = SemanticGen.load(args.model or EMBEDDED / "semanticgen")
         model = model.with_windowing(args.window, args.window_semantics, args.window_margin)
-        if args.semantic_text_scale is not None:
-            model = model.with_spec(semantic_text_scale=args.semantic_text_scale)
+        scales = {"semantic_text_scale": args.semantic_text_scale, "plan_scale": args.plan_scale}
+        model = model.with_spec(**{name: scale for name, scale in scales.items() if scale is not None})
         loaded = time.perf_counter()
         start = _semanticgen_start(model, args, scene, motion, writer)  # the first frame, read or drawn, is planning
         if args.best_of == 1:
