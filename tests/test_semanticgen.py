@@ -812,3 +812,5 @@ def test_semanticgen_command_sets_stage_2_plan_guidance(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*args, "--plan-scale", "-1", "--out", str(tmp_path / "x.mp4")])
     assert stop.value.code == 2 and "outside 0..20" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+    assert main([*args, "--plan-scale", "6", "--no-plan", "--out", str(tmp_path / "x.mp4")]) != 0
+    assert "drop one" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()

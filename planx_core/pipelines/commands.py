@@ -242,12 +242,14 @@ def _semanticgen_start(model: SemanticGen, args, scene: str, motion: str, progre
 
 
 def _check_start_options(args) -> None:
-    """Refuse first-frame and candidate options that contradict each other, before any model loads."""
+    """Refuse first-frame, candidate and guidance options that contradict each other, before any model loads."""
     if args.best_of > 1 and (args.plan or args.no_plan):
         raise ValueError(
             "--best-of keeps the video nearest the plan stage 1 made for it, but with --plan or --no-plan stage 1 "
             "does not run; drop --best-of"
         )
+    if args.plan_scale is not None and args.no_plan:
+        raise ValueError("--plan-scale sets the guidance by the plan, but --no-plan renders without one; drop one")
     if args.image and args.draw_first_frame:
         raise ValueError("--image and --draw-first-frame each give the first frame; keep one of them")
     for option, given in (("--draw-lead", args.draw_lead), ("--draw-sketch", args.draw_sketch < 1.0)):
