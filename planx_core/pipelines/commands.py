@@ -198,6 +198,12 @@ def _semanticgen_plan(
     return model.semantic_plan(z, num_frames=frames, scene=scene, motion=motion, seed=seed), frames, z
 
 
+def _semanticgen_render(model: SemanticGen, args, plan, frames: int, scene, motion, start, parallel, seed: int):
+    """Stage 2: the latent `[1, C, T', h, w]` of `plan` (or none) with `seed`, sequence-parallel as asked."""
+    with _parallel(model.latent_dit, parallel, args.split_guidance):
+        return model.render_latent(plan, scene, motion, num_frames=frames, seed=seed, start=start)
+
+
 def _semanticgen_best_of(model: SemanticGen, args, scene: str, motion: str, start, parallel, log) -> tuple:
     """(plan, frame count, latent `[1, C, T', h, w]`, frames `[T, H, W, 3]`) of the one of --best-of N videos
     (seeds --seed + 1000 j) whose render lies nearest its own plan (`semanticgen.candidates`); every rank renders
@@ -205,8 +211,7 @@ def _semanticgen_best_of(model: SemanticGen, args, scene: str, motion: str, star
 
     def render(seed: int):
         plan, frames, z = _semanticgen_plan(model, args, scene, motion, start, seed)
-        with _parallel(model.latent_dit, parallel, args.split_guidance):
-            latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=seed, start=start)
+        latent = _semanticgen_render(model, args, plan, frames, scene, motion, start, parallel, seed)
         video = model.decode(latent)  # [T, H, W, 3]
         return video, z, (plan, frames, latent, video)
 
@@ -283,8 +288,7 @@ def semanticgen_command(args) -> int:
         if args.best_of == 1:
             plan, frames, _ = _semanticgen_plan(model, args, scene, motion, start)
             planned, video = time.perf_counter(), None
-            with _parallel(model.latent_dit, parallel, args.split_guidance):
-                latent = model.render_latent(plan, scene, motion, num_frames=frames, seed=args.seed, start=start)
+            latent = _semanticgen_render(model, args, plan, frames, scene, motion, start, parallel, args.seed)
         else:
             planned, log = time.perf_counter(), print if writer else (lambda _: None)
             plan, frames, latent, video = _semanticgen_best_of(model, args, scene, motion, start, parallel, log)
