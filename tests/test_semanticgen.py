@@ -199,6 +199,27 @@ def test_order_pairs_shape_the_pools_stage_1_encodes(tmp_path, capsys):
     assert logs[0]["event"] == "start" and logs[0]["fingerprint"]["order_pairs"] == 1.0  # a resume must match
 
 
+def test_long_movers_keeps_only_long_clips_where_a_second_object_moves():
+    """`--long-movers 2`: the long pool's seeds are its stream's in order, less those whose clip moves one object or
+    none; the default keeps the stream as it was, and a world where two cannot move is refused by name."""
+    from planx_core.training.semanticgen import POOL_STREAMS, moving_objects, pool_seeds
+    from planx_core.training.stages import StageError
+    from planx_core.world.tiny import LONG_WORLD
+
+    stream = [world.clip_seed(0, POOL_STREAMS["long"], i) for i in range(200)]
+    assert pool_seeds(0, POOL_STREAMS["long"], 3, LONG_WORLD) == stream[:3]  # as before the option
+    kept = pool_seeds(0, POOL_STREAMS["long"], 3, LONG_WORLD, movers=2)
+    positions = [stream.index(seed) for seed in kept]
+    assert positions == sorted(positions)
+    movers = {
+        seed: moving_objects(world.make_clip(seed, LONG_WORLD).composition) for seed in stream[: positions[-1] + 1]
+    }
+    assert all(movers[seed] >= 2 for seed in kept)
+    assert all(count < 2 for seed, count in movers.items() if seed not in kept) and len(movers) > len(kept)
+    with pytest.raises(StageError, match="--long-movers 2"):
+        pool_seeds(0, POOL_STREAMS["short"], 1, world.WorldConfig(max_objects=1), movers=2)
+
+
 def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_path, capsys):
     """`semgen-latent --init-from` a SemanticGen folder: its encoder encodes the pools, its DiT and branch train on
     (here with `--object-weight`), its compressor stays as it was, so the folder's stage 1

@@ -10,7 +10,8 @@ frozen encoder and MLP. Here:
   fed by a fresh compressor (`semantic_compressor`) of the frozen semantic encoder's features
   (`semantic_encoder`: the tiny Qwen2.5-VL-architecture tower), and trains the DiT, branch,
   compressor and its decoder with shifted-window attention (`--window` latent frames) on short
-  clips and, every `--long-every` steps, on 4x longer clips (`semanticgen.LONG_WORLD`). Loss: flow matching
+  clips and, every `--long-every` steps, on 4x longer clips (`semanticgen.LONG_WORLD`; `--long-movers 2`: only
+  those where at least two objects move). Loss: flow matching
   + `--kl-weight` KL + `--rec-weight` feature reconstruction (+ `--colour-weight` times the cross-entropy of a
   linear read of each cell's code against its colour shares, `world.score.cell_colours`, so the plan carries what
   colour is where). The text encoder stays frozen. With `--init-from` a SemanticGen model folder instead, stage 2
@@ -100,6 +101,27 @@ def encode_pool(clips: list[world.Clip], vae, encoder: SemanticEncoder, text) ->
     return {"x0": latents, **features, "colours": torch.from_numpy(np.stack(shares))}
 
 
+def moving_objects(composition: world.Composition) -> int:
+    """How many of a composition's objects move (take a verb other than "still") in some stage."""
+    return len({act.obj for stage in composition.stages for act in stage if act.verb != "still"})
+
+
+def pool_seeds(seed: int, stream: int, count: int, config: world.WorldConfig, movers: int = 1) -> list[int]:
+    """The clip seeds of a pool: stream `stream` in order, keeping (with `movers` > 1) only the seeds whose clip
+    moves at least that many objects, so a long pool can hold only clips where a second object moves too."""
+    if movers <= 1:
+        return [world.clip_seed(seed, stream, i) for i in range(count)]
+    kept, tries = [], 0
+    while len(kept) < count:
+        if tries >= 50 * count:
+            raise StageError(f"--long-movers {movers}: only {len(kept)} of {count} clips in {tries} draws; lower it")
+        candidate = world.clip_seed(seed, stream, tries)
+        tries += 1
+        if moving_objects(world.make_clip(candidate, config).composition) >= movers:
+            kept.append(candidate)
+    return kept
+
+
 class PoolMixin:
     """Short and long pools built once by rank 0 in the run folder; batches drawn by (seed, step, rank)."""
 
@@ -111,7 +133,8 @@ class PoolMixin:
         for name, (count, config) in sizes.items():
             path = Path(a.out) / f"pool_{name}.safetensors"
             if self.ctx.rank == 0 and not path.is_file():
-                seeds = [world.clip_seed(a.seed, POOL_STREAMS[name], i) for i in range(count)]
+                movers = getattr(a, "long_movers", 1) if name == "long" else 1
+                seeds = pool_seeds(a.seed, POOL_STREAMS[name], count, config, movers)
                 chunks = [seeds[i : i + 16] for i in range(0, count, 16)]  # 16 clips in memory at a time
                 parts = [encode(world.clips_with_pairs(chunk, pairs, config)) for chunk in chunks]
                 print(f"[pool] {name}: {count} clips encoded", flush=True)
@@ -205,6 +228,14 @@ class SemLatentStage(PoolMixin, Stage):
         parser.add_argument("--pool", type=int, default=2048, help="dit, semgen: short clips encoded once")
         parser.add_argument("--long-pool", type=int, default=256, help="semgen: long clips encoded once")
         parser.add_argument("--long-every", type=int, default=4, help="semgen: every Nth step trains on long clips")
+        parser.add_argument(
+            "--long-movers",
+            type=int,
+            default=1,
+            choices=(1, 2),
+            help="semgen: the long pool keeps only clips moving at least this many objects (2: a second object "
+            "moves too; default 1: every clip)",
+        )
         parser.add_argument("--window", type=int, default=2, help="semgen: attention window in latent frames")
         parser.add_argument("--sem-dim", type=int, default=8, help="semgen: compressed semantic width (8 or 64)")
         parser.add_argument(
@@ -308,6 +339,7 @@ class SemLatentStage(PoolMixin, Stage):
             "window": a.window,
             "sem_dim": a.sem_dim,
             "long_every": a.long_every,
+            **({"long_movers": a.long_movers} if a.long_movers != 1 else {}),  # absent at 1: older runs resume
             **({"encoder_patch": a.encoder_patch} if a.encoder_patch != 8 else {}),
             **({"colour_weight": a.colour_weight} if a.colour_weight else {}),
         }
