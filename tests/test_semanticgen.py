@@ -199,9 +199,10 @@ def test_order_pairs_shape_the_pools_stage_1_encodes(tmp_path, capsys):
     assert logs[0]["event"] == "start" and logs[0]["fingerprint"]["order_pairs"] == 1.0  # a resume must match
 
 
-def test_long_movers_keeps_only_long_clips_where_a_second_object_moves():
+def test_long_movers_keeps_only_long_clips_where_a_second_object_moves(tmp_path, capsys):
     """`--long-movers 2`: the long pool's seeds are its stream's in order, less those whose clip moves one object or
-    none; the default keeps the stream as it was, and a world where two cannot move is refused by name."""
+    none; the default keeps the stream as it was, a world where two cannot move is refused by name, and so is stage 1
+    without pools of its own to shape."""
     from planx_core.training.semanticgen import POOL_STREAMS, moving_objects, pool_seeds
     from planx_core.training.stages import StageError
     from planx_core.world.tiny import LONG_WORLD
@@ -218,6 +219,10 @@ def test_long_movers_keeps_only_long_clips_where_a_second_object_moves():
     assert all(count < 2 for seed, count in movers.items() if seed not in kept) and len(movers) > len(kept)
     with pytest.raises(StageError, match="--long-movers 2"):
         pool_seeds(0, POOL_STREAMS["short"], 1, world.WorldConfig(max_objects=1), movers=2)
+    out = tmp_path / "semantic"
+    stage_1 = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
+    assert train.main([*stage_1, "--steps", "1", "--long-movers", "2"]) != 0
+    assert "--long-movers shapes the pools" in capsys.readouterr().err and not list(out.glob("*"))  # nothing made
 
 
 def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_path, capsys):

@@ -140,11 +140,12 @@ class SemSemanticStage(SemLatentStage):
             )
         if args.semantic_cues and not args.semantic_pools:
             raise StageError("--semantic-cues puts one text per keyframe in this run's pools: add --semantic-pools")
-        if args.order_pairs and not args.semantic_pools:
-            raise StageError(
-                "--order-pairs shapes the pools this run encodes: add --semantic-pools (the --latent-run's pools are "
-                "already made)"
-            )
+        for option, given in (("--order-pairs", args.order_pairs), ("--long-movers", args.long_movers != 1)):
+            if given and not args.semantic_pools:
+                raise StageError(
+                    f"{option} shapes the pools this run encodes: add --semantic-pools (the --latent-run's pools are "
+                    "already made)"
+                )
 
     def __init__(self, ctx: StageContext):
         Stage.__init__(self, ctx)
@@ -187,6 +188,7 @@ class SemSemanticStage(SemLatentStage):
             "long_every": a.long_every,
             **({"semantic_pools": [a.pool, a.long_pool]} if a.semantic_pools else {}),
             **({"order_pairs": a.order_pairs} if a.order_pairs else {}),
+            **({"long_movers": a.long_movers} if a.long_movers != 1 else {}),
             **({"semantic_cues": True} if a.semantic_cues else {}),
             **({"semantic_sequential": True} if a.semantic_sequential else {}),
             **({"prefix_noise": a.prefix_noise} if a.prefix_noise else {}),
