@@ -133,7 +133,7 @@ class PoolMixin:
         for name, (count, config) in sizes.items():
             path = Path(a.out) / f"pool_{name}.safetensors"
             if self.ctx.rank == 0 and not path.is_file():
-                movers = getattr(a, "long_movers", 1) if name == "long" else 1
+                movers = a.long_movers if name == "long" else 1
                 seeds = pool_seeds(a.seed, POOL_STREAMS[name], count, config, movers)
                 chunks = [seeds[i : i + 16] for i in range(0, count, 16)]  # 16 clips in memory at a time
                 parts = [encode(world.clips_with_pairs(chunk, pairs, config)) for chunk in chunks]
