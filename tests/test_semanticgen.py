@@ -33,6 +33,10 @@ from planx_core.wan.dit_files import load_dit_file, save_dit
 from planx_core.wan.text_encoder import load_text_encoder
 from planx_core.wan.vae_files import load_vae
 
+# A training run at its smallest: two-clip pools, one long clip, one thread, one clip in the end-of-run evaluation
+# (its default, 16 clips through both stages, was most of these tests' time).
+SMALL_RUN = ["--batch", "2", "--pool", "2", "--long-pool", "1", "--threads", "1", "--eval-clips", "1"]
+
 
 @pytest.fixture(scope="module")
 def model() -> SemanticGen:
@@ -186,7 +190,7 @@ def test_order_pairs_shape_the_pools_stage_1_encodes(tmp_path, capsys):
 
     out = tmp_path / "semantic"
     args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
-    common = ["--steps", "1", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-every", "0", "--threads", "1"]
+    common = ["--steps", "1", *SMALL_RUN, "--eval-every", "0"]
     assert train.main([*args, *common, "--order-pairs", "1"]) != 0
     assert "add --semantic-pools" in capsys.readouterr().err and not list(out.glob("*"))  # nothing made
     assert train.main([*args, *common, "--semantic-pools", "--order-pairs", "1"]) == 0
@@ -237,7 +241,7 @@ def test_stage_2_fine_tunes_from_a_model_folder_with_its_compressor_frozen(tmp_p
         return state_sha(a.state_dict()) == state_sha(b.state_dict())
 
     source, out = EMBEDDED / "semanticgen", tmp_path / "latent"
-    common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--long-every", "2", "--threads", "1"]
+    common = ["--steps", "2", *SMALL_RUN, "--long-every", "2"]
     args = ["--stage", "semgen-latent", "--out", str(out), "--init-from", str(source), *common, "--eval-every", "0"]
     for bad in ("-1", "nan"):
         assert train.main([*args, "--object-weight", bad]) != 0
@@ -268,7 +272,7 @@ def test_colour_weight_teaches_the_compressor_each_cells_colour(tmp_path, capsys
     from planx_core.world.tiny import SHORT_WORLD
 
     out = tmp_path / "latent"
-    common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--long-every", "2", "--threads", "1"]
+    common = ["--steps", "2", *SMALL_RUN, "--long-every", "2"]
     args = ["--stage", "semgen-latent", "--out", str(out), *common, "--eval-every", "0"]
     for bad, said in (("-1", "--colour-weight must be a finite number >= 0"), ("nan", "finite number")):
         assert train.main([*args, "--init-from", str(EMBEDDED), "--colour-weight", bad]) != 0
@@ -321,7 +325,7 @@ def test_encoder_patch_4_gives_stage_2_an_8x8_semantic_grid(tmp_path, capsys):
     """`semgen-latent --encoder-patch 4`: the fresh tiny encoder has 4-px patches, so the pools and the exported
     folder plan on an 8x8 grid of 8-px cells (one per video token); a resume with the other patch is refused."""
     out = tmp_path / "latent"
-    common = ["--batch", "2", "--pool", "2", "--long-pool", "1", "--threads", "1", "--eval-every", "0"]
+    common = [*SMALL_RUN, "--eval-every", "0"]
     args = ["--stage", "semgen-latent", "--out", str(out), "--init-from", str(EMBEDDED), *common]
     assert train.main([*args, "--steps", "1", "--encoder-patch", "4"]) == 0
     assert read_safetensors(out / "pool_short.safetensors")["feats"].shape == (2, 5, 8, 8, 128)
@@ -466,7 +470,7 @@ def test_semantic_cues_give_stage_1_each_keyframes_stage_in_training_and_at_run_
 
     out = tmp_path / "semantic"
     args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
-    common = ["--steps", "1", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-every", "0", "--threads", "1"]
+    common = ["--steps", "1", *SMALL_RUN, "--eval-every", "0"]
     assert train.main([*args, *common, "--semantic-cues"]) != 0
     assert "add --semantic-pools" in capsys.readouterr().err and not list(out.glob("*"))  # nothing made
     assert train.main([*args, *common, "--semantic-pools", "--semantic-cues"]) == 0
@@ -518,7 +522,7 @@ def test_semantic_sequential_trains_records_and_assembles(tmp_path):
     true (with `semantic_cues`), and the loaded model's stage 1 samples keyframe by keyframe."""
     out = tmp_path / "semantic"
     args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
-    common = ["--steps", "2", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-every", "0", "--threads", "1"]
+    common = ["--steps", "2", *SMALL_RUN, "--eval-every", "0"]
     assert train.main([*args, *common, "--semantic-pools", "--semantic-cues", "--semantic-sequential"]) == 0
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert logs[0]["fingerprint"]["semantic_sequential"] is True
