@@ -175,7 +175,7 @@ def test_semantic_stage_encodes_its_own_pools_from_a_model_folder(tmp_path):
     features and prompts only, no latents."""
     out = tmp_path / "semantic"
     args = ["--stage", "semgen-semantic", "--out", str(out), "--latent-run", str(EMBEDDED / "semanticgen")]
-    common = ["--steps", "1", "--batch", "2", "--pool", "2", "--long-pool", "1", "--eval-clips", "1", "--threads", "1"]
+    common = ["--steps", "1", *SMALL_RUN]
     assert train.main([*args, "--semantic-pools", *common, "--eval-every", "0"]) == 0
     pool = read_safetensors(out / "pool_short.safetensors")
     assert set(pool) == {"feats", "ids", "mask"} and pool["feats"].shape[:2] == (2, 5)
